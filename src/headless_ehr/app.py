@@ -1,0 +1,73 @@
+"""Assembly: settings, database, validator and routes into one Starlette app."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .config import Settings
+from .db.migrate import migrate
+from .db.pool import create_pool
+from .fhir.definitions import definitions
+from .fhir.outcome import FhirError
+from .fhir.validation import validator
+from .rest.responses import outcome_response
+from .rest.router import fhir_endpoint
+from .store import ResourceStore
+
+log = logging.getLogger("headless_ehr")
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = "not-found" if exc.status_code == 404 else "processing"
+    return outcome_response(request, FhirError.of(exc.status_code, code, str(exc.detail)))
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI app; its lifespan opens the pool and applies migrations.
+
+    settings.database_url must be set (the CLI starts embedded PostgreSQL first).
+    """
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not settings.database_url:
+            raise RuntimeError("no database: set EHR_DATABASE_URL or start through `ehr serve`")
+        defs = definitions()
+        _ = defs.resource_types  # load definitions before the first request
+        pool = await create_pool(
+            settings.database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+        )
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        app.state.pool = pool
+        app.state.store = ResourceStore(pool, validator().validate, settings.max_page_size)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    base = settings.base_path.rstrip("/")
+    app = Starlette(
+        routes=[
+            Route(base, fhir_endpoint, methods=_METHODS),
+            Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
+        ],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app

@@ -1,0 +1,1 @@
+"""Authorisation: the Principal every data call receives, scopes and policies."""

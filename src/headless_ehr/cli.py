@@ -1,0 +1,93 @@
+"""The `ehr` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Settings
+
+log = logging.getLogger("headless_ehr")
+
+
+def app_from_env():  # used as a uvicorn factory by worker processes
+    from .app import create_app
+
+    return create_app(Settings.from_env())
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+
+    settings = Settings.from_env(data_dir=Path(args.data_dir) if args.data_dir else None)
+    embedded: EmbeddedPostgres | None = None
+    if not settings.database_url:
+        try:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            dsn = embedded.start()
+        except EmbeddedPostgresError as exc:
+            print(f"ehr: {exc}", file=sys.stderr)
+            return 1
+        os.environ["EHR_DATABASE_URL"] = dsn  # worker processes read it
+        settings = Settings.from_env(data_dir=settings.data_dir)
+        where = f"embedded PostgreSQL in {embedded.pgdata} ({embedded.source})"
+    else:
+        where = "PostgreSQL from EHR_DATABASE_URL"
+    print(
+        f"ehr {__version__}: FHIR API at http://{args.host}:{args.port}{settings.base_path}"
+        f" using {where}",
+        flush=True,
+    )
+    try:
+        if args.workers > 1:
+            uvicorn.run(
+                "headless_ehr.cli:app_from_env",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                log_level=args.log_level,
+                access_log=args.access_log,
+            )
+        else:
+            from .app import create_app
+
+            uvicorn.run(
+                create_app(settings),
+                host=args.host,
+                port=args.port,
+                log_level=args.log_level,
+                access_log=args.access_log,
+            )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ehr", description="Headless EHR: a FHIR R4 server")
+    parser.add_argument("--version", action="version", version=f"ehr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="serve the FHIR API")
+    p_serve.add_argument("--host", default=os.environ.get("EHR_HOST", "127.0.0.1"))
+    p_serve.add_argument("--port", type=int, default=int(os.environ.get("EHR_PORT", "8080")))
+    p_serve.add_argument("--data-dir", default=None, help="embedded database folder (./.ehr-data)")
+    p_serve.add_argument("--workers", type=int, default=int(os.environ.get("EHR_WORKERS", "1")))
+    p_serve.add_argument("--log-level", default=os.environ.get("EHR_LOG_LEVEL", "info"))
+    p_serve.add_argument("--access-log", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper() if args.command == "serve" else "INFO")
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

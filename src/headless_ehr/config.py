@@ -1,0 +1,46 @@
+"""Settings from the environment, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be configured with.
+
+    database_url: PostgreSQL DSN; when None the embedded server in data_dir is used.
+    """
+
+    database_url: str | None = None
+    data_dir: Path = Path(".ehr-data")
+    base_path: str = "/fhir"
+    public_base_url: str | None = None  # e.g. https://ehr.example.org/fhir; else from request
+    max_body_bytes: int = 16 * 1024 * 1024
+    default_page_size: int = 20
+    max_page_size: int = 1000
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "database_url": os.environ.get("EHR_DATABASE_URL") or None,
+            "data_dir": Path(os.environ.get("EHR_DATA_DIR", ".ehr-data")),
+            "public_base_url": os.environ.get("EHR_PUBLIC_BASE_URL") or None,
+            "max_body_bytes": _int("EHR_MAX_BODY_BYTES", 16 * 1024 * 1024),
+            "default_page_size": _int("EHR_DEFAULT_PAGE_SIZE", 20),
+            "max_page_size": _int("EHR_MAX_PAGE_SIZE", 1000),
+            "pool_min_size": _int("EHR_POOL_MIN_SIZE", 2),
+            "pool_max_size": _int("EHR_POOL_MAX_SIZE", 10),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,19 @@
+"""The asyncpg connection pool."""
+
+from __future__ import annotations
+
+import asyncpg
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections keep asyncpg's prepared-statement cache warm."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        statement_cache_size=512,
+        max_inactive_connection_lifetime=300,
+        server_settings={"application_name": "headless-ehr", "timezone": "UTC"},
+    )
+    assert pool is not None
+    return pool

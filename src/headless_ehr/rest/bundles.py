@@ -1,0 +1,89 @@
+"""searchset and history Bundles, embedding stored bytes without re-parsing them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from starlette.requests import Request
+
+from ..fhir.outcome import Issue, operation_outcome
+from ..store import StoredResource
+from ..store.repository import format_instant
+from .responses import base_url, etag
+
+
+def page_link(
+    request: Request, relation: str, cursor: str | None, drop: tuple[str, ...]
+) -> dict[str, str]:
+    """A paging link: the request's own URL with the cursor replaced."""
+    params = [(k, v) for k, v in request.query_params.multi_items() if k not in drop]
+    if cursor:
+        params.append(("_cursor", cursor))
+    path = base_url(request) + request.url.path[len(request.app.state.settings.base_path) :]
+    return {"relation": relation, "url": path + ("?" + urlencode(params) if params else "")}
+
+
+def _bundle(
+    kind: str, total: int | None, links: list[dict[str, str]], entries: list[Any]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind}
+    if total is not None:
+        out["total"] = total
+    out["link"] = links
+    out["entry"] = entries
+    return out
+
+
+def searchset(
+    request: Request,
+    stored: list[StoredResource],
+    total: int | None,
+    links: list[dict[str, str]],
+    issues: list[Issue],
+) -> dict[str, Any]:
+    base = base_url(request)
+    entries: list[Any] = [
+        {
+            "fullUrl": f"{base}/{s.resource_type}/{s.id}",
+            "resource": orjson.Fragment(s.content),
+            "search": {"mode": "match"},
+        }
+        for s in stored
+    ]
+    if issues:
+        entries.append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
+    return _bundle("searchset", total, links, entries)
+
+
+_HISTORY_STATUS = {
+    "POST": "201 Created",
+    "PUT": "200 OK",
+    "PATCH": "200 OK",
+    "DELETE": "204 No Content",
+}
+
+
+def history(
+    request: Request, stored: list[StoredResource], total: int | None, links: list[dict[str, str]]
+) -> dict[str, Any]:
+    base = base_url(request)
+    entries = []
+    for s in stored:
+        method = s.method or "PUT"
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{s.resource_type}/{s.id}"}
+        if s.content is not None:
+            entry["resource"] = orjson.Fragment(s.content)
+        entry["request"] = {
+            "method": method,
+            "url": f"{s.resource_type}/{s.id}" if method != "POST" else s.resource_type,
+        }
+        entry["response"] = {
+            "status": _HISTORY_STATUS.get(method, "200 OK"),
+            "etag": etag(s.version_id),
+            "lastModified": format_instant(s.last_updated),
+        }
+        entries.append(entry)
+    return _bundle("history", total, links, entries)

@@ -1,0 +1,202 @@
+"""Instance and type interactions: read, vread, create, update, delete, search, history."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..auth.principal import Principal
+from ..fhir.outcome import FhirError
+from ..store import ResourceStore, StoredResource, WriteOutcome
+from . import bundles
+from .instants import parse_instant
+from .negotiation import prefer, read_body, read_resource
+from .preconditions import if_match, if_none_exist, not_modified
+from .responses import (
+    fhir_response,
+    info_outcome,
+    json_response,
+    location,
+    version_headers,
+)
+
+
+def store_of(request: Request) -> ResourceStore:
+    return request.app.state.store
+
+
+def principal_of(request: Request) -> Principal:
+    return request.state.principal
+
+
+def _body_limit(request: Request) -> int:
+    return request.app.state.settings.max_body_bytes
+
+
+def _write_response(
+    request: Request, stored: StoredResource, status: int, message: str
+) -> Response:
+    headers = version_headers(stored)
+    headers["Location"] = location(request, stored)
+    wanted = prefer(request).get("return", "representation")
+    if wanted == "minimal":
+        return fhir_response(request, None, status, headers)
+    if wanted.lower() == "operationoutcome":
+        return json_response(request, info_outcome(message), status, headers)
+    return fhir_response(request, stored.content, status, headers)
+
+
+def _criteria(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k != "_format"]
+
+
+async def read(request: Request, resource_type: str, rid: str) -> Response:
+    stored = await store_of(request).read(principal_of(request), resource_type, rid)
+    headers = version_headers(stored)
+    if not_modified(request, stored):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(request, stored.content, 200, headers)
+
+
+async def vread(request: Request, resource_type: str, rid: str, vid: str) -> Response:
+    stored = await store_of(request).vread(principal_of(request), resource_type, rid, vid)
+    return fhir_response(request, stored.content, 200, version_headers(stored))
+
+
+async def create(request: Request, resource_type: str) -> Response:
+    resource = await read_resource(request, _body_limit(request))
+    outcome: WriteOutcome = await store_of(request).create(
+        principal_of(request),
+        resource,
+        if_none_exist=if_none_exist(request),
+        resource_type=resource_type,
+    )
+    if outcome.matched:
+        return _write_response(request, outcome.stored, 200, "an existing resource matched")
+    return _write_response(
+        request, outcome.stored, 201, f"created {resource_type}/{outcome.stored.id}"
+    )
+
+
+async def update(request: Request, resource_type: str, rid: str) -> Response:
+    resource = await read_resource(request, _body_limit(request))
+    outcome = await store_of(request).update(
+        principal_of(request), resource_type, rid, resource, if_match=if_match(request)
+    )
+    status = 201 if outcome.created else 200
+    return _write_response(request, outcome.stored, status, f"updated {resource_type}/{rid}")
+
+
+async def conditional_update(request: Request, resource_type: str) -> Response:
+    resource = await read_resource(request, _body_limit(request))
+    outcome = await store_of(request).conditional_update(
+        principal_of(request),
+        resource_type,
+        _criteria(request),
+        resource,
+        if_match=if_match(request),
+    )
+    status = 201 if outcome.created else 200
+    return _write_response(
+        request, outcome.stored, status, f"updated {resource_type}/{outcome.stored.id}"
+    )
+
+
+def _delete_response(request: Request, stored: StoredResource | None, what: str) -> Response:
+    headers = {"ETag": f'W/"{stored.version_id}"'} if stored else {}
+    if prefer(request).get("return") == "minimal":
+        return Response(status_code=204, headers=headers)
+    message = f"deleted {what}" if stored else f"nothing to delete: {what}"
+    return json_response(request, info_outcome(message), 200, headers)
+
+
+async def delete(request: Request, resource_type: str, rid: str) -> Response:
+    stored = await store_of(request).delete(
+        principal_of(request), resource_type, rid, if_match=if_match(request)
+    )
+    return _delete_response(request, stored, f"{resource_type}/{rid}")
+
+
+async def conditional_delete(request: Request, resource_type: str) -> Response:
+    stored = await store_of(request).conditional_delete(
+        principal_of(request), resource_type, _criteria(request)
+    )
+    what = f"{resource_type}/{stored.id}" if stored else f"no {resource_type} matched"
+    return _delete_response(request, stored, what)
+
+
+async def _search_params(request: Request) -> list[tuple[str, str]]:
+    params = list(request.query_params.multi_items())
+    if request.method == "POST":
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("application/x-www-form-urlencoded"):
+            raise FhirError.of(
+                415, "not-supported", "_search takes application/x-www-form-urlencoded"
+            )
+        body = await read_body(request, _body_limit(request))
+        try:
+            params += parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise FhirError.of(400, "invalid", "the form body is not UTF-8") from None
+    return params
+
+
+async def search(request: Request, resource_type: str) -> Response:
+    params = await _search_params(request)
+    cursor = next((v for k, v in params if k == "_cursor"), None)
+    params = [(k, v) for k, v in params if k not in ("_cursor", "_format")]
+    strict = prefer(request).get("handling") == "strict"
+    settings = request.app.state.settings
+    page = await store_of(request).search(
+        principal_of(request),
+        resource_type,
+        params,
+        strict=strict,
+        cursor=cursor,
+        default_count=settings.default_page_size,
+    )
+    links = [bundles.page_link(request, "self", cursor, ("_cursor",))]
+    if page.next_cursor:
+        links.append(bundles.page_link(request, "next", page.next_cursor, ("_cursor",)))
+    body = bundles.searchset(request, page.entries, page.total, links, page.issues)
+    return json_response(request, body)
+
+
+def _history_args(request: Request) -> dict[str, object]:
+    q = request.query_params
+    settings = request.app.state.settings
+    count = settings.default_page_size
+    if "_count" in q:
+        raw = q["_count"]
+        if not raw.isdigit():
+            raise FhirError.of(
+                400, "invalid", f"_count must be a non-negative integer, got '{raw}'"
+            )
+        count = int(raw)
+    since = parse_instant("_since", q["_since"]) if "_since" in q else None
+    known = {"_count", "_since", "_cursor", "_format", "_pretty"}
+    unknown = [k for k in q if k not in known]
+    if unknown and prefer(request).get("handling") == "strict":
+        raise FhirError.of(
+            400, "not-supported", f"unsupported history parameter(s): {', '.join(unknown)}"
+        )
+    return {"since": since, "count": count, "cursor": q.get("_cursor")}
+
+
+async def history(
+    request: Request, resource_type: str | None = None, rid: str | None = None
+) -> Response:
+    args = _history_args(request)
+    if rid is not None:  # 404 for an unknown resource rather than an empty bundle
+        try:
+            await store_of(request).read(principal_of(request), resource_type or "", rid)
+        except FhirError as exc:
+            if exc.status != 410:
+                raise
+    page = await store_of(request).history(principal_of(request), resource_type, rid, **args)  # type: ignore[arg-type]
+    links = [bundles.page_link(request, "self", args["cursor"], ("_cursor",))]  # type: ignore[arg-type]
+    if page.next_cursor:
+        links.append(bundles.page_link(request, "next", page.next_cursor, ("_cursor",)))
+    return json_response(request, bundles.history(request, page.entries, page.total, links))

@@ -1,0 +1,1 @@
+"""FHIR operations ($validate, ...), one module each, registered by name."""

@@ -1,0 +1,69 @@
+"""Building FHIR responses: resources, bundles, OperationOutcomes and their headers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..fhir import json as fhir_json
+from ..fhir.outcome import FhirError, Issue, operation_outcome
+from ..store import StoredResource
+from .negotiation import FHIR_JSON
+
+
+def media_type(request: Request) -> str:
+    return getattr(request.state, "media_type", FHIR_JSON)
+
+
+def fhir_response(
+    request: Request, body: bytes | None, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        body if body is not None else b"",
+        status_code=status,
+        headers=headers,
+        media_type=f"{media_type(request)};charset=utf-8" if body is not None else None,
+    )
+
+
+def json_response(
+    request: Request, value: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return fhir_response(request, fhir_json.dumps(value), status, headers)
+
+
+def outcome_response(request: Request, error: FhirError) -> Response:
+    return json_response(request, operation_outcome(error.issues), error.status, error.headers)
+
+
+def info_outcome(message: str, issues: list[Issue] | None = None) -> dict[str, Any]:
+    return operation_outcome([Issue("information", "informational", message), *(issues or [])])
+
+
+def http_date(ts: datetime) -> str:
+    return format_datetime(ts.astimezone(UTC), usegmt=True)
+
+
+def etag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+def version_headers(stored: StoredResource) -> dict[str, str]:
+    return {"ETag": etag(stored.version_id), "Last-Modified": http_date(stored.last_updated)}
+
+
+def base_url(request: Request) -> str:
+    """The server's FHIR base, from configuration or the request's own host."""
+    configured = request.app.state.settings.public_base_url
+    if configured:
+        return configured.rstrip("/")
+    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+    return f"{request.url.scheme}://{host}{request.app.state.settings.base_path}"
+
+
+def location(request: Request, stored: StoredResource) -> str:
+    return f"{base_url(request)}/{stored.resource_type}/{stored.id}/_history/{stored.version_id}"

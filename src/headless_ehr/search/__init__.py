@@ -1,0 +1,1 @@
+"""Search: parameter registry, index extraction on write, query compilation."""

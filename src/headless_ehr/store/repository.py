@@ -1,0 +1,448 @@
+"""Create, read, vread, update, delete, history and search over PostgreSQL.
+
+Writes are optimistic: the new version is computed from the current one and the
+single-statement UPDATE only applies while the row still has that version, so two
+concurrent writers can never both win (no lost update) and no lock is held across
+round trips.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from ..auth.principal import Principal
+from ..fhir import json as fhir_json
+from ..fhir.outcome import FhirError, Issue, has_errors
+from ..search.extract import token_rows
+from ..search.query import compile_search
+from . import sql
+from .model import HistoryPage, SearchPage, StoredResource, WriteOutcome
+
+Resource = dict[str, Any]
+Validate = Callable[[Any], list[Issue]]
+Executor = asyncpg.Pool | asyncpg.Connection
+
+_OPTIMISTIC_ATTEMPTS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """What to write as the next version: a resource, or None for a deletion."""
+
+    resource: Resource | None
+    method: str
+
+
+def format_instant(ts: datetime) -> str:
+    """An R4 instant with the microseconds PostgreSQL stores, so _since compares exactly."""
+    return ts.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def with_meta(resource: Resource, rid: str, version: int, ts: datetime) -> Resource:
+    """The resource with id and server-owned meta set; resourceType, id, meta lead."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = format_instant(ts)
+    out: Resource = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
+    for key, value in resource.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def encode_cursor(*parts: object) -> str:
+    text = "|".join(str(p) for p in parts)
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, n: int) -> list[str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise FhirError.of(400, "invalid", "malformed paging cursor") from None
+    parts = text.split("|")
+    if len(parts) != n:
+        raise FhirError.of(400, "invalid", "malformed paging cursor")
+    return parts
+
+
+class ResourceStore:
+    """The resource repository over a pool, or over one connection inside a transaction."""
+
+    def __init__(self, db: Executor, validate: Validate | None = None, max_page_size: int = 1000):
+        self._db = db
+        self._validate = validate
+        self.max_page_size = max_page_size
+
+    def bound(self, conn: asyncpg.Connection) -> ResourceStore:
+        """The same store running its statements on conn (e.g. inside a transaction)."""
+        return ResourceStore(conn, self._validate, self.max_page_size)
+
+    # -- validation -----------------------------------------------------------------
+
+    def check(self, resource: Any, resource_type: str | None = None) -> list[Issue]:
+        """Validate a parsed resource (of resource_type, when given); 422 when invalid."""
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise FhirError.of(
+                400, "structure", "the body is not a FHIR resource (no resourceType)"
+            )
+        if resource_type is not None and resource["resourceType"] != resource_type:
+            raise FhirError.of(
+                400,
+                "invalid",
+                f"resourceType '{resource['resourceType']}' does not match {resource_type}",
+                "resourceType",
+            )
+        issues = self._validate(resource) if self._validate else []
+        if has_errors(issues):
+            raise FhirError(422, issues)
+        return issues
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def read(self, principal: Principal, resource_type: str, rid: str) -> StoredResource:
+        """The current version; 404 when unknown, 410 when deleted."""
+        principal.require("read", resource_type)
+        row = await self._db.fetchrow(sql.READ_CURRENT, resource_type, rid)
+        if row is None:
+            raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+        stored = StoredResource(resource_type, rid, row[0], row[1], row[2])
+        if stored.deleted:
+            raise FhirError(
+                410,
+                [Issue("error", "deleted", f"{resource_type}/{rid} has been deleted")],
+                {"ETag": f'W/"{stored.version_id}"'},
+            )
+        return stored
+
+    async def vread(
+        self, principal: Principal, resource_type: str, rid: str, version: str
+    ) -> StoredResource:
+        principal.require("vread", resource_type)
+        if not version.isdigit() or len(version) > 9:
+            raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
+        row = await self._db.fetchrow(sql.READ_VERSION, resource_type, rid, int(version))
+        if row is None:
+            raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
+        stored = StoredResource(resource_type, rid, row[0], row[1], row[2], row[3])
+        if stored.deleted:
+            raise FhirError.of(
+                410, "deleted", f"version {version} of {resource_type}/{rid} is a deletion"
+            )
+        return stored
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        resource: Resource | None,
+        resource_type: str,
+        rid: str,
+        version: int,
+        method: str,
+        previous: int | None,
+    ) -> StoredResource | None:
+        """Insert (previous None) or replace version `previous`; None when it lost a race."""
+        ts = datetime.now(UTC)
+        if resource is None:
+            content, rows = None, []
+        else:
+            final = with_meta(resource, rid, version, ts)
+            content, rows = fhir_json.dumps(final), token_rows(final)
+        args = [
+            resource_type,
+            rid,
+            version,
+            ts,
+            content,
+            method,
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+        ]
+        if previous is None:
+            changed = await self._db.fetchval(sql.INSERT_RESOURCE, *args)
+        else:
+            changed = await self._db.fetchval(sql.UPDATE_RESOURCE, *args, previous)
+        if not changed:
+            return None
+        return StoredResource(resource_type, rid, version, ts, content, method)
+
+    async def create(
+        self,
+        principal: Principal,
+        resource: Any,
+        *,
+        if_none_exist: list[tuple[str, str]] | None = None,
+        method: str = "POST",
+        resource_type: str | None = None,
+    ) -> WriteOutcome:
+        """Create with a server-assigned id; with if_none_exist, only when nothing matches."""
+        self.check(resource, resource_type)
+        resource_type = resource["resourceType"]
+        principal.require("create", resource_type)
+        if if_none_exist is not None:
+            found = await self._match(principal, resource_type, if_none_exist, "create")
+            if found is not None:
+                return WriteOutcome(found, created=False, matched=True)
+        rid = str(uuid.uuid4())
+        stored = await self._write(resource, resource_type, rid, 1, method, None)
+        assert stored is not None  # a fresh UUID cannot collide
+        return WriteOutcome(stored, created=True)
+
+    async def update(
+        self,
+        principal: Principal,
+        resource_type: str,
+        rid: str,
+        resource: Any,
+        *,
+        if_match: int | None = None,
+        method: str = "PUT",
+    ) -> WriteOutcome:
+        """Replace (or create with the client's id); If-Match makes it version-aware."""
+        self.check(resource, resource_type)
+        if resource.get("id") is None:
+            raise FhirError.of(400, "required", "an update must carry the resource id", "id")
+        if resource["id"] != rid:
+            raise FhirError.of(
+                400, "invalid", f"id '{resource['id']}' does not match the URL id '{rid}'", "id"
+            )
+        principal.require("update", resource_type)
+
+        def plan(current: asyncpg.Record | None) -> _Write:
+            if current is None and if_match is not None:
+                raise FhirError.of(
+                    412, "conflict", f"{resource_type}/{rid} does not exist (If-Match)"
+                )
+            if current is not None and if_match is not None and if_match != current[0]:
+                raise _version_conflict(resource_type, rid, if_match, current[0])
+            return _Write(resource, method)
+
+        stored, before = await self._versioned(resource_type, rid, plan)
+        assert stored is not None
+        return WriteOutcome(stored, created=before is None or before[2] is None)
+
+    async def delete(
+        self, principal: Principal, resource_type: str, rid: str, *, if_match: int | None = None
+    ) -> StoredResource | None:
+        """Delete; returns the deletion version, or None when it was already deleted."""
+        principal.require("delete", resource_type)
+
+        def plan(current: asyncpg.Record | None) -> _Write | None:
+            if current is None:
+                raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+            if if_match is not None and if_match != current[0]:
+                raise _version_conflict(resource_type, rid, if_match, current[0])
+            return None if current[2] is None else _Write(None, "DELETE")
+
+        stored, _ = await self._versioned(resource_type, rid, plan)
+        return stored
+
+    async def _versioned(
+        self,
+        resource_type: str,
+        rid: str,
+        plan: Callable[[asyncpg.Record | None], _Write | None],
+    ) -> tuple[StoredResource | None, asyncpg.Record | None]:
+        """Write the next version of a resource as `plan` decides from the current row.
+
+        Optimistic first (read, then a write that only applies to the version read);
+        after repeated lost races, pessimistic: lock the row so progress is certain.
+        Returns what was written (None when plan chose not to write) and the row before.
+        """
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            current = await self._db.fetchrow(sql.READ_CURRENT, resource_type, rid)
+            step = plan(current)
+            if step is None:
+                return None, current
+            stored = await self._write_next(step, resource_type, rid, current)
+            if stored is not None:
+                return stored, current
+        async with self._transaction() as conn:
+            locked = self.bound(conn)
+            while True:
+                current = await conn.fetchrow(sql.READ_CURRENT_FOR_UPDATE, resource_type, rid)
+                step = plan(current)
+                if step is None:
+                    return None, current
+                stored = await locked._write_next(step, resource_type, rid, current)
+                if stored is not None:  # None only if a concurrent insert won; it is visible now
+                    return stored, current
+
+    async def _write_next(
+        self, step: _Write, resource_type: str, rid: str, current: asyncpg.Record | None
+    ) -> StoredResource | None:
+        if current is None:
+            return await self._write(step.resource, resource_type, rid, 1, step.method, None)
+        version = current[0]
+        return await self._write(
+            step.resource, resource_type, rid, version + 1, step.method, version
+        )
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction (or a savepoint, when this store is bound to one)."""
+        if isinstance(self._db, asyncpg.Pool):
+            async with self._db.acquire() as conn, conn.transaction():
+                yield conn
+        else:
+            async with self._db.transaction():
+                yield self._db
+
+    # -- conditional interactions -----------------------------------------------------
+
+    async def _match(
+        self, principal: Principal, resource_type: str, criteria: list[tuple[str, str]], what: str
+    ) -> StoredResource | None:
+        """The single resource matching criteria, None for none, 412 for several."""
+        if not criteria:
+            raise FhirError.of(400, "invalid", f"conditional {what} needs search criteria")
+        page = await self.search(
+            principal, resource_type, [*criteria, ("_count", "2")], strict=True
+        )
+        if len(page.entries) > 1:
+            raise FhirError.of(
+                412, "multiple-matches", f"conditional {what}: criteria match several resources"
+            )
+        return page.entries[0] if page.entries else None
+
+    async def conditional_update(
+        self,
+        principal: Principal,
+        resource_type: str,
+        criteria: list[tuple[str, str]],
+        resource: Any,
+        *,
+        if_match: int | None = None,
+    ) -> WriteOutcome:
+        """Update the one match, or create when none matches (id from the body or new)."""
+        self.check(resource, resource_type)
+        found = await self._match(principal, resource_type, criteria, "update")
+        if found is not None:
+            if resource.get("id") not in (None, found.id):
+                raise FhirError.of(
+                    400,
+                    "invalid",
+                    f"body id '{resource['id']}' differs from the match '{found.id}'",
+                )
+            return await self.update(
+                principal, resource_type, found.id, {**resource, "id": found.id}, if_match=if_match
+            )
+        if resource.get("id") is not None:
+            return await self.update(principal, resource_type, resource["id"], resource)
+        return await self.create(principal, resource, method="PUT")
+
+    async def conditional_delete(
+        self, principal: Principal, resource_type: str, criteria: list[tuple[str, str]]
+    ) -> StoredResource | None:
+        """Delete the one match; None when nothing matched."""
+        found = await self._match(principal, resource_type, criteria, "delete")
+        if found is None:
+            return None
+        return await self.delete(principal, resource_type, found.id)
+
+    # -- history ------------------------------------------------------------------------
+
+    async def history(
+        self,
+        principal: Principal,
+        resource_type: str | None = None,
+        rid: str | None = None,
+        *,
+        since: datetime | None = None,
+        count: int = 20,
+        cursor: str | None = None,
+    ) -> HistoryPage:
+        """Versions newest first, keyset-paged on (last_updated, seq)."""
+        principal.require("history", resource_type or "*")
+        count = max(0, min(count, self.max_page_size))
+        where, args = [], []
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if resource_type:
+            where.append(f"resource_type = {arg(resource_type)}")
+        if rid:
+            where.append(f"id = {arg(rid)}")
+        if since is not None:
+            where.append(f"last_updated >= {arg(since)}")
+        total = None
+        if rid and resource_type:  # cheap at instance level; omitted for type/system
+            total = await self._db.fetchval(
+                f"SELECT count(*) FROM resource_history WHERE {' AND '.join(where)}", *args
+            )
+        if cursor:
+            ts_text, seq_text = decode_cursor(cursor, 2)
+            try:
+                ts, seq = datetime.fromisoformat(ts_text), int(seq_text)
+            except ValueError:
+                raise FhirError.of(400, "invalid", "malformed paging cursor") from None
+            where.append(f"(last_updated, seq) < ({arg(ts)}, {arg(seq)})")
+        clause = " WHERE " + " AND ".join(where) if where else ""
+        rows = await self._db.fetch(
+            f"SELECT {sql.HISTORY_COLUMNS} FROM resource_history{clause}"
+            f" ORDER BY last_updated DESC, seq DESC LIMIT {count + 1}",
+            *args,
+        )
+        entries = [StoredResource(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows[:count]]
+        next_cursor = None
+        if len(rows) > count and count:
+            last = rows[count - 1]
+            next_cursor = encode_cursor(last[3].isoformat(), last[6])
+        return HistoryPage(entries, next_cursor, total)
+
+    # -- search -------------------------------------------------------------------------
+
+    async def search(
+        self,
+        principal: Principal,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        strict: bool = False,
+        cursor: str | None = None,
+        default_count: int = 20,
+        with_total: bool = True,
+    ) -> SearchPage:
+        """Current, non-deleted resources matching params, keyset-paged on id."""
+        principal.require("search", resource_type)
+        query = compile_search(resource_type, params, strict=strict, max_count=self.max_page_size)
+        count = default_count if query.count is None else query.count
+        where = ["r.resource_type = $1", "NOT r.deleted", *query.where]
+        filters = " AND ".join(where)
+        total = None
+        if with_total:
+            total = await self._db.fetchval(
+                f"SELECT count(*) FROM resource r WHERE {filters}", *query.args
+            )
+        if cursor:
+            (after,) = decode_cursor(cursor, 1)
+            where.append(f"r.id > {query.arg(after)}")
+        rows = await self._db.fetch(
+            "SELECT r.id, r.version_id, r.last_updated, r.content FROM resource r"
+            f" WHERE {' AND '.join(where)} ORDER BY r.id LIMIT {count + 1}",
+            *query.args,
+        )
+        entries = [StoredResource(resource_type, r[0], r[1], r[2], r[3]) for r in rows[:count]]
+        next_cursor = encode_cursor(entries[-1].id) if len(rows) > count and entries else None
+        return SearchPage(entries, total, next_cursor, query.issues)
+
+
+def _version_conflict(resource_type: str, rid: str, wanted: int, current: int | None) -> FhirError:
+    now = f" (current version is {current})" if current is not None else ""
+    return FhirError.of(
+        412,
+        "conflict",
+        f"{resource_type}/{rid}: If-Match version {wanted} is not the current version{now}",
+    )

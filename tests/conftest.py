@@ -1,0 +1,98 @@
+"""Shared fixtures: a real PostgreSQL database and the real ASGI app.
+
+With EHR_TEST_DATABASE_URL set (CI sets it to the machine's server) each test run
+creates its own database there and drops it afterwards; otherwise an embedded
+PostgreSQL is started in a temporary folder. No database is ever mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from headless_ehr.app import create_app
+from headless_ehr.config import Settings
+
+SHARED_FHIR = Path(__file__).resolve().parents[1].parent / "shared" / "fhir"
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """A DSN of a PostgreSQL server the tests may create databases on."""
+    url = os.environ.get("EHR_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from headless_ehr.db.embedded import EmbeddedPostgres
+
+    folder = Path(tempfile.mkdtemp(prefix="ehr-test-"))
+    embedded = EmbeddedPostgres(folder)
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database for this test run."""
+    name = f"ehr_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield _with_database(server_dsn, name)
+    finally:
+        admin = await asyncpg.connect(server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, max_body_bytes=1024 * 1024)
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[object]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
+        yield c
+
+
+@pytest.fixture
+async def db(app: object) -> asyncpg.Pool:
+    return app.state.pool  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def shared_fhir() -> Path:
+    if not SHARED_FHIR.is_dir():
+        pytest.skip(f"the shared FHIR data set is absent ({SHARED_FHIR})")
+    return SHARED_FHIR

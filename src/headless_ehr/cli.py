@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -44,6 +45,10 @@ def serve(args: argparse.Namespace) -> int:
         f" using {where}",
         flush=True,
     )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
+    # handler that was installed before it: ours, so the embedded database is stopped too.
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    signal.signal(signal.SIGINT, _exit_quietly)
     try:
         if args.workers > 1:
             uvicorn.run(
@@ -65,10 +70,20 @@ def serve(args: argparse.Namespace) -> int:
                 log_level=args.log_level,
                 access_log=args.access_log,
             )
+    except _Stopped:
+        pass
     finally:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+class _Stopped(Exception):
+    """Raised by the signal handler once the server has shut down."""
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise _Stopped
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,9 +27,7 @@ async def test_principal_without_write_rights_cannot_create(store):
 
 
 async def test_principal_cannot_read_other_types(store):
-    obs = await store.create(
-        SYSTEM, {"resourceType": "Basic", "code": {"text": "x"}}
-    )
+    obs = await store.create(SYSTEM, {"resourceType": "Basic", "code": {"text": "x"}})
     with pytest.raises(FhirError) as err:
         await store.read(READ_ONLY_PATIENTS, "Basic", obs.stored.id)
     assert err.value.status == 403

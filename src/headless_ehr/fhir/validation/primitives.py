@@ -1,0 +1,208 @@
+"""Checks for the R4 primitive types, one compiled function per type.
+
+The lexical rules come from the regex extensions in the profiles-types
+StructureDefinitions, so the spec stays the source of truth; what a regex cannot
+say (JSON value kind, 32-bit integer range, real calendar dates, 1 MB strings) is
+added here. Every check returns an error message, or None when the value is valid.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from ..definitions import Definitions
+
+Check = Callable[[Any], str | None]
+
+REGEX_EXTENSION = "http://hl7.org/fhir/StructureDefinition/regex"
+FHIR_TYPE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+MAX_STRING_LENGTH = 1024 * 1024  # R4: strings SHALL NOT exceed 1 MB
+
+# The spec's base64Binary regex, `(\s*([0-9a-zA-Z\+/=]){4}\s*)+`, backtracks
+# exponentially on long invalid input with line breaks; this is the same language
+# written so that every character has exactly one way to match.
+_BASE64 = r"\s*(?:[0-9a-zA-Z+/=]{4}\s*)+"
+
+_ANY_TEXT = r"[ \r\n\t\S]+"  # the string and markdown regex
+_STRING_TYPES = frozenset(
+    {
+        "string",
+        "markdown",
+        "code",
+        "id",
+        "uri",
+        "url",
+        "canonical",
+        "oid",
+        "uuid",
+        "base64Binary",
+        "date",
+        "dateTime",
+        "instant",
+        "time",
+        "xhtml",
+    }
+)
+_DATED_TYPES = frozenset({"date", "dateTime", "instant"})
+_NON_BLANK_TYPES = frozenset({"string", "markdown"})
+
+
+@dataclass(frozen=True, slots=True)
+class PrimitiveType:
+    """One FHIR primitive type: its name and the function that checks a JSON value."""
+
+    name: str
+    check: Check
+
+    def accepts_kind(self, value: Any) -> bool:
+        """Whether `value` is the JSON kind (string, number, boolean) this type uses."""
+        if self.name == "boolean":
+            return type(value) is bool
+        if self.name in ("integer", "positiveInt", "unsignedInt", "decimal"):
+            return type(value) is not bool and isinstance(value, (int, Decimal, float))
+        return type(value) is str
+
+
+def spec_regexes(defs: Definitions) -> dict[str, str]:
+    """The regex each primitive type's `value` element declares, keyed by type name."""
+    out: dict[str, str] = {}
+    for name, sd in defs.structure_definitions.items():
+        if sd.get("kind") != "primitive-type":
+            continue
+        for element in sd["snapshot"]["element"]:
+            if element["path"] != f"{name}.value":
+                continue
+            for type_ in element.get("type", []):
+                for ext in type_.get("extension", []):
+                    if ext["url"] == REGEX_EXTENSION:
+                        out[name] = ext["valueString"]
+    return out
+
+
+def primitive_types(defs: Definitions) -> dict[str, PrimitiveType]:
+    """Compile a check for every primitive type in the definitions."""
+    regexes = spec_regexes(defs)
+    if "base64Binary" in regexes:
+        regexes["base64Binary"] = _BASE64
+    out: dict[str, PrimitiveType] = {}
+    for name, sd in defs.structure_definitions.items():
+        if sd.get("kind") == "primitive-type":
+            out[name] = PrimitiveType(name, _compile(name, regexes.get(name)))
+    return out
+
+
+def _compile(name: str, regex: str | None) -> Check:
+    if name == "boolean":
+        return _check_boolean
+    if name in ("integer", "positiveInt", "unsignedInt"):
+        low = {"integer": INT32_MIN, "positiveInt": 1, "unsignedInt": 0}[name]
+        return _integer_check(name, low)
+    if name == "decimal":
+        return _check_decimal
+    if name == "xhtml":
+        return _check_xhtml
+    if name in _STRING_TYPES:
+        return _string_check(name, regex)
+    raise ValueError(f"no JSON representation known for primitive type {name!r}")
+
+
+def _check_boolean(value: Any) -> str | None:
+    if type(value) is bool:
+        return None
+    return f"must be a JSON boolean (true or false), not {json_kind(value)}"
+
+
+def _integer_check(name: str, low: int) -> Check:
+    def check(value: Any) -> str | None:
+        if type(value) is not int:
+            return f"{name} must be a JSON number without fraction, not {json_kind(value)}"
+        if value < low or value > INT32_MAX:
+            return f"{value} is outside the range of {name} ({low}..{INT32_MAX})"
+        return None
+
+    return check
+
+
+def _check_decimal(value: Any) -> str | None:
+    if type(value) is bool or not isinstance(value, (int, Decimal, float)):
+        return f"decimal must be a JSON number, not {json_kind(value)}"
+    if isinstance(value, Decimal) and not value.is_finite():
+        return "decimal must be a finite number"
+    return None
+
+
+def _check_xhtml(value: Any) -> str | None:
+    if type(value) is not str:
+        return f"xhtml must be a JSON string, not {json_kind(value)}"
+    if not value.lstrip().startswith("<div"):
+        return "the narrative must be XHTML whose root element is a <div>"
+    return None
+
+
+def _string_check(name: str, regex: str | None) -> Check:
+    # Java regex semantics: \s and \S are ASCII-only there, so they are here too.
+    pattern = re.compile(regex, re.ASCII) if regex else None
+    fullmatch: Callable[[str], object] | None = pattern.fullmatch if pattern else None
+    if regex == _ANY_TEXT:
+        fullmatch = _any_text  # the commonest types: same rule, without the regex engine
+    dated = name in _DATED_TYPES
+    non_blank = name in _NON_BLANK_TYPES
+
+    def check(value: Any) -> str | None:
+        if type(value) is not str:
+            return f"{name} must be a JSON string, not {json_kind(value)}"
+        if not value:
+            return "empty strings are not allowed in FHIR JSON; omit the element"
+        if len(value) > MAX_STRING_LENGTH:
+            return f"{name} value is longer than the 1 MB maximum"
+        if non_blank and value.isspace():
+            return f"{name} must contain non-whitespace content"
+        if fullmatch is not None and not fullmatch(value):
+            return f"{_quote(value)} is not a valid {name}"
+        if dated and len(value) >= 10 and not _real_day(value):
+            return f"{_quote(value)} is not a real calendar date"
+        return None
+
+    return check
+
+
+def _any_text(value: str) -> bool:
+    """`[ \\r\\n\\t\\S]+` on a non-empty string: no vertical tab or form feed."""
+    return "\x0b" not in value and "\x0c" not in value
+
+
+def _real_day(value: str) -> bool:
+    """The regexes allow 2023-02-31; the calendar does not."""
+    day = int(value[8:10])
+    if day <= 28:
+        return True
+    return day <= calendar.monthrange(int(value[0:4]), int(value[5:7]))[1]
+
+
+def _quote(value: str) -> str:
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def json_kind(value: Any) -> str:
+    """The JSON kind of a parsed value, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float, Decimal)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,12 +1,19 @@
-"""Search parameter parsing: escaping, token forms, and values kept out of SQL text."""
+"""Search parameter parsing: escaping, modifiers, prefixes, and values kept out of SQL."""
 
 from __future__ import annotations
 
 import pytest
 
 from headless_ehr.fhir.outcome import FhirError
-from headless_ehr.search.extract import token_rows
-from headless_ehr.search.query import compile_search, split_or
+from headless_ehr.search.parse import Parser, split_or, split_prefix
+from headless_ehr.search.query import filter_sql, parse_request
+from headless_ehr.search.sql import SqlBuilder
+
+
+def compile_one(rtype: str, params: list[tuple[str, str]], strict: bool = True) -> tuple[str, list]:
+    request = parse_request([rtype], params, strict=strict)
+    b = SqlBuilder()
+    return filter_sql(b, request), b.args
 
 
 def test_comma_separates_alternatives_unless_escaped():
@@ -14,55 +21,72 @@ def test_comma_separates_alternatives_unless_escaped():
     assert split_or(r"a\,b,c") == [r"a\,b", "c"]
 
 
-def test_values_are_bind_parameters_never_sql_text():
-    evil = "x'); DROP TABLE resource; --"
-    query = compile_search("Patient", [("identifier", evil)], strict=True)
-    assert evil not in " ".join(query.where)
-    assert evil in query.args
+def test_prefix_is_split_only_when_followed_by_a_value():
+    assert split_prefix("ge2020") == ("ge", "2020")
+    assert split_prefix("2020") == ("eq", "2020")
+    assert split_prefix("ap10") == ("ap", "10")
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("identifier", "x'); DROP TABLE resource; --"),
+        ("name", "Robert'); DELETE FROM resource; --"),
+        ("_id", "abc"),
+        ("general-practitioner", "Practitioner/1' OR '1'='1"),
+    ],
+)
+def test_values_are_bind_parameters_never_sql_text(name, value):
+    sql, args = compile_one("Patient", [(name, value)])
+    assert value not in sql
+    assert "'" not in sql.replace("'simple'", "")  # no literal built from input
 
 
 def test_unknown_parameter_is_reported_in_lenient_mode():
-    query = compile_search("Patient", [("nonsense", "1")], strict=False)
-    assert query.issues and "nonsense" in query.issues[0].diagnostics
+    parser = Parser("Patient", strict=False)
+    assert parser.parse([("nonsense", "1")]) == []
+    assert parser.issues and "nonsense" in parser.issues[0].diagnostics
 
 
 def test_unknown_parameter_is_400_in_strict_mode():
     with pytest.raises(FhirError) as err:
-        compile_search("Patient", [("nonsense", "1")], strict=True)
+        compile_one("Patient", [("nonsense", "1")])
     assert err.value.status == 400
 
 
-def test_bad_id_is_400():
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("_id", "a b"),
+        ("_count", "many"),
+        ("birthdate", "yesterday"),
+        ("birthdate", "2020-13-01"),
+        ("birthdate", "xx2020"),
+        ("gender:bogus", "male"),
+        ("name:missing", "maybe"),
+    ],
+)
+def test_malformed_values_are_400(name, value):
+    with pytest.raises(FhirError) as err:
+        compile_one("Patient", [(name, value)])
+    assert err.value.status == 400
+
+
+def test_chain_through_non_reference_is_400():
     with pytest.raises(FhirError):
-        compile_search("Patient", [("_id", "a b")], strict=True)
+        compile_one("Patient", [("gender.name", "x")])
 
 
-def test_bad_count_is_400():
+def test_chain_depth_is_limited():
     with pytest.raises(FhirError):
-        compile_search("Patient", [("_count", "many")], strict=True)
+        compile_one("Patient", [("link:Patient." * 6 + "name", "x")])
 
 
-def test_identifier_token_rows_carry_system_and_value():
-    rows = token_rows(
-        {
-            "resourceType": "Patient",
-            "identifier": [{"system": "urn:s", "value": "1"}, {"value": "2"}],
-            "gender": "male",
-        }
-    )
-    assert ("identifier", "urn:s", "1") in rows
-    assert ("identifier", None, "2") in rows
-    assert ("gender", None, "male") in rows
+def test_has_needs_type_reference_and_parameter():
+    with pytest.raises(FhirError):
+        compile_one("Patient", [("_has:Observation:patient", "x")])
 
 
-def test_codeable_concept_token_rows_come_from_each_coding():
-    rows = token_rows(
-        {
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "1234-5"}, {"code": "x"}]},
-        }
-    )
-    assert ("code", "http://loinc.org", "1234-5") in rows
-    assert ("code", None, "x") in rows
-    assert ("status", None, "final") in rows
+def test_composite_needs_all_components():
+    with pytest.raises(FhirError):
+        compile_one("Observation", [("code-value-quantity", "http://loinc.org|8480-6")])

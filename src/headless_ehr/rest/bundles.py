@@ -9,8 +9,10 @@ from urllib.parse import urlencode
 import orjson
 from starlette.requests import Request
 
-from ..fhir.outcome import Issue, operation_outcome
-from ..store import StoredResource
+from ..fhir import json as fhir_json
+from ..fhir.outcome import operation_outcome
+from ..fhir.summary import subset
+from ..store import SearchPage, StoredResource
 from ..store.repository import format_instant
 from .responses import base_url, etag
 
@@ -37,25 +39,29 @@ def _bundle(
     return out
 
 
-def searchset(
-    request: Request,
-    stored: list[StoredResource],
-    total: int | None,
-    links: list[dict[str, str]],
-    issues: list[Issue],
+def _search_entry(
+    base: str, stored: StoredResource, mode: str, summary: str | None, elements: list[str] | None
 ) -> dict[str, Any]:
+    if summary in (None, "false") and not elements:
+        resource: Any = orjson.Fragment(stored.content)
+    else:
+        resource = subset(fhir_json.loads(stored.content), summary, elements)
+    return {
+        "fullUrl": f"{base}/{stored.resource_type}/{stored.id}",
+        "resource": resource,
+        "search": {"mode": mode},
+    }
+
+
+def searchset(request: Request, page: SearchPage, links: list[dict[str, str]]) -> dict[str, Any]:
     base = base_url(request)
-    entries: list[Any] = [
-        {
-            "fullUrl": f"{base}/{s.resource_type}/{s.id}",
-            "resource": orjson.Fragment(s.content),
-            "search": {"mode": "match"},
-        }
-        for s in stored
-    ]
-    if issues:
-        entries.append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
-    return _bundle("searchset", total, links, entries)
+    summary = page.request.summary if page.request else None
+    elements = page.request.elements if page.request else None
+    entries: list[Any] = [_search_entry(base, s, "match", summary, elements) for s in page.entries]
+    entries += [_search_entry(base, s, "include", summary, elements) for s in page.included]
+    if page.issues:
+        entries.append({"resource": operation_outcome(page.issues), "search": {"mode": "outcome"}})
+    return _bundle("searchset", page.total, links, entries)
 
 
 _HISTORY_STATUS = {

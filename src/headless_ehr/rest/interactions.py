@@ -8,7 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..auth.principal import Principal
+from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
+from ..search.compartment import Compartment, member_types
 from ..store import ResourceStore, StoredResource, WriteOutcome
 from . import bundles
 from .instants import parse_instant
@@ -143,25 +145,57 @@ async def _search_params(request: Request) -> list[tuple[str, str]]:
     return params
 
 
-async def search(request: Request, resource_type: str) -> Response:
+_SYSTEM_COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
+
+
+def _types_for(
+    params: list[tuple[str, str]], resource_type: str | None, compartment: Compartment | None
+) -> list[str]:
+    if resource_type is not None:
+        return [resource_type]
+    if compartment is not None:
+        return member_types(compartment.type)
+    listed = [t for k, v in params if k == "_type" for t in v.split(",") if t]
+    unknown = [t for t in listed if t not in definitions().resource_types]
+    if unknown:
+        raise FhirError.of(
+            400, "invalid", f"unknown resource type(s) in _type: {', '.join(unknown)}"
+        )
+    if not listed:
+        raise FhirError.of(
+            400, "invalid", "a system-level search needs _type (e.g. _type=Patient,Observation)"
+        )
+    return listed
+
+
+async def search(
+    request: Request, resource_type: str | None = None, compartment: Compartment | None = None
+) -> Response:
+    """Type search, system search (`_type`) and compartment search."""
     params = await _search_params(request)
     cursor = next((v for k, v in params if k == "_cursor"), None)
-    params = [(k, v) for k, v in params if k not in ("_cursor", "_format")]
+    params = [(k, v) for k, v in params if k not in ("_cursor", "_format", "_pretty")]
+    types = _types_for(params, resource_type, compartment)
     strict = prefer(request).get("handling") == "strict"
     settings = request.app.state.settings
     page = await store_of(request).search(
         principal_of(request),
-        resource_type,
+        types,
         params,
         strict=strict,
         cursor=cursor,
         default_count=settings.default_page_size,
+        compartment=compartment,
     )
-    links = [bundles.page_link(request, "self", cursor, ("_cursor",))]
+    drop = ("_cursor",)
+    links = [bundles.page_link(request, "self", cursor, drop)]
+    if cursor:
+        links.append(bundles.page_link(request, "first", None, drop))
     if page.next_cursor:
-        links.append(bundles.page_link(request, "next", page.next_cursor, ("_cursor",)))
-    body = bundles.searchset(request, page.entries, page.total, links, page.issues)
-    return json_response(request, body)
+        links.append(bundles.page_link(request, "next", page.next_cursor, drop))
+    if page.previous_cursor:
+        links.append(bundles.page_link(request, "previous", page.previous_cursor, drop))
+    return json_response(request, bundles.searchset(request, page, links))
 
 
 def _history_args(request: Request) -> dict[str, object]:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from ..auth.principal import SYSTEM
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
+from ..search.compartment import Compartment
 from . import interactions as ix
 from .capability import capability_statement
 from .negotiation import response_media_type
@@ -24,6 +25,7 @@ from .responses import base_url, json_response, outcome_response
 
 log = logging.getLogger("headless_ehr.rest")
 
+COMPARTMENT_TYPES = frozenset({"Patient", "Encounter", "RelatedPerson", "Practitioner", "Device"})
 Handler = Callable[[], Awaitable[Response]]
 Methods = dict[str, Handler]
 
@@ -47,7 +49,7 @@ def _routes(request: Request, seg: list[str]) -> Methods:
     """The handlers for a path, by method."""
     n = len(seg)
     if n == 0:
-        return {}
+        return {"GET": lambda: ix.search(request)}
     head = seg[0]
     if n == 1 and head == "metadata":
         return {"GET": lambda: _metadata(request)}
@@ -84,6 +86,14 @@ def _routes(request: Request, seg: list[str]) -> Methods:
         return _operation(request, third[1:], rtype, rid)
     if third == "_history" and n == 3:
         return {"GET": lambda: ix.history(request, rtype, rid)}
+    if (
+        n == 3
+        and rtype in COMPARTMENT_TYPES
+        and (third == "*" or third in definitions().resource_types)
+    ):
+        compartment = Compartment(rtype, rid)
+        target = None if third == "*" else third
+        return {"GET": lambda: ix.search(request, target, compartment)}
     if third == "_history" and n == 4:
         vid = seg[3]
         return {"GET": lambda: ix.vread(request, rtype, rid, vid)}

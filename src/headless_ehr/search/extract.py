@@ -56,3 +56,10 @@ def token_rows(resource: dict[str, Any]) -> list[TokenRow]:
                 for system, code in _token_values(value):
                     rows.add((param.code, system, code))
     return sorted(rows, key=lambda r: (r[0], r[1] or "", r[2] or ""))
+
+
+def extract(resource: dict[str, Any]) -> Any:
+    """Interim: token rows only (replaced by the search.extract package)."""
+    from .rows import IndexRows
+
+    return IndexRows(token=[(p, s, c, None) for p, s, c in token_rows(resource)])

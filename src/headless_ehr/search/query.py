@@ -1,136 +1,343 @@
-"""Parse search parameters and compile them to parameterised SQL.
+"""A whole search request: filters, sort, paging, totals and includes, as SQL.
 
-Values never reach SQL as text: every value is a bind parameter. This first slice
-knows `_id` and token parameters; the full search API builds on the same shapes.
+The store runs what this module builds (and adds the access predicate), so that
+search logic lives here and data access checks live in one place.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
+from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
-from .registry import indexed_token_params
+from .paging import decode_cursor, encode_cursor
+from .parse import Clause, Parser
+from .registry import search_params
+from .sql import TABLES, SqlBuilder, clause_sql
 
-# Parameters that shape the result rather than filter it.
-RESULT_PARAMETERS = frozenset(
-    {
-        "_count",
-        "_sort",
-        "_include",
-        "_revinclude",
-        "_summary",
-        "_elements",
-        "_total",
-        "_format",
-        "_pretty",
-        "_contained",
-        "_containedType",
-    }
-)
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+SUMMARY_VALUES = frozenset({"true", "false", "text", "data", "count"})
+TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
+MAX_INCLUDE_ITERATIONS = 4
 
 
-def split_or(value: str) -> list[str]:
-    """Split a parameter value on unescaped commas, unescaping `\\,` `\\|` `\\$` `\\\\`."""
-    parts, cur, i = [], [], 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\" and i + 1 < len(value):
-            cur.append(value[i : i + 2])
-            i += 2
-            continue
-        if ch == ",":
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
-    return parts
+@dataclass(frozen=True)
+class SortKey:
+    code: str
+    descending: bool
+    kind: str  # id | lastUpdated | text | timestamp | numeric
 
 
-def _split_token(value: str) -> tuple[str | None, str | None, bool]:
-    """(system, code, system_given) of a token value `[system|]code`."""
-    idx, i = -1, 0
-    while i < len(value):
-        if value[i] == "\\":
-            i += 2
-            continue
-        if value[i] == "|":
-            idx = i
-            break
-        i += 1
-    unescape = lambda s: re.sub(r"\\(.)", r"\1", s)  # noqa: E731
-    if idx < 0:
-        return None, unescape(value) or None, False
-    return unescape(value[:idx]) or None, unescape(value[idx + 1 :]) or None, True
+@dataclass(frozen=True)
+class Include:
+    source_type: str  # the resource type whose reference parameter is followed
+    param: str | None  # None for '*'
+    target_type: str | None
+    iterate: bool
+    reverse: bool
 
 
 @dataclass
-class SearchQuery:
-    """A compiled search: SQL WHERE fragments over alias `r` plus their arguments."""
-
-    resource_type: str
-    where: list[str] = field(default_factory=list)
-    args: list[object] = field(default_factory=list)
-    count: int | None = None
+class SearchRequest:
+    resource_types: list[str]
+    clauses: dict[str, list[Clause]]
+    count: int
+    sort: list[SortKey] = field(default_factory=list)
+    includes: list[Include] = field(default_factory=list)
+    total: str | None = None
+    summary: str | None = None
+    elements: list[str] | None = None
     issues: list[Issue] = field(default_factory=list)
 
-    def arg(self, value: object) -> str:
-        self.args.append(value)
-        return f"${len(self.args)}"
+
+def _first(params: list[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in params if k == name), None)
 
 
-def compile_search(
-    resource_type: str,
+def parse_request(
+    resource_types: list[str],
     params: list[tuple[str, str]],
     *,
     strict: bool,
+    default_count: int = 20,
     max_count: int = 1000,
-) -> SearchQuery:
-    """Compile (name, value) pairs; unknown parameters fail (strict) or are reported."""
-    query = SearchQuery(resource_type)
-    query.arg(resource_type)
-    tokens = {p.code: p for p in indexed_token_params(resource_type)}
-    for name, value in params:
-        base, _, modifier = name.partition(":")
-        if base == "_count":
-            try:
-                count = int(value)
-            except ValueError:
-                raise FhirError.of(
-                    400, "invalid", f"_count must be an integer, got '{value}'"
-                ) from None
-            if count < 0:
-                raise FhirError.of(400, "invalid", "_count must not be negative")
-            query.count = min(count, max_count)
-        elif base in RESULT_PARAMETERS:
-            continue
-        elif base == "_id" and not modifier:
-            ids = split_or(value)
-            if not all(_ID.match(i) for i in ids):
-                raise FhirError.of(400, "invalid", f"invalid _id value '{value}'")
-            query.where.append(f"r.id = ANY({query.arg(ids)}::text[])")
-        elif base in tokens and not modifier:
-            ors = []
-            for part in split_or(value):
-                system, code, system_given = _split_token(part)
-                conds = [f"t.param = {query.arg(base)}"]
-                if code is not None:
-                    conds.append(f"t.code = {query.arg(code)}")
-                if system_given:
-                    conds.append(
-                        f"t.system = {query.arg(system)}" if system else "t.system IS NULL"
-                    )
-                ors.append("(" + " AND ".join(conds) + ")")
-            query.where.append(
-                "r.id IN (SELECT t.resource_id FROM search_token t"
-                " WHERE t.resource_type = $1 AND (" + " OR ".join(ors) + "))"
+) -> SearchRequest:
+    """Parse and check every parameter of a type- or system-level search."""
+    clauses: dict[str, list[Clause]] = {}
+    issues: list[Issue] = []
+    for rtype in resource_types:
+        parser = Parser(rtype, strict=strict)
+        clauses[rtype] = parser.parse(params)
+        if rtype == resource_types[0]:
+            issues = parser.issues
+    count = default_count
+    raw = _first(params, "_count")
+    if raw is not None:
+        if not raw.isdigit():
+            raise FhirError.of(
+                400, "invalid", f"_count must be a non-negative integer, got '{raw}'"
             )
-        else:
-            message = f"unknown or unsupported search parameter '{name}' for {resource_type}"
-            if strict:
-                raise FhirError.of(400, "not-supported", message)
-            query.issues.append(Issue("warning", "not-supported", message))
-    return query
+        count = min(int(raw), max_count)
+    total = _first(params, "_total")
+    if total is not None and total not in TOTAL_VALUES:
+        raise FhirError.of(400, "invalid", f"_total must be one of {sorted(TOTAL_VALUES)}")
+    summary = _first(params, "_summary")
+    if summary is not None and summary not in SUMMARY_VALUES:
+        raise FhirError.of(400, "invalid", f"_summary must be one of {sorted(SUMMARY_VALUES)}")
+    elements = None
+    raw = _first(params, "_elements")
+    if raw is not None:
+        elements = [e.strip() for e in raw.split(",") if e.strip()]
+    request = SearchRequest(
+        resource_types, clauses, count, total=total, summary=summary, elements=elements
+    )
+    request.issues = issues
+    sort = _first(params, "_sort")
+    if sort:
+        request.sort = _parse_sort(resource_types, sort)
+    for name, value in params:
+        base, _, mod = name.partition(":")
+        if base in ("_include", "_revinclude"):
+            if mod and mod != "iterate" and mod != "recurse":
+                raise FhirError.of(400, "invalid", f"unknown modifier '{name}'")
+            request.includes.append(
+                _parse_include(value, base == "_revinclude", bool(mod), resource_types)
+            )
+    return request
+
+
+def _parse_sort(resource_types: list[str], raw: str) -> list[SortKey]:
+    keys = []
+    for item in raw.split(","):
+        item = item.strip()
+        descending = item.startswith("-")
+        code = item.lstrip("-")
+        if code == "_id":
+            keys.append(SortKey(code, descending, "id"))
+            continue
+        if code == "_lastUpdated":
+            keys.append(SortKey(code, descending, "lastUpdated"))
+            continue
+        types = {search_params(t)[code].type for t in resource_types if code in search_params(t)}
+        if not types:
+            raise FhirError.of(400, "invalid", f"cannot sort on unknown parameter '{code}'")
+        kind = types.pop()
+        if kind in ("composite", "special"):
+            raise FhirError.of(400, "not-supported", f"cannot sort on {kind} parameter '{code}'")
+        sort_kind = {"date": "timestamp", "number": "numeric", "quantity": "numeric"}.get(
+            kind, "text"
+        )
+        keys.append(SortKey(code, descending, sort_kind))
+    return keys
+
+
+def _parse_include(value: str, reverse: bool, iterate: bool, resource_types: list[str]) -> Include:
+    if value == "*":
+        return Include(resource_types[0], None, None, iterate, reverse)
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in definitions().resource_types:
+        raise FhirError.of(400, "invalid", f"_include value '{value}' must be Type:param[:target]")
+    source, code = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    if code != "*":
+        param = search_params(source).get(code)
+        if param is None or param.type != "reference":
+            raise FhirError.of(400, "invalid", f"'{code}' is not a reference parameter of {source}")
+    if target is not None and target not in definitions().resource_types:
+        raise FhirError.of(400, "invalid", f"unknown target type '{target}' in '{value}'")
+    return Include(source, None if code == "*" else code, target, iterate, reverse)
+
+
+# -- SQL ----------------------------------------------------------------------------
+
+
+def filter_sql(b: SqlBuilder, request: SearchRequest, alias: str = "r") -> str:
+    """The WHERE condition (without access restrictions) over resource alias r."""
+    per_type = []
+    for rtype in request.resource_types:
+        conds = [f"{alias}.resource_type = {b.arg(rtype)}", f"NOT {alias}.deleted"]
+        conds += [clause_sql(b, c, rtype, alias) for c in request.clauses[rtype]]
+        per_type.append("(" + " AND ".join(conds) + ")")
+    return per_type[0] if len(per_type) == 1 else "(" + " OR ".join(per_type) + ")"
+
+
+def _sort_expr(b: SqlBuilder, key: SortKey, request: SearchRequest, alias: str) -> str:
+    if key.kind == "id":
+        return f"{alias}.id"
+    if key.kind == "lastUpdated":
+        return f"{alias}.last_updated"
+    rtype = request.resource_types[0]
+    param = search_params(rtype)[key.code]
+    table = TABLES[param.type]
+    column = {
+        "string": "value",
+        "token": "code",
+        "date": "high" if key.descending else "low",
+        "number": "value",
+        "quantity": "value",
+        "uri": "uri",
+        "reference": "coalesce(s.target_type || '/' || s.target_id, s.url)",
+    }[param.type]
+    column = column if "(" in column else f"s.{column}"
+    agg = "max" if key.descending else "min"
+    return (
+        f"(SELECT {agg}({column}) FROM {table} s WHERE s.resource_type = {alias}.resource_type"
+        f" AND s.resource_id = {alias}.id AND s.param = {b.arg(param.code)})"
+    )
+
+
+_CASTS = {
+    "id": "::text",
+    "lastUpdated": "::timestamptz",
+    "text": "::text",
+    "timestamp": "::timestamptz",
+    "numeric": "::numeric",
+}
+
+
+def _after(
+    b: SqlBuilder, cols: list[str], keys: list[SortKey], values: list[Any], backwards: bool
+) -> str:
+    """Rows strictly after (or, backwards, before) the cursor row in the order
+    (keys..., id), NULLS LAST, expanded lexicographically key by key."""
+    if not cols:
+        return "false"
+    col, key, value = cols[0], keys[0], values[0]
+    rest = _after(b, cols[1:], keys[1:], values[1:], backwards)
+    if value is None:  # NULLS LAST: only NULLs follow a NULL; every non-NULL precedes it
+        if backwards:
+            return f"({col} IS NOT NULL OR ({col} IS NULL AND {rest}))"
+        return f"({col} IS NULL AND {rest})"
+    bound = b.arg(value, _CASTS[key.kind])
+    op = ">" if (not key.descending) != backwards else "<"
+    moved = f"{col} {op} {bound}" if backwards else f"({col} {op} {bound} OR {col} IS NULL)"
+    return f"({moved} OR ({col} = {bound} AND {rest}))"
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _from_json(value: Any, kind: str) -> Any:
+    if value is None:
+        return None
+    if kind in ("lastUpdated", "timestamp"):
+        return datetime.fromisoformat(value)
+    if kind == "numeric":
+        return Decimal(value)
+    return value
+
+
+@dataclass
+class PageQuery:
+    sql: str
+    args: list[object]
+    sort_count: int
+    backwards: bool
+
+
+def page_query(
+    request: SearchRequest, cursor: str | None, restriction: str | None, b: SqlBuilder
+) -> PageQuery:
+    """SELECT of one page (count + 1 rows, to know whether another page follows).
+
+    restriction is an extra predicate over alias r (access control), already bound in b.
+    """
+    keys = [*request.sort, SortKey("_id", False, "id")]
+    exprs = [_sort_expr(b, k, request, "r") for k in keys[:-1]]
+    where = filter_sql(b, request)
+    if restriction:
+        where += f" AND ({restriction})"
+    backwards = False
+    outer = ""
+    cols = [f"q.s{i}" for i in range(len(exprs))] + ["q.id"]
+    if cursor:
+        state = decode_cursor(cursor)
+        if (
+            not isinstance(state, dict)
+            or not isinstance(state.get("k"), list)
+            or len(state["k"]) != len(keys)
+        ):
+            raise FhirError.of(400, "invalid", "the paging cursor does not fit this search")
+        backwards = state.get("d") == "p"
+        try:
+            values = [_from_json(v, k.kind) for v, k in zip(state["k"], keys, strict=True)]
+        except (TypeError, ValueError, ArithmeticError):
+            raise FhirError.of(400, "invalid", "malformed paging cursor") from None
+        outer = " WHERE " + _after(b, cols, keys, values, backwards)
+    directions = []
+    for col, key in zip(cols, keys, strict=True):
+        desc = key.descending != backwards
+        directions.append(
+            f"{col} {'DESC' if desc else 'ASC'} NULLS {'FIRST' if backwards else 'LAST'}"
+        )
+    select_keys = "".join(f", {e} AS s{i}" for i, e in enumerate(exprs))
+    sql = (
+        f"SELECT q.* FROM (SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content{select_keys}"
+        f" FROM resource r WHERE {where}) q{outer}"
+        f" ORDER BY {', '.join(directions)} LIMIT {request.count + 1}"
+    )
+    if not request.sort and not cursor:
+        sql = (
+            "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r"
+            f" WHERE {where} ORDER BY r.id LIMIT {request.count + 1}"
+        )
+    return PageQuery(sql, b.args, len(exprs), backwards)
+
+
+def cursor_for(row: Any, request: SearchRequest, sort_count: int, backwards: bool) -> str:
+    """The cursor naming row as the edge of a page, read forwards (next) or backwards (previous)."""
+    values = [_to_json(row[f"s{i}"]) for i in range(sort_count)] + [row["id"]]
+    return encode_cursor({"k": values, "d": "p" if backwards else "n"})
+
+
+def count_query(request: SearchRequest, restriction: str | None, b: SqlBuilder) -> str:
+    where = filter_sql(b, request)
+    if restriction:
+        where += f" AND ({restriction})"
+    return f"SELECT count(*) FROM resource r WHERE {where}"
+
+
+_RESOURCE_COLUMNS = "r.resource_type, r.id, r.version_id, r.last_updated, r.content"
+
+
+def include_sql(b: SqlBuilder, inc: Include, sources: list[Any]) -> str | None:
+    """The resources one _include/_revinclude brings in for the given resources
+    (anything with resource_type and id), or None when none can match."""
+    if inc.reverse:
+        targets = [s for s in sources if inc.target_type in (None, s.resource_type)]
+        if not targets:
+            return None
+        conds = [f"x.resource_type = {b.arg(inc.source_type)}"]
+        if inc.param:
+            conds.append(f"x.param = {b.arg(inc.param)}")
+        pairs = f"(x.target_type, x.target_id) IN (SELECT * FROM unnest({b.arg([s.resource_type for s in targets])}::text[], {b.arg([s.id for s in targets])}::text[]))"
+        conds.append(pairs)
+        return (
+            f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE NOT r.deleted"
+            f" AND (r.resource_type, r.id) IN (SELECT x.resource_type, x.resource_id"
+            f" FROM search_reference x WHERE {' AND '.join(conds)})"
+        )
+    ids = [s.id for s in sources if s.resource_type == inc.source_type]
+    if not ids:
+        return None
+    conds = [
+        f"x.resource_type = {b.arg(inc.source_type)}",
+        f"x.resource_id = ANY({b.arg(ids)}::text[])",
+        "x.target_id IS NOT NULL",
+    ]
+    if inc.param:
+        conds.append(f"x.param = {b.arg(inc.param)}")
+    if inc.target_type:
+        conds.append(f"x.target_type = {b.arg(inc.target_type)}")
+    return (
+        f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE NOT r.deleted"
+        f" AND (r.resource_type, r.id) IN (SELECT x.target_type, x.target_id"
+        f" FROM search_reference x WHERE {' AND '.join(conds)})"
+    )

@@ -1,7 +1,9 @@
-"""The R4 SearchParameters, indexed by resource type and code.
+"""The SearchParameters in force, by resource type and code.
 
-Expressions that are plain dotted paths (the large majority) are compiled to a list
-of path segments so extraction is a dictionary walk, not a FHIRPath evaluation.
+The R4 definitions are the base; SearchParameter resources stored on the server add
+to them (they become searchable after $reindex). Expressions are kept per resource
+type: of a shared expression (`Account.subject | Encounter.subject | ...`) only the
+parts that apply to the type are kept.
 """
 
 from __future__ import annotations
@@ -9,53 +11,121 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from ..fhir.definitions import definitions
 
 _SIMPLE_PATH = re.compile(r"^[A-Za-z]+(\.[a-z][A-Za-z0-9]*)+$")
 # Bases that stand for every resource type (e.g. _id, _lastUpdated, _tag).
-_ABSTRACT_BASES = ("Resource", "DomainResource")
+ABSTRACT_BASES = ("Resource", "DomainResource")
+# Parameters answered from the resource table itself, not from index rows.
+COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    definition: str  # canonical URL of the component's SearchParameter
+    expression: str  # relative to the composite's element
 
 
 @dataclass(frozen=True, slots=True)
 class SearchParam:
     code: str
     type: str  # number | date | string | token | reference | composite | quantity | uri | special
-    expression: str | None
-    paths: tuple[tuple[str, ...], ...]  # compiled simple paths below the resource root
+    expression: str | None  # only the parts that apply to resource_type
     url: str
+    resource_type: str
+    targets: tuple[str, ...] = ()
+    components: tuple[Component, ...] = ()
+    paths: tuple[tuple[str, ...], ...] = ()  # compiled simple paths below the root
 
 
-def _paths_for(expression: str | None, resource_type: str) -> tuple[tuple[str, ...], ...]:
+def _parts_for(expression: str | None, resource_type: str) -> str | None:
+    """The union members of expression that start at resource_type (or are generic)."""
+    if not expression:
+        return None
+    parts = []
+    for part in _split_union(expression):
+        head = re.match(r"^\(?\s*([A-Za-z]+)", part)
+        name = head.group(1) if head else ""
+        if name == resource_type or name in ABSTRACT_BASES or not name[:1].isupper():
+            parts.append(part)
+    return " | ".join(parts) if parts else None
+
+
+def _split_union(expression: str) -> list[str]:
+    """Split on top-level '|' only (not inside parentheses or quotes)."""
+    out, depth, quote, cur = [], 0, False, []
+    for ch in expression:
+        if ch == "'":
+            quote = not quote
+        elif not quote and ch == "(":
+            depth += 1
+        elif not quote and ch == ")":
+            depth -= 1
+        if ch == "|" and depth == 0 and not quote:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur).strip())
+    return [p for p in out if p]
+
+
+def _simple_paths(expression: str | None, resource_type: str) -> tuple[tuple[str, ...], ...]:
     if not expression:
         return ()
     out = []
-    for part in expression.split("|"):
-        part = part.strip()
-        if not _SIMPLE_PATH.match(part):
-            continue
-        head, *rest = part.split(".")
-        if head == resource_type or head in _ABSTRACT_BASES:
-            out.append(tuple(rest))
+    for part in _split_union(expression):
+        if _SIMPLE_PATH.match(part):
+            head, *rest = part.split(".")
+            if head == resource_type or head in ABSTRACT_BASES:
+                out.append(tuple(rest))
     return tuple(out)
 
 
+def make_param(resource: dict[str, Any], resource_type: str) -> SearchParam:
+    """A SearchParam from a SearchParameter resource, specialised to resource_type."""
+    expression = _parts_for(resource.get("expression"), resource_type)
+    return SearchParam(
+        code=resource["code"],
+        type=resource["type"],
+        expression=expression,
+        url=resource.get("url", ""),
+        resource_type=resource_type,
+        targets=tuple(resource.get("target", ())),
+        components=tuple(
+            Component(c.get("definition", ""), c.get("expression", ""))
+            for c in resource.get("component", ())
+        ),
+        paths=_simple_paths(expression, resource_type),
+    )
+
+
+def applies_to(resource: dict[str, Any], resource_type: str) -> bool:
+    bases = resource.get("base", [])
+    return resource_type in bases or any(b in bases for b in ABSTRACT_BASES)
+
+
 @cache
+def base_search_params(resource_type: str) -> dict[str, SearchParam]:
+    """The R4 specification's SearchParameters applicable to resource_type, by code."""
+    return {
+        sp["code"]: make_param(sp, resource_type)
+        for sp in definitions().search_parameters
+        if applies_to(sp, resource_type)
+    }
+
+
+@cache
+def by_url() -> dict[str, dict[str, Any]]:
+    """Every R4 SearchParameter resource by canonical URL (for composite components)."""
+    return {sp["url"]: sp for sp in definitions().search_parameters}
+
+
 def search_params(resource_type: str) -> dict[str, SearchParam]:
-    """Every SearchParameter applicable to resource_type, keyed by code."""
-    out: dict[str, SearchParam] = {}
-    for sp in definitions().search_parameters:
-        bases = sp.get("base", [])
-        if resource_type not in bases and not any(b in bases for b in _ABSTRACT_BASES):
-            continue
-        out[sp["code"]] = SearchParam(
-            code=sp["code"],
-            type=sp["type"],
-            expression=sp.get("expression"),
-            paths=_paths_for(sp.get("expression"), resource_type),
-            url=sp["url"],
-        )
-    return out
+    """The parameters in force for resource_type (base plus registered custom ones)."""
+    return base_search_params(resource_type)
 
 
 @cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from ..fhir.outcome import Issue
 
@@ -46,4 +47,7 @@ class SearchPage:
     entries: list[StoredResource]
     total: int | None
     next_cursor: str | None
+    previous_cursor: str | None
     issues: list[Issue] = field(default_factory=list)
+    included: list[StoredResource] = field(default_factory=list)
+    request: Any = None  # the parsed SearchRequest (summary, elements, ...)

@@ -8,7 +8,6 @@ round trips.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,12 +16,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from ..auth.principal import Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
-from ..search.extract import token_rows
-from ..search.query import compile_search
+from ..search.compartment import Compartment, compartment_sql
+from ..search.extract import extract
+from ..search.paging import decode_cursor, encode_cursor
+from ..search.query import (
+    MAX_INCLUDE_ITERATIONS,
+    SearchRequest,
+    count_query,
+    cursor_for,
+    include_sql,
+    page_query,
+    parse_request,
+)
+from ..search.rows import IndexRows
+from ..search.sql import SqlBuilder
 from . import sql
 from .model import HistoryPage, SearchPage, StoredResource, WriteOutcome
 
@@ -31,6 +43,7 @@ Validate = Callable[[Any], list[Issue]]
 Executor = asyncpg.Pool | asyncpg.Connection
 
 _OPTIMISTIC_ATTEMPTS = 2
+MAX_INCLUDED = 1000  # included resources per page
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,20 +71,16 @@ def with_meta(resource: Resource, rid: str, version: int, ts: datetime) -> Resou
     return out
 
 
-def encode_cursor(*parts: object) -> str:
-    text = "|".join(str(p) for p in parts)
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, n: int) -> list[str]:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise FhirError.of(400, "invalid", "malformed paging cursor") from None
-    parts = text.split("|")
-    if len(parts) != n:
-        raise FhirError.of(400, "invalid", "malformed paging cursor")
-    return parts
+def index_args(rows: IndexRows) -> list[object]:
+    """The write statement's index parameters: one array per column of each table."""
+    args: list[object] = []
+    for field, _table, columns in sql.INDEX_TABLES:
+        table_rows = getattr(rows, field)
+        for i in range(len(columns)):
+            args.append([row[i] for row in table_rows])
+    args.append(rows.narrative)
+    args.append(rows.content)
+    return args
 
 
 class ResourceStore:
@@ -153,21 +162,11 @@ class ResourceStore:
         """Insert (previous None) or replace version `previous`; None when it lost a race."""
         ts = datetime.now(UTC)
         if resource is None:
-            content, rows = None, []
+            content, rows = None, IndexRows()
         else:
             final = with_meta(resource, rid, version, ts)
-            content, rows = fhir_json.dumps(final), token_rows(final)
-        args = [
-            resource_type,
-            rid,
-            version,
-            ts,
-            content,
-            method,
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-            [r[2] for r in rows],
-        ]
+            content, rows = fhir_json.dumps(final), extract(final)
+        args = [resource_type, rid, version, ts, content, method, *index_args(rows)]
         if previous is None:
             changed = await self._db.fetchval(sql.INSERT_RESOURCE, *args)
         else:
@@ -383,10 +382,10 @@ class ResourceStore:
                 f"SELECT count(*) FROM resource_history WHERE {' AND '.join(where)}", *args
             )
         if cursor:
-            ts_text, seq_text = decode_cursor(cursor, 2)
+            state = decode_cursor(cursor)
             try:
-                ts, seq = datetime.fromisoformat(ts_text), int(seq_text)
-            except ValueError:
+                ts, seq = datetime.fromisoformat(state[0]), int(state[1])
+            except (TypeError, ValueError, IndexError, KeyError):
                 raise FhirError.of(400, "invalid", "malformed paging cursor") from None
             where.append(f"(last_updated, seq) < ({arg(ts)}, {arg(seq)})")
         clause = " WHERE " + " AND ".join(where) if where else ""
@@ -399,7 +398,7 @@ class ResourceStore:
         next_cursor = None
         if len(rows) > count and count:
             last = rows[count - 1]
-            next_cursor = encode_cursor(last[3].isoformat(), last[6])
+            next_cursor = encode_cursor([last[3].isoformat(), last[6]])
         return HistoryPage(entries, next_cursor, total)
 
     # -- search -------------------------------------------------------------------------
@@ -407,36 +406,115 @@ class ResourceStore:
     async def search(
         self,
         principal: Principal,
-        resource_type: str,
+        resource_types: str | list[str],
         params: list[tuple[str, str]],
         *,
         strict: bool = False,
         cursor: str | None = None,
         default_count: int = 20,
-        with_total: bool = True,
+        compartment: Compartment | None = None,
     ) -> SearchPage:
-        """Current, non-deleted resources matching params, keyset-paged on id."""
-        principal.require("search", resource_type)
-        query = compile_search(resource_type, params, strict=strict, max_count=self.max_page_size)
-        count = default_count if query.count is None else query.count
-        where = ["r.resource_type = $1", "NOT r.deleted", *query.where]
-        filters = " AND ".join(where)
-        total = None
-        if with_total:
-            total = await self._db.fetchval(
-                f"SELECT count(*) FROM resource r WHERE {filters}", *query.args
-            )
-        if cursor:
-            (after,) = decode_cursor(cursor, 1)
-            where.append(f"r.id > {query.arg(after)}")
-        rows = await self._db.fetch(
-            "SELECT r.id, r.version_id, r.last_updated, r.content FROM resource r"
-            f" WHERE {' AND '.join(where)} ORDER BY r.id LIMIT {count + 1}",
-            *query.args,
+        """Current, non-deleted resources matching params, keyset-paged, with includes."""
+        types = [resource_types] if isinstance(resource_types, str) else list(resource_types)
+        for rtype in types:
+            principal.require("search", rtype)
+        request = parse_request(
+            types, params, strict=strict, default_count=default_count, max_count=self.max_page_size
         )
-        entries = [StoredResource(resource_type, r[0], r[1], r[2], r[3]) for r in rows[:count]]
-        next_cursor = encode_cursor(entries[-1].id) if len(rows) > count and entries else None
-        return SearchPage(entries, total, next_cursor, query.issues)
+        b = SqlBuilder()
+        restriction = None
+        if compartment is not None:
+            restriction = _per_type(types, lambda t: compartment_sql(b, compartment, t, "r"), b)
+        total: int | None = None
+        if request.summary == "count":
+            total = await self._db.fetchval(count_query(request, restriction, b), *b.args)
+            return SearchPage([], total, None, None, request.issues, request=request)
+        query = page_query(request, cursor, restriction, b)
+        rows = await self._db.fetch(query.sql, *query.args)
+        more = len(rows) > request.count
+        rows = rows[: request.count]
+        if query.backwards:
+            rows.reverse()
+        entries = [StoredResource(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        next_cursor = prev_cursor = None
+        if rows and (more or query.backwards):
+            next_cursor = cursor_for(rows[-1], request, query.sort_count, False)
+        if rows and cursor and (more or not query.backwards):
+            prev_cursor = cursor_for(rows[0], request, query.sort_count, True)
+        if request.total == "accurate" or (request.total is None and not cursor and not more):
+            if not cursor and not more:
+                total = len(entries)
+            else:
+                cb = SqlBuilder()
+                cr = (
+                    _per_type(types, lambda t: compartment_sql(cb, compartment, t, "r"), cb)
+                    if compartment
+                    else None
+                )
+                total = await self._db.fetchval(count_query(request, cr, cb), *cb.args)
+        elif request.total == "estimate":
+            total = await self._estimate(request, compartment, types)
+        included = await self._includes(principal, request, entries)
+        return SearchPage(
+            entries, total, next_cursor, prev_cursor, request.issues, included, request
+        )
+
+    async def _estimate(
+        self, request: SearchRequest, compartment: Compartment | None, types: list[str]
+    ) -> int:
+        b = SqlBuilder()
+        restriction = (
+            _per_type(types, lambda t: compartment_sql(b, compartment, t, "r"), b)
+            if compartment
+            else None
+        )
+        plan = await self._db.fetchval(
+            "EXPLAIN (FORMAT JSON) "
+            + count_query(request, restriction, b).replace("count(*)", "1", 1),
+            *b.args,
+        )
+        data = plan if isinstance(plan, list) else orjson.loads(plan)
+        return int(data[0]["Plan"]["Plan Rows"])
+
+    async def _includes(
+        self, principal: Principal, request: SearchRequest, matches: list[StoredResource]
+    ) -> list[StoredResource]:
+        """_include and _revinclude targets of the matches (iterating where asked)."""
+        if not request.includes or not matches:
+            return []
+        seen = {(m.resource_type, m.id) for m in matches}
+        found: list[StoredResource] = []
+        frontier = list(matches)
+        for round_ in range(MAX_INCLUDE_ITERATIONS):
+            wanted = [inc for inc in request.includes if round_ == 0 or inc.iterate]
+            if not wanted or not frontier:
+                break
+            fresh: list[StoredResource] = []
+            for inc in wanted:
+                b = SqlBuilder()
+                statement = include_sql(b, inc, frontier)
+                if statement is None:
+                    continue
+                for r in await self._db.fetch(statement, *b.args):
+                    key = (r[0], r[1])
+                    if key in seen or not principal.allows("read", r[0]):
+                        continue
+                    seen.add(key)
+                    fresh.append(StoredResource(r[0], r[1], r[2], r[3], r[4]))
+                    if len(found) + len(fresh) >= MAX_INCLUDED:
+                        break
+            found += fresh
+            frontier = fresh
+            if len(found) >= MAX_INCLUDED:
+                break
+        return found
+
+
+def _per_type(types: list[str], predicate: Callable[[str], str], b: SqlBuilder) -> str:
+    """One predicate per resource type, each applying only to rows of that type."""
+    if len(types) == 1:
+        return predicate(types[0])
+    return " OR ".join(f"(r.resource_type = {b.arg(t)} AND {predicate(t)})" for t in types)
 
 
 def _version_conflict(resource_type: str, rid: str, wanted: int, current: int | None) -> FhirError:

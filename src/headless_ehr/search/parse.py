@@ -1,0 +1,278 @@
+"""Parse FHIR search parameters into clauses (http://hl7.org/fhir/R4/search.html).
+
+Names carry modifiers and chains (`subject:Patient.name:exact`, `_has:Observation:
+patient:code`); values carry OR lists (`a,b`) and prefixes (`ge2020`). Repeating a
+parameter ANDs it. Everything is checked here so that the SQL compiler only ever
+sees well-formed values, which it binds as parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..fhir.definitions import definitions
+from ..fhir.outcome import FhirError, Issue
+from .registry import SearchParam, search_params
+
+# Parameters that shape the result rather than filter it.
+RESULT_PARAMETERS = frozenset(
+    {
+        "_count",
+        "_sort",
+        "_include",
+        "_revinclude",
+        "_summary",
+        "_elements",
+        "_total",
+        "_contained",
+        "_containedType",
+        "_format",
+        "_pretty",
+        "_cursor",
+        "_type",
+    }
+)
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_PREFIXED_TYPES = frozenset({"number", "date", "quantity"})
+_MODIFIERS = {
+    "string": {"exact", "contains", "missing"},
+    "token": {"missing", "not", "text", "of-type", "exact"},
+    "reference": {"missing", "identifier"},  # plus :[type]
+    "date": {"missing"},
+    "number": {"missing"},
+    "quantity": {"missing"},
+    "uri": {"missing", "above", "below", "exact"},
+    "composite": {"missing"},
+    "special": {"missing"},
+}
+MAX_CHAIN_DEPTH = 4
+
+
+@dataclass
+class Clause:
+    """One parameter occurrence: its values are ORed; clauses are ANDed.
+
+    For a chain (`subject:Patient.name=x`) `chain` holds, per target type, the clause
+    to apply to the referenced resources; for `_has` `has` holds the clause on the
+    referring type and `param` is that type's reference parameter.
+    """
+
+    name: str
+    param: SearchParam | None  # None for _id, _lastUpdated, _text, _content, _list
+    modifier: str | None = None
+    values: list[str] = field(default_factory=list)
+    chain: dict[str, Clause] | None = None  # target type -> clause on that type
+    has_type: str | None = None
+    has: Clause | None = None
+
+
+def split_or(value: str) -> list[str]:
+    """Split on unescaped commas, keeping escapes (`\\,` `\\|` `\\$`) for later steps."""
+    parts, cur, i = [], [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            cur.append(value[i : i + 2])
+            i += 2
+            continue
+        if ch == ",":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def split_unescaped(value: str, sep: str) -> list[str]:
+    """Split on unescaped `sep` (| or $), keeping escapes."""
+    parts, cur, i = [], [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            cur.append(value[i : i + 2])
+            i += 2
+            continue
+        if ch == sep:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def unescape(value: str) -> str:
+    return re.sub(r"\\([\\,|$])", r"\1", value)
+
+
+def split_prefix(value: str) -> tuple[str, str]:
+    """(prefix, rest) of a number/date/quantity value; `eq` when none is given."""
+    if len(value) > 2 and value[:2] in PREFIXES and not value[2:3].isalpha():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+class Parser:
+    """Turns (name, value) pairs for one resource type into clauses."""
+
+    def __init__(self, resource_type: str, *, strict: bool):
+        self.resource_type = resource_type
+        self.strict = strict
+        self.issues: list[Issue] = []
+
+    def unknown(self, message: str) -> None:
+        if self.strict:
+            raise FhirError.of(400, "not-supported", message)
+        self.issues.append(Issue("warning", "not-supported", message))
+
+    def parse(self, params: list[tuple[str, str]]) -> list[Clause]:
+        clauses = []
+        for name, value in params:
+            base = name.split(":", 1)[0].split(".", 1)[0]
+            if base in RESULT_PARAMETERS:
+                continue
+            clause = self.clause(self.resource_type, name, value, depth=0)
+            if clause is not None:
+                clauses.append(clause)
+        return clauses
+
+    def clause(self, rtype: str, name: str, value: str, depth: int) -> Clause | None:
+        if depth > MAX_CHAIN_DEPTH:
+            raise FhirError.of(
+                400, "too-costly", f"'{name}': chains are limited to {MAX_CHAIN_DEPTH}"
+            )
+        if name.startswith("_has:"):
+            return self._has(rtype, name, value, depth)
+        head, dot, rest = name.partition(".")
+        code, _, modifier = head.partition(":")
+        modifier = modifier or None
+        if code in ("_id", "_lastUpdated", "_text", "_content", "_list"):
+            return self._column_clause(rtype, name, code, modifier, value, dot)
+        param = search_params(rtype).get(code)
+        if param is None:
+            self.unknown(f"unknown search parameter '{code}' for {rtype}")
+            return None
+        if param.type == "special":
+            self.unknown(f"search parameter '{code}' ({param.type}) is not supported")
+            return None
+        if dot:
+            return self._chain(rtype, name, param, modifier, rest, value, depth)
+        if modifier is not None and modifier not in _MODIFIERS[param.type]:
+            if not (param.type == "reference" and modifier in definitions().resource_types):
+                raise FhirError.of(
+                    400,
+                    "invalid",
+                    f"modifier ':{modifier}' is not valid on '{code}' ({param.type})",
+                )
+        clause = Clause(name, param, modifier, split_or(value))
+        self._check_values(clause)
+        return clause
+
+    def _column_clause(
+        self, rtype: str, name: str, code: str, modifier: str | None, value: str, dot: str
+    ) -> Clause:
+        if dot or (modifier and not (code == "_id" and modifier in ("missing", "not"))):
+            raise FhirError.of(400, "invalid", f"'{name}' does not take modifiers or chains")
+        clause = Clause(name, None, modifier, split_or(value))
+        if code == "_lastUpdated":
+            for v in clause.values:
+                _check_date(name, split_prefix(v)[1])
+        elif code == "_id":
+            for v in clause.values:
+                if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", unescape(v)):
+                    raise FhirError.of(400, "invalid", f"invalid _id value '{v}'")
+        return clause
+
+    def _chain(
+        self,
+        rtype: str,
+        name: str,
+        param: SearchParam,
+        modifier: str | None,
+        rest: str,
+        value: str,
+        depth: int,
+    ) -> Clause | None:
+        if param.type != "reference":
+            raise FhirError.of(
+                400, "invalid", f"'{param.code}' is not a reference; it cannot be chained"
+            )
+        if modifier is not None:
+            if modifier not in definitions().resource_types:
+                raise FhirError.of(
+                    400, "invalid", f"unknown resource type ':{modifier}' in '{name}'"
+                )
+            targets: tuple[str, ...] = (modifier,)
+        else:
+            targets = tuple(t for t in param.targets if t in definitions().resource_types) or ()
+        next_code = rest.split(".", 1)[0].split(":", 1)[0]
+        usable = tuple(
+            t
+            for t in targets
+            if next_code in search_params(t) or next_code in ("_id", "_lastUpdated")
+        )
+        if not usable:
+            self.unknown(f"'{name}': no target of '{param.code}' has a parameter '{next_code}'")
+            return None
+        chain: dict[str, Clause] = {}
+        for target in usable:
+            inner = self.clause(target, rest, value, depth + 1)
+            if inner is None:
+                return None
+            chain[target] = inner
+        return Clause(name, param, None, [], chain=chain)
+
+    def _has(self, rtype: str, name: str, value: str, depth: int) -> Clause | None:
+        parts = name.split(":", 3)
+        if len(parts) < 4 or not parts[1] or not parts[2] or not parts[3]:
+            raise FhirError.of(400, "invalid", f"'{name}' must be _has:Type:reference:parameter")
+        _, other, ref_code, rest = parts
+        if other not in definitions().resource_types:
+            raise FhirError.of(400, "invalid", f"unknown resource type '{other}' in '{name}'")
+        ref = search_params(other).get(ref_code)
+        if ref is None or ref.type != "reference":
+            raise FhirError.of(
+                400, "invalid", f"'{ref_code}' is not a reference parameter of {other}"
+            )
+        inner = self.clause(other, rest, value, depth + 1)
+        if inner is None:
+            return None
+        return Clause(name, ref, None, [], has_type=other, has=inner)
+
+    def _check_values(self, clause: Clause) -> None:
+        param = clause.param
+        assert param is not None
+        if clause.modifier == "missing":
+            if clause.values not in (["true"], ["false"]):
+                raise FhirError.of(400, "invalid", f"'{clause.name}' takes true or false")
+            return
+        for raw in clause.values:
+            if raw == "":
+                raise FhirError.of(400, "invalid", f"'{clause.name}' has an empty value")
+            if param.type == "date":
+                _check_date(clause.name, split_prefix(raw)[1])
+            elif param.type in ("number", "quantity"):
+                number = split_unescaped(split_prefix(raw)[1], "|")[0]
+                if not re.fullmatch(r"-?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", number):
+                    raise FhirError.of(400, "invalid", f"'{clause.name}': '{raw}' is not a number")
+            elif param.type == "composite":
+                count = len(split_unescaped(raw, "$"))
+                if count != len(param.components):
+                    raise FhirError.of(
+                        400,
+                        "invalid",
+                        f"'{clause.name}' needs {len(param.components)} values joined by $",
+                    )
+
+
+def _check_date(name: str, value: str) -> None:
+    from .normalize import DateFormatError, date_range
+
+    try:
+        date_range(value.replace(" ", "+"))
+    except DateFormatError as exc:
+        raise FhirError.of(400, "invalid", f"'{name}': {exc}") from None

@@ -1,0 +1,381 @@
+"""Compile parsed search clauses to SQL predicates over the typed index tables.
+
+Every value is a bind parameter; identifiers in the SQL text come only from this
+module. Each predicate is an `id IN (subquery)` over one index table, which lets
+PostgreSQL drive the join from whichever side is more selective (the index rows of a
+rare code, or the few resources of a patient). Chains nest the same shape; `_has`
+turns it around through the reverse reference index.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from ..fhir.outcome import FhirError
+from .normalize import date_range, normalize_string, number_range
+from .parse import Clause, split_prefix, split_unescaped, unescape
+from .registry import SearchParam, by_url
+
+TABLES = {
+    "token": "search_token",
+    "string": "search_string",
+    "reference": "search_reference",
+    "date": "search_date",
+    "number": "search_number",
+    "quantity": "search_quantity",
+    "uri": "search_uri",
+    "composite": "search_composite",
+}
+UCUM = "http://unitsofmeasure.org"
+
+
+def escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class SqlBuilder:
+    """Collects bind arguments and hands out unique table aliases."""
+
+    def __init__(self, args: list[object] | None = None):
+        self.args: list[object] = args if args is not None else []
+        self._aliases = 0
+
+    def arg(self, value: object, cast: str = "") -> str:
+        self.args.append(value)
+        return f"${len(self.args)}{cast}"
+
+    def alias(self, stem: str = "x") -> str:
+        self._aliases += 1
+        return f"{stem}{self._aliases}"
+
+
+def clause_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
+    """A predicate on resource row `alias` (of type rtype) for one clause."""
+    code = clause.name.split(":", 1)[0].split(".", 1)[0]
+    if clause.param is None:
+        return _column_clause(b, clause, code, rtype, alias)
+    param = clause.param
+    if clause.has is not None:
+        return _has_sql(b, clause, rtype, alias)
+    if clause.chain is not None:
+        return _chain_sql(b, clause, rtype, alias)
+    table = TABLES[param.type]
+    x = b.alias()
+    owner = f"SELECT {x}.resource_id FROM {table} {x} WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(param.code)}"
+    if clause.modifier == "missing":
+        missing = clause.values == ["true"]
+        return f"{alias}.id {'NOT IN' if missing else 'IN'} ({owner})"
+    if param.type == "reference" and clause.modifier == "identifier":
+        return _token_via(b, clause, rtype, alias, f"{param.code}:identifier")
+    if param.type == "token" and clause.modifier == "of-type":
+        return _of_type(b, clause, rtype, alias)
+    ors = [_value_sql(b, param, clause.modifier, value, x) for value in clause.values]
+    predicate = " OR ".join(f"({o})" for o in ors)
+    if param.type == "token" and clause.modifier == "not":
+        return f"{alias}.id NOT IN ({owner} AND ({predicate}))"
+    return f"{alias}.id IN ({owner} AND ({predicate}))"
+
+
+def _column_clause(b: SqlBuilder, clause: Clause, code: str, rtype: str, alias: str) -> str:
+    if code == "_id":
+        if clause.modifier == "missing":
+            return "false" if clause.values == ["true"] else "true"
+        ids = [unescape(v) for v in clause.values]
+        cond = f"{alias}.id = ANY({b.arg(ids)}::text[])"
+        return f"NOT ({cond})" if clause.modifier == "not" else cond
+    if code == "_lastUpdated":
+        ors = [
+            _date_compare(b, *split_prefix(v), f"{alias}.last_updated", f"{alias}.last_updated")
+            for v in clause.values
+        ]
+        return "(" + " OR ".join(ors) + ")"
+    if code in ("_text", "_content"):
+        column = "narrative" if code == "_text" else "content"
+        x = b.alias()
+        ors = " OR ".join(
+            f"{x}.{column} @@ websearch_to_tsquery('simple', {b.arg(unescape(v))})"
+            for v in clause.values
+        )
+        return (
+            f"{alias}.id IN (SELECT {x}.resource_id FROM search_text {x}"
+            f" WHERE {x}.resource_type = {b.arg(rtype)} AND ({ors}))"
+        )
+    if code == "_list":
+        x = b.alias()
+        lists = [unescape(v) for v in clause.values]
+        return (
+            f"{alias}.id IN (SELECT {x}.target_id FROM search_reference {x}"
+            f" WHERE {x}.resource_type = 'List' AND {x}.resource_id = ANY({b.arg(lists)}::text[])"
+            f" AND {x}.param = 'item' AND {x}.target_type = {b.arg(rtype)})"
+        )
+    raise FhirError.of(400, "not-supported", f"unsupported parameter '{code}'")
+
+
+def _chain_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
+    assert clause.chain is not None and clause.param is not None
+    x = b.alias()
+    ors = []
+    for target, inner in clause.chain.items():
+        r2 = b.alias("r")
+        inner_sql = clause_sql(b, inner, target, r2)
+        ors.append(
+            f"({x}.target_type = {b.arg(target)} AND {x}.target_id IN (SELECT {r2}.id FROM resource {r2}"
+            f" WHERE {r2}.resource_type = {b.arg(target)} AND NOT {r2}.deleted AND {inner_sql}))"
+        )
+    return (
+        f"{alias}.id IN (SELECT {x}.resource_id FROM search_reference {x}"
+        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(clause.param.code)}"
+        f" AND ({' OR '.join(ors)}))"
+    )
+
+
+def _has_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
+    assert clause.has is not None and clause.has_type is not None and clause.param is not None
+    x, r2 = b.alias(), b.alias("r")
+    inner_sql = clause_sql(b, clause.has, clause.has_type, r2)
+    return (
+        f"{alias}.id IN (SELECT {x}.target_id FROM search_reference {x}"
+        f" WHERE {x}.resource_type = {b.arg(clause.has_type)} AND {x}.param = {b.arg(clause.param.code)}"
+        f" AND {x}.target_type = {b.arg(rtype)} AND {x}.resource_id IN (SELECT {r2}.id FROM resource {r2}"
+        f" WHERE {r2}.resource_type = {b.arg(clause.has_type)} AND NOT {r2}.deleted AND {inner_sql}))"
+    )
+
+
+def _token_via(b: SqlBuilder, clause: Clause, rtype: str, alias: str, param_code: str) -> str:
+    x = b.alias()
+    ors = " OR ".join(f"({_token_sql(b, v, x)})" for v in clause.values)
+    return (
+        f"{alias}.id IN (SELECT {x}.resource_id FROM search_token {x}"
+        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(param_code)} AND ({ors}))"
+    )
+
+
+def _of_type(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
+    """identifier:of-type=typesystem|typecode|value, indexed as system=typesystem,
+    code=typecode|value under the parameter `<code>:of-type`."""
+    assert clause.param is not None
+    x = b.alias()
+    ors = []
+    for value in clause.values:
+        parts = split_unescaped(value, "|")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise FhirError.of(
+                400, "invalid", f"'{clause.name}' takes system|code|value, got '{value}'"
+            )
+        system, code, ident = (unescape(p) for p in parts)
+        cond = f"{x}.code = {b.arg(code + '|' + ident)}"
+        if system:
+            cond += f" AND {x}.system = {b.arg(system)}"
+        ors.append(f"({cond})")
+    return (
+        f"{alias}.id IN (SELECT {x}.resource_id FROM search_token {x}"
+        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(clause.param.code + ':of-type')}"
+        f" AND ({' OR '.join(ors)}))"
+    )
+
+
+# -- per-type value predicates over index row alias x ----------------------------------
+
+
+def _value_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, value: str, x: str) -> str:
+    kind = param.type
+    if kind == "token":
+        if modifier == "text":
+            return f"{x}.text LIKE {b.arg(escape_like(normalize_string(unescape(value))) + '%')}"
+        return _token_sql(b, value, x)
+    if kind == "string":
+        return _string_sql(b, modifier, unescape(value), f"{x}.value", f"{x}.exact")
+    if kind == "uri":
+        return _uri_sql(b, modifier, unescape(value), f"{x}.uri")
+    if kind == "date":
+        prefix, rest = split_prefix(value)
+        return _date_compare(b, prefix, rest, f"{x}.low", f"{x}.high")
+    if kind == "number":
+        prefix, rest = split_prefix(value)
+        return _number_compare(b, prefix, Decimal(rest), f"{x}.value")
+    if kind == "quantity":
+        return _quantity_sql(b, value, x)
+    if kind == "reference":
+        return _reference_sql(b, param, modifier, value, x)
+    if kind == "composite":
+        return _composite_sql(b, param, value, x)
+    raise FhirError.of(400, "not-supported", f"parameter type {kind} is not supported")
+
+
+def _token_sql(b: SqlBuilder, value: str, x: str) -> str:
+    return _token_match(b, value, f"{x}.system", f"{x}.code")
+
+
+def _token_match(b: SqlBuilder, value: str, system_col: str, code_col: str) -> str:
+    """`code`, `system|code`, `|code` (no system) or `system|` (any code)."""
+    parts = split_unescaped(value, "|")
+    if len(parts) == 1:
+        return f"{code_col} = {b.arg(unescape(parts[0]))}"
+    system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
+    conds = []
+    if code:
+        conds.append(f"{code_col} = {b.arg(code)}")
+    conds.append(f"{system_col} = {b.arg(system)}" if system else f"{system_col} IS NULL")
+    return " AND ".join(conds)
+
+
+def _string_sql(
+    b: SqlBuilder, modifier: str | None, value: str, norm_col: str, exact_col: str
+) -> str:
+    if modifier == "exact":
+        return f"{exact_col} = {b.arg(value)}"
+    pattern = escape_like(normalize_string(value))
+    if modifier == "contains":
+        return f"{norm_col} LIKE {b.arg('%' + pattern + '%')}"
+    return f"{norm_col} LIKE {b.arg(pattern + '%')}"
+
+
+def _uri_sql(b: SqlBuilder, modifier: str | None, value: str, col: str) -> str:
+    if modifier == "below":
+        return f"{col} LIKE {b.arg(escape_like(value) + '%')}"
+    if modifier == "above":
+        return f"starts_with({b.arg(value)}, {col})"
+    return f"{col} = {b.arg(value)}"
+
+
+def _date_compare(b: SqlBuilder, prefix: str, value: str, low: str, high: str) -> str:
+    """R4 date prefixes over the target range [low, high] and the search range [sl, sh]."""
+    sl_v, sh_v = date_range(value.replace(" ", "+"))
+    sl, sh = b.arg(sl_v, "::timestamptz"), b.arg(sh_v, "::timestamptz")
+    eq = f"({low} >= {sl} AND {high} <= {sh})"
+    if prefix == "eq":
+        return eq
+    if prefix == "ne":
+        return f"NOT {eq}"
+    if prefix == "gt":
+        return f"{high} > {sh}"
+    if prefix == "lt":
+        return f"{low} < {sl}"
+    if prefix == "ge":
+        return f"({high} > {sh} OR {eq})"
+    if prefix == "le":
+        return f"({low} < {sl} OR {eq})"
+    if prefix == "sa":
+        return f"{low} > {sh}"
+    if prefix == "eb":
+        return f"{high} < {sl}"
+    # ap: overlap with the search range widened by 10% of its distance from now
+    gap = abs(datetime.now(sl_v.tzinfo) - sl_v) * 0.1
+    gap = max(gap, timedelta(days=1))
+    return f"({high} >= {b.arg(sl_v - gap, '::timestamptz')} AND {low} <= {b.arg(sh_v + gap, '::timestamptz')})"
+
+
+def _number_compare(b: SqlBuilder, prefix: str, number: Decimal, col: str) -> str:
+    value, low, high = number_range(number)
+    if prefix in ("eq", "ne"):
+        cond = f"({col} >= {b.arg(low, '::numeric')} AND {col} < {b.arg(high, '::numeric')})"
+        return cond if prefix == "eq" else f"NOT {cond}"
+    op = {"gt": ">", "sa": ">", "lt": "<", "eb": "<", "ge": ">=", "le": "<="}.get(prefix)
+    if op is not None:
+        return f"{col} {op} {b.arg(value, '::numeric')}"
+    margin = abs(value) * Decimal("0.1")
+    return f"{col} BETWEEN {b.arg(value - margin, '::numeric')} AND {b.arg(value + margin, '::numeric')}"
+
+
+def _quantity_sql(b: SqlBuilder, raw: str, x: str) -> str:
+    prefix, rest = split_prefix(raw)
+    parts = [unescape(p) for p in split_unescaped(rest, "|")]
+    if len(parts) not in (1, 3):
+        raise FhirError.of(400, "invalid", f"quantity '{raw}' must be number or number|system|code")
+    number = Decimal(parts[0])
+    if len(parts) == 1:
+        return _number_compare(b, prefix, number, f"{x}.value")
+    system, code = parts[1], parts[2]
+    if system == UCUM and code:
+        canon = ucum_canonical(number, code)
+        if canon is not None:
+            value, canon_code = canon
+            return f"{x}.canon_code = {b.arg(canon_code)} AND " + _number_compare(
+                b, prefix, value, f"{x}.canon_value"
+            )
+    conds = [_number_compare(b, prefix, number, f"{x}.value")]
+    if code:
+        conds.append(f"({x}.code = {b.arg(code)} OR {x}.unit = {b.arg(code)})")
+    if system:
+        conds.append(f"{x}.system = {b.arg(system)}")
+    return " AND ".join(conds)
+
+
+def ucum_canonical(value: Decimal, code: str) -> tuple[Decimal, str] | None:
+    from .extract.ucum import canonical
+
+    return canonical(value, code)
+
+
+def _reference_sql(
+    b: SqlBuilder, param: SearchParam, modifier: str | None, raw: str, x: str
+) -> str:
+    value = unescape(raw)
+    if modifier and modifier not in ("identifier",):  # :[type]
+        return f"{x}.target_type = {b.arg(modifier)} AND {x}.target_id = {b.arg(value)}"
+    if "|" in value and "/" in value.split("|", 1)[0] and "://" in value:  # canonical|version
+        url, version = value.split("|", 1)
+        return f"{x}.url = {b.arg(url)} AND {x}.target_version = {b.arg(version)}"
+    if "://" in value or value.startswith(("urn:", "#")):
+        tail = value.rstrip("/").split("/")
+        conds = [f"{x}.url = {b.arg(value)}"]
+        if len(tail) >= 2 and tail[-2][:1].isupper():
+            conds.append(
+                f"({x}.target_type = {b.arg(tail[-2])} AND {x}.target_id = {b.arg(tail[-1])})"
+            )
+        return " OR ".join(conds)
+    segments = value.split("/")
+    if len(segments) == 1:
+        return f"{x}.target_id = {b.arg(value)}"
+    if len(segments) == 2:
+        return f"{x}.target_type = {b.arg(segments[0])} AND {x}.target_id = {b.arg(segments[1])}"
+    if len(segments) == 4 and segments[2] == "_history":
+        return (
+            f"{x}.target_type = {b.arg(segments[0])} AND {x}.target_id = {b.arg(segments[1])}"
+            f" AND {x}.target_version = {b.arg(segments[3])}"
+        )
+    raise FhirError.of(400, "invalid", f"'{param.code}': '{raw}' is not a reference")
+
+
+def _composite_sql(b: SqlBuilder, param: SearchParam, raw: str, x: str) -> str:
+    parts = split_unescaped(raw, "$")
+    conds = []
+    for i, (component, part) in enumerate(zip(param.components, parts, strict=True)):
+        kind = by_url().get(component.definition, {}).get("type", "token")
+        item = f"({x}.components->{i})"
+        if kind == "token":
+            conds.append(_token_match(b, part, f"{item}->>'system'", f"{item}->>'code'"))
+        elif kind in ("quantity", "number"):
+            prefix, rest = split_prefix(part)
+            pieces = [unescape(p) for p in split_unescaped(rest, "|")]
+            cond = _number_compare(b, prefix, Decimal(pieces[0]), f"({item}->>'value')::numeric")
+            if len(pieces) == 3 and pieces[2]:
+                cond += f" AND {item}->>'code' = {b.arg(pieces[2])}"
+            conds.append(cond)
+        elif kind == "date":
+            prefix, rest = split_prefix(part)
+            conds.append(
+                _date_compare(
+                    b,
+                    prefix,
+                    rest,
+                    f"({item}->>'low')::timestamptz",
+                    f"({item}->>'high')::timestamptz",
+                )
+            )
+        elif kind == "string":
+            conds.append(
+                _string_sql(b, None, unescape(part), f"{item}->>'value'", f"{item}->>'value'")
+            )
+        elif kind == "reference":
+            segs = unescape(part).split("/")
+            cond = f"{item}->>'id' = {b.arg(segs[-1])}"
+            if len(segs) == 2:
+                cond += f" AND {item}->>'type' = {b.arg(segs[0])}"
+            conds.append(cond)
+        else:
+            raise FhirError.of(
+                400, "not-supported", f"composite component type {kind} is not supported"
+            )
+    return " AND ".join(f"({c})" for c in conds)

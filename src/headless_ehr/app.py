@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from .fhir.validation import validator
 from .rest.responses import outcome_response
 from .rest.router import fhir_endpoint
 from .store import ResourceStore
+from .store.reindex import Reindexer, load_registry, poll_registry
 
 log = logging.getLogger("headless_ehr")
 
@@ -53,11 +55,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             applied = await migrate(conn)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        await load_registry(pool)
         app.state.pool = pool
         app.state.store = ResourceStore(pool, validator().validate, settings.max_page_size)
+        app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
+        poller = asyncio.create_task(poll_registry(pool))
+        await app.state.reindexer.resume_stale()
         try:
             yield
         finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            await app.state.reindexer.close()
             await pool.close()
 
     base = settings.base_path.rstrip("/")

@@ -20,6 +20,7 @@ from ..search.compartment import Compartment
 from . import interactions as ix
 from .capability import capability_statement
 from .negotiation import response_media_type
+from .operations import reindex
 from .operations.validate import validate
 from .responses import base_url, json_response, outcome_response
 
@@ -37,6 +38,11 @@ def _not_found(what: str) -> FhirError:
 def _operation(request: Request, name: str, resource_type: str | None, rid: str | None) -> Methods:
     if name == "validate" and resource_type is not None:
         return {"POST": lambda: validate(request, resource_type, rid)}
+    if name == "reindex":
+        methods: Methods = {"POST": lambda: reindex.start(request, resource_type, rid)}
+        if resource_type is None:
+            methods["GET"] = lambda: reindex.status(request)
+        return methods
     scope = f"{resource_type}/{rid}" if rid else resource_type or "the system"
     raise FhirError.of(404, "not-supported", f"operation ${name} is not supported on {scope}")
 

@@ -123,16 +123,58 @@ def by_url() -> dict[str, dict[str, Any]]:
     return {sp["url"]: sp for sp in definitions().search_parameters}
 
 
+class CustomParams:
+    """SearchParameter resources registered on this server, shared by the process.
+
+    `extracted` parameters get index rows on every write; `searchable` ones (those a
+    finished $reindex covered) may also be used in queries.
+    """
+
+    def __init__(self) -> None:
+        self.stamp: object = None
+        self._extracted: dict[str, dict[str, SearchParam]] = {}
+        self._searchable: dict[str, dict[str, SearchParam]] = {}
+
+    def replace(self, definitions_: list[tuple[dict[str, Any], bool]], stamp: object) -> None:
+        """Install (SearchParameter resource, searchable?) pairs."""
+        extracted: dict[str, dict[str, SearchParam]] = {}
+        searchable: dict[str, dict[str, SearchParam]] = {}
+        for resource, ready in definitions_:
+            for base in resource.get("base", ()):
+                param = make_param(resource, base)
+                extracted.setdefault(base, {})[param.code] = param
+                if ready:
+                    searchable.setdefault(base, {})[param.code] = param
+        self._extracted, self._searchable, self.stamp = extracted, searchable, stamp
+
+    def extracted(self, resource_type: str) -> dict[str, SearchParam]:
+        return self._extracted.get(resource_type, {})
+
+    def searchable(self, resource_type: str) -> dict[str, SearchParam]:
+        return self._searchable.get(resource_type, {})
+
+
+CUSTOM = CustomParams()
+
+
 def search_params(resource_type: str) -> dict[str, SearchParam]:
-    """The parameters in force for resource_type (base plus registered custom ones)."""
-    return base_search_params(resource_type)
+    """The parameters that queries on resource_type may use."""
+    custom = CUSTOM.searchable(resource_type)
+    base = base_search_params(resource_type)
+    return {**base, **custom} if custom else base
 
 
-@cache
+def indexed_params(resource_type: str) -> dict[str, SearchParam]:
+    """The parameters whose values are extracted when resource_type is written."""
+    custom = CUSTOM.extracted(resource_type)
+    base = base_search_params(resource_type)
+    return {**base, **custom} if custom else base
+
+
 def indexed_token_params(resource_type: str) -> tuple[SearchParam, ...]:
     """Token parameters whose values are extracted into search_token on write."""
     return tuple(
         p
-        for p in search_params(resource_type).values()
+        for p in indexed_params(resource_type).values()
         if p.type == "token" and p.paths and not p.code.startswith("_")
     )

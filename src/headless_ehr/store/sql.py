@@ -86,7 +86,7 @@ def _index_ctes() -> tuple[str, str, int]:
     return "".join(inserts), "".join(deletes), content + 1
 
 
-_INSERT_INDEX, _DELETE_INDEX, PREVIOUS_ARG = _index_ctes()
+INSERT_INDEX, DELETE_INDEX, PREVIOUS_ARG = _index_ctes()
 
 _FOLLOW_UP = (
     """
@@ -96,7 +96,7 @@ _FOLLOW_UP = (
 ), ob AS (
     INSERT INTO outbox (resource_type, id, version_id, method) SELECT $1, $2, $3, $6 FROM cur
 )"""
-    + _INSERT_INDEX
+    + INSERT_INDEX
     + "\nSELECT count(*) FROM cur"
 )
 
@@ -119,7 +119,7 @@ WITH cur AS (
     WHERE resource_type = $1 AND id = $2 AND version_id = ${PREVIOUS_ARG}
     RETURNING 1
 )"""
-    + _DELETE_INDEX
+    + DELETE_INDEX
     + _FOLLOW_UP
 )
 

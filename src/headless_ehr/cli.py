@@ -41,8 +41,7 @@ def serve(args: argparse.Namespace) -> int:
     else:
         where = "PostgreSQL from EHR_DATABASE_URL"
     print(
-        f"ehr {__version__}: FHIR API at http://{args.host}:{args.port}{settings.base_path}"
-        f" using {where}",
+        f"ehr {__version__}: FHIR API at http://{args.host}:{args.port}{settings.base_path} using {where}",
         flush=True,
     )
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the

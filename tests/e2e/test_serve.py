@@ -107,9 +107,7 @@ def test_several_workers_share_one_database(database_url: str, workers: int):
         ids = []
         with httpx.Client() as client:
             for _ in range(6):
-                res = client.post(
-                    f"{server.base}/Basic", json={"resourceType": "Basic", "code": {"text": "w"}}
-                )
+                res = client.post(f"{server.base}/Basic", json={"resourceType": "Basic", "code": {"text": "w"}})
                 assert res.status_code == 201
                 ids.append(res.json()["id"])
             for rid in ids:

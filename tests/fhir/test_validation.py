@@ -86,15 +86,11 @@ def test_issues_are_errors() -> None:
 
 
 def test_unknown_element_is_rejected() -> None:
-    assert found(check({"resourceType": "Patient", "colour": "red"})) == {
-        ("structure", "Patient.colour")
-    }
+    assert found(check({"resourceType": "Patient", "colour": "red"})) == {("structure", "Patient.colour")}
 
 
 def test_misspelt_element_is_rejected() -> None:
-    assert found(check({"resourceType": "Patient", "birthdate": "2000-01-01"})) == {
-        ("structure", "Patient.birthdate")
-    }
+    assert found(check({"resourceType": "Patient", "birthdate": "2000-01-01"})) == {("structure", "Patient.birthdate")}
 
 
 def test_choice_element_with_a_type_it_does_not_allow_is_rejected() -> None:
@@ -104,9 +100,7 @@ def test_choice_element_with_a_type_it_does_not_allow_is_rejected() -> None:
 
 
 def test_choice_element_without_type_suffix_is_rejected() -> None:
-    assert found(check({"resourceType": "Patient", "deceased": True})) == {
-        ("structure", "Patient.deceased")
-    }
+    assert found(check({"resourceType": "Patient", "deceased": True})) == {("structure", "Patient.deceased")}
 
 
 def test_unknown_element_inside_a_data_type_is_rejected() -> None:
@@ -125,24 +119,18 @@ def test_resource_type_is_unknown_inside_a_data_type() -> None:
 
 
 def test_fhir_comments_are_not_r4_json() -> None:
-    assert found(check({"resourceType": "Patient", "fhir_comments": ["x"]})) == {
-        ("structure", "Patient.fhir_comments")
-    }
+    assert found(check({"resourceType": "Patient", "fhir_comments": ["x"]})) == {("structure", "Patient.fhir_comments")}
 
 
 # JSON kinds
 
 
 def test_repeating_element_must_be_an_array() -> None:
-    assert found(check({"resourceType": "Patient", "name": {"family": "Chalmers"}})) == {
-        ("structure", "Patient.name")
-    }
+    assert found(check({"resourceType": "Patient", "name": {"family": "Chalmers"}})) == {("structure", "Patient.name")}
 
 
 def test_single_element_must_not_be_an_array() -> None:
-    assert found(check({"resourceType": "Patient", "gender": ["male"]})) == {
-        ("structure", "Patient.gender")
-    }
+    assert found(check({"resourceType": "Patient", "gender": ["male"]})) == {("structure", "Patient.gender")}
 
 
 def test_repeating_primitive_inside_a_data_type_must_be_an_array() -> None:
@@ -158,9 +146,7 @@ def test_string_element_rejects_a_number() -> None:
 
 
 def test_boolean_element_rejects_a_string() -> None:
-    assert found(check({"resourceType": "Patient", "active": "true"})) == {
-        ("structure", "Patient.active")
-    }
+    assert found(check({"resourceType": "Patient", "active": "true"})) == {("structure", "Patient.active")}
 
 
 def test_integer_element_rejects_a_number_with_a_fraction() -> None:
@@ -187,9 +173,7 @@ def test_complex_element_must_be_an_object() -> None:
 
 
 def test_empty_object_is_rejected() -> None:
-    assert found(check({"resourceType": "Patient", "maritalStatus": {}})) == {
-        ("structure", "Patient.maritalStatus")
-    }
+    assert found(check({"resourceType": "Patient", "maritalStatus": {}})) == {("structure", "Patient.maritalStatus")}
 
 
 def test_empty_array_is_rejected() -> None:
@@ -197,21 +181,15 @@ def test_empty_array_is_rejected() -> None:
 
 
 def test_empty_string_is_rejected() -> None:
-    assert found(check({"resourceType": "Patient", "name": [{"family": ""}]})) == {
-        ("value", "Patient.name[0].family")
-    }
+    assert found(check({"resourceType": "Patient", "name": [{"family": ""}]})) == {("value", "Patient.name[0].family")}
 
 
 def test_null_is_rejected_for_a_single_element() -> None:
-    assert found(check({"resourceType": "Patient", "birthDate": None})) == {
-        ("structure", "Patient.birthDate")
-    }
+    assert found(check({"resourceType": "Patient", "birthDate": None})) == {("structure", "Patient.birthDate")}
 
 
 def test_null_is_rejected_for_a_complex_element() -> None:
-    assert found(check({"resourceType": "Patient", "meta": None})) == {
-        ("structure", "Patient.meta")
-    }
+    assert found(check({"resourceType": "Patient", "meta": None})) == {("structure", "Patient.meta")}
 
 
 # primitive types (each checked through an extension value of that type)
@@ -289,15 +267,11 @@ def test_primitive_accepts_its_lexical_forms(type_name: str, value: Any) -> None
 @pytest.mark.parametrize(("type_name", "value"), INVALID_PRIMITIVES)
 def test_primitive_rejects_values_outside_its_rules(type_name: str, value: Any) -> None:
     ext = {"url": "http://example.org/x", f"value{_suffix(type_name)}": value}
-    assert expressions(check(with_extension(ext))) == {
-        f"Patient.extension[0].value.ofType({type_name})"
-    }
+    assert expressions(check(with_extension(ext))) == {f"Patient.extension[0].value.ofType({type_name})"}
 
 
 def test_wrong_lexical_form_is_a_value_issue() -> None:
-    assert found(check({"resourceType": "Patient", "birthDate": "1 May 1970"})) == {
-        ("value", "Patient.birthDate")
-    }
+    assert found(check({"resourceType": "Patient", "birthDate": "1 May 1970"})) == {("value", "Patient.birthDate")}
 
 
 def test_resource_id_follows_the_id_type() -> None:
@@ -329,9 +303,7 @@ def test_base64_check_stays_linear_on_long_invalid_input() -> None:
 
 def test_narrative_div_has_no_extension_form() -> None:
     text = {"status": "generated", "div": "<div>x</div>", "_div": {"id": "d"}}
-    assert found(check({"resourceType": "Patient", "text": text})) == {
-        ("structure", "Patient.text._div")
-    }
+    assert found(check({"resourceType": "Patient", "text": text})) == {("structure", "Patient.text._div")}
 
 
 # primitive extensions: the _element form
@@ -386,17 +358,13 @@ def test_primitive_arrays_align_with_nulls() -> None:
 
 def test_null_in_primitive_array_needs_an_extension_at_the_same_index() -> None:
     name = {"given": ["Peter", None]}
-    assert found(check({"resourceType": "Patient", "name": [name]})) == {
-        ("structure", "Patient.name[0].given[1]")
-    }
+    assert found(check({"resourceType": "Patient", "name": [name]})) == {("structure", "Patient.name[0].given[1]")}
 
 
 def test_primitive_extension_array_must_match_the_value_array_length() -> None:
     ext = {"url": "http://example.org/x", "valueString": "y"}
     name = {"given": ["Peter", "James"], "_given": [{"extension": [ext]}]}
-    assert found(check({"resourceType": "Patient", "name": [name]})) == {
-        ("structure", "Patient.name[0].given")
-    }
+    assert found(check({"resourceType": "Patient", "name": [name]})) == {("structure", "Patient.name[0].given")}
 
 
 def test_complex_element_has_no_underscore_form() -> None:
@@ -408,9 +376,7 @@ def test_complex_element_has_no_underscore_form() -> None:
 
 
 def test_missing_required_element_is_reported_at_its_path() -> None:
-    assert found(check({"resourceType": "Observation", "code": OBS_CODE})) == {
-        ("required", "Observation.status")
-    }
+    assert found(check({"resourceType": "Observation", "code": OBS_CODE})) == {("required", "Observation.status")}
 
 
 def test_missing_required_element_inside_a_backbone_element() -> None:
@@ -419,9 +385,7 @@ def test_missing_required_element_inside_a_backbone_element() -> None:
 
 
 def test_missing_required_element_inside_a_data_type() -> None:
-    assert found(check(with_extension({"valueString": "x"}))) == {
-        ("required", "Patient.extension[0].url")
-    }
+    assert found(check(with_extension({"valueString": "x"}))) == {("required", "Patient.extension[0].url")}
 
 
 def test_missing_required_choice_element() -> None:
@@ -504,9 +468,7 @@ def test_value_set_exclude_is_validated_like_include() -> None:
 
 
 def test_extension_needs_a_value_or_nested_extensions() -> None:
-    assert found(check(with_extension({"url": "http://example.org/x"}))) == {
-        ("invariant", "Patient.extension[0]")
-    }
+    assert found(check(with_extension({"url": "http://example.org/x"}))) == {("invariant", "Patient.extension[0]")}
 
 
 def test_extension_cannot_have_both_a_value_and_nested_extensions() -> None:
@@ -530,9 +492,7 @@ def test_core_extension_value_must_have_the_type_its_definition_names() -> None:
         "url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
         "valueString": "14:35",
     }
-    assert found(check(with_extension(ext))) == {
-        ("structure", "Patient.extension[0].value.ofType(string)")
-    }
+    assert found(check(with_extension(ext))) == {("structure", "Patient.extension[0].value.ofType(string)")}
 
 
 def test_core_extension_with_the_right_value_type_is_accepted() -> None:
@@ -544,10 +504,7 @@ def test_core_extension_with_the_right_value_type_is_accepted() -> None:
 
 
 def test_unknown_extension_urls_are_accepted() -> None:
-    assert (
-        check(with_extension({"url": "http://example.org/anything", "valueAge": {"value": 3}}))
-        == []
-    )
+    assert check(with_extension({"url": "http://example.org/anything", "valueAge": {"value": 3}})) == []
 
 
 def test_modifier_extensions_follow_the_extension_rules() -> None:
@@ -655,9 +612,7 @@ def test_coding_with_a_required_binding_is_checked_by_system_and_code() -> None:
     system = "http://hl7.org/fhir/administrative-gender"
 
     def tag(code: str) -> list[Issue]:
-        return checker.validate(
-            {"resourceType": "Patient", "meta": {"tag": [{"system": system, "code": code}]}}
-        )
+        return checker.validate({"resourceType": "Patient", "meta": {"tag": [{"system": system, "code": code}]}})
 
     assert tag("female") == []
     assert found(tag("bogus")) == {("code-invalid", "Patient.meta.tag[0]")}
@@ -678,11 +633,7 @@ def test_value_set_from_concept_list_resolves_to_those_codes() -> None:
     defs = _terminology()
     defs.value_sets["urn:vs"] = {
         "url": "urn:vs",
-        "compose": {
-            "include": [
-                {"system": "http://unitsofmeasure.org", "concept": [{"code": "s"}, {"code": "min"}]}
-            ]
-        },
+        "compose": {"include": [{"system": "http://unitsofmeasure.org", "concept": [{"code": "s"}, {"code": "min"}]}]},
     }
     code_set = ValueSetResolver(defs).resolve("urn:vs|1.0")
     assert code_set is not None
@@ -691,9 +642,7 @@ def test_value_set_from_concept_list_resolves_to_those_codes() -> None:
 
 def test_value_set_including_a_whole_shipped_code_system_has_all_its_codes() -> None:
     defs = _terminology()
-    defs.code_systems["urn:cs"] = _code_system(
-        "urn:cs", [{"code": "a", "concept": [{"code": "b"}]}]
-    )
+    defs.code_systems["urn:cs"] = _code_system("urn:cs", [{"code": "a", "concept": [{"code": "b"}]}])
     defs.value_sets["urn:vs"] = {"url": "urn:vs", "compose": {"include": [{"system": "urn:cs"}]}}
     code_set = ValueSetResolver(defs).resolve("urn:vs")
     assert code_set is not None
@@ -737,11 +686,7 @@ def test_value_set_with_a_filter_we_cannot_evaluate_is_not_resolved() -> None:
     defs.code_systems["urn:cs"] = _code_system("urn:cs", [{"code": "a"}])
     defs.value_sets["urn:vs"] = {
         "url": "urn:vs",
-        "compose": {
-            "include": [
-                {"system": "urn:cs", "filter": [{"property": "status", "op": "=", "value": "x"}]}
-            ]
-        },
+        "compose": {"include": [{"system": "urn:cs", "filter": [{"property": "status", "op": "=", "value": "x"}]}]},
     }
     assert ValueSetResolver(defs).resolve("urn:vs") is None
 
@@ -792,9 +737,7 @@ def test_well_formed_reference_is_accepted(reference: str) -> None:
     ],
 )
 def test_malformed_reference_is_rejected(reference: str) -> None:
-    assert found(check(observation(subject={"reference": reference}))) == {
-        ("invalid", "Observation.subject.reference")
-    }
+    assert found(check(observation(subject={"reference": reference}))) == {("invalid", "Observation.subject.reference")}
 
 
 def test_reference_to_a_type_the_element_does_not_allow_is_rejected() -> None:
@@ -830,9 +773,7 @@ def test_reference_allowing_any_resource_accepts_every_known_type() -> None:
 
 
 def test_local_reference_must_name_a_contained_resource() -> None:
-    assert found(check(observation(subject={"reference": "#p1"}))) == {
-        ("not-found", "Observation.subject.reference")
-    }
+    assert found(check(observation(subject={"reference": "#p1"}))) == {("not-found", "Observation.subject.reference")}
 
 
 def test_local_reference_to_a_contained_resource_is_accepted() -> None:
@@ -935,17 +876,13 @@ def test_local_references_resolve_within_their_own_entry() -> None:
         {"resource": {"resourceType": "Patient", "managingOrganization": {"reference": "#o"}}},
     ]
     issues = check({"resourceType": "Bundle", "type": "collection", "entry": entries})
-    assert found(issues) == {
-        ("not-found", "Bundle.entry[1].resource.managingOrganization.reference")
-    }
+    assert found(issues) == {("not-found", "Bundle.entry[1].resource.managingOrganization.reference")}
 
 
 def test_parameters_resource_is_validated_as_the_resource_it_is() -> None:
     resource = {
         "resourceType": "Parameters",
-        "parameter": [
-            {"name": "p", "resource": {"resourceType": "Patient", "gender": "unknownish"}}
-        ],
+        "parameter": [{"name": "p", "resource": {"resourceType": "Patient", "gender": "unknownish"}}],
     }
     assert found(check(resource)) == {("code-invalid", "Parameters.parameter[0].resource.gender")}
 

@@ -181,10 +181,8 @@ FROM_PROFILE = re.compile(r"\(from http://hl7\.org/fhir/StructureDefinition/(\w+
 SKIPPED_CASES: dict[str, str] = {
     "contained-resource-bad-id-ignore": "validateContains=IGNORE turns off Java's checks of "
     "contained resources; we always check them (the CHECK_VALID twin of this case agrees)",
-    "json-comments-1-yes": "allow-comments makes Java accept JSON with comments; "
-    "we parse strict JSON only",
-    "json-comments-2-yes": "allow-comments makes Java accept JSON with comments; "
-    "we parse strict JSON only",
+    "json-comments-1-yes": "allow-comments makes Java accept JSON with comments; we parse strict JSON only",
+    "json-comments-2-yes": "allow-comments makes Java accept JSON with comments; we parse strict JSON only",
     "ref-policy-default-r4": "Java only warns that 'urn:uuid:…-X' is unresolved; R4 requires "
     "a UUID after urn:uuid:, so we reject the malformed reference",
     "ref-policy-default-apply-r5": "Java only warns that 'urn:uuid:…-X' is unresolved; R4 "
@@ -287,8 +285,6 @@ def test_validator_case_selection_covers_valid_and_invalid_cases() -> None:
     invalid = [
         o
         for o in outcomes
-        if any(
-            i["severity"] in ("error", "fatal") and _is_checked_kind(i) for i in o.get("issue", [])
-        )
+        if any(i["severity"] in ("error", "fatal") and _is_checked_kind(i) for i in o.get("issue", []))
     ]
     assert 0 < len(invalid) < len(cases)

@@ -18,9 +18,7 @@ def mrn() -> str:
 
 async def test_conditional_create_without_match_creates(client):
     value = mrn()
-    res = await client.post(
-        "/Patient", json=with_mrn(value), headers={"If-None-Exist": f"identifier={SYSTEM}|{value}"}
-    )
+    res = await client.post("/Patient", json=with_mrn(value), headers={"If-None-Exist": f"identifier={SYSTEM}|{value}"})
     assert res.status_code == 201
 
 
@@ -43,17 +41,13 @@ async def test_conditional_create_with_several_matches_is_412(client):
     value = mrn()
     await client.post("/Patient", json=with_mrn(value))
     await client.post("/Patient", json=with_mrn(value))
-    res = await client.post(
-        "/Patient", json=with_mrn(value), headers={"If-None-Exist": f"identifier={SYSTEM}|{value}"}
-    )
+    res = await client.post("/Patient", json=with_mrn(value), headers={"If-None-Exist": f"identifier={SYSTEM}|{value}"})
     assert res.status_code == 412
 
 
 async def test_conditional_create_by_id(client):
     created = (await client.post("/Patient", json=with_mrn(mrn()))).json()
-    res = await client.post(
-        "/Patient", json=with_mrn(mrn()), headers={"If-None-Exist": f"_id={created['id']}"}
-    )
+    res = await client.post("/Patient", json=with_mrn(mrn()), headers={"If-None-Exist": f"_id={created['id']}"})
     assert res.status_code == 200
     assert res.json()["id"] == created["id"]
 
@@ -73,9 +67,7 @@ async def test_conditional_update_without_match_creates(client):
 async def test_conditional_update_with_one_match_updates_it(client):
     value = mrn()
     first = (await client.post("/Patient", json=with_mrn(value))).json()
-    res = await client.put(
-        f"/Patient?identifier={SYSTEM}|{value}", json=with_mrn(value, gender="female")
-    )
+    res = await client.put(f"/Patient?identifier={SYSTEM}|{value}", json=with_mrn(value, gender="female"))
     assert res.status_code == 200
     assert res.json()["id"] == first["id"]
     assert res.json()["meta"]["versionId"] == "2"

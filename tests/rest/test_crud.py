@@ -18,9 +18,7 @@ def patient(**extra: object) -> dict:
 
 
 async def create(client: httpx.AsyncClient, resource: dict) -> httpx.Response:
-    res = await client.post(
-        f"/{resource['resourceType']}", json=resource, headers={"Content-Type": FHIR_JSON}
-    )
+    res = await client.post(f"/{resource['resourceType']}", json=resource, headers={"Content-Type": FHIR_JSON})
     assert res.status_code == 201, res.text
     return res
 
@@ -36,9 +34,7 @@ async def test_create_assigns_id_version_and_returns_location(client):
 
 
 async def test_create_ignores_client_id_and_meta_version(client):
-    res = await create(
-        client, patient(id="client-chosen", meta={"versionId": "77", "tag": [{"code": "x"}]})
-    )
+    res = await create(client, patient(id="client-chosen", meta={"versionId": "77", "tag": [{"code": "x"}]}))
     body = res.json()
     assert body["id"] != "client-chosen"
     assert body["meta"]["versionId"] == "1"
@@ -113,9 +109,7 @@ async def test_update_with_stale_if_match_is_412(client):
 
 async def test_malformed_if_match_is_400(client):
     created = (await create(client, patient())).json()
-    res = await client.put(
-        f"/Patient/{created['id']}", json=created, headers={"If-Match": "banana"}
-    )
+    res = await client.put(f"/Patient/{created['id']}", json=created, headers={"If-Match": "banana"})
     assert res.status_code == 400
 
 
@@ -183,9 +177,7 @@ async def test_if_modified_since_gives_304(client):
 
 
 async def test_prefer_return_minimal_gives_empty_body(client):
-    res = await client.post(
-        "/Patient", json=patient(), headers={"Prefer": "return=minimal", "Content-Type": FHIR_JSON}
-    )
+    res = await client.post("/Patient", json=patient(), headers={"Prefer": "return=minimal", "Content-Type": FHIR_JSON})
     assert res.status_code == 201
     assert res.content == b""
     assert res.headers["location"]

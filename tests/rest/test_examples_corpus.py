@@ -38,9 +38,7 @@ async def test_every_example_round_trips(client, shared_fhir):
         original = fhir_json.loads(raw)
         rtype, rid = original["resourceType"], original.get("id")
         if rid:
-            res = await client.put(
-                f"/{rtype}/{rid}", content=raw, headers={"Content-Type": FHIR_JSON}
-            )
+            res = await client.put(f"/{rtype}/{rid}", content=raw, headers={"Content-Type": FHIR_JSON})
         else:
             res = await client.post(f"/{rtype}", content=raw, headers={"Content-Type": FHIR_JSON})
         if path.name in KNOWN_INVALID_EXAMPLES:

@@ -44,9 +44,7 @@ async def test_malformed_json_is_400(client):
 
 
 async def test_duplicate_keys_are_400(client):
-    res = await post_raw(
-        client, "/Patient", b'{"resourceType":"Patient","gender":"male","gender":"female"}'
-    )
+    res = await post_raw(client, "/Patient", b'{"resourceType":"Patient","gender":"male","gender":"female"}')
     assert res.status_code == 400
     assert "duplicate" in res.json()["issue"][0]["diagnostics"]
 
@@ -60,9 +58,7 @@ async def test_empty_body_is_400(client):
 
 
 async def test_nan_is_400(client):
-    res = await post_raw(
-        client, "/Observation", b'{"resourceType":"Observation","valueDecimal":NaN}'
-    )
+    res = await post_raw(client, "/Observation", b'{"resourceType":"Observation","valueDecimal":NaN}')
     assert res.status_code == 400
 
 
@@ -73,9 +69,7 @@ async def test_wrong_content_type_is_415(client):
 
 
 async def test_plain_application_json_body_is_accepted(client):
-    res = await post_raw(
-        client, "/Patient", b'{"resourceType":"Patient"}', "application/json; charset=utf-8"
-    )
+    res = await post_raw(client, "/Patient", b'{"resourceType":"Patient"}', "application/json; charset=utf-8")
     assert res.status_code == 201
 
 
@@ -99,9 +93,7 @@ async def test_format_parameter_overrides_accept(client):
 
 
 async def test_xml_is_406(client):
-    assert (
-        await client.get("/metadata", headers={"Accept": "application/fhir+xml"})
-    ).status_code == 406
+    assert (await client.get("/metadata", headers={"Accept": "application/fhir+xml"})).status_code == 406
     assert (await client.get("/metadata?_format=xml")).status_code == 406
 
 

@@ -37,9 +37,7 @@ async def test_instance_history_of_unknown_resource_is_404(client):
 async def test_type_history_pages_with_next_links(client):
     marker = datetime.now(UTC).isoformat()
     for _ in range(5):
-        await client.post(
-            "/Basic", json={"resourceType": "Basic", "code": {"text": uuid.uuid4().hex}}
-        )
+        await client.post("/Basic", json={"resourceType": "Basic", "code": {"text": uuid.uuid4().hex}})
     seen, url = [], f"/Basic/_history?_since={marker}&_count=2"
     while url:
         bundle = (await client.get(url)).json()

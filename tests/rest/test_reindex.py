@@ -34,10 +34,7 @@ def marital_param(code: str) -> dict:
 async def wait_for(client, status_url: str) -> dict:
     for _ in range(200):
         res = await client.get(status_url)
-        values = {
-            p["name"]: next(v for k, v in p.items() if k.startswith("value"))
-            for p in res.json()["parameter"]
-        }
+        values = {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in res.json()["parameter"]}
         if values["status"] != "running":
             return values
         await asyncio.sleep(0.05)
@@ -51,21 +48,15 @@ async def test_custom_search_parameter_is_searchable_only_after_reindex(client):
         "resourceType": "Patient",
         "maritalStatus": {"coding": [{"system": "urn:test", "code": status}]},
     }
-    created = (
-        await client.post("/Patient", json=patient, headers={"Content-Type": FHIR_JSON})
-    ).json()
-    await client.post(
-        "/SearchParameter", json=marital_param(code), headers={"Content-Type": FHIR_JSON}
-    )
+    created = (await client.post("/Patient", json=patient, headers={"Content-Type": FHIR_JSON})).json()
+    await client.post("/SearchParameter", json=marital_param(code), headers={"Content-Type": FHIR_JSON})
 
     before = await client.get(f"/Patient?{code}={status}", headers={"Prefer": "handling=strict"})
     assert before.status_code == 400
 
     started = await client.post("/Patient/$reindex")
     assert started.status_code == 202
-    result = await wait_for(
-        client, started.headers["content-location"].replace("http://testserver/fhir", "")
-    )
+    result = await wait_for(client, started.headers["content-location"].replace("http://testserver/fhir", ""))
     assert result["status"] == "completed"
     assert result["processed"] >= 1
 
@@ -75,9 +66,7 @@ async def test_custom_search_parameter_is_searchable_only_after_reindex(client):
 
 async def test_instance_reindex_answers_directly(client):
     created = (
-        await client.post(
-            "/Patient", json={"resourceType": "Patient"}, headers={"Content-Type": FHIR_JSON}
-        )
+        await client.post("/Patient", json={"resourceType": "Patient"}, headers={"Content-Type": FHIR_JSON})
     ).json()
     res = await client.post(f"/Patient/{created['id']}/$reindex")
     assert res.status_code == 200

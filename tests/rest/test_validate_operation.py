@@ -10,9 +10,7 @@ async def validate(client, path: str, body: dict):
 
 
 async def test_valid_resource_gives_all_ok(client):
-    res = await validate(
-        client, "/Patient/$validate", {"resourceType": "Patient", "gender": "male"}
-    )
+    res = await validate(client, "/Patient/$validate", {"resourceType": "Patient", "gender": "male"})
     assert res.status_code == 200
     issues = res.json()["issue"]
     assert [i["severity"] for i in issues] == ["information"]
@@ -20,9 +18,7 @@ async def test_valid_resource_gives_all_ok(client):
 
 async def test_invalid_resource_gives_errors_with_expression_and_stores_nothing(client, db):
     before = await db.fetchval("SELECT count(*) FROM resource_history")
-    res = await validate(
-        client, "/Patient/$validate", {"resourceType": "Patient", "gender": "robot"}
-    )
+    res = await validate(client, "/Patient/$validate", {"resourceType": "Patient", "gender": "robot"})
     assert res.status_code == 200
     errors = [i for i in res.json()["issue"] if i["severity"] == "error"]
     assert errors and errors[0]["expression"] == ["Patient.gender"]

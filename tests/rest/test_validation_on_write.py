@@ -56,9 +56,7 @@ CASES = {
 async def test_invalid_resource_is_422_naming_the_element(client, db, name):
     resource, expression = CASES[name]
     before = await db.fetchval("SELECT count(*) FROM resource_history")
-    res = await client.post(
-        f"/{resource['resourceType']}", json=resource, headers={"Content-Type": FHIR_JSON}
-    )
+    res = await client.post(f"/{resource['resourceType']}", json=resource, headers={"Content-Type": FHIR_JSON})
     assert res.status_code == 422, res.text
     outcome = res.json()
     assert outcome["resourceType"] == "OperationOutcome"
@@ -68,19 +66,13 @@ async def test_invalid_resource_is_422_naming_the_element(client, db, name):
 
 
 async def test_invalid_update_leaves_the_current_version(client):
-    res = await client.post(
-        "/Patient", json={"resourceType": "Patient"}, headers={"Content-Type": FHIR_JSON}
-    )
+    res = await client.post("/Patient", json={"resourceType": "Patient"}, headers={"Content-Type": FHIR_JSON})
     rid = res.json()["id"]
-    bad = await client.put(
-        f"/Patient/{rid}", json={"resourceType": "Patient", "id": rid, "gender": 1}
-    )
+    bad = await client.put(f"/Patient/{rid}", json={"resourceType": "Patient", "id": rid, "gender": 1})
     assert bad.status_code == 422
     assert (await client.get(f"/Patient/{rid}")).json()["meta"]["versionId"] == "1"
 
 
 async def test_unknown_resource_type_in_body_is_rejected(client):
-    res = await client.post(
-        "/Patient", json={"resourceType": "Patientt"}, headers={"Content-Type": FHIR_JSON}
-    )
+    res = await client.post("/Patient", json={"resourceType": "Patientt"}, headers={"Content-Type": FHIR_JSON})
     assert res.status_code == 400

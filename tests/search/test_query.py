@@ -37,7 +37,7 @@ def test_prefix_is_split_only_when_followed_by_a_value():
     ],
 )
 def test_values_are_bind_parameters_never_sql_text(name, value):
-    sql, args = compile_one("Patient", [(name, value)])
+    sql, _args = compile_one("Patient", [(name, value)])
     assert value not in sql
     assert "'" not in sql.replace("'simple'", "")  # no literal built from input
 

@@ -34,9 +34,7 @@ class Principal:
     def require(self, interaction: str, resource_type: str) -> None:
         """Raise 403 unless this principal may perform the interaction on the type."""
         if not self.allows(interaction, resource_type):
-            raise FhirError.of(
-                403, "forbidden", f"not permitted to {interaction} {resource_type} resources"
-            )
+            raise FhirError.of(403, "forbidden", f"not permitted to {interaction} {resource_type} resources")
 
 
 SYSTEM = Principal(subject="system")

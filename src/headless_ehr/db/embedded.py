@@ -118,9 +118,7 @@ class EmbeddedPostgres:
             kwargs["user"] = self._user.pw_uid
             kwargs["group"] = self._user.pw_gid
             kwargs["extra_groups"] = []
-        return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
-        )
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
 
     def _prepare_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,7 @@ class Definitions:
         """Base StructureDefinitions of all types and resources, keyed by type name."""
         out: dict[str, Resource] = {}
         for res in _bundle_resources("profiles-types") + self._profiles_resources:
-            if (
-                res["resourceType"] == "StructureDefinition"
-                and res.get("derivation") != "constraint"
-            ):
+            if res["resourceType"] == "StructureDefinition" and res.get("derivation") != "constraint":
                 out[res["type"] if res["kind"] != "logical" else res["id"]] = res
         return out
 
@@ -61,19 +58,11 @@ class Definitions:
 
     @cached_property
     def compartment_definitions(self) -> dict[str, Resource]:
-        return {
-            r["code"]: r
-            for r in self._profiles_resources
-            if r["resourceType"] == "CompartmentDefinition"
-        }
+        return {r["code"]: r for r in self._profiles_resources if r["resourceType"] == "CompartmentDefinition"}
 
     @cached_property
     def operation_definitions(self) -> dict[str, Resource]:
-        return {
-            r["url"]: r
-            for r in self._profiles_resources
-            if r["resourceType"] == "OperationDefinition"
-        }
+        return {r["url"]: r for r in self._profiles_resources if r["resourceType"] == "OperationDefinition"}
 
     @cached_property
     def _terminology(self) -> list[Resource]:

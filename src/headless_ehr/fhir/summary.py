@@ -65,9 +65,7 @@ def _tagged(out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def subset(
-    resource: dict[str, Any], summary: str | None, elements: list[str] | None
-) -> dict[str, Any]:
+def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | None) -> dict[str, Any]:
     """The resource reduced as _summary / _elements ask; unchanged when neither applies."""
     rtype = resource.get("resourceType", "")
     if elements:

@@ -14,12 +14,11 @@ from ..fhir.outcome import operation_outcome
 from ..fhir.summary import subset
 from ..store import SearchPage, StoredResource
 from ..store.repository import format_instant
+from ..store.transaction import BundleResult
 from .responses import base_url, etag
 
 
-def page_link(
-    request: Request, relation: str, cursor: str | None, drop: tuple[str, ...]
-) -> dict[str, str]:
+def page_link(request: Request, relation: str, cursor: str | None, drop: tuple[str, ...]) -> dict[str, str]:
     """A paging link: the request's own URL with the cursor replaced."""
     params = [(k, v) for k, v in request.query_params.multi_items() if k not in drop]
     if cursor:
@@ -28,9 +27,7 @@ def page_link(
     return {"relation": relation, "url": path + ("?" + urlencode(params) if params else "")}
 
 
-def _bundle(
-    kind: str, total: int | None, links: list[dict[str, str]], entries: list[Any]
-) -> dict[str, Any]:
+def _bundle(kind: str, total: int | None, links: list[dict[str, str]], entries: list[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind}
     if total is not None:
         out["total"] = total
@@ -93,3 +90,25 @@ def history(
         }
         entries.append(entry)
     return _bundle("history", total, links, entries)
+
+
+def bundle_response(request: Request, result: BundleResult) -> dict[str, Any]:
+    """A transaction-response or batch-response Bundle."""
+    base = base_url(request)
+    entries = []
+    for item in result.items:
+        entry: dict[str, Any] = {}
+        if item.stored is not None:
+            entry["fullUrl"] = f"{base}/{item.stored.resource_type}/{item.stored.id}"
+            if item.with_resource and item.stored.content is not None:
+                entry["resource"] = orjson.Fragment(item.stored.content)
+        if item.page is not None:
+            entry["resource"] = searchset(request, item.page, [])
+        entry["response"] = item.response
+        entries.append(entry)
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": result.type,
+        "entry": entries,
+    }

@@ -23,10 +23,7 @@ _INTERACTIONS = [
 
 def _resource_entry(resource_type: str) -> dict[str, Any]:
     params = [{"name": "_id", "type": "token"}]
-    params += [
-        {"name": p.code, "type": p.type, "definition": p.url}
-        for p in indexed_token_params(resource_type)
-    ]
+    params += [{"name": p.code, "type": p.type, "definition": p.url} for p in indexed_token_params(resource_type)]
     return {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",

@@ -12,11 +12,13 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..search.compartment import Compartment, member_types
 from ..store import ResourceStore, StoredResource, WriteOutcome
+from ..store.transaction import BundleProcessor
 from . import bundles
 from .instants import parse_instant
 from .negotiation import prefer, read_body, read_resource
 from .preconditions import if_match, if_none_exist, not_modified
 from .responses import (
+    base_url,
     fhir_response,
     info_outcome,
     json_response,
@@ -37,9 +39,7 @@ def _body_limit(request: Request) -> int:
     return request.app.state.settings.max_body_bytes
 
 
-def _write_response(
-    request: Request, stored: StoredResource, status: int, message: str
-) -> Response:
+def _write_response(request: Request, stored: StoredResource, status: int, message: str) -> Response:
     headers = version_headers(stored)
     headers["Location"] = location(request, stored)
     wanted = prefer(request).get("return", "representation")
@@ -77,9 +77,7 @@ async def create(request: Request, resource_type: str) -> Response:
     )
     if outcome.matched:
         return _write_response(request, outcome.stored, 200, "an existing resource matched")
-    return _write_response(
-        request, outcome.stored, 201, f"created {resource_type}/{outcome.stored.id}"
-    )
+    return _write_response(request, outcome.stored, 201, f"created {resource_type}/{outcome.stored.id}")
 
 
 async def update(request: Request, resource_type: str, rid: str) -> Response:
@@ -101,9 +99,7 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
         if_match=if_match(request),
     )
     status = 201 if outcome.created else 200
-    return _write_response(
-        request, outcome.stored, status, f"updated {resource_type}/{outcome.stored.id}"
-    )
+    return _write_response(request, outcome.stored, status, f"updated {resource_type}/{outcome.stored.id}")
 
 
 def _delete_response(request: Request, stored: StoredResource | None, what: str) -> Response:
@@ -115,16 +111,12 @@ def _delete_response(request: Request, stored: StoredResource | None, what: str)
 
 
 async def delete(request: Request, resource_type: str, rid: str) -> Response:
-    stored = await store_of(request).delete(
-        principal_of(request), resource_type, rid, if_match=if_match(request)
-    )
+    stored = await store_of(request).delete(principal_of(request), resource_type, rid, if_match=if_match(request))
     return _delete_response(request, stored, f"{resource_type}/{rid}")
 
 
 async def conditional_delete(request: Request, resource_type: str) -> Response:
-    stored = await store_of(request).conditional_delete(
-        principal_of(request), resource_type, _criteria(request)
-    )
+    stored = await store_of(request).conditional_delete(principal_of(request), resource_type, _criteria(request))
     what = f"{resource_type}/{stored.id}" if stored else f"no {resource_type} matched"
     return _delete_response(request, stored, what)
 
@@ -134,9 +126,7 @@ async def _search_params(request: Request) -> list[tuple[str, str]]:
     if request.method == "POST":
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("application/x-www-form-urlencoded"):
-            raise FhirError.of(
-                415, "not-supported", "_search takes application/x-www-form-urlencoded"
-            )
+            raise FhirError.of(415, "not-supported", "_search takes application/x-www-form-urlencoded")
         body = await read_body(request, _body_limit(request))
         try:
             params += parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
@@ -148,9 +138,7 @@ async def _search_params(request: Request) -> list[tuple[str, str]]:
 _SYSTEM_COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
 
 
-def _types_for(
-    params: list[tuple[str, str]], resource_type: str | None, compartment: Compartment | None
-) -> list[str]:
+def _types_for(params: list[tuple[str, str]], resource_type: str | None, compartment: Compartment | None) -> list[str]:
     if resource_type is not None:
         return [resource_type]
     if compartment is not None:
@@ -158,13 +146,9 @@ def _types_for(
     listed = [t for k, v in params if k == "_type" for t in v.split(",") if t]
     unknown = [t for t in listed if t not in definitions().resource_types]
     if unknown:
-        raise FhirError.of(
-            400, "invalid", f"unknown resource type(s) in _type: {', '.join(unknown)}"
-        )
+        raise FhirError.of(400, "invalid", f"unknown resource type(s) in _type: {', '.join(unknown)}")
     if not listed:
-        raise FhirError.of(
-            400, "invalid", "a system-level search needs _type (e.g. _type=Patient,Observation)"
-        )
+        raise FhirError.of(400, "invalid", "a system-level search needs _type (e.g. _type=Patient,Observation)")
     return listed
 
 
@@ -205,23 +189,17 @@ def _history_args(request: Request) -> dict[str, object]:
     if "_count" in q:
         raw = q["_count"]
         if not raw.isdigit():
-            raise FhirError.of(
-                400, "invalid", f"_count must be a non-negative integer, got '{raw}'"
-            )
+            raise FhirError.of(400, "invalid", f"_count must be a non-negative integer, got '{raw}'")
         count = int(raw)
     since = parse_instant("_since", q["_since"]) if "_since" in q else None
     known = {"_count", "_since", "_cursor", "_format", "_pretty"}
     unknown = [k for k in q if k not in known]
     if unknown and prefer(request).get("handling") == "strict":
-        raise FhirError.of(
-            400, "not-supported", f"unsupported history parameter(s): {', '.join(unknown)}"
-        )
+        raise FhirError.of(400, "not-supported", f"unsupported history parameter(s): {', '.join(unknown)}")
     return {"since": since, "count": count, "cursor": q.get("_cursor")}
 
 
-async def history(
-    request: Request, resource_type: str | None = None, rid: str | None = None
-) -> Response:
+async def history(request: Request, resource_type: str | None = None, rid: str | None = None) -> Response:
     args = _history_args(request)
     if rid is not None:  # 404 for an unknown resource rather than an empty bundle
         try:
@@ -234,3 +212,20 @@ async def history(
     if page.next_cursor:
         links.append(bundles.page_link(request, "next", page.next_cursor, ("_cursor",)))
     return json_response(request, bundles.history(request, page.entries, page.total, links))
+
+
+async def process_bundle(request: Request) -> Response:
+    """POST [base] with a transaction or batch Bundle."""
+    bundle = await read_resource(request, _body_limit(request))
+    if bundle.get("resourceType") != "Bundle":
+        raise FhirError.of(400, "invalid", "POST to the base URL takes a transaction or batch Bundle")
+    kind = bundle.get("type")
+    processor = BundleProcessor(store_of(request), request.app.state.pool, principal_of(request), base_url(request))
+    representation = prefer(request).get("return") == "representation"
+    if kind == "transaction":
+        result = await processor.transaction(bundle, representation=representation)
+    elif kind == "batch":
+        result = await processor.batch(bundle, representation=representation)
+    else:
+        raise FhirError.of(400, "invalid", f"Bundle.type must be transaction or batch, not '{kind}'", "Bundle.type")
+    return json_response(request, bundles.bundle_response(request, result))

@@ -12,9 +12,7 @@ from ..fhir.outcome import FhirError
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = frozenset({FHIR_JSON, "application/json", "text/json", "application/json+fhir"})
 _FORMAT_ALIASES = {"json": FHIR_JSON, "application/json": "application/json"}
-_XML = frozenset(
-    {"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"}
-)
+_XML = frozenset({"xml", "text/xml", "application/xml", "application/fhir+xml", "application/xml+fhir"})
 _WILDCARDS = frozenset({"*/*", "application/*", ""})
 
 
@@ -44,9 +42,7 @@ def response_media_type(request: Request) -> str:
             return "application/json"
         if media in _WILDCARDS or media == "text/json":
             return FHIR_JSON
-    raise FhirError.of(
-        406, "not-supported", f"cannot produce any of: {accept} (this server speaks {FHIR_JSON})"
-    )
+    raise FhirError.of(406, "not-supported", f"cannot produce any of: {accept} (this server speaks {FHIR_JSON})")
 
 
 def require_json_content(request: Request, *extra: str) -> str:
@@ -56,9 +52,7 @@ def require_json_content(request: Request, *extra: str) -> str:
         raise FhirError.of(415, "not-supported", f"a body needs Content-Type {FHIR_JSON}")
     media = _media(content_type)
     if media not in JSON_TYPES and media not in extra:
-        raise FhirError.of(
-            415, "not-supported", f"unsupported Content-Type '{content_type}'; use {FHIR_JSON}"
-        )
+        raise FhirError.of(415, "not-supported", f"unsupported Content-Type '{content_type}'; use {FHIR_JSON}")
     return media
 
 

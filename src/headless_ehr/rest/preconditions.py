@@ -18,9 +18,7 @@ _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
 def version_from_etag(value: str, header: str) -> int:
     match = _ETAG.match(value)
     if not match:
-        raise FhirError.of(
-            400, "invalid", f"malformed {header} header '{value}' (expected W/\"n\")"
-        )
+        raise FhirError.of(400, "invalid", f"malformed {header} header '{value}' (expected W/\"n\")")
     return int(match.group(1))
 
 
@@ -37,9 +35,7 @@ def not_modified(request: Request, stored: StoredResource) -> bool:
         if inm.strip() == "*":
             return True
         tags = [t for t in inm.split(",") if t.strip()]
-        return any(
-            _ETAG.match(t) and int(_ETAG.match(t).group(1)) == stored.version_id for t in tags
-        )
+        return any(_ETAG.match(t) and int(_ETAG.match(t).group(1)) == stored.version_id for t in tags)
     ims = request.headers.get("if-modified-since")
     if ims is not None:
         try:

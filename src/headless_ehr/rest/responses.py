@@ -30,9 +30,7 @@ def fhir_response(
     )
 
 
-def json_response(
-    request: Request, value: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
+def json_response(request: Request, value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return fhir_response(request, fhir_json.dumps(value), status, headers)
 
 

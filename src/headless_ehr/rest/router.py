@@ -55,7 +55,7 @@ def _routes(request: Request, seg: list[str]) -> Methods:
     """The handlers for a path, by method."""
     n = len(seg)
     if n == 0:
-        return {"GET": lambda: ix.search(request)}
+        return {"GET": lambda: ix.search(request), "POST": lambda: ix.process_bundle(request)}
     head = seg[0]
     if n == 1 and head == "metadata":
         return {"GET": lambda: _metadata(request)}
@@ -92,11 +92,7 @@ def _routes(request: Request, seg: list[str]) -> Methods:
         return _operation(request, third[1:], rtype, rid)
     if third == "_history" and n == 3:
         return {"GET": lambda: ix.history(request, rtype, rid)}
-    if (
-        n == 3
-        and rtype in COMPARTMENT_TYPES
-        and (third == "*" or third in definitions().resource_types)
-    ):
+    if n == 3 and rtype in COMPARTMENT_TYPES and (third == "*" or third in definitions().resource_types):
         compartment = Compartment(rtype, rid)
         target = None if third == "*" else third
         return {"GET": lambda: ix.search(request, target, compartment)}
@@ -119,9 +115,7 @@ async def fhir_endpoint(request: Request) -> Response:
         handler = methods.get(method)
         if handler is None:
             allowed = ", ".join(sorted(methods))
-            error = FhirError.of(
-                405, "not-supported", f"{request.method} is not supported here (allowed: {allowed})"
-            )
+            error = FhirError.of(405, "not-supported", f"{request.method} is not supported here (allowed: {allowed})")
             error.headers["Allow"] = allowed
             raise error
         return await handler()

@@ -74,9 +74,7 @@ def date_range(value: str) -> tuple[datetime, datetime]:
             low = datetime(year, int(g["m"]), int(g["d"]), tzinfo=tz)
             high = low + timedelta(days=1)
         else:
-            base = datetime(
-                year, int(g["m"]), int(g["d"]), int(g["H"]), int(g["M"] or 0), tzinfo=tz
-            )
+            base = datetime(year, int(g["m"]), int(g["d"]), int(g["H"]), int(g["M"] or 0), tzinfo=tz)
             if g["S"] is None:
                 low, high = base, base + timedelta(minutes=1)
             else:

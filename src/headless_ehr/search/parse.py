@@ -142,9 +142,7 @@ class Parser:
 
     def clause(self, rtype: str, name: str, value: str, depth: int) -> Clause | None:
         if depth > MAX_CHAIN_DEPTH:
-            raise FhirError.of(
-                400, "too-costly", f"'{name}': chains are limited to {MAX_CHAIN_DEPTH}"
-            )
+            raise FhirError.of(400, "too-costly", f"'{name}': chains are limited to {MAX_CHAIN_DEPTH}")
         if name.startswith("_has:"):
             return self._has(rtype, name, value, depth)
         head, dot, rest = name.partition(".")
@@ -161,20 +159,14 @@ class Parser:
             return None
         if dot:
             return self._chain(rtype, name, param, modifier, rest, value, depth)
-        if modifier is not None and modifier not in _MODIFIERS[param.type]:
-            if not (param.type == "reference" and modifier in definitions().resource_types):
-                raise FhirError.of(
-                    400,
-                    "invalid",
-                    f"modifier ':{modifier}' is not valid on '{code}' ({param.type})",
-                )
+        type_modifier = param.type == "reference" and modifier in definitions().resource_types
+        if modifier is not None and modifier not in _MODIFIERS[param.type] and not type_modifier:
+            raise FhirError.of(400, "invalid", f"modifier ':{modifier}' is not valid on '{code}' ({param.type})")
         clause = Clause(name, param, modifier, split_or(value))
         self._check_values(clause)
         return clause
 
-    def _column_clause(
-        self, rtype: str, name: str, code: str, modifier: str | None, value: str, dot: str
-    ) -> Clause:
+    def _column_clause(self, rtype: str, name: str, code: str, modifier: str | None, value: str, dot: str) -> Clause:
         if dot or (modifier and not (code == "_id" and modifier in ("missing", "not"))):
             raise FhirError.of(400, "invalid", f"'{name}' does not take modifiers or chains")
         clause = Clause(name, None, modifier, split_or(value))
@@ -198,23 +190,15 @@ class Parser:
         depth: int,
     ) -> Clause | None:
         if param.type != "reference":
-            raise FhirError.of(
-                400, "invalid", f"'{param.code}' is not a reference; it cannot be chained"
-            )
+            raise FhirError.of(400, "invalid", f"'{param.code}' is not a reference; it cannot be chained")
         if modifier is not None:
             if modifier not in definitions().resource_types:
-                raise FhirError.of(
-                    400, "invalid", f"unknown resource type ':{modifier}' in '{name}'"
-                )
+                raise FhirError.of(400, "invalid", f"unknown resource type ':{modifier}' in '{name}'")
             targets: tuple[str, ...] = (modifier,)
         else:
             targets = tuple(t for t in param.targets if t in definitions().resource_types) or ()
         next_code = rest.split(".", 1)[0].split(":", 1)[0]
-        usable = tuple(
-            t
-            for t in targets
-            if next_code in search_params(t) or next_code in ("_id", "_lastUpdated")
-        )
+        usable = tuple(t for t in targets if next_code in search_params(t) or next_code in ("_id", "_lastUpdated"))
         if not usable:
             self.unknown(f"'{name}': no target of '{param.code}' has a parameter '{next_code}'")
             return None
@@ -235,9 +219,7 @@ class Parser:
             raise FhirError.of(400, "invalid", f"unknown resource type '{other}' in '{name}'")
         ref = search_params(other).get(ref_code)
         if ref is None or ref.type != "reference":
-            raise FhirError.of(
-                400, "invalid", f"'{ref_code}' is not a reference parameter of {other}"
-            )
+            raise FhirError.of(400, "invalid", f"'{ref_code}' is not a reference parameter of {other}")
         inner = self.clause(other, rest, value, depth + 1)
         if inner is None:
             return None

@@ -76,9 +76,7 @@ def parse_request(
     raw = _first(params, "_count")
     if raw is not None:
         if not raw.isdigit():
-            raise FhirError.of(
-                400, "invalid", f"_count must be a non-negative integer, got '{raw}'"
-            )
+            raise FhirError.of(400, "invalid", f"_count must be a non-negative integer, got '{raw}'")
         count = min(int(raw), max_count)
     total = _first(params, "_total")
     if total is not None and total not in TOTAL_VALUES:
@@ -90,9 +88,7 @@ def parse_request(
     raw = _first(params, "_elements")
     if raw is not None:
         elements = [e.strip() for e in raw.split(",") if e.strip()]
-    request = SearchRequest(
-        resource_types, clauses, count, total=total, summary=summary, elements=elements
-    )
+    request = SearchRequest(resource_types, clauses, count, total=total, summary=summary, elements=elements)
     request.issues = issues
     sort = _first(params, "_sort")
     if sort:
@@ -102,9 +98,7 @@ def parse_request(
         if base in ("_include", "_revinclude"):
             if mod and mod != "iterate" and mod != "recurse":
                 raise FhirError.of(400, "invalid", f"unknown modifier '{name}'")
-            request.includes.append(
-                _parse_include(value, base == "_revinclude", bool(mod), resource_types)
-            )
+            request.includes.append(_parse_include(value, base == "_revinclude", bool(mod), resource_types))
     return request
 
 
@@ -126,9 +120,7 @@ def _parse_sort(resource_types: list[str], raw: str) -> list[SortKey]:
         kind = types.pop()
         if kind in ("composite", "special"):
             raise FhirError.of(400, "not-supported", f"cannot sort on {kind} parameter '{code}'")
-        sort_kind = {"date": "timestamp", "number": "numeric", "quantity": "numeric"}.get(
-            kind, "text"
-        )
+        sort_kind = {"date": "timestamp", "number": "numeric", "quantity": "numeric"}.get(kind, "text")
         keys.append(SortKey(code, descending, sort_kind))
     return keys
 
@@ -197,9 +189,7 @@ _CASTS = {
 }
 
 
-def _after(
-    b: SqlBuilder, cols: list[str], keys: list[SortKey], values: list[Any], backwards: bool
-) -> str:
+def _after(b: SqlBuilder, cols: list[str], keys: list[SortKey], values: list[Any], backwards: bool) -> str:
     """Rows strictly after (or, backwards, before) the cursor row in the order
     (keys..., id), NULLS LAST, expanded lexicographically key by key."""
     if not cols:
@@ -242,9 +232,7 @@ class PageQuery:
     backwards: bool
 
 
-def page_query(
-    request: SearchRequest, cursor: str | None, restriction: str | None, b: SqlBuilder
-) -> PageQuery:
+def page_query(request: SearchRequest, cursor: str | None, restriction: str | None, b: SqlBuilder) -> PageQuery:
     """SELECT of one page (count + 1 rows, to know whether another page follows).
 
     restriction is an extra predicate over alias r (access control), already bound in b.
@@ -259,11 +247,7 @@ def page_query(
     cols = [f"q.s{i}" for i in range(len(exprs))] + ["q.id"]
     if cursor:
         state = decode_cursor(cursor)
-        if (
-            not isinstance(state, dict)
-            or not isinstance(state.get("k"), list)
-            or len(state["k"]) != len(keys)
-        ):
+        if not isinstance(state, dict) or not isinstance(state.get("k"), list) or len(state["k"]) != len(keys):
             raise FhirError.of(400, "invalid", "the paging cursor does not fit this search")
         backwards = state.get("d") == "p"
         try:
@@ -274,9 +258,7 @@ def page_query(
     directions = []
     for col, key in zip(cols, keys, strict=True):
         desc = key.descending != backwards
-        directions.append(
-            f"{col} {'DESC' if desc else 'ASC'} NULLS {'FIRST' if backwards else 'LAST'}"
-        )
+        directions.append(f"{col} {'DESC' if desc else 'ASC'} NULLS {'FIRST' if backwards else 'LAST'}")
     select_keys = "".join(f", {e} AS s{i}" for i, e in enumerate(exprs))
     sql = (
         f"SELECT q.* FROM (SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content{select_keys}"
@@ -317,7 +299,8 @@ def include_sql(b: SqlBuilder, inc: Include, sources: list[Any]) -> str | None:
         conds = [f"x.resource_type = {b.arg(inc.source_type)}"]
         if inc.param:
             conds.append(f"x.param = {b.arg(inc.param)}")
-        pairs = f"(x.target_type, x.target_id) IN (SELECT * FROM unnest({b.arg([s.resource_type for s in targets])}::text[], {b.arg([s.id for s in targets])}::text[]))"
+        types, ids = b.arg([s.resource_type for s in targets]), b.arg([s.id for s in targets])
+        pairs = f"(x.target_type, x.target_id) IN (SELECT * FROM unnest({types}::text[], {ids}::text[]))"
         conds.append(pairs)
         return (
             f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE NOT r.deleted"

@@ -95,8 +95,7 @@ def make_param(resource: dict[str, Any], resource_type: str) -> SearchParam:
         resource_type=resource_type,
         targets=tuple(resource.get("target", ())),
         components=tuple(
-            Component(c.get("definition", ""), c.get("expression", ""))
-            for c in resource.get("component", ())
+            Component(c.get("definition", ""), c.get("expression", "")) for c in resource.get("component", ())
         ),
         paths=_simple_paths(expression, resource_type),
     )

@@ -15,9 +15,7 @@ ReferenceRow = tuple[str, str | None, str | None, str | None, str | None]
 DateRow = tuple[str, datetime, datetime]  # param, low, high (inclusive)
 NumberRow = tuple[str, Decimal, Decimal, Decimal]  # param, value, low, high (exclusive)
 # param, value, low, high, system, code, unit, canonical value, canonical code
-QuantityRow = tuple[
-    str, Decimal, Decimal, Decimal, str | None, str | None, str | None, Decimal | None, str | None
-]
+QuantityRow = tuple[str, Decimal, Decimal, Decimal, str | None, str | None, str | None, Decimal | None, str | None]
 UriRow = tuple[str, str]  # param, uri
 CompositeRow = tuple[str, str]  # param, JSON array text of the components
 

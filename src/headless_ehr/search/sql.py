@@ -62,7 +62,10 @@ def clause_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
         return _chain_sql(b, clause, rtype, alias)
     table = TABLES[param.type]
     x = b.alias()
-    owner = f"SELECT {x}.resource_id FROM {table} {x} WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(param.code)}"
+    owner = (
+        f"SELECT {x}.resource_id FROM {table} {x}"
+        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(param.code)}"
+    )
     if clause.modifier == "missing":
         missing = clause.values == ["true"]
         return f"{alias}.id {'NOT IN' if missing else 'IN'} ({owner})"
@@ -86,16 +89,14 @@ def _column_clause(b: SqlBuilder, clause: Clause, code: str, rtype: str, alias: 
         return f"NOT ({cond})" if clause.modifier == "not" else cond
     if code == "_lastUpdated":
         ors = [
-            _date_compare(b, *split_prefix(v), f"{alias}.last_updated", f"{alias}.last_updated")
-            for v in clause.values
+            _date_compare(b, *split_prefix(v), f"{alias}.last_updated", f"{alias}.last_updated") for v in clause.values
         ]
         return "(" + " OR ".join(ors) + ")"
     if code in ("_text", "_content"):
         column = "narrative" if code == "_text" else "content"
         x = b.alias()
         ors = " OR ".join(
-            f"{x}.{column} @@ websearch_to_tsquery('simple', {b.arg(unescape(v))})"
-            for v in clause.values
+            f"{x}.{column} @@ websearch_to_tsquery('simple', {b.arg(unescape(v))})" for v in clause.values
         )
         return (
             f"{alias}.id IN (SELECT {x}.resource_id FROM search_text {x}"
@@ -160,9 +161,7 @@ def _of_type(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
     for value in clause.values:
         parts = split_unescaped(value, "|")
         if len(parts) != 3 or not parts[1] or not parts[2]:
-            raise FhirError.of(
-                400, "invalid", f"'{clause.name}' takes system|code|value, got '{value}'"
-            )
+            raise FhirError.of(400, "invalid", f"'{clause.name}' takes system|code|value, got '{value}'")
         system, code, ident = (unescape(p) for p in parts)
         cond = f"{x}.code = {b.arg(code + '|' + ident)}"
         if system:
@@ -220,9 +219,7 @@ def _token_match(b: SqlBuilder, value: str, system_col: str, code_col: str) -> s
     return " AND ".join(conds)
 
 
-def _string_sql(
-    b: SqlBuilder, modifier: str | None, value: str, norm_col: str, exact_col: str
-) -> str:
+def _string_sql(b: SqlBuilder, modifier: str | None, value: str, norm_col: str, exact_col: str) -> str:
     if modifier == "exact":
         return f"{exact_col} = {b.arg(value)}"
     pattern = escape_like(normalize_string(value))
@@ -291,9 +288,7 @@ def _quantity_sql(b: SqlBuilder, raw: str, x: str) -> str:
         canon = ucum_canonical(number, code)
         if canon is not None:
             value, canon_code = canon
-            return f"{x}.canon_code = {b.arg(canon_code)} AND " + _number_compare(
-                b, prefix, value, f"{x}.canon_value"
-            )
+            return f"{x}.canon_code = {b.arg(canon_code)} AND " + _number_compare(b, prefix, value, f"{x}.canon_value")
     conds = [_number_compare(b, prefix, number, f"{x}.value")]
     if code:
         conds.append(f"({x}.code = {b.arg(code)} OR {x}.unit = {b.arg(code)})")
@@ -308,9 +303,7 @@ def ucum_canonical(value: Decimal, code: str) -> tuple[Decimal, str] | None:
     return canonical(value, code)
 
 
-def _reference_sql(
-    b: SqlBuilder, param: SearchParam, modifier: str | None, raw: str, x: str
-) -> str:
+def _reference_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw: str, x: str) -> str:
     value = unescape(raw)
     if modifier and modifier not in ("identifier",):  # :[type]
         return f"{x}.target_type = {b.arg(modifier)} AND {x}.target_id = {b.arg(value)}"
@@ -321,9 +314,7 @@ def _reference_sql(
         tail = value.rstrip("/").split("/")
         conds = [f"{x}.url = {b.arg(value)}"]
         if len(tail) >= 2 and tail[-2][:1].isupper():
-            conds.append(
-                f"({x}.target_type = {b.arg(tail[-2])} AND {x}.target_id = {b.arg(tail[-1])})"
-            )
+            conds.append(f"({x}.target_type = {b.arg(tail[-2])} AND {x}.target_id = {b.arg(tail[-1])})")
         return " OR ".join(conds)
     segments = value.split("/")
     if len(segments) == 1:
@@ -365,9 +356,7 @@ def _composite_sql(b: SqlBuilder, param: SearchParam, raw: str, x: str) -> str:
                 )
             )
         elif kind == "string":
-            conds.append(
-                _string_sql(b, None, unescape(part), f"{item}->>'value'", f"{item}->>'value'")
-            )
+            conds.append(_string_sql(b, None, unescape(part), f"{item}->>'value'", f"{item}->>'value'"))
         elif kind == "reference":
             segs = unescape(part).split("/")
             cond = f"{item}->>'id' = {b.arg(segs[-1])}"
@@ -375,7 +364,5 @@ def _composite_sql(b: SqlBuilder, param: SearchParam, raw: str, x: str) -> str:
                 cond += f" AND {item}->>'type' = {b.arg(segs[0])}"
             conds.append(cond)
         else:
-            raise FhirError.of(
-                400, "not-supported", f"composite component type {kind} is not supported"
-            )
+            raise FhirError.of(400, "not-supported", f"composite component type {kind} is not supported")
     return " AND ".join(f"({c})" for c in conds)

@@ -64,9 +64,7 @@ async def poll_registry(pool: asyncpg.Pool) -> None:
         await asyncio.sleep(REGISTRY_POLL_SECONDS)
 
 
-async def reindex_resource(
-    db: asyncpg.Pool | asyncpg.Connection, resource_type: str, rid: str
-) -> bool:
+async def reindex_resource(db: asyncpg.Pool | asyncpg.Connection, resource_type: str, rid: str) -> bool:
     """Re-extract one resource's index rows; False when it is missing or deleted."""
     row = await db.fetchrow(sql.READ_CURRENT, resource_type, rid)
     if row is None or row[2] is None:
@@ -149,7 +147,8 @@ class Reindexer:
 
     async def status(self, job_id: str) -> dict[str, Any] | None:
         row = await self.pool.fetchrow(
-            "SELECT status, params, progress, error, created_at, updated_at FROM job WHERE id = $1 AND kind = 'reindex'",
+            "SELECT status, params, progress, error, created_at, updated_at FROM job"
+            " WHERE id = $1 AND kind = 'reindex'",
             job_id,
         )
         if row is None:

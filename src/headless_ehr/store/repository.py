@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -36,6 +36,7 @@ from ..search.query import (
 from ..search.rows import IndexRows
 from ..search.sql import SqlBuilder
 from . import sql
+from .bulk import INSERT_MANY, insert_many_args
 from .model import HistoryPage, SearchPage, StoredResource, WriteOutcome
 
 Resource = dict[str, Any]
@@ -44,6 +45,14 @@ Executor = asyncpg.Pool | asyncpg.Connection
 
 _OPTIMISTIC_ATTEMPTS = 2
 MAX_INCLUDED = 1000  # included resources per page
+
+
+class PreparedCreate(NamedTuple):
+    resource_type: str
+    id: str
+    content: bytes
+    method: str
+    rows: IndexRows
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +109,7 @@ class ResourceStore:
     def check(self, resource: Any, resource_type: str | None = None) -> list[Issue]:
         """Validate a parsed resource (of resource_type, when given); 422 when invalid."""
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise FhirError.of(
-                400, "structure", "the body is not a FHIR resource (no resourceType)"
-            )
+            raise FhirError.of(400, "structure", "the body is not a FHIR resource (no resourceType)")
         if resource_type is not None and resource["resourceType"] != resource_type:
             raise FhirError.of(
                 400,
@@ -132,9 +139,7 @@ class ResourceStore:
             )
         return stored
 
-    async def vread(
-        self, principal: Principal, resource_type: str, rid: str, version: str
-    ) -> StoredResource:
+    async def vread(self, principal: Principal, resource_type: str, rid: str, version: str) -> StoredResource:
         principal.require("vread", resource_type)
         if not version.isdigit() or len(version) > 9:
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
@@ -143,9 +148,7 @@ class ResourceStore:
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
         stored = StoredResource(resource_type, rid, row[0], row[1], row[2], row[3])
         if stored.deleted:
-            raise FhirError.of(
-                410, "deleted", f"version {version} of {resource_type}/{rid} is a deletion"
-            )
+            raise FhirError.of(410, "deleted", f"version {version} of {resource_type}/{rid} is a deletion")
         return stored
 
     # -- writes -------------------------------------------------------------------------
@@ -189,13 +192,33 @@ class ResourceStore:
         resource_type = resource["resourceType"]
         principal.require("create", resource_type)
         if if_none_exist is not None:
-            found = await self._match(principal, resource_type, if_none_exist, "create")
+            found = await self.match(principal, resource_type, if_none_exist, "create")
             if found is not None:
                 return WriteOutcome(found, created=False, matched=True)
         rid = str(uuid.uuid4())
         stored = await self._write(resource, resource_type, rid, 1, method, None)
         assert stored is not None  # a fresh UUID cannot collide
         return WriteOutcome(stored, created=True)
+
+    def prepare_create(
+        self, principal: Principal, resource: Any, rid: str, method: str, ts: datetime
+    ) -> PreparedCreate:
+        """Validate and serialise a create with a chosen id, for insert_prepared()."""
+        self.check(resource)
+        resource_type = resource["resourceType"]
+        principal.require("create", resource_type)
+        final = with_meta(resource, rid, 1, ts)
+        return PreparedCreate(resource_type, rid, fhir_json.dumps(final), method, extract(final))
+
+    async def insert_prepared(self, items: list[PreparedCreate], ts: datetime) -> list[StoredResource]:
+        """Insert prepared creates in one statement (a duplicate id fails them all)."""
+        if not items:
+            return []
+        try:
+            await self._db.fetchval(INSERT_MANY, *insert_many_args(items, ts))
+        except asyncpg.UniqueViolationError:
+            raise FhirError.of(409, "duplicate", "a resource with one of these ids already exists") from None
+        return [StoredResource(i[0], i[1], 1, ts, i[2], i[3]) for i in items]
 
     async def update(
         self,
@@ -212,16 +235,12 @@ class ResourceStore:
         if resource.get("id") is None:
             raise FhirError.of(400, "required", "an update must carry the resource id", "id")
         if resource["id"] != rid:
-            raise FhirError.of(
-                400, "invalid", f"id '{resource['id']}' does not match the URL id '{rid}'", "id"
-            )
+            raise FhirError.of(400, "invalid", f"id '{resource['id']}' does not match the URL id '{rid}'", "id")
         principal.require("update", resource_type)
 
         def plan(current: asyncpg.Record | None) -> _Write:
             if current is None and if_match is not None:
-                raise FhirError.of(
-                    412, "conflict", f"{resource_type}/{rid} does not exist (If-Match)"
-                )
+                raise FhirError.of(412, "conflict", f"{resource_type}/{rid} does not exist (If-Match)")
             if current is not None and if_match is not None and if_match != current[0]:
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             return _Write(resource, method)
@@ -283,9 +302,7 @@ class ResourceStore:
         if current is None:
             return await self._write(step.resource, resource_type, rid, 1, step.method, None)
         version = current[0]
-        return await self._write(
-            step.resource, resource_type, rid, version + 1, step.method, version
-        )
+        return await self._write(step.resource, resource_type, rid, version + 1, step.method, version)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -299,19 +316,15 @@ class ResourceStore:
 
     # -- conditional interactions -----------------------------------------------------
 
-    async def _match(
+    async def match(
         self, principal: Principal, resource_type: str, criteria: list[tuple[str, str]], what: str
     ) -> StoredResource | None:
         """The single resource matching criteria, None for none, 412 for several."""
         if not criteria:
             raise FhirError.of(400, "invalid", f"conditional {what} needs search criteria")
-        page = await self.search(
-            principal, resource_type, [*criteria, ("_count", "2")], strict=True
-        )
+        page = await self.search(principal, resource_type, [*criteria, ("_count", "2")], strict=True)
         if len(page.entries) > 1:
-            raise FhirError.of(
-                412, "multiple-matches", f"conditional {what}: criteria match several resources"
-            )
+            raise FhirError.of(412, "multiple-matches", f"conditional {what}: criteria match several resources")
         return page.entries[0] if page.entries else None
 
     async def conditional_update(
@@ -325,7 +338,7 @@ class ResourceStore:
     ) -> WriteOutcome:
         """Update the one match, or create when none matches (id from the body or new)."""
         self.check(resource, resource_type)
-        found = await self._match(principal, resource_type, criteria, "update")
+        found = await self.match(principal, resource_type, criteria, "update")
         if found is not None:
             if resource.get("id") not in (None, found.id):
                 raise FhirError.of(
@@ -344,7 +357,7 @@ class ResourceStore:
         self, principal: Principal, resource_type: str, criteria: list[tuple[str, str]]
     ) -> StoredResource | None:
         """Delete the one match; None when nothing matched."""
-        found = await self._match(principal, resource_type, criteria, "delete")
+        found = await self.match(principal, resource_type, criteria, "delete")
         if found is None:
             return None
         return await self.delete(principal, resource_type, found.id)
@@ -378,9 +391,7 @@ class ResourceStore:
             where.append(f"last_updated >= {arg(since)}")
         total = None
         if rid and resource_type:  # cheap at instance level; omitted for type/system
-            total = await self._db.fetchval(
-                f"SELECT count(*) FROM resource_history WHERE {' AND '.join(where)}", *args
-            )
+            total = await self._db.fetchval(f"SELECT count(*) FROM resource_history WHERE {' AND '.join(where)}", *args)
         if cursor:
             state = decode_cursor(cursor)
             try:
@@ -418,9 +429,7 @@ class ResourceStore:
         types = [resource_types] if isinstance(resource_types, str) else list(resource_types)
         for rtype in types:
             principal.require("search", rtype)
-        request = parse_request(
-            types, params, strict=strict, default_count=default_count, max_count=self.max_page_size
-        )
+        request = parse_request(types, params, strict=strict, default_count=default_count, max_count=self.max_page_size)
         b = SqlBuilder()
         restriction = None
         if compartment is not None:
@@ -446,31 +455,18 @@ class ResourceStore:
                 total = len(entries)
             else:
                 cb = SqlBuilder()
-                cr = (
-                    _per_type(types, lambda t: compartment_sql(cb, compartment, t, "r"), cb)
-                    if compartment
-                    else None
-                )
+                cr = _per_type(types, lambda t: compartment_sql(cb, compartment, t, "r"), cb) if compartment else None
                 total = await self._db.fetchval(count_query(request, cr, cb), *cb.args)
         elif request.total == "estimate":
             total = await self._estimate(request, compartment, types)
         included = await self._includes(principal, request, entries)
-        return SearchPage(
-            entries, total, next_cursor, prev_cursor, request.issues, included, request
-        )
+        return SearchPage(entries, total, next_cursor, prev_cursor, request.issues, included, request)
 
-    async def _estimate(
-        self, request: SearchRequest, compartment: Compartment | None, types: list[str]
-    ) -> int:
+    async def _estimate(self, request: SearchRequest, compartment: Compartment | None, types: list[str]) -> int:
         b = SqlBuilder()
-        restriction = (
-            _per_type(types, lambda t: compartment_sql(b, compartment, t, "r"), b)
-            if compartment
-            else None
-        )
+        restriction = _per_type(types, lambda t: compartment_sql(b, compartment, t, "r"), b) if compartment else None
         plan = await self._db.fetchval(
-            "EXPLAIN (FORMAT JSON) "
-            + count_query(request, restriction, b).replace("count(*)", "1", 1),
+            "EXPLAIN (FORMAT JSON) " + count_query(request, restriction, b).replace("count(*)", "1", 1),
             *b.args,
         )
         data = plan if isinstance(plan, list) else orjson.loads(plan)

@@ -120,9 +120,7 @@ class RuleCompiler:
                 continue
             name = element["path"].rpartition(".")[2]
             base = name.removesuffix("[x]")
-            rules = self._element_rules(
-                element, snapshot, is_resource_id=is_resource and name == "id"
-            )
+            rules = self._element_rules(element, snapshot, is_resource_id=is_resource and name == "id")
             for rule in rules:
                 model.properties[rule.key] = rule
             if name.endswith("[x]"):
@@ -132,9 +130,7 @@ class RuleCompiler:
                 required.append(Requirement(base, keys, int(element["min"])))
         model.required = tuple(required)
 
-    def _element_rules(
-        self, element: Element, snapshot: _Snapshot, *, is_resource_id: bool
-    ) -> list[ElementRule]:
+    def _element_rules(self, element: Element, snapshot: _Snapshot, *, is_resource_id: bool) -> list[ElementRule]:
         """The rules of one element: one per type (choice) plus `_name` keys for primitives."""
         name = element["path"].rpartition(".")[2]
         reference = element.get("contentReference")

@@ -18,9 +18,7 @@ _RELATIVE = re.compile(
     re.ASCII,
 )
 _CONDITIONAL = re.compile(r"(?P<type>[A-Z][A-Za-z]+)\?\S*", re.ASCII)
-_UUID = re.compile(
-    r"urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
+_UUID = re.compile(r"urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _OID = re.compile(r"urn:oid:[0-2](?:\.(?:0|[1-9][0-9]*))+", re.ASCII)
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+", re.ASCII)
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+", re.ASCII)
@@ -46,9 +44,7 @@ def check_reference(
     if reference.startswith("#"):
         if reference == "#" or (contained_ids is not None and reference[1:] in contained_ids):
             return None
-        return ReferenceProblem(
-            "not-found", f"local reference {reference!r} names no contained resource"
-        )
+        return ReferenceProblem("not-found", f"local reference {reference!r} names no contained resource")
     if reference.startswith("urn:"):
         if reference.startswith("urn:uuid:"):
             ok = _UUID.fullmatch(reference) is not None
@@ -63,14 +59,10 @@ def check_reference(
     if match is not None:
         type_name = match["type"]
         if type_name not in resource_types:
-            return ReferenceProblem(
-                "invalid", f"reference {reference!r} names an unknown resource type {type_name!r}"
-            )
+            return ReferenceProblem("invalid", f"reference {reference!r} names an unknown resource type {type_name!r}")
         if targets is not None and type_name not in targets:
             allowed = ", ".join(sorted(targets))
-            return ReferenceProblem(
-                "structure", f"a reference to {type_name} is not allowed here (allowed: {allowed})"
-            )
+            return ReferenceProblem("structure", f"a reference to {type_name} is not allowed here (allowed: {allowed})")
         return None
     if _URL.fullmatch(reference) is not None:
         return None

@@ -77,9 +77,7 @@ class _Walk:
 
     def resource(self, value: Any, path: str | None, *, contained: bool) -> None:
         if type(value) is not dict:
-            self.error(
-                "structure", f"a resource must be a JSON object, not {json_kind(value)}", path
-            )
+            self.error("structure", f"a resource must be a JSON object, not {json_kind(value)}", path)
             return
         resource_type = value.get("resourceType")
         if type(resource_type) is not str:
@@ -151,8 +149,7 @@ class _Walk:
                 elif chosen.setdefault(rule.choice, rule.type_code) != rule.type_code:
                     self.error(
                         "structure",
-                        f"{rule.choice}[x] must have only one type, "
-                        f"found {chosen[rule.choice]} and {rule.type_code}",
+                        f"{rule.choice}[x] must have only one type, found {chosen[rule.choice]} and {rule.type_code}",
                         f"{path}.{rule.choice}",
                     )
             kind = rule.kind
@@ -215,9 +212,7 @@ class _Walk:
                 self.missing(model, requirement, path, 0)
                 continue
             if requirement.min > 1:
-                count = max(
-                    len(obj[k]) if type(obj[k]) is list else 1 for k in requirement.keys if k in obj
-                )
+                count = max(len(obj[k]) if type(obj[k]) is list else 1 for k in requirement.keys if k in obj)
                 if count < requirement.min:
                     self.missing(model, requirement, path, count)
 
@@ -231,14 +226,10 @@ class _Walk:
 
     def complex(self, value: Any, rule: ElementRule, path: str) -> None:
         if type(value) is not dict:
-            self.error(
-                "structure", f"{rule.type_code} must be a JSON object, not {json_kind(value)}", path
-            )
+            self.error("structure", f"{rule.type_code} must be a JSON object, not {json_kind(value)}", path)
             return
         if not value:
-            self.error(
-                "structure", "empty objects are not allowed in FHIR JSON; omit the element", path
-            )
+            self.error("structure", "empty objects are not allowed in FHIR JSON; omit the element", path)
             return
         model: TypeModel = rule.model  # type: ignore[assignment]
         self.object(value, model, path)
@@ -270,9 +261,7 @@ class _Walk:
         right_kind = rule.primitive.accepts_kind(value)  # type: ignore[union-attr]
         self.error("value" if right_kind else "structure", problem, path)
 
-    def primitive_array(
-        self, obj: dict[str, Any], rule: ElementRule, values: list[Any], path: str
-    ) -> None:
+    def primitive_array(self, obj: dict[str, Any], rule: ElementRule, values: list[Any], path: str) -> None:
         check = rule.primitive.check  # type: ignore[union-attr]
         codes = rule.binding.codes if rule.binding is not None else None
         shadow: Any = None
@@ -283,8 +272,7 @@ class _Walk:
                 if not (type(shadow) is list and i < len(shadow) and shadow[i] is not None):
                     self.error(
                         "structure",
-                        f"null in '{rule.key}' is only allowed where "
-                        f"'_{rule.key}' has extensions at the same index",
+                        f"null in '{rule.key}' is only allowed where '_{rule.key}' has extensions at the same index",
                         f"{path}.{rule.name}[{i}]",
                     )
                 continue
@@ -294,33 +282,26 @@ class _Walk:
             elif codes is not None and item not in codes:
                 self.not_in_value_set(rule, item, f"{path}.{rule.name}[{i}]")
 
-    def shadow_array(
-        self, obj: dict[str, Any], rule: ElementRule, values: list[Any], path: str
-    ) -> None:
+    def shadow_array(self, obj: dict[str, Any], rule: ElementRule, values: list[Any], path: str) -> None:
         partner = obj.get(rule.key[1:])
         base = f"{path}.{rule.name}"
         if type(partner) is list and len(partner) != len(values):
             self.error(
                 "structure",
-                f"'{rule.key}' must have as many entries as "
-                f"'{rule.key[1:]}' ({len(values)} != {len(partner)})",
+                f"'{rule.key}' must have as many entries as '{rule.key[1:]}' ({len(values)} != {len(partner)})",
                 base,
             )
         for i, item in enumerate(values):
             if item is None:
                 if not (type(partner) is list and i < len(partner)):
-                    self.error(
-                        "structure", f"null in '{rule.key}' has no value to go with", f"{base}[{i}]"
-                    )
+                    self.error("structure", f"null in '{rule.key}' has no value to go with", f"{base}[{i}]")
                 continue
             self.element(item, rule, f"{base}[{i}]")
 
     def element(self, value: Any, rule: ElementRule, path: str) -> None:
         """The `_name` object of a primitive: its id and extensions."""
         if type(value) is not dict:
-            self.error(
-                "structure", f"'{rule.key}' must be a JSON object, not {json_kind(value)}", path
-            )
+            self.error("structure", f"'{rule.key}' must be a JSON object, not {json_kind(value)}", path)
         elif not value:
             self.error("structure", "empty objects are not allowed in FHIR JSON", path)
         else:
@@ -374,9 +355,7 @@ class _Walk:
                 path,
             )
         elif not value_keys and not nested:
-            self.error(
-                "invariant", "ext-1: an extension must have either extensions or value[x]", path
-            )
+            self.error("invariant", "ext-1: an extension must have either extensions or value[x]", path)
         url = value.get("url")
         allowed = self.validator.extension_value_keys.get(url) if type(url) is str else None
         if allowed is None:
@@ -389,7 +368,6 @@ class _Walk:
                 found = properties[bare].type_code
                 self.error(
                     "structure",
-                    f"extension {url} allows "
-                    f"{kinds or 'no value (it is a complex extension)'}, not {found}",
+                    f"extension {url} allows {kinds or 'no value (it is a complex extension)'}, not {found}",
                     f"{path}.{properties[bare].name}",
                 )

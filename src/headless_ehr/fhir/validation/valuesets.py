@@ -106,9 +106,7 @@ class ValueSetResolver:
         expansion = value_set.get("expansion", {})
         if any(ext.get("url") in _INCOMPLETE_EXPANSION for ext in expansion.get("extension", [])):
             return None
-        pairs = {
-            (c["system"], c["code"]) for c in _walk(expansion.get("contains", [])) if "code" in c
-        }
+        pairs = {(c["system"], c["code"]) for c in _walk(expansion.get("contains", [])) if "code" in c}
         total = expansion.get("total")
         if total is not None and total != len(pairs):
             return None
@@ -116,9 +114,7 @@ class ValueSetResolver:
 
     def _component(self, component: Resource, stack: tuple[str, ...]) -> set[tuple[str, str]]:
         """The codes of one compose.include or compose.exclude."""
-        parts: list[set[tuple[str, str]]] = [
-            self._pairs(u, stack) for u in component.get("valueSet", [])
-        ]
+        parts: list[set[tuple[str, str]]] = [self._pairs(u, stack) for u in component.get("valueSet", [])]
         system = component.get("system")
         if system is not None:
             if component.get("concept"):
@@ -127,9 +123,7 @@ class ValueSetResolver:
                 parts.append(self._filtered(system, component["filter"]))
             else:
                 code_system = self._complete_code_system(system)
-                parts.append(
-                    {(system, c["code"]) for c in _walk(code_system.get("concept", []), "concept")}
-                )
+                parts.append({(system, c["code"]) for c in _walk(code_system.get("concept", []), "concept")})
         result = parts[0]
         for part in parts[1:]:
             result &= part

@@ -45,9 +45,7 @@ async def validate(request: Request, resource_type: str, rid: str | None = None)
     issues: list[Issue] = []
     if mode == "delete":
         if rid is None:
-            raise FhirError.of(
-                400, "invalid", "mode=delete needs an instance ($validate on Type/id)"
-            )
+            raise FhirError.of(400, "invalid", "mode=delete needs an instance ($validate on Type/id)")
         await store_of(request).read(request.state.principal, resource_type, rid)
         return json_response(request, operation_outcome(issues))
     try:

@@ -1,0 +1,359 @@
+"""transaction and batch Bundles (http://hl7.org/fhir/R4/http.html#transaction).
+
+A transaction runs in one database transaction: identities are settled first (new
+ids for creates, conditional creates/updates/deletes resolved by search), then every
+reference to a bundle-local fullUrl or a conditional reference is rewritten, then
+entries run in the specification's order (DELETE, POST, PUT/PATCH, GET) and all
+creates go to the database in one batched statement. Any failure rolls everything
+back and is reported against the entry that caused it. A batch runs each entry on
+its own and reports each entry's outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import asyncpg
+
+from ..auth.principal import Principal
+from ..fhir.definitions import definitions
+from ..fhir.outcome import FhirError, Issue, operation_outcome
+from ..fhir.references import iter_references, rewrite_references
+from .model import SearchPage, StoredResource
+from .repository import PreparedCreate, ResourceStore, format_instant
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    url: str
+    path: list[str]
+    query: list[tuple[str, str]]
+    resource: dict[str, Any] | None
+    full_url: str | None
+    request: dict[str, Any]
+    # settled while processing
+    target_id: str | None = None
+    matched: StoredResource | None = None
+    skip: bool = False
+    page: SearchPage | None = None  # a GET search entry's result
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def _fail(entry: Entry, error: FhirError) -> FhirError:
+    """The error, reported against the entry that caused it."""
+    what = f"{entry.where}: {entry.method} {entry.url} failed"
+    return FhirError(error.status, [Issue("error", "processing", what, entry.where), *error.issues])
+
+
+def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise FhirError.of(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
+    out = []
+    for i, raw in enumerate(entries):
+        where = f"Bundle.entry[{i}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
+            raise FhirError.of(400, "required", f"{where} has no request", f"{where}.request")
+        request = raw["request"]
+        method, url = request.get("method"), request.get("url")
+        if method not in _ORDER or not isinstance(url, str) or not url:
+            raise FhirError.of(400, "invalid", f"{where}: request needs a method and url", f"{where}.request")
+        if url.startswith(base_url + "/"):
+            url = url[len(base_url) + 1 :]
+        parts = urlsplit(url)
+        if parts.scheme or parts.netloc:
+            raise FhirError.of(
+                400,
+                "invalid",
+                f"{where}: url '{url}' is not on this server",
+                f"{where}.request.url",
+            )
+        path = [p for p in parts.path.split("/") if p]
+        resource = raw.get("resource")
+        if resource is not None and not isinstance(resource, dict):
+            raise FhirError.of(400, "structure", f"{where}.resource must be a resource", f"{where}.resource")
+        if method in ("POST", "PUT") and resource is None:
+            raise FhirError.of(400, "required", f"{where}: {method} needs a resource", f"{where}.resource")
+        if not path or path[0] not in definitions().resource_types:
+            raise FhirError.of(
+                400,
+                "invalid",
+                f"{where}: '{url}' does not name a resource type",
+                f"{where}.request.url",
+            )
+        out.append(
+            Entry(
+                i,
+                method,
+                url,
+                path,
+                parse_qsl(parts.query, keep_blank_values=True),
+                resource,
+                raw.get("fullUrl"),
+                request,
+            )
+        )
+    return out
+
+
+def _etag_version(value: str | None) -> int | None:
+    if value is None:
+        return None
+    digits = "".join(ch for ch in value if ch.isdigit())
+    if not digits:
+        raise FhirError.of(400, "invalid", f"malformed ifMatch '{value}'")
+    return int(digits)
+
+
+class BundleProcessor:
+    def __init__(self, store: ResourceStore, pool: asyncpg.Pool, principal: Principal, base_url: str):
+        self.store = store
+        self.pool = pool
+        self.principal = principal
+        self.base_url = base_url
+
+    # -- transaction --------------------------------------------------------------------
+
+    async def transaction(self, bundle: dict[str, Any], *, representation: bool = False) -> BundleResult:
+        entries = parse_entries(bundle, self.base_url)
+        async with self.pool.acquire() as conn, conn.transaction():
+            store = self.store.bound(conn)
+            aliases = await self._settle_identities(store, entries)
+            for entry in entries:
+                if entry.resource is not None:
+                    try:
+                        self._rewrite(entry, aliases)
+                    except FhirError as exc:
+                        raise _fail(entry, exc) from None
+            await self._resolve_conditional_references(store, entries)
+            ts = datetime.now(UTC)
+            await self._run_all(store, [e for e in entries if e.method == "DELETE"])
+            await self._create_all(store, entries, ts)  # every POST, in one statement
+            await self._run_all(store, [e for e in entries if e.method in ("PUT", "PATCH")])
+            await self._run_all(store, [e for e in entries if e.method in ("GET", "HEAD")])
+        return self._result("transaction-response", entries, representation)
+
+    async def _run_all(self, store: ResourceStore, entries: list[Entry]) -> None:
+        for entry in entries:
+            try:
+                await self._run(store, entry)
+            except FhirError as exc:
+                raise _fail(entry, exc) from None
+
+    async def _create_all(self, store: ResourceStore, entries: list[Entry], ts: datetime) -> None:
+        pending = [e for e in entries if e.method == "POST" and not e.skip and not e.response]
+        if not pending:
+            return
+        prepared: list[PreparedCreate] = []
+        for entry in pending:
+            try:
+                assert entry.target_id is not None
+                prepared.append(store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts))
+            except FhirError as exc:
+                raise _fail(entry, exc) from None
+        stored = await store.insert_prepared(prepared, ts)
+        for entry, s in zip(pending, stored, strict=True):
+            entry.response = self._entry_response(s, 201)
+            entry.matched = s
+
+    async def _settle_identities(self, store: ResourceStore, entries: list[Entry]) -> dict[str, str]:
+        """Assign ids and resolve conditional URLs; returns fullUrl -> Type/id."""
+        aliases: dict[str, str] = {}
+        for entry in entries:
+            rtype = entry.path[0]
+            try:
+                if entry.method == "POST":
+                    if entry.resource is not None and entry.resource.get("resourceType") != rtype:
+                        raise FhirError.of(400, "invalid", f"resourceType does not match '{entry.url}'")
+                    criteria = entry.request.get("ifNoneExist")
+                    if criteria:
+                        found = await store.match(self.principal, rtype, _criteria(criteria), "create")
+                        if found is not None:
+                            entry.skip, entry.matched, entry.target_id = True, found, found.id
+                            entry.response = self._entry_response(found, 200)
+                    if entry.target_id is None:
+                        entry.target_id = str(uuid.uuid4())
+                elif entry.method in ("PUT", "PATCH", "DELETE") and len(entry.path) == 1:
+                    if not entry.query:
+                        raise FhirError.of(400, "invalid", f"{entry.method} {entry.url} needs an id or criteria")
+                    found = await store.match(self.principal, rtype, entry.query, entry.method.lower())
+                    if found is not None:
+                        entry.target_id = found.id
+                    elif entry.method == "PUT":
+                        body_id = entry.resource.get("id") if entry.resource else None
+                        entry.target_id = body_id or str(uuid.uuid4())
+                    elif entry.method == "DELETE":
+                        entry.skip = True
+                        entry.response = {"status": "204 No Content"}
+                    else:
+                        raise FhirError.of(404, "not-found", f"PATCH {entry.url} matched nothing")
+                elif entry.method in ("PUT", "PATCH", "DELETE"):
+                    entry.target_id = entry.path[1]
+            except FhirError as exc:
+                raise _fail(entry, exc) from None
+            if entry.full_url and entry.target_id and entry.method in ("POST", "PUT"):
+                aliases[entry.full_url] = f"{rtype}/{entry.target_id}"
+        return aliases
+
+    def _rewrite(self, entry: Entry, aliases: dict[str, str]) -> None:
+        assert entry.resource is not None
+        if entry.method == "PUT" and entry.target_id is not None:
+            entry.resource["id"] = entry.target_id
+        base = self.base_url + "/"
+
+        def rewrite(ref: str) -> str | None:
+            if ref in aliases:
+                return aliases[ref]
+            if ref.startswith(base):
+                local = ref[len(base) :]
+                return aliases.get(ref, local)
+            if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+                raise FhirError.of(400, "not-found", f"reference '{ref}' matches no fullUrl in the bundle")
+            return None
+
+        rewrite_references(entry.resource, rewrite)
+
+    async def _resolve_conditional_references(self, store: ResourceStore, entries: list[Entry]) -> None:
+        """Replace `Type?criteria` references with the one resource they match."""
+        cache: dict[str, str] = {}
+        for entry in entries:
+            if entry.resource is None:
+                continue
+            wanted = [
+                r["reference"]
+                for r in iter_references(entry.resource)
+                if "?" in r["reference"] and r["reference"].split("?", 1)[0] in definitions().resource_types
+            ]
+            for ref in wanted:
+                if ref in cache:
+                    continue
+                rtype, query = ref.split("?", 1)
+                try:
+                    found = await store.match(self.principal, rtype, _criteria(query), "reference")
+                    if found is None:
+                        raise FhirError.of(412, "not-found", f"conditional reference '{ref}' matches nothing")
+                except FhirError as exc:
+                    raise _fail(entry, exc) from None
+                cache[ref] = f"{rtype}/{found.id}"
+            if wanted:
+                rewrite_references(entry.resource, cache.get)
+
+    async def _run(self, store: ResourceStore, entry: Entry) -> None:
+        """Run one non-create entry (also used by batch)."""
+        if entry.skip:
+            return
+        rtype = entry.path[0]
+        if_match = _etag_version(entry.request.get("ifMatch"))
+        if entry.method == "PUT":
+            assert entry.target_id is not None
+            outcome = await store.update(self.principal, rtype, entry.target_id, entry.resource, if_match=if_match)
+            entry.matched = outcome.stored
+            entry.response = self._entry_response(outcome.stored, 201 if outcome.created else 200)
+        elif entry.method == "DELETE":
+            assert entry.target_id is not None
+            try:
+                await store.delete(self.principal, rtype, entry.target_id, if_match=if_match)
+            except FhirError as exc:
+                if exc.status != 404:
+                    raise
+            entry.response = {"status": "204 No Content"}
+        elif entry.method == "PATCH":
+            raise FhirError.of(501, "not-supported", "PATCH inside bundles is not supported yet")
+        elif entry.method in ("GET", "HEAD"):
+            await self._read(store, entry)
+
+    async def _read(self, store: ResourceStore, entry: Entry) -> None:
+        rtype, path = entry.path[0], entry.path
+        if len(path) == 1:
+            entry.page = await store.search(self.principal, rtype, entry.query)
+            entry.response = {"status": "200 OK"}
+            return
+        if len(path) == 2:
+            stored = await store.read(self.principal, rtype, path[1])
+        elif len(path) == 4 and path[2] == "_history":
+            stored = await store.vread(self.principal, rtype, path[1], path[3])
+        else:
+            raise FhirError.of(400, "not-supported", f"GET {entry.url} is not supported in a bundle")
+        entry.matched = stored
+        entry.response = self._entry_response(stored, 200)
+
+    # -- batch --------------------------------------------------------------------------
+
+    async def batch(self, bundle: dict[str, Any], *, representation: bool = False) -> BundleResult:
+        entries = parse_entries(bundle, self.base_url)
+        for entry in entries:
+            try:
+                await self._batch_entry(entry)
+            except FhirError as exc:
+                entry.matched = None
+                entry.response = {
+                    "status": f"{exc.status}",
+                    "outcome": operation_outcome(exc.issues),
+                }
+        return self._result("batch-response", entries, representation)
+
+    async def _batch_entry(self, entry: Entry) -> None:
+        single = [entry]
+        await self._settle_identities(self.store, single)
+        if entry.method == "POST":
+            if entry.skip:
+                return
+            assert entry.target_id is not None
+            ts = datetime.now(UTC)
+            prepared = self.store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts)
+            (stored,) = await self.store.insert_prepared([prepared], ts)
+            entry.matched = stored
+            entry.response = self._entry_response(stored, 201)
+            return
+        await self._run(self.store, entry)
+
+    # -- responses ----------------------------------------------------------------------
+
+    def _entry_response(self, stored: StoredResource, status: int) -> dict[str, Any]:
+        return {
+            "status": _STATUS_TEXT.get(status, str(status)),
+            "location": f"{stored.resource_type}/{stored.id}/_history/{stored.version_id}",
+            "etag": f'W/"{stored.version_id}"',
+            "lastModified": format_instant(stored.last_updated),
+        }
+
+    def _result(self, kind: str, entries: list[Entry], representation: bool) -> BundleResult:
+        items = []
+        for entry in entries:
+            with_body = representation or entry.method in ("GET", "HEAD")
+            items.append(ResultItem(entry.response, entry.matched, entry.page, with_body))
+        return BundleResult(kind, items)
+
+
+@dataclass
+class ResultItem:
+    """One response entry: its response element, and what to show as its resource."""
+
+    response: dict[str, Any]
+    stored: StoredResource | None
+    page: SearchPage | None
+    with_resource: bool
+
+
+@dataclass
+class BundleResult:
+    type: str  # transaction-response | batch-response
+    items: list[ResultItem]
+
+
+def _criteria(query: str) -> list[tuple[str, str]]:
+    query = query.split("?", 1)[1] if "?" in query else query
+    return parse_qsl(query, keep_blank_values=True)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..auth.principal import Principal
+from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
+from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
 from ..search.compartment import Compartment, member_types
 from ..store import ResourceStore, StoredResource, WriteOutcome
 from ..store.transaction import BundleProcessor
 from . import bundles
 from .instants import parse_instant
-from .negotiation import prefer, read_body, read_resource
+from .negotiation import prefer, read_body, read_resource, require_json_content
 from .preconditions import if_match, if_none_exist, not_modified
 from .responses import (
     base_url,
@@ -229,3 +233,31 @@ async def process_bundle(request: Request) -> Response:
     else:
         raise FhirError.of(400, "invalid", f"Bundle.type must be transaction or batch, not '{kind}'", "Bundle.type")
     return json_response(request, bundles.bundle_response(request, result))
+
+
+JSON_PATCH = "application/json-patch+json"
+
+
+async def _patch_function(request: Request) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The patch in the body: JSON Patch or a FHIRPath Patch Parameters resource."""
+    media = require_json_content(request, JSON_PATCH)
+    body = await read_body(request, _body_limit(request))
+    try:
+        document = fhir_json.loads(body)
+    except fhir_json.JsonError as exc:
+        raise FhirError.of(400, "structure", str(exc)) from None
+    if media == JSON_PATCH:
+        return lambda resource: apply_json_patch(resource, document)
+    return lambda resource: apply_fhirpath_patch(resource, document)
+
+
+async def patch(request: Request, resource_type: str, rid: str | None = None) -> Response:
+    apply = await _patch_function(request)
+    store, principal = store_of(request), principal_of(request)
+    if rid is None:
+        found = await store.match(principal, resource_type, _criteria(request), "patch")
+        if found is None:
+            raise FhirError.of(404, "not-found", f"no {resource_type} matches the criteria")
+        rid = found.id
+    outcome = await store.patch(principal, resource_type, rid, apply, if_match=if_match(request))
+    return _write_response(request, outcome.stored, 200, f"patched {resource_type}/{rid}")

@@ -72,6 +72,7 @@ def _routes(request: Request, seg: list[str]) -> Methods:
             "POST": lambda: ix.create(request, rtype),
             "PUT": lambda: ix.conditional_update(request, rtype),
             "DELETE": lambda: ix.conditional_delete(request, rtype),
+            "PATCH": lambda: ix.patch(request, rtype),
         }
     second = seg[1]
     if n == 2 and second == "_search":
@@ -86,6 +87,7 @@ def _routes(request: Request, seg: list[str]) -> Methods:
             "GET": lambda: ix.read(request, rtype, rid),
             "PUT": lambda: ix.update(request, rtype, rid),
             "DELETE": lambda: ix.delete(request, rtype, rid),
+            "PATCH": lambda: ix.patch(request, rtype, rid),
         }
     third = seg[2]
     if third.startswith("$") and n == 3:

@@ -249,6 +249,35 @@ class ResourceStore:
         assert stored is not None
         return WriteOutcome(stored, created=before is None or before[2] is None)
 
+    async def patch(
+        self,
+        principal: Principal,
+        resource_type: str,
+        rid: str,
+        apply: Callable[[Resource], Resource],
+        *,
+        if_match: int | None = None,
+    ) -> WriteOutcome:
+        """Apply a patch function to the current version; the result is validated like an update."""
+        principal.require("patch", resource_type)
+
+        def plan(current: asyncpg.Record | None) -> _Write:
+            if current is None:
+                raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+            if if_match is not None and if_match != current[0]:
+                raise _version_conflict(resource_type, rid, if_match, current[0])
+            if current[2] is None:
+                raise FhirError.of(410, "deleted", f"{resource_type}/{rid} has been deleted")
+            patched = apply(fhir_json.loads(current[2]))
+            self.check(patched, resource_type)
+            if patched.get("id") != rid:
+                raise FhirError.of(422, "processing", "a patch may not change the resource id", "id")
+            return _Write(patched, "PATCH")
+
+        stored, _ = await self._versioned(resource_type, rid, plan)
+        assert stored is not None
+        return WriteOutcome(stored, created=False)
+
     async def delete(
         self, principal: Principal, resource_type: str, rid: str, *, if_match: int | None = None
     ) -> StoredResource | None:

@@ -11,7 +11,9 @@ its own and reports each entry's outcome.
 
 from __future__ import annotations
 
+import base64
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,8 +22,10 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 
 from ..auth.principal import Principal
+from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue, operation_outcome
+from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
 from ..fhir.references import iter_references, rewrite_references
 from .model import SearchPage, StoredResource
 from .repository import PreparedCreate, ResourceStore, format_instant
@@ -271,7 +275,11 @@ class BundleProcessor:
                     raise
             entry.response = {"status": "204 No Content"}
         elif entry.method == "PATCH":
-            raise FhirError.of(501, "not-supported", "PATCH inside bundles is not supported yet")
+            assert entry.target_id is not None
+            apply = _bundle_patch(entry.resource)
+            outcome = await store.patch(self.principal, rtype, entry.target_id, apply, if_match=if_match)
+            entry.matched = outcome.stored
+            entry.response = self._entry_response(outcome.stored, 200)
         elif entry.method in ("GET", "HEAD"):
             await self._read(store, entry)
 
@@ -352,6 +360,21 @@ class ResultItem:
 class BundleResult:
     type: str  # transaction-response | batch-response
     items: list[ResultItem]
+
+
+def _bundle_patch(resource: dict[str, Any] | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A PATCH entry's patch: a FHIRPath Patch Parameters, or a Binary holding JSON Patch."""
+    if resource is None:
+        raise FhirError.of(400, "required", "a PATCH entry needs a Parameters or Binary resource")
+    if resource.get("resourceType") == "Parameters":
+        return lambda current: apply_fhirpath_patch(current, resource)
+    if resource.get("resourceType") == "Binary" and resource.get("contentType") == "application/json-patch+json":
+        try:
+            operations = fhir_json.loads(base64.b64decode(resource.get("data", ""), validate=True))
+        except (ValueError, fhir_json.JsonError) as exc:
+            raise FhirError.of(400, "invalid", f"the Binary does not hold a JSON Patch: {exc}") from None
+        return lambda current: apply_json_patch(current, operations)
+    raise FhirError.of(400, "invalid", "a PATCH entry needs a Parameters or a JSON Patch Binary resource")
 
 
 def _criteria(query: str) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from . import interactions as ix
 from .capability import capability_statement
 from .negotiation import response_media_type
 from .operations import reindex
+from .operations.everything import everything
 from .operations.validate import validate
 from .responses import base_url, json_response, outcome_response
 
@@ -38,6 +39,8 @@ def _not_found(what: str) -> FhirError:
 def _operation(request: Request, name: str, resource_type: str | None, rid: str | None) -> Methods:
     if name == "validate" and resource_type is not None:
         return {"POST": lambda: validate(request, resource_type, rid)}
+    if name == "everything" and resource_type in ("Patient", "Encounter"):
+        return {"GET": lambda: everything(request, resource_type, rid)}
     if name == "reindex":
         methods: Methods = {"POST": lambda: reindex.start(request, resource_type, rid)}
         if resource_type is None:

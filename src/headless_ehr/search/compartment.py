@@ -17,8 +17,10 @@ from .sql import SqlBuilder
 
 @dataclass(frozen=True)
 class Compartment:
+    """The compartment of one resource, of several (a tuple of ids), or of any (None)."""
+
     type: str  # Patient | Encounter | RelatedPerson | Practitioner | Device
-    id: str
+    id: str | tuple[str, ...] | None
 
 
 @cache
@@ -43,14 +45,23 @@ def member_types(compartment_type: str) -> list[str]:
 def compartment_sql(b: SqlBuilder, compartment: Compartment, rtype: str, alias: str) -> str:
     """Predicate: resource alias (of rtype) is in the compartment."""
     params = compartment_params(compartment.type).get(rtype, ())
+    ids = compartment.id
     ors = []
     if rtype == compartment.type:
-        ors.append(f"{alias}.id = {b.arg(compartment.id)}")
+        if ids is None:
+            ors.append("true")
+        else:
+            ors.append(f"{alias}.id = ANY({b.arg(_as_list(ids))}::text[])")
     if params:
         x = b.alias()
+        owner = "" if ids is None else f" AND {x}.target_id = ANY({b.arg(_as_list(ids))}::text[])"
         ors.append(
             f"{alias}.id IN (SELECT {x}.resource_id FROM search_reference {x}"
             f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = ANY({b.arg(list(params))}::text[])"
-            f" AND {x}.target_type = {b.arg(compartment.type)} AND {x}.target_id = {b.arg(compartment.id)})"
+            f" AND {x}.target_type = {b.arg(compartment.type)}{owner})"
         )
     return "(" + " OR ".join(ors) + ")" if ors else "false"
+
+
+def _as_list(ids: str | tuple[str, ...]) -> list[str]:
+    return [ids] if isinstance(ids, str) else list(ids)

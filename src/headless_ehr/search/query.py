@@ -160,6 +160,8 @@ def _sort_expr(b: SqlBuilder, key: SortKey, request: SearchRequest, alias: str) 
         return f"{alias}.id"
     if key.kind == "lastUpdated":
         return f"{alias}.last_updated"
+    if key.kind == "type":
+        return f"{alias}.resource_type"
     rtype = request.resource_types[0]
     param = search_params(rtype)[key.code]
     table = TABLES[param.type]
@@ -181,6 +183,7 @@ def _sort_expr(b: SqlBuilder, key: SortKey, request: SearchRequest, alias: str) 
 
 
 _CASTS = {
+    "type": "::text",
     "id": "::text",
     "lastUpdated": "::timestamptz",
     "text": "::text",
@@ -238,6 +241,8 @@ def page_query(request: SearchRequest, cursor: str | None, restriction: str | No
     restriction is an extra predicate over alias r (access control), already bound in b.
     """
     keys = [*request.sort, SortKey("_id", False, "id")]
+    if len(request.resource_types) > 1:  # ids are unique per type only
+        keys.insert(len(request.sort), SortKey("_type", False, "type"))
     exprs = [_sort_expr(b, k, request, "r") for k in keys[:-1]]
     where = filter_sql(b, request)
     if restriction:
@@ -265,7 +270,7 @@ def page_query(request: SearchRequest, cursor: str | None, restriction: str | No
         f" FROM resource r WHERE {where}) q{outer}"
         f" ORDER BY {', '.join(directions)} LIMIT {request.count + 1}"
     )
-    if not request.sort and not cursor:
+    if not request.sort and not cursor and len(request.resource_types) == 1:
         sql = (
             "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r"
             f" WHERE {where} ORDER BY r.id LIMIT {request.count + 1}"

@@ -15,7 +15,6 @@ from typing import Any
 
 from ..fhir.definitions import definitions
 
-_SIMPLE_PATH = re.compile(r"^[A-Za-z]+(\.[a-z][A-Za-z0-9]*)+$")
 # Bases that stand for every resource type (e.g. _id, _lastUpdated, _tag).
 ABSTRACT_BASES = ("Resource", "DomainResource")
 # Parameters answered from the resource table itself, not from index rows.
@@ -37,7 +36,6 @@ class SearchParam:
     resource_type: str
     targets: tuple[str, ...] = ()
     components: tuple[Component, ...] = ()
-    paths: tuple[tuple[str, ...], ...] = ()  # compiled simple paths below the root
 
 
 def _parts_for(expression: str | None, resource_type: str) -> str | None:
@@ -72,18 +70,6 @@ def _split_union(expression: str) -> list[str]:
     return [p for p in out if p]
 
 
-def _simple_paths(expression: str | None, resource_type: str) -> tuple[tuple[str, ...], ...]:
-    if not expression:
-        return ()
-    out = []
-    for part in _split_union(expression):
-        if _SIMPLE_PATH.match(part):
-            head, *rest = part.split(".")
-            if head == resource_type or head in ABSTRACT_BASES:
-                out.append(tuple(rest))
-    return tuple(out)
-
-
 def make_param(resource: dict[str, Any], resource_type: str) -> SearchParam:
     """A SearchParam from a SearchParameter resource, specialised to resource_type."""
     expression = _parts_for(resource.get("expression"), resource_type)
@@ -97,7 +83,6 @@ def make_param(resource: dict[str, Any], resource_type: str) -> SearchParam:
         components=tuple(
             Component(c.get("definition", ""), c.get("expression", "")) for c in resource.get("component", ())
         ),
-        paths=_simple_paths(expression, resource_type),
     )
 
 
@@ -133,6 +118,9 @@ class CustomParams:
         self.stamp: object = None
         self._extracted: dict[str, dict[str, SearchParam]] = {}
         self._searchable: dict[str, dict[str, SearchParam]] = {}
+        # merged base+custom dicts, kept until the next replace() so that callers
+        # caching work per dict (the extraction plans) see a stable object
+        self.merged: dict[tuple[str, str], dict[str, SearchParam]] = {}
 
     def replace(self, definitions_: list[tuple[dict[str, Any], bool]], stamp: object) -> None:
         """Install (SearchParameter resource, searchable?) pairs."""
@@ -145,6 +133,7 @@ class CustomParams:
                 if ready:
                     searchable.setdefault(base, {})[param.code] = param
         self._extracted, self._searchable, self.stamp = extracted, searchable, stamp
+        self.merged = {}
 
     def extracted(self, resource_type: str) -> dict[str, SearchParam]:
         return self._extracted.get(resource_type, {})
@@ -156,24 +145,22 @@ class CustomParams:
 CUSTOM = CustomParams()
 
 
+def _merged(kind: str, resource_type: str, custom: dict[str, SearchParam]) -> dict[str, SearchParam]:
+    base = base_search_params(resource_type)
+    if not custom:
+        return base
+    key = (kind, resource_type)
+    found = CUSTOM.merged.get(key)
+    if found is None:
+        found = CUSTOM.merged[key] = {**base, **custom}
+    return found
+
+
 def search_params(resource_type: str) -> dict[str, SearchParam]:
     """The parameters that queries on resource_type may use."""
-    custom = CUSTOM.searchable(resource_type)
-    base = base_search_params(resource_type)
-    return {**base, **custom} if custom else base
+    return _merged("searchable", resource_type, CUSTOM.searchable(resource_type))
 
 
 def indexed_params(resource_type: str) -> dict[str, SearchParam]:
     """The parameters whose values are extracted when resource_type is written."""
-    custom = CUSTOM.extracted(resource_type)
-    base = base_search_params(resource_type)
-    return {**base, **custom} if custom else base
-
-
-def indexed_token_params(resource_type: str) -> tuple[SearchParam, ...]:
-    """Token parameters whose values are extracted into search_token on write."""
-    return tuple(
-        p
-        for p in indexed_params(resource_type).values()
-        if p.type == "token" and p.paths and not p.code.startswith("_")
-    )
+    return _merged("extracted", resource_type, CUSTOM.extracted(resource_type))

@@ -13,9 +13,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from ..fhir.outcome import FhirError
+from .extract.compile import component_types
+from .extract.ucum import canonical as ucum_canonical
 from .normalize import date_range, normalize_string, number_range
 from .parse import Clause, split_prefix, split_unescaped, unescape
-from .registry import SearchParam, by_url
+from .registry import SearchParam
 
 TABLES = {
     "token": "search_token",
@@ -297,12 +299,6 @@ def _quantity_sql(b: SqlBuilder, raw: str, x: str) -> str:
     return " AND ".join(conds)
 
 
-def ucum_canonical(value: Decimal, code: str) -> tuple[Decimal, str] | None:
-    from .extract.ucum import canonical
-
-    return canonical(value, code)
-
-
 def _reference_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw: str, x: str) -> str:
     value = unescape(raw)
     if modifier and modifier not in ("identifier",):  # :[type]
@@ -332,8 +328,7 @@ def _reference_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw:
 def _composite_sql(b: SqlBuilder, param: SearchParam, raw: str, x: str) -> str:
     parts = split_unescaped(raw, "$")
     conds = []
-    for i, (component, part) in enumerate(zip(param.components, parts, strict=True)):
-        kind = by_url().get(component.definition, {}).get("type", "token")
+    for i, (kind, part) in enumerate(zip(component_types(param), parts, strict=True)):
         item = f"({x}.components->{i})"
         if kind == "token":
             conds.append(_token_match(b, part, f"{item}->>'system'", f"{item}->>'code'"))

@@ -1,0 +1,110 @@
+"""Search index values extracted from a resource at write time (R4 search).
+
+`extract(resource)` gives the `IndexRows` of every parameter in force for the
+resource's type: expressions are compiled once per parameter (`compile.py`), values
+are converted by search-parameter type (`values.py`, `ucum.py`), and `_text` /
+`_content` get the narrative and the resource's text (`text.py`). Identical rows are
+written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..registry import COLUMN_PARAMS, SearchParam, indexed_params
+from ..rows import IndexRows
+from .compile import Fn, compile_param
+from .text import content_text, narrative_text
+from .values import Sink
+
+__all__ = ["extract"]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What to run for one set of parameters: fns by top-level key, and the rest."""
+
+    by_key: dict[str, list[Fn]]
+    always: list[Fn]
+    text: bool
+    content: bool
+
+
+def _plan(params: Iterable[SearchParam], bound_systems: bool = True) -> _Plan:
+    by_key: dict[str, list[Fn]] = {}
+    always: list[Fn] = []
+    text = content = False
+    for param in params:
+        if param.code in COLUMN_PARAMS:
+            continue
+        if param.code == "_text":
+            text = True
+        elif param.code == "_content":
+            content = True
+        entries, _slow = compile_param(param, bound_systems)
+        for key, fn in entries:
+            if key is None:
+                always.append(fn)
+            else:
+                by_key.setdefault(key, []).append(fn)
+    return _Plan(by_key, always, text, content)
+
+
+# Plans for the default parameters, with the params dict they were made from: a new
+# dict from the registry (a SearchParameter added) makes a new plan.
+_default_plans: dict[str, tuple[dict[str, SearchParam], _Plan]] = {}
+
+
+def _default_plan(resource_type: str, cache: dict) -> _Plan:
+    params = indexed_params(resource_type)
+    found = cache.get(resource_type)
+    if found is not None and found[0] is params:
+        return found[1]
+    plan = _plan(params.values())
+    cache[resource_type] = (params, plan)
+    return plan
+
+
+def _run(plan: _Plan, resource: dict[str, Any]) -> Sink:
+    sink = Sink(resource)
+    by_key = plan.by_key
+    for key, value in resource.items():
+        fns = by_key.get(key)
+        if fns:
+            values = value if type(value) is list else [value]
+            for fn in fns:
+                fn(values, sink)
+    if plan.always:
+        root = [resource]
+        for fn in plan.always:
+            fn(root, sink)
+    return sink
+
+
+def _unique(rows: list[tuple]) -> list[tuple]:
+    return list(dict.fromkeys(rows)) if len(rows) > 1 else rows
+
+
+def extract(resource: dict[str, Any], params: Iterable[SearchParam] | None = None) -> IndexRows:
+    """The index rows of resource for params (default: every parameter of its type).
+
+    `_id` and `_lastUpdated` are answered from the resource table and give no rows;
+    `_text` and `_content` fill `narrative` and `content`.
+    """
+    plan = _plan(params) if params is not None else _default_plan(resource["resourceType"], _default_plans)
+    sink = _run(plan, resource)
+    narrative = narrative_text(resource) if plan.text or plan.content else None
+    return IndexRows(
+        token=_unique(sink.token),
+        string=_unique(sink.string),
+        reference=_unique(sink.reference),
+        date=_unique(sink.date),
+        number=_unique(sink.number),
+        quantity=_unique(sink.quantity),
+        uri=_unique(sink.uri),
+        composite=_unique(sink.composite),
+        narrative=narrative if plan.text else None,
+        content=content_text(resource, narrative) if plan.content else None,
+    )

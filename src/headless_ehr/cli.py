@@ -8,9 +8,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .db.embedded import EmbeddedPostgres
 
 log = logging.getLogger("headless_ehr")
 
@@ -21,25 +25,30 @@ def app_from_env():  # used as a uvicorn factory by worker processes
     return create_app(Settings.from_env())
 
 
+def open_database(args: argparse.Namespace) -> tuple[Settings, EmbeddedPostgres | None, str]:
+    """Settings with a database URL: EHR_DATABASE_URL, or an embedded server started now."""
+    from .db.embedded import EmbeddedPostgres
+
+    settings = Settings.from_env(data_dir=Path(args.data_dir) if args.data_dir else None)
+    if settings.database_url:
+        return settings, None, "PostgreSQL from EHR_DATABASE_URL"
+    embedded = EmbeddedPostgres(settings.data_dir)
+    dsn = embedded.start()
+    os.environ["EHR_DATABASE_URL"] = dsn  # worker processes read it
+    settings = Settings.from_env(data_dir=settings.data_dir)
+    return settings, embedded, f"embedded PostgreSQL in {embedded.pgdata} ({embedded.source})"
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+    from .db.embedded import EmbeddedPostgresError
 
-    settings = Settings.from_env(data_dir=Path(args.data_dir) if args.data_dir else None)
-    embedded: EmbeddedPostgres | None = None
-    if not settings.database_url:
-        try:
-            embedded = EmbeddedPostgres(settings.data_dir)
-            dsn = embedded.start()
-        except EmbeddedPostgresError as exc:
-            print(f"ehr: {exc}", file=sys.stderr)
-            return 1
-        os.environ["EHR_DATABASE_URL"] = dsn  # worker processes read it
-        settings = Settings.from_env(data_dir=settings.data_dir)
-        where = f"embedded PostgreSQL in {embedded.pgdata} ({embedded.source})"
-    else:
-        where = "PostgreSQL from EHR_DATABASE_URL"
+    try:
+        settings, embedded, where = open_database(args)
+    except EmbeddedPostgresError as exc:
+        print(f"ehr: {exc}", file=sys.stderr)
+        return 1
     print(
         f"ehr {__version__}: FHIR API at http://{args.host}:{args.port}{settings.base_path} using {where}",
         flush=True,
@@ -85,6 +94,29 @@ def _exit_quietly(signum: int, frame: object) -> None:
     raise _Stopped
 
 
+def import_files(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .bulk.cli import run_import
+    from .db.embedded import EmbeddedPostgresError
+
+    try:
+        settings, embedded, where = open_database(args)
+    except EmbeddedPostgresError as exc:
+        print(f"ehr: {exc}", file=sys.stderr)
+        return 1
+    print(f"importing into {where}", flush=True)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    try:
+        return asyncio.run(run_import(settings, args.paths, args.batch_size, args.concurrency))
+    except (_Stopped, KeyboardInterrupt):
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ehr", description="Headless EHR: a FHIR R4 server")
     parser.add_argument("--version", action="version", version=f"ehr {__version__}")
@@ -96,10 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--workers", type=int, default=int(os.environ.get("EHR_WORKERS", "1")))
     p_serve.add_argument("--log-level", default=os.environ.get("EHR_LOG_LEVEL", "info"))
     p_serve.add_argument("--access-log", action="store_true", help="log every request")
+    p_import = sub.add_parser("import", help="load FHIR Bundles and NDJSON files (resumable)")
+    p_import.add_argument("paths", nargs="+", help="files or folders (.json, .ndjson, optionally .gz)")
+    p_import.add_argument("--data-dir", default=None, help="embedded database folder (./.ehr-data)")
+    p_import.add_argument("--batch-size", type=int, default=500, help="NDJSON lines per transaction")
+    p_import.add_argument("--concurrency", type=int, default=3, help="files loaded at once")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper() if args.command == "serve" else "INFO")
+    level = args.log_level.upper() if args.command == "serve" else "WARNING"
+    logging.basicConfig(level=level)
     if args.command == "serve":
         return serve(args)
+    if args.command == "import":
+        return import_files(args)
     return 2
 
 

@@ -174,3 +174,32 @@ async def test_synthea_patient_bundle_loads_whole(client, shared_fhir):
     entries = res.json()["entry"]
     assert len(entries) == len(data["entry"])
     assert all(e["response"]["status"] in ("201 Created", "200 OK") for e in entries)
+
+
+async def test_parallel_transactions_with_same_if_match_exactly_one_wins(client):
+    import asyncio
+
+    created = (
+        await client.post("/Patient", json={"resourceType": "Patient"}, headers={"Content-Type": FHIR_JSON})
+    ).json()
+    rid = created["id"]
+    for version in range(1, 21):
+        marks = [uuid.uuid4().hex, uuid.uuid4().hex]
+
+        def tx(mark: str, gender: str) -> dict:
+            put = {
+                "resource": {"resourceType": "Patient", "id": rid, "gender": gender},
+                "request": {"method": "PUT", "url": f"Patient/{rid}", "ifMatch": f'W/"{version}"'},
+            }
+            return bundle("transaction", post({"resourceType": "Basic", "code": {"text": mark}}), put)
+
+        results = await asyncio.gather(send(client, tx(marks[0], "male")), send(client, tx(marks[1], "female")))
+        codes = [r.status_code for r in results]
+        assert sorted(codes) == [200, 412], codes
+        winner = codes.index(200)
+        current = (await client.get(f"/Patient/{rid}")).json()
+        assert current["meta"]["versionId"] == str(version + 1)
+        assert current["gender"] == ["male", "female"][winner]
+        for i, mark in enumerate(marks):  # the loser's create was rolled back with it
+            found = (await client.get(f"/Basic?_content={mark}")).json()
+            assert len(found["entry"]) == (1 if i == winner else 0)

@@ -9,17 +9,15 @@ from typing import Any
 
 def iter_references(node: Any) -> Iterator[dict[str, Any]]:
     """Every Reference-shaped object (a dict with a string `reference`) below node."""
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str):
-            yield node
-        for value in node.values():
-            if isinstance(value, dict | list):
-                yield from iter_references(value)
-    elif isinstance(node, list):
-        for item in node:
-            if isinstance(item, dict | list):
-                yield from iter_references(item)
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            if type(item.get("reference")) is str:
+                yield item
+            stack.extend(v for v in item.values() if type(v) is dict or type(v) is list)
+        elif type(item) is list:
+            stack.extend(v for v in item if type(v) is dict or type(v) is list)
 
 
 def rewrite_references(node: Any, rewrite: Callable[[str], str | None]) -> int:

@@ -26,7 +26,7 @@ from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue, operation_outcome
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
-from ..fhir.references import iter_references, rewrite_references
+from ..fhir.references import rewrite_references
 from .model import SearchPage, StoredResource
 from .repository import PreparedCreate, ResourceStore, format_instant
 
@@ -49,6 +49,7 @@ class Entry:
     matched: StoredResource | None = None
     skip: bool = False
     page: SearchPage | None = None  # a GET search entry's result
+    conditional_refs: list[str] = field(default_factory=list)  # `Type?criteria` references
     response: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -131,24 +132,33 @@ class BundleProcessor:
 
     # -- transaction --------------------------------------------------------------------
 
-    async def transaction(self, bundle: dict[str, Any], *, representation: bool = False) -> BundleResult:
+    async def transaction(
+        self, bundle: dict[str, Any], *, representation: bool = False, conn: asyncpg.Connection | None = None
+    ) -> BundleResult:
+        """Run a transaction Bundle atomically (inside conn's transaction, when given)."""
         entries = parse_entries(bundle, self.base_url)
-        async with self.pool.acquire() as conn, conn.transaction():
-            store = self.store.bound(conn)
-            aliases = await self._settle_identities(store, entries)
-            for entry in entries:
-                if entry.resource is not None:
-                    try:
-                        self._rewrite(entry, aliases)
-                    except FhirError as exc:
-                        raise _fail(entry, exc) from None
-            await self._resolve_conditional_references(store, entries)
-            ts = datetime.now(UTC)
-            await self._run_all(store, [e for e in entries if e.method == "DELETE"])
-            await self._create_all(store, entries, ts)  # every POST, in one statement
-            await self._run_all(store, [e for e in entries if e.method in ("PUT", "PATCH")])
-            await self._run_all(store, [e for e in entries if e.method in ("GET", "HEAD")])
+        if conn is not None:
+            async with conn.transaction():
+                await self._transaction(self.store.bound(conn), entries)
+        else:
+            async with self.pool.acquire() as own, own.transaction():
+                await self._transaction(self.store.bound(own), entries)
         return self._result("transaction-response", entries, representation)
+
+    async def _transaction(self, store: ResourceStore, entries: list[Entry]) -> None:
+        aliases = await self._settle_identities(store, entries)
+        for entry in entries:
+            if entry.resource is not None:
+                try:
+                    self._rewrite(entry, aliases)
+                except FhirError as exc:
+                    raise _fail(entry, exc) from None
+        await self._resolve_conditional_references(store, entries)
+        ts = datetime.now(UTC)
+        await self._run_all(store, [e for e in entries if e.method == "DELETE"])
+        await self._create_all(store, entries, ts)  # every POST, in one statement
+        await self._run_all(store, [e for e in entries if e.method in ("PUT", "PATCH")])
+        await self._run_all(store, [e for e in entries if e.method in ("GET", "HEAD")])
 
     async def _run_all(self, store: ResourceStore, entries: list[Entry]) -> None:
         for entry in entries:
@@ -213,14 +223,19 @@ class BundleProcessor:
         return aliases
 
     def _rewrite(self, entry: Entry, aliases: dict[str, str]) -> None:
+        """Point bundle-local references at their targets; note conditional ones."""
         assert entry.resource is not None
         if entry.method == "PUT" and entry.target_id is not None:
             entry.resource["id"] = entry.target_id
         base = self.base_url + "/"
+        types = definitions().resource_types
 
         def rewrite(ref: str) -> str | None:
             if ref in aliases:
                 return aliases[ref]
+            if "?" in ref and ref.split("?", 1)[0] in types:
+                entry.conditional_refs.append(ref)
+                return None
             if ref.startswith(base):
                 local = ref[len(base) :]
                 return aliases.get(ref, local)
@@ -234,13 +249,7 @@ class BundleProcessor:
         """Replace `Type?criteria` references with the one resource they match."""
         cache: dict[str, str] = {}
         for entry in entries:
-            if entry.resource is None:
-                continue
-            wanted = [
-                r["reference"]
-                for r in iter_references(entry.resource)
-                if "?" in r["reference"] and r["reference"].split("?", 1)[0] in definitions().resource_types
-            ]
+            wanted = entry.conditional_refs
             for ref in wanted:
                 if ref in cache:
                     continue

@@ -1,0 +1,1 @@
+"""Bulk data: `ehr import` (and later $export/$import)."""

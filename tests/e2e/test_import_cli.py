@@ -1,0 +1,40 @@
+"""`ehr import` as a command: exit status, summary and resumability across runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+
+def run_import(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
+    env["EHR_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "headless_ehr.cli", "import", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_import_command_loads_a_folder_and_reports(database_url, tmp_path):
+    tag = uuid.uuid4().hex
+    lines = [json.dumps({"resourceType": "Patient", "meta": {"tag": [{"code": tag}]}}) for _ in range(12)]
+    (tmp_path / "one.ndjson").write_text("\n".join(lines))
+    (tmp_path / "bad.ndjson").write_text('{"resourceType": "Patient", "birthDate": "yesterday"}\n')
+    result = run_import(database_url, str(tmp_path), "--batch-size", "5")
+    assert result.returncode == 1  # one resource failed
+    assert "12" in result.stderr and "birthDate" in result.stderr
+    second = run_import(database_url, str(tmp_path / "one.ndjson"))
+    assert second.returncode == 0
+    assert "skipped" in second.stderr
+
+
+def test_import_of_missing_path_fails_cleanly(database_url, tmp_path):
+    result = run_import(database_url, str(tmp_path / "absent"))
+    assert result.returncode == 2
+    assert "no such file" in result.stderr

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
-import time
 import uuid
 
 import asyncpg
@@ -72,7 +72,7 @@ async def test_sigkill_mid_transaction_stores_nothing_of_it(database_url):
 
     thread = threading.Thread(target=send)
     thread.start()
-    time.sleep(1.0)  # the bundle is uploaded and being processed
+    await asyncio.sleep(1.0)  # the bundle is uploaded and being processed
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(timeout=10)
     thread.join(timeout=30)
@@ -87,7 +87,7 @@ async def test_sigkill_mid_transaction_stores_nothing_of_it(database_url):
             )
             if not busy:
                 break
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         stored = await conn.fetchval("SELECT count(*) FROM search_token WHERE param = '_tag' AND code = $1", tag)
         history = await conn.fetchval(
             "SELECT count(*) FROM resource_history WHERE position($1::bytea in content) > 0", tag.encode()
@@ -101,7 +101,8 @@ async def test_sigkill_mid_transaction_stores_nothing_of_it(database_url):
     again = Server(env)  # restarts cleanly on the same database
     try:
         again.wait_ready()
-        res = httpx.get(f"{again.base}/Patient", params={"_tag": f"urn:crash|{tag}", "_total": "accurate"})
+        async with httpx.AsyncClient() as http:
+            res = await http.get(f"{again.base}/Patient", params={"_tag": f"urn:crash|{tag}", "_total": "accurate"})
         assert res.json()["total"] == 0
     finally:
         assert again.stop() == 0

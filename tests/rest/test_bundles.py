@@ -186,7 +186,7 @@ async def test_parallel_transactions_with_same_if_match_exactly_one_wins(client)
     for version in range(1, 21):
         marks = [uuid.uuid4().hex, uuid.uuid4().hex]
 
-        def tx(mark: str, gender: str) -> dict:
+        def tx(mark: str, gender: str, version: int = version) -> dict:
             put = {
                 "resource": {"resourceType": "Patient", "id": rid, "gender": gender},
                 "request": {"method": "PUT", "url": f"Patient/{rid}", "ifMatch": f'W/"{version}"'},

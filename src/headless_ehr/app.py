@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -61,6 +62,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()
+        # Start-up allocates long-lived objects (definitions, compiled validators);
+        # freezing them keeps full GC passes, which pause the event loop, short.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

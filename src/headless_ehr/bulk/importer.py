@@ -165,7 +165,7 @@ class Importer:
             self.report.skipped_units += 1
             return
         try:
-            document = fhir_json.loads(data)
+            document = fhir_json.loads(data, check_duplicates=False)
         except fhir_json.JsonError as exc:
             self.report.failures.append(Failure(str(path), "file", str(exc)))
             return
@@ -213,7 +213,7 @@ class Importer:
             parsed: list[tuple[int, Any]] = []
             for number, line in batch:
                 try:
-                    parsed.append((number, fhir_json.loads(line)))
+                    parsed.append((number, fhir_json.loads(line, check_duplicates=False)))
                 except fhir_json.JsonError as exc:
                     self.report.failures.append(Failure(str(path), f"line {number}", str(exc)))
             async with self.pool.acquire() as conn, conn.transaction():

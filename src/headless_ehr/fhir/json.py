@@ -44,14 +44,18 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def loads(body: bytes | str) -> Any:
-    """Parse FHIR JSON; raises JsonError with a readable message."""
+def loads(body: bytes | str, *, check_duplicates: bool = True) -> Any:
+    """Parse FHIR JSON; raises JsonError with a readable message.
+
+    Duplicate keys are an error; the check costs a Python call per JSON object, so
+    trusted bulk paths (`ehr import`) may turn it off, keeping the last value.
+    """
     try:
         return json.loads(
             body,
             parse_float=FhirDecimal,
             parse_constant=_reject_constant,
-            object_pairs_hook=_pairs,
+            object_pairs_hook=_pairs if check_duplicates else None,
         )
     except JsonError:
         raise

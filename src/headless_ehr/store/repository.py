@@ -306,14 +306,15 @@ class ResourceStore:
         after repeated lost races, pessimistic: lock the row so progress is certain.
         Returns what was written (None when plan chose not to write) and the row before.
         """
-        for _ in range(_OPTIMISTIC_ATTEMPTS):
-            current = await self._db.fetchrow(sql.READ_CURRENT, resource_type, rid)
-            step = plan(current)
-            if step is None:
-                return None, current
-            stored = await self._write_next(step, resource_type, rid, current)
-            if stored is not None:
-                return stored, current
+        async with self._connection() as conn:  # read and write on one connection
+            for _ in range(_OPTIMISTIC_ATTEMPTS):
+                current = await conn.fetchrow(sql.READ_CURRENT, resource_type, rid)
+                step = plan(current)
+                if step is None:
+                    return None, current
+                stored = await self.bound(conn)._write_next(step, resource_type, rid, current)
+                if stored is not None:
+                    return stored, current
         async with self._transaction() as conn:
             locked = self.bound(conn)
             while True:
@@ -332,6 +333,15 @@ class ResourceStore:
             return await self._write(step.resource, resource_type, rid, 1, step.method, None)
         version = current[0]
         return await self._write(step.resource, resource_type, rid, version + 1, step.method, version)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection: one from the pool, or the one this store is bound to."""
+        if isinstance(self._db, asyncpg.Pool):
+            async with self._db.acquire() as conn:
+                yield conn
+        else:
+            yield self._db
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:

@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()
+        check = validator()
+        for rtype in defs.resource_types:  # compile every type's rules now, not on a request
+            check.validate({"resourceType": rtype})
         # Start-up allocates long-lived objects (definitions, compiled validators);
         # freezing them keeps full GC passes, which pause the event loop, short.
         gc.collect()

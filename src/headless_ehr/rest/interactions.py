@@ -15,6 +15,9 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
 from ..search.compartment import Compartment, member_types
+from ..search.parse import RESULT_PARAMETERS
+from ..search.registry import search_params
+from ..search.sql import ANY_TYPE
 from ..store import ResourceStore, StoredResource, WriteOutcome
 from ..store.transaction import BundleProcessor
 from . import bundles
@@ -139,9 +142,6 @@ async def _search_params(request: Request) -> list[tuple[str, str]]:
     return params
 
 
-_SYSTEM_COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
-
-
 def _types_for(params: list[tuple[str, str]], resource_type: str | None, compartment: Compartment | None) -> list[str]:
     if resource_type is not None:
         return [resource_type]
@@ -151,9 +151,15 @@ def _types_for(params: list[tuple[str, str]], resource_type: str | None, compart
     unknown = [t for t in listed if t not in definitions().resource_types]
     if unknown:
         raise FhirError.of(400, "invalid", f"unknown resource type(s) in _type: {', '.join(unknown)}")
-    if not listed:
-        raise FhirError.of(400, "invalid", "a system-level search needs _type (e.g. _type=Patient,Observation)")
-    return listed
+    if listed:
+        return listed
+    common = set(search_params(ANY_TYPE)) | RESULT_PARAMETERS | {"_has"}
+    specific = sorted({k.split(":", 1)[0].split(".", 1)[0] for k, _ in params} - common)
+    if specific:
+        raise FhirError.of(
+            400, "invalid", f"searching all types takes only common parameters; add _type for: {', '.join(specific)}"
+        )
+    return [ANY_TYPE]
 
 
 async def search(

@@ -59,6 +59,7 @@ def date_range(value: str) -> tuple[datetime, datetime]:
     if not match:
         raise DateFormatError(f"'{value}' is not a valid date")
     g = match.groupdict()
+    high: datetime | None
     try:
         year = int(g["y"])
         tz = _zone(g["tz"])
@@ -86,10 +87,19 @@ def date_range(value: str) -> tuple[datetime, datetime]:
                     digits = frac[:6]
                     low = low.replace(microsecond=int(digits.ljust(6, "0")))
                     high = low + timedelta(microseconds=10 ** (6 - len(digits)))
+    except OverflowError:  # the end of 9999-12-31 lies past datetime's range
+        high = None
     except ValueError as exc:  # e.g. month 13, Feb 30, hour 25
         raise DateFormatError(f"'{value}' is not a valid date: {exc}") from None
-    high_inclusive = (high - _ONE_MICRO) if high is not None else MAX_INSTANT
-    return low.astimezone(UTC), high_inclusive.astimezone(UTC)
+    return _utc(low), _utc(high - _ONE_MICRO) if high is not None else MAX_INSTANT
+
+
+def _utc(moment: datetime) -> datetime:
+    """moment in UTC, clamped at the edges of datetime's range (year 1 at +01:00)."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return MIN_INSTANT if moment.year == 1 else MAX_INSTANT
 
 
 # -- numbers ------------------------------------------------------------------------

@@ -132,6 +132,8 @@ class Parser:
     def parse(self, params: list[tuple[str, str]]) -> list[Clause]:
         clauses = []
         for name, value in params:
+            if "\x00" in name or "\x00" in value:
+                raise FhirError.of(400, "invalid", "search parameters may not contain NUL characters")
             base = name.split(":", 1)[0].split(".", 1)[0]
             if base in RESULT_PARAMETERS:
                 continue
@@ -238,17 +240,30 @@ class Parser:
             if param.type == "date":
                 _check_date(clause.name, split_prefix(raw)[1])
             elif param.type in ("number", "quantity"):
-                number = split_unescaped(split_prefix(raw)[1], "|")[0]
-                if not re.fullmatch(r"-?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", number):
-                    raise FhirError.of(400, "invalid", f"'{clause.name}': '{raw}' is not a number")
+                _check_number(clause.name, raw)
             elif param.type == "composite":
-                count = len(split_unescaped(raw, "$"))
-                if count != len(param.components):
-                    raise FhirError.of(
-                        400,
-                        "invalid",
-                        f"'{clause.name}' needs {len(param.components)} values joined by $",
-                    )
+                self._check_composite(clause, param, raw)
+
+    def _check_composite(self, clause: Clause, param: SearchParam, raw: str) -> None:
+        from .extract.compile import component_types
+
+        parts = split_unescaped(raw, "$")
+        kinds = component_types(param)
+        if len(parts) != len(kinds):
+            raise FhirError.of(400, "invalid", f"'{clause.name}' needs {len(kinds)} values joined by $")
+        for kind, part in zip(kinds, parts, strict=True):
+            if not part:
+                raise FhirError.of(400, "invalid", f"'{clause.name}': an empty component in '{raw}'")
+            if kind == "date":
+                _check_date(clause.name, split_prefix(part)[1])
+            elif kind in ("number", "quantity"):
+                _check_number(clause.name, part)
+
+
+def _check_number(name: str, raw: str) -> None:
+    number = split_unescaped(split_prefix(raw)[1], "|")[0]
+    if not re.fullmatch(r"-?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", number):
+        raise FhirError.of(400, "invalid", f"'{name}': '{raw}' is not a number")
 
 
 def _check_date(name: str, value: str) -> None:

@@ -16,7 +16,7 @@ from ..fhir.outcome import FhirError, Issue
 from .paging import decode_cursor, encode_cursor
 from .parse import Clause, Parser
 from .registry import search_params
-from .sql import TABLES, SqlBuilder, clause_sql
+from .sql import ANY_TYPE, TABLES, SqlBuilder, clause_sql
 
 SUMMARY_VALUES = frozenset({"true", "false", "text", "data", "count"})
 TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
@@ -149,7 +149,9 @@ def filter_sql(b: SqlBuilder, request: SearchRequest, alias: str = "r") -> str:
     """The WHERE condition (without access restrictions) over resource alias r."""
     per_type = []
     for rtype in request.resource_types:
-        conds = [f"{alias}.resource_type = {b.arg(rtype)}", f"NOT {alias}.deleted"]
+        conds = [f"NOT {alias}.deleted"]
+        if rtype != ANY_TYPE:
+            conds.insert(0, f"{alias}.resource_type = {b.arg(rtype)}")
         conds += [clause_sql(b, c, rtype, alias) for c in request.clauses[rtype]]
         per_type.append("(" + " AND ".join(conds) + ")")
     return per_type[0] if len(per_type) == 1 else "(" + " OR ".join(per_type) + ")"
@@ -241,7 +243,7 @@ def page_query(request: SearchRequest, cursor: str | None, restriction: str | No
     restriction is an extra predicate over alias r (access control), already bound in b.
     """
     keys = [*request.sort, SortKey("_id", False, "id")]
-    if len(request.resource_types) > 1:  # ids are unique per type only
+    if len(request.resource_types) > 1 or request.resource_types == [ANY_TYPE]:  # ids are unique per type only
         keys.insert(len(request.sort), SortKey("_type", False, "type"))
     exprs = [_sort_expr(b, k, request, "r") for k in keys[:-1]]
     where = filter_sql(b, request)
@@ -270,7 +272,7 @@ def page_query(request: SearchRequest, cursor: str | None, restriction: str | No
         f" FROM resource r WHERE {where}) q{outer}"
         f" ORDER BY {', '.join(directions)} LIMIT {request.count + 1}"
     )
-    if not request.sort and not cursor and len(request.resource_types) == 1:
+    if not request.sort and not cursor and len(keys) == 1:
         sql = (
             "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.content FROM resource r"
             f" WHERE {where} ORDER BY r.id LIMIT {request.count + 1}"

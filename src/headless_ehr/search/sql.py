@@ -15,7 +15,7 @@ from decimal import Decimal
 from ..fhir.outcome import FhirError
 from .extract.compile import component_types
 from .extract.ucum import canonical as ucum_canonical
-from .normalize import date_range, normalize_string, number_range
+from .normalize import MAX_INSTANT, MIN_INSTANT, date_range, normalize_string, number_range
 from .parse import Clause, split_prefix, split_unescaped, unescape
 from .registry import SearchParam
 
@@ -30,6 +30,7 @@ TABLES = {
     "composite": "search_composite",
 }
 UCUM = "http://unitsofmeasure.org"
+ANY_TYPE = "Resource"  # the resource type of a system search without _type
 
 
 def escape_like(value: str) -> str:
@@ -52,6 +53,22 @@ class SqlBuilder:
         return f"{stem}{self._aliases}"
 
 
+def owned(
+    b: SqlBuilder, alias: str, rtype: str, table: str, x: str, conditions: list[str], negate: bool = False
+) -> str:
+    """`alias` owns (or, negated, owns no) row x of table meeting all conditions.
+
+    rtype ANY_TYPE (a type-less system search) matches owners of every type.
+    """
+    if rtype == ANY_TYPE:
+        head, cols, conds = f"({alias}.resource_type, {alias}.id)", f"{x}.resource_type, {x}.resource_id", conditions
+    else:
+        head, cols = f"{alias}.id", f"{x}.resource_id"
+        conds = [f"{x}.resource_type = {b.arg(rtype)}", *conditions]
+    where = " AND ".join(conds) if conds else "true"
+    return f"{head} {'NOT IN' if negate else 'IN'} (SELECT {cols} FROM {table} {x} WHERE {where})"
+
+
 def clause_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
     """A predicate on resource row `alias` (of type rtype) for one clause."""
     code = clause.name.split(":", 1)[0].split(".", 1)[0]
@@ -62,24 +79,19 @@ def clause_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
         return _has_sql(b, clause, rtype, alias)
     if clause.chain is not None:
         return _chain_sql(b, clause, rtype, alias)
-    table = TABLES[param.type]
-    x = b.alias()
-    owner = (
-        f"SELECT {x}.resource_id FROM {table} {x}"
-        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(param.code)}"
-    )
-    if clause.modifier == "missing":
-        missing = clause.values == ["true"]
-        return f"{alias}.id {'NOT IN' if missing else 'IN'} ({owner})"
     if param.type == "reference" and clause.modifier == "identifier":
         return _token_via(b, clause, rtype, alias, f"{param.code}:identifier")
     if param.type == "token" and clause.modifier == "of-type":
         return _of_type(b, clause, rtype, alias)
+    table = TABLES[param.type]
+    x = b.alias()
+    is_param = f"{x}.param = {b.arg(param.code)}"
+    if clause.modifier == "missing":
+        return owned(b, alias, rtype, table, x, [is_param], negate=clause.values == ["true"])
     ors = [_value_sql(b, param, clause.modifier, value, x) for value in clause.values]
-    predicate = " OR ".join(f"({o})" for o in ors)
-    if param.type == "token" and clause.modifier == "not":
-        return f"{alias}.id NOT IN ({owner} AND ({predicate}))"
-    return f"{alias}.id IN ({owner} AND ({predicate}))"
+    predicate = "(" + " OR ".join(f"({o})" for o in ors) + ")"
+    negate = param.type == "token" and clause.modifier == "not"
+    return owned(b, alias, rtype, table, x, [is_param, predicate], negate=negate)
 
 
 def _column_clause(b: SqlBuilder, clause: Clause, code: str, rtype: str, alias: str) -> str:
@@ -100,17 +112,17 @@ def _column_clause(b: SqlBuilder, clause: Clause, code: str, rtype: str, alias: 
         ors = " OR ".join(
             f"{x}.{column} @@ websearch_to_tsquery('simple', {b.arg(unescape(v))})" for v in clause.values
         )
-        return (
-            f"{alias}.id IN (SELECT {x}.resource_id FROM search_text {x}"
-            f" WHERE {x}.resource_type = {b.arg(rtype)} AND ({ors}))"
-        )
+        return owned(b, alias, rtype, "search_text", x, [f"({ors})"])
     if code == "_list":
         x = b.alias()
         lists = [unescape(v) for v in clause.values]
+        head = f"({alias}.resource_type, {alias}.id)" if rtype == ANY_TYPE else f"{alias}.id"
+        cols = f"{x}.target_type, {x}.target_id" if rtype == ANY_TYPE else f"{x}.target_id"
+        of_type = "" if rtype == ANY_TYPE else f" AND {x}.target_type = {b.arg(rtype)}"
         return (
-            f"{alias}.id IN (SELECT {x}.target_id FROM search_reference {x}"
+            f"{head} IN (SELECT {cols} FROM search_reference {x}"
             f" WHERE {x}.resource_type = 'List' AND {x}.resource_id = ANY({b.arg(lists)}::text[])"
-            f" AND {x}.param = 'item' AND {x}.target_type = {b.arg(rtype)})"
+            f" AND {x}.param = 'item'{of_type})"
         )
     raise FhirError.of(400, "not-supported", f"unsupported parameter '{code}'")
 
@@ -126,21 +138,21 @@ def _chain_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
             f"({x}.target_type = {b.arg(target)} AND {x}.target_id IN (SELECT {r2}.id FROM resource {r2}"
             f" WHERE {r2}.resource_type = {b.arg(target)} AND NOT {r2}.deleted AND {inner_sql}))"
         )
-    return (
-        f"{alias}.id IN (SELECT {x}.resource_id FROM search_reference {x}"
-        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(clause.param.code)}"
-        f" AND ({' OR '.join(ors)}))"
-    )
+    conditions = [f"{x}.param = {b.arg(clause.param.code)}", "(" + " OR ".join(ors) + ")"]
+    return owned(b, alias, rtype, "search_reference", x, conditions)
 
 
 def _has_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
     assert clause.has is not None and clause.has_type is not None and clause.param is not None
     x, r2 = b.alias(), b.alias("r")
     inner_sql = clause_sql(b, clause.has, clause.has_type, r2)
+    head = f"({alias}.resource_type, {alias}.id)" if rtype == ANY_TYPE else f"{alias}.id"
+    cols = f"{x}.target_type, {x}.target_id" if rtype == ANY_TYPE else f"{x}.target_id"
+    of_type = "" if rtype == ANY_TYPE else f" AND {x}.target_type = {b.arg(rtype)}"
     return (
-        f"{alias}.id IN (SELECT {x}.target_id FROM search_reference {x}"
+        f"{head} IN (SELECT {cols} FROM search_reference {x}"
         f" WHERE {x}.resource_type = {b.arg(clause.has_type)} AND {x}.param = {b.arg(clause.param.code)}"
-        f" AND {x}.target_type = {b.arg(rtype)} AND {x}.resource_id IN (SELECT {r2}.id FROM resource {r2}"
+        f"{of_type} AND {x}.resource_id IN (SELECT {r2}.id FROM resource {r2}"
         f" WHERE {r2}.resource_type = {b.arg(clause.has_type)} AND NOT {r2}.deleted AND {inner_sql}))"
     )
 
@@ -148,10 +160,7 @@ def _has_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
 def _token_via(b: SqlBuilder, clause: Clause, rtype: str, alias: str, param_code: str) -> str:
     x = b.alias()
     ors = " OR ".join(f"({_token_sql(b, v, x)})" for v in clause.values)
-    return (
-        f"{alias}.id IN (SELECT {x}.resource_id FROM search_token {x}"
-        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(param_code)} AND ({ors}))"
-    )
+    return owned(b, alias, rtype, "search_token", x, [f"{x}.param = {b.arg(param_code)}", f"({ors})"])
 
 
 def _of_type(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
@@ -169,11 +178,8 @@ def _of_type(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
         if system:
             cond += f" AND {x}.system = {b.arg(system)}"
         ors.append(f"({cond})")
-    return (
-        f"{alias}.id IN (SELECT {x}.resource_id FROM search_token {x}"
-        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = {b.arg(clause.param.code + ':of-type')}"
-        f" AND ({' OR '.join(ors)}))"
-    )
+    conditions = [f"{x}.param = {b.arg(clause.param.code + ':of-type')}", "(" + " OR ".join(ors) + ")"]
+    return owned(b, alias, rtype, "search_token", x, conditions)
 
 
 # -- per-type value predicates over index row alias x ----------------------------------
@@ -241,28 +247,41 @@ def _uri_sql(b: SqlBuilder, modifier: str | None, value: str, col: str) -> str:
 def _date_compare(b: SqlBuilder, prefix: str, value: str, low: str, high: str) -> str:
     """R4 date prefixes over the target range [low, high] and the search range [sl, sh]."""
     sl_v, sh_v = date_range(value.replace(" ", "+"))
-    sl, sh = b.arg(sl_v, "::timestamptz"), b.arg(sh_v, "::timestamptz")
-    eq = f"({low} >= {sl} AND {high} <= {sh})"
+
+    def sl() -> str:  # bound only where used: an unused parameter has no type
+        return b.arg(sl_v, "::timestamptz")
+
+    def sh() -> str:
+        return b.arg(sh_v, "::timestamptz")
+
+    def eq() -> str:
+        return f"({low} >= {sl()} AND {high} <= {sh()})"
+
     if prefix == "eq":
-        return eq
+        return eq()
     if prefix == "ne":
-        return f"NOT {eq}"
+        return f"NOT {eq()}"
     if prefix == "gt":
-        return f"{high} > {sh}"
+        return f"{high} > {sh()}"
     if prefix == "lt":
-        return f"{low} < {sl}"
+        return f"{low} < {sl()}"
     if prefix == "ge":
-        return f"({high} > {sh} OR {eq})"
+        return f"({high} > {sh()} OR {eq()})"
     if prefix == "le":
-        return f"({low} < {sl} OR {eq})"
+        return f"({low} < {sl()} OR {eq()})"
     if prefix == "sa":
-        return f"{low} > {sh}"
+        return f"{low} > {sh()}"
     if prefix == "eb":
-        return f"{high} < {sl}"
+        return f"{high} < {sl()}"
     # ap: overlap with the search range widened by 10% of its distance from now
-    gap = abs(datetime.now(sl_v.tzinfo) - sl_v) * 0.1
-    gap = max(gap, timedelta(days=1))
-    return f"({high} >= {b.arg(sl_v - gap, '::timestamptz')} AND {low} <= {b.arg(sh_v + gap, '::timestamptz')})"
+    gap = max(abs(datetime.now(sl_v.tzinfo) - sl_v) * 0.1, timedelta(days=1))
+    try:
+        wide_low, wide_high = sl_v - gap, sh_v + gap
+    except OverflowError:
+        wide_low, wide_high = MIN_INSTANT, MAX_INSTANT
+    start = b.arg(max(wide_low, MIN_INSTANT), "::timestamptz")
+    end = b.arg(min(wide_high, MAX_INSTANT), "::timestamptz")
+    return f"({high} >= {start} AND {low} <= {end})"
 
 
 def _number_compare(b: SqlBuilder, prefix: str, number: Decimal, col: str) -> str:

@@ -474,7 +474,7 @@ class ResourceStore:
         if compartment is not None:
             restriction = _per_type(types, lambda t: compartment_sql(b, compartment, t, "r"), b)
         total: int | None = None
-        if request.summary == "count":
+        if request.summary == "count" or request.count == 0:  # R4: _count=0 is a count
             total = await self._db.fetchval(count_query(request, restriction, b), *b.args)
             return SearchPage([], total, None, None, request.issues, request=request)
         query = page_query(request, cursor, restriction, b)

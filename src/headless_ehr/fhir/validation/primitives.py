@@ -165,6 +165,8 @@ def _string_check(name: str, regex: str | None) -> Check:
             return f"{name} value is longer than the 1 MB maximum"
         if non_blank and value.isspace():
             return f"{name} must contain non-whitespace content"
+        if _CONTROL.search(value):
+            return f"{name} contains a control character (below U+0020 other than tab, CR, LF)"
         if fullmatch is not None and not fullmatch(value):
             return f"{_quote(value)} is not a valid {name}"
         if dated and len(value) >= 10 and not _real_day(value):
@@ -172,6 +174,10 @@ def _string_check(name: str, regex: str | None) -> Check:
         return None
 
     return check
+
+
+# R4 datatypes: strings SHALL NOT contain characters below U+0020 except tab, CR and LF.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def _any_text(value: str) -> bool:

@@ -60,6 +60,14 @@ async def everything(request: Request, resource_type: str, rid: str | None) -> R
         default_count=settings.default_page_size,
         compartment=Compartment(resource_type, ids),
     )
+    # referenced resources only of the asked-for types, and never another focal-type
+    # resource (another Patient reached through Patient.link, say)
+    focus = {ids} if isinstance(ids, str) else set(ids or ())
+    page.included = [
+        r
+        for r in page.included
+        if ("_type" not in q or r.resource_type in types) and (r.resource_type != resource_type or r.id in focus)
+    ]
     drop = ("_cursor",)
     links = [bundles.page_link(request, "self", q.get("_cursor"), drop)]
     if page.next_cursor:

@@ -95,8 +95,6 @@ def _exit_quietly(signum: int, frame: object) -> None:
 
 
 def import_files(args: argparse.Namespace) -> int:
-    import asyncio
-
     from .bulk.cli import run_import
     from .db.embedded import EmbeddedPostgresError
 
@@ -108,7 +106,7 @@ def import_files(args: argparse.Namespace) -> int:
     print(f"importing into {where}", flush=True)
     signal.signal(signal.SIGTERM, _exit_quietly)
     try:
-        return asyncio.run(run_import(settings, args.paths, args.batch_size, args.concurrency))
+        return run_import(settings, args.paths, args.batch_size, args.concurrency, args.processes)
     except (_Stopped, KeyboardInterrupt):
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
@@ -132,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     p_import.add_argument("paths", nargs="+", help="files or folders (.json, .ndjson, optionally .gz)")
     p_import.add_argument("--data-dir", default=None, help="embedded database folder (./.ehr-data)")
     p_import.add_argument("--batch-size", type=int, default=500, help="NDJSON lines per transaction")
-    p_import.add_argument("--concurrency", type=int, default=3, help="files loaded at once")
+    p_import.add_argument("--concurrency", type=int, default=2, help="files loaded at once per process")
+    p_import.add_argument(
+        "--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)"
+    )
     args = parser.parse_args(argv)
     level = args.log_level.upper() if args.command == "serve" else "WARNING"
     logging.basicConfig(level=level)

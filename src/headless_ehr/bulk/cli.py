@@ -1,6 +1,16 @@
-"""The `ehr import` command's driver: progress bar and summary around the Importer."""
+"""The `ehr import` command's driver: worker processes, progress bar and summary.
+
+Validation, indexing and JSON work are CPU-bound Python, so files are shared among
+several processes (each with its own connection pool), and the parent only draws the
+progress bar from what they report.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -10,13 +20,52 @@ from ..auth.principal import SYSTEM
 from ..config import Settings
 from ..db.migrate import migrate
 from ..db.pool import create_pool
-from ..fhir.validation import validator
-from ..store.reindex import load_registry
-from ..store.repository import ResourceStore
-from .importer import Importer, find_sources, total_bytes
+from .importer import Failure, Importer, ImportReport, find_sources, total_bytes
 
 
-async def run_import(settings: Settings, paths: list[str], batch_size: int, concurrency: int) -> int:
+async def _prepare(database_url: str) -> None:
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+    finally:
+        await pool.close()
+
+
+async def _load(
+    settings: Settings, sources: list[Path], batch_size: int, concurrency: int, events: queue.Queue
+) -> ImportReport:
+    from ..fhir.validation import validator
+    from ..store.reindex import load_registry
+    from ..store.repository import ResourceStore
+
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, min_size=1, max_size=concurrency + 1)
+    try:
+        await load_registry(pool)
+        store = ResourceStore(pool, validator().validate, settings.max_page_size)
+        importer = Importer(
+            pool,
+            store,
+            SYSTEM,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            on_progress=lambda b, r: events.put(("progress", b, r)),
+        )
+        return await importer.run(sources)
+    finally:
+        await pool.close()
+
+
+def _worker(settings: Settings, sources: list[str], batch_size: int, concurrency: int, events: queue.Queue) -> None:
+    try:
+        report = asyncio.run(_load(settings, [Path(s) for s in sources], batch_size, concurrency, events))
+        events.put(("done", report))
+    except BaseException as exc:  # reported to the parent, which prints it
+        events.put(("done", ImportReport(failures=[Failure("import", "process", repr(exc))])))
+
+
+def run_import(settings: Settings, paths: list[str], batch_size: int, concurrency: int, processes: int) -> int:
     console = Console(stderr=True)
     try:
         sources = find_sources(paths)
@@ -24,47 +73,57 @@ async def run_import(settings: Settings, paths: list[str], batch_size: int, conc
         console.print(f"[red]ehr import: {exc}")
         return 2
     assert settings.database_url
-    pool = await create_pool(settings.database_url, min_size=1, max_size=concurrency + 1)
-    try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
-        await load_registry(pool)
-        store = ResourceStore(pool, validator().validate, settings.max_page_size)
-        columns = (
-            TextColumn("[bold]import"),
-            BarColumn(),
-            TextColumn("{task.fields[resources]:,} resources"),
-            TextColumn("{task.fields[rate]:,.0f}/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("import", total=total_bytes(sources), resources=0, rate=0.0)
-            counters = {"resources": 0}
-
-            def advance(done_bytes: int, done_resources: int) -> None:
-                counters["resources"] += done_resources
+    asyncio.run(_prepare(settings.database_url))
+    processes = max(1, min(processes, len(sources) or 1))
+    shares = [[str(s) for s in sources[i::processes]] for i in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    events = context.Manager().Queue()
+    workers = [
+        context.Process(target=_worker, args=(settings, share, batch_size, concurrency, events)) for share in shares
+    ]
+    columns = (
+        TextColumn("[bold]import"),
+        BarColumn(),
+        TextColumn("{task.fields[resources]:,} resources"),
+        TextColumn("{task.fields[rate]:,.0f}/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    total = ImportReport()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("import", total=total_bytes(sources), resources=0, rate=0.0)
+        for worker in workers:
+            worker.start()
+        running = len(workers)
+        while running:
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                if not any(w.is_alive() for w in workers):
+                    break
+                continue
+            if event[0] == "progress":
+                total.resources += event[2]
                 elapsed = progress.tasks[0].elapsed or 1e-9
-                progress.update(
-                    task,
-                    advance=done_bytes,
-                    resources=counters["resources"],
-                    rate=counters["resources"] / elapsed,
-                )
+                progress.update(task, advance=event[1], resources=total.resources, rate=total.resources / elapsed)
+            else:
+                report: ImportReport = event[1]
+                running -= 1
+                total.files += report.files
+                total.skipped_units += report.skipped_units
+                total.failures += report.failures
+                total.seconds = max(total.seconds, report.seconds)
+        for worker in workers:
+            worker.join()
+    _summary(console, total)
+    return 0 if not total.failures else 1
 
-            importer = Importer(
-                pool, store, SYSTEM, batch_size=batch_size, concurrency=concurrency, on_progress=advance
-            )
-            report = await importer.run(sources)
-    finally:
-        await pool.close()
+
+def _summary(console: Console, report: ImportReport) -> None:
     table = Table(title="ehr import")
-    table.add_column("files")
-    table.add_column("resources loaded")
-    table.add_column("resources/s")
-    table.add_column("skipped (already imported)")
-    table.add_column("failures")
+    for column in ("files", "resources loaded", "resources/s", "skipped (already imported)", "failures"):
+        table.add_column(column)
     table.add_row(
         str(report.files),
         f"{report.resources:,}",
@@ -77,4 +136,3 @@ async def run_import(settings: Settings, paths: list[str], batch_size: int, conc
         console.print(f"[red]failed[/] {failure.source} {failure.unit}: {failure.message}")
     if len(report.failures) > 50:
         console.print(f"... and {len(report.failures) - 50} more failures")
-    return 0 if not report.failures else 1

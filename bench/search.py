@@ -1,0 +1,705 @@
+"""Search latency of a real `ehr serve` over ≥ 100,000 Synthea resources, with query plans.
+
+    python bench/search.py [--database-url URL] [--keep] [--reps 60] [--rounds 3]
+
+Copies the Synthea Bundles with fresh ids until there are --min-resources, loads them
+through `ehr import` into a dedicated database (dropped and created again; --keep reuses
+a loaded one), starts `ehr serve` (1 worker) on it, times each search with sequential
+httpx requests over varied real values, runs EXPLAIN (ANALYZE, BUFFERS) on the SQL the
+search layer builds for one value of each, prints a Markdown report and appends it to
+bench/RESULTS.md. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import math
+import os
+import random
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+from crud import PREFIX, RESULTS, Served, free_port, machine, opts, snapshot_code
+
+SYNTHEA = Path("/work/shared/fhir/synthea")
+DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/ehr_search_bench"
+LOINC = "http://loinc.org"
+SIMPLE_MS, ANY_MS = 10.0, 100.0  # p50 targets: simple searches, every search
+DEEP_PAGE_RATIO = 1.25  # a deep page's p50 may be at most this times page 1's
+PAGES = 5
+UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+COPY_NAMESPACE = uuid.UUID("6f1e0c6a-2b7e-4d0e-9a59-5e2f3b7c9d10")  # uuid5 ids of later copies
+
+
+# -- data set: Synthea Bundles, copied with fresh ids ------------------------------------
+
+
+@dataclass
+class Source:
+    """One Synthea transaction Bundle and what a copy of it changes."""
+
+    name: str
+    data: bytes
+    resources: int
+    family: str | None  # family name of its Patient
+    identifiers: list[str]  # its Patient's identifier values that are not uuids
+
+
+def read_source(path: Path) -> Source:
+    data = path.read_bytes()
+    data = gzip.decompress(data) if path.name.endswith(".gz") else data
+    bundle = json.loads(data)
+    entries = [e["resource"] for e in bundle.get("entry", [])]
+    patient = next((r for r in entries if r["resourceType"] == "Patient"), None)
+    family, identifiers = None, []
+    if patient is not None:
+        family = patient["name"][0]["family"]
+        values = [i.get("value", "") for i in patient.get("identifier", [])]
+        identifiers = [v for v in values if v and not UUID_RE.fullmatch(v.encode())]
+    name = path.name.removesuffix(".gz").removesuffix(".json")
+    return Source(name, data, len(entries), family, identifiers)
+
+
+def _quoted(text: str) -> list[bytes]:
+    """The JSON string literal of text as the file may spell it (UTF-8 or \\u escapes)."""
+    return list(dict.fromkeys(json.dumps(text, ensure_ascii=a).encode() for a in (False, True)))
+
+
+def copy_bundle(src: Source, copy: int, family: str | None) -> bytes:
+    """Copy `copy` of a Bundle: copy 0 as it is; later copies with every uuid (fullUrls,
+    the references to them, ids, identifiers) replaced by a per-copy uuid5, the Patient's
+    family name replaced by `family` and the digits of its other identifiers shifted."""
+    if copy == 0:
+        return src.data
+    fresh: dict[bytes, bytes] = {}
+
+    def renamed(match: re.Match[bytes]) -> bytes:
+        old = match.group(0)
+        if old not in fresh:
+            fresh[old] = str(uuid.uuid5(COPY_NAMESPACE, f"{copy}:{old.decode()}")).encode()
+        return fresh[old]
+
+    data = UUID_RE.sub(renamed, src.data)
+    if src.family and family:
+        new = _quoted(family)[0]
+        for old in _quoted(src.family):
+            data = re.sub(rb'("family"\s*:\s*)' + re.escape(old), rb"\g<1>" + new.replace(b"\\", b"\\\\"), data)
+    for value in src.identifiers:
+        shifted = _quoted("".join(str((int(c) + copy) % 10) if c.isdigit() else c for c in value))[0]
+        for old in _quoted(value):
+            data = re.sub(rb'("value"\s*:\s*)' + re.escape(old), rb"\g<1>" + shifted.replace(b"\\", b"\\\\"), data)
+    return data
+
+
+def write_copies(root: Path, folder: Path, min_resources: int) -> tuple[int, int]:
+    """Gzipped Bundles for as many copies as reach min_resources; (copies, resources)."""
+    paths = sorted((root / "smart-r4").glob("*.json.gz")) + sorted(root.glob("*.json"))
+    sources = [read_source(p) for p in paths]
+    per_copy = sum(s.resources for s in sources)
+    copies = max(1, math.ceil(min_resources / per_copy))
+    families = [s.family for s in sources if s.family]
+    for copy in range(copies):
+        out = folder / f"copy{copy}"
+        out.mkdir(parents=True)
+        patient = 0
+        for src in sources:
+            family = None
+            if src.family:  # copy k gives patient i the family name of patient i + k
+                family = families[(patient + copy) % len(families)]
+                patient += 1
+            data = copy_bundle(src, copy, family)
+            (out / f"{src.name}.json.gz").write_bytes(gzip.compress(data, compresslevel=1))
+    return copies, copies * per_copy
+
+
+# -- database ----------------------------------------------------------------------------
+
+
+def admin_url(url: str) -> tuple[str, str]:
+    """(URL of the server's `postgres` database, the database named in url)."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if "bench" not in name:
+        raise SystemExit(f"refusing to drop '{name}': the benchmark database's name must contain 'bench'")
+    return urlunsplit(parts._replace(path="/postgres")), name
+
+
+async def recreate_database(url: str) -> None:
+    admin, name = admin_url(url)
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Load:
+    copies: int = 0
+    prepare_s: float = 0.0
+    import_s: float = 0.0
+    reported_rate: str = "?"  # resources/s as `ehr import` printed it
+    loaded: str = "?"
+    failures: str = "?"
+
+
+_IMPORT_ROW = re.compile(r"[│|]\s*(\d+)\s*[│|]\s*([\d,]+)\s*[│|]\s*([\d,]+)\s*[│|]\s*(\d+)\s*[│|]\s*(\d+)\s*[│|]")
+
+
+def load(args: argparse.Namespace, env: dict[str, str], work: Path) -> Load:
+    figures = Load()
+    t0 = time.perf_counter()
+    folder = work / "bundles"
+    figures.copies, planned = write_copies(args.synthea, folder, args.min_resources)
+    figures.prepare_s = time.perf_counter() - t0
+    print(f"wrote {figures.copies} copies ({planned:,} resources) in {figures.prepare_s:.1f} s", file=sys.stderr)
+    asyncio.run(recreate_database(args.database_url))
+    log = work / "import.log"
+    t0 = time.perf_counter()
+    with log.open("wb") as out:
+        rc = subprocess.run(["ehr", "import", str(folder)], env={**env, "COLUMNS": "160"}, stdout=out, stderr=out)
+    figures.import_s = time.perf_counter() - t0
+    text = log.read_text(errors="replace")
+    row = _IMPORT_ROW.search(text)
+    if row:
+        figures.loaded, figures.reported_rate, figures.failures = row.group(2), row.group(3), row.group(5)
+    if rc.returncode != 0 or row is None:
+        print(text[-3000:], file=sys.stderr)
+        if row is None:
+            raise SystemExit(f"ehr import failed ({rc.returncode}); see above")
+    shutil.rmtree(folder)
+    print(f"ehr import: {figures.loaded} resources in {figures.import_s:.1f} s", file=sys.stderr)
+    return figures
+
+
+@dataclass
+class DataSet:
+    resources: int
+    by_type: list[tuple[str, int]]
+    size: str
+    pg_version: str
+    analyze_s: float
+
+
+async def describe(url: str) -> DataSet:
+    """Counts and size, after VACUUM (ANALYZE) so the planner and visibility map are current."""
+    conn = await asyncpg.connect(url)
+    try:
+        t0 = time.perf_counter()
+        await conn.execute("VACUUM (ANALYZE)")
+        analyze_s = time.perf_counter() - t0
+        rows = await conn.fetch(
+            "SELECT resource_type, count(*) AS n FROM resource WHERE NOT deleted GROUP BY 1 ORDER BY 2 DESC"
+        )
+        size = await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
+        version = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    by_type = [(r[0], r[1]) for r in rows]
+    return DataSet(sum(n for _, n in by_type), by_type, size, version, analyze_s)
+
+
+# -- the searches ------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    key: str
+    label: str  # the query as shown, with <placeholders>
+    varied: str  # how its values vary
+    target_ms: float
+    urls: list[str]  # relative to the FHIR base, one per value
+    pages: int = 1  # > 1: fetch that many pages following `next`
+
+
+def _url(rtype: str, params: list[tuple[str, str]]) -> str:
+    return f"{rtype}?{urlencode(params)}"
+
+
+async def pick_values(url: str, n: int, seed: int) -> list[Case]:
+    """The cases, each with n URLs built from values that occur in the data."""
+    rng = random.Random(seed)
+    conn = await asyncpg.connect(url)
+    try:
+        families = sorted(
+            r[0]
+            for r in await conn.fetch(
+                "SELECT DISTINCT exact FROM search_string WHERE resource_type = 'Patient' AND param = 'family'"
+            )
+        )
+        pairs = await conn.fetch(
+            "SELECT DISTINCT p.target_id, c.code FROM search_reference p JOIN search_token c"
+            " ON c.resource_type = p.resource_type AND c.resource_id = p.resource_id"
+            " WHERE p.resource_type = 'Observation' AND p.param = 'patient' AND p.target_type = 'Patient'"
+            " AND c.param = 'code' AND c.system = $1 ORDER BY 1, 2",
+            LOINC,
+        )
+        codes = await conn.fetch(
+            "SELECT code, count(*) AS n FROM search_token WHERE resource_type = 'Observation' AND param = 'code'"
+            " AND system = $1 GROUP BY code ORDER BY n DESC, code LIMIT 20",
+            LOINC,
+        )
+        code_dates = []
+        for code, _ in codes:
+            for matches in (50, 100, 200):  # the date from which about that many match
+                high = await conn.fetchval(
+                    "SELECT d.high FROM search_date d JOIN search_token t ON t.resource_type = d.resource_type"
+                    " AND t.resource_id = d.resource_id WHERE d.resource_type = 'Observation' AND d.param = 'date'"
+                    " AND t.param = 'code' AND t.system = $1 AND t.code = $2 ORDER BY d.high DESC OFFSET $3 LIMIT 1",
+                    LOINC,
+                    code,
+                    matches - 1,
+                )
+                if high is not None:
+                    code_dates.append((code, high.date().isoformat()))
+        patients = [
+            r[0]
+            for r in await conn.fetch(
+                "SELECT DISTINCT target_id FROM search_reference WHERE resource_type = 'Encounter'"
+                " AND param = 'patient' AND target_type = 'Patient' ORDER BY 1"
+            )
+        ]
+    finally:
+        await conn.close()
+    pages_codes = [c for c, count in codes if count > PAGES * 50]
+
+    def some(items: list[Any]) -> list[Any]:
+        """n items: a shuffled sample, repeated when there are fewer than n."""
+        picked = rng.sample(items, min(n, len(items)))
+        return [picked[i % len(picked)] for i in range(n)]
+
+    loinc = f"{LOINC}|"
+    return [
+        Case(
+            "name",
+            "Patient?name=<family prefix>",
+            f"first 4 letters of {n} of {len(families)} family names",
+            SIMPLE_MS,
+            [_url("Patient", [("name", f[:4])]) for f in some(families)],
+        ),
+        Case(
+            "patient+code",
+            "Observation?patient=<id>&code=http://loinc.org|<code>",
+            f"{n} of {len(pairs):,} (patient, LOINC code) pairs that occur",
+            SIMPLE_MS,
+            [_url("Observation", [("patient", p), ("code", loinc + c)]) for p, c in some([tuple(r) for r in pairs])],
+        ),
+        Case(
+            "code+date",
+            "Observation?code=http://loinc.org|<code>&date=ge<date>",
+            f"{len(code_dates)} pairs: top {len(codes)} LOINC codes x a date from which ~50/100/200 match",
+            SIMPLE_MS,
+            [_url("Observation", [("code", loinc + c), ("date", "ge" + d)]) for c, d in some(code_dates)],
+        ),
+        Case(
+            "chain",
+            "Observation?subject:Patient.name=<family>",
+            f"{n} of {len(families)} full family names",
+            ANY_MS,
+            [_url("Observation", [("subject:Patient.name", f)]) for f in some(families)],
+        ),
+        Case(
+            "revinclude enc",
+            "Encounter?patient=<id>&_revinclude=Observation:encounter",
+            f"{n} of {len(patients)} patients",
+            ANY_MS,
+            [_url("Encounter", [("patient", p), ("_revinclude", "Observation:encounter")]) for p in some(patients)],
+        ),
+        Case(
+            "revinclude pat",
+            "Patient?_id=<id>&_revinclude=Encounter:patient",
+            f"{n} of {len(patients)} patients",
+            ANY_MS,
+            [_url("Patient", [("_id", p), ("_revinclude", "Encounter:patient")]) for p in some(patients)],
+        ),
+        Case(
+            "sort",
+            "Observation?_sort=-date&_count=50",
+            "nothing to vary (one URL)",
+            ANY_MS,
+            [_url("Observation", [("_sort", "-date"), ("_count", "50")])] * n,
+        ),
+        Case(
+            "sort+patient",
+            "Observation?patient=<id>&_sort=-date&_count=50",
+            f"{n} of {len(patients)} patients",
+            ANY_MS,
+            [_url("Observation", [("patient", p), ("_sort", "-date"), ("_count", "50")]) for p in some(patients)],
+        ),
+        Case(
+            "paging",
+            "Observation?code=http://loinc.org|<code>&_count=50, pages 1..5 via `next`",
+            f"the {len(pages_codes)} LOINC codes with > {PAGES * 50} Observations",
+            ANY_MS,
+            [_url("Observation", [("code", loinc + c), ("_count", "50")]) for c in some(pages_codes)],
+            pages=PAGES,
+        ),
+    ]
+
+
+# -- timing over HTTP ---------------------------------------------------------------------
+
+
+class Answer(NamedTuple):
+    ms: float
+    matches: int
+    included: int
+    next_url: str | None
+
+
+def get(client: httpx.Client, url: str) -> Answer:
+    t0 = time.perf_counter()
+    response = client.get(url)
+    ms = (time.perf_counter() - t0) * 1000
+    if response.status_code != 200:
+        raise RuntimeError(f"GET {url}: {response.status_code} {response.text[:500]}")
+    bundle = response.json()
+    modes = [e.get("search", {}).get("mode") for e in bundle.get("entry", [])]
+    following = next((lk["url"] for lk in bundle.get("link", []) if lk["relation"] == "next"), None)
+    return Answer(ms, modes.count("match"), modes.count("include"), following)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class Timing:
+    """Latencies of one case (per page for paging), per round."""
+
+    rounds: list[list[list[float]]] = field(default_factory=list)  # round -> page -> ms
+    matches: list[int] = field(default_factory=list)
+    included: list[int] = field(default_factory=list)
+    totals: list[int] = field(default_factory=list)
+
+    def stat(self, page: int, q: float) -> float:
+        """Median over rounds of the round's percentile q."""
+        return statistics.median(percentile(r[page], q) for r in self.rounds)
+
+    def spread(self, page: int) -> str:
+        p50s = [statistics.median(r[page]) for r in self.rounds]
+        return f"{min(p50s):.1f}-{max(p50s):.1f}"
+
+
+def run_case(client: httpx.Client, case: Case, warmup: int, timing: Timing) -> None:
+    for url in case.urls[:warmup]:
+        get(client, url)
+    pages: list[list[float]] = [[] for _ in range(case.pages)]
+    for url in case.urls:
+        following: str | None = url
+        for page in range(case.pages):
+            assert following is not None, f"{url}: no page {page + 1}"
+            answer = get(client, following)
+            pages[page].append(answer.ms)
+            if page == 0:
+                timing.matches.append(answer.matches)
+                timing.included.append(answer.included)
+            following = answer.next_url
+    timing.rounds.append(pages)
+
+
+def count_matches(client: httpx.Client, case: Case, timing: Timing) -> None:
+    """Bundle.total of `_summary=count` for each distinct URL (untimed)."""
+    for url in dict.fromkeys(case.urls):
+        timing.totals.append(client.get(url + "&_summary=count").json()["total"])
+
+
+# -- plans --------------------------------------------------------------------------------
+
+
+class Ref(NamedTuple):
+    resource_type: str
+    id: str
+
+
+_COST = re.compile(r"\s*\(cost=[^)]*\)")
+_KEEP = ("->", "SubPlan", "InitPlan", "Sort Method", "Rows Removed", "Planning Time", "Execution Time")
+
+
+def trim(lines: list[str]) -> list[str]:
+    """Node lines (type, index, actual time, rows) and the few details that explain them."""
+    out = [_COST.sub("", lines[0])]
+    buffers = next((ln for ln in lines[1:3] if ln.strip().startswith("Buffers:")), None)
+    if buffers:
+        out.append(buffers)
+    out += [_COST.sub("", ln) for ln in lines[1:] if ln.strip().startswith(_KEEP)]
+    return out
+
+
+def _shape(lines: list[str]) -> list[str]:
+    return [re.sub(r"\s*\(actual.*", "", ln) for ln in lines if "->" in ln or ln is lines[0]]
+
+
+@dataclass
+class Plan:
+    case: str
+    what: str
+    sql: str
+    custom: list[str]
+    generic_ms: float
+    generic: list[str] | None  # only when the generic plan has another shape
+
+
+async def explain(conn: asyncpg.Connection, sql: str, args: list[object]) -> list[str]:
+    statement = "EXPLAIN (ANALYZE, BUFFERS) " + sql
+    await conn.fetch(statement, *args)  # warm the cache as the timed requests did
+    return [r[0] for r in await conn.fetch(statement, *args)]
+
+
+def _exec_ms(lines: list[str]) -> float:
+    return float(next(ln for ln in lines if "Execution Time" in ln).split(":")[1].split()[0])
+
+
+async def plan_both(conn: asyncpg.Connection, case: str, what: str, sql: str, args: list[object]) -> Plan:
+    """The custom plan for these values, and whether the generic plan (which the server's
+    prepared statements may switch to after five executions) differs."""
+    custom = await explain(conn, sql, args)
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        generic = await explain(conn, sql, args)
+    finally:
+        await conn.execute("RESET plan_cache_mode")
+    other = trim(generic) if _shape(generic) != _shape(custom) else None
+    return Plan(case, what, sql, trim(custom), _exec_ms(generic), other)
+
+
+async def plans(url: str, cases: list[Case], cursors: dict[str, str]) -> list[Plan]:
+    """EXPLAIN the SQL the search layer builds for the first URL of each case, as
+    ResourceStore.search does: parse_request, page_query, then include_sql per include."""
+    from headless_ehr.search.query import include_sql, page_query, parse_request
+    from headless_ehr.search.sql import SqlBuilder
+
+    out: list[Plan] = []
+    conn = await asyncpg.connect(url)
+    try:
+        for case in cases:
+            todo = [("page 1", case.urls[0])]
+            if case.key in cursors:
+                todo.append((f"page {case.pages}", cursors[case.key]))
+            for what, target in todo:
+                path, _, query = target.partition("?")
+                rtype = path.rsplit("/", 1)[-1]
+                params = parse_qsl(query, keep_blank_values=True)
+                cursor = next((v for k, v in params if k == "_cursor"), None)
+                params = [(k, v) for k, v in params if k != "_cursor"]
+                request = parse_request([rtype], params, strict=False, default_count=20, max_count=1000)
+                b = SqlBuilder()
+                page = page_query(request, cursor, None, b)
+                out.append(await plan_both(conn, case.key, what, page.sql, page.args))
+                rows = (await conn.fetch(page.sql, *page.args))[: request.count]
+                for inc in request.includes:
+                    ib = SqlBuilder()
+                    sql = include_sql(ib, inc, [Ref(r[0], r[1]) for r in rows])
+                    if sql is not None:
+                        name = f"{'_revinclude' if inc.reverse else '_include'}={inc.source_type}:{inc.param}"
+                        out.append(await plan_both(conn, case.key, name, sql, ib.args))
+    finally:
+        await conn.close()
+    return out
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def _median_int(values: list[int]) -> str:
+    if not values:
+        return "-"
+    mid = statistics.median(values)
+    return f"{mid:,.0f}" if min(values) == max(values) else f"{mid:,.0f} ({min(values):,}-{max(values):,})"
+
+
+def verdict(p50: float, target: float) -> str:
+    return f"≤ {target:g}: {'meets' if p50 <= target else '**MISSES**'}"
+
+
+def results_table(cases: list[Case], timings: dict[str, Timing]) -> list[str]:
+    out = [
+        "| query | values | matches | entries: match + include | p50 ms | p99 ms | p50 per round | target p50 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for case in cases:
+        t = timings[case.key]
+        entries = f"{_median_int(t.matches)} + {_median_int(t.included)}"
+        for page in range(case.pages):
+            label = case.label if case.pages == 1 else f"{case.label}: page {page + 1}"
+            p50 = t.stat(page, 50)
+            target = verdict(p50, case.target_ms)
+            if page:
+                ratio = p50 / t.stat(0, 50)
+                target += f"; {ratio:.2f}x page 1 ({'ok' if ratio <= DEEP_PAGE_RATIO else '**slower**'})"
+            out.append(
+                f"| `{label}` | {case.varied if page == 0 else ''} | {_median_int(t.totals) if page == 0 else ''}"
+                f" | {entries if page == 0 else ''} | {p50:.1f} | {t.stat(page, 99):.1f} | {t.spread(page)}"
+                f" | {target} |"
+            )
+    return out
+
+
+def plan_section(found: list[Plan]) -> list[str]:
+    out: list[str] = []
+    for p in found:
+        out += [f"#### {p.case}: {p.what}", "", "```"]
+        out += p.custom
+        out.append(f"(generic plan: {p.generic_ms:.1f} ms" + (", another shape:)" if p.generic else ", same shape)"))
+        out += p.generic or []
+        out += ["```", ""]
+    return out
+
+
+def report(
+    args: argparse.Namespace,
+    started: datetime,
+    code: str,
+    figures: Load | None,
+    data: DataSet,
+    cases: list[Case],
+    timings: dict[str, Timing],
+    found: list[Plan],
+) -> str:
+    types = ", ".join(f"{t} {n:,}" for t, n in data.by_type[:6])
+    if figures is None:
+        loaded = "- load: skipped (`--keep`: the database was loaded by an earlier run)"
+    else:
+        loaded = (
+            f"- load: {figures.copies} copies written as gzipped Bundles in {figures.prepare_s:.1f} s; `ehr import`"
+            f" (concurrency 3) loaded {figures.loaded} resources in {figures.import_s:.1f} s wall clock (process"
+            f" start and migrations included), reporting **{figures.reported_rate} resources/s**;"
+            f" {figures.failures} failures"
+        )
+    lines = [
+        f"## {started:%Y-%m-%d %H:%M} UTC: search latency, {data.resources:,} resources, PostgreSQL {data.pg_version}",
+        "",
+        f"- machine: {machine()}",
+        f"- PostgreSQL: {data.pg_version} (system server, `{args.database_url}`), database size {data.size}",
+        f"- server code: {code}; `ehr serve --workers 1 --log-level warning`",
+        f"- command: `{shlex.join(['python', 'bench/search.py', *sys.argv[1:]])}`",
+        f"- data: {data.resources:,} resources ({types}, ...): the Synthea smart-r4 Bundles and the top-level"
+        " Synthea files; copies after the first have every uuid replaced by a per-copy uuid5, each Patient"
+        " the family name of the next Patient in file order, and shifted digits in SSN, licence and passport",
+        loaded,
+        f"- then `VACUUM (ANALYZE)`: {data.analyze_s:.1f} s",
+        f"- timing: httpx, one connection, sequential; per case {args.warmup} warm-up requests, then"
+        f" {args.reps} requests over its values; {args.rounds} rounds of all cases; p50/p99 are the medians over"
+        " rounds of each round's percentile (nearest rank), 'p50 per round' their range",
+        "- matches: `Bundle.total` of the same search with `_summary=count` per distinct value (median, range);"
+        " entries: median per response (for paging: page 1)",
+        "",
+        f"Targets (p50): `name`, `patient+code`, `code+date` ≤ {SIMPLE_MS:g} ms; every search ≤ {ANY_MS:g} ms;"
+        f" a deep page ≤ {DEEP_PAGE_RATIO}x page 1.",
+        "",
+        *results_table(cases, timings),
+        "",
+        "### Plans",
+        "",
+        "EXPLAIN (ANALYZE, BUFFERS) of the SQL the search layer builds for the first value of each search"
+        " (`parse_request` + `page_query`, `include_sql` for includes; bound like the store binds it, second"
+        " run), trimmed to node lines (estimated cost removed). The server's asyncpg statements are prepared,"
+        " so after five executions PostgreSQL may switch to the generic plan: its time is given, and the plan"
+        " when its shape differs.",
+        "",
+        *plan_section(found),
+    ]
+    return "\n".join(lines)
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--database-url", default=DATABASE_URL, help=f"dropped and created again ({DATABASE_URL})")
+    p.add_argument("--keep", action="store_true", help="reuse the loaded database: skip loading")
+    p.add_argument("--synthea", type=Path, default=SYNTHEA, help=f"Synthea folder ({SYNTHEA})")
+    p.add_argument("--min-resources", type=int, default=100_000, help="copy the data until this many (100000)")
+    p.add_argument("--reps", type=int, default=60, help="timed requests per case and round (60)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of all cases; medians are reported (3)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed requests per case and round (5)")
+    p.add_argument("--seed", type=int, default=1, help="seed for picking values")
+    p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    args = p.parse_args(argv)
+    if args.reps < 50:
+        p.error("--reps must be at least 50")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now(UTC)
+    work = Path(tempfile.mkdtemp(prefix="ehrs-", dir="/tmp"))
+    code = snapshot_code(work / "code")
+    sys.path.insert(0, str(work / "code"))  # plans come from the same code the server runs
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ":".join(filter(None, [str(work / "code"), env.get("PYTHONPATH")]))
+    env["EHR_DATABASE_URL"] = args.database_url
+    server: Served | None = None
+    try:
+        figures = None if args.keep else load(args, env, work)
+        data = asyncio.run(describe(args.database_url))
+        cases = asyncio.run(pick_values(args.database_url, args.reps, args.seed))
+        port = free_port()
+        cmd = ["ehr", "serve", *opts(host="127.0.0.1", port=port, data_dir=work / "serve")]
+        cmd += opts(workers=1, log_level="warning")
+        server = Served("ehr serve", cmd, env, work / "server.log")
+        server.start()
+        timings = {c.key: Timing() for c in cases}
+        cursors: dict[str, str] = {}
+        base = f"http://127.0.0.1:{port}{PREFIX}/"
+        headers = {"Accept": "application/fhir+json"}
+        with httpx.Client(base_url=base, headers=headers, trust_env=False, timeout=120) as client:
+            for case in cases:
+                count_matches(client, case, timings[case.key])
+            for r in range(args.rounds):
+                for case in cases:
+                    run_case(client, case, args.warmup, timings[case.key])
+                    t = timings[case.key]
+                    print(
+                        f"round {r + 1} {case.key:15} p50 {statistics.median(t.rounds[-1][0]):8.1f} ms"
+                        f"  p99 {percentile(t.rounds[-1][0], 99):8.1f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            for case in cases:
+                if case.pages > 1:  # the cursor of the last page, for its plan
+                    following: str | None = case.urls[0]
+                    for _ in range(case.pages - 1):
+                        assert following is not None
+                        following = get(client, following).next_url
+                    assert following is not None
+                    cursors[case.key] = following.removeprefix(base)
+        server.stop()
+        server = None
+        found = asyncio.run(plans(args.database_url, cases, cursors))
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    text = report(args, started, code, figures, data, cases, timings, found)
+    print(text)
+    if not args.no_results:
+        with RESULTS.open("a") as f:
+            f.write("\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

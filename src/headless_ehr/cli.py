@@ -26,14 +26,19 @@ def app_from_env():  # used as a uvicorn factory by worker processes
 
 
 def open_database(args: argparse.Namespace) -> tuple[Settings, EmbeddedPostgres | None, str]:
-    """Settings with a database URL: EHR_DATABASE_URL, or an embedded server started now."""
-    from .db.embedded import EmbeddedPostgres
+    """Settings with a database URL: EHR_DATABASE_URL, or an embedded server started now
+    (exits with a message when that cannot start)."""
+    from .db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
     settings = Settings.from_env(data_dir=Path(args.data_dir) if args.data_dir else None)
     if settings.database_url:
         return settings, None, "PostgreSQL from EHR_DATABASE_URL"
-    embedded = EmbeddedPostgres(settings.data_dir)
-    dsn = embedded.start()
+    try:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        dsn = embedded.start()
+    except EmbeddedPostgresError as exc:
+        print(f"ehr: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     os.environ["EHR_DATABASE_URL"] = dsn  # worker processes read it
     settings = Settings.from_env(data_dir=settings.data_dir)
     return settings, embedded, f"embedded PostgreSQL in {embedded.pgdata} ({embedded.source})"
@@ -42,13 +47,7 @@ def open_database(args: argparse.Namespace) -> tuple[Settings, EmbeddedPostgres 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .db.embedded import EmbeddedPostgresError
-
-    try:
-        settings, embedded, where = open_database(args)
-    except EmbeddedPostgresError as exc:
-        print(f"ehr: {exc}", file=sys.stderr)
-        return 1
+    settings, embedded, where = open_database(args)
     print(
         f"ehr {__version__}: FHIR API at http://{args.host}:{args.port}{settings.base_path} using {where}",
         flush=True,
@@ -96,13 +95,8 @@ def _exit_quietly(signum: int, frame: object) -> None:
 
 def import_files(args: argparse.Namespace) -> int:
     from .bulk.cli import run_import
-    from .db.embedded import EmbeddedPostgresError
 
-    try:
-        settings, embedded, where = open_database(args)
-    except EmbeddedPostgresError as exc:
-        print(f"ehr: {exc}", file=sys.stderr)
-        return 1
+    settings, embedded, where = open_database(args)
     print(f"importing into {where}", flush=True)
     signal.signal(signal.SIGTERM, _exit_quietly)
     try:

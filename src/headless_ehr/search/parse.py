@@ -69,25 +69,11 @@ class Clause:
 
 def split_or(value: str) -> list[str]:
     """Split on unescaped commas, keeping escapes (`\\,` `\\|` `\\$`) for later steps."""
-    parts, cur, i = [], [], 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\" and i + 1 < len(value):
-            cur.append(value[i : i + 2])
-            i += 2
-            continue
-        if ch == ",":
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
-    return parts
+    return split_unescaped(value, ",")
 
 
 def split_unescaped(value: str, sep: str) -> list[str]:
-    """Split on unescaped `sep` (| or $), keeping escapes."""
+    """Split on unescaped `sep` (`,` `|` or `$`), keeping escapes."""
     parts, cur, i = [], [], 0
     while i < len(value):
         ch = value[i]

@@ -30,20 +30,6 @@ REGISTRY_POLL_SECONDS = 2.0
 BATCH = 200
 STALE_JOB_SECONDS = 60
 
-# Rewrite the index rows of one resource, only if it is still at the version read.
-REINDEX_RESOURCE = (
-    """
-WITH cur AS (
-    SELECT 1 FROM resource
-    WHERE resource_type = $1 AND id = $2 AND version_id = $3::integer AND NOT deleted
-      AND $4::timestamptz IS NOT NULL AND $6::text IS NOT NULL
-    FOR UPDATE
-)"""
-    + sql.DELETE_INDEX
-    + sql.INSERT_INDEX
-    + "\nSELECT count(*) FROM cur"
-)
-
 
 async def load_registry(db: asyncpg.Pool | asyncpg.Connection) -> None:
     """Install the registered custom SearchParameters in this process if they changed."""
@@ -69,9 +55,9 @@ async def reindex_resource(db: asyncpg.Pool | asyncpg.Connection, resource_type:
     row = await db.fetchrow(sql.READ_CURRENT, resource_type, rid)
     if row is None or row[2] is None:
         return False
-    rows = extract(fhir_json.loads(row[2]))
-    args = [resource_type, rid, row[0], row[1], row[2], "REINDEX", *index_args(rows)]
-    return bool(await db.fetchval(REINDEX_RESOURCE, *args))
+    mask, index = index_args(extract(fhir_json.loads(row[2])))
+    args = [resource_type, rid, row[0], row[1], row[2], "REINDEX", *index]
+    return bool(await db.fetchval(sql.write_statement("reindex", mask), *args))
 
 
 async def _register_search_parameters(conn: asyncpg.Connection) -> list[str]:

@@ -80,16 +80,20 @@ def with_meta(resource: Resource, rid: str, version: int, ts: datetime) -> Resou
     return out
 
 
-def index_args(rows: IndexRows) -> list[object]:
-    """The write statement's index parameters: one array per column of each table."""
+def index_args(rows: IndexRows) -> tuple[sql.Mask, list[object]]:
+    """Which index tables get rows, and the write statement's index parameters for
+    them: one array per column of each such table, then the two full-text inputs."""
+    mask: list[bool] = []
     args: list[object] = []
     for field, _table, columns in sql.INDEX_TABLES:
         table_rows = getattr(rows, field)
-        for i in range(len(columns)):
-            args.append([row[i] for row in table_rows])
+        mask.append(bool(table_rows))
+        if table_rows:
+            for i in range(len(columns)):
+                args.append([row[i] for row in table_rows])
     args.append(rows.narrative)
     args.append(rows.content)
-    return args
+    return tuple(mask), args
 
 
 class ResourceStore:
@@ -169,11 +173,12 @@ class ResourceStore:
         else:
             final = with_meta(resource, rid, version, ts)
             content, rows = fhir_json.dumps(final), extract(final)
-        args = [resource_type, rid, version, ts, content, method, *index_args(rows)]
+        mask, index = index_args(rows)
+        args = [resource_type, rid, version, ts, content, method, *index]
         if previous is None:
-            changed = await self._db.fetchval(sql.INSERT_RESOURCE, *args)
+            changed = await self._db.fetchval(sql.write_statement("insert", mask), *args)
         else:
-            changed = await self._db.fetchval(sql.UPDATE_RESOURCE, *args, previous)
+            changed = await self._db.fetchval(sql.write_statement("update", mask), *args, previous)
         if not changed:
             return None
         return StoredResource(resource_type, rid, version, ts, content, method)

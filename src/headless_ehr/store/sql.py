@@ -3,10 +3,13 @@
 Data-modifying CTEs share one snapshot: the history row, the outbox row and the
 search index rows are written only when the `cur` step changed the resource row,
 all atomically. Index rows travel as one array per column (unnest), so the number
-of rows never changes the statement text and its prepared plan is reused.
+of rows never changes the statement text; tables without rows are left out, and
+each shape of statement is prepared once per connection.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 # (table, [(column, SQL type)]) for the typed index tables, in IndexRows field order.
 INDEX_TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
@@ -52,76 +55,84 @@ INDEX_TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("composite", "search_composite", [("param", "text"), ("components", "jsonb")]),
 ]
 FIXED_ARGS = 6  # $1 type, $2 id, $3 version, $4 last_updated, $5 content, $6 method
+Mask = tuple[bool, ...]  # which index tables get rows, in INDEX_TABLES order
 
 
-def _index_ctes() -> tuple[str, str, int]:
-    """(insert CTEs, delete CTEs, number of the next free parameter)."""
+def _inserts(mask: Mask) -> tuple[str, int]:
+    """Insert CTEs for the tables in mask (empty ones are left out of the statement)
+    and the text index; returns them and the number of the next free parameter."""
     n = FIXED_ARGS + 1
-    inserts, deletes = [], []
-    for field, table, columns in INDEX_TABLES:
+    ctes = []
+    for used, (field, table, columns) in zip(mask, INDEX_TABLES, strict=True):
+        if not used:
+            continue
         names = ", ".join(c for c, _ in columns)
         arrays = ", ".join(f"${n + i}::{t}[]" for i, (_, t) in enumerate(columns))
         aliases = ", ".join(f"c{i}" for i in range(len(columns)))
-        inserts.append(
+        ctes.append(
             f", ins_{field} AS (INSERT INTO {table} (resource_type, resource_id, {names})"
             f" SELECT $1, $2, {aliases} FROM cur, unnest({arrays}) AS t({aliases}))"
         )
-        deletes.append(
-            f", del_{field} AS (DELETE FROM {table}"
-            f" WHERE resource_type = $1 AND resource_id = $2 AND EXISTS (SELECT 1 FROM cur))"
-        )
         n += len(columns)
-    narrative, content = n, n + 1
-    inserts.append(
+    ctes.append(
         f", ins_text AS (INSERT INTO search_text (resource_type, resource_id, narrative, content)"
-        f" SELECT $1, $2, to_tsvector('simple', ${narrative}::text), to_tsvector('simple', ${content}::text)"
+        f" SELECT $1, $2, to_tsvector('simple', ${n}::text), to_tsvector('simple', ${n + 1}::text)"
         f" FROM cur WHERE $5::bytea IS NOT NULL"
         f" ON CONFLICT (resource_type, resource_id) DO UPDATE"
         f" SET narrative = EXCLUDED.narrative, content = EXCLUDED.content)"
     )
-    deletes.append(
-        ", del_text AS (DELETE FROM search_text WHERE resource_type = $1 AND resource_id = $2"
-        " AND $5::bytea IS NULL AND EXISTS (SELECT 1 FROM cur))"
-    )
-    return "".join(inserts), "".join(deletes), content + 1
+    return "".join(ctes), n + 2
 
 
-INSERT_INDEX, DELETE_INDEX, PREVIOUS_ARG = _index_ctes()
+# Deleting a version's rows: every table, since the old version's rows are not known.
+_DELETES = "".join(
+    f", del_{field} AS (DELETE FROM {table}"
+    f" WHERE resource_type = $1 AND resource_id = $2 AND EXISTS (SELECT 1 FROM cur))"
+    for field, table, _ in INDEX_TABLES
+) + (
+    ", del_text AS (DELETE FROM search_text WHERE resource_type = $1 AND resource_id = $2"
+    " AND $5::bytea IS NULL AND EXISTS (SELECT 1 FROM cur))"
+)
 
-_FOLLOW_UP = (
-    """
+_HISTORY_AND_OUTBOX = """
 , hist AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, content)
     SELECT $1, $2, $3, $4, $6, $5 FROM cur
 ), ob AS (
     INSERT INTO outbox (resource_type, id, version_id, method) SELECT $1, $2, $3, $6 FROM cur
 )"""
-    + INSERT_INDEX
-    + "\nSELECT count(*) FROM cur"
-)
 
-INSERT_RESOURCE = (
+
+@cache
+def write_statement(kind: str, mask: Mask) -> str:
+    """The one statement of a write.
+
+    insert: a new resource (version 1, or a client id); update: replace the version
+    given as the last parameter; reindex: rewrite the index rows of the version in $3.
     """
-WITH cur AS (
-    INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)
-    VALUES ($1, $2, $3, $4, $5::bytea IS NULL, $5::bytea)
-    ON CONFLICT (resource_type, id) DO NOTHING
-    RETURNING 1
-)"""
-    + _FOLLOW_UP
-)
+    inserts, last = _inserts(mask)
+    if kind == "insert":
+        head = (
+            "WITH cur AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)"
+            " VALUES ($1, $2, $3, $4, $5::bytea IS NULL, $5::bytea)"
+            " ON CONFLICT (resource_type, id) DO NOTHING RETURNING 1)"
+        )
+        return head + _HISTORY_AND_OUTBOX + inserts + "\nSELECT count(*) FROM cur"
+    if kind == "update":
+        head = (
+            "WITH cur AS (UPDATE resource"
+            " SET version_id = $3, last_updated = $4, deleted = $5::bytea IS NULL, content = $5::bytea"
+            f" WHERE resource_type = $1 AND id = $2 AND version_id = ${last} RETURNING 1)"
+        )
+        return head + _DELETES + _HISTORY_AND_OUTBOX + inserts + "\nSELECT count(*) FROM cur"
+    assert kind == "reindex"
+    head = (
+        "WITH cur AS (SELECT 1 FROM resource"
+        " WHERE resource_type = $1 AND id = $2 AND version_id = $3::integer AND NOT deleted"
+        " AND $4::timestamptz IS NOT NULL AND $6::text IS NOT NULL FOR UPDATE)"
+    )
+    return head + _DELETES + inserts + "\nSELECT count(*) FROM cur"
 
-UPDATE_RESOURCE = (
-    f"""
-WITH cur AS (
-    UPDATE resource
-    SET version_id = $3, last_updated = $4, deleted = $5::bytea IS NULL, content = $5::bytea
-    WHERE resource_type = $1 AND id = $2 AND version_id = ${PREVIOUS_ARG}
-    RETURNING 1
-)"""
-    + DELETE_INDEX
-    + _FOLLOW_UP
-)
 
 READ_CURRENT = """
 SELECT version_id, last_updated, content FROM resource WHERE resource_type = $1 AND id = $2

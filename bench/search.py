@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -346,7 +347,7 @@ async def pick_values(url: str, n: int, seed: int) -> list[Case]:
         ),
         Case(
             "paging",
-            "Observation?code=http://loinc.org|<code>&_count=50, pages 1..5 via `next`",
+            "Observation?code=http://loinc.org|<code>&_count=50, pages 1..5 following next",
             f"the {len(pages_codes)} LOINC codes with > {PAGES * 50} Observations",
             ANY_MS,
             [_url("Observation", [("code", loinc + c), ("_count", "50")]) for c in some(pages_codes)],
@@ -391,13 +392,25 @@ class Timing:
     matches: list[int] = field(default_factory=list)
     included: list[int] = field(default_factory=list)
     totals: list[int] = field(default_factory=list)
+    by_url: dict[str, list[float]] = field(default_factory=dict)  # page 1 latencies per value
+
+    def _ranked(self) -> list[str]:
+        return sorted(self.by_url, key=lambda u: statistics.median(self.by_url[u]))
+
+    def median_url(self) -> str:
+        """The value whose median latency is the median: the one behind the p50."""
+        ranked = self._ranked()
+        return ranked[(len(ranked) - 1) // 2]
+
+    def slowest_url(self) -> str:
+        return self._ranked()[-1]
 
     def stat(self, page: int, q: float) -> float:
         """Median over rounds of the round's percentile q."""
         return statistics.median(percentile(r[page], q) for r in self.rounds)
 
     def spread(self, page: int) -> str:
-        p50s = [statistics.median(r[page]) for r in self.rounds]
+        p50s = [percentile(r[page], 50) for r in self.rounds]
         return f"{min(p50s):.1f}-{max(p50s):.1f}"
 
 
@@ -412,6 +425,7 @@ def run_case(client: httpx.Client, case: Case, warmup: int, timing: Timing) -> N
             answer = get(client, following)
             pages[page].append(answer.ms)
             if page == 0:
+                timing.by_url.setdefault(url, []).append(answer.ms)
                 timing.matches.append(answer.matches)
                 timing.included.append(answer.included)
             following = answer.next_url
@@ -432,6 +446,36 @@ class Ref(NamedTuple):
     id: str
 
 
+class Statement(NamedTuple):
+    what: str  # "page 1", "_revinclude=Observation:encounter", ...
+    sql: str
+    args: list[object]
+
+
+async def statements(conn: asyncpg.Connection, target: str, what: str) -> list[Statement]:
+    """The SQL the store runs for one search URL, built as ResourceStore.search builds it:
+    parse_request and page_query, then include_sql per include over the page's rows."""
+    from headless_ehr.search.query import include_sql, page_query, parse_request
+    from headless_ehr.search.sql import SqlBuilder
+
+    path, _, query = target.partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    cursor = next((v for k, v in params if k == "_cursor"), None)
+    params = [(k, v) for k, v in params if k != "_cursor"]
+    request = parse_request([path], params, strict=False, default_count=20, max_count=1000)
+    b = SqlBuilder()
+    page = page_query(request, cursor, None, b)
+    out = [Statement(what, page.sql, page.args)]
+    rows = (await conn.fetch(page.sql, *page.args))[: request.count]
+    for inc in request.includes:
+        ib = SqlBuilder()
+        sql = include_sql(ib, inc, [Ref(r[0], r[1]) for r in rows])
+        if sql is not None:
+            name = f"{'_revinclude' if inc.reverse else '_include'}={inc.source_type}:{inc.param}"
+            out.append(Statement(name, sql, ib.args))
+    return out
+
+
 _COST = re.compile(r"\s*\(cost=[^)]*\)")
 _KEEP = ("->", "SubPlan", "InitPlan", "Sort Method", "Rows Removed", "Planning Time", "Execution Time")
 
@@ -447,72 +491,83 @@ def trim(lines: list[str]) -> list[str]:
 
 
 def _shape(lines: list[str]) -> list[str]:
-    return [re.sub(r"\s*\(actual.*", "", ln) for ln in lines if "->" in ln or ln is lines[0]]
-
-
-@dataclass
-class Plan:
-    case: str
-    what: str
-    sql: str
-    custom: list[str]
-    generic_ms: float
-    generic: list[str] | None  # only when the generic plan has another shape
-
-
-async def explain(conn: asyncpg.Connection, sql: str, args: list[object]) -> list[str]:
-    statement = "EXPLAIN (ANALYZE, BUFFERS) " + sql
-    await conn.fetch(statement, *args)  # warm the cache as the timed requests did
-    return [r[0] for r in await conn.fetch(statement, *args)]
+    return [re.sub(r"\s*\((cost|actual)=.*", "", ln) for ln in lines if "->" in ln or ln is lines[0]]
 
 
 def _exec_ms(lines: list[str]) -> float:
     return float(next(ln for ln in lines if "Execution Time" in ln).split(":")[1].split()[0])
 
 
-async def plan_both(conn: asyncpg.Connection, case: str, what: str, sql: str, args: list[object]) -> Plan:
-    """The custom plan for these values, and whether the generic plan (which the server's
-    prepared statements may switch to after five executions) differs."""
-    custom = await explain(conn, sql, args)
-    await conn.execute("SET plan_cache_mode = force_generic_plan")
+def literal(value: object) -> str:
+    """value as an SQL literal, for EXECUTE of a PREPAREd statement."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return literal(value.isoformat())
+    if isinstance(value, list):
+        return "ARRAY[" + ", ".join(literal(v) for v in value) + "]" if value else "'{}'"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+@dataclass
+class Plan:
+    case: str
+    url: str
+    what: str
+    custom: list[str]
+    cached_ms: float | None  # the 6th execution of a prepared statement, as the server's
+    cached: list[str] | None  # its plan, when its shape differs from the custom plan
+
+
+async def explain(conn: asyncpg.Connection, case: str, url: str, st: Statement, others: list[Statement]) -> Plan:
+    """EXPLAIN (ANALYZE, BUFFERS) with the bind arguments (second run: warm cache). Then the
+    plan a prepared statement settles on, as the server's asyncpg statements are: PREPARE,
+    EXECUTE five other values of the case, EXPLAIN EXECUTE this one (PostgreSQL may switch
+    to a generic plan from the sixth execution)."""
+    command = "EXPLAIN (ANALYZE, BUFFERS) " + st.sql
+    await conn.fetch(command, *st.args)
+    custom = [r[0] for r in await conn.fetch(command, *st.args)]
+    same = [o for o in others if o.sql == st.sql][:5]
+    if len(same) < 5:
+        return Plan(case, url, st.what, trim(custom), None, None)
+    await conn.execute(f"PREPARE bench_q AS {st.sql}")
     try:
-        generic = await explain(conn, sql, args)
+        for other in same:
+            await conn.fetch(f"EXECUTE bench_q({', '.join(literal(a) for a in other.args)})")
+        run = f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_q({', '.join(literal(a) for a in st.args)})"
+        cached = [r[0] for r in await conn.fetch(run)]
     finally:
-        await conn.execute("RESET plan_cache_mode")
-    other = trim(generic) if _shape(generic) != _shape(custom) else None
-    return Plan(case, what, sql, trim(custom), _exec_ms(generic), other)
+        await conn.execute("DEALLOCATE bench_q")
+    other_shape = trim(cached) if _shape(cached) != _shape(custom) else None
+    return Plan(case, url, st.what, trim(custom), _exec_ms(cached), other_shape)
 
 
-async def plans(url: str, cases: list[Case], cursors: dict[str, str]) -> list[Plan]:
-    """EXPLAIN the SQL the search layer builds for the first URL of each case, as
-    ResourceStore.search does: parse_request, page_query, then include_sql per include."""
-    from headless_ehr.search.query import include_sql, page_query, parse_request
-    from headless_ehr.search.sql import SqlBuilder
-
+async def plans(url: str, cases: list[Case], timings: dict[str, Timing], cursors: dict[str, str]) -> list[Plan]:
+    """Plans of each case's median-latency value (page 1, and for paging the last page);
+    for a case that misses its target also of its slowest value."""
     out: list[Plan] = []
     conn = await asyncpg.connect(url)
     try:
         for case in cases:
-            todo = [("page 1", case.urls[0])]
-            if case.key in cursors:
-                todo.append((f"page {case.pages}", cursors[case.key]))
-            for what, target in todo:
-                path, _, query = target.partition("?")
-                rtype = path.rsplit("/", 1)[-1]
-                params = parse_qsl(query, keep_blank_values=True)
-                cursor = next((v for k, v in params if k == "_cursor"), None)
-                params = [(k, v) for k, v in params if k != "_cursor"]
-                request = parse_request([rtype], params, strict=False, default_count=20, max_count=1000)
-                b = SqlBuilder()
-                page = page_query(request, cursor, None, b)
-                out.append(await plan_both(conn, case.key, what, page.sql, page.args))
-                rows = (await conn.fetch(page.sql, *page.args))[: request.count]
-                for inc in request.includes:
-                    ib = SqlBuilder()
-                    sql = include_sql(ib, inc, [Ref(r[0], r[1]) for r in rows])
-                    if sql is not None:
-                        name = f"{'_revinclude' if inc.reverse else '_include'}={inc.source_type}:{inc.param}"
-                        out.append(await plan_both(conn, case.key, name, sql, ib.args))
+            t = timings[case.key]
+            picks = [("median value", t.median_url())]
+            if t.stat(0, 50) > case.target_ms and t.slowest_url() != picks[0][1]:
+                picks.append(("slowest value", t.slowest_url()))
+            for label, target in picks:
+                others: list[Statement] = []
+                for other in [u for u in dict.fromkeys(case.urls) if u != target][:5] or [target] * 5:
+                    others += await statements(conn, other, "")
+                todo = [(f"page 1, {label}", target)]
+                if case.key in cursors and label == "median value":
+                    todo.append((f"page {case.pages}", cursors[case.key]))
+                for what, page_url in todo:
+                    for st in await statements(conn, page_url, what):
+                        name = st.what if st.what == what else f"{what}: {st.what}"
+                        out.append(await explain(conn, case.key, page_url, st._replace(what=name), others))
     finally:
         await conn.close()
     return out
@@ -528,6 +583,10 @@ def _median_int(values: list[int]) -> str:
     return f"{mid:,.0f}" if min(values) == max(values) else f"{mid:,.0f} ({min(values):,}-{max(values):,})"
 
 
+def _nth(k: int) -> str:
+    return "slowest" if k == 1 else f"{k}th slowest" if k > 3 else ("2nd", "3rd")[k - 2] + " slowest"
+
+
 def verdict(p50: float, target: float) -> str:
     return f"≤ {target:g}: {'meets' if p50 <= target else '**MISSES**'}"
 
@@ -541,7 +600,7 @@ def results_table(cases: list[Case], timings: dict[str, Timing]) -> list[str]:
         t = timings[case.key]
         entries = f"{_median_int(t.matches)} + {_median_int(t.included)}"
         for page in range(case.pages):
-            label = case.label if case.pages == 1 else f"{case.label}: page {page + 1}"
+            label = (case.label if case.pages == 1 else f"{case.label}: page {page + 1}").replace("|", "\\|")
             p50 = t.stat(page, 50)
             target = verdict(p50, case.target_ms)
             if page:
@@ -558,10 +617,14 @@ def results_table(cases: list[Case], timings: dict[str, Timing]) -> list[str]:
 def plan_section(found: list[Plan]) -> list[str]:
     out: list[str] = []
     for p in found:
-        out += [f"#### {p.case}: {p.what}", "", "```"]
+        out += [f"#### {p.case}, {p.what}", "", f"`{p.url}`", "", "```"]
         out += p.custom
-        out.append(f"(generic plan: {p.generic_ms:.1f} ms" + (", another shape:)" if p.generic else ", same shape)"))
-        out += p.generic or []
+        if p.cached_ms is None:
+            out.append("(prepared-statement check not run for this statement)")
+        elif p.cached is None:
+            out.append(f"(prepared statement, 6th execution: same plan, {p.cached_ms:.1f} ms)")
+        else:
+            out += [f"(prepared statement, 6th execution: another plan, {p.cached_ms:.1f} ms:)", *p.cached]
         out += ["```", ""]
     return out
 
@@ -581,10 +644,10 @@ def report(
         loaded = "- load: skipped (`--keep`: the database was loaded by an earlier run)"
     else:
         loaded = (
-            f"- load: {figures.copies} copies written as gzipped Bundles in {figures.prepare_s:.1f} s; `ehr import`"
-            f" (concurrency 3) loaded {figures.loaded} resources in {figures.import_s:.1f} s wall clock (process"
-            f" start and migrations included), reporting **{figures.reported_rate} resources/s**;"
-            f" {figures.failures} failures"
+            f"- load: {figures.copies} copies written as gzipped Bundles in {figures.prepare_s:.1f} s;"
+            f" `ehr import FOLDER` (default options) loaded {figures.loaded} resources in {figures.import_s:.1f} s"
+            f" wall clock (process start and migrations included) and reported **{figures.reported_rate}"
+            f" resources/s**; {figures.failures} failures"
         )
     lines = [
         f"## {started:%Y-%m-%d %H:%M} UTC: search latency, {data.resources:,} resources, PostgreSQL {data.pg_version}",
@@ -600,7 +663,9 @@ def report(
         f"- then `VACUUM (ANALYZE)`: {data.analyze_s:.1f} s",
         f"- timing: httpx, one connection, sequential; per case {args.warmup} warm-up requests, then"
         f" {args.reps} requests over its values; {args.rounds} rounds of all cases; p50/p99 are the medians over"
-        " rounds of each round's percentile (nearest rank), 'p50 per round' their range",
+        " rounds of each round's percentile (nearest rank: with"
+        f" {args.reps} requests the p99 is a round's {_nth(args.reps - math.ceil(0.99 * args.reps) + 1)}),"
+        " 'p50 per round' the range of the rounds' p50",
         "- matches: `Bundle.total` of the same search with `_summary=count` per distinct value (median, range);"
         " entries: median per response (for paging: page 1)",
         "",
@@ -611,12 +676,13 @@ def report(
         "",
         "### Plans",
         "",
-        "EXPLAIN (ANALYZE, BUFFERS) of the SQL the search layer builds for the first value of each search"
-        " (`parse_request` + `page_query`, `include_sql` for includes; bound like the store binds it, second"
-        " run), trimmed to node lines (estimated cost removed). The server's asyncpg statements are prepared,"
-        " so after five executions PostgreSQL may switch to the generic plan: its time is given, and the plan"
-        " when its shape differs.",
-        "",
+        "EXPLAIN (ANALYZE, BUFFERS) of the SQL the search layer builds (`parse_request` + `page_query`, and"
+        " `include_sql` over the page's rows), run through asyncpg with the same bind arguments (second run,"
+        " warm cache), for the value whose latency was the case's median and, for a case that misses its"
+        " target, its slowest value. Trimmed to node lines, estimated costs removed. The server's statements"
+        " are prepared and PostgreSQL may switch a prepared statement to a generic plan from its sixth"
+        " execution, so each page-1 statement is also PREPAREd, EXECUTEd with five other values of the case and"
+        " then EXPLAIN EXECUTEd with this one; its plan is shown when it differs.",
         *plan_section(found),
     ]
     return "\n".join(lines)
@@ -635,6 +701,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds of all cases; medians are reported (3)")
     p.add_argument("--warmup", type=int, default=5, help="untimed requests per case and round (5)")
     p.add_argument("--seed", type=int, default=1, help="seed for picking values")
+    p.add_argument("--cases", type=lambda t: [x for x in t.split(",") if x], help="only these, e.g. name,paging")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args(argv)
     if args.reps < 50:
@@ -656,6 +723,10 @@ def main(argv: list[str] | None = None) -> int:
         figures = None if args.keep else load(args, env, work)
         data = asyncio.run(describe(args.database_url))
         cases = asyncio.run(pick_values(args.database_url, args.reps, args.seed))
+        unknown = set(args.cases or []) - {c.key for c in cases}
+        if unknown:
+            raise SystemExit(f"unknown case(s) {sorted(unknown)}; cases: {', '.join(c.key for c in cases)}")
+        cases = [c for c in cases if args.cases is None or c.key in args.cases]
         port = free_port()
         cmd = ["ehr", "serve", *opts(host="127.0.0.1", port=port, data_dir=work / "serve")]
         cmd += opts(workers=1, log_level="warning")
@@ -680,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             for case in cases:
                 if case.pages > 1:  # the cursor of the last page, for its plan
-                    following: str | None = case.urls[0]
+                    following: str | None = timings[case.key].median_url()
                     for _ in range(case.pages - 1):
                         assert following is not None
                         following = get(client, following).next_url
@@ -688,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
                     cursors[case.key] = following.removeprefix(base)
         server.stop()
         server = None
-        found = asyncio.run(plans(args.database_url, cases, cursors))
+        found = asyncio.run(plans(args.database_url, cases, timings, cursors))
     finally:
         if server is not None:
             server.stop()

@@ -6,6 +6,7 @@ search logic lives here and data access checks live in one place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -16,7 +17,7 @@ from ..fhir.outcome import FhirError, Issue
 from .paging import decode_cursor, encode_cursor
 from .parse import Clause, Parser
 from .registry import search_params
-from .sql import ANY_TYPE, TABLES, SqlBuilder, clause_sql
+from .sql import ANY_TYPE, TABLES, SqlBuilder, clause_sql, driver_sql
 
 SUMMARY_VALUES = frozenset({"true", "false", "text", "data", "count"})
 TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
@@ -237,30 +238,75 @@ class PageQuery:
     backwards: bool
 
 
-def page_query(request: SearchRequest, cursor: str | None, restriction: str | None, b: SqlBuilder) -> PageQuery:
-    """SELECT of one page (count + 1 rows, to know whether another page follows).
+Restrict = Callable[[str], str]  # alias -> an extra predicate on it (access control)
 
-    restriction is an extra predicate over alias r (access control), already bound in b.
-    """
+
+def _cursor_values(cursor: str, keys: list[SortKey]) -> tuple[list[Any], bool]:
+    state = decode_cursor(cursor)
+    if not isinstance(state, dict) or not isinstance(state.get("k"), list) or len(state["k"]) != len(keys):
+        raise FhirError.of(400, "invalid", "the paging cursor does not fit this search")
+    try:
+        values = [_from_json(v, k.kind) for v, k in zip(state["k"], keys, strict=True)]
+    except (TypeError, ValueError, ArithmeticError):
+        raise FhirError.of(400, "invalid", "malformed paging cursor") from None
+    return values, state.get("d") == "p"
+
+
+def _driven_page(
+    request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder
+) -> PageQuery | None:
+    """A page in id order whose ids come straight from the index of its most
+    selective-looking clause: the other clauses are checked on those ids, and only
+    the page's own rows are read from `resource` (deleted resources have no index
+    rows, so none is lost). None when the search does not have that shape."""
+    if request.sort or len(request.resource_types) != 1 or request.resource_types[0] == ANY_TYPE:
+        return None
+    rtype = request.resource_types[0]
+    clauses = request.clauses[rtype]
+    if any(c.param is None and c.name.split(":")[0] == "_lastUpdated" for c in clauses):
+        return None  # needs the resource row itself
+    driver = driving = None
+    for i, clause in enumerate(clauses):
+        driver = driver_sql(b, clause, rtype)
+        if driver is not None:
+            driving = i
+            break
+    if driver is None:
+        return None
+    conds = [clause_sql(b, c, rtype, "q") for i, c in enumerate(clauses) if i != driving]
+    if restrict is not None:
+        conds.append(restrict("q"))
+    backwards = False
+    if cursor:
+        values, backwards = _cursor_values(cursor, [SortKey("_id", False, "id")])
+        conds.append(_after(b, ["q.id"], [SortKey("_id", False, "id")], values, backwards))
+    order = "DESC" if backwards else "ASC"
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    sql = (
+        f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE r.resource_type = {b.arg(rtype)} AND NOT r.deleted"
+        f" AND r.id IN (SELECT q.id FROM ({driver}) q{where} ORDER BY q.id {order} LIMIT {request.count + 1})"
+        f" ORDER BY r.id {order}"
+    )
+    return PageQuery(sql, b.args, 0, backwards)
+
+
+def page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder) -> PageQuery:
+    """SELECT of one page (count + 1 rows, to know whether another page follows)."""
+    driven = _driven_page(request, cursor, restrict, b)
+    if driven is not None:
+        return driven
     keys = [*request.sort, SortKey("_id", False, "id")]
     if len(request.resource_types) > 1 or request.resource_types == [ANY_TYPE]:  # ids are unique per type only
         keys.insert(len(request.sort), SortKey("_type", False, "type"))
     exprs = [_sort_expr(b, k, request, "r") for k in keys[:-1]]
     where = filter_sql(b, request)
-    if restriction:
-        where += f" AND ({restriction})"
+    if restrict is not None:
+        where += f" AND ({restrict('r')})"
     backwards = False
     outer = ""
     cols = [f"q.s{i}" for i in range(len(exprs))] + ["q.id"]
     if cursor:
-        state = decode_cursor(cursor)
-        if not isinstance(state, dict) or not isinstance(state.get("k"), list) or len(state["k"]) != len(keys):
-            raise FhirError.of(400, "invalid", "the paging cursor does not fit this search")
-        backwards = state.get("d") == "p"
-        try:
-            values = [_from_json(v, k.kind) for v, k in zip(state["k"], keys, strict=True)]
-        except (TypeError, ValueError, ArithmeticError):
-            raise FhirError.of(400, "invalid", "malformed paging cursor") from None
+        values, backwards = _cursor_values(cursor, keys)
         outer = " WHERE " + _after(b, cols, keys, values, backwards)
     directions = []
     for col, key in zip(cols, keys, strict=True):
@@ -286,10 +332,10 @@ def cursor_for(row: Any, request: SearchRequest, sort_count: int, backwards: boo
     return encode_cursor({"k": values, "d": "p" if backwards else "n"})
 
 
-def count_query(request: SearchRequest, restriction: str | None, b: SqlBuilder) -> str:
+def count_query(request: SearchRequest, restrict: Restrict | None, b: SqlBuilder) -> str:
     where = filter_sql(b, request)
-    if restriction:
-        where += f" AND ({restriction})"
+    if restrict is not None:
+        where += f" AND ({restrict('r')})"
     return f"SELECT count(*) FROM resource r WHERE {where}"
 
 

@@ -85,13 +85,36 @@ def clause_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
         return _of_type(b, clause, rtype, alias)
     table = TABLES[param.type]
     x = b.alias()
-    is_param = f"{x}.param = {b.arg(param.code)}"
     if clause.modifier == "missing":
+        is_param = f"{x}.param = {b.arg(param.code)}"
         return owned(b, alias, rtype, table, x, [is_param], negate=clause.values == ["true"])
-    ors = [_value_sql(b, param, clause.modifier, value, x) for value in clause.values]
-    predicate = "(" + " OR ".join(f"({o})" for o in ors) + ")"
     negate = param.type == "token" and clause.modifier == "not"
-    return owned(b, alias, rtype, table, x, [is_param, predicate], negate=negate)
+    return owned(b, alias, rtype, table, x, _match_conditions(b, clause, x), negate=negate)
+
+
+def _match_conditions(b: SqlBuilder, clause: Clause, x: str) -> list[str]:
+    """Conditions on index row x: of the clause's parameter, with one of its values."""
+    assert clause.param is not None
+    ors = [_value_sql(b, clause.param, clause.modifier, value, x) for value in clause.values]
+    return [f"{x}.param = {b.arg(clause.param.code)}", "(" + " OR ".join(f"({o})" for o in ors) + ")"]
+
+
+def driver_sql(b: SqlBuilder, clause: Clause, rtype: str) -> str | None:
+    """`SELECT DISTINCT resource_id AS id` of the resources a plain, positive clause
+    matches, straight from its index table; None for clauses that cannot drive a query
+    (chains, _has, :missing, :not, column parameters, type-less searches)."""
+    param = clause.param
+    if (
+        param is None
+        or rtype == ANY_TYPE
+        or clause.has is not None
+        or clause.chain is not None
+        or clause.modifier in ("missing", "not", "identifier", "of-type")
+    ):
+        return None
+    x = b.alias()
+    conditions = [f"{x}.resource_type = {b.arg(rtype)}", *_match_conditions(b, clause, x)]
+    return f"SELECT DISTINCT {x}.resource_id AS id FROM {TABLES[param.type]} {x} WHERE {' AND '.join(conditions)}"
 
 
 def _column_clause(b: SqlBuilder, clause: Clause, code: str, rtype: str, alias: str) -> str:

@@ -475,9 +475,7 @@ class ResourceStore:
             principal.require("search", rtype)
         request = parse_request(types, params, strict=strict, default_count=default_count, max_count=self.max_page_size)
         b = SqlBuilder()
-        restriction = None
-        if compartment is not None:
-            restriction = _per_type(types, lambda t: compartment_sql(b, compartment, t, "r"), b)
+        restriction = _compartment_restriction(types, compartment, b)
         total: int | None = None
         if request.summary == "count" or request.count == 0:  # R4: _count=0 is a count
             total = await self._db.fetchval(count_query(request, restriction, b), *b.args)
@@ -499,7 +497,7 @@ class ResourceStore:
                 total = len(entries)
             else:
                 cb = SqlBuilder()
-                cr = _per_type(types, lambda t: compartment_sql(cb, compartment, t, "r"), cb) if compartment else None
+                cr = _compartment_restriction(types, compartment, cb)
                 total = await self._db.fetchval(count_query(request, cr, cb), *cb.args)
         elif request.total == "estimate":
             total = await self._estimate(request, compartment, types)
@@ -508,7 +506,7 @@ class ResourceStore:
 
     async def _estimate(self, request: SearchRequest, compartment: Compartment | None, types: list[str]) -> int:
         b = SqlBuilder()
-        restriction = _per_type(types, lambda t: compartment_sql(b, compartment, t, "r"), b) if compartment else None
+        restriction = _compartment_restriction(types, compartment, b)
         plan = await self._db.fetchval(
             "EXPLAIN (FORMAT JSON) " + count_query(request, restriction, b).replace("count(*)", "1", 1),
             *b.args,
@@ -550,11 +548,21 @@ class ResourceStore:
         return found
 
 
-def _per_type(types: list[str], predicate: Callable[[str], str], b: SqlBuilder) -> str:
-    """One predicate per resource type, each applying only to rows of that type."""
-    if len(types) == 1:
-        return predicate(types[0])
-    return " OR ".join(f"(r.resource_type = {b.arg(t)} AND {predicate(t)})" for t in types)
+def _compartment_restriction(
+    types: list[str], compartment: Compartment | None, b: SqlBuilder
+) -> Callable[[str], str] | None:
+    """alias -> "the row is in the compartment" (for each of the searched types)."""
+    if compartment is None:
+        return None
+
+    def restrict(alias: str) -> str:
+        if len(types) == 1:
+            return compartment_sql(b, compartment, types[0], alias)
+        return " OR ".join(
+            f"({alias}.resource_type = {b.arg(t)} AND {compartment_sql(b, compartment, t, alias)})" for t in types
+        )
+
+    return restrict
 
 
 def _version_conflict(resource_type: str, rid: str, wanted: int, current: int | None) -> FhirError:

@@ -236,6 +236,9 @@ class PageQuery:
     args: list[object]
     sort_count: int
     backwards: bool
+    # run when `sql` returns too few rows: the rows with no sort value, which sort last
+    # (its LIMIT is the `{limit}` placeholder, filled with how many are still missing)
+    fill: tuple[str, list[object]] | None = None
 
 
 Restrict = Callable[[str], str]  # alias -> an extra predicate on it (access control)
@@ -290,11 +293,84 @@ def _driven_page(
     return PageQuery(sql, b.args, 0, backwards)
 
 
+_INDEX_SORT = {"date": None, "string": "value", "token": "code", "number": "value", "quantity": "value", "uri": "uri"}
+
+
+def _index_sorted_page(
+    request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder
+) -> PageQuery | None:
+    """A page of an unfiltered search sorted on one parameter, read from that
+    parameter's index in sort order (one row per resource: its extreme value), so the
+    cost is the page's, not the type's. Resources without a value follow (`fill`).
+    None when the search has filters (then the matches are few enough to sort), a
+    compartment, several sort keys, or is paging backwards."""
+    rtype = request.resource_types[0]
+    if (
+        len(request.sort) != 1
+        or len(request.resource_types) != 1
+        or rtype == ANY_TYPE
+        or request.clauses[rtype]
+        or restrict is not None
+    ):
+        return None
+    key = request.sort[0]
+    param = search_params(rtype).get(key.code)
+    if param is None or param.type not in _INDEX_SORT:
+        return None
+    keys = [key, SortKey("_id", False, "id")]
+    values: list[Any] = [None, None]
+    if cursor:
+        values, backwards = _cursor_values(cursor, keys)
+        if backwards:
+            return None
+    column = _INDEX_SORT[param.type] or ("high" if key.descending else "low")
+    table = TABLES[param.type]
+    p_type, p_code = b.arg(rtype), b.arg(param.code)
+    keep = ">" if key.descending else "<"  # no other row of the resource is further out
+    conds = [
+        f"x.resource_type = {p_type}",
+        f"x.param = {p_code}",
+        "NOT r.deleted",
+        f"NOT EXISTS (SELECT 1 FROM {table} y WHERE y.resource_type = x.resource_type AND y.param = x.param"
+        f" AND y.resource_id = x.resource_id AND (y.{column} {keep} x.{column}"
+        f" OR (y.{column} = x.{column} AND y.ctid > x.ctid)))",
+    ]
+    if cursor and values[0] is not None:
+        conds.append(_after(b, [f"x.{column}", "r.id"], keys, values, False))
+    limit = request.count + 1
+    if cursor and values[0] is None:
+        dated = None  # the cursor is already among the resources without a value
+    else:
+        dated = (
+            f"SELECT {_RESOURCE_COLUMNS}, x.{column} AS s0 FROM {table} x"
+            f" JOIN resource r ON r.resource_type = x.resource_type AND r.id = x.resource_id"
+            f" WHERE {' AND '.join(conds)}"
+            f" ORDER BY x.{column} {'DESC' if key.descending else 'ASC'}, r.id LIMIT {limit}"
+        )
+    fb = SqlBuilder()
+    fill_conds = [
+        f"r.resource_type = {fb.arg(rtype)}",
+        "NOT r.deleted",
+        f"NOT EXISTS (SELECT 1 FROM {table} y WHERE y.resource_type = r.resource_type"
+        f" AND y.param = {fb.arg(param.code)} AND y.resource_id = r.id)",
+    ]
+    if cursor and values[0] is None:
+        fill_conds.append(f"r.id > {fb.arg(values[1])}")
+    fill = (
+        f"SELECT {_RESOURCE_COLUMNS}, NULL AS s0 FROM resource r WHERE {' AND '.join(fill_conds)}"
+        " ORDER BY r.id LIMIT {limit}",
+        fb.args,
+    )
+    if dated is None:
+        return PageQuery(fill[0].replace("{limit}", str(limit)), fill[1], 1, False)
+    return PageQuery(dated, b.args, 1, False, fill)
+
+
 def page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder) -> PageQuery:
     """SELECT of one page (count + 1 rows, to know whether another page follows)."""
-    driven = _driven_page(request, cursor, restrict, b)
-    if driven is not None:
-        return driven
+    shaped = _driven_page(request, cursor, restrict, b) or _index_sorted_page(request, cursor, restrict, b)
+    if shaped is not None:
+        return shaped
     keys = [*request.sort, SortKey("_id", False, "id")]
     if len(request.resource_types) > 1 or request.resource_types == [ANY_TYPE]:  # ids are unique per type only
         keys.insert(len(request.sort), SortKey("_type", False, "type"))

@@ -482,6 +482,9 @@ class ResourceStore:
             return SearchPage([], total, None, None, request.issues, request=request)
         query = page_query(request, cursor, restriction, b)
         rows = await self._db.fetch(query.sql, *query.args)
+        if query.fill is not None and len(rows) <= request.count:
+            fill_sql, fill_args = query.fill
+            rows += await self._db.fetch(fill_sql.replace("{limit}", str(request.count + 1 - len(rows))), *fill_args)
         more = len(rows) > request.count
         rows = rows[: request.count]
         if query.backwards:

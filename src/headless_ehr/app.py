@@ -57,8 +57,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         await load_registry(pool)
+        search_pool = await create_pool(
+            settings.database_url, min_size=1, max_size=settings.pool_max_size, custom_plans=True
+        )
         app.state.pool = pool
-        app.state.store = ResourceStore(pool, validator().validate, settings.max_page_size)
+        app.state.store = ResourceStore(pool, validator().validate, settings.max_page_size, search_pool)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()
@@ -76,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             await app.state.reindexer.close()
+            await search_pool.close()
             await pool.close()
 
     base = settings.base_path.rstrip("/")

@@ -15,6 +15,7 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
+from .expressions import split_top_level
 from .outcome import FhirError
 
 Resource = dict[str, Any]
@@ -57,24 +58,6 @@ class _Slot:
         return value if self.index is None else value[self.index]
 
 
-def _split_path(path: str) -> list[str]:
-    steps, depth, quote, cur = [], 0, False, []
-    for ch in path:
-        if ch == "'" and (not cur or cur[-1] != "\\"):
-            quote = not quote
-        elif not quote and ch == "(":
-            depth += 1
-        elif not quote and ch == ")":
-            depth -= 1
-        if ch == "." and depth == 0 and not quote:
-            steps.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    steps.append("".join(cur))
-    return steps
-
-
 def _child_key(node: dict[str, Any], name: str) -> str | None:
     if name in node:
         return name
@@ -102,7 +85,7 @@ def _select(node: Any, dotted: str) -> list[Any]:
 
 def locate(resource: Resource, path: str) -> list[_Slot]:
     """The slots a FHIRPath Patch path selects (the resource type may lead the path)."""
-    steps = _split_path(path.strip())
+    steps = split_top_level(path.strip(), ".")
     if steps and steps[0] == resource.get("resourceType"):
         steps = steps[1:]
     slots: list[_Slot] | None = None  # None: the resource root

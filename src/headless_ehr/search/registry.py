@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from ..fhir.definitions import definitions
+from ..fhir.expressions import split_top_level
 
 # Bases that stand for every resource type (e.g. _id, _lastUpdated, _tag).
 ABSTRACT_BASES = ("Resource", "DomainResource")
@@ -52,22 +53,8 @@ def _parts_for(expression: str | None, resource_type: str) -> str | None:
 
 
 def _split_union(expression: str) -> list[str]:
-    """Split on top-level '|' only (not inside parentheses or quotes)."""
-    out, depth, quote, cur = [], 0, False, []
-    for ch in expression:
-        if ch == "'":
-            quote = not quote
-        elif not quote and ch == "(":
-            depth += 1
-        elif not quote and ch == ")":
-            depth -= 1
-        if ch == "|" and depth == 0 and not quote:
-            out.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur).strip())
-    return [p for p in out if p]
+    """The members of a top-level union (`a | b.where(x='|')` gives two)."""
+    return [p.strip() for p in split_top_level(expression, "|") if p.strip()]
 
 
 def make_param(resource: dict[str, Any], resource_type: str) -> SearchParam:

@@ -203,3 +203,19 @@ async def test_parallel_transactions_with_same_if_match_exactly_one_wins(client)
         for i, mark in enumerate(marks):  # the loser's create was rolled back with it
             found = (await client.get(f"/Basic?_content={mark}")).json()
             assert len(found["entry"]) == (1 if i == winner else 0)
+
+
+async def test_put_entry_with_a_different_body_id_fails_the_transaction(client, db):
+    before = await counts(db)
+    put = {"resource": {"resourceType": "Patient", "id": "other"}, "request": {"method": "PUT", "url": "Patient/mine"}}
+    res = await send(client, bundle("transaction", post({"resourceType": "Patient"}), put))
+    assert res.status_code == 400
+    assert await counts(db) == before
+
+
+async def test_put_entry_without_body_id_takes_the_url_id(client):
+    rid = uuid.uuid4().hex
+    put = {"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": f"Patient/{rid}"}}
+    res = await send(client, bundle("transaction", put))
+    assert res.status_code == 200
+    assert (await client.get(f"/Patient/{rid}")).status_code == 200

@@ -93,7 +93,8 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
     context = multiprocessing.get_context("fork")
     events = context.Manager().Queue()
     workers = [
-        context.Process(target=_worker, args=(settings, share, batch_size, concurrency, events)) for share in shares
+        context.Process(target=_worker, args=(settings, share, batch_size, concurrency, events), daemon=True)
+        for share in shares
     ]
     for worker in workers:  # before the progress bar starts its thread
         worker.start()

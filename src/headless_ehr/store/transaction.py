@@ -225,11 +225,14 @@ class BundleProcessor:
     def _rewrite(self, entry: Entry, aliases: dict[str, str]) -> None:
         """Point bundle-local references at their targets; note conditional ones."""
         assert entry.resource is not None
-        if entry.method == "PUT" and entry.target_id is not None:
-            # a conditional PUT updates the match (or creates with the chosen id); a
-            # `Type/id` PUT may omit the id, but one that differs is an error (400)
-            if len(entry.path) == 1 or "id" not in entry.resource:
-                entry.resource["id"] = entry.target_id
+        # a conditional PUT updates the match (or creates with the chosen id); a
+        # `Type/id` PUT may omit the id, but one that differs is an error (400)
+        if (
+            entry.method == "PUT"
+            and entry.target_id is not None
+            and (len(entry.path) == 1 or "id" not in entry.resource)
+        ):
+            entry.resource["id"] = entry.target_id
         base = self.base_url + "/"
         types = definitions().resource_types
 

@@ -68,6 +68,8 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
     if not isinstance(entries, list):
         raise FhirError.of(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
     out = []
+    types = definitions().resource_types
+    prefix = base_url + "/"
     for i, raw in enumerate(entries):
         where = f"Bundle.entry[{i}]"
         if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
@@ -76,23 +78,24 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
         method, url = request.get("method"), request.get("url")
         if method not in _ORDER or not isinstance(url, str) or not url:
             raise FhirError.of(400, "invalid", f"{where}: request needs a method and url", f"{where}.request")
-        if url.startswith(base_url + "/"):
-            url = url[len(base_url) + 1 :]
-        parts = urlsplit(url)
-        if parts.scheme or parts.netloc:
-            raise FhirError.of(
-                400,
-                "invalid",
-                f"{where}: url '{url}' is not on this server",
-                f"{where}.request.url",
-            )
-        path = [p for p in parts.path.split("/") if p]
+        if url.startswith(prefix):
+            url = url[len(prefix) :]
+        if "?" in url or ":" in url:
+            parts = urlsplit(url)
+            if parts.scheme or parts.netloc:
+                raise FhirError.of(
+                    400, "invalid", f"{where}: url '{url}' is not on this server", f"{where}.request.url"
+                )
+            path_text, query = parts.path, parse_qsl(parts.query, keep_blank_values=True)
+        else:  # the common case, `Type` or `Type/id`: no parsing needed
+            path_text, query = url, []
+        path = [p for p in path_text.split("/") if p]
         resource = raw.get("resource")
         if resource is not None and not isinstance(resource, dict):
             raise FhirError.of(400, "structure", f"{where}.resource must be a resource", f"{where}.resource")
         if method in ("POST", "PUT") and resource is None:
             raise FhirError.of(400, "required", f"{where}: {method} needs a resource", f"{where}.resource")
-        if not path or path[0] not in definitions().resource_types:
+        if not path or path[0] not in types:
             raise FhirError.of(
                 400,
                 "invalid",
@@ -105,7 +108,7 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
                 method,
                 url,
                 path,
-                parse_qsl(parts.query, keep_blank_values=True),
+                query,
                 resource,
                 raw.get("fullUrl"),
                 request,

@@ -210,8 +210,12 @@ def unit_factor(code: str) -> tuple[Decimal, str] | None:
         return None
 
 
+@lru_cache(maxsize=8192)
 def canonical(value: Decimal, code: str | None) -> tuple[Decimal, str] | None:
-    """The value and code of a UCUM quantity in canonical units, or None if unknown."""
+    """The value and code of a UCUM quantity in canonical units, or None if unknown.
+
+    Cached: a quantity is converted once per search parameter that indexes it (an
+    Observation's value feeds five), and measurements repeat across resources."""
     if not code:
         return None
     temperature = _TEMPERATURE.get(code)

@@ -62,7 +62,7 @@ async def test_sigkill_mid_transaction_stores_nothing_of_it(database_url):
         try:
             res = httpx.post(
                 f"{server.base}",
-                json=big_transaction(tag, 6000),
+                json=big_transaction(tag, 20000),
                 headers={"Content-Type": "application/fhir+json"},
                 timeout=120,
             )
@@ -70,9 +70,21 @@ async def test_sigkill_mid_transaction_stores_nothing_of_it(database_url):
         except httpx.HTTPError as exc:
             outcome["error"] = exc
 
+    watcher = await asyncpg.connect(database_url)
     thread = threading.Thread(target=send)
     thread.start()
-    await asyncio.sleep(1.0)  # the bundle is uploaded and being processed
+    try:  # kill the server as soon as its database transaction for the bundle is open
+        for _ in range(3000):
+            open_transactions = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND application_name = 'headless-ehr'"
+                " AND (state = 'idle in transaction' OR query LIKE '%INSERT INTO resource %')"
+            )
+            if open_transactions:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        await watcher.close()
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(timeout=10)
     thread.join(timeout=30)

@@ -33,6 +33,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from search import recreate_database
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fhir" / "synthea"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DB = "ehr_ingest_bench"
@@ -46,13 +48,9 @@ def bundles(limit: int) -> list[Path]:
 
 
 async def fresh_database(admin_dsn: str) -> str:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB}"')
-    finally:
-        await conn.close()
-    return admin_dsn.rsplit("/", 1)[0] + f"/{DB}"
+    url = admin_dsn.rsplit("/", 1)[0] + f"/{DB}"
+    await recreate_database(url)
+    return url
 
 
 def count_entries(paths: list[Path]) -> tuple[list[bytes], int]:

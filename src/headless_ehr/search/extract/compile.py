@@ -461,40 +461,28 @@ def _collect(shape: Shape) -> Fn:
     return run
 
 
+def _child_values(values: list, key: str) -> list:
+    """The values of child `key` of every object in values, arrays flattened."""
+    out: list = []
+    for v in values:
+        c = v.get(key) if type(v) is dict else None
+        if c is not None:
+            if type(c) is list:
+                out.extend(c)
+            else:
+                out.append(c)
+    return out
+
+
 def _child(pairs: list[tuple[str, Fn]]) -> Fn:
-    if len(pairs) == 1:
-        ((key, nxt),) = pairs
-
-        def one(values: list, sink: Any) -> None:
-            out: list = []
-            for v in values:
-                c = v.get(key) if type(v) is dict else None
-                if c is not None:
-                    if type(c) is list:
-                        out.extend(c)
-                    else:
-                        out.append(c)
-            if out:
-                nxt(out, sink)
-
-        one.pairs = pairs  # type: ignore[attr-defined]
-        return one
-
-    def many(values: list, sink: Any) -> None:
+    def run(values: list, sink: Any) -> None:
         for key, nxt in pairs:
-            out: list = []
-            for v in values:
-                c = v.get(key) if type(v) is dict else None
-                if c is not None:
-                    if type(c) is list:
-                        out.extend(c)
-                    else:
-                        out.append(c)
+            out = _child_values(values, key)
             if out:
                 nxt(out, sink)
 
-    many.pairs = pairs  # type: ignore[attr-defined]
-    return many
+    run.pairs = pairs  # type: ignore[attr-defined]
+    return run
 
 
 def _union(fns: list[Fn]) -> Fn | None:

@@ -3,21 +3,57 @@ resources included), e.g. to resolve `urn:uuid:` fullUrls in a transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 
-def iter_references(node: Any) -> Iterator[dict[str, Any]]:
-    """Every Reference-shaped object (a dict with a string `reference`) below node."""
+def iter_references(node: Any) -> list[dict[str, Any]]:
+    """Every Reference-shaped object (a dict with a string `reference`) below node,
+    in document order. Plain recursion: twice as fast as a generator over a stack,
+    and this runs for every resource a transaction or import writes."""
+    found: list[dict[str, Any]] = []
+    append = found.append
+
+    def walk_dict(obj: dict[str, Any]) -> None:
+        if type(obj.get("reference")) is str:
+            append(obj)
+        for value in obj.values():
+            kind = type(value)
+            if kind is dict:
+                walk_dict(value)
+            elif kind is list:
+                walk_list(value)
+
+    def walk_list(items: list[Any]) -> None:
+        for value in items:
+            kind = type(value)
+            if kind is dict:
+                walk_dict(value)
+            elif kind is list:
+                walk_list(value)
+
+    try:
+        if type(node) is dict:
+            walk_dict(node)
+        elif type(node) is list:
+            walk_list(node)
+    except RecursionError:  # hostile nesting: the same walk without recursion
+        return _references_iteratively(node)
+    return found
+
+
+def _references_iteratively(node: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
     stack = [node]
     while stack:
         item = stack.pop()
         if type(item) is dict:
             if type(item.get("reference")) is str:
-                yield item
-            stack.extend(v for v in item.values() if type(v) is dict or type(v) is list)
+                found.append(item)
+            stack.extend(v for v in reversed(item.values()) if type(v) is dict or type(v) is list)
         elif type(item) is list:
-            stack.extend(v for v in item if type(v) is dict or type(v) is list)
+            stack.extend(v for v in reversed(item) if type(v) is dict or type(v) is list)
+    return found
 
 
 def rewrite_references(node: Any, rewrite: Callable[[str], str | None]) -> int:

@@ -9,6 +9,7 @@ round trips.
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class _Write:
     method: str
 
 
+@functools.lru_cache(maxsize=8)  # a bundle or import batch stamps hundreds with one ts
 def format_instant(ts: datetime) -> str:
     """An R4 instant with the microseconds PostgreSQL stores, so _since compares exactly."""
     return ts.astimezone(UTC).isoformat(timespec="microseconds")

@@ -26,7 +26,7 @@ from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue, operation_outcome
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
-from ..fhir.references import rewrite_references
+from ..fhir.references import iter_references
 from .model import SearchPage, StoredResource
 from .repository import PreparedCreate, ResourceStore, format_instant
 
@@ -49,7 +49,8 @@ class Entry:
     matched: StoredResource | None = None
     skip: bool = False
     page: SearchPage | None = None  # a GET search entry's result
-    conditional_refs: list[str] = field(default_factory=list)  # `Type?criteria` references
+    # `Type?criteria` references: the Reference objects holding them, to resolve in place
+    conditional_refs: list[dict[str, Any]] = field(default_factory=list)
     response: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -239,28 +240,26 @@ class BundleProcessor:
         base = self.base_url + "/"
         types = definitions().resource_types
 
-        def rewrite(ref: str) -> str | None:
+        for holder in iter_references(entry.resource):
+            ref = holder["reference"]
             if ref in aliases:
-                return aliases[ref]
-            if "?" in ref and ref.split("?", 1)[0] in types:
-                entry.conditional_refs.append(ref)
-                return None
-            if ref.startswith(base):
+                holder["reference"] = aliases[ref]
+            elif "?" in ref and ref.split("?", 1)[0] in types:
+                entry.conditional_refs.append(holder)
+            elif ref.startswith(base):
                 local = ref[len(base) :]
-                return aliases.get(ref, local)
-            if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+                holder["reference"] = aliases.get(ref, local)
+            elif ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
                 raise FhirError.of(400, "not-found", f"reference '{ref}' matches no fullUrl in the bundle")
-            return None
-
-        rewrite_references(entry.resource, rewrite)
 
     async def _resolve_conditional_references(self, store: ResourceStore, entries: list[Entry]) -> None:
         """Replace `Type?criteria` references with the one resource they match."""
         cache: dict[str, str] = {}
         for entry in entries:
-            wanted = entry.conditional_refs
-            for ref in wanted:
+            for holder in entry.conditional_refs:
+                ref = holder["reference"]
                 if ref in cache:
+                    holder["reference"] = cache[ref]
                     continue
                 rtype, query = ref.split("?", 1)
                 try:
@@ -269,9 +268,7 @@ class BundleProcessor:
                         raise FhirError.of(412, "not-found", f"conditional reference '{ref}' matches nothing")
                 except FhirError as exc:
                     raise _fail(entry, exc) from None
-                cache[ref] = f"{rtype}/{found.id}"
-            if wanted:
-                rewrite_references(entry.resource, cache.get)
+                cache[ref] = holder["reference"] = f"{rtype}/{found.id}"
 
     async def _run(self, store: ResourceStore, entry: Entry) -> None:
         """Run one non-create entry (also used by batch)."""

@@ -182,7 +182,7 @@ def test_composite_rows_agree_with_fhirpathpy_per_element():
                     values = []
                     for piece in _split(component.expression):
                         path = piece if piece.startswith("%resource") else f"{part}[{i}].{piece}"
-                        values += [d for v in _engine(path, resource_type, resource) for d in convert(v)]
+                        values += [d for v in _engine(path, resource_type, resource) for d in convert(v, {})]
                     lists.append(values)
                 for combo in itertools.product(*lists):
                     engine.add((param.code, orjson.dumps(combo).decode()))

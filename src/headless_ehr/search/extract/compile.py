@@ -40,7 +40,7 @@ from ...fhir.validation import validator
 from ...fhir.validation.rules import COMPLEX, PRIMITIVE, RESOURCE, TypeModel
 from ..registry import ABSTRACT_BASES, SearchParam, by_url
 from .references import reference_type
-from .values import Sink, component_converter, row_converter
+from .values import Memo, Sink, component_converter, memoized, row_converter
 
 log = logging.getLogger(__name__)
 
@@ -370,11 +370,12 @@ Cont = Callable[[Shape], Fn | None]
 class _Collector:
     """A sink-like object that gathers the selected values (where(), components)."""
 
-    __slots__ = ("resource", "values")
+    __slots__ = ("memo", "resource", "values")
 
-    def __init__(self, resource: dict[str, Any]) -> None:
+    def __init__(self, resource: dict[str, Any], memo: Memo | None = None) -> None:
         self.resource = resource
         self.values: list[Any] = []
+        self.memo: Memo = {} if memo is None else memo
 
 
 class _Compiler:
@@ -446,7 +447,7 @@ class _Compiler:
         def run(values: list, sink: Any) -> None:
             found: list = []
             if inner is not None:
-                collector = _Collector(sink.resource)
+                collector = _Collector(sink.resource, sink.memo)
                 inner(values, collector)
                 found = collector.values
             out([bool(found) and found != [False]], sink)
@@ -527,7 +528,7 @@ def _equals(inner: Fn, literal: str | bool, nxt: Fn) -> Fn:
     def run(values: list, sink: Any) -> None:
         kept = []
         for v in values:
-            collector = _Collector(sink.resource)
+            collector = _Collector(sink.resource, sink.memo)
             inner([v], collector)
             if any(x == literal and type(x) is type(literal) for x in collector.values):
                 kept.append(v)
@@ -574,8 +575,9 @@ def _component_leaf(search_type: str) -> Cont:
             return None
 
         def run(values: list, sink: Any) -> None:
+            memo = sink.memo
             for v in values:
-                sink.values.extend(convert(v))
+                sink.values.extend(memoized(convert, v, memo, memo))
 
         return run
 
@@ -639,7 +641,7 @@ def _composite_leaf(param: SearchParam, compiler: _Compiler) -> Cont:
             for element in values:
                 lists = []
                 for fn in last_first:
-                    collector = _Collector(sink.resource)
+                    collector = _Collector(sink.resource, sink.memo)
                     fn([element], collector)
                     if not collector.values:
                         break
@@ -734,7 +736,7 @@ def _slow_composite(param: SearchParam) -> Fn:
             for element in elements:
                 lists = []
                 for component_expression, convert in components:
-                    found = [d for v in evaluate(component_expression, sink.resource, element) for d in convert(v)]
+                    found = [d for v in evaluate(component_expression, sink.resource, element) for d in convert(v, {})]
                     if not found:
                         break
                     lists.append(found)

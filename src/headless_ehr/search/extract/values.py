@@ -39,6 +39,7 @@ class Sink:
     __slots__ = (
         "composite",
         "date",
+        "memo",
         "number",
         "quantity",
         "reference",
@@ -58,6 +59,29 @@ class Sink:
         self.quantity: list[tuple] = []
         self.uri: list[tuple] = []
         self.composite: list[tuple] = []
+        self.memo: Memo = {}
+
+
+# Several parameters read the same element (Observation.code: code, combo-code and
+# four composites; valueQuantity: four parameters), and reading a CodeableConcept or a
+# Quantity (UCUM, ranges) is the costly part. Within one resource, what a reader gives
+# for an object is kept by (reader, object); the entry holds the object, so its id
+# cannot be reused by another object while the memo lives.
+Memo = dict[tuple[int, int], tuple[Any, Any]]
+
+
+def memoized(fn: Callable[..., Any], v: Any, memo: Memo, *args: Any) -> Any:
+    """fn(v, *args), once per resource for each object v (plain values are not worth
+    it); args must be the same on every call with this fn."""
+    if type(v) is not dict:
+        return fn(v, *args)
+    key = (id(fn), id(v))
+    hit = memo.get(key)
+    if hit is not None:
+        return hit[1]
+    out = fn(v, *args)
+    memo[key] = (v, out)
+    return out
 
 
 # -- cached primitives ----------------------------------------------------------------
@@ -508,7 +532,7 @@ def row_converter(
         of_type = f"{code}:of-type"
 
         def identifier(v: Any, sink: Sink) -> None:
-            for row in read(v):
+            for row in memoized(read, v, sink.memo):
                 if _token_key_ok(row):
                     sink.token.append((code, *row))
             sink.token.extend((of_type, *row) for row in _of_type_rows(v) if _token_key_ok(row))
@@ -517,7 +541,7 @@ def row_converter(
     if search_type == "token":
 
         def token(v: Any, sink: Sink) -> None:
-            for row in read(v):
+            for row in memoized(read, v, sink.memo):
                 if _token_key_ok(row):
                     sink.token.append((code, *row))
 
@@ -526,7 +550,7 @@ def row_converter(
         by_identifier = f"{code}:identifier"
 
         def reference(v: Any, sink: Sink) -> None:
-            rows = read(v)
+            rows = memoized(read, v, sink.memo)
             if rows:
                 sink.reference.extend([(code, *row) for row in rows])
             ident = v.get("identifier") if type(v) is dict else None
@@ -537,7 +561,7 @@ def row_converter(
     attr = search_type
 
     def convert(v: Any, sink: Sink) -> None:
-        rows = read(v)
+        rows = memoized(read, v, sink.memo)
         if rows:
             getattr(sink, attr).extend([(code, *row) for row in rows])
 
@@ -613,7 +637,10 @@ _COMPONENT_SHAPES: dict[str, Callable[[tuple], dict | None]] = {
     "uri": _component_uri,
 }
 
-ComponentConverter = Callable[[Any], list[dict]]
+ComponentConverter = Callable[[Any, Memo], list[dict]]
+# One converter per (search type, FHIR type, bound codes), shared by every composite
+# parameter, so that their memo entries are shared too (the codes are kept alive here).
+_component_converters: dict[tuple[str, str | None, int], tuple[object, ComponentConverter | None]] = {}
 
 
 def component_converter(
@@ -621,12 +648,22 @@ def component_converter(
 ) -> ComponentConverter | None:
     """A function giving the composite-component dicts of one value (see module doc of
     `compile.py` for the shapes), or None if values of type_name give none."""
+    key = (search_type, type_name, id(codes))
+    found = _component_converters.get(key)
+    if found is None:
+        found = _component_converters[key] = (codes, _component_converter(search_type, type_name, codes))
+    return found[1]
+
+
+def _component_converter(
+    search_type: str, type_name: str | None, codes: Mapping[str, str] | None
+) -> ComponentConverter | None:
     shape = _COMPONENT_SHAPES.get(search_type)
     if shape is None:
         return None
     if type_name is None:
 
-        def inferred(v: Any) -> list[dict]:
+        def inferred(v: Any, memo: Memo) -> list[dict]:
             kind = infer_type(v, search_type)
             read = reader_for(search_type, kind, None) if kind else None
             return [d for d in map(shape, read(v)) if d is not None] if read else []
@@ -636,7 +673,7 @@ def component_converter(
     if read is None:
         return None
 
-    def convert(v: Any) -> list[dict]:
-        return [d for d in map(shape, read(v)) if d is not None]
+    def convert(v: Any, memo: Memo) -> list[dict]:
+        return [d for d in map(shape, memoized(read, v, memo)) if d is not None]
 
     return convert

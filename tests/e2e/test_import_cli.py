@@ -38,3 +38,32 @@ def test_import_of_missing_path_fails_cleanly(database_url, tmp_path):
     result = run_import(database_url, str(tmp_path / "absent"))
     assert result.returncode == 2
     assert "no such file" in result.stderr
+
+
+def test_worker_processes_share_the_files_and_load_each_exactly_once(database_url, tmp_path):
+    import asyncio
+
+    import asyncpg
+
+    tags = [uuid.uuid4().hex for _ in range(9)]
+    for i, tag in enumerate(tags):
+        lines = [json.dumps({"resourceType": "Patient", "meta": {"tag": [{"code": tag}]}}) for _ in range(i + 1)]
+        (tmp_path / f"{i}.ndjson").write_text("\n".join(lines))
+    result = run_import(database_url, str(tmp_path), "--processes", "2", "--concurrency", "2")
+    assert result.returncode == 0, result.stderr
+
+    async def counts() -> list[int]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [
+                await conn.fetchval(
+                    "SELECT count(*) FROM search_token WHERE resource_type = 'Patient' AND param = '_tag' AND code = $1",
+                    tag,
+                )
+                for tag in tags
+            ]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(counts()) == [i + 1 for i in range(len(tags))]
+    assert "│ 9 " in result.stderr.replace("\u2502", "│")  # the summary counts every file once

@@ -11,7 +11,9 @@ import asyncio
 import gc
 import multiprocessing
 import queue
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -34,7 +36,12 @@ async def _prepare(database_url: str) -> None:
 
 
 async def _load(
-    settings: Settings, sources: list[Path], batch_size: int, concurrency: int, events: queue.Queue
+    settings: Settings,
+    sources: list[Path],
+    claim: Callable[[], int | None],
+    batch_size: int,
+    concurrency: int,
+    events: queue.Queue,
 ) -> ImportReport:
     from ..fhir.validation import validator
     from ..store.reindex import load_registry
@@ -53,7 +60,7 @@ async def _load(
             concurrency=concurrency,
             on_progress=lambda b, r: events.put(("progress", b, r)),
         )
-        return await importer.run(sources)
+        return await importer.run(sources, claim)
     finally:
         await pool.close()
 
@@ -79,9 +86,26 @@ def _warm_up() -> None:
     gc.set_threshold(500_000, 50, 1000)
 
 
-def _worker(settings: Settings, sources: list[str], batch_size: int, concurrency: int, events: queue.Queue) -> None:
+def _claimer(counter: Any, total: int) -> Callable[[], int | None]:
+    """Hands out source indexes 0, 1, ... across processes (counter is shared)."""
+
+    def claim() -> int | None:
+        with counter.get_lock():
+            index = counter.value
+            if index >= total:
+                return None
+            counter.value = index + 1
+        return index
+
+    return claim
+
+
+def _worker(
+    settings: Settings, sources: list[Path], counter: Any, batch_size: int, concurrency: int, events: queue.Queue
+) -> None:
     try:
-        report = asyncio.run(_load(settings, [Path(s) for s in sources], batch_size, concurrency, events))
+        claim = _claimer(counter, len(sources))
+        report = asyncio.run(_load(settings, sources, claim, batch_size, concurrency, events))
         events.put(("done", report))
     except BaseException as exc:  # reported to the parent, which prints it
         events.put(("done", ImportReport(failures=[Failure("import", "process", repr(exc))])))
@@ -97,15 +121,17 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
     assert settings.database_url
     asyncio.run(_prepare(settings.database_url))
     processes = max(1, min(processes, len(sources) or 1))
-    shares = [[str(s) for s in sources[i::processes]] for i in range(processes)]
+    # Files are claimed one at a time, in order, by whichever worker is free, so the
+    # workers finish together instead of one idling while another has a backlog.
     # Load the definitions and compile every type's validation rules once, here, and
     # fork: the workers inherit them instead of each spending seconds rebuilding them.
     _warm_up()
     context = multiprocessing.get_context("fork")
     events = context.Manager().Queue()
+    counter = context.Value("i", 0)
     workers = [
-        context.Process(target=_worker, args=(settings, share, batch_size, concurrency, events), daemon=True)
-        for share in shares
+        context.Process(target=_worker, args=(settings, sources, counter, batch_size, concurrency, events), daemon=True)
+        for _ in range(processes)
     ]
     for worker in workers:  # before the progress bar starts its thread
         worker.start()

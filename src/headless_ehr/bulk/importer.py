@@ -111,16 +111,20 @@ class Importer:
         self.on_progress = on_progress or (lambda _b, _r: None)
         self.report = ImportReport()
 
-    async def run(self, sources: list[Path]) -> ImportReport:
+    async def run(self, sources: list[Path], claim: Callable[[], int | None] | None = None) -> ImportReport:
+        """Load sources; with claim, load only the ones whose index claim() hands out
+        (shared with other processes: whoever is free takes the next file)."""
         started = time.monotonic()
-        self.report.files = len(sources)
-        queue: asyncio.Queue[Path] = asyncio.Queue()
-        for source in sources:
-            queue.put_nowait(source)
+        if claim is None:
+            position = iter(range(len(sources)))
+
+            def claim() -> int | None:
+                return next(position, None)
 
         async def worker() -> None:
-            while not queue.empty():
-                await self._file(queue.get_nowait())
+            while (index := claim()) is not None:
+                self.report.files += 1
+                await self._file(sources[index])
 
         await asyncio.gather(*(worker() for _ in range(max(1, self.concurrency))))
         self.report.seconds = time.monotonic() - started

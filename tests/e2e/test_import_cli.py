@@ -57,7 +57,8 @@ def test_worker_processes_share_the_files_and_load_each_exactly_once(database_ur
         try:
             return [
                 await conn.fetchval(
-                    "SELECT count(*) FROM search_token WHERE resource_type = 'Patient' AND param = '_tag' AND code = $1",
+                    "SELECT count(*) FROM search_token"
+                    " WHERE resource_type = 'Patient' AND param = '_tag' AND code = $1",
                     tag,
                 )
                 for tag in tags

@@ -48,8 +48,15 @@ def bundles(limit: int) -> list[Path]:
 
 
 async def fresh_database(admin_dsn: str) -> str:
+    """An empty database, after a checkpoint: every mode starts with the WAL of the
+    one before flushed, instead of paying for its checkpoint part-way through."""
     url = admin_dsn.rsplit("/", 1)[0] + f"/{DB}"
     await recreate_database(url)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
     return url
 
 
@@ -157,6 +164,7 @@ async def main() -> int:
     parser.add_argument("--admin-dsn", default=ADMIN_DSN)
     parser.add_argument("--clients", default="1,4")
     parser.add_argument("--workers", type=int, default=2, help="ehr serve worker processes")
+    parser.add_argument("--import-runs", type=int, default=3, help="`ehr import` runs; the median is reported")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     paths = bundles(args.bundles)
@@ -171,11 +179,17 @@ async def main() -> int:
             f"| {seconds:.1f} s | {errors} failed Bundles |"
         )
         print(lines[-1], flush=True)
-    dsn = await fresh_database(args.admin_dsn)
-    wall, reported, failure = import_mode(dsn, paths)
+    runs = []
+    for _ in range(max(1, args.import_runs)):
+        dsn = await fresh_database(args.admin_dsn)
+        runs.append(import_mode(dsn, paths))
+    runs.sort(key=lambda run: run[1])
+    wall, reported, failure = runs[len(runs) // 2]
+    spread = f" (runs: {', '.join(f'{r[1]:,.0f}' for r in runs)})" if len(runs) > 1 else ""
+    failure = next((r[2] for r in runs if r[2]), "")
     lines.append(
-        f"| `ehr import` | {reported:,.0f} (as reported) / {resources / wall:,.0f} (wall, with start-up) "
-        f"| {wall:.1f} s | {failure or 'no failures'} |"
+        f"| `ehr import`, median of {len(runs)} | {reported:,.0f} (as reported){spread} / {resources / wall:,.0f}"
+        f" (wall, with start-up) | {wall:.1f} s | {failure or 'no failures'} |"
     )
     print(lines[-1], flush=True)
     dsn = await fresh_database(args.admin_dsn)

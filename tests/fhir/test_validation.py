@@ -914,3 +914,15 @@ def test_rules_of_a_type_are_compiled_once() -> None:
     compiler = validator().compiler
     assert compiler.type_model("Patient") is compiler.type_model("Patient")
     assert compiler.resource_model("NoSuchType") is None
+
+
+def test_a_value_is_checked_for_each_type_however_often_it_was_seen_before():
+    # Valid strings are remembered per primitive type; that must not let a value
+    # that is valid as a string pass as a code, nor an invalid value pass the second time.
+    v = validator()
+    for _ in range(3):
+        assert not v.validate({"resourceType": "Patient", "name": [{"text": "two  words"}]})
+        issues = v.validate({"resourceType": "Patient", "gender": "two  words"})
+        assert any(i.expression == "Patient.gender" for i in issues)
+        issues = v.validate({"resourceType": "Patient", "birthDate": "2023-02-31"})
+        assert any("calendar" in i.diagnostics for i in issues)

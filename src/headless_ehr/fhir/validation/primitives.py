@@ -158,9 +158,23 @@ def _string_check(name: str, regex: str | None) -> Check:
     dated = name in _DATED_TYPES
     non_blank = name in _NON_BLANK_TYPES
 
+    # Strings repeat (codes, systems, units, displays): a value that passed once passes
+    # again without the regexes. Bounded, and dict operations are atomic under the GIL.
+    valid: dict[str, None] = {}
+
     def check(value: Any) -> str | None:
         if type(value) is not str:
             return f"{name} must be a JSON string, not {json_kind(value)}"
+        if value in valid:
+            return None
+        problem = full_check(value)
+        if problem is None and len(value) <= _CACHED_LENGTH:
+            if len(valid) >= _CACHED_VALUES:
+                valid.clear()
+            valid[value] = None
+        return problem
+
+    def full_check(value: str) -> str | None:
         if not value:
             return "empty strings are not allowed in FHIR JSON; omit the element"
         if len(value) > MAX_STRING_LENGTH:
@@ -177,6 +191,9 @@ def _string_check(name: str, regex: str | None) -> Check:
 
     return check
 
+
+_CACHED_VALUES = 20_000  # per primitive type
+_CACHED_LENGTH = 200  # longer strings rarely repeat
 
 # R4 datatypes: strings SHALL NOT contain characters below U+0020 except tab, CR and LF.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")

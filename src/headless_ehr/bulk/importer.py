@@ -13,7 +13,6 @@ import asyncio
 import gzip
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ import asyncpg
 from ..auth.principal import Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError
+from ..store.ids import new_id
 from ..store.repository import ResourceStore
 from ..store.transaction import BundleProcessor
 
@@ -263,7 +263,7 @@ class Importer:
         prepared, numbers = [], []
         for number, resource in creates:
             try:
-                rid = resource.get("id") or str(uuid.uuid4())
+                rid = resource.get("id") or new_id()
                 prepared.append(store.prepare_create(self.principal, resource, rid, "POST", ts))
                 numbers.append(number)
             except FhirError as exc:

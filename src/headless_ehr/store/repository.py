@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from ..search.rows import IndexRows
 from ..search.sql import SqlBuilder
 from . import sql
 from .bulk import INSERT_MANY, insert_many_args
+from .ids import new_id
 from .model import HistoryPage, SearchPage, StoredResource, WriteOutcome
 
 Resource = dict[str, Any]
@@ -212,7 +212,7 @@ class ResourceStore:
             found = await self.match(principal, resource_type, if_none_exist, "create")
             if found is not None:
                 return WriteOutcome(found, created=False, matched=True)
-        rid = str(uuid.uuid4())
+        rid = new_id()
         stored = await self._write(resource, resource_type, rid, 1, method, None)
         assert stored is not None  # a fresh UUID cannot collide
         return WriteOutcome(stored, created=True)

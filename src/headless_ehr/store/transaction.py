@@ -12,7 +12,6 @@ its own and reports each entry's outcome.
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue, operation_outcome
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
 from ..fhir.references import iter_references
+from .ids import new_id
 from .model import SearchPage, StoredResource
 from .repository import PreparedCreate, ResourceStore, format_instant
 
@@ -203,7 +203,7 @@ class BundleProcessor:
                             entry.skip, entry.matched, entry.target_id = True, found, found.id
                             entry.response = self._entry_response(found, 200)
                     if entry.target_id is None:
-                        entry.target_id = str(uuid.uuid4())
+                        entry.target_id = new_id()
                 elif entry.method in ("PUT", "PATCH", "DELETE") and len(entry.path) == 1:
                     if not entry.query:
                         raise FhirError.of(400, "invalid", f"{entry.method} {entry.url} needs an id or criteria")
@@ -212,7 +212,7 @@ class BundleProcessor:
                         entry.target_id = found.id
                     elif entry.method == "PUT":
                         body_id = entry.resource.get("id") if entry.resource else None
-                        entry.target_id = body_id or str(uuid.uuid4())
+                        entry.target_id = body_id or new_id()
                     elif entry.method == "DELETE":
                         entry.skip = True
                         entry.response = {"status": "204 No Content"}

@@ -192,8 +192,8 @@ def _string_check(name: str, regex: str | None) -> Check:
     return check
 
 
-_CACHED_VALUES = 20_000  # per primitive type
-_CACHED_LENGTH = 200  # longer strings rarely repeat
+_CACHED_VALUES = 4096  # per primitive type: at most ~0.5 MB each
+_CACHED_LENGTH = 128  # longer strings rarely repeat
 
 # R4 datatypes: strings SHALL NOT contain characters below U+0020 except tab, CR and LF.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")

@@ -73,7 +73,7 @@ async def test_interrupted_import_resumes_without_duplicates(importer, client, t
     source = ndjson(tmp_path / "big.ndjson", tagged_patients(tag, 50))
     calls = {"n": 0}
 
-    class Crash(Exception):
+    class Crash(BaseException):  # like Ctrl-C or the process dying: nothing catches it
         pass
 
     def crash_after_two_batches(_bytes: int, resources: int) -> None:
@@ -113,3 +113,25 @@ async def test_transaction_bundle_file_loads_with_references(importer, client, s
 def test_missing_path_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         find_sources([str(tmp_path / "nope")])
+
+
+async def test_a_file_that_cannot_be_finished_is_reported_and_the_others_still_load(importer, client, tmp_path):
+    tag = uuid.uuid4().hex
+    sources = [ndjson(tmp_path / f"{i}.ndjson", tagged_patients(tag, 4)) for i in range(5)]
+    sources[2].unlink()  # gone between listing and loading
+    report = await importer(concurrency=2).run(sources)
+    assert [(f.source, f.unit) for f in report.failures] == [(str(sources[2]), "file")]
+    assert "not finished" in report.failures[0].message
+    assert report.files == 5 and report.resources == 16
+    assert await count_tagged(client, tag) == 16
+
+
+def test_worker_processes_that_die_without_a_report_fail_the_run():
+    from types import SimpleNamespace
+
+    from headless_ehr.bulk.cli import _lost_workers
+
+    workers = [SimpleNamespace(exitcode=0), SimpleNamespace(exitcode=-9)]
+    assert _lost_workers(workers, 0) == []
+    [failure] = _lost_workers(workers, 1)
+    assert "1 worker process(es)" in failure.message and "-9" in failure.message

@@ -96,6 +96,21 @@ async def test_conditional_reference_is_resolved(client):
     assert obs["subject"]["reference"] == f"Patient/{created['id']}"
 
 
+async def test_conditional_references_on_our_own_base_url_are_resolved_too(client):
+    mrn = uuid.uuid4().hex
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": mrn}]}
+    created = (await client.post("/Patient", json=patient, headers={"Content-Type": FHIR_JSON})).json()
+    absolute = f"{str(client.base_url).rstrip('/')}/Patient?identifier=urn:mrn|{mrn}"
+    first = observation(absolute)  # alone in its entry
+    second = {**observation(f"Patient?identifier=urn:mrn|{mrn}"), "focus": [{"reference": absolute}]}
+    res = await send(client, bundle("transaction", post(first), post(second)))
+    assert res.status_code == 200, res.text
+    for entry in res.json()["entry"]:
+        obs = (await client.get("/" + entry["response"]["location"].split("/_history")[0])).json()
+        refs = [obs["subject"]["reference"]] + [f["reference"] for f in obs.get("focus", [])]
+        assert refs and all(r == f"Patient/{created['id']}" for r in refs)
+
+
 async def test_conditional_reference_without_match_fails(client):
     res = await send(client, bundle("transaction", post(observation(f"Patient?identifier=urn:mrn|{uuid.uuid4().hex}"))))
     assert res.status_code == 412

@@ -168,8 +168,25 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
                 total.seconds = max(total.seconds, report.seconds)
         for worker in workers:
             worker.join()
+    total.failures += _lost_workers(workers, running)
     _summary(console, total)
     return 0 if not total.failures else 1
+
+
+def _lost_workers(workers: list[Any], unreported: int) -> list[Failure]:
+    """Failures for worker processes that ended without their report (killed, e.g. by
+    the OOM killer): what they had claimed is not all loaded, so the run must fail."""
+    if not unreported:
+        return []
+    codes = ", ".join(str(w.exitcode) for w in workers if w.exitcode)
+    return [
+        Failure(
+            "import",
+            "process",
+            f"{unreported} worker process(es) ended without finishing (exit codes: {codes or 'none'});"
+            " run the command again to load the rest",
+        )
+    ]
 
 
 def _summary(console: Console, report: ImportReport) -> None:

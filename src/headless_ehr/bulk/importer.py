@@ -124,7 +124,11 @@ class Importer:
         async def worker() -> None:
             while (index := claim()) is not None:
                 self.report.files += 1
-                await self._file(sources[index])
+                try:
+                    await self._file(sources[index])
+                except Exception as exc:  # e.g. the file vanished, the database went away
+                    # Reported, and the file's committed units stay: a rerun resumes it.
+                    self.report.failures.append(Failure(str(sources[index]), "file", f"not finished: {exc!r}"))
 
         await asyncio.gather(*(worker() for _ in range(max(1, self.concurrency))))
         self.report.seconds = time.monotonic() - started

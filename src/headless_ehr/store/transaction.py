@@ -244,11 +244,11 @@ class BundleProcessor:
             ref = holder["reference"]
             if ref in aliases:
                 holder["reference"] = aliases[ref]
-            elif "?" in ref and ref.split("?", 1)[0] in types:
+                continue
+            if ref.startswith(base):  # our own base: the same as the relative form
+                ref = holder["reference"] = ref[len(base) :]
+            if "?" in ref and ref.split("?", 1)[0] in types:
                 entry.conditional_refs.append(holder)
-            elif ref.startswith(base):
-                local = ref[len(base) :]
-                holder["reference"] = aliases.get(ref, local)
             elif ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
                 raise FhirError.of(400, "not-found", f"reference '{ref}' matches no fullUrl in the bundle")
 

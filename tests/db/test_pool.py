@@ -36,3 +36,9 @@ async def test_array_parameters_round_trip(db, value, sql_type):
 async def test_a_string_is_not_taken_for_an_array(db):
     with pytest.raises(Exception, match="expected"):
         await db.fetchval("SELECT $1::text[]", "abc")
+
+
+async def test_other_iterables_must_be_passed_as_lists(db):
+    # The documented cost of the fast checks: a set is no longer taken for an array.
+    with pytest.raises(Exception):  # noqa: B017 - asyncpg raises DataError or TypeError by version
+        await db.fetchval("SELECT $1::text[]", {"a"})

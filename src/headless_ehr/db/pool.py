@@ -14,7 +14,9 @@ def _fast_array_checks() -> bool:
     those calls runs ABCMeta.__instancecheck__ in Python. Writes send their index rows
     as arrays (tens of elements per resource), and these checks were 40% of the client
     CPU of executing an import batch. Our array parameters are lists, with lists or
-    tuples nested, so concrete types give the same answers at C speed.
+    tuples nested, so concrete types give the same answers at C speed. The cost: in
+    this process asyncpg no longer takes a set, a dict view or a range as an array
+    (pass a list), nor a non-dict Mapping as a record.
     Returns False (and changes nothing) if asyncpg no longer has these names.
     """
     names = ("IterableABC", "SizedABC", "MappingABC")

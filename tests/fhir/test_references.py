@@ -1,6 +1,6 @@
-"""Finding and rewriting the references inside a resource."""
+"""Finding the references inside a resource."""
 
-from headless_ehr.fhir.references import iter_references, rewrite_references
+from headless_ehr.fhir.references import iter_references
 
 
 def test_references_are_found_in_document_order_in_extensions_and_contained_resources():
@@ -25,10 +25,3 @@ def test_nesting_deeper_than_the_recursion_limit_is_walked_without_recursion():
     found = iter_references(node)
     assert len(found) == 5000
     assert found[0]["reference"] == "Patient/4999"
-
-
-def test_rewrite_replaces_only_what_the_rewrite_maps():
-    resource = {"subject": {"reference": "urn:uuid:1"}, "performer": [{"reference": "Practitioner/7"}]}
-    changed = rewrite_references(resource, {"urn:uuid:1": "Patient/abc"}.get)
-    assert changed == 1
-    assert resource == {"subject": {"reference": "Patient/abc"}, "performer": [{"reference": "Practitioner/7"}]}

@@ -121,13 +121,13 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
     assert settings.database_url
     asyncio.run(_prepare(settings.database_url))
     processes = max(1, min(processes, len(sources) or 1))
-    # Files are claimed one at a time, in order, by whichever worker is free, so the
-    # workers finish together instead of one idling while another has a backlog.
     # Load the definitions and compile every type's validation rules once, here, and
     # fork: the workers inherit them instead of each spending seconds rebuilding them.
     _warm_up()
     context = multiprocessing.get_context("fork")
     events = context.Manager().Queue()
+    # Files are claimed one at a time, in order, by whichever worker is free, so the
+    # workers finish together instead of one idling while another has a backlog.
     counter = context.Value("i", 0)
     workers = [
         context.Process(target=_worker, args=(settings, sources, counter, batch_size, concurrency, events), daemon=True)

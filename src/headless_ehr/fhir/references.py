@@ -1,9 +1,8 @@
-"""Finding and rewriting references inside a resource (extensions and contained
-resources included), e.g. to resolve `urn:uuid:` fullUrls in a transaction."""
+"""Finding the references inside a resource (extensions and contained resources
+included), e.g. to resolve `urn:uuid:` fullUrls in a transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 
@@ -54,14 +53,3 @@ def _references_iteratively(node: Any) -> list[dict[str, Any]]:
         elif type(item) is list:
             stack.extend(v for v in reversed(item) if type(v) is dict or type(v) is list)
     return found
-
-
-def rewrite_references(node: Any, rewrite: Callable[[str], str | None]) -> int:
-    """Replace each reference string for which rewrite returns a value; returns the count."""
-    changed = 0
-    for ref in iter_references(node):
-        new = rewrite(ref["reference"])
-        if new is not None and new != ref["reference"]:
-            ref["reference"] = new
-            changed += 1
-    return changed

@@ -19,7 +19,7 @@ from .db.migrate import migrate
 from .db.pool import create_pool
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
-from .fhir.validation import validator
+from .fhir.validation import validate_with, validator
 from .rest.responses import outcome_response
 from .rest.router import fhir_endpoint
 from .store import ResourceStore
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings.database_url, min_size=1, max_size=settings.pool_max_size, custom_plans=True
         )
         app.state.pool = pool
-        app.state.store = ResourceStore(pool, validator().validate, settings.max_page_size, search_pool)
+        app.state.store = ResourceStore(pool, validate_with(settings), settings.max_page_size, search_pool)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()

@@ -302,7 +302,8 @@ def test_base64_check_stays_linear_on_long_invalid_input() -> None:
 
 
 def test_narrative_div_has_no_extension_form() -> None:
-    text = {"status": "generated", "div": "<div>x</div>", "_div": {"id": "d"}}
+    div = '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'
+    text = {"status": "generated", "div": div, "_div": {"id": "d"}}
     assert found(check({"resourceType": "Patient", "text": text})) == {("structure", "Patient.text._div")}
 
 

@@ -54,6 +54,10 @@ KNOWN_INVALID_EXAMPLES: dict[str, tuple[str, str]] = {
         "SearchParameter.id",
         "its id has 67 characters; the id type allows at most 64",
     ),
+    "ActivityDefinition-blood-tubes-supply.json": (
+        "ActivityDefinition.text.div",
+        "its narrative is an empty div; txt-2 requires some non-whitespace content",
+    ),
     "DeviceMetric-example.json": (
         "DeviceMetric.parent.reference",
         "parent refers to a DeviceDefinition; R4 DeviceMetric.parent allows only Device",
@@ -171,6 +175,8 @@ CHECKED_KINDS = re.compile(
             r"Relative URLs must be of the format",
             r"Unable to resolve resource with reference '#",
             r"is not a valid Target",
+            r"Constraint failed: txt-",
+            r"(in|on) the XHTML",
         ]
     )
 )

@@ -43,7 +43,7 @@ async def _load(
     concurrency: int,
     events: queue.Queue,
 ) -> ImportReport:
-    from ..fhir.validation import validator
+    from ..fhir.validation import validate_with
     from ..store.reindex import load_registry
     from ..store.repository import ResourceStore
 
@@ -51,7 +51,7 @@ async def _load(
     pool = await create_pool(settings.database_url, min_size=1, max_size=concurrency + 1)
     try:
         await load_registry(pool)
-        store = ResourceStore(pool, validator().validate, settings.max_page_size)
+        store = ResourceStore(pool, validate_with(settings), settings.max_page_size)
         importer = Importer(
             pool,
             store,

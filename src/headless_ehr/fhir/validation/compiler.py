@@ -20,6 +20,7 @@ from .rules import (
     RESOURCE,
     RESOURCE_TYPE,
     SHADOW,
+    XHTML,
     ElementRule,
     Requirement,
     TypeModel,
@@ -158,7 +159,9 @@ class RuleCompiler:
             if code in self.primitives:
                 rule.kind = PRIMITIVE
                 rule.primitive = self.primitives[code]
-                if code != "xhtml":  # xhtml.extension is max 0: a narrative has no `_div`
+                if code == "xhtml":  # xhtml.extension is max 0: a narrative has no `_div`
+                    rule.kind = XHTML
+                else:
                     rules.append(self._shadow(rule))
             elif code == "Resource":
                 rule.kind = RESOURCE

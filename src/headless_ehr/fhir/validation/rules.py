@@ -20,6 +20,7 @@ COMPLEX = 1  # a JSON object checked against `model`
 RESOURCE = 2  # a whole resource of any type (contained, Bundle.entry.resource, ...)
 SHADOW = 3  # `_name`: the id/extensions of the primitive element `name`
 RESOURCE_TYPE = 4  # the `resourceType` key of a resource, checked before the walk
+XHTML = 5  # a narrative div: a JSON string parsed as XHTML (txt-1, txt-2)
 
 
 @dataclass(slots=True, eq=False)

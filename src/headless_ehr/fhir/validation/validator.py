@@ -22,9 +22,10 @@ from ..definitions import Definitions, definitions
 from ..outcome import Issue
 from .compiler import RuleCompiler
 from .extensions import extension_value_keys
+from .narrative import DEFAULT_MAX_BYTES, NarrativeRules, check_narrative, narrative_rules
 from .primitives import json_kind
 from .references import check_reference
-from .rules import COMPLEX, PRIMITIVE, RESOURCE, SHADOW, ElementRule, Requirement, TypeModel
+from .rules import COMPLEX, PRIMITIVE, RESOURCE, SHADOW, XHTML, ElementRule, Requirement, TypeModel
 
 
 class Validator:
@@ -34,14 +35,17 @@ class Validator:
         self._defs = defs if defs is not None else definitions()
         self.compiler = RuleCompiler(self._defs)
 
-    def validate(self, resource: Any, *, path: str | None = None) -> list[Issue]:
+    def validate(
+        self, resource: Any, *, path: str | None = None, max_narrative_bytes: int = DEFAULT_MAX_BYTES
+    ) -> list[Issue]:
         """Every problem found in `resource`; an empty list means it is valid.
 
         `path` is the expression of the resource itself when it sits inside
         something larger (e.g. `Bundle.entry[2].resource`); by default the
         resource type, so that expressions read `Patient.name[0].given[1]`.
+        A narrative (`text.div`) larger than `max_narrative_bytes` is refused.
         """
-        walk = _Walk(self)
+        walk = _Walk(self, max_narrative_bytes)
         try:
             walk.resource(resource, path, contained=False)
         except RecursionError:
@@ -57,18 +61,23 @@ class Validator:
     def extension_value_keys(self) -> dict[str, frozenset[str]]:
         return extension_value_keys(self._defs)
 
+    @cached_property
+    def narrative_rules(self) -> NarrativeRules:
+        return narrative_rules(self._defs)
+
 
 class _Walk:
     """The state of one validate() call: issues so far and the current resource's context."""
 
-    __slots__ = ("allow_conditional", "compiler", "contained_ids", "issues", "validator")
+    __slots__ = ("allow_conditional", "compiler", "contained_ids", "issues", "max_narrative_bytes", "validator")
 
-    def __init__(self, validator: Validator) -> None:
+    def __init__(self, validator: Validator, max_narrative_bytes: int) -> None:
         self.validator = validator
         self.compiler = validator.compiler
         self.issues: list[Issue] = []
         self.contained_ids: frozenset[str] | None = None
         self.allow_conditional = False
+        self.max_narrative_bytes = max_narrative_bytes
 
     def error(self, code: str, message: str, expression: str | None) -> None:
         self.issues.append(Issue("error", code, message, expression))
@@ -204,6 +213,8 @@ class _Walk:
                 self.resource(value, f"{path}.{rule.name}", contained=rule.contained)
             elif kind == SHADOW:
                 self.element(value, rule, f"{path}.{rule.name}")
+            elif kind == XHTML:
+                self.narrative(value, rule, f"{path}.{rule.name}")
         for requirement in model.required:
             for key in requirement.keys:
                 if key in obj:
@@ -260,6 +271,15 @@ class _Walk:
         """A wrong JSON kind is a structure issue, a wrong lexical form a value issue."""
         right_kind = rule.primitive.accepts_kind(value)  # type: ignore[union-attr]
         self.error("value" if right_kind else "structure", problem, path)
+
+    def narrative(self, value: Any, rule: ElementRule, path: str) -> None:
+        problem = rule.primitive.check(value)  # type: ignore[union-attr]
+        if problem is not None:
+            self.primitive_problem(rule, value, problem, path)
+            return
+        found = check_narrative(value, self.validator.narrative_rules, self.max_narrative_bytes)
+        if found is not None:
+            self.error(found.code, found.message, path)
 
     def primitive_array(self, obj: dict[str, Any], rule: ElementRule, values: list[Any], path: str) -> None:
         check = rule.primitive.check  # type: ignore[union-attr]

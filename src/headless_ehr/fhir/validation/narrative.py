@@ -83,13 +83,13 @@ def check_narrative(div: str, rules: NarrativeRules, max_bytes: int = DEFAULT_MA
         return NarrativeProblem("too-long", f"the narrative is larger than the {max_bytes} byte limit")
     if not div.lstrip().startswith("<div"):  # nothing before it: no XML declaration, DOCTYPE or comment
         return NarrativeProblem("value", "the narrative must be XHTML whose root element is a <div>")
-    scan = _Scan(rules)
     parser = expat.ParserCreate(namespace_separator=" ")
+    scan = _Scan(rules)
+    parser.buffer_text = True  # one call per run of text, not per line or entity
     parser.StartDoctypeDeclHandler = scan.doctype
     parser.EntityDeclHandler = scan.entity
     parser.ProcessingInstructionHandler = scan.instruction
     parser.StartElementHandler = scan.start
-    parser.EndElementHandler = scan.end
     parser.CharacterDataHandler = scan.text
     try:
         parser.Parse(div, True)
@@ -108,11 +108,11 @@ def check_narrative(div: str, rules: NarrativeRules, max_bytes: int = DEFAULT_MA
 class _Scan:
     """expat callbacks: each refuses what txt-1 does not allow, as soon as it is seen."""
 
-    __slots__ = ("content", "depth", "rules")
+    __slots__ = ("content", "root", "rules")
 
     def __init__(self, rules: NarrativeRules) -> None:
         self.rules = rules
-        self.depth = 0
+        self.root = True  # the next element is the root (expat refuses a second one)
         self.content = False  # txt-2: non-whitespace text or an image with a src
 
     @staticmethod
@@ -130,14 +130,15 @@ class _Scan:
 
     def start(self, name: str, attributes: dict[str, str]) -> None:
         namespace, _, local = name.rpartition(" ")
-        if self.depth == 0 and local != "div":
-            self.refuse("the root element of the narrative must be a <div>")
+        if self.root:
+            if local != "div":
+                self.refuse("the root element of the narrative must be a <div>")
+            self.root = False
         if namespace != XHTML_NS:
             where = f"namespace '{namespace}'" if namespace else "no namespace"
             self.refuse(f"<{local}> is in {where}; the narrative must be in the XHTML namespace {XHTML_NS}")
         if local not in self.rules.elements:
             self.refuse(f"<{local}> is not allowed in a narrative")
-        self.depth += 1
         for key, value in attributes.items():
             attribute = _attribute_name(key)
             if attribute not in self.rules.attributes:
@@ -154,9 +155,6 @@ class _Scan:
                     self.content = True
             elif attribute == "style" and _STYLE_SCRIPT.search(value):
                 self.refuse(f"the style of <{local}> may not contain script")
-
-    def end(self, _name: str) -> None:
-        self.depth -= 1
 
     def text(self, data: str) -> None:
         if not self.content and not data.isspace():

@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 
 from ..fhir.outcome import FhirError
 
-_DATE_OR_INSTANT = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+_DATE_OR_INSTANT = re.compile(
+    r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$", re.ASCII
+)
 
 
 def parse_instant(name: str, value: str) -> datetime:

@@ -15,6 +15,7 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
 from ..search.compartment import Compartment, member_types
+from ..search.paging import parse_count
 from ..search.parse import RESULT_PARAMETERS
 from ..search.registry import search_params
 from ..search.sql import ANY_TYPE
@@ -197,10 +198,7 @@ def _history_args(request: Request) -> dict[str, object]:
     settings = request.app.state.settings
     count = settings.default_page_size
     if "_count" in q:
-        raw = q["_count"]
-        if not raw.isdigit():
-            raise FhirError.of(400, "invalid", f"_count must be a non-negative integer, got '{raw}'")
-        count = int(raw)
+        count = parse_count(q["_count"], settings.max_page_size)
     since = parse_instant("_since", q["_since"]) if "_since" in q else None
     known = {"_count", "_since", "_cursor", "_format", "_pretty"}
     unknown = [k for k in q if k not in known]

@@ -60,7 +60,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing more than limit bytes with 413 before reading it all."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise FhirError.of(400, "invalid", "malformed Content-Length")
         if int(declared) > limit:
             raise _too_large(limit)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl
@@ -11,36 +10,28 @@ from starlette.requests import Request
 
 from ..fhir.outcome import FhirError
 from ..store import StoredResource
-
-_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
-
-
-def version_from_etag(value: str, header: str) -> int:
-    match = _ETAG.match(value)
-    if not match:
-        raise FhirError.of(400, "invalid", f"malformed {header} header '{value}' (expected W/\"n\")")
-    return int(match.group(1))
+from ..store.etag import Versions, matches, parse_etags
 
 
-def if_match(request: Request) -> int | None:
-    """The version named by If-Match, or None."""
+def if_match(request: Request) -> Versions | None:
+    """The versions If-Match names (`*`, or a list of ETags), or None."""
     value = request.headers.get("if-match")
-    return None if value is None else version_from_etag(value, "If-Match")
+    return None if value is None else parse_etags(value, "If-Match")
 
 
 def not_modified(request: Request, stored: StoredResource) -> bool:
     """True when If-None-Match or If-Modified-Since says the client's copy is current."""
     inm = request.headers.get("if-none-match")
     if inm is not None:
-        if inm.strip() == "*":
-            return True
-        tags = [t for t in inm.split(",") if t.strip()]
-        return any(_ETAG.match(t) and int(_ETAG.match(t).group(1)) == stored.version_id for t in tags)
+        try:
+            return matches(parse_etags(inm, "If-None-Match"), stored.version_id)
+        except FhirError:
+            return False  # a tag we cannot read matches nothing: the client gets the resource
     ims = request.headers.get("if-modified-since")
     if ims is not None:
         try:
             since: datetime = parsedate_to_datetime(ims)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return False  # RFC 9110: an invalid date is ignored
         if since.tzinfo is None:
             return False

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
+from ..fhir.validation.primitives import decimal_problem
 from .registry import SearchParam, search_params
 
 # Parameters that shape the result rather than filter it.
@@ -246,10 +248,16 @@ class Parser:
                 _check_number(clause.name, part)
 
 
+_NUMBER = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def _check_number(name: str, raw: str) -> None:
     number = split_unescaped(split_prefix(raw)[1], "|")[0]
-    if not re.fullmatch(r"-?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", number):
-        raise FhirError.of(400, "invalid", f"'{name}': '{raw}' is not a number")
+    if not _NUMBER.fullmatch(number):
+        raise FhirError.of(400, "invalid", f"'{name}': '{raw[:100]}' is not a number")
+    problem = decimal_problem(Decimal(number))  # the range resources are held to
+    if problem is not None:
+        raise FhirError.of(400, "invalid", f"'{name}': {problem}")
 
 
 def _check_date(name: str, value: str) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
-from .paging import decode_cursor, encode_cursor
+from ..fhir.validation.primitives import decimal_problem
+from .paging import decode_cursor, encode_cursor, parse_count
 from .parse import Clause, Parser
 from .registry import search_params
 from .sql import ANY_TYPE, TABLES, SqlBuilder, clause_sql, driver_sql
@@ -76,9 +77,7 @@ def parse_request(
     count = default_count
     raw = _first(params, "_count")
     if raw is not None:
-        if not raw.isdigit():
-            raise FhirError.of(400, "invalid", f"_count must be a non-negative integer, got '{raw}'")
-        count = min(int(raw), max_count)
+        count = parse_count(raw, max_count)
     total = _first(params, "_total")
     if total is not None and total not in TOTAL_VALUES:
         raise FhirError.of(400, "invalid", f"_total must be one of {sorted(TOTAL_VALUES)}")
@@ -115,9 +114,16 @@ def _parse_sort(resource_types: list[str], raw: str) -> list[SortKey]:
         if code == "_lastUpdated":
             keys.append(SortKey(code, descending, "lastUpdated"))
             continue
-        types = {search_params(t)[code].type for t in resource_types if code in search_params(t)}
-        if not types:
-            raise FhirError.of(400, "invalid", f"cannot sort on unknown parameter '{code}'")
+        missing = [t for t in resource_types if code not in search_params(t)]
+        if len(missing) == len(resource_types):
+            raise FhirError.of(400, "invalid", f"cannot sort on unknown parameter '{code[:100]}'")
+        if missing:  # R4 search.html#all: a parameter of a multi-type search must apply to every type
+            raise FhirError.of(
+                400, "invalid", f"cannot sort on '{code}': it is not a parameter of {', '.join(missing[:10])}"
+            )
+        types = {search_params(t)[code].type for t in resource_types}
+        if len(types) > 1:
+            raise FhirError.of(400, "invalid", f"cannot sort on '{code}': its type differs between the types searched")
         kind = types.pop()
         if kind in ("composite", "special"):
             raise FhirError.of(400, "not-supported", f"cannot sort on {kind} parameter '{code}'")
@@ -221,12 +227,21 @@ def _to_json(value: Any) -> Any:
 
 
 def _from_json(value: Any, kind: str) -> Any:
+    """A sort value from a cursor; ValueError when the client changed its type or range."""
     if value is None:
         return None
+    if type(value) is not str:  # _to_json writes every kind as a string
+        raise ValueError("not a cursor value")
     if kind in ("lastUpdated", "timestamp"):
-        return datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            raise ValueError("not a cursor value")
+        return moment
     if kind == "numeric":
-        return Decimal(value)
+        number = Decimal(value)
+        if decimal_problem(number) is not None:
+            raise ValueError("not a cursor value")
+        return number
     return value
 
 

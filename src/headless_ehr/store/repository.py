@@ -35,8 +35,9 @@ from ..search.query import (
 )
 from ..search.rows import IndexRows
 from ..search.sql import SqlBuilder
-from . import sql
+from . import etag, sql
 from .bulk import INSERT_MANY, insert_many_args
+from .etag import Versions
 from .ids import new_id
 from .model import HistoryPage, SearchPage, StoredResource, WriteOutcome
 
@@ -157,7 +158,7 @@ class ResourceStore:
 
     async def vread(self, principal: Principal, resource_type: str, rid: str, version: str) -> StoredResource:
         principal.require("vread", resource_type)
-        if not version.isdigit() or len(version) > 9:
+        if not (version.isascii() and version.isdigit()) or len(version) > 9:
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
         row = await self._db.fetchrow(sql.READ_VERSION, resource_type, rid, int(version))
         if row is None:
@@ -244,7 +245,7 @@ class ResourceStore:
         rid: str,
         resource: Any,
         *,
-        if_match: int | None = None,
+        if_match: Versions | int | None = None,
         method: str = "PUT",
     ) -> WriteOutcome:
         """Replace (or create with the client's id); If-Match makes it version-aware."""
@@ -256,9 +257,9 @@ class ResourceStore:
         principal.require("update", resource_type)
 
         def plan(current: asyncpg.Record | None) -> _Write:
-            if current is None and if_match is not None:
+            if if_match is not None and (current is None or (if_match == etag.ANY and current[2] is None)):
                 raise FhirError.of(412, "conflict", f"{resource_type}/{rid} does not exist (If-Match)")
-            if current is not None and if_match is not None and if_match != current[0]:
+            if current is not None and if_match is not None and not etag.matches(if_match, current[0]):
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             return _Write(resource, method)
 
@@ -273,7 +274,7 @@ class ResourceStore:
         rid: str,
         apply: Callable[[Resource], Resource],
         *,
-        if_match: int | None = None,
+        if_match: Versions | int | None = None,
     ) -> WriteOutcome:
         """Apply a patch function to the current version; the result is validated like an update."""
         principal.require("patch", resource_type)
@@ -281,7 +282,7 @@ class ResourceStore:
         def plan(current: asyncpg.Record | None) -> _Write:
             if current is None:
                 raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
-            if if_match is not None and if_match != current[0]:
+            if if_match is not None and not etag.matches(if_match, current[0]):
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             if current[2] is None:
                 raise FhirError.of(410, "deleted", f"{resource_type}/{rid} has been deleted")
@@ -296,7 +297,7 @@ class ResourceStore:
         return WriteOutcome(stored, created=False)
 
     async def delete(
-        self, principal: Principal, resource_type: str, rid: str, *, if_match: int | None = None
+        self, principal: Principal, resource_type: str, rid: str, *, if_match: Versions | int | None = None
     ) -> StoredResource | None:
         """Delete; returns the deletion version, or None when it was already deleted."""
         principal.require("delete", resource_type)
@@ -304,7 +305,7 @@ class ResourceStore:
         def plan(current: asyncpg.Record | None) -> _Write | None:
             if current is None:
                 raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
-            if if_match is not None and if_match != current[0]:
+            if if_match is not None and not etag.matches(if_match, current[0]):
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             return None if current[2] is None else _Write(None, "DELETE")
 
@@ -390,7 +391,7 @@ class ResourceStore:
         criteria: list[tuple[str, str]],
         resource: Any,
         *,
-        if_match: int | None = None,
+        if_match: Versions | int | None = None,
     ) -> WriteOutcome:
         """Update the one match, or create when none matches (id from the body or new)."""
         self.check(resource, resource_type)
@@ -451,9 +452,11 @@ class ResourceStore:
         if cursor:
             state = decode_cursor(cursor)
             try:
-                ts, seq = datetime.fromisoformat(state[0]), int(state[1])
+                ts, seq = datetime.fromisoformat(state[0]), state[1]
             except (TypeError, ValueError, IndexError, KeyError):
                 raise FhirError.of(400, "invalid", "malformed paging cursor") from None
+            if ts.tzinfo is None or type(seq) is not int or not 0 <= seq < 2**63:
+                raise FhirError.of(400, "invalid", "the paging cursor does not fit this history")
             where.append(f"(last_updated, seq) < ({arg(ts)}, {arg(seq)})")
         clause = " WHERE " + " AND ".join(where) if where else ""
         rows = await self._db.fetch(
@@ -582,10 +585,10 @@ def _compartment_restriction(
     return restrict
 
 
-def _version_conflict(resource_type: str, rid: str, wanted: int, current: int | None) -> FhirError:
+def _version_conflict(resource_type: str, rid: str, wanted: Versions | int, current: int | None) -> FhirError:
     now = f" (current version is {current})" if current is not None else ""
     return FhirError.of(
         412,
         "conflict",
-        f"{resource_type}/{rid}: If-Match version {wanted} is not the current version{now}",
+        f"{resource_type}/{rid}: If-Match version {etag.describe(wanted)} is not the current version{now}",
     )

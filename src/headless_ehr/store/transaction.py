@@ -26,6 +26,7 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue, operation_outcome
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
 from ..fhir.references import iter_references
+from .etag import Versions, parse_etags
 from .ids import new_id
 from .model import SearchPage, StoredResource
 from .repository import PreparedCreate, ResourceStore, format_instant
@@ -118,13 +119,13 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
     return out
 
 
-def _etag_version(value: str | None) -> int | None:
+def _etag_version(value: Any) -> Versions | None:
+    """The versions `request.ifMatch` names, parsed as the If-Match header is."""
     if value is None:
         return None
-    digits = "".join(ch for ch in value if ch.isdigit())
-    if not digits:
-        raise FhirError.of(400, "invalid", f"malformed ifMatch '{value}'")
-    return int(digits)
+    if not isinstance(value, str):
+        raise FhirError.of(400, "invalid", "request.ifMatch must be a string")
+    return parse_etags(value, "ifMatch")
 
 
 class BundleProcessor:

@@ -134,8 +134,34 @@ def _integer_check(name: str, low: int) -> Check:
 def _check_decimal(value: Any) -> str | None:
     if type(value) is bool or not isinstance(value, (int, Decimal, float)):
         return f"decimal must be a JSON number, not {json_kind(value)}"
-    if isinstance(value, Decimal) and not value.is_finite():
+    if isinstance(value, Decimal):
+        return decimal_problem(value)
+    if type(value) is int and not -_INT_LIMIT < value < _INT_LIMIT:
+        return f"decimal {str(value)[:20]}... is out of range (beyond 1e{DECIMAL_MAX_EXPONENT})"
+    return None
+
+
+# R4 decimal is xs:decimal or xs:double: its magnitude stays within the IEEE 754 double
+# range, and a few hundred digits of precision are far more than any measurement has.
+# Beyond that a number only costs (1e999999999 cannot be stored or compared) and is
+# refused: in resources here, and in search values by the search parser.
+DECIMAL_MAX_EXPONENT = 308
+DECIMAL_MIN_EXPONENT = -324
+DECIMAL_MAX_DIGITS = 1000
+_INT_LIMIT = 10 ** (DECIMAL_MAX_EXPONENT + 1)
+
+
+def decimal_problem(value: Decimal) -> str | None:
+    """Why `value` cannot be a FHIR decimal here, or None."""
+    if not value.is_finite():
         return "decimal must be a finite number"
+    adjusted = value.adjusted()
+    if value and not DECIMAL_MIN_EXPONENT <= adjusted <= DECIMAL_MAX_EXPONENT:
+        limits = f"1e{DECIMAL_MIN_EXPONENT}..1e{DECIMAL_MAX_EXPONENT}"
+        return f"decimal {_quote(str(value))} is out of range (its magnitude must be within {limits})"
+    exponent = value.as_tuple().exponent
+    if not -DECIMAL_MAX_DIGITS <= exponent <= DECIMAL_MAX_EXPONENT:  # type: ignore[operator]
+        return f"decimal {_quote(str(value))} is out of range (at most {DECIMAL_MAX_DIGITS} digits after the point)"
     return None
 
 

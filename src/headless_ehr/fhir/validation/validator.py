@@ -27,6 +27,15 @@ from .primitives import json_kind
 from .references import check_reference
 from .rules import COMPLEX, PRIMITIVE, RESOURCE, SHADOW, XHTML, ElementRule, Requirement, TypeModel
 
+# JSON objects inside one another. Real resources stay far below this (a Questionnaire
+# 50 items deep is ~100); JSON nests at most twice as deep (an array between objects),
+# and the JSON writer refuses more than 255 levels, a response Bundle adding 3.
+MAX_NESTING = 100
+
+
+class _TooDeep(Exception):
+    """Raised from deep inside a walk to abandon it at once."""
+
 
 class Validator:
     """Checks resources against the R4 StructureDefinitions; thread-safe, reusable."""
@@ -48,6 +57,8 @@ class Validator:
         walk = _Walk(self, max_narrative_bytes)
         try:
             walk.resource(resource, path, contained=False)
+        except _TooDeep:
+            pass  # the issue is recorded
         except RecursionError:
             # Only hostile input nests this deep; answer it as an issue, not a crash.
             walk.error("too-costly", "the resource is nested too deeply to validate", path)
@@ -69,7 +80,15 @@ class Validator:
 class _Walk:
     """The state of one validate() call: issues so far and the current resource's context."""
 
-    __slots__ = ("allow_conditional", "compiler", "contained_ids", "issues", "max_narrative_bytes", "validator")
+    __slots__ = (
+        "allow_conditional",
+        "compiler",
+        "contained_ids",
+        "depth",
+        "issues",
+        "max_narrative_bytes",
+        "validator",
+    )
 
     def __init__(self, validator: Validator, max_narrative_bytes: int) -> None:
         self.validator = validator
@@ -78,6 +97,7 @@ class _Walk:
         self.contained_ids: frozenset[str] | None = None
         self.allow_conditional = False
         self.max_narrative_bytes = max_narrative_bytes
+        self.depth = 0  # JSON objects open around the one being walked
 
     def error(self, code: str, message: str, expression: str | None) -> None:
         self.issues.append(Issue("error", code, message, expression))
@@ -145,6 +165,10 @@ class _Walk:
     # objects
 
     def object(self, obj: dict[str, Any], model: TypeModel, path: str) -> None:
+        self.depth += 1  # not restored when a walk is abandoned: the walk is over then
+        if self.depth > MAX_NESTING:
+            self.error("too-costly", f"elements are nested more than {MAX_NESTING} levels deep", path)
+            raise _TooDeep
         properties = model.properties
         chosen: dict[str, str] | None = None
         for key, value in obj.items():
@@ -226,6 +250,7 @@ class _Walk:
                 count = max(len(obj[k]) if type(obj[k]) is list else 1 for k in requirement.keys if k in obj)
                 if count < requirement.min:
                     self.missing(model, requirement, path, count)
+        self.depth -= 1
 
     def missing(self, model: TypeModel, requirement: Requirement, path: str, count: int) -> None:
         found = f"found {count}" if count else "none found"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -314,3 +315,91 @@ async def fuzz_patient(client: httpx.AsyncClient) -> str:
     res = await client.put(f"/Patient/{rid}", json=body, headers={"Content-Type": FHIR_JSON})
     assert res.status_code == 201
     return rid
+
+
+# -- paths, bundle requests, FHIRPath patches -----------------------------------------
+
+SEGMENT = st.one_of(
+    TEXT.filter(lambda t: "/" not in t and "?" not in t and "#" not in t and t not in ("", ".", "..")),
+    st.sampled_from(["Patient", "Observation", "Nope", "_history", "_search", "$validate", "$everything", "$reindex",
+                     "$meta", "metadata", "*", "fuzz", "1", "²", "9" * 30, "a" * 200, "%00", "_", "$"]),
+)  # fmt: skip
+
+
+@FUZZ
+@given(segments=st.lists(SEGMENT, min_size=1, max_size=5), method=METHOD)
+async def test_paths_never_cause_5xx(client, segments, method):
+    body = b'{"resourceType":"Patient"}' if method in ("PUT", "POST", "PATCH") else None
+    headers = {"Content-Type": FHIR_JSON} if body else {}
+    url = "/" + "/".join(quote(s, safe="$*") for s in segments)
+    await assert_handled(await client.request(method, url, content=body, headers=headers), (method, url))
+
+
+REQUEST_URL = st.one_of(
+    st.lists(SEGMENT, min_size=1, max_size=4).map("/".join),
+    st.sampled_from(["Patient", "Patient/fuzz", "Patient?name=x", "Patient?_count=²", "Patient/fuzz/_history/1",
+                     "Observation?value-quantity=1e999999999", "metadata", "", "/", "http://other.org/Patient/1",
+                     "Patient/fuzz/$validate", "Patient/fuzz/extra/segments", "urn:uuid:x", "?", "Patient?"]),
+)  # fmt: skip
+REQUEST = st.fixed_dictionaries(
+    {"method": st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "get", ""]), "url": REQUEST_URL},
+    optional={
+        "ifMatch": ETAGS,
+        "ifNoneExist": st.sampled_from(["identifier=a|b", "_count=1", "", "name=x&name=y", "?", "nope=1"]),
+        "ifNoneMatch": ETAGS,
+        "ifModifiedSince": st.sampled_from(["2020-01-01T00:00:00Z", "yesterday", ""]),
+    },
+).map(lambda d: _object([(k, json.dumps(v)) for k, v in d.items()]))
+ENTRY = st.fixed_dictionaries(
+    {"request": st.one_of(REQUEST, JSON_TEXT)},
+    optional={
+        "resource": st.one_of(near_valid().map(lambda b: b[1]), JSON_TEXT),
+        "fullUrl": st.sampled_from(["urn:uuid:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "urn:uuid:x", "Patient/fuzz",
+                                    "http://other.org/fhir/Patient/1", "", "relative"]).map(json.dumps),
+    },
+).map(lambda d: _object(list(d.items())))  # fmt: skip
+
+
+@FUZZ
+@given(kind=st.sampled_from(["transaction", "batch"]), entries=st.lists(ENTRY, min_size=1, max_size=4))
+async def test_bundle_requests_never_cause_5xx(client, kind, entries):
+    bundle = f'{{"resourceType":"Bundle","type":"{kind}","entry":[{",".join(entries)}]}}'
+    res = await client.post("", content=bundle.encode(), headers={"Content-Type": FHIR_JSON})
+    await assert_handled(res, bundle[:500])
+
+
+FHIRPATH_OPERATION = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["add", "insert", "delete", "replace", "move", "nope", ""]),
+        "path": st.sampled_from(["Patient", "Patient.name", "Patient.name[0]", "Patient.name.where(", "Patient.active",
+                                 "Patient.birthDate", "Patient.name[99]", "", "%x", "Patient.extension"]),
+    },
+    optional={
+        "name": st.sampled_from(["active", "given", "extension", "nope", ""]),
+        "value": st.one_of(JSON_TEXT, RAW_NUMBER),
+        "index": st.one_of(st.integers(-5, 5), RAW_NUMBER),
+    },
+)  # fmt: skip
+
+
+def _parameters(operations: list[dict[str, str]]) -> str:
+    parts = []
+    for operation in operations:
+        inner = []
+        for name, value in operation.items():
+            if name == "value":
+                inner.append(f'{{"name":"value","valueString":{value}}}')
+            elif name == "index":
+                inner.append(f'{{"name":"index","valueInteger":{value}}}')
+            else:
+                inner.append(f'{{"name":"{name}","valueString":{json.dumps(value)}}}')
+        parts.append(f'{{"name":"operation","part":[{",".join(inner)}]}}')
+    return f'{{"resourceType":"Parameters","parameter":[{",".join(parts)}]}}'
+
+
+@FUZZ
+@given(operations=st.lists(FHIRPATH_OPERATION, min_size=1, max_size=3))
+async def test_fhirpath_patches_never_cause_5xx(client, fuzz_patient, operations):
+    body = _parameters(operations)
+    res = await client.patch(f"/Patient/{fuzz_patient}", content=body.encode(), headers={"Content-Type": FHIR_JSON})
+    await assert_handled(res, body[:500])

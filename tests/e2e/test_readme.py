@@ -119,7 +119,7 @@ def test_readme_try_it_runs_top_to_bottom_as_documented(fresh_database: str, tmp
         script = [
             "set -u",
             f"N=0; OUT={outputs}",
-            "curl() { N=$((N+1)); command curl \"$@\" -w '\\n%{http_code}' > \"$OUT/$N\"; }",
+            'curl() { N=$((N+1)); command curl "$@" -w \'\\n%{http_code}\' > "$OUT/$N"; }',
         ]
         for step in plan:
             script.extend(step.commands)

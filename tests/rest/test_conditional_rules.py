@@ -236,3 +236,12 @@ def test_an_unknown_conditional_delete_mode_stops_start_up(monkeypatch):
     monkeypatch.setenv("EHR_CONDITIONAL_DELETE", "some")
     with pytest.raises(ValueError, match="EHR_CONDITIONAL_DELETE"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize("result", ["_sort.x=1", "_count:x=1"])
+async def test_a_result_parameter_with_a_suffix_is_still_refused(client, result):
+    """The search parser ignores `_sort.x` as a result parameter; as a criterion it
+    would leave no criteria at all and match every Patient."""
+    family, _ = await smiths(client, 1)
+    assert is_outcome(await client.delete(f"/Patient?{result}"), 400)
+    assert await live(client, family) == 1

@@ -34,7 +34,7 @@ class Criteria:
     @property
     def canonical(self) -> str:
         """`Type?a=1&b=2`, the same text for every spelling of the same criteria."""
-        return f"{self.resource_type}?{urlencode(self.params)}"
+        return f"{self.resource_type}?{urlencode(self.params, safe=':|/,')}"
 
     @property
     def lock_key(self) -> int:
@@ -65,7 +65,7 @@ def conditional_criteria(resource_type: str, query: str | Iterable[tuple[str, st
     params: list[tuple[str, str]] = []
     refused: list[str] = []
     for name, value in pairs:
-        base = name.split(":", 1)[0]
+        base = name.split(":", 1)[0].split(".", 1)[0]  # as the search parser reads it
         if base in _RENDERING:
             continue
         if base in RESULT_PARAMETERS:

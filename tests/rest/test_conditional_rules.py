@@ -211,6 +211,23 @@ async def test_conditional_delete_multiple_deletes_every_match(multiple_client):
         assert (await multiple_client.get(f"/Patient/{rid}")).status_code == 410
 
 
+@pytest.fixture
+async def small_pages_multiple_client(settings) -> AsyncIterator[httpx.AsyncClient]:
+    """EHR_CONDITIONAL_DELETE=multiple with pages of at most 2 resources."""
+    app = create_app(dataclasses.replace(settings, conditional_delete="multiple", max_page_size=2))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
+            yield c
+
+
+async def test_conditional_delete_multiple_deletes_matches_beyond_one_page(client, small_pages_multiple_client):
+    family, _ = await smiths(client, 5)
+    res = await small_pages_multiple_client.delete(f"/Patient?family={family}")
+    assert res.status_code == 200
+    assert await live(client, family) == 0
+
+
 async def test_conditional_delete_multiple_still_refuses_result_parameters(multiple_client):
     family, _ = await smiths(multiple_client, 3)
     assert is_outcome(await multiple_client.delete(f"/Patient?family={family}&_count=1"), 400)

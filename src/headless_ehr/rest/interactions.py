@@ -111,17 +111,17 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
     return _write_response(request, outcome.stored, status, f"updated {resource_type}/{outcome.stored.id}")
 
 
-def _delete_response(request: Request, stored: StoredResource | None, message: str) -> Response:
+def _delete_response(request: Request, stored: StoredResource | None, what: str) -> Response:
     headers = {"ETag": f'W/"{stored.version_id}"'} if stored else {}
     if prefer(request).get("return") == "minimal":
         return Response(status_code=204, headers=headers)
+    message = f"deleted {what}" if stored else f"nothing to delete: {what}"
     return json_response(request, info_outcome(message), 200, headers)
 
 
 async def delete(request: Request, resource_type: str, rid: str) -> Response:
     stored = await store_of(request).delete(principal_of(request), resource_type, rid, if_match=if_match(request))
-    what = f"{resource_type}/{rid}"
-    return _delete_response(request, stored, f"deleted {what}" if stored else f"nothing to delete: {what}")
+    return _delete_response(request, stored, f"{resource_type}/{rid}")
 
 
 async def conditional_delete(request: Request, resource_type: str) -> Response:
@@ -129,11 +129,13 @@ async def conditional_delete(request: Request, resource_type: str) -> Response:
     multiple = request.app.state.settings.conditional_delete == "multiple"
     criteria = _criteria(request, resource_type, "delete")
     deleted = await store_of(request).conditional_delete(principal_of(request), criteria, multiple=multiple)
-    if not deleted:
-        return _delete_response(request, None, f"nothing to delete: no {resource_type} matched")
-    if len(deleted) == 1:
-        return _delete_response(request, deleted[0], f"deleted {resource_type}/{deleted[0].id}")
-    return _delete_response(request, None, f"deleted {len(deleted)} {resource_type} resources")
+    if len(deleted) <= 1:
+        stored = deleted[0] if deleted else None
+        what = f"{resource_type}/{stored.id}" if stored else f"no {resource_type} matched"
+        return _delete_response(request, stored, what)
+    if prefer(request).get("return") == "minimal":  # several: no one ETag to give
+        return Response(status_code=204)
+    return json_response(request, info_outcome(f"deleted {len(deleted)} {resource_type} resources"), 200)
 
 
 async def _search_params(request: Request) -> list[tuple[str, str]]:

@@ -38,7 +38,7 @@ _PREFIXED_TYPES = frozenset({"number", "date", "quantity"})
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
     "token": {"missing", "not", "text", "of-type", "exact"},
-    "reference": {"missing", "identifier"},  # plus :[type]
+    "reference": {"missing", "identifier", "above", "below"},  # plus :[type]; above/below: canonicals
     "date": {"missing"},
     "number": {"missing"},
     "quantity": {"missing"},
@@ -229,6 +229,10 @@ class Parser:
                 _check_number(clause.name, raw)
             elif param.type == "composite":
                 self._check_composite(clause, param, raw)
+            elif param.type == "reference" and clause.modifier in ("above", "below") and "://" not in raw:
+                raise FhirError.of(
+                    400, "invalid", f"'{clause.name}': :{clause.modifier} applies to canonical URLs, not '{raw}'"
+                )
 
     def _check_composite(self, clause: Clause, param: SearchParam, raw: str) -> None:
         from .extract.compile import component_types

@@ -17,7 +17,7 @@ from .extract.compile import component_types
 from .extract.ucum import canonical as ucum_canonical
 from .normalize import MAX_INSTANT, MIN_INSTANT, date_range, normalize_string, number_range
 from .parse import Clause, split_prefix, split_unescaped, unescape
-from .registry import SearchParam
+from .registry import SearchParam, search_params
 
 TABLES = {
     "token": "search_token",
@@ -217,7 +217,7 @@ def _value_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, value: s
     if kind == "string":
         return _string_sql(b, modifier, unescape(value), f"{x}.value", f"{x}.exact")
     if kind == "uri":
-        return _uri_sql(b, modifier, unescape(value), f"{x}.uri")
+        return _uri_sql(b, param, modifier, value, x)
     if kind == "date":
         prefix, rest = split_prefix(value)
         return _date_compare(b, prefix, rest, f"{x}.low", f"{x}.high")
@@ -259,12 +259,84 @@ def _string_sql(b: SqlBuilder, modifier: str | None, value: str, norm_col: str, 
     return f"{norm_col} LIKE {b.arg(pattern + '%')}"
 
 
-def _uri_sql(b: SqlBuilder, modifier: str | None, value: str, col: str) -> str:
+def url_ancestors(url: str) -> list[str]:
+    """url and every URL above it, cut at path segments (R4 `:above`):
+    `http://a.org/fhir/ValueSet/1` gives `http://a.org`, `http://a.org/fhir`, ... and
+    each with a trailing slash. A URN or OID has no hierarchy: only itself."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return [url]
+    segments = rest.rstrip("/").split("/")
+    out = [url]
+    for i in range(1, len(segments) + 1):
+        prefix = f"{scheme}://{'/'.join(segments[:i])}"
+        out += [prefix, prefix + "/"]
+    return list(dict.fromkeys(out))
+
+
+def _url_below(b: SqlBuilder, url: str, col: str) -> str:
+    """col is url or a URL under it (path-segment wise: `/ValueSet` is not above `/ValueSets`)."""
+    if "://" not in url:
+        return f"{col} = {b.arg(url)}"
+    stem = url.rstrip("/")
+    return f"({col} = ANY({b.arg([url, stem], '::text[]')}) OR {col} LIKE {b.arg(escape_like(stem) + '/%')})"
+
+
+def _version_sql(b: SqlBuilder, modifier: str | None, version: str, col: str, prefix: str = "") -> str:
+    """A canonical version test on col (values `prefix + version`): exact, `:below`
+    (`1` matches 1, 1.2 and 1.2.3 but not 10) or `:above` (`1.2.3` matches 1, 1.2, 1.2.3)."""
     if modifier == "below":
-        return f"{col} LIKE {b.arg(escape_like(value) + '%')}"
+        return f"({col} = {b.arg(prefix + version)} OR {col} LIKE {b.arg(escape_like(prefix + version) + '.%')})"
     if modifier == "above":
-        return f"starts_with({b.arg(value)}, {col})"
-    return f"{col} = {b.arg(value)}"
+        parts = version.split(".")
+        above = [prefix + ".".join(parts[: i + 1]) for i in range(len(parts))]
+        return f"{col} = ANY({b.arg(above, '::text[]')})"
+    return f"{col} = {b.arg(prefix + version)}"
+
+
+def split_canonical(raw: str) -> tuple[str, str | None]:
+    """(url, version) of a search value `url|version` (escapes removed)."""
+    parts = split_unescaped(raw, "|")
+    if len(parts) == 1:
+        return unescape(raw), None
+    return unescape(parts[0]), unescape("|".join(parts[1:]))
+
+
+def _uri_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw: str, x: str) -> str:
+    """uri parameters, R4 `:above`/`:below` by path segment; `url|version` matches a
+    stored canonical `url|version`, or the url of a resource whose `version` matches."""
+    col = f"{x}.uri"
+    if modifier == "exact":
+        return f"{col} = {b.arg(unescape(raw))}"
+    url, version = split_canonical(raw)
+    if version is None:
+        if modifier == "below":
+            stem = url.rstrip("/")
+            return f"({_url_below(b, url, col)} OR {col} LIKE {b.arg(escape_like(stem) + '|%')})"
+        if modifier == "above":
+            return f"{col} = ANY({b.arg(url_ancestors(url), '::text[]')})"
+        return f"({col} = {b.arg(url)} OR {col} LIKE {b.arg(escape_like(url) + '|%')})"
+    ors = [_version_sql(b, modifier, version, col, prefix=url + "|")]
+    owner_version = search_params(param.resource_type).get("version")
+    if owner_version is not None and owner_version.type == "token":
+        v = b.alias("v")
+        ors.append(
+            f"({col} = {b.arg(url)} AND EXISTS (SELECT 1 FROM search_token {v} WHERE {v}.resource_type ="
+            f" {x}.resource_type AND {v}.resource_id = {x}.resource_id AND {v}.param = 'version'"
+            f" AND {_version_sql(b, modifier, version, f'{v}.code')}))"
+        )
+    return "(" + " OR ".join(ors) + ")"
+
+
+def _canonical_sql(b: SqlBuilder, modifier: str, raw: str, x: str) -> str:
+    """`:above`/`:below` on a reference parameter: canonical URLs (kept in url, the
+    version in target_version), by URL hierarchy or, with `|version`, by version."""
+    url, version = split_canonical(raw)
+    if version is not None:
+        return f"{x}.url = {b.arg(url)} AND {_version_sql(b, modifier, version, f'{x}.target_version')}"
+    if modifier == "below":
+        return _url_below(b, url, f"{x}.url")
+    return f"{x}.url = ANY({b.arg(url_ancestors(url), '::text[]')})"
 
 
 def _date_compare(b: SqlBuilder, prefix: str, value: str, low: str, high: str) -> str:
@@ -342,6 +414,8 @@ def _quantity_sql(b: SqlBuilder, raw: str, x: str) -> str:
 
 
 def _reference_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw: str, x: str) -> str:
+    if modifier in ("above", "below"):
+        return _canonical_sql(b, modifier, raw, x)
     value = unescape(raw)
     if modifier and modifier not in ("identifier",):  # :[type]
         return f"{x}.target_type = {b.arg(modifier)} AND {x}.target_id = {b.arg(value)}"

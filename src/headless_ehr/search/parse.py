@@ -37,7 +37,7 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _PREFIXED_TYPES = frozenset({"number", "date", "quantity"})
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"missing", "not", "text", "of-type", "exact"},
+    "token": {"missing", "not", "text", "of-type", "exact", "in", "not-in", "above", "below"},
     "reference": {"missing", "identifier", "above", "below"},  # plus :[type]; above/below: canonicals
     "date": {"missing"},
     "number": {"missing"},
@@ -229,6 +229,8 @@ class Parser:
                 _check_number(clause.name, raw)
             elif param.type == "composite":
                 self._check_composite(clause, param, raw)
+            elif param.type == "token" and clause.modifier in ("in", "not-in", "above", "below"):
+                _check_terminology(clause.name, clause.modifier, raw)
             elif param.type == "reference" and clause.modifier in ("above", "below") and "://" not in raw:
                 raise FhirError.of(
                     400, "invalid", f"'{clause.name}': :{clause.modifier} applies to canonical URLs, not '{raw}'"
@@ -248,6 +250,20 @@ class Parser:
                 _check_date(clause.name, split_prefix(part)[1])
             elif kind in ("number", "quantity"):
                 _check_number(clause.name, part)
+
+
+def _check_terminology(name: str, modifier: str, raw: str) -> None:
+    """`:in`/`:not-in` name a value set we can expand; `:above`/`:below` a system|code in a
+    code system whose hierarchy we have (resolved here once; the SQL reuses the cache)."""
+    from .terminology import subsumed_codes, value_set_codes
+
+    if modifier in ("in", "not-in"):
+        value_set_codes(name, unescape(raw))
+        return
+    parts = split_unescaped(raw, "|")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise FhirError.of(400, "invalid", f"'{name}' takes system|code, got '{raw}'")
+    subsumed_codes(name, unescape(parts[0]), unescape(parts[1]), upwards=modifier == "above")
 
 
 def _check_number(name: str, raw: str) -> None:

@@ -18,6 +18,7 @@ from .extract.ucum import canonical as ucum_canonical
 from .normalize import MAX_INSTANT, MIN_INSTANT, date_range, normalize_string, number_range
 from .parse import Clause, split_prefix, split_unescaped, unescape
 from .registry import SearchParam, search_params
+from .terminology import subsumed_codes, value_set_codes
 
 TABLES = {
     "token": "search_token",
@@ -88,7 +89,7 @@ def clause_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
     if clause.modifier == "missing":
         is_param = f"{x}.param = {b.arg(param.code)}"
         return owned(b, alias, rtype, table, x, [is_param], negate=clause.values == ["true"])
-    negate = param.type == "token" and clause.modifier == "not"
+    negate = param.type == "token" and clause.modifier in ("not", "not-in")
     return owned(b, alias, rtype, table, x, _match_conditions(b, clause, x), negate=negate)
 
 
@@ -109,7 +110,7 @@ def driver_sql(b: SqlBuilder, clause: Clause, rtype: str) -> str | None:
         or rtype == ANY_TYPE
         or clause.has is not None
         or clause.chain is not None
-        or clause.modifier in ("missing", "not", "identifier", "of-type")
+        or clause.modifier in ("missing", "not", "not-in", "identifier", "of-type")
     ):
         return None
     x = b.alias()
@@ -213,6 +214,8 @@ def _value_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, value: s
     if kind == "token":
         if modifier == "text":
             return f"{x}.text LIKE {b.arg(escape_like(normalize_string(unescape(value))) + '%')}"
+        if modifier in ("in", "not-in", "above", "below"):
+            return _terminology_sql(b, param, modifier, value, x)
         return _token_sql(b, value, x)
     if kind == "string":
         return _string_sql(b, modifier, unescape(value), f"{x}.value", f"{x}.exact")
@@ -248,6 +251,21 @@ def _token_match(b: SqlBuilder, value: str, system_col: str, code_col: str) -> s
         conds.append(f"{code_col} = {b.arg(code)}")
     conds.append(f"{system_col} = {b.arg(system)}" if system else f"{system_col} IS NULL")
     return " AND ".join(conds)
+
+
+def _terminology_sql(b: SqlBuilder, param: SearchParam, modifier: str, value: str, x: str) -> str:
+    """Codes of a value set (`:in`; `:not-in` negates the clause) or of a subsumption
+    closure (`:above`/`:below`), bound as arrays, never one parameter per code. Rows
+    without a system (codes of a non-required binding) match on the code alone."""
+    if modifier in ("in", "not-in"):
+        found = value_set_codes(param.code, unescape(value))
+        systems, codes = zip(*sorted(found.pairs), strict=True) if found.pairs else ((), ())
+        pairs = f"SELECT * FROM unnest({b.arg(list(systems), '::text[]')}, {b.arg(list(codes), '::text[]')})"
+        bare = f"{x}.system IS NULL AND {x}.code = ANY({b.arg(sorted(found.codes), '::text[]')})"
+        return f"(({x}.system, {x}.code) IN ({pairs}) OR ({bare}))"
+    system, code = (unescape(p) for p in split_unescaped(value, "|"))
+    closure = subsumed_codes(param.code, system, code, upwards=modifier == "above")
+    return f"{x}.system = {b.arg(system)} AND {x}.code = ANY({b.arg(closure, '::text[]')})"
 
 
 def _string_sql(b: SqlBuilder, modifier: str | None, value: str, norm_col: str, exact_col: str) -> str:

@@ -161,10 +161,12 @@ class Parser:
         if code == "_lastUpdated":
             for v in clause.values:
                 _check_date(name, split_prefix(v)[1])
-        elif code == "_id":
+        elif code in ("_id", "_list"):
             for v in clause.values:
+                if code == "_list" and v.startswith("$"):
+                    raise FhirError.of(400, "not-supported", f"functional list '{v}' is not supported; name a List id")
                 if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", unescape(v)):
-                    raise FhirError.of(400, "invalid", f"invalid _id value '{v}'")
+                    raise FhirError.of(400, "invalid", f"invalid {code} value '{v}'")
         return clause
 
     def _chain(

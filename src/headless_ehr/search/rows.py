@@ -18,6 +18,7 @@ NumberRow = tuple[str, Decimal, Decimal, Decimal]  # param, value, low, high (ex
 QuantityRow = tuple[str, Decimal, Decimal, Decimal, str | None, str | None, str | None, Decimal | None, str | None]
 UriRow = tuple[str, str]  # param, uri
 CompositeRow = tuple[str, str]  # param, JSON array text of the components
+PositionRow = tuple[str, float, float]  # param, latitude, longitude (WGS84 degrees)
 
 
 @dataclass(slots=True)
@@ -30,5 +31,6 @@ class IndexRows:
     quantity: list[QuantityRow] = field(default_factory=list)
     uri: list[UriRow] = field(default_factory=list)
     composite: list[CompositeRow] = field(default_factory=list)
+    position: list[PositionRow] = field(default_factory=list)  # special `near` (Location.position)
     narrative: str | None = None  # text of Resource.text.div, markup removed (_text)
     content: str | None = None  # every string value in the resource (_content)

@@ -9,6 +9,7 @@ turns it around through the reverse reference index.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -16,7 +17,7 @@ from ..fhir.outcome import FhirError
 from .extract.compile import component_types
 from .extract.ucum import canonical as ucum_canonical
 from .normalize import MAX_INSTANT, MIN_INSTANT, date_range, normalize_string, number_range
-from .parse import Clause, split_prefix, split_unescaped, unescape
+from .parse import Clause, parse_near, split_prefix, split_unescaped, unescape
 from .registry import SearchParam, search_params
 from .terminology import subsumed_codes, value_set_codes
 
@@ -29,7 +30,9 @@ TABLES = {
     "quantity": "search_quantity",
     "uri": "search_uri",
     "composite": "search_composite",
+    "special": "search_position",  # the one special parameter searched: near (Location.position)
 }
+EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 UCUM = "http://unitsofmeasure.org"
 ANY_TYPE = "Resource"  # the resource type of a system search without _type
 
@@ -233,6 +236,8 @@ def _value_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, value: s
         return _reference_sql(b, param, modifier, value, x)
     if kind == "composite":
         return _composite_sql(b, param, value, x)
+    if kind == "special":
+        return _near_sql(b, param, value, x)
     raise FhirError.of(400, "not-supported", f"parameter type {kind} is not supported")
 
 
@@ -457,6 +462,32 @@ def _reference_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw:
             f" AND {x}.target_version = {b.arg(segments[3])}"
         )
     raise FhirError.of(400, "invalid", f"'{param.code}': '{raw}' is not a reference")
+
+
+def _near_sql(b: SqlBuilder, param: SearchParam, raw: str, x: str) -> str:
+    """Positions within a great-circle distance: the circle's bounding box first (an
+    index range on latitude, then longitude, wrapping at the antimeridian and open at
+    the poles), then the haversine distance."""
+    lat, lon, km = parse_near(param.code, raw)
+    angle = km / EARTH_RADIUS_KM  # radians of arc
+    dlat = math.degrees(angle)
+    conds = [f"{x}.latitude BETWEEN {b.arg(lat - dlat, '::float8')} AND {b.arg(lat + dlat, '::float8')}"]
+    cos_lat = math.cos(math.radians(lat))
+    if lat - dlat > -90.0 and lat + dlat < 90.0 and angle < math.pi / 2 and cos_lat > 0:
+        dlon = math.degrees(math.asin(min(1.0, math.sin(angle) / cos_lat)))
+        low, high = lon - dlon, lon + dlon
+        if low >= -180.0 and high <= 180.0:
+            conds.append(f"{x}.longitude BETWEEN {b.arg(low, '::float8')} AND {b.arg(high, '::float8')}")
+        elif dlon < 180.0:  # across the antimeridian: two ranges
+            low, high = (low + 360.0, high) if low < -180.0 else (low, high - 360.0)
+            conds.append(f"({x}.longitude >= {b.arg(low, '::float8')} OR {x}.longitude <= {b.arg(high, '::float8')})")
+    p_lat, p_lon = b.arg(lat, "::float8"), b.arg(lon, "::float8")
+    haversine = (
+        f"power(sin(radians({x}.latitude - {p_lat}) / 2), 2) + cos(radians({p_lat})) * cos(radians({x}.latitude))"
+        f" * power(sin(radians({x}.longitude - {p_lon}) / 2), 2)"
+    )
+    conds.append(f"2 * {EARTH_RADIUS_KM} * asin(sqrt(least(1.0, {haversine}))) <= {b.arg(km, '::float8')}")
+    return " AND ".join(conds)
 
 
 def _composite_sql(b: SqlBuilder, param: SearchParam, raw: str, x: str) -> str:

@@ -105,6 +105,7 @@ def extract(resource: dict[str, Any], params: Iterable[SearchParam] | None = Non
         quantity=_unique(sink.quantity),
         uri=_unique(sink.uri),
         composite=_unique(sink.composite),
+        position=_unique(sink.position),
         narrative=narrative if plan.text else None,
         content=content_text(resource, narrative) if plan.content else None,
     )

@@ -21,6 +21,8 @@ from .sql import ANY_TYPE, TABLES, SqlBuilder, clause_sql, driver_sql
 
 SUMMARY_VALUES = frozenset({"true", "false", "text", "data", "count"})
 TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
+CONTAINED_VALUES = frozenset({"false", "true", "both"})
+CONTAINED_TYPE_VALUES = frozenset({"container", "contained"})
 MAX_INCLUDE_ITERATIONS = 4
 
 
@@ -85,6 +87,7 @@ def parse_request(
     summary = _first(params, "_summary")
     if summary is not None and summary not in SUMMARY_VALUES:
         raise FhirError.of(400, "invalid", f"_summary must be one of {sorted(SUMMARY_VALUES)}")
+    _check_contained(params)
     elements = None
     raw = _first(params, "_elements")
     if raw is not None:
@@ -101,6 +104,29 @@ def parse_request(
                 raise FhirError.of(400, "invalid", f"unknown modifier '{name}'")
             request.includes.append(_parse_include(value, base == "_revinclude", bool(mod), resource_types))
     return request
+
+
+def _check_contained(params: list[tuple[str, str]]) -> None:
+    """`_contained` / `_containedType` (R4 search.html#contained). Contained resources are
+    not indexed on their own, so only the default is served: matches are the resources
+    themselves (`_contained=false`), and a request for contained matches is refused
+    rather than answered with fewer resources than it asked for."""
+    contained = _first(params, "_contained")
+    if contained is not None and contained not in CONTAINED_VALUES:
+        raise FhirError.of(400, "invalid", f"_contained must be one of {sorted(CONTAINED_VALUES)}, got '{contained}'")
+    if contained in ("true", "both"):
+        raise FhirError.of(
+            400, "not-supported", f"_contained={contained}: searching contained resources is not supported"
+        )
+    contained_type = _first(params, "_containedType")
+    if contained_type is not None and contained_type not in CONTAINED_TYPE_VALUES:
+        raise FhirError.of(
+            400, "invalid", f"_containedType must be one of {sorted(CONTAINED_TYPE_VALUES)}, got '{contained_type}'"
+        )
+    if contained_type == "contained":
+        raise FhirError.of(
+            400, "not-supported", "_containedType=contained: returning contained resources is not supported"
+        )
 
 
 def _parse_sort(resource_types: list[str], raw: str) -> list[SortKey]:

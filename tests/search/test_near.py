@@ -109,3 +109,10 @@ async def test_capability_statement_lists_near_for_location(client: httpx.AsyncC
     location_entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Location")
     near_entry = next(p for p in location_entry["searchParam"] if p["name"] == "near")
     assert near_entry["type"] == "special"
+
+
+async def test_near_missing_true_matches_locations_without_position(client: httpx.AsyncClient) -> None:
+    name = unique()
+    bare = await create(client, {"resourceType": "Location", "name": name})
+    await location(client, name, *ANN_ARBOR)
+    assert await ids_of(client, "/Location", [("name", name), ("near:missing", "true")]) == {bare["id"]}

@@ -264,10 +264,16 @@ def _terminology_sql(b: SqlBuilder, param: SearchParam, modifier: str, value: st
     without a system (codes of a non-required binding) match on the code alone."""
     if modifier in ("in", "not-in"):
         found = value_set_codes(param.code, unescape(value))
-        systems, codes = zip(*sorted(found.pairs), strict=True) if found.pairs else ((), ())
-        pairs = f"SELECT * FROM unnest({b.arg(list(systems), '::text[]')}, {b.arg(list(codes), '::text[]')})"
-        bare = f"{x}.system IS NULL AND {x}.code = ANY({b.arg(sorted(found.codes), '::text[]')})"
-        return f"(({x}.system, {x}.code) IN ({pairs}) OR ({bare}))"
+        by_system: dict[str, list[str]] = {}
+        for system, code in sorted(found.pairs):
+            by_system.setdefault(system, []).append(code)
+        # one index-probing arm per code system (value sets draw on few), one for bare codes
+        arms = [
+            f"({x}.system = {b.arg(system)} AND {x}.code = ANY({b.arg(codes, '::text[]')}))"
+            for system, codes in by_system.items()
+        ]
+        arms.append(f"({x}.system IS NULL AND {x}.code = ANY({b.arg(sorted(found.codes), '::text[]')}))")
+        return "(" + " OR ".join(arms) + ")"
     system, code = (unescape(p) for p in split_unescaped(value, "|"))
     closure = subsumed_codes(param.code, system, code, upwards=modifier == "above")
     return f"{x}.system = {b.arg(system)} AND {x}.code = ANY({b.arg(closure, '::text[]')})"

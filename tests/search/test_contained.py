@@ -1,67 +1,111 @@
 """`_contained` and `_containedType` (http://hl7.org/fhir/R4/search.html#contained).
 
-Contained resources are not indexed on their own: the default (`_contained=false`,
-matches are the resources themselves, never what they contain) is served, and a request
-for contained matches (`_contained=true|both`, `_containedType=contained`) is a 400
-not-supported rather than an answer with fewer resources than it asked for."""
+`_contained=false` (the default) matches resources themselves, never what they contain;
+`true` matches resources contained in others and returns their containers
+(`_containedType=container`, the default); `both` does both. Returning the contained
+resources themselves (`_containedType=contained`) is a 400 not-supported."""
 
 from __future__ import annotations
 
 import httpx
 
-from .searching import create, ids_of, unique
+from .searching import create, ids_of, match_keys, search, unique
+
+SYSTEM = "http://x.org/codes"
 
 
-def medication_request(code: str) -> dict:
+def medication(code: str, form: str | None = None, **fields: object) -> dict:
+    resource: dict = {"resourceType": "Medication", "code": {"coding": [{"system": SYSTEM, "code": code}]}, **fields}
+    if form is not None:
+        resource["form"] = {"coding": [{"system": SYSTEM, "code": form}]}
+    return resource
+
+
+def medication_request(*contained: dict) -> dict:
     return {
         "resourceType": "MedicationRequest",
         "status": "active",
         "intent": "order",
-        "contained": [
-            {"resourceType": "Medication", "id": "m1", "code": {"coding": [{"system": "http://x.org", "code": code}]}}
-        ],
-        "medicationReference": {"reference": "#m1"},
+        "contained": list(contained),
+        "medicationReference": {"reference": f"#{contained[0]['id']}"},
         "subject": {"reference": "Patient/p1", "display": "p1"},
     }
 
 
 async def test_contained_resources_are_not_matches_by_default(client: httpx.AsyncClient) -> None:
     code = unique()
-    await create(client, medication_request(code))
-    standalone = await create(
-        client, {"resourceType": "Medication", "code": {"coding": [{"system": "http://x.org", "code": code}]}}
-    )
+    await create(client, medication_request(medication(code, id="m1")))
+    standalone = await create(client, medication(code))
     assert await ids_of(client, "/Medication", [("code", code)]) == {standalone["id"]}
+    assert await ids_of(client, "/Medication", [("code", code), ("_contained", "false")]) == {standalone["id"]}
 
 
-async def test_contained_false_is_the_default(client: httpx.AsyncClient) -> None:
+async def test_contained_true_returns_the_containers_of_matching_contained_resources(
+    client: httpx.AsyncClient,
+) -> None:
     code = unique()
-    await create(client, medication_request(code))
-    standalone = await create(
-        client, {"resourceType": "Medication", "code": {"coding": [{"system": "http://x.org", "code": code}]}}
-    )
-    found = await ids_of(client, "/Medication", [("code", code), ("_contained", "false")])
-    assert found == {standalone["id"]}
+    container = await create(client, medication_request(medication(code, id="m1")))
+    await create(client, medication_request(medication(unique(), id="m1")))
+    await create(client, medication(code))  # standalone: not contained
+    bundle = await search(client, "/Medication", [("code", code), ("_contained", "true")])
+    assert match_keys(bundle) == {("MedicationRequest", container["id"])}
+
+
+async def test_contained_both_returns_resources_and_containers(client: httpx.AsyncClient) -> None:
+    code = unique()
+    container = await create(client, medication_request(medication(code, id="m1")))
+    standalone = await create(client, medication(code))
+    bundle = await search(client, "/Medication", [("code", code), ("_contained", "both")])
+    assert match_keys(bundle) == {("MedicationRequest", container["id"]), ("Medication", standalone["id"])}
+
+
+async def test_contained_criteria_must_all_hold_for_one_contained_resource(client: httpx.AsyncClient) -> None:
+    code, form = unique(), unique()
+    # one contained Medication has the code, another the form: neither has both
+    await create(client, medication_request(medication(code, id="m1"), medication(unique(), form, id="m2")))
+    both = await create(client, medication_request(medication(code, form, id="m1")))
+    bundle = await search(client, "/Medication", [("code", code), ("form", form), ("_contained", "true")])
+    assert match_keys(bundle) == {("MedicationRequest", both["id"])}
+
+
+async def test_contained_matches_follow_updates_and_deletes_of_the_container(client: httpx.AsyncClient) -> None:
+    code = unique()
+    container = await create(client, medication_request(medication(code, id="m1")))
+    container["contained"] = [medication(unique(), id="m1")]
+    assert (await client.put(f"/MedicationRequest/{container['id']}", json=container)).status_code == 200
+    assert match_keys(await search(client, "/Medication", [("code", code), ("_contained", "true")])) == set()
+    other = await create(client, medication_request(medication(code, id="m1")))
+    assert (await client.delete(f"/MedicationRequest/{other['id']}")).status_code in (200, 204)
+    assert match_keys(await search(client, "/Medication", [("code", code), ("_contained", "true")])) == set()
 
 
 async def test_contained_type_container_is_accepted(client: httpx.AsyncClient) -> None:
     code = unique()
-    standalone = await create(
-        client, {"resourceType": "Medication", "code": {"coding": [{"system": "http://x.org", "code": code}]}}
-    )
-    found = await ids_of(client, "/Medication", [("code", code), ("_containedType", "container")])
-    assert found == {standalone["id"]}
+    container = await create(client, medication_request(medication(code, id="m1")))
+    params = [("code", code), ("_contained", "true"), ("_containedType", "container")]
+    assert match_keys(await search(client, "/Medication", params)) == {("MedicationRequest", container["id"])}
 
 
-async def test_searching_contained_resources_is_refused_as_not_supported(client: httpx.AsyncClient) -> None:
-    for value in ("true", "both"):
-        res = await client.get("/Medication", params={"code": "x", "_contained": value})
-        assert res.status_code == 400, value
-        assert res.json()["issue"][0]["code"] == "not-supported"
+async def test_contained_true_pages_through_containers(client: httpx.AsyncClient) -> None:
+    code = unique()
+    made = {(await create(client, medication_request(medication(code, id="m1"))))["id"] for _ in range(3)}
+    bundle = await search(client, "/Medication", [("code", code), ("_contained", "true"), ("_count", "2")])
+    seen = {e["resource"]["id"] for e in bundle["entry"]}
+    following = next(link["url"] for link in bundle["link"] if link["relation"] == "next")
+    res = await client.get(following)
+    assert res.status_code == 200, res.text
+    seen |= {e["resource"]["id"] for e in res.json()["entry"]}
+    assert seen == made
 
 
 async def test_returning_contained_resources_is_refused_as_not_supported(client: httpx.AsyncClient) -> None:
-    res = await client.get("/Medication", params={"_containedType": "contained"})
+    res = await client.get("/Medication", params={"_contained": "true", "_containedType": "contained"})
+    assert res.status_code == 400
+    assert res.json()["issue"][0]["code"] == "not-supported"
+
+
+async def test_contained_with_a_chain_is_refused_as_not_supported(client: httpx.AsyncClient) -> None:
+    res = await client.get("/Medication", params={"manufacturer.name": "x", "_contained": "true"})
     assert res.status_code == 400
     assert res.json()["issue"][0]["code"] == "not-supported"
 

@@ -32,6 +32,11 @@ TABLES = {
     "composite": "search_composite",
     "special": "search_position",  # the one special parameter searched: near (Location.position)
 }
+# The same tables for contained resources (`_contained`): views over search_contained
+# with the typed tables' columns, owned by the contained resource's key.
+CONTAINED_TABLES = {
+    kind: ("search_contained_position" if kind == "special" else f"search_contained_{kind}") for kind in TABLES
+}
 EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 UCUM = "http://unitsofmeasure.org"
 ANY_TYPE = "Resource"  # the resource type of a system search without _type
@@ -47,6 +52,7 @@ class SqlBuilder:
     def __init__(self, args: list[object] | None = None):
         self.args: list[object] = args if args is not None else []
         self._aliases = 0
+        self.tables = TABLES  # CONTAINED_TABLES while compiling clauses on contained resources
 
     def arg(self, value: object, cast: str = "") -> str:
         self.args.append(value)
@@ -87,7 +93,7 @@ def clause_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
         return _token_via(b, clause, rtype, alias, f"{param.code}:identifier")
     if param.type == "token" and clause.modifier == "of-type":
         return _of_type(b, clause, rtype, alias)
-    table = TABLES[param.type]
+    table = b.tables[param.type]
     x = b.alias()
     if clause.modifier == "missing":
         is_param = f"{x}.param = {b.arg(param.code)}"
@@ -110,6 +116,7 @@ def driver_sql(b: SqlBuilder, clause: Clause, rtype: str) -> str | None:
     param = clause.param
     if (
         param is None
+        or b.tables is not TABLES
         or rtype == ANY_TYPE
         or clause.has is not None
         or clause.chain is not None
@@ -187,7 +194,7 @@ def _has_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
 def _token_via(b: SqlBuilder, clause: Clause, rtype: str, alias: str, param_code: str) -> str:
     x = b.alias()
     ors = " OR ".join(f"({_token_sql(b, v, x)})" for v in clause.values)
-    return owned(b, alias, rtype, "search_token", x, [f"{x}.param = {b.arg(param_code)}", f"({ors})"])
+    return owned(b, alias, rtype, b.tables["token"], x, [f"{x}.param = {b.arg(param_code)}", f"({ors})"])
 
 
 def _of_type(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
@@ -206,7 +213,7 @@ def _of_type(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
             cond += f" AND {x}.system = {b.arg(system)}"
         ors.append(f"({cond})")
     conditions = [f"{x}.param = {b.arg(clause.param.code + ':of-type')}", "(" + " OR ".join(ors) + ")"]
-    return owned(b, alias, rtype, "search_token", x, conditions)
+    return owned(b, alias, rtype, b.tables["token"], x, conditions)
 
 
 # -- per-type value predicates over index row alias x ----------------------------------
@@ -350,7 +357,7 @@ def _uri_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw: str, 
     if owner_version is not None and owner_version.type == "token":
         v = b.alias("v")
         ors.append(
-            f"({col} = {b.arg(url)} AND EXISTS (SELECT 1 FROM search_token {v} WHERE {v}.resource_type ="
+            f"({col} = {b.arg(url)} AND EXISTS (SELECT 1 FROM {b.tables['token']} {v} WHERE {v}.resource_type ="
             f" {x}.resource_type AND {v}.resource_id = {x}.resource_id AND {v}.param = 'version'"
             f" AND {_version_sql(b, modifier, version, f'{v}.code')}))"
         )

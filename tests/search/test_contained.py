@@ -115,3 +115,17 @@ async def test_contained_with_an_unknown_value_is_invalid(client: httpx.AsyncCli
         res = await client.get("/Medication", params={name: value})
         assert res.status_code == 400, name
         assert res.json()["issue"][0]["code"] == "invalid"
+
+
+async def test_reindex_indexes_contained_resources_stored_before(client: httpx.AsyncClient, db: object) -> None:
+    from headless_ehr.store.reindex import reindex_resource
+
+    code = unique()
+    container = await create(client, medication_request(medication(code, id="m1")))
+    await db.execute(  # type: ignore[attr-defined]
+        "DELETE FROM search_contained WHERE resource_type = 'MedicationRequest' AND resource_id = $1", container["id"]
+    )
+    assert match_keys(await search(client, "/Medication", [("code", code), ("_contained", "true")])) == set()
+    assert await reindex_resource(db, "MedicationRequest", container["id"])  # type: ignore[arg-type]
+    found = match_keys(await search(client, "/Medication", [("code", code), ("_contained", "true")]))
+    assert found == {("MedicationRequest", container["id"])}

@@ -12,6 +12,18 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def env_flag(name: str, default: bool = False) -> bool:
+    """A true/false setting (1/0, yes/no, on/off too); anything else stops start-up."""
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not '{raw}'")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be configured with.
@@ -29,6 +41,8 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 10
     extra: dict[str, str] = field(default_factory=dict)
+    # searchspec
+    index_contained: bool = False  # index contained resources, for _contained=true|both
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -41,6 +55,8 @@ class Settings:
             "max_page_size": _int("EHR_MAX_PAGE_SIZE", 1000),
             "pool_min_size": _int("EHR_POOL_MIN_SIZE", 2),
             "pool_max_size": _int("EHR_POOL_MAX_SIZE", 10),
+            # searchspec
+            "index_contained": env_flag("EHR_INDEX_CONTAINED"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

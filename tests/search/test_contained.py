@@ -3,15 +3,39 @@
 `_contained=false` (the default) matches resources themselves, never what they contain;
 `true` matches resources contained in others and returns their containers
 (`_containedType=container`, the default); `both` does both. Returning the contained
-resources themselves (`_containedType=contained`) is a 400 not-supported."""
+resources themselves (`_containedType=contained`) is a 400 not-supported. Contained
+resources are indexed only with EHR_INDEX_CONTAINED (HAPI's default is off too): these
+tests turn it on, except the one checking the refusal without it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
+import pytest
+
+from headless_ehr.search.extract import OPTIONS
 
 from .searching import create, ids_of, match_keys, search, unique
 
 SYSTEM = "http://x.org/codes"
+
+
+@pytest.fixture(autouse=True)
+def index_contained() -> Iterator[None]:
+    """EHR_INDEX_CONTAINED on for each test of this module."""
+    before = OPTIONS.contained
+    OPTIONS.contained = True
+    try:
+        yield
+    finally:
+        OPTIONS.contained = before
+
+
+@pytest.fixture
+def without_contained_index(index_contained: None) -> None:
+    """EHR_INDEX_CONTAINED off (the default), for the tests of what that means."""
+    OPTIONS.contained = False
 
 
 def medication(code: str, form: str | None = None, **fields: object) -> dict:
@@ -129,3 +153,23 @@ async def test_reindex_indexes_contained_resources_stored_before(client: httpx.A
     assert await reindex_resource(db, "MedicationRequest", container["id"])  # type: ignore[arg-type]
     found = match_keys(await search(client, "/Medication", [("code", code), ("_contained", "true")]))
     assert found == {("MedicationRequest", container["id"])}
+
+
+async def test_contained_true_without_the_contained_index_is_refused_naming_the_setting(
+    client: httpx.AsyncClient, without_contained_index: None
+) -> None:
+    res = await client.get("/Medication", params={"code": "x", "_contained": "true"})
+    assert res.status_code == 400
+    issue = res.json()["issue"][0]
+    assert issue["code"] == "not-supported" and "EHR_INDEX_CONTAINED" in issue["diagnostics"]
+
+
+async def test_contained_resources_are_not_indexed_without_the_setting(
+    client: httpx.AsyncClient, db: object, without_contained_index: None
+) -> None:
+    container = await create(client, medication_request(medication(unique(), id="m1")))
+    count = await db.fetchval(  # type: ignore[attr-defined]
+        "SELECT count(*) FROM search_contained WHERE resource_type = 'MedicationRequest' AND resource_id = $1",
+        container["id"],
+    )
+    assert count == 0

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
+from .extract import OPTIONS
 from .paging import decode_cursor, encode_cursor
 from .parse import Clause, Parser
 from .registry import search_params
@@ -136,6 +137,12 @@ def _check_contained(params: list[tuple[str, str]], resource_types: list[str], c
         )
     if contained == "false":
         return contained
+    if not OPTIONS.contained:
+        raise FhirError.of(
+            400,
+            "not-supported",
+            f"_contained={contained}: contained resources are not indexed on this server (EHR_INDEX_CONTAINED)",
+        )
     if len(resource_types) != 1 or resource_types[0] == ANY_TYPE:
         raise FhirError.of(400, "not-supported", f"_contained={contained} needs a search of one resource type")
     for clause in clauses[resource_types[0]]:

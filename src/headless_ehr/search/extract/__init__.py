@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ...config import env_flag
 from ..registry import COLUMN_PARAMS, SearchParam, indexed_params
 from ..rows import IndexRows, contained_row
 from .compile import Fn, compile_param
@@ -50,6 +51,19 @@ def _plan(params: Iterable[SearchParam], bound_systems: bool = True) -> _Plan:
             else:
                 by_key.setdefault(key, []).append(fn)
     return _Plan(by_key, always, text, content)
+
+
+class Options:
+    """Process-wide extraction switches, set from Settings at start-up (create_app); a
+    process that builds no app (`ehr import`'s workers) takes them from the environment."""
+
+    # EHR_INDEX_CONTAINED: also index contained resources (search_contained), which
+    # `_contained=true|both` needs; off by default, as in HAPI, since it adds index rows
+    # to every write of a resource with contained resources.
+    contained: bool = env_flag("EHR_INDEX_CONTAINED")
+
+
+OPTIONS = Options()
 
 
 # Plans for the default parameters, with the params dict they were made from: a new
@@ -119,7 +133,9 @@ def extract(resource: dict[str, Any], params: Iterable[SearchParam] | None = Non
     narrative = narrative_text(resource) if plan.text or plan.content else None
     contained = resource.get("contained")
     return IndexRows(
-        contained=_contained_rows(contained) if params is None and type(contained) is list else [],
+        contained=_contained_rows(contained)
+        if OPTIONS.contained and params is None and type(contained) is list
+        else [],
         token=_unique(sink.token),
         string=_unique(sink.string),
         reference=_unique(sink.reference),

@@ -12,6 +12,18 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def env_flag(name: str, default: bool = False) -> bool:
+    """A true/false setting (1/0, yes/no, on/off too); anything else stops start-up."""
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not '{raw}'")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be configured with.
@@ -31,6 +43,8 @@ class Settings:
     extra: dict[str, str] = field(default_factory=dict)
     # conditional
     conditional_delete: str = "single"  # single: several matches are 412; multiple: delete them all
+    # searchspec
+    index_contained: bool = False  # index contained resources, for _contained=true|both
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -45,6 +59,8 @@ class Settings:
             "pool_max_size": _int("EHR_POOL_MAX_SIZE", 10),
             # conditional
             "conditional_delete": _choice("EHR_CONDITIONAL_DELETE", ("single", "multiple")),
+            # searchspec
+            "index_contained": env_flag("EHR_INDEX_CONTAINED"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

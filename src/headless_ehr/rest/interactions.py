@@ -163,7 +163,7 @@ def _types_for(params: list[tuple[str, str]], resource_type: str | None, compart
         raise FhirError.of(400, "invalid", f"unknown resource type(s) in _type: {', '.join(unknown)}")
     if listed:
         return listed
-    common = set(search_params(ANY_TYPE)) | RESULT_PARAMETERS | {"_has"}
+    common = set(search_params(ANY_TYPE)) | RESULT_PARAMETERS | {"_has", "_list"}
     specific = sorted({k.split(":", 1)[0].split(".", 1)[0] for k, _ in params} - common)
     if specific:
         raise FhirError.of(

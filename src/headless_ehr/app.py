@@ -20,6 +20,7 @@ from .db.pool import create_pool
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validator
+from .rest.origin import networks
 from .rest.responses import outcome_response
 from .rest.router import fhir_endpoint
 from .store import ResourceStore
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings.database_url must be set (the CLI starts embedded PostgreSQL first).
     """
     settings = settings or Settings.from_env()
+    networks(settings.trusted_proxies)  # a malformed EHR_TRUSTED_PROXIES fails now, not on a request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -66,6 +66,9 @@ def serve(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 log_level=args.log_level,
                 access_log=args.access_log,
+                # the app reads Forwarded/X-Forwarded-* itself, from EHR_TRUSTED_PROXIES only; uvicorn
+                # rewriting the client address first would hide which peer actually connected
+                proxy_headers=False,
             )
         else:
             from .app import create_app
@@ -76,6 +79,9 @@ def serve(args: argparse.Namespace) -> int:
                 port=args.port,
                 log_level=args.log_level,
                 access_log=args.access_log,
+                # the app reads Forwarded/X-Forwarded-* itself, from EHR_TRUSTED_PROXIES only; uvicorn
+                # rewriting the client address first would hide which peer actually connected
+                proxy_headers=False,
             )
     except _Stopped:
         pass

@@ -12,6 +12,14 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def _list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list; unset gives default, set but empty gives ()."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be configured with.
@@ -29,6 +37,9 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 10
     extra: dict[str, str] = field(default_factory=dict)
+    # restspec
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")  # peers whose Forwarded/X-Forwarded-* count
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered to (`*.example.org` allowed); empty: any
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -41,6 +52,9 @@ class Settings:
             "max_page_size": _int("EHR_MAX_PAGE_SIZE", 1000),
             "pool_min_size": _int("EHR_POOL_MIN_SIZE", 2),
             "pool_max_size": _int("EHR_POOL_MAX_SIZE", 10),
+            # restspec
+            "trusted_proxies": _list("EHR_TRUSTED_PROXIES", ("127.0.0.0/8", "::1")),
+            "allowed_hosts": _list("EHR_ALLOWED_HOSTS", ()),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from .negotiation import response_media_type
 from .operations import reindex
 from .operations.everything import everything
 from .operations.validate import validate
+from .origin import request_origin
 from .responses import base_url, json_response, outcome_response
 
 log = logging.getLogger("headless_ehr.rest")
@@ -111,6 +112,7 @@ async def fhir_endpoint(request: Request) -> Response:
     """The single ASGI endpoint behind the FHIR base URL."""
     try:
         request.state.media_type = response_media_type(request)
+        request_origin(request)  # 400 for a Host this server does not answer to
         request.state.principal = SYSTEM
         segments = [s for s in request.path_params.get("path", "").split("/") if s]
         methods = _routes(request, segments)

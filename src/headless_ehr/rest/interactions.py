@@ -21,6 +21,7 @@ from ..search.sql import ANY_TYPE
 from ..store import ResourceStore, StoredResource, WriteOutcome
 from ..store.transaction import BundleProcessor
 from . import bundles
+from .capability import capability_document
 from .instants import parse_instant
 from .negotiation import prefer, read_body, read_resource, require_json_content
 from .preconditions import if_match, if_none_exist, not_modified
@@ -230,7 +231,14 @@ async def process_bundle(request: Request) -> Response:
     if bundle.get("resourceType") != "Bundle":
         raise FhirError.of(400, "invalid", "POST to the base URL takes a transaction or batch Bundle")
     kind = bundle.get("type")
-    processor = BundleProcessor(store_of(request), request.app.state.pool, principal_of(request), base_url(request))
+    base = base_url(request)
+    processor = BundleProcessor(
+        store_of(request),
+        request.app.state.pool,
+        principal_of(request),
+        base,
+        capabilities=lambda: capability_document(base).body,
+    )
     representation = prefer(request).get("return") == "representation"
     if kind == "transaction":
         result = await processor.transaction(bundle, representation=representation)

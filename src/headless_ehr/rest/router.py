@@ -16,15 +16,17 @@ from starlette.responses import Response
 from ..auth.principal import SYSTEM
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
+from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment
 from . import interactions as ix
-from .capability import capability_statement
+from .capability import capability_document
 from .negotiation import response_media_type
 from .operations import reindex
 from .operations.everything import everything
 from .operations.validate import validate
 from .origin import request_origin
-from .responses import base_url, json_response, outcome_response
+from .preconditions import validator_matches
+from .responses import base_url, fhir_response, http_date, json_response, outcome_response
 
 log = logging.getLogger("headless_ehr.rest")
 
@@ -52,7 +54,20 @@ def _operation(request: Request, name: str, resource_type: str | None, rid: str 
 
 
 async def _metadata(request: Request) -> Response:
-    return json_response(request, capability_statement(base_url(request)))
+    """The CapabilityStatement (R4 http.html#capabilities), with a validator for caches."""
+    q = request.query_params
+    mode = q.get("mode", "full")
+    if mode not in ("full", "normal"):
+        what = "only mode=full and mode=normal are supported" if mode == "terminology" else f"unknown mode '{mode}'"
+        raise FhirError.of(400, "not-supported", what)
+    summary, elements = summary_arguments(q.get("_summary"), q.get("_elements"))
+    doc = capability_document(base_url(request))
+    headers = {"ETag": doc.etag, "Last-Modified": http_date(doc.last_modified)}
+    if validator_matches(request, doc.etag, doc.last_modified):
+        return Response(status_code=304, headers=headers)
+    if is_subset(summary, elements):
+        return json_response(request, subset(doc.statement, summary, elements), 200, headers)
+    return fhir_response(request, doc.body, 200, headers)
 
 
 def _routes(request: Request, seg: list[str]) -> Methods:

@@ -20,7 +20,7 @@ from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment
 from . import interactions as ix
 from .capability import capability_document
-from .negotiation import response_media_type
+from .negotiation import FHIR_JSON, response_media_type, wants_native
 from .operations import reindex
 from .operations.everything import everything
 from .operations.validate import validate
@@ -123,13 +123,23 @@ def _routes(request: Request, seg: list[str]) -> Methods:
     return {}
 
 
+def _is_binary_read(request: Request, seg: list[str]) -> bool:
+    if request.method not in ("GET", "HEAD") or not seg or seg[0] != "Binary":
+        return False
+    return (len(seg) == 2 and not seg[1].startswith(("$", "_"))) or (len(seg) == 4 and seg[2] == "_history")
+
+
 async def fhir_endpoint(request: Request) -> Response:
     """The single ASGI endpoint behind the FHIR base URL."""
     try:
-        request.state.media_type = response_media_type(request)
+        segments = [s for s in request.path_params.get("path", "").split("/") if s]
+        if _is_binary_read(request, segments) and wants_native(request):
+            request.state.native = True  # answer with the content; errors stay OperationOutcomes
+            request.state.media_type = FHIR_JSON
+        else:
+            request.state.media_type = response_media_type(request)
         request_origin(request)  # 400 for a Host this server does not answer to
         request.state.principal = SYSTEM
-        segments = [s for s in request.path_params.get("path", "").split("/") if s]
         methods = _routes(request, segments)
         if not methods:
             raise _not_found(f"no FHIR interaction at '/{'/'.join(segments)}'")

@@ -152,3 +152,23 @@ def test_allowed_host_wildcards_need_a_subdomain() -> None:
     assert host_allowed("a.example.org:443", ("*.example.org",))
     assert not host_allowed("example.org", ("*.example.org",))
     assert not host_allowed("badexample.org", ("*.example.org",))
+
+
+def _scope_request(app: object, headers: dict[str, str], peer: tuple[str, int]):
+    from starlette.requests import Request
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in {"host": "backend", **headers}.items()]
+    scope = {"type": "http", "method": "GET", "path": "/fhir/metadata", "query_string": b"", "headers": raw}
+    return Request({**scope, "client": peer, "scheme": "http", "server": ("backend", 80), "app": app})
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}, {"X-Forwarded-For": "[2001:db8::1]:4711, 10.0.0.1"}],
+)
+def test_the_original_client_address_is_kept_from_a_trusted_proxy(app, headers):
+    from headless_ehr.rest.origin import request_origin
+
+    request = _scope_request(app, headers, TRUSTED)
+    request_origin(request)
+    assert request.state.client_address == "[2001:db8::1]:4711"

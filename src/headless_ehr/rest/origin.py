@@ -162,8 +162,11 @@ def _forwarded_origin(request: Request, scheme: str, host: str) -> tuple[str, st
                 if not _HOST.match(host):
                     raise _bad("Forwarded", raw)
             if first.for_:
-                request.state.client_address = first.for_
+                request.state.client_address = first.for_  # the original client, for audit
     else:
+        client = headers.get("x-forwarded-for")
+        if client:
+            request.state.client_address = client.split(",", 1)[0].strip()
         proto = headers.get("x-forwarded-proto")
         if proto:
             scheme = proto.split(",", 1)[0].strip().lower()

@@ -141,49 +141,64 @@ def _bad(header: str, value: str) -> FhirError:
     return FhirError.of(400, "invalid", f"malformed {header} header '{value}'")
 
 
-def _forwarded_origin(request: Request, scheme: str, host: str) -> tuple[str, str, str]:
+_PROXY_HEADERS = frozenset(
+    {b"host", b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
+    | {b"x-forwarded-prefix"}
+)
+
+
+def _headers_of_interest(request: Request) -> dict[bytes, str]:
+    """Host and the proxy headers in one pass over the raw ASGI headers (this runs on every request);
+    repeated headers are joined with commas as HTTP allows."""
+    found: dict[bytes, str] = {}
+    for name, value in request.scope["headers"]:
+        if name in _PROXY_HEADERS:
+            text = value.decode("latin-1")
+            found[name] = f"{found[name]}, {text}" if name in found else text
+    return found
+
+
+def _forwarded_origin(request: Request, headers: dict[bytes, str], scheme: str, host: str) -> tuple[str, str, str]:
     """Scheme, host and path prefix as a trusted proxy reports them."""
-    headers = request.headers
     prefix = ""
-    forwarded = headers.getlist("forwarded")
+    forwarded = headers.get(b"forwarded")
     if forwarded:
-        raw = ", ".join(forwarded)
         try:
-            first = parse_forwarded(raw)
+            first = parse_forwarded(forwarded)
         except ValueError:
-            raise _bad("Forwarded", raw) from None
+            raise _bad("Forwarded", forwarded) from None
         if first is not None:
             if first.proto:
                 scheme = first.proto.lower()
                 if scheme not in _PROTOS:
-                    raise _bad("Forwarded", raw)
+                    raise _bad("Forwarded", forwarded)
             if first.host:
                 host = first.host
                 if not _HOST.match(host):
-                    raise _bad("Forwarded", raw)
+                    raise _bad("Forwarded", forwarded)
             if first.for_:
                 request.state.client_address = first.for_  # the original client, for audit
     else:
-        client = headers.get("x-forwarded-for")
+        client = headers.get(b"x-forwarded-for")
         if client:
             request.state.client_address = client.split(",", 1)[0].strip()
-        proto = headers.get("x-forwarded-proto")
+        proto = headers.get(b"x-forwarded-proto")
         if proto:
             scheme = proto.split(",", 1)[0].strip().lower()
             if scheme not in _PROTOS:
                 raise _bad("X-Forwarded-Proto", proto)
-        forwarded_host = headers.get("x-forwarded-host")
+        forwarded_host = headers.get(b"x-forwarded-host")
         if forwarded_host:
             host = forwarded_host.split(",", 1)[0].strip()
             if not _HOST.match(host):
                 raise _bad("X-Forwarded-Host", forwarded_host)
-        port = headers.get("x-forwarded-port")
+        port = headers.get(b"x-forwarded-port")
         if port:
             port = port.split(",", 1)[0].strip()
             if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
                 raise _bad("X-Forwarded-Port", port)
             host = _with_port(host, port, scheme)
-    raw_prefix = headers.get("x-forwarded-prefix")
+    raw_prefix = headers.get(b"x-forwarded-prefix")
     if raw_prefix:
         raw_prefix = raw_prefix.split(",", 1)[0].strip()
         if not _PREFIX.match(raw_prefix):
@@ -197,24 +212,26 @@ def request_origin(request: Request) -> str:
 
     400 when the Host (or the host a trusted proxy forwarded) is malformed or not allowed.
     """
-    cached = getattr(request.state, "origin", None)
+    state = request.scope.setdefault("state", {})
+    cached = state.get("origin")
     if cached is not None:
         return cached
     settings = request.app.state.settings
-    scheme = request.url.scheme
-    host = request.headers.get("host") or ""
+    scheme = request.scope.get("scheme", "http")
+    headers = _headers_of_interest(request)
+    host = headers.get(b"host", "")
     if not host:
         server = request.scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else "localhost"
     if not _HOST.match(host):
         raise _bad("Host", host)
     prefix = ""
-    peer = request.client.host if request.client else None
-    if is_trusted(peer, settings.trusted_proxies):
-        scheme, host, prefix = _forwarded_origin(request, scheme, host)
+    client = request.scope.get("client")
+    if len(headers) > 1 and is_trusted(client[0] if client else None, settings.trusted_proxies):
+        scheme, host, prefix = _forwarded_origin(request, headers, scheme, host)
     allowed = settings.allowed_hosts
     if allowed and not host_allowed(host, allowed):
         raise FhirError.of(400, "invalid", f"host '{_hostname(host)}' is not one this server answers to")
     origin = f"{scheme}://{host}{prefix}"
-    request.state.origin = origin
+    state["origin"] = origin
     return origin

@@ -73,3 +73,14 @@ def test_log_level_accepts_upper_case(monkeypatch):
 
     args = build_parser().parse_args(["serve", "--log-level", "DEBUG"])
     assert args.log_level == "debug"
+
+
+def test_a_malformed_trusted_proxies_setting_is_a_message_not_a_traceback():
+    import os
+
+    env = {**os.environ, "EHR_TRUSTED_PROXIES": "not-an-address", "EHR_DATABASE_URL": "postgresql://nowhere/x"}
+    done = subprocess.run(
+        [sys.executable, "-m", "headless_ehr.cli", "serve"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 2
+    assert "EHR_TRUSTED_PROXIES" in done.stderr and "Traceback" not in done.stderr

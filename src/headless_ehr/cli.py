@@ -49,8 +49,9 @@ def serve(args: argparse.Namespace) -> int:
 
     from .rest.origin import networks
 
+    trusted = Settings.from_env().trusted_proxies
     try:
-        networks(Settings.from_env().trusted_proxies)
+        networks(trusted)
     except ValueError as exc:
         print(f"ehr: EHR_TRUSTED_PROXIES: {exc}", file=sys.stderr)
         return 2

@@ -103,3 +103,16 @@ async def test_a_trust_cluster_is_switched_to_passwords_on_its_next_start():
             again.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_long_data_dir_gets_a_private_socket_folder_with_a_stable_name():
+    folder = Path(tempfile.mkdtemp(prefix="ehr-long-"))
+    try:
+        data_dir = folder / ("d" * 120)
+        first, second = EmbeddedPostgres(data_dir), EmbeddedPostgres(data_dir)
+        assert first.socket_dir == second.socket_dir != first.pgdata
+        first._prepare_dirs()
+        assert _mode(first.socket_dir) == 0o700
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(EmbeddedPostgres(folder / ("d" * 120)).socket_dir, ignore_errors=True)

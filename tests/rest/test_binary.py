@@ -105,3 +105,11 @@ async def test_put_with_a_non_fhir_content_type_replaces_the_content(client):
 async def test_raw_content_to_other_types_is_still_415(client):
     r = await client.post("/Patient", content=b"x", headers={"Content-Type": "image/png"})
     assert r.status_code == 415
+
+
+async def test_raw_read_of_a_binary_without_data_is_empty_with_its_content_type(client):
+    r = await client.post("/Binary", json={"resourceType": "Binary", "contentType": "text/plain"}, headers=FHIR)
+    assert r.status_code == 201, r.text
+    raw = await client.get(f"/Binary/{r.json()['id']}", headers={"Accept": "text/plain"})
+    assert raw.status_code == 200
+    assert raw.content == b"" and raw.headers["content-type"].startswith("text/plain")

@@ -14,7 +14,9 @@ from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
+from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment, member_types
+from ..search.criteria import Criteria, conditional_criteria
 from ..search.paging import parse_count
 from ..search.parse import RESULT_PARAMETERS
 from ..search.registry import search_params
@@ -22,8 +24,10 @@ from ..search.sql import ANY_TYPE
 from ..store import ResourceStore, StoredResource, WriteOutcome
 from ..store.transaction import BundleProcessor
 from . import bundles
+from .binary import binary_from_body, native_response
+from .capability import capability_document
 from .instants import parse_instant
-from .negotiation import prefer, read_body, read_resource, require_json_content
+from .negotiation import native_content_type, prefer, read_body, read_resource, require_json_content
 from .preconditions import if_match, if_none_exist, not_modified
 from .responses import (
     base_url,
@@ -58,8 +62,21 @@ def _write_response(request: Request, stored: StoredResource, status: int, messa
     return fhir_response(request, stored.content, status, headers)
 
 
-def _criteria(request: Request) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in request.query_params.multi_items() if k != "_format"]
+def _criteria(request: Request, resource_type: str, what: str) -> Criteria:
+    """The conditional criteria in the URL's query."""
+    return conditional_criteria(resource_type, request.query_params.multi_items(), what)
+
+
+def _representation(request: Request, stored: StoredResource, headers: dict[str, str]) -> Response:
+    """A read's body: the stored bytes, a _summary/_elements subset of them, or a Binary's own content."""
+    if getattr(request.state, "native", False):
+        return native_response(stored, headers)
+    if request.scope.get("query_string"):  # skip parsing the query on the common bare read
+        q = request.query_params
+        summary, elements = summary_arguments(q.get("_summary"), q.get("_elements"))
+        if is_subset(summary, elements):
+            return json_response(request, subset(fhir_json.loads(stored.content), summary, elements), 200, headers)
+    return fhir_response(request, stored.content, 200, headers)
 
 
 async def read(request: Request, resource_type: str, rid: str) -> Response:
@@ -67,20 +84,29 @@ async def read(request: Request, resource_type: str, rid: str) -> Response:
     headers = version_headers(stored)
     if not_modified(request, stored):
         return Response(status_code=304, headers=headers)
-    return fhir_response(request, stored.content, 200, headers)
+    return _representation(request, stored, headers)
 
 
 async def vread(request: Request, resource_type: str, rid: str, vid: str) -> Response:
     stored = await store_of(request).vread(principal_of(request), resource_type, rid, vid)
-    return fhir_response(request, stored.content, 200, version_headers(stored))
+    return _representation(request, stored, version_headers(stored))
+
+
+async def _resource_body(request: Request, resource_type: str, rid: str | None = None) -> dict[str, Any]:
+    """The resource in the body; for Binary, non-FHIR content becomes the Binary's data."""
+    if resource_type == "Binary":
+        content_type = native_content_type(request)
+        if content_type is not None:
+            return await binary_from_body(request, content_type, _body_limit(request), rid)
+    return await read_resource(request, _body_limit(request))
 
 
 async def create(request: Request, resource_type: str) -> Response:
-    resource = await read_resource(request, _body_limit(request))
+    resource = await _resource_body(request, resource_type)
     outcome: WriteOutcome = await store_of(request).create(
         principal_of(request),
         resource,
-        if_none_exist=if_none_exist(request),
+        if_none_exist=if_none_exist(request, resource_type),
         resource_type=resource_type,
     )
     if outcome.matched:
@@ -89,7 +115,7 @@ async def create(request: Request, resource_type: str) -> Response:
 
 
 async def update(request: Request, resource_type: str, rid: str) -> Response:
-    resource = await read_resource(request, _body_limit(request))
+    resource = await _resource_body(request, resource_type, rid)
     outcome = await store_of(request).update(
         principal_of(request), resource_type, rid, resource, if_match=if_match(request)
     )
@@ -98,11 +124,11 @@ async def update(request: Request, resource_type: str, rid: str) -> Response:
 
 
 async def conditional_update(request: Request, resource_type: str) -> Response:
+    criteria = _criteria(request, resource_type, "update")
     resource = await read_resource(request, _body_limit(request))
     outcome = await store_of(request).conditional_update(
         principal_of(request),
-        resource_type,
-        _criteria(request),
+        criteria,
         resource,
         if_match=if_match(request),
     )
@@ -124,9 +150,17 @@ async def delete(request: Request, resource_type: str, rid: str) -> Response:
 
 
 async def conditional_delete(request: Request, resource_type: str) -> Response:
-    stored = await store_of(request).conditional_delete(principal_of(request), resource_type, _criteria(request))
-    what = f"{resource_type}/{stored.id}" if stored else f"no {resource_type} matched"
-    return _delete_response(request, stored, what)
+    """Delete the match; with EHR_CONDITIONAL_DELETE=multiple, every match (else 412)."""
+    multiple = request.app.state.settings.conditional_delete == "multiple"
+    criteria = _criteria(request, resource_type, "delete")
+    deleted = await store_of(request).conditional_delete(principal_of(request), criteria, multiple=multiple)
+    if len(deleted) <= 1:
+        stored = deleted[0] if deleted else None
+        what = f"{resource_type}/{stored.id}" if stored else f"no {resource_type} matched"
+        return _delete_response(request, stored, what)
+    if prefer(request).get("return") == "minimal":  # several: no one ETag to give
+        return Response(status_code=204)
+    return json_response(request, info_outcome(f"deleted {len(deleted)} {resource_type} resources"), 200)
 
 
 async def _search_params(request: Request) -> list[tuple[str, str]]:
@@ -154,7 +188,7 @@ def _types_for(params: list[tuple[str, str]], resource_type: str | None, compart
         raise FhirError.of(400, "invalid", f"unknown resource type(s) in _type: {', '.join(unknown)}")
     if listed:
         return listed
-    common = set(search_params(ANY_TYPE)) | RESULT_PARAMETERS | {"_has"}
+    common = set(search_params(ANY_TYPE)) | RESULT_PARAMETERS | {"_has", "_list"}
     specific = sorted({k.split(":", 1)[0].split(".", 1)[0] for k, _ in params} - common)
     if specific:
         raise FhirError.of(
@@ -228,7 +262,15 @@ async def process_bundle(request: Request) -> Response:
     if bundle.get("resourceType") != "Bundle":
         raise FhirError.of(400, "invalid", "POST to the base URL takes a transaction or batch Bundle")
     kind = bundle.get("type")
-    processor = BundleProcessor(store_of(request), request.app.state.pool, principal_of(request), base_url(request))
+    base = base_url(request)
+    processor = BundleProcessor(
+        store_of(request),
+        request.app.state.pool,
+        principal_of(request),
+        base,
+        conditional_delete=request.app.state.settings.conditional_delete,
+        capabilities=lambda: capability_document(base, request.app.state.settings.conditional_delete).body,
+    )
     representation = prefer(request).get("return") == "representation"
     if kind == "transaction":
         result = await processor.transaction(bundle, representation=representation)
@@ -256,12 +298,12 @@ async def _patch_function(request: Request) -> Callable[[dict[str, Any]], dict[s
 
 
 async def patch(request: Request, resource_type: str, rid: str | None = None) -> Response:
+    criteria = _criteria(request, resource_type, "patch") if rid is None else None
     apply = await _patch_function(request)
     store, principal = store_of(request), principal_of(request)
-    if rid is None:
-        found = await store.match(principal, resource_type, _criteria(request), "patch")
-        if found is None:
-            raise FhirError.of(404, "not-found", f"no {resource_type} matches the criteria")
-        rid = found.id
-    outcome = await store.patch(principal, resource_type, rid, apply, if_match=if_match(request))
-    return _write_response(request, outcome.stored, 200, f"patched {resource_type}/{rid}")
+    if criteria is not None:
+        outcome = await store.conditional_patch(principal, criteria, apply, if_match=if_match(request))
+    else:
+        assert rid is not None
+        outcome = await store.patch(principal, resource_type, rid, apply, if_match=if_match(request))
+    return _write_response(request, outcome.stored, 200, f"patched {resource_type}/{outcome.stored.id}")

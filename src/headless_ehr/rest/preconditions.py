@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
 from ..fhir.outcome import FhirError
+from ..search.criteria import Criteria, conditional_criteria
 from ..store import StoredResource
 from ..store.etag import Versions, matches, parse_etags
 
@@ -39,13 +39,23 @@ def not_modified(request: Request, stored: StoredResource) -> bool:
     return False
 
 
-def if_none_exist(request: Request) -> list[tuple[str, str]] | None:
+def validator_matches(request: Request, etag: str, last_modified: datetime) -> bool:
+    """If-None-Match / If-Modified-Since against a representation that has no version id (e.g. /metadata)."""
+    inm = request.headers.get("if-none-match")
+    if inm is not None:
+        weak = etag.removeprefix("W/")
+        return any(t.strip() in ("*", etag, weak) or t.strip().removeprefix("W/") == weak for t in inm.split(","))
+    ims = request.headers.get("if-modified-since")
+    if ims is not None:
+        try:
+            since = parsedate_to_datetime(ims)
+        except (TypeError, ValueError):
+            return False
+        return since.tzinfo is not None and last_modified.replace(microsecond=0) <= since
+    return False
+
+
+def if_none_exist(request: Request, resource_type: str) -> Criteria | None:
     """Search criteria of a conditional create, from If-None-Exist."""
     value = request.headers.get("if-none-exist")
-    if value is None:
-        return None
-    query = value.split("?", 1)[1] if "?" in value else value
-    criteria = parse_qsl(query, keep_blank_values=True)
-    if not criteria:
-        raise FhirError.of(400, "invalid", f"If-None-Exist has no search criteria: '{value}'")
-    return criteria
+    return None if value is None else conditional_criteria(resource_type, value, "create")

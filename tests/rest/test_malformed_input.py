@@ -324,3 +324,46 @@ async def test_transaction_if_match_uses_the_same_rules(client):
         assert 400 <= res.status_code < 500, bad
     assert (await client.post("", json=bundle('W/"5", W/"1"'), headers=FHIR_JSON)).status_code == 200
     assert (await client.post("", json=bundle("*"), headers=FHIR_JSON)).status_code == 200
+
+
+# ids no resource can have (PostgreSQL refuses a NUL in text)
+
+
+@pytest.mark.parametrize(
+    "path", ["/Patient/a%00b", "/Patient/a%00b/_history", "/Patient/a%00b/_history/1", "/Patient/a%00b/*"]
+)
+async def test_id_with_nul_is_404(client, path):
+    assert_outcome(await client.get(path), 404)
+
+
+async def test_put_with_invalid_id_is_400(client):
+    res = await client.put("/Patient/a%00b", json={"resourceType": "Patient", "id": "a\x00b"}, headers=FHIR_JSON)
+    assert_outcome(res, 400)
+
+
+@pytest.mark.parametrize("url", ["Patient/a\\u0000b", "Patient/a\\u0000b/_history/1"])
+async def test_bundle_read_of_an_id_with_nul_is_404(client, url):
+    body = f'{{"resourceType":"Bundle","type":"batch","entry":[{{"request":{{"method":"GET","url":"{url}"}}}}]}}'
+    res = await client.post("", content=body.encode(), headers=FHIR_JSON)
+    assert res.status_code == 200
+    assert res.json()["entry"][0]["response"]["status"].startswith("404")
+
+
+# UCUM units: a unit the table cannot read is kept uncanonicalised, never a crash
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["m" + "9" * 5000, "(" * 3000 + "m" + ")" * 3000, "m4" + "0" * 400, "\u0661"],
+    ids=["long-exponent", "deep-parentheses", "huge-exponent", "arabic-digit"],
+)
+async def test_unreadable_ucum_unit_is_stored_and_searchable(client, unit):
+    body = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "valueQuantity": {"value": 1, "system": "http://unitsofmeasure.org", "code": unit},
+    }
+    assert (await client.post("/Observation", json=body, headers=FHIR_JSON)).status_code == 201
+    params = {"value-quantity": f"1|http://unitsofmeasure.org|{unit}"}
+    assert (await client.get("/Observation", params=params)).status_code == 200

@@ -3,7 +3,11 @@ included), e.g. to resolve `urn:uuid:` fullUrls in a transaction."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# R4 `id`: what a resource id (and a version id) may be; anything else names nothing.
+RESOURCE_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
 
 
 def iter_references(node: Any) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from ..auth.principal import SYSTEM
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
+from ..fhir.references import RESOURCE_ID
 from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment
 from . import interactions as ix
@@ -101,6 +102,11 @@ def _routes(request: Request, seg: list[str]) -> Methods:
     if second.startswith("$"):
         return _operation(request, second[1:], rtype, None) if n == 2 else {}
     rid = second
+    if not RESOURCE_ID.fullmatch(rid):
+        # No resource can have it (and PostgreSQL refuses some characters, e.g. NUL).
+        if n == 2 and request.method == "PUT":
+            raise FhirError.of(400, "invalid", f"'{rid[:100]}' is not a valid resource id ([A-Za-z0-9-.]{{1,64}})")
+        raise _not_found(f"{rtype}/{rid[:100]} is not known")
     if n == 2:
         return {
             "GET": lambda: ix.read(request, rtype, rid),

@@ -21,6 +21,7 @@ import orjson
 from ..auth.principal import Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
+from ..fhir.references import RESOURCE_ID
 from ..search.compartment import Compartment, compartment_sql
 from ..search.criteria import Criteria
 from ..search.extract import extract
@@ -147,6 +148,8 @@ class ResourceStore:
     async def read(self, principal: Principal, resource_type: str, rid: str) -> StoredResource:
         """The current version; 404 when unknown, 410 when deleted."""
         principal.require("read", resource_type)
+        if not RESOURCE_ID.fullmatch(rid):  # names nothing; PostgreSQL would refuse a NUL in it
+            raise FhirError.of(404, "not-found", f"{resource_type}/{rid[:100]} is not known")
         row = await self._db.fetchrow(sql.READ_CURRENT, resource_type, rid)
         if row is None:
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
@@ -161,7 +164,7 @@ class ResourceStore:
 
     async def vread(self, principal: Principal, resource_type: str, rid: str, version: str) -> StoredResource:
         principal.require("vread", resource_type)
-        if not (version.isascii() and version.isdigit()) or len(version) > 9:
+        if not (version.isascii() and version.isdigit()) or len(version) > 9 or not RESOURCE_ID.fullmatch(rid):
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
         row = await self._db.fetchrow(sql.READ_VERSION, resource_type, rid, int(version))
         if row is None:
@@ -452,7 +455,7 @@ class ResourceStore:
         criteria: Criteria,
         apply: Callable[[Resource], Resource],
         *,
-        if_match: int | None = None,
+        if_match: Versions | int | None = None,
     ) -> WriteOutcome:
         """Patch the one match; 404 when nothing matches."""
         principal.require("patch", criteria.resource_type)

@@ -12,7 +12,6 @@ its own and reports each entry's outcome.
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue, operation_outcome
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
-from ..fhir.references import iter_references
+from ..fhir.references import RESOURCE_ID, iter_references
 from ..search.criteria import Criteria, conditional_criteria
 from .etag import Versions, parse_etags
 from .ids import new_id
@@ -36,7 +35,7 @@ from .repository import PreparedCreate, ResourceStore, conditional_update_id, fo
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 _WRITES = ("DELETE", "POST", "PUT", "PATCH")
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_ID = RESOURCE_ID
 
 
 @dataclass

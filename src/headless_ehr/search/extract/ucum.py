@@ -99,8 +99,10 @@ _ANNOTATION = re.compile(r"\{[^}]*\}")
 # An annotation standing alone as a component is the unit 1 (`mL/min/{1.73_m2}`).
 _LONE_ANNOTATION = re.compile(r"(^|[./(])\{[^}]*\}(?=$|[./)])")
 _TOKEN = re.compile(r"[./()]|[^./()]+")
-_COMPONENT = re.compile(r"^(?P<sym>.*?)(?P<exp>[+-]?\d+)?$")
-_POWER = re.compile(r"^10[*^](?P<exp>[+-]?\d+)$")
+# Exponents are ASCII digits and short (no unit has m1000): longer ones are not units.
+_COMPONENT = re.compile(r"^(?P<sym>.*?)(?P<exp>[+-]?\d{1,3})?$", re.ASCII)
+_POWER = re.compile(r"^10[*^](?P<exp>[+-]?\d{1,4})$", re.ASCII)
+_MAX_PARENTHESES = 16  # nesting is recursive: deeper is refused, not a stack overflow
 
 
 class _Invalid(ValueError):
@@ -123,7 +125,7 @@ def _component(text: str) -> tuple[Decimal, Dims]:
     power = _POWER.match(text)
     if power:
         return Decimal(10) ** int(power["exp"]), _NONE
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return Decimal(text), _NONE
     try:
         return _atom(text)  # symbols ending in digits, e.g. none today, but exact first
@@ -195,7 +197,7 @@ def unit_factor(code: str) -> tuple[Decimal, str] | None:
     """(factor, canonical code) such that value * factor is in canonical units, or None
     when the unit is not in the table (or is a temperature, see `canonical`)."""
     text = _ANNOTATION.sub("", _LONE_ANNOTATION.sub(r"\g<1>1", code.strip()))
-    if not text or any(ch.isspace() for ch in text):
+    if not text or any(ch.isspace() for ch in text) or text.count("(") > _MAX_PARENTHESES:
         return None
     tokens = _TOKEN.findall(text)
     try:

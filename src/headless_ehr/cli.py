@@ -131,6 +131,7 @@ _ENV_ONLY = [
     ("EHR_TRUSTED_PROXIES", "peers whose Forwarded/X-Forwarded-* headers count (default 127.0.0.0/8,::1)"),
     ("EHR_ALLOWED_HOSTS", "Host names answered to, `*.example.org` allowed (default: any)"),
     ("EHR_MAX_BODY_BYTES", "largest request body (default 16 MiB)"),
+    ("EHR_MAX_NARRATIVE_BYTES", "largest narrative (text.div), else 422 (default 1 MiB)"),
     ("EHR_DEFAULT_PAGE_SIZE", "search page size without _count (default 20)"),
     ("EHR_MAX_PAGE_SIZE", "largest _count (default 1000)"),
     ("EHR_POOL_MIN_SIZE", "database connections kept open per worker (default 2)"),

@@ -93,12 +93,14 @@ def test_xml_lang_is_allowed() -> None:
         "javascript:alert(1)",
         "JaVaScRiPt:alert(1)",
         " java\tscript:alert(1)",
+        " " * 100 + "javascript:alert(1)",
+        "java" + "\n" * 100 + "script:alert(1)",
         "vbscript:msgbox(1)",
         "data:text/html;base64,PHNjcmlwdD4=",
     ],
 )
 def test_script_or_data_url_in_a_link_is_refused(url: str) -> None:
-    escaped = url.replace("\t", "&#9;")
+    escaped = url.replace("\t", "&#9;").replace("\n", "&#10;")
     assert problems(div(f'<a href="{escaped}">x</a>')) == [("invariant", "Patient.text.div")]
 
 

@@ -336,8 +336,10 @@ async def test_id_with_nul_is_404(client, path):
     assert_outcome(await client.get(path), 404)
 
 
-async def test_put_with_invalid_id_is_400(client):
+async def test_put_with_invalid_id_is_422(client):
     res = await client.put("/Patient/a%00b", json={"resourceType": "Patient", "id": "a\x00b"}, headers=FHIR_JSON)
+    assert_outcome(res, 422)
+    res = await client.put("/Patient/a%00b", json={"resourceType": "Patient", "id": "ab"}, headers=FHIR_JSON)
     assert_outcome(res, 400)
 
 

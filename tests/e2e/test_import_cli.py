@@ -31,7 +31,7 @@ def test_import_command_loads_a_folder_and_reports(database_url, tmp_path):
     assert "12" in result.stderr and "birthDate" in result.stderr
     second = run_import(database_url, str(tmp_path / "one.ndjson"))
     assert second.returncode == 0
-    assert "skipped" in second.stderr
+    assert "1 already imported" in second.stderr
 
 
 def test_import_of_missing_path_fails_cleanly(database_url, tmp_path):

@@ -58,6 +58,7 @@ async def _load(
             SYSTEM,
             batch_size=batch_size,
             concurrency=concurrency,
+            max_bundle_bytes=settings.import_max_bundle_bytes,
             on_progress=lambda b, r: events.put(("progress", b, r)),
         )
         return await importer.run(sources, claim)
@@ -160,12 +161,8 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
                 elapsed = progress.tasks[0].elapsed or 1e-9
                 progress.update(task, advance=event[1], resources=total.resources, rate=total.resources / elapsed)
             else:
-                report: ImportReport = event[1]
                 running -= 1
-                total.files += report.files
-                total.skipped_units += report.skipped_units
-                total.failures += report.failures
-                total.seconds = max(total.seconds, report.seconds)
+                total.add(event[1])
         for worker in workers:
             worker.join()
     total.failures += _lost_workers(workers, running)
@@ -190,17 +187,21 @@ def _lost_workers(workers: list[Any], unreported: int) -> list[Failure]:
 
 
 def _summary(console: Console, report: ImportReport) -> None:
+    # The table's first columns are what bench/ingest.py and bench/search.py read.
     table = Table(title="ehr import")
-    for column in ("files", "resources loaded", "resources/s", "skipped (already imported)", "failures"):
+    for column in ("files", "resources loaded", "resources/s", "files already imported", "failures"):
         table.add_column(column)
     table.add_row(
         str(report.files),
         f"{report.resources:,}",
         f"{report.rate:,.0f}",
-        str(report.skipped_units),
+        str(report.files_skipped),
         str(len(report.failures)),
     )
     console.print(table)
+    console.print(report.summary(), highlight=False)
+    if report.files_failed:
+        console.print("Run the same command again to retry what failed; what loaded is not loaded twice.")
     for failure in report.failures[:50]:
         console.print(f"[red]failed[/] {failure.source} {failure.unit}: {failure.message}")
     if len(report.failures) > 50:

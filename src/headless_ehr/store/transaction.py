@@ -315,11 +315,19 @@ class BundleProcessor:
 
     # -- batch --------------------------------------------------------------------------
 
-    async def batch(self, bundle: dict[str, Any], *, representation: bool = False) -> BundleResult:
+    async def batch(
+        self, bundle: dict[str, Any], *, representation: bool = False, conn: asyncpg.Connection | None = None
+    ) -> BundleResult:
+        """Run each entry on its own; with conn, all inside conn's transaction, each entry
+        in a savepoint (a failed entry undoes only itself), so they commit together."""
         entries = parse_entries(bundle, self.base_url)
         for entry in entries:
             try:
-                await self._batch_entry(entry)
+                if conn is None:
+                    await self._batch_entry(self.store, entry)
+                else:
+                    async with conn.transaction():
+                        await self._batch_entry(self.store.bound(conn), entry)
             except FhirError as exc:
                 entry.matched = None
                 entry.response = {
@@ -328,20 +336,20 @@ class BundleProcessor:
                 }
         return self._result("batch-response", entries, representation)
 
-    async def _batch_entry(self, entry: Entry) -> None:
+    async def _batch_entry(self, store: ResourceStore, entry: Entry) -> None:
         single = [entry]
-        await self._settle_identities(self.store, single)
+        await self._settle_identities(store, single)
         if entry.method == "POST":
             if entry.skip:
                 return
             assert entry.target_id is not None
             ts = datetime.now(UTC)
-            prepared = self.store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts)
-            (stored,) = await self.store.insert_prepared([prepared], ts)
+            prepared = store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts)
+            (stored,) = await store.insert_prepared([prepared], ts)
             entry.matched = stored
             entry.response = self._entry_response(stored, 201)
             return
-        await self._run(self.store, entry)
+        await self._run(store, entry)
 
     # -- responses ----------------------------------------------------------------------
 

@@ -28,10 +28,20 @@ def test_import_command_loads_a_folder_and_reports(database_url, tmp_path):
     (tmp_path / "bad.ndjson").write_text('{"resourceType": "Patient", "birthDate": "yesterday"}\n')
     result = run_import(database_url, str(tmp_path), "--batch-size", "5")
     assert result.returncode == 1  # one resource failed
-    assert "12" in result.stderr and "birthDate" in result.stderr
+    assert "2 files: 1 loaded, 1 with failures; 12 resources loaded, 1 failed" in result.stderr
+    assert "birthDate" in result.stderr
     second = run_import(database_url, str(tmp_path / "one.ndjson"))
     assert second.returncode == 0
-    assert "1 already imported" in second.stderr
+    assert "1 file: 0 loaded, 1 already imported, 0 with failures; 0 resources loaded" in second.stderr
+
+
+def test_a_rerun_retries_the_failed_file_instead_of_calling_it_imported(database_url, tmp_path):
+    (tmp_path / "bad.ndjson").write_text('{"resourceType": "Patient", "birthDate": "yesterday"}\n')
+    first = run_import(database_url, str(tmp_path))
+    again = run_import(database_url, str(tmp_path))
+    assert (first.returncode, again.returncode) == (1, 1)
+    assert "1 file: 0 loaded, 0 with failures" not in again.stderr
+    assert "1 file: 0 loaded, 1 with failures; 0 resources loaded, 1 failed" in again.stderr
 
 
 def test_import_of_missing_path_fails_cleanly(database_url, tmp_path):

@@ -146,6 +146,7 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
         TimeRemainingColumn(),
     )
     total = ImportReport()
+    loaded = 0  # resources, as the workers commit them (a worker that dies reports no total)
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("import", total=total_bytes(sources), resources=0, rate=0.0)
         running = len(workers)
@@ -157,14 +158,15 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
                     break
                 continue
             if event[0] == "progress":
-                total.resources += event[2]
+                loaded += event[2]
                 elapsed = progress.tasks[0].elapsed or 1e-9
-                progress.update(task, advance=event[1], resources=total.resources, rate=total.resources / elapsed)
+                progress.update(task, advance=event[1], resources=loaded, rate=loaded / elapsed)
             else:
                 running -= 1
                 total.add(event[1])
         for worker in workers:
             worker.join()
+    total.resources = loaded
     total.failures += _lost_workers(workers, running)
     _summary(console, total)
     return 0 if not total.failures else 1
@@ -199,7 +201,7 @@ def _summary(console: Console, report: ImportReport) -> None:
         str(len(report.failures)),
     )
     console.print(table)
-    console.print(report.summary(), highlight=False)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
     if report.files_failed:
         console.print("Run the same command again to retry what failed; what loaded is not loaded twice.")
     for failure in report.failures[:50]:

@@ -95,3 +95,15 @@ def test_the_bundle_limit_is_a_setting(monkeypatch):
     assert Settings.from_env().import_max_bundle_bytes == 1000
     monkeypatch.delenv("EHR_IMPORT_MAX_BUNDLE_BYTES")
     assert Settings.from_env().import_max_bundle_bytes == 256 * MiB
+
+
+async def test_a_large_ndjson_file_moves_the_progress_bar_as_it_loads(importer, tmp_path):
+    source = tmp_path / "steps.ndjson.gz"
+    with gzip.open(source, "wt") as out:
+        for _ in range(400):
+            noise = "".join(uuid.uuid4().hex for _ in range(40))  # so the gzip file stays large
+            out.write(json.dumps({"resourceType": "Patient", "name": [{"text": noise}]}) + "\n")
+    steps: list[int] = []
+    await importer(batch_size=50, on_progress=lambda done, _r: steps.append(done)).run([source])
+    assert sum(steps) == source.stat().st_size
+    assert len([s for s in steps if s > 0]) > 2  # not all at the end

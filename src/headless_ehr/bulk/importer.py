@@ -176,6 +176,7 @@ class _FileRun:
     path: Path
     key: str
     failed: bool = False
+    bytes_reported: int = 0  # of the file's size (compressed, as on disk), for the progress bar
 
 
 class Importer:
@@ -244,7 +245,7 @@ class Importer:
             self.report.failures.append(Failure(str(path), "file", str(exc)))
             self.report.files_failed += 1
             self.report.resources_failed += exc.resources
-            self.on_progress(size, 0)
+            self.on_progress(size - run.bytes_reported, 0)
             return
         await self.pool.execute(
             "INSERT INTO import_progress (source, position, done) VALUES ($1, 0, true)"
@@ -255,7 +256,7 @@ class Importer:
             self.report.files_failed += 1
         else:
             self.report.files_loaded += 1
-        self.on_progress(size, 0)
+        self.on_progress(size - run.bytes_reported, 0)
 
     async def _unit(
         self,
@@ -369,6 +370,9 @@ class Importer:
                 if len(batch) >= self.batch_size:
                     await self._ndjson_unit(run, batch, retry)
                     batch = []
+                    read = max(run.bytes_reported, _bytes_read(stream))  # a large file moves the bar
+                    self.on_progress(read - run.bytes_reported, 0)
+                    run.bytes_reported = read
             if batch:
                 await self._ndjson_unit(run, batch, retry)
 
@@ -461,6 +465,15 @@ class Importer:
             except FhirError as exc:
                 failed.append((number, _message(exc)))
         return loaded, failed
+
+
+def _bytes_read(stream: IO[bytes]) -> int:
+    """How far into the file on disk (compressed bytes, for a gzip stream) reading is."""
+    raw = getattr(stream, "fileobj", None) or stream
+    try:
+        return raw.tell()
+    except (OSError, ValueError):
+        return 0
 
 
 def _key(resource: dict[str, Any]) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from .fhir.outcome import FhirError
 from .fhir.validation import validator
 from .rest.responses import outcome_response
 from .rest.router import fhir_endpoint
+from .search.extract import OPTIONS
 from .store import ResourceStore
 from .store.reindex import Reindexer, load_registry, poll_registry
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings.database_url must be set (the CLI starts embedded PostgreSQL first).
     """
     settings = settings or Settings.from_env()
+    OPTIONS.contained = settings.index_contained  # extraction is process-wide: the last app configured wins
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -12,6 +12,18 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def env_flag(name: str, default: bool = False) -> bool:
+    """A true/false setting (1/0, yes/no, on/off too); anything else stops start-up."""
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not '{raw}'")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be configured with.
@@ -29,6 +41,10 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 10
     extra: dict[str, str] = field(default_factory=dict)
+    # conditional
+    conditional_delete: str = "single"  # single: several matches are 412; multiple: delete them all
+    # searchspec
+    index_contained: bool = False  # index contained resources, for _contained=true|both
     # import
     import_max_bundle_bytes: int = 256 * 1024 * 1024  # a larger Bundle file (decompressed) is refused
 
@@ -43,8 +59,20 @@ class Settings:
             "max_page_size": _int("EHR_MAX_PAGE_SIZE", 1000),
             "pool_min_size": _int("EHR_POOL_MIN_SIZE", 2),
             "pool_max_size": _int("EHR_POOL_MAX_SIZE", 10),
+            # conditional
+            "conditional_delete": _choice("EHR_CONDITIONAL_DELETE", ("single", "multiple")),
+            # searchspec
+            "index_contained": env_flag("EHR_INDEX_CONTAINED"),
             # import
             "import_max_bundle_bytes": _int("EHR_IMPORT_MAX_BUNDLE_BYTES", 256 * 1024 * 1024),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> str:
+    """One of allowed (the first by default); anything else stops start-up."""
+    raw = os.environ.get(name) or allowed[0]
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not '{raw}'")
+    return raw

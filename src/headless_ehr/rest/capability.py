@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import FHIR_VERSION, __version__
 from ..fhir.definitions import definitions
-from ..search.registry import search_params
+from ..search.registry import NEAR_URL, search_params
 
 _INTERACTIONS = [
     "read",
@@ -28,6 +28,13 @@ _COMMON = [
     ("_list", "token"),
     ("_has", "special"),
 ]
+# What each parameter type accepts beyond plain values (R4's searchParam has no modifier list).
+_MODIFIER_DOCS = {
+    "token": "Modifiers: :missing :not :text :exact :of-type; :in :not-in :above :below on shipped terminology",
+    "uri": "Modifiers: :missing :exact :above :below (by path segment); url|version, with :above/:below on the version",
+    "reference": "Modifiers: :missing :identifier :[type]; :above/:below on canonical URLs and url|version",
+    "special": "near=latitude|longitude|distance|units (km, m, mi, [mi_i]; km when omitted; 10 km without a distance)",
+}
 _OPERATIONS = [
     ("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate"),
     ("reindex", "urn:headless-ehr:operation:reindex"),
@@ -37,13 +44,21 @@ _OPERATIONS = [
 def _search_param_entries(resource_type: str) -> list[dict[str, Any]]:
     out = [{"name": name, "type": kind} for name, kind in _COMMON]
     for param in sorted(search_params(resource_type).values(), key=lambda p: p.code):
-        if param.type == "special" or param.code in ("_id", "_lastUpdated", "_text", "_content"):
+        if (param.type == "special" and param.url != NEAR_URL) or param.code in (
+            "_id",
+            "_lastUpdated",
+            "_text",
+            "_content",
+        ):
             continue
-        out.append({"name": param.code, "definition": param.url, "type": param.type})
+        entry = {"name": param.code, "definition": param.url, "type": param.type}
+        if param.type in _MODIFIER_DOCS:
+            entry["documentation"] = _MODIFIER_DOCS[param.type]
+        out.append(entry)
     return out
 
 
-def _resource_entry(resource_type: str) -> dict[str, Any]:
+def _resource_entry(resource_type: str, conditional_delete: str) -> dict[str, Any]:
     return {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
@@ -54,7 +69,7 @@ def _resource_entry(resource_type: str) -> dict[str, Any]:
         "conditionalCreate": True,
         "conditionalRead": "full-support",
         "conditionalUpdate": True,
-        "conditionalDelete": "single",
+        "conditionalDelete": conditional_delete,  # EHR_CONDITIONAL_DELETE: single | multiple
         "referencePolicy": ["literal", "logical", "local"],
         "searchInclude": ["*"],
         "searchRevInclude": ["*"],
@@ -63,7 +78,7 @@ def _resource_entry(resource_type: str) -> dict[str, Any]:
     }
 
 
-def capability_statement(base_url: str) -> dict[str, Any]:
+def capability_statement(base_url: str, conditional_delete: str = "single") -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -78,7 +93,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "resource": [_resource_entry(t) for t in sorted(definitions().resource_types)],
+                "resource": [_resource_entry(t, conditional_delete) for t in sorted(definitions().resource_types)],
                 "interaction": [
                     {"code": "transaction"},
                     {"code": "batch"},

@@ -24,6 +24,14 @@ def env_flag(name: str, default: bool = False) -> bool:
     raise ValueError(f"{name} must be true or false, not '{raw}'")
 
 
+def _list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list; unset gives default, set but empty gives ()."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be configured with.
@@ -45,6 +53,9 @@ class Settings:
     conditional_delete: str = "single"  # single: several matches are 412; multiple: delete them all
     # searchspec
     index_contained: bool = False  # index contained resources, for _contained=true|both
+    # restspec
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")  # peers whose Forwarded/X-Forwarded-* count
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered to (`*.example.org` allowed); empty: any
     # import
     import_max_bundle_bytes: int = 256 * 1024 * 1024  # a larger Bundle file (decompressed) is refused
 
@@ -63,6 +74,9 @@ class Settings:
             "conditional_delete": _choice("EHR_CONDITIONAL_DELETE", ("single", "multiple")),
             # searchspec
             "index_contained": env_flag("EHR_INDEX_CONTAINED"),
+            # restspec
+            "trusted_proxies": _list("EHR_TRUSTED_PROXIES", ("127.0.0.0/8", "::1")),
+            "allowed_hosts": _list("EHR_ALLOWED_HOSTS", ()),
             # import
             "import_max_bundle_bytes": _int("EHR_IMPORT_MAX_BUNDLE_BYTES", 256 * 1024 * 1024),
         }

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from .. import FHIR_VERSION, __version__
+from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
-from ..search.registry import NEAR_URL, search_params
+from ..search.registry import CUSTOM, NEAR_URL, search_params
+
+# The statement changes only with the software, its settings and the registered
+# SearchParameters, so it is dated by the process start.
+_STARTED = datetime.now(UTC).replace(microsecond=0)
 
 _INTERACTIONS = [
     "read",
@@ -82,7 +89,7 @@ def capability_statement(base_url: str, conditional_delete: str = "single") -> d
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": datetime.now(UTC).date().isoformat(),
+        "date": _STARTED.isoformat(),
         "publisher": "headless-ehr",
         "kind": "instance",
         "software": {"name": "headless-ehr", "version": __version__},
@@ -105,3 +112,30 @@ def capability_statement(base_url: str, conditional_delete: str = "single") -> d
             }
         ],
     }
+
+
+@dataclass(frozen=True)
+class CapabilityDocument:
+    statement: dict[str, Any]
+    body: bytes
+    etag: str  # a weak validator of the body
+    last_modified: datetime
+
+
+_documents: dict[tuple[str, str, object], CapabilityDocument] = {}
+
+
+def capability_document(base_url: str, conditional_delete: str = "single") -> CapabilityDocument:
+    """The CapabilityStatement for base_url, built once per registry state (it is ~400 kB)."""
+    key = (base_url, conditional_delete, CUSTOM.stamp)
+    found = _documents.get(key)
+    if found is None:
+        statement = capability_statement(base_url, conditional_delete)
+        body = fhir_json.dumps(statement)
+        digest = hashlib.sha256(body).hexdigest()[:20]
+        changed = CUSTOM.stamp is not None
+        modified = datetime.now(UTC).replace(microsecond=0) if changed else _STARTED
+        if len(_documents) > 16:  # hosts and registry states seen; keep the cache bounded
+            _documents.clear()
+        found = _documents[key] = CapabilityDocument(statement, body, f'W/"{digest}"', modified)
+    return found

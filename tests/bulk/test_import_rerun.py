@@ -56,19 +56,17 @@ def batch_bundle(path: Path, tag: str, patients: int, observations: int = 0) -> 
 async def test_a_batch_bundle_interrupted_midway_is_loaded_once(importer, client, tmp_path):
     tag = uuid.uuid4().hex
     source = batch_bundle(tmp_path / "batch.json", tag, 6)
-    crashing = importer()
-    entries = {"n": 0}
-    run_entry = crashing.processor._batch_entry
+    checks = {"n": 0}
 
-    async def crash_at_the_fourth_entry(store, entry):
-        entries["n"] += 1
-        if entries["n"] == 4:
-            raise Crash
-        await run_entry(store, entry)
+    class CrashAtTheFourthEntry(Principal):
+        def require(self, interaction: str, resource_type: str) -> None:
+            checks["n"] += 1
+            if checks["n"] == 4:
+                raise Crash
 
-    crashing.processor._batch_entry = crash_at_the_fourth_entry
     with pytest.raises(Crash):
-        await crashing.run([source])
+        await importer(CrashAtTheFourthEntry(subject="crashing")).run([source])
+    assert checks["n"] == 4
     assert await count(client, "Patient", tag) == 0  # the three entries before the crash did not commit alone
     report = await importer().run([source])
     assert report.resources == 6 and not report.failures

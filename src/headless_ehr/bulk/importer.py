@@ -299,8 +299,9 @@ class Importer:
         if failed:
             run.failed = True
             self.report.resources_failed += len(failed)
-            unit = "resource" if label == "resource" else None
-            self.report.failures += [Failure(str(run.path), unit or f"{label} {i}", m) for i, m in failed]
+            self.report.failures += [
+                Failure(str(run.path), label if label == "resource" else f"{label} {i}", m) for i, m in failed
+            ]
         self.report.resources += loaded
         self.on_progress(0, loaded)
 

@@ -142,13 +142,18 @@ async def test_delete_twice_is_idempotent(client):
     created = (await create(client, patient())).json()
     url = f"/Patient/{created['id']}"
     assert (await client.delete(url)).status_code == 200
-    assert (await client.delete(url)).status_code == 200
+    again = await client.delete(url)
+    assert again.status_code == 204
+    assert again.content == b""
     history = (await client.get(f"{url}/_history")).json()
     assert history["total"] == 2
 
 
-async def test_delete_unknown_is_404(client):
-    assert (await client.delete("/Patient/never-was")).status_code == 404
+async def test_delete_unknown_is_204_no_content(client):
+    res = await client.delete("/Patient/never-was")
+    assert res.status_code == 204
+    assert res.content == b""
+    assert (await client.get("/Patient/never-was")).status_code == 404
 
 
 async def test_update_after_delete_revives_with_next_version(client):

@@ -119,6 +119,8 @@ def _delete_response(request: Request, stored: StoredResource | None, what: str)
 
 async def delete(request: Request, resource_type: str, rid: str) -> Response:
     stored = await store_of(request).delete(principal_of(request), resource_type, rid, if_match=if_match(request))
+    if stored is None:  # unknown or already deleted: success with no content (R4 http.html#delete)
+        return Response(status_code=204)
     return _delete_response(request, stored, f"{resource_type}/{rid}")
 
 

@@ -298,12 +298,15 @@ class ResourceStore:
     async def delete(
         self, principal: Principal, resource_type: str, rid: str, *, if_match: int | None = None
     ) -> StoredResource | None:
-        """Delete; returns the deletion version, or None when it was already deleted."""
+        """Delete; returns the deletion version, or None when there was nothing to delete
+        (already deleted, or never existed: R4 http.html#delete answers both with success)."""
         principal.require("delete", resource_type)
 
         def plan(current: asyncpg.Record | None) -> _Write | None:
             if current is None:
-                raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+                if if_match is not None:
+                    raise FhirError.of(412, "conflict", f"{resource_type}/{rid} does not exist (If-Match)")
+                return None
             if if_match is not None and if_match != current[0]:
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             return None if current[2] is None else _Write(None, "DELETE")

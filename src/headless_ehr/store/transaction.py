@@ -283,11 +283,7 @@ class BundleProcessor:
             entry.response = self._entry_response(outcome.stored, 201 if outcome.created else 200)
         elif entry.method == "DELETE":
             assert entry.target_id is not None
-            try:
-                await store.delete(self.principal, rtype, entry.target_id, if_match=if_match)
-            except FhirError as exc:
-                if exc.status != 404:
-                    raise
+            await store.delete(self.principal, rtype, entry.target_id, if_match=if_match)
             entry.response = {"status": "204 No Content"}
         elif entry.method == "PATCH":
             assert entry.target_id is not None

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,7 +21,7 @@ from .db.pool import create_pool
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validator
-from .rest.responses import outcome_response
+from .rest.responses import DateHeader, outcome_response
 from .rest.router import fhir_endpoint
 from .store import ResourceStore
 from .store.reindex import Reindexer, load_registry, poll_registry
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
         ],
         exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(DateHeader)],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -66,6 +66,7 @@ def serve(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 log_level=args.log_level,
                 access_log=args.access_log,
+                date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
             )
         else:
             from .app import create_app
@@ -76,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
                 port=args.port,
                 log_level=args.log_level,
                 access_log=args.access_log,
+                date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
             )
     except _Stopped:
         pass

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, formatdate
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, operation_outcome
@@ -51,7 +53,42 @@ def etag(version: int) -> str:
 
 
 def version_headers(stored: StoredResource) -> dict[str, str]:
-    return {"ETag": etag(stored.version_id), "Last-Modified": http_date(stored.last_updated)}
+    # Date is never earlier than Last-Modified (RFC 9110 §8.8.2.1), even when the
+    # database's clock runs ahead of ours.
+    now = datetime.now(UTC)
+    return {
+        "ETag": etag(stored.version_id),
+        "Last-Modified": http_date(stored.last_updated),
+        "Date": http_date(max(now, stored.last_updated)),
+    }
+
+
+class DateHeader:
+    """ASGI middleware: a `Date` header on every response, taken when it is sent.
+
+    uvicorn's own Date is refreshed once a second, so a response to a fresh write
+    could carry a Date a second older than its Last-Modified; `ehr serve` turns that
+    header off and this one takes its place. A Date set by the app (version_headers)
+    is kept.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"date" for name, _ in headers):
+                    headers.append((b"date", formatdate(time.time(), usegmt=True).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_dated)
 
 
 def base_url(request: Request) -> str:

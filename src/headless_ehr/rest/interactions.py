@@ -223,7 +223,7 @@ async def history(request: Request, resource_type: str | None = None, rid: str |
     links = [bundles.page_link(request, "self", args["cursor"], ("_cursor",))]  # type: ignore[arg-type]
     if page.next_cursor:
         links.append(bundles.page_link(request, "next", page.next_cursor, ("_cursor",)))
-    return json_response(request, bundles.history(request, page.entries, page.total, links))
+    return json_response(request, bundles.history(request, page.entries, page.total, links, page.settled))
 
 
 async def process_bundle(request: Request) -> Response:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -158,9 +157,8 @@ class BundleProcessor:
                 except FhirError as exc:
                     raise _fail(entry, exc) from None
         await self._resolve_conditional_references(store, entries)
-        ts = datetime.now(UTC)
         await self._run_all(store, [e for e in entries if e.method == "DELETE"])
-        await self._create_all(store, entries, ts)  # every POST, in one statement
+        await self._create_all(store, entries)  # every POST, in one statement
         await self._run_all(store, [e for e in entries if e.method in ("PUT", "PATCH")])
         await self._run_all(store, [e for e in entries if e.method in ("GET", "HEAD")])
 
@@ -171,7 +169,7 @@ class BundleProcessor:
             except FhirError as exc:
                 raise _fail(entry, exc) from None
 
-    async def _create_all(self, store: ResourceStore, entries: list[Entry], ts: datetime) -> None:
+    async def _create_all(self, store: ResourceStore, entries: list[Entry]) -> None:
         pending = [e for e in entries if e.method == "POST" and not e.skip and not e.response]
         if not pending:
             return
@@ -179,10 +177,10 @@ class BundleProcessor:
         for entry in pending:
             try:
                 assert entry.target_id is not None
-                prepared.append(store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts))
+                prepared.append(store.prepare_create(self.principal, entry.resource, entry.target_id, "POST"))
             except FhirError as exc:
                 raise _fail(entry, exc) from None
-        stored = await store.insert_prepared(prepared, ts)
+        stored = await store.insert_prepared(prepared)
         for entry, s in zip(pending, stored, strict=True):
             entry.response = self._entry_response(s, 201)
             entry.matched = s
@@ -331,9 +329,8 @@ class BundleProcessor:
             if entry.skip:
                 return
             assert entry.target_id is not None
-            ts = datetime.now(UTC)
-            prepared = self.store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts)
-            (stored,) = await self.store.insert_prepared([prepared], ts)
+            prepared = self.store.prepare_create(self.principal, entry.resource, entry.target_id, "POST")
+            (stored,) = await self.store.insert_prepared([prepared])
             entry.matched = stored
             entry.response = self._entry_response(stored, 201)
             return

@@ -104,7 +104,12 @@ _DELETES = "".join(
 STAMP = """
 t AS MATERIALIZED (
     SELECT ts, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS ts_text
-    FROM (SELECT x, clock_timestamp() AS ts FROM (SELECT pg_current_xact_id() AS x OFFSET 0) AS xid) AS stamp
+    FROM (
+        -- the CASE makes the clock wait for the id (pg_current_xact_id() is stable: an
+        -- unused column holding it would be planned away)
+        SELECT CASE WHEN x IS NOT NULL THEN clock_timestamp() END AS ts
+        FROM (SELECT pg_current_xact_id() AS x OFFSET 0) AS xid
+    ) AS stamp
 )"""
 STAMP_LENGTH = 32  # len("2026-01-02T03:04:05.123456+00:00")
 

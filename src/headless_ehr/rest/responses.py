@@ -53,14 +53,12 @@ def etag(version: int) -> str:
 
 
 def version_headers(stored: StoredResource) -> dict[str, str]:
-    # Date is never earlier than Last-Modified (RFC 9110 §8.8.2.1), even when the
-    # database's clock runs ahead of ours.
-    now = datetime.now(UTC)
-    return {
-        "ETag": etag(stored.version_id),
-        "Last-Modified": http_date(stored.last_updated),
-        "Date": http_date(max(now, stored.last_updated)),
-    }
+    headers = {"ETag": etag(stored.version_id), "Last-Modified": http_date(stored.last_updated)}
+    # Date is never earlier than Last-Modified (RFC 9110 §8.8.2.1): DateHeader stamps
+    # the time of sending, unless the database's clock runs ahead of ours.
+    if stored.last_updated.timestamp() > time.time():
+        headers["Date"] = headers["Last-Modified"]
+    return headers
 
 
 class DateHeader:
@@ -74,6 +72,14 @@ class DateHeader:
 
     def __init__(self, app: ASGIApp):
         self.app = app
+        self._second = 0
+        self._date = b""
+
+    def _now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:  # format once a second, but always the current second
+            self._second, self._date = second, formatdate(second, usegmt=True).encode()
+        return self._date
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,7 +90,7 @@ class DateHeader:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if not any(name.lower() == b"date" for name, _ in headers):
-                    headers.append((b"date", formatdate(time.time(), usegmt=True).encode()))
+                    headers.append((b"date", self._now()))
                     message = {**message, "headers": headers}
             await send(message)
 

@@ -221,8 +221,8 @@ class ResourceStore:
         if resource is not None:
             final = with_meta(resource, rid, version)
             content, stamp_at = serialise(final)
-            unchanged = current is not None and current[2] is not None
-            if unchanged and same_content(current[2], current[0], content, stamp_at):
+            live = current is not None and current[2] is not None  # an update of a non-deleted version
+            if live and same_content(current[2], current[0], content, stamp_at):
                 return StoredResource(resource_type, rid, current[0], current[1], current[2])
             rows = extract(final)
         mask, index = index_args(rows)

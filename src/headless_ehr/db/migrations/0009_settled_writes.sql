@@ -26,7 +26,8 @@ BEGIN
     PERFORM pg_stat_clear_snapshot();  -- a transaction caches pg_stat_activity: read it afresh
     SELECT min(a.xact_start) INTO oldest
     FROM pg_stat_activity a
-    WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid();
+    WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
+        AND a.backend_type <> 'autovacuum worker';  -- an autoanalyze holds an id but writes no rows
     RETURN least(now_ts, oldest);
 END $$;
 

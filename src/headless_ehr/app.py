@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,7 +22,7 @@ from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validator
 from .rest.origin import networks
-from .rest.responses import outcome_response
+from .rest.responses import DateHeader, outcome_response
 from .rest.router import fhir_endpoint
 from .search.extract import OPTIONS
 from .store import ResourceStore
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
         ],
         exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(DateHeader)],
         lifespan=lifespan,
     )
     app.state.settings = settings

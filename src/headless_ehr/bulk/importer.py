@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +237,6 @@ class Importer:
         """Create or update resources inside conn's transaction; failures are reported
         per resource (each runs in a savepoint) and do not stop the others."""
         store = self.store.bound(conn)
-        ts = datetime.now(UTC)
         creates, updates = [], []
         for number, resource in items:
             if not isinstance(resource, dict):
@@ -268,20 +266,20 @@ class Importer:
         for number, resource in creates:
             try:
                 rid = resource.get("id") or new_id()
-                prepared.append(store.prepare_create(self.principal, resource, rid, "POST", ts))
+                prepared.append(store.prepare_create(self.principal, resource, rid, "POST"))
                 numbers.append(number)
             except FhirError as exc:
                 self.report.failures.append(Failure(str(path), f"{unit_name} {number}", _message(exc)))
         if prepared:
             try:
                 async with conn.transaction():
-                    await store.insert_prepared(prepared, ts)
+                    await store.insert_prepared(prepared)
                 loaded += len(prepared)
             except FhirError:  # a duplicate id inside the batch: fall back to one by one
                 for number, item in zip(numbers, prepared, strict=True):
                     try:
                         async with conn.transaction():
-                            await store.insert_prepared([item], ts)
+                            await store.insert_prepared([item])
                         loaded += 1
                     except FhirError as exc:
                         self.report.failures.append(Failure(str(path), f"{unit_name} {number}", _message(exc)))

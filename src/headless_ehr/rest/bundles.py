@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,8 +28,13 @@ def page_link(request: Request, relation: str, cursor: str | None, drop: tuple[s
     return {"relation": relation, "url": path + ("?" + urlencode(params) if params else "")}
 
 
-def _bundle(kind: str, total: int | None, links: list[dict[str, str]], entries: list[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind}
+def _bundle(
+    kind: str, total: int | None, links: list[dict[str, str]], entries: list[Any], meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4())}
+    if meta:
+        out["meta"] = meta
+    out["type"] = kind
     if total is not None:
         out["total"] = total
     out["link"] = links
@@ -70,8 +76,14 @@ _HISTORY_STATUS = {
 
 
 def history(
-    request: Request, stored: list[StoredResource], total: int | None, links: list[dict[str, str]]
+    request: Request,
+    stored: list[StoredResource],
+    total: int | None,
+    links: list[dict[str, str]],
+    settled: datetime | None = None,
 ) -> dict[str, Any]:
+    """A history Bundle; its meta.lastUpdated is the instant every version below which
+    is settled (store history()): the `_since` of the next poll."""
     base = base_url(request)
     entries = []
     for s in stored:
@@ -89,7 +101,8 @@ def history(
             "lastModified": format_instant(s.last_updated),
         }
         entries.append(entry)
-    return _bundle("history", total, links, entries)
+    meta = {"lastUpdated": format_instant(settled)} if settled is not None else None
+    return _bundle("history", total, links, entries, meta)
 
 
 def bundle_response(request: Request, result: BundleResult) -> dict[str, Any]:

@@ -145,6 +145,8 @@ def _delete_response(request: Request, stored: StoredResource | None, what: str)
 
 async def delete(request: Request, resource_type: str, rid: str) -> Response:
     stored = await store_of(request).delete(principal_of(request), resource_type, rid, if_match=if_match(request))
+    if stored is None:  # unknown or already deleted: success with no content (R4 http.html#delete)
+        return Response(status_code=204)
     return _delete_response(request, stored, f"{resource_type}/{rid}")
 
 
@@ -255,7 +257,7 @@ async def history(request: Request, resource_type: str | None = None, rid: str |
     links = [bundles.page_link(request, "self", args["cursor"], ("_cursor",))]  # type: ignore[arg-type]
     if page.next_cursor:
         links.append(bundles.page_link(request, "next", page.next_cursor, ("_cursor",)))
-    return json_response(request, bundles.history(request, page.entries, page.total, links))
+    return json_response(request, bundles.history(request, page.entries, page.total, links, page.settled))
 
 
 async def process_bundle(request: Request) -> Response:

@@ -54,9 +54,10 @@ _LOCK_CRITERIA = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[
 class PreparedCreate(NamedTuple):
     resource_type: str
     id: str
-    content: bytes
+    content: bytes  # meta.lastUpdated is LAST_UPDATED_PLACEHOLDER until the database stamps it
     method: str
     rows: IndexRows
+    stamp_at: int  # where the placeholder starts in content
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +74,49 @@ def format_instant(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def with_meta(resource: Resource, rid: str, version: int, ts: datetime) -> Resource:
-    """The resource with id and server-owned meta set; resourceType, id, meta lead."""
-    meta = dict(resource.get("meta") or {})
-    meta["versionId"] = str(version)
-    meta["lastUpdated"] = format_instant(ts)
+# meta.lastUpdated as serialised before the database has chosen the instant: the
+# write statement overwrites these bytes with its own clock (sql.STAMP), so the stored
+# JSON and the last_updated column agree exactly. Same length as every real value.
+LAST_UPDATED_PLACEHOLDER = "0000-00-00T00:00:00.000000+00:00"
+_PLACEHOLDER = LAST_UPDATED_PLACEHOLDER.encode()
+assert len(_PLACEHOLDER) == sql.STAMP_LENGTH
+_LAST_UPDATED_KEY = b'","lastUpdated":"'
+
+
+def with_meta(resource: Resource, rid: str, version: int) -> Resource:
+    """The resource with id and server-owned meta set; resourceType, id, meta lead and
+    meta starts with versionId and lastUpdated (a placeholder until written), so the
+    stored bytes have both at a known place: stamping and no-op checks need no parse."""
+    meta: Resource = {"versionId": str(version), "lastUpdated": LAST_UPDATED_PLACEHOLDER}
+    for key, value in (resource.get("meta") or {}).items():
+        if key not in meta:
+            meta[key] = value
     out: Resource = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
     for key, value in resource.items():
         if key not in out:
             out[key] = value
     return out
+
+
+def serialise(final: Resource) -> tuple[bytes, int]:
+    """The bytes to store for with_meta()'s result, and where the placeholder starts
+    (its first occurrence: only resourceType and id come before it)."""
+    content = fhir_json.dumps(final)
+    return content, content.index(_PLACEHOLDER)
+
+
+def stamped(content: bytes, stamp_at: int, ts_text: str) -> bytes:
+    """content with the placeholder replaced, as the write statement stored it."""
+    return content[:stamp_at] + ts_text.encode() + content[stamp_at + sql.STAMP_LENGTH :]
+
+
+def same_content(stored: bytes, version: int, content: bytes, stamp_at: int) -> bool:
+    """Whether stored (version `version`) holds what content would store, apart from
+    meta.versionId and meta.lastUpdated: a byte comparison, no parsing."""
+    tail = content[stamp_at + sql.STAMP_LENGTH :]
+    head = content[: stamp_at - len(_LAST_UPDATED_KEY)]  # ... "versionId":"<new version>
+    head = head[: head.rindex(b'"') + 1] + str(version).encode() + _LAST_UPDATED_KEY
+    return len(stored) == len(head) + sql.STAMP_LENGTH + len(tail) and stored.startswith(head) and stored.endswith(tail)
 
 
 def index_args(rows: IndexRows) -> tuple[sql.Mask, list[object]]:
@@ -179,23 +213,34 @@ class ResourceStore:
         rid: str,
         version: int,
         method: str,
-        previous: int | None,
+        current: asyncpg.Record | None,
     ) -> StoredResource | None:
-        """Insert (previous None) or replace version `previous`; None when it lost a race."""
-        ts = datetime.now(UTC)
-        if resource is None:
-            content, rows = None, IndexRows()
-        else:
-            final = with_meta(resource, rid, version, ts)
-            content, rows = fhir_json.dumps(final), extract(final)
+        """Insert (no current row) or replace the current version; None when it lost a
+        race. Content identical to the current version's writes nothing and answers the
+        current version (an update that changes nothing is not a new version)."""
+        content: bytes | None = None
+        stamp_at: int | None = None
+        rows = IndexRows()
+        if resource is not None:
+            final = with_meta(resource, rid, version)
+            content, stamp_at = serialise(final)
+            live = current is not None and current[2] is not None  # an update of a non-deleted version
+            if live and same_content(current[2], current[0], content, stamp_at):
+                return StoredResource(resource_type, rid, current[0], current[1], current[2])
+            rows = extract(final)
         mask, index = index_args(rows)
-        args = [resource_type, rid, version, ts, content, method, *index]
-        if previous is None:
-            changed = await self._db.fetchval(sql.write_statement("insert", mask), *args)
+        position = None if stamp_at is None else stamp_at + 1
+        args = [resource_type, rid, version, position, content, method, *index]
+        if current is None:
+            row = await self._db.fetchrow(sql.write_statement("insert", mask), *args)
         else:
-            changed = await self._db.fetchval(sql.write_statement("update", mask), *args, previous)
-        if not changed:
+            row = await self._db.fetchrow(sql.write_statement("update", mask), *args, current[0])
+        if row is None:
             return None
+        ts, ts_text = row
+        if content is not None:
+            assert stamp_at is not None
+            content = stamped(content, stamp_at, ts_text)
         return StoredResource(resource_type, rid, version, ts, content, method)
 
     async def create(
@@ -224,25 +269,25 @@ class ResourceStore:
         assert stored is not None  # a fresh UUID cannot collide
         return WriteOutcome(stored, created=True)
 
-    def prepare_create(
-        self, principal: Principal, resource: Any, rid: str, method: str, ts: datetime
-    ) -> PreparedCreate:
+    def prepare_create(self, principal: Principal, resource: Any, rid: str, method: str) -> PreparedCreate:
         """Validate and serialise a create with a chosen id, for insert_prepared()."""
         self.check(resource)
         resource_type = resource["resourceType"]
         principal.require("create", resource_type)
-        final = with_meta(resource, rid, 1, ts)
-        return PreparedCreate(resource_type, rid, fhir_json.dumps(final), method, extract(final))
+        final = with_meta(resource, rid, 1)
+        content, stamp_at = serialise(final)
+        return PreparedCreate(resource_type, rid, content, method, extract(final), stamp_at)
 
-    async def insert_prepared(self, items: list[PreparedCreate], ts: datetime) -> list[StoredResource]:
-        """Insert prepared creates in one statement (a duplicate id fails them all)."""
+    async def insert_prepared(self, items: list[PreparedCreate]) -> list[StoredResource]:
+        """Insert prepared creates in one statement (a duplicate id fails them all); all
+        get the one timestamp the database gives the statement."""
         if not items:
             return []
         try:
-            await self._db.fetchval(INSERT_MANY, *insert_many_args(items, ts))
+            ts, ts_text = await self._db.fetchrow(INSERT_MANY, *insert_many_args(items))
         except asyncpg.UniqueViolationError:
             raise FhirError.of(409, "duplicate", "a resource with one of these ids already exists") from None
-        return [StoredResource(i[0], i[1], 1, ts, i[2], i[3]) for i in items]
+        return [StoredResource(i[0], i[1], 1, ts, stamped(i[2], i[5], ts_text), i[3]) for i in items]
 
     async def update(
         self,
@@ -305,12 +350,15 @@ class ResourceStore:
     async def delete(
         self, principal: Principal, resource_type: str, rid: str, *, if_match: int | None = None
     ) -> StoredResource | None:
-        """Delete; returns the deletion version, or None when it was already deleted."""
+        """Delete; returns the deletion version, or None when there was nothing to delete
+        (already deleted, or never existed: R4 http.html#delete answers both with success)."""
         principal.require("delete", resource_type)
 
         def plan(current: asyncpg.Record | None) -> _Write | None:
             if current is None:
-                raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+                if if_match is not None:
+                    raise FhirError.of(412, "conflict", f"{resource_type}/{rid} does not exist (If-Match)")
+                return None
             if if_match is not None and if_match != current[0]:
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             return None if current[2] is None else _Write(None, "DELETE")
@@ -353,10 +401,8 @@ class ResourceStore:
     async def _write_next(
         self, step: _Write, resource_type: str, rid: str, current: asyncpg.Record | None
     ) -> StoredResource | None:
-        if current is None:
-            return await self._write(step.resource, resource_type, rid, 1, step.method, None)
-        version = current[0]
-        return await self._write(step.resource, resource_type, rid, version + 1, step.method, version)
+        version = 1 if current is None else current[0] + 1
+        return await self._write(step.resource, resource_type, rid, version, step.method, current)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -492,7 +538,14 @@ class ResourceStore:
         count: int = 20,
         cursor: str | None = None,
     ) -> HistoryPage:
-        """Versions newest first, keyset-paged on (last_updated, seq)."""
+        """Versions newest first, keyset-paged on (last_updated, seq), below the watermark.
+
+        Only versions below write_watermark() (migration 0009) are shown: one that
+        commits later is never older than it, so polling with `_since` set to the
+        page's `settled` instant (Bundle.meta.lastUpdated) never misses a version that
+        commits after a later-started one. Every page of one traversal keeps the first
+        page's watermark (it travels in the cursor).
+        """
         principal.require("history", resource_type or "*")
         count = max(0, min(count, self.max_page_size))
         where, args = [], []
@@ -501,6 +554,19 @@ class ResourceStore:
             args.append(value)
             return f"${len(args)}"
 
+        position: tuple[datetime, int] | None = None
+        settled: datetime | None = None
+        if cursor:
+            state = decode_cursor(cursor)
+            try:
+                position = datetime.fromisoformat(state[0]), int(state[1])
+                if len(state) > 2:
+                    settled = datetime.fromisoformat(state[2])
+            except (TypeError, ValueError, IndexError, KeyError):
+                raise FhirError.of(400, "invalid", "malformed paging cursor") from None
+        if settled is None:
+            settled = await self._db.fetchval("SELECT write_watermark()")
+        where.append(f"last_updated < {arg(settled)}")
         if resource_type:
             where.append(f"resource_type = {arg(resource_type)}")
         if rid:
@@ -510,16 +576,10 @@ class ResourceStore:
         total = None
         if rid and resource_type:  # cheap at instance level; omitted for type/system
             total = await self._db.fetchval(f"SELECT count(*) FROM resource_history WHERE {' AND '.join(where)}", *args)
-        if cursor:
-            state = decode_cursor(cursor)
-            try:
-                ts, seq = datetime.fromisoformat(state[0]), int(state[1])
-            except (TypeError, ValueError, IndexError, KeyError):
-                raise FhirError.of(400, "invalid", "malformed paging cursor") from None
-            where.append(f"(last_updated, seq) < ({arg(ts)}, {arg(seq)})")
-        clause = " WHERE " + " AND ".join(where) if where else ""
+        if position is not None:
+            where.append(f"(last_updated, seq) < ({arg(position[0])}, {arg(position[1])})")
         rows = await self._db.fetch(
-            f"SELECT {sql.HISTORY_COLUMNS} FROM resource_history{clause}"
+            f"SELECT {sql.HISTORY_COLUMNS} FROM resource_history WHERE {' AND '.join(where)}"
             f" ORDER BY last_updated DESC, seq DESC LIMIT {count + 1}",
             *args,
         )
@@ -527,8 +587,8 @@ class ResourceStore:
         next_cursor = None
         if len(rows) > count and count:
             last = rows[count - 1]
-            next_cursor = encode_cursor([last[3].isoformat(), last[6]])
-        return HistoryPage(entries, next_cursor, total)
+            next_cursor = encode_cursor([last[3].isoformat(), last[6], settled.isoformat()])
+        return HistoryPage(entries, next_cursor, total, settled)
 
     # -- search -------------------------------------------------------------------------
 

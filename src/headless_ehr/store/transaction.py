@@ -15,7 +15,6 @@ import base64
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -202,9 +201,8 @@ class BundleProcessor:
                 except FhirError as exc:
                     raise _fail(entry, exc) from None
         await self._resolve_conditional_references(store, entries)
-        ts = datetime.now(UTC)
         await self._run_all(store, [e for e in entries if e.method == "DELETE"])
-        await self._create_all(store, entries, ts)  # every POST, in one statement
+        await self._create_all(store, entries)  # every POST, in one statement
         await self._run_all(store, [e for e in entries if e.method in ("PUT", "PATCH")])
         await self._run_all(store, [e for e in entries if e.method in ("GET", "HEAD")])
 
@@ -215,7 +213,7 @@ class BundleProcessor:
             except FhirError as exc:
                 raise _fail(entry, exc) from None
 
-    async def _create_all(self, store: ResourceStore, entries: list[Entry], ts: datetime) -> None:
+    async def _create_all(self, store: ResourceStore, entries: list[Entry]) -> None:
         pending = [e for e in entries if e.method == "POST" and not e.skip and not e.response]
         if not pending:
             return
@@ -223,10 +221,10 @@ class BundleProcessor:
         for entry in pending:
             try:
                 assert entry.target_id is not None
-                prepared.append(store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts))
+                prepared.append(store.prepare_create(self.principal, entry.resource, entry.target_id, "POST"))
             except FhirError as exc:
                 raise _fail(entry, exc) from None
-        stored = await store.insert_prepared(prepared, ts)
+        stored = await store.insert_prepared(prepared)
         for entry, s in zip(pending, stored, strict=True):
             entry.response = self._entry_response(s, 201)
             entry.matched = s
@@ -366,11 +364,7 @@ class BundleProcessor:
             entry.response = self._entry_response(outcome.stored, 201 if outcome.created else 200)
         elif entry.method == "DELETE":
             for rid in entry.deletes:
-                try:
-                    await store.delete(self.principal, rtype, rid, if_match=if_match)
-                except FhirError as exc:
-                    if exc.status != 404:
-                        raise
+                await store.delete(self.principal, rtype, rid, if_match=if_match)
             entry.response = {"status": "204 No Content"}
         elif entry.method == "PATCH":
             assert entry.target_id is not None
@@ -434,9 +428,8 @@ class BundleProcessor:
             if entry.skip:
                 return
             assert entry.target_id is not None
-            ts = datetime.now(UTC)
-            prepared = store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts)
-            (stored,) = await store.insert_prepared([prepared], ts)
+            prepared = store.prepare_create(self.principal, entry.resource, entry.target_id, "POST")
+            (stored,) = await store.insert_prepared([prepared])
             entry.matched = stored
             entry.response = self._entry_response(stored, 201)
             return

@@ -29,6 +29,10 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 10
     extra: dict[str, str] = field(default_factory=dict)
+    # limits
+    max_chain_branches: int = 32  # chain branches (target types per hop) per search
+    statement_timeout_ms: int = 30_000  # per SQL statement of a request; 0 for none
+    max_includes: int = 1000  # included resources per searchset page
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -41,6 +45,10 @@ class Settings:
             "max_page_size": _int("EHR_MAX_PAGE_SIZE", 1000),
             "pool_min_size": _int("EHR_POOL_MIN_SIZE", 2),
             "pool_max_size": _int("EHR_POOL_MAX_SIZE", 10),
+            # limits
+            "max_chain_branches": _int("EHR_MAX_CHAIN_BRANCHES", 32),
+            "statement_timeout_ms": _int("EHR_STATEMENT_TIMEOUT_MS", 30_000),
+            "max_includes": _int("EHR_MAX_INCLUDES", 1000),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -166,9 +166,9 @@ async def search(
     request: Request, resource_type: str | None = None, compartment: Compartment | None = None
 ) -> Response:
     """Type search, system search (`_type`) and compartment search."""
-    params = await _search_params(request)
-    cursor = next((v for k, v in params if k == "_cursor"), None)
-    params = [(k, v) for k, v in params if k not in ("_cursor", "_format", "_pretty")]
+    given = await _search_params(request)
+    cursor = next((v for k, v in given if k == "_cursor"), None)
+    params = [(k, v) for k, v in given if k not in ("_cursor", "_format", "_pretty")]
     types = _types_for(params, resource_type, compartment)
     strict = prefer(request).get("handling") == "strict"
     settings = request.app.state.settings
@@ -181,14 +181,17 @@ async def search(
         default_count=settings.default_page_size,
         compartment=compartment,
     )
-    drop = ("_cursor",)
-    links = [bundles.page_link(request, "self", cursor, drop)]
+
+    def link(relation: str, at: str | None) -> dict[str, str]:  # with the form body's criteria too
+        return bundles.page_link(request, relation, at, ("_cursor",), given)
+
+    links = [link("self", cursor)]
     if cursor:
-        links.append(bundles.page_link(request, "first", None, drop))
+        links.append(link("first", None))
     if page.next_cursor:
-        links.append(bundles.page_link(request, "next", page.next_cursor, drop))
+        links.append(link("next", page.next_cursor))
     if page.previous_cursor:
-        links.append(bundles.page_link(request, "previous", page.previous_cursor, drop))
+        links.append(link("previous", page.previous_cursor))
     return json_response(request, bundles.searchset(request, page, links))
 
 

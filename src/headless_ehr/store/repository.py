@@ -26,6 +26,7 @@ from ..search.extract import extract
 from ..search.paging import decode_cursor, encode_cursor
 from ..search.query import (
     MAX_INCLUDE_ITERATIONS,
+    SearchLimits,
     SearchRequest,
     count_query,
     cursor_for,
@@ -45,7 +46,6 @@ Validate = Callable[[Any], list[Issue]]
 Executor = asyncpg.Pool | asyncpg.Connection
 
 _OPTIMISTIC_ATTEMPTS = 2
-MAX_INCLUDED = 1000  # included resources per page
 
 
 class PreparedCreate(NamedTuple):
@@ -107,6 +107,7 @@ class ResourceStore:
         validate: Validate | None = None,
         max_page_size: int = 1000,
         search_db: Executor | None = None,
+        limits: SearchLimits | None = None,
     ):
         self._db = db
         # Searches vary so much by value (a rare code vs a common one) that a prepared
@@ -115,10 +116,11 @@ class ResourceStore:
         self._search_db = search_db or db
         self._validate = validate
         self.max_page_size = max_page_size
+        self.limits = limits or SearchLimits()
 
     def bound(self, conn: asyncpg.Connection) -> ResourceStore:
         """The same store running its statements on conn (e.g. inside a transaction)."""
-        return ResourceStore(conn, self._validate, self.max_page_size)
+        return ResourceStore(conn, self._validate, self.max_page_size, limits=self.limits)
 
     # -- validation -----------------------------------------------------------------
 
@@ -485,7 +487,9 @@ class ResourceStore:
         types = [resource_types] if isinstance(resource_types, str) else list(resource_types)
         for rtype in types:
             principal.require("search", rtype)
-        request = parse_request(types, params, strict=strict, default_count=default_count, max_count=self.max_page_size)
+        request = parse_request(
+            types, params, strict=strict, default_count=default_count, max_count=self.max_page_size, limits=self.limits
+        )
         b = SqlBuilder()
         restriction = _compartment_restriction(types, compartment, b)
         total: int | None = None
@@ -518,8 +522,13 @@ class ResourceStore:
                 total = await self._search_db.fetchval(count_query(request, cr, cb), *cb.args)
         elif request.total == "estimate":
             total = await self._estimate(request, compartment, types)
-        included = await self._includes(principal, request, entries)
-        return SearchPage(entries, total, next_cursor, prev_cursor, request.issues, included, request)
+        included, truncated = await self._includes(principal, request, entries)
+        issues = request.issues
+        if truncated:
+            cap = self.limits.max_includes
+            message = f"only {cap} included resources are returned per page; some are left out (use a smaller _count)"
+            issues = [*issues, Issue("warning", "too-costly", message)]
+        return SearchPage(entries, total, next_cursor, prev_cursor, issues, included, request)
 
     async def _estimate(self, request: SearchRequest, compartment: Compartment | None, types: list[str]) -> int:
         b = SqlBuilder()
@@ -533,10 +542,12 @@ class ResourceStore:
 
     async def _includes(
         self, principal: Principal, request: SearchRequest, matches: list[StoredResource]
-    ) -> list[StoredResource]:
-        """_include and _revinclude targets of the matches (iterating where asked)."""
+    ) -> tuple[list[StoredResource], bool]:
+        """_include and _revinclude targets of the matches (iterating where asked), at
+        most limits.max_includes of them, and whether some were left out for that cap."""
         if not request.includes or not matches:
-            return []
+            return [], False
+        cap = self.limits.max_includes
         seen = {(m.resource_type, m.id) for m in matches}
         found: list[StoredResource] = []
         frontier = list(matches)
@@ -546,23 +557,25 @@ class ResourceStore:
                 break
             fresh: list[StoredResource] = []
             for inc in wanted:
+                room = cap - len(found) - len(fresh)
                 b = SqlBuilder()
-                statement = include_sql(b, inc, frontier)
+                # rows already seen come back too: ask for enough to fill the room and one
+                # more, which tells that the cap left something out
+                statement = include_sql(b, inc, frontier, room + len(seen) + 1)
                 if statement is None:
                     continue
                 for r in await self._search_db.fetch(statement, *b.args):
                     key = (r[0], r[1])
                     if key in seen or not principal.allows("read", r[0]):
                         continue
+                    if len(found) + len(fresh) >= cap:
+                        found += fresh
+                        return found, True
                     seen.add(key)
                     fresh.append(StoredResource(r[0], r[1], r[2], r[3], r[4]))
-                    if len(found) + len(fresh) >= MAX_INCLUDED:
-                        break
             found += fresh
             frontier = fresh
-            if len(found) >= MAX_INCLUDED:
-                break
-        return found
+        return found, False
 
 
 def _compartment_restriction(

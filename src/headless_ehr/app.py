@@ -23,6 +23,7 @@ from .fhir.validation import validator
 from .rest.responses import outcome_response
 from .rest.router import fhir_endpoint
 from .search.query import SearchLimits
+from .search.registry import search_params
 from .store import ResourceStore
 from .store.reindex import Reindexer, load_registry, poll_registry
 
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         check = validator()
         for rtype in defs.resource_types:  # compile every type's rules now, not on a request
             check.validate({"resourceType": rtype})
+            search_params(rtype)  # and its search parameters (the first /metadata needs all)
         # Start-up allocates long-lived objects (definitions, compiled validators);
         # freezing them keeps full GC passes, which pause the event loop, short.
         gc.collect()

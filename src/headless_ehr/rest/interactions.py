@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,9 +21,9 @@ from ..search.registry import search_params
 from ..search.sql import ANY_TYPE
 from ..store import ResourceStore, StoredResource, WriteOutcome
 from ..store.transaction import BundleProcessor
-from . import bundles
+from . import bundles, offload
 from .instants import parse_instant
-from .negotiation import prefer, read_body, read_resource, require_json_content
+from .negotiation import parse_resource, prefer, read_body, read_json_body, require_json_content
 from .preconditions import if_match, if_none_exist, not_modified
 from .responses import (
     base_url,
@@ -75,38 +76,49 @@ async def vread(request: Request, resource_type: str, rid: str, vid: str) -> Res
 
 
 async def create(request: Request, resource_type: str) -> Response:
-    resource = await read_resource(request, _body_limit(request))
-    outcome: WriteOutcome = await store_of(request).create(
-        principal_of(request),
-        resource,
-        if_none_exist=if_none_exist(request),
-        resource_type=resource_type,
-    )
-    if outcome.matched:
-        return _write_response(request, outcome.stored, 200, "an existing resource matched")
-    return _write_response(request, outcome.stored, 201, f"created {resource_type}/{outcome.stored.id}")
+    body = await read_json_body(request, _body_limit(request))
+
+    async def work(store: ResourceStore, _: object) -> Response:
+        outcome: WriteOutcome = await store.create(
+            principal_of(request),
+            parse_resource(body),
+            if_none_exist=if_none_exist(request),
+            resource_type=resource_type,
+        )
+        if outcome.matched:
+            return _write_response(request, outcome.stored, 200, "an existing resource matched")
+        return _write_response(request, outcome.stored, 201, f"created {resource_type}/{outcome.stored.id}")
+
+    return await offload.run(request, len(body), work)
 
 
 async def update(request: Request, resource_type: str, rid: str) -> Response:
-    resource = await read_resource(request, _body_limit(request))
-    outcome = await store_of(request).update(
-        principal_of(request), resource_type, rid, resource, if_match=if_match(request)
-    )
-    status = 201 if outcome.created else 200
-    return _write_response(request, outcome.stored, status, f"updated {resource_type}/{rid}")
+    body = await read_json_body(request, _body_limit(request))
+
+    async def work(store: ResourceStore, _: object) -> Response:
+        resource = parse_resource(body)
+        outcome = await store.update(principal_of(request), resource_type, rid, resource, if_match=if_match(request))
+        status = 201 if outcome.created else 200
+        return _write_response(request, outcome.stored, status, f"updated {resource_type}/{rid}")
+
+    return await offload.run(request, len(body), work)
 
 
 async def conditional_update(request: Request, resource_type: str) -> Response:
-    resource = await read_resource(request, _body_limit(request))
-    outcome = await store_of(request).conditional_update(
-        principal_of(request),
-        resource_type,
-        _criteria(request),
-        resource,
-        if_match=if_match(request),
-    )
-    status = 201 if outcome.created else 200
-    return _write_response(request, outcome.stored, status, f"updated {resource_type}/{outcome.stored.id}")
+    body = await read_json_body(request, _body_limit(request))
+
+    async def work(store: ResourceStore, _: object) -> Response:
+        outcome = await store.conditional_update(
+            principal_of(request),
+            resource_type,
+            _criteria(request),
+            parse_resource(body),
+            if_match=if_match(request),
+        )
+        status = 201 if outcome.created else 200
+        return _write_response(request, outcome.stored, status, f"updated {resource_type}/{outcome.stored.id}")
+
+    return await offload.run(request, len(body), work)
 
 
 def _delete_response(request: Request, stored: StoredResource | None, what: str) -> Response:
@@ -229,19 +241,24 @@ async def history(request: Request, resource_type: str | None = None, rid: str |
 
 async def process_bundle(request: Request) -> Response:
     """POST [base] with a transaction or batch Bundle."""
-    bundle = await read_resource(request, _body_limit(request))
-    if bundle.get("resourceType") != "Bundle":
-        raise FhirError.of(400, "invalid", "POST to the base URL takes a transaction or batch Bundle")
-    kind = bundle.get("type")
-    processor = BundleProcessor(store_of(request), request.app.state.pool, principal_of(request), base_url(request))
-    representation = prefer(request).get("return") == "representation"
-    if kind == "transaction":
-        result = await processor.transaction(bundle, representation=representation)
-    elif kind == "batch":
-        result = await processor.batch(bundle, representation=representation)
-    else:
-        raise FhirError.of(400, "invalid", f"Bundle.type must be transaction or batch, not '{kind}'", "Bundle.type")
-    return json_response(request, bundles.bundle_response(request, result))
+    body = await read_json_body(request, _body_limit(request))
+
+    async def work(store: ResourceStore, conn: asyncpg.Connection | None) -> Response:
+        bundle = parse_resource(body)
+        if bundle.get("resourceType") != "Bundle":
+            raise FhirError.of(400, "invalid", "POST to the base URL takes a transaction or batch Bundle")
+        kind = bundle.get("type")
+        processor = BundleProcessor(store, request.app.state.pool, principal_of(request), base_url(request))
+        representation = prefer(request).get("return") == "representation"
+        if kind == "transaction":
+            result = await processor.transaction(bundle, representation=representation, conn=conn)
+        elif kind == "batch":
+            result = await processor.batch(bundle, representation=representation)
+        else:
+            raise FhirError.of(400, "invalid", f"Bundle.type must be transaction or batch, not '{kind}'", "Bundle.type")
+        return json_response(request, bundles.bundle_response(request, result))
+
+    return await offload.run(request, len(body), work)
 
 
 JSON_PATCH = "application/json-patch+json"

@@ -46,6 +46,10 @@ Validate = Callable[[Any], list[Issue]]
 Executor = asyncpg.Pool | asyncpg.Connection
 
 _OPTIMISTIC_ATTEMPTS = 2
+# Creates per INSERT statement: asyncpg encodes a statement's arguments in one go,
+# holding the interpreter, so 10,000 resources in one statement would stall every
+# other thread of the process for a second.
+INSERT_CHUNK = 500
 
 
 class PreparedCreate(NamedTuple):
@@ -234,7 +238,13 @@ class ResourceStore:
         if not items:
             return []
         try:
-            await self._db.fetchval(INSERT_MANY, *insert_many_args(items, ts))
+            if len(items) <= INSERT_CHUNK:
+                await self._db.fetchval(INSERT_MANY, *insert_many_args(items, ts))
+            else:
+                async with self._transaction() as conn:
+                    for start in range(0, len(items), INSERT_CHUNK):
+                        chunk = items[start : start + INSERT_CHUNK]
+                        await conn.fetchval(INSERT_MANY, *insert_many_args(chunk, ts))
         except asyncpg.UniqueViolationError:
             raise FhirError.of(409, "duplicate", "a resource with one of these ids already exists") from None
         return [StoredResource(i[0], i[1], 1, ts, i[2], i[3]) for i in items]

@@ -137,7 +137,7 @@ async def fhir_endpoint(request: Request) -> Response:
         return await handler()
     except FhirError as error:
         return outcome_response(request, error)
-    except asyncpg.QueryCanceledError:  # statement_timeout: nothing was written
+    except asyncpg.QueryCanceledError:  # statement_timeout; its transaction was rolled back
         return outcome_response(request, _too_expensive(request))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

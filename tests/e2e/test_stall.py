@@ -106,8 +106,8 @@ def test_metadata_and_reads_answer_within_500_ms_while_a_16_mib_transaction_runs
         worker.join()
 
     assert big["status"] == 200
-    # not vacuous: the transaction was long, and probes ran all through it
-    assert big["end"] - big["start"] > 10 * MAX_LATENCY
-    assert len(in_flight) >= 20
+    # not vacuous: probes of both kinds were answered while the transaction ran
+    assert len(in_flight) >= 20, f"only {len(in_flight)} probes in {big['end'] - big['start']:.1f} s"
+    assert {path for _, path in in_flight} == set(probes)
     worst = max(in_flight)
     assert worst[0] < MAX_LATENCY, f"{worst[1]} took {worst[0] * 1000:.0f} ms while the transaction ran"

@@ -56,6 +56,10 @@ class Settings:
     # restspec
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")  # peers whose Forwarded/X-Forwarded-* count
     allowed_hosts: tuple[str, ...] = ()  # Host names answered to (`*.example.org` allowed); empty: any
+    # limits
+    max_chain_branches: int = 32  # chain branches (target types per hop) per search
+    statement_timeout_ms: int = 30_000  # per SQL statement of a request; 0 for none
+    max_includes: int = 1000  # included resources per searchset page
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -75,6 +79,10 @@ class Settings:
             # restspec
             "trusted_proxies": _list("EHR_TRUSTED_PROXIES", ("127.0.0.0/8", "::1")),
             "allowed_hosts": _list("EHR_ALLOWED_HOSTS", ()),
+            # limits
+            "max_chain_branches": _int("EHR_MAX_CHAIN_BRANCHES", 32),
+            "statement_timeout_ms": _int("EHR_STATEMENT_TIMEOUT_MS", 30_000),
+            "max_includes": _int("EHR_MAX_INCLUDES", 1000),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

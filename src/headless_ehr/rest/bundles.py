@@ -19,13 +19,28 @@ from ..store.transaction import BundleResult
 from .responses import base_url, etag
 
 
-def page_link(request: Request, relation: str, cursor: str | None, drop: tuple[str, ...]) -> dict[str, str]:
-    """A paging link: the request's own URL with the cursor replaced."""
-    params = [(k, v) for k, v in request.query_params.multi_items() if k not in drop]
+def page_link(
+    request: Request,
+    relation: str,
+    cursor: str | None,
+    drop: tuple[str, ...],
+    params: list[tuple[str, str]] | None = None,
+) -> dict[str, str]:
+    """A paging link: the request's own URL with the cursor replaced.
+
+    params: the criteria to carry instead of the query string's. A `POST [type]/_search`
+    passes its query and form parameters together, so that its links are GET URLs
+    on [type] that continue the same search.
+    """
+    if params is None:
+        params = list(request.query_params.multi_items())
+    params = [(k, v) for k, v in params if k not in drop]
     if cursor:
         params.append(("_cursor", cursor))
-    path = base_url(request) + request.url.path[len(request.app.state.settings.base_path) :]
-    return {"relation": relation, "url": path + ("?" + urlencode(params) if params else "")}
+    path = request.url.path[len(request.app.state.settings.base_path) :]
+    if request.method == "POST" and path.endswith("/_search"):
+        path = path[: -len("/_search")]
+    return {"relation": relation, "url": base_url(request) + path + ("?" + urlencode(params) if params else "")}
 
 
 def _bundle(

@@ -47,6 +47,26 @@ _MODIFIERS = {
     "special": {"missing"},
 }
 MAX_CHAIN_DEPTH = 4
+DEFAULT_MAX_CHAIN_BRANCHES = 32
+
+
+class ChainBudget:
+    """How many chain branches (one per target type per hop) a whole request may expand
+    to: an untyped chain on a reference to any type multiplies at every hop."""
+
+    def __init__(self, limit: int = DEFAULT_MAX_CHAIN_BRANCHES):
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, branches: int, name: str, code: str, rest: str) -> None:
+        self.used += branches
+        if self.used > self.limit:
+            raise FhirError.of(
+                400,
+                "too-costly",
+                f"'{name}' expands to more than {self.limit} chain branches in this search;"
+                f" name the target type, e.g. '{code}:Patient.{rest}'",
+            )
 
 
 @dataclass
@@ -105,9 +125,10 @@ def split_prefix(value: str) -> tuple[str, str]:
 class Parser:
     """Turns (name, value) pairs for one resource type into clauses."""
 
-    def __init__(self, resource_type: str, *, strict: bool):
+    def __init__(self, resource_type: str, *, strict: bool, budget: ChainBudget | None = None):
         self.resource_type = resource_type
         self.strict = strict
+        self.budget = budget or ChainBudget()
         self.issues: list[Issue] = []
 
     def unknown(self, message: str) -> None:
@@ -192,6 +213,7 @@ class Parser:
         if not usable:
             self.unknown(f"'{name}': no target of '{param.code}' has a parameter '{next_code}'")
             return None
+        self.budget.spend(len(usable), name, param.code, rest)
         chain: dict[str, Clause] = {}
         for target in usable:
             inner = self.clause(target, rest, value, depth + 1)

@@ -27,6 +27,7 @@ from ..search.extract import extract
 from ..search.paging import decode_cursor, encode_cursor
 from ..search.query import (
     MAX_INCLUDE_ITERATIONS,
+    SearchLimits,
     SearchRequest,
     count_query,
     cursor_for,
@@ -49,6 +50,10 @@ _OPTIMISTIC_ATTEMPTS = 2
 MAX_INCLUDED = 1000  # included resources per page
 # Serialises conditional writes on their criteria (keys pre-sorted; unnest keeps the order).
 _LOCK_CRITERIA = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
+# Creates per INSERT statement: asyncpg encodes a statement's arguments in one go,
+# holding the interpreter, so 10,000 resources in one statement would stall every
+# other thread of the process for a second.
+INSERT_CHUNK = 500
 
 
 class PreparedCreate(NamedTuple):
@@ -144,6 +149,7 @@ class ResourceStore:
         validate: Validate | None = None,
         max_page_size: int = 1000,
         search_db: Executor | None = None,
+        limits: SearchLimits | None = None,
     ):
         self._db = db
         # Searches vary so much by value (a rare code vs a common one) that a prepared
@@ -152,10 +158,11 @@ class ResourceStore:
         self._search_db = search_db or db
         self._validate = validate
         self.max_page_size = max_page_size
+        self.limits = limits or SearchLimits()
 
     def bound(self, conn: asyncpg.Connection) -> ResourceStore:
         """The same store running its statements on conn (e.g. inside a transaction)."""
-        return ResourceStore(conn, self._validate, self.max_page_size)
+        return ResourceStore(conn, self._validate, self.max_page_size, limits=self.limits)
 
     # -- validation -----------------------------------------------------------------
 
@@ -279,15 +286,27 @@ class ResourceStore:
         return PreparedCreate(resource_type, rid, content, method, extract(final), stamp_at)
 
     async def insert_prepared(self, items: list[PreparedCreate]) -> list[StoredResource]:
-        """Insert prepared creates in one statement (a duplicate id fails them all); all
-        get the one timestamp the database gives the statement."""
+        """Insert prepared creates (a duplicate id fails them all), INSERT_CHUNK per
+        statement; each gets the timestamp the database gives its statement."""
         if not items:
             return []
         try:
-            ts, ts_text = await self._db.fetchrow(INSERT_MANY, *insert_many_args(items))
+            if len(items) <= INSERT_CHUNK:
+                ts, ts_text = await self._db.fetchrow(INSERT_MANY, *insert_many_args(items))
+                stamps = [(ts, ts_text)] * len(items)
+            else:
+                stamps = []
+                async with self._transaction() as conn:
+                    for start in range(0, len(items), INSERT_CHUNK):
+                        chunk = items[start : start + INSERT_CHUNK]
+                        stamp = tuple(await conn.fetchrow(INSERT_MANY, *insert_many_args(chunk)))
+                        stamps += [stamp] * len(chunk)
         except asyncpg.UniqueViolationError:
             raise FhirError.of(409, "duplicate", "a resource with one of these ids already exists") from None
-        return [StoredResource(i[0], i[1], 1, ts, stamped(i[2], i[5], ts_text), i[3]) for i in items]
+        return [
+            StoredResource(i[0], i[1], 1, ts, stamped(i[2], i[5], ts_text), i[3])
+            for i, (ts, ts_text) in zip(items, stamps, strict=True)
+        ]
 
     async def update(
         self,
@@ -607,7 +626,9 @@ class ResourceStore:
         types = [resource_types] if isinstance(resource_types, str) else list(resource_types)
         for rtype in types:
             principal.require("search", rtype)
-        request = parse_request(types, params, strict=strict, default_count=default_count, max_count=self.max_page_size)
+        request = parse_request(
+            types, params, strict=strict, default_count=default_count, max_count=self.max_page_size, limits=self.limits
+        )
         b = SqlBuilder()
         restriction = _compartment_restriction(types, compartment, b)
         total: int | None = None
@@ -640,8 +661,13 @@ class ResourceStore:
                 total = await self._search_db.fetchval(count_query(request, cr, cb), *cb.args)
         elif request.total == "estimate":
             total = await self._estimate(request, compartment, types)
-        included = await self._includes(principal, request, entries)
-        return SearchPage(entries, total, next_cursor, prev_cursor, request.issues, included, request)
+        included, truncated = await self._includes(principal, request, entries)
+        issues = request.issues
+        if truncated:
+            cap = self.limits.max_includes
+            message = f"only {cap} included resources are returned per page; some are left out (use a smaller _count)"
+            issues = [*issues, Issue("warning", "too-costly", message)]
+        return SearchPage(entries, total, next_cursor, prev_cursor, issues, included, request)
 
     async def _estimate(self, request: SearchRequest, compartment: Compartment | None, types: list[str]) -> int:
         b = SqlBuilder()
@@ -655,10 +681,12 @@ class ResourceStore:
 
     async def _includes(
         self, principal: Principal, request: SearchRequest, matches: list[StoredResource]
-    ) -> list[StoredResource]:
-        """_include and _revinclude targets of the matches (iterating where asked)."""
+    ) -> tuple[list[StoredResource], bool]:
+        """_include and _revinclude targets of the matches (iterating where asked), at
+        most limits.max_includes of them, and whether some were left out for that cap."""
         if not request.includes or not matches:
-            return []
+            return [], False
+        cap = self.limits.max_includes
         seen = {(m.resource_type, m.id) for m in matches}
         found: list[StoredResource] = []
         frontier = list(matches)
@@ -668,23 +696,25 @@ class ResourceStore:
                 break
             fresh: list[StoredResource] = []
             for inc in wanted:
+                room = cap - len(found) - len(fresh)
                 b = SqlBuilder()
-                statement = include_sql(b, inc, frontier)
+                # rows already seen come back too: ask for enough to fill the room and one
+                # more, which tells that the cap left something out
+                statement = include_sql(b, inc, frontier, room + len(seen) + 1)
                 if statement is None:
                     continue
                 for r in await self._search_db.fetch(statement, *b.args):
                     key = (r[0], r[1])
                     if key in seen or not principal.allows("read", r[0]):
                         continue
+                    if len(found) + len(fresh) >= cap:
+                        found += fresh
+                        return found, True
                     seen.add(key)
                     fresh.append(StoredResource(r[0], r[1], r[2], r[3], r[4]))
-                    if len(found) + len(fresh) >= MAX_INCLUDED:
-                        break
             found += fresh
             frontier = fresh
-            if len(found) >= MAX_INCLUDED:
-                break
-        return found
+        return found, False
 
 
 def _compartment_restriction(

@@ -47,7 +47,6 @@ Validate = Callable[[Any], list[Issue]]
 Executor = asyncpg.Pool | asyncpg.Connection
 
 _OPTIMISTIC_ATTEMPTS = 2
-MAX_INCLUDED = 1000  # included resources per page
 # Serialises conditional writes on their criteria (keys pre-sorted; unnest keeps the order).
 _LOCK_CRITERIA = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
 # Creates per INSERT statement: asyncpg encodes a statement's arguments in one go,

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .auth.principal import authenticate_as_system
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import create_pool
@@ -61,7 +62,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings.database_url, min_size=1, max_size=settings.pool_max_size, custom_plans=True
         )
         app.state.pool = pool
-        app.state.store = ResourceStore(pool, validator().validate, settings.max_page_size, search_pool)
+        app.state.store = ResourceStore(
+            pool, validator().validate, settings.max_page_size, search_pool, local_base=settings.public_base_url
+        )
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()
@@ -95,4 +98,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.authenticate = authenticate_as_system  # who is asking (auth/); SMART replaces it
     return app

@@ -35,7 +35,8 @@ from .responses import (
 
 
 def store_of(request: Request) -> ResourceStore:
-    return request.app.state.store
+    """The store, for this request's base (its absolute references under it are local)."""
+    return request.app.state.store.on_base(base_url(request))
 
 
 def principal_of(request: Request) -> Principal:

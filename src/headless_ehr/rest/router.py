@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..auth.principal import SYSTEM
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..search.compartment import Compartment
@@ -111,7 +110,7 @@ async def fhir_endpoint(request: Request) -> Response:
     """The single ASGI endpoint behind the FHIR base URL."""
     try:
         request.state.media_type = response_media_type(request)
-        request.state.principal = SYSTEM
+        request.state.principal = request.app.state.authenticate(request)
         segments = [s for s in request.path_params.get("path", "").split("/") if s]
         methods = _routes(request, segments)
         if not methods:

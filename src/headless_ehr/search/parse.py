@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
+from ..fhir.references import local_path
 from .registry import SearchParam, search_params
 
 # Parameters that shape the result rather than filter it.
@@ -105,9 +106,10 @@ def split_prefix(value: str) -> tuple[str, str]:
 class Parser:
     """Turns (name, value) pairs for one resource type into clauses."""
 
-    def __init__(self, resource_type: str, *, strict: bool):
+    def __init__(self, resource_type: str, *, strict: bool, local_base: str | None = None):
         self.resource_type = resource_type
         self.strict = strict
+        self.local_base = local_base  # absolute reference values under it are local
         self.issues: list[Issue] = []
 
     def unknown(self, message: str) -> None:
@@ -151,6 +153,9 @@ class Parser:
         if modifier is not None and modifier not in _MODIFIERS[param.type] and not type_modifier:
             raise FhirError.of(400, "invalid", f"modifier ':{modifier}' is not valid on '{code}' ({param.type})")
         clause = Clause(name, param, modifier, split_or(value))
+        if param.type == "reference" and modifier != "identifier" and self.local_base is not None:
+            # `subject=http://our-base/Patient/1` is `subject=Patient/1` (R4 search.html#reference)
+            clause.values = [local_path(v, self.local_base) or v for v in clause.values]
         self._check_values(clause)
         return clause
 

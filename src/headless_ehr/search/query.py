@@ -64,12 +64,14 @@ def parse_request(
     strict: bool,
     default_count: int = 20,
     max_count: int = 1000,
+    local_base: str | None = None,
 ) -> SearchRequest:
-    """Parse and check every parameter of a type- or system-level search."""
+    """Parse and check every parameter of a type- or system-level search (local_base:
+    this server's base, under which absolute reference values are local)."""
     clauses: dict[str, list[Clause]] = {}
     issues: list[Issue] = []
     for rtype in resource_types:
-        parser = Parser(rtype, strict=strict)
+        parser = Parser(rtype, strict=strict, local_base=local_base)
         clauses[rtype] = parser.parse(params)
         if rtype == resource_types[0]:
             issues = parser.issues

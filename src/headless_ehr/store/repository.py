@@ -9,6 +9,7 @@ round trips.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -107,8 +108,11 @@ class ResourceStore:
         validate: Validate | None = None,
         max_page_size: int = 1000,
         search_db: Executor | None = None,
+        local_base: str | None = None,
     ):
         self._db = db
+        # this server's FHIR base: absolute references under it are local (search/extract)
+        self.local_base = local_base
         # Searches vary so much by value (a rare code vs a common one) that a prepared
         # statement's generic plan is often 10x slower than a plan for the values at
         # hand; they run on connections that always plan for the actual values.
@@ -118,7 +122,15 @@ class ResourceStore:
 
     def bound(self, conn: asyncpg.Connection) -> ResourceStore:
         """The same store running its statements on conn (e.g. inside a transaction)."""
-        return ResourceStore(conn, self._validate, self.max_page_size)
+        return ResourceStore(conn, self._validate, self.max_page_size, local_base=self.local_base)
+
+    def on_base(self, base: str | None) -> ResourceStore:
+        """The same store for requests that came in on FHIR base `base`."""
+        if base == self.local_base:
+            return self
+        found = copy.copy(self)
+        found.local_base = base
+        return found
 
     # -- validation -----------------------------------------------------------------
 
@@ -184,7 +196,7 @@ class ResourceStore:
             content, rows = None, IndexRows()
         else:
             final = with_meta(resource, rid, version, ts)
-            content, rows = fhir_json.dumps(final), extract(final)
+            content, rows = fhir_json.dumps(final), extract(final, local_base=self.local_base)
         mask, index = index_args(rows)
         args = [resource_type, rid, version, ts, content, method, *index]
         if previous is None:
@@ -225,7 +237,9 @@ class ResourceStore:
         resource_type = resource["resourceType"]
         principal.require("create", resource_type)
         final = with_meta(resource, rid, 1, ts)
-        return PreparedCreate(resource_type, rid, fhir_json.dumps(final), method, extract(final))
+        return PreparedCreate(
+            resource_type, rid, fhir_json.dumps(final), method, extract(final, local_base=self.local_base)
+        )
 
     async def insert_prepared(self, items: list[PreparedCreate], ts: datetime) -> list[StoredResource]:
         """Insert prepared creates in one statement (a duplicate id fails them all)."""
@@ -485,7 +499,14 @@ class ResourceStore:
         types = [resource_types] if isinstance(resource_types, str) else list(resource_types)
         for rtype in types:
             principal.require("search", rtype)
-        request = parse_request(types, params, strict=strict, default_count=default_count, max_count=self.max_page_size)
+        request = parse_request(
+            types,
+            params,
+            strict=strict,
+            default_count=default_count,
+            max_count=self.max_page_size,
+            local_base=self.local_base,
+        )
         b = SqlBuilder()
         restriction = _compartment_restriction(types, compartment, b)
         total: int | None = None

@@ -5,6 +5,11 @@ resource's type: expressions are compiled once per parameter (`compile.py`), val
 are converted by search-parameter type (`values.py`, `ucum.py`), and `_text` /
 `_content` get the narrative and the resource's text (`text.py`). Identical rows are
 written once.
+
+An absolute reference is local only when it is on this server's base (`local_base`,
+the rule in `fhir.references.local_path`): a reference to another server keeps only
+its URL, so it is found by URL (`subject=http://other/fhir/Patient/1`, `:above`) but
+never joins a local resource's compartment, includes or chains.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ...fhir.references import local_path
 from ..registry import COLUMN_PARAMS, SearchParam, indexed_params
 from ..rows import IndexRows
 from .compile import Fn, compile_param
@@ -87,14 +93,33 @@ def _unique(rows: list[tuple]) -> list[tuple]:
     return list(dict.fromkeys(rows)) if len(rows) > 1 else rows
 
 
-def extract(resource: dict[str, Any], params: Iterable[SearchParam] | None = None) -> IndexRows:
+def foreign_references(rows: list[tuple], local_base: str | None) -> list[tuple]:
+    """Reference rows with the target type and id of absolute URLs not on local_base
+    dropped: `http://other/fhir/Patient/1` is not our Patient/1. Only absolute
+    references carry both a url and an id, so relative ones cost one test each."""
+    out = rows
+    for i, row in enumerate(rows):
+        url = row[4]
+        if url is not None and row[2] is not None and local_path(url, local_base) is None:
+            if out is rows:
+                out = list(rows)
+            out[i] = (row[0], None, None, None, url)
+    return out
+
+
+def extract(
+    resource: dict[str, Any], params: Iterable[SearchParam] | None = None, local_base: str | None = None
+) -> IndexRows:
     """The index rows of resource for params (default: every parameter of its type).
 
     `_id` and `_lastUpdated` are answered from the resource table and give no rows;
-    `_text` and `_content` fill `narrative` and `content`.
+    `_text` and `_content` fill `narrative` and `content`. local_base: this server's
+    FHIR base, under which absolute references are local (None: none is).
     """
     plan = _plan(params) if params is not None else _default_plan(resource["resourceType"], _default_plans)
     sink = _run(plan, resource)
+    if sink.reference:
+        sink.reference = foreign_references(sink.reference, local_base)
     narrative = narrative_text(resource) if plan.text or plan.content else None
     return IndexRows(
         token=_unique(sink.token),

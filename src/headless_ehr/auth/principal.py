@@ -39,7 +39,6 @@ class Principal:
         if not self.allows(interaction, resource_type):
             raise FhirError.of(403, "forbidden", f"not permitted to {interaction} {resource_type} resources")
 
-
     def require_system(self, operation: str) -> None:
         """Raise 403 unless this is a system-level caller."""
         if not self.system:

@@ -23,6 +23,7 @@ from .fhir.outcome import FhirError
 from .fhir.validation import validator
 from .rest.responses import outcome_response
 from .rest.router import fhir_endpoint
+from .search.extract.compile import set_expression_budget
 from .store import ResourceStore
 from .store.reindex import Reindexer, load_registry, poll_registry
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         await load_registry(pool)
+        set_expression_budget(settings.search_expression_budget_ms / 1000)
         search_pool = await create_pool(
             settings.database_url, min_size=1, max_size=settings.pool_max_size, custom_plans=True
         )

@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 
 from ..fhir import json as fhir_json
+from ..search.custom import is_registered
 from ..search.extract import extract
 from ..search.registry import CUSTOM
 from . import sql
@@ -72,9 +73,7 @@ async def _register_search_parameters(conn: asyncpg.Connection) -> list[str]:
     urls = []
     for rid, version, content in stored:
         resource = fhir_json.loads(content)
-        if resource.get("status") == "retired" or (
-            not resource.get("expression") and resource.get("type") != "composite"
-        ):
+        if not is_registered(resource):
             continue
         url = resource.get("url") or f"urn:ehr:searchparameter:{rid}"
         urls.append(url)

@@ -23,6 +23,7 @@ from ..auth.principal import Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
 from ..search.compartment import Compartment, compartment_sql
+from ..search.custom import check_search_parameter
 from ..search.extract import extract
 from ..search.paging import decode_cursor, encode_cursor
 from ..search.query import (
@@ -148,6 +149,8 @@ class ResourceStore:
         issues = self._validate(resource) if self._validate else []
         if has_errors(issues):
             raise FhirError(422, issues)
+        if resource["resourceType"] == "SearchParameter":
+            check_search_parameter(resource)  # 400 before a bad definition is stored
         return issues
 
     # -- reads --------------------------------------------------------------------------

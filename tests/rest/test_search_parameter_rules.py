@@ -115,6 +115,28 @@ async def test_a_retired_parameter_is_stored_unchecked(client):
     assert res.status_code == 201, res.text
 
 
+async def test_a_transaction_holding_a_clashing_parameter_fails_and_writes_nothing(client):
+    marker = uuid.uuid4().hex
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "name": [{"family": marker}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": search_parameter("birthdate", "Patient.birthDate", kind="date"),
+                "request": {"method": "POST", "url": "SearchParameter"},
+            },
+        ],
+    }
+    res = await client.post("/", json=bundle, headers={"Content-Type": FHIR_JSON})
+    assert res.status_code == 400
+    assert "birthdate" in _diagnostics(res)
+    assert (await client.get("/Patient", params={"family": marker})).json()["total"] == 0
+
+
 @pytest.fixture
 def as_user(app, monkeypatch):
     """Requests run as a non-system principal (as SMART user tokens will)."""

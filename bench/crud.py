@@ -8,7 +8,7 @@ start to the first answered GET /fhir/metadata, seeds Patients, then runs every 
 every client count with wrk (bench/wrk/fhir.lua) or, without wrk, bench/loadgen.py.
 The floors are asyncpg alone against the same PostgreSQL (bench/pgfloor.py) and an
 empty Starlette app under the same uvicorn settings (bench/empty_app.py). Prints a
-Markdown report and appends it to bench/RESULTS.md. See bench/README.md.
+Markdown report and records it in bench/RESULTS.md. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import loadgen
 import pgfloor
+import results
 from loadgen import LoadResult
 
 BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "RESULTS.md"
 PREFIX = "/fhir"
 TARGETS = {"read": 2500.0, "create": 800.0}  # req/s at 8 clients
 PATIENT: dict[str, object] = {
@@ -403,6 +403,25 @@ def floor_table(runs: list[Run]) -> list[str]:
     return out
 
 
+def short_code(code: str) -> str:
+    """'commit abc1234 + uncommitted …' -> 'abc1234+', for a history row."""
+    found = re.search(r"commit (\w+)", code)
+    return (found.group(1) + ("+" if "uncommitted" in code else "")) if found else "?"
+
+
+def summary(bench: Bench, started: datetime) -> str:
+    """The history-table row of this run: req/s at 8 clients on the first worker count."""
+    workers = bench.args.workers[0]
+    rps = {
+        r.case: f"{r.result.rps:,.0f}"
+        for r in bench.runs
+        if r.target == "server" and r.workers == workers and r.clients == 8
+    }
+    cells = " | ".join(rps.get(case, "-") for case in ("create", "read", "update"))
+    note = f"{bench.pg_label}, {workers} worker(s)"
+    return f"| {started:%Y-%m-%d %H:%M} | {short_code(bench.code)} | {cells} | {note} |"
+
+
 def report(bench: Bench, started: datetime) -> str:
     args, gen, runs = bench.args, bench.gen, bench.runs
     now = started.strftime("%Y-%m-%d %H:%M UTC")
@@ -470,29 +489,6 @@ def report(bench: Bench, started: datetime) -> str:
     return "\n".join(lines)
 
 
-RESULTS_HEADER = """# CRUD benchmark results
-
-Produced by `python bench/crud.py` (see bench/README.md); each run appends a section.
-Every figure is a closed-loop run of fixed duration: each client sends its next request
-as soon as the previous answer arrives.
-
-Columns: **req/s** completed responses per second (errors included, see **errors**: every
-non-2xx answer and every socket error or timeout); **p50/p99 ms** latency percentiles of
-one request; **vs PG floor** the server's req/s divided by asyncpg alone doing one
-single-row statement per operation (INSERT / primary-key SELECT / UPDATE) on the same
-PostgreSQL at the same concurrency; **vs ASGI floor** the server's req/s divided by an
-empty Starlette app under the same uvicorn settings and worker count; **gen / server /
-PG CPU** CPU cores used during the run (CPU-seconds per wall-clock second) by the load
-generator, the server's process tree and PostgreSQL's. The machine has 2 cores, so the
-generator's share comes straight out of what the server can use. "0.17 of 5,810/s"
-reads: the server did 0.17 times the floor's 5,810 requests/s.
-
-Targets at 8 clients: read ≥ 2,500/s and create ≥ 800/s (for scale, Medplum on this
-kind of machine: ~370 reads/s and ~185 creates/s at 8 clients).
-
-"""
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x]
@@ -518,7 +514,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="CASE:CLIENTS,...",
         help="extra runs under py-spy on the first server, e.g. read:8,update:8",
     )
-    p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    p.add_argument("--no-results", action="store_true", help="do not record in RESULTS.md")
     args = p.parse_args(argv)
     unknown = set(args.cases) - {"create", "read", "update"}
     if unknown:
@@ -680,10 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(bench, started)
     print(text)
     if not args.no_results:
-        if not RESULTS.exists():
-            RESULTS.write_text(RESULTS_HEADER)
-        with RESULTS.open("a") as f:
-            f.write("\n" + text)
+        results.record("crud", text, summary(bench, started))
     return 0
 
 

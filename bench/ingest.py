@@ -32,6 +32,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import results
 
 from search import recreate_database
 
@@ -171,6 +172,7 @@ async def main() -> int:
     bodies, resources = count_entries(paths)
     print(f"{len(paths)} Bundles, {resources:,} resources")
     lines = []
+    http_rates: list[str] = []
     for clients in [int(c) for c in args.clients.split(",")]:
         dsn = await fresh_database(args.admin_dsn)
         seconds, errors = await http_mode(dsn, bodies, clients, args.workers)
@@ -179,6 +181,7 @@ async def main() -> int:
             f"| {seconds:.1f} s | {errors} failed Bundles |"
         )
         print(lines[-1], flush=True)
+        http_rates.append(f"{resources / seconds:,.0f}")
     runs = []
     for _ in range(max(1, args.import_runs)):
         dsn = await fresh_database(args.admin_dsn)
@@ -202,12 +205,15 @@ async def main() -> int:
     await conn.close()
     table = "| mode | resources/s | time | notes |\n|---|---:|---:|---|\n" + "\n".join(lines)
     if not args.no_record:
-        record(table, args.bundles, len(paths), resources, version)
+        cells = " | ".join([*http_rates, "-", "-"][:2])
+        when = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
+        summary = f"| {when} | {cells} | {reported:,.0f} (median of {len(runs)}) | PG {version} |"
+        record(table, args.bundles, len(paths), resources, version, summary)
     print(table)
     return 0
 
 
-def record(table: str, asked: int, bundles_used: int, resources: int, version: str) -> None:
+def record(table: str, asked: int, bundles_used: int, resources: int, version: str, summary: str) -> None:
     cpu = next(
         (
             ln.split(":", 1)[1].strip()
@@ -223,8 +229,7 @@ def record(table: str, asked: int, bundles_used: int, resources: int, version: s
         f"{bundles_used} Synthea Bundles, {resources:,} resources; validation and search indexing on. "
         "Targets: ≥ 2,000 resources/s over HTTP transactions, ≥ 5,000 resources/s through `ehr import`.\n\n"
     )
-    with Path(__file__).with_name("RESULTS.md").open("a") as fh:
-        fh.write(header + table + "\n")
+    results.record("ingest", header + table, summary)
 
 
 if __name__ == "__main__":

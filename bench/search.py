@@ -37,7 +37,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-from crud import PREFIX, RESULTS, Served, free_port, machine, opts, snapshot_code
+import results
+from crud import PREFIX, Served, free_port, machine, opts, short_code, snapshot_code
 
 SYNTHEA = Path("/work/shared/fhir/synthea")
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/ehr_search_bench"
@@ -688,6 +689,16 @@ def report(
     return "\n".join(lines)
 
 
+HISTORY_CASES = ("name", "patient+code", "code+date", "chain", "revinclude enc", "sort", "paging")
+
+
+def summary(started: datetime, code: str, figures: Load | None, timings: dict[str, Timing]) -> str:
+    """The history-table row of this run: page-1 p50 of the cases the table follows."""
+    cells = " | ".join(f"{timings[k].stat(0, 50):.1f}" if k in timings else "-" for k in HISTORY_CASES)
+    note = f"import {figures.reported_rate}/s" if figures else ""
+    return f"| {started:%Y-%m-%d %H:%M} | {short_code(code)} | {cells} | {note} |"
+
+
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -702,7 +713,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed requests per case and round (5)")
     p.add_argument("--seed", type=int, default=1, help="seed for picking values")
     p.add_argument("--cases", type=lambda t: [x for x in t.split(",") if x], help="only these, e.g. name,paging")
-    p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
+    p.add_argument("--no-results", action="store_true", help="do not record in RESULTS.md")
     args = p.parse_args(argv)
     if args.reps < 50:
         p.error("--reps must be at least 50")
@@ -767,8 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, started, code, figures, data, cases, timings, found)
     print(text)
     if not args.no_results:
-        with RESULTS.open("a") as f:
-            f.write("\n" + text + "\n")
+        results.record("search", text, summary(started, code, figures, timings))
     return 0
 
 

@@ -17,6 +17,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import results
+
 from headless_ehr.fhir import json as fhir_json
 from headless_ehr.fhir.definitions import definitions
 from headless_ehr.fhir.validation import Validator
@@ -85,8 +87,8 @@ def main() -> int:
             f"\n## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: validation (`python bench/validation.py`)\n\n"
             f"Machine: {platform.machine()}, Python {platform.python_version()}, one process, no server.\n\n"
         )
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as fh:
-            fh.write(header + table + "\n")
+        cells = " | ".join(b for _, b in rows if not _.startswith("compile one"))
+        results.record("validation", header + table, f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {cells} |")
     return 0
 
 

@@ -23,6 +23,22 @@ from headless_ehr.app import create_app
 from headless_ehr.config import Settings
 
 SHARED_FHIR = Path(__file__).resolve().parents[1].parent / "shared" / "fhir"
+# .ci/run sets this: there the corpus suites must run, so a missing data set fails the run.
+REQUIRE_SHARED = os.environ.get("EHR_REQUIRE_SHARED_FHIR") == "1"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if REQUIRE_SHARED and not SHARED_FHIR.is_dir():
+        pytest.exit(f"EHR_REQUIRE_SHARED_FHIR=1 but the shared FHIR data set is absent ({SHARED_FHIR})", returncode=1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Where the data set is required, a test skipped for want of part of it fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_SHARED and report.skipped and str(SHARED_FHIR) in str(report.longrepr):
+        report.outcome = "failed"
 
 
 def _with_database(dsn: str, database: str) -> str:

@@ -29,6 +29,8 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 10
     extra: dict[str, str] = field(default_factory=dict)
+    # conditional
+    conditional_delete: str = "single"  # single: several matches are 412; multiple: delete them all
     # references
     search_expression_budget_ms: int = 100  # time budget of one custom SearchParameter expression per resource
 
@@ -43,8 +45,18 @@ class Settings:
             "max_page_size": _int("EHR_MAX_PAGE_SIZE", 1000),
             "pool_min_size": _int("EHR_POOL_MIN_SIZE", 2),
             "pool_max_size": _int("EHR_POOL_MAX_SIZE", 10),
+            # conditional
+            "conditional_delete": _choice("EHR_CONDITIONAL_DELETE", ("single", "multiple")),
             # references
             "search_expression_budget_ms": _int("EHR_SEARCH_EXPRESSION_BUDGET_MS", 100),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> str:
+    """One of allowed (the first by default); anything else stops start-up."""
+    raw = os.environ.get(name) or allowed[0]
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not '{raw}'")
+    return raw

@@ -43,7 +43,7 @@ def _search_param_entries(resource_type: str) -> list[dict[str, Any]]:
     return out
 
 
-def _resource_entry(resource_type: str) -> dict[str, Any]:
+def _resource_entry(resource_type: str, conditional_delete: str) -> dict[str, Any]:
     return {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
@@ -54,7 +54,7 @@ def _resource_entry(resource_type: str) -> dict[str, Any]:
         "conditionalCreate": True,
         "conditionalRead": "full-support",
         "conditionalUpdate": True,
-        "conditionalDelete": "single",
+        "conditionalDelete": conditional_delete,  # EHR_CONDITIONAL_DELETE: single | multiple
         "referencePolicy": ["literal", "logical", "local"],
         "searchInclude": ["*"],
         "searchRevInclude": ["*"],
@@ -63,7 +63,7 @@ def _resource_entry(resource_type: str) -> dict[str, Any]:
     }
 
 
-def capability_statement(base_url: str) -> dict[str, Any]:
+def capability_statement(base_url: str, conditional_delete: str = "single") -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -78,7 +78,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "resource": [_resource_entry(t) for t in sorted(definitions().resource_types)],
+                "resource": [_resource_entry(t, conditional_delete) for t in sorted(definitions().resource_types)],
                 "interaction": [
                     {"code": "transaction"},
                     {"code": "batch"},

@@ -15,6 +15,7 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
 from ..search.compartment import Compartment, member_types
+from ..search.criteria import Criteria, conditional_criteria
 from ..search.parse import RESULT_PARAMETERS
 from ..search.registry import search_params
 from ..search.sql import ANY_TYPE
@@ -58,8 +59,9 @@ def _write_response(request: Request, stored: StoredResource, status: int, messa
     return fhir_response(request, stored.content, status, headers)
 
 
-def _criteria(request: Request) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in request.query_params.multi_items() if k != "_format"]
+def _criteria(request: Request, resource_type: str, what: str) -> Criteria:
+    """The conditional criteria in the URL's query."""
+    return conditional_criteria(resource_type, request.query_params.multi_items(), what)
 
 
 async def read(request: Request, resource_type: str, rid: str) -> Response:
@@ -80,7 +82,7 @@ async def create(request: Request, resource_type: str) -> Response:
     outcome: WriteOutcome = await store_of(request).create(
         principal_of(request),
         resource,
-        if_none_exist=if_none_exist(request),
+        if_none_exist=if_none_exist(request, resource_type),
         resource_type=resource_type,
     )
     if outcome.matched:
@@ -98,11 +100,11 @@ async def update(request: Request, resource_type: str, rid: str) -> Response:
 
 
 async def conditional_update(request: Request, resource_type: str) -> Response:
+    criteria = _criteria(request, resource_type, "update")
     resource = await read_resource(request, _body_limit(request))
     outcome = await store_of(request).conditional_update(
         principal_of(request),
-        resource_type,
-        _criteria(request),
+        criteria,
         resource,
         if_match=if_match(request),
     )
@@ -124,9 +126,17 @@ async def delete(request: Request, resource_type: str, rid: str) -> Response:
 
 
 async def conditional_delete(request: Request, resource_type: str) -> Response:
-    stored = await store_of(request).conditional_delete(principal_of(request), resource_type, _criteria(request))
-    what = f"{resource_type}/{stored.id}" if stored else f"no {resource_type} matched"
-    return _delete_response(request, stored, what)
+    """Delete the match; with EHR_CONDITIONAL_DELETE=multiple, every match (else 412)."""
+    multiple = request.app.state.settings.conditional_delete == "multiple"
+    criteria = _criteria(request, resource_type, "delete")
+    deleted = await store_of(request).conditional_delete(principal_of(request), criteria, multiple=multiple)
+    if len(deleted) <= 1:
+        stored = deleted[0] if deleted else None
+        what = f"{resource_type}/{stored.id}" if stored else f"no {resource_type} matched"
+        return _delete_response(request, stored, what)
+    if prefer(request).get("return") == "minimal":  # several: no one ETag to give
+        return Response(status_code=204)
+    return json_response(request, info_outcome(f"deleted {len(deleted)} {resource_type} resources"), 200)
 
 
 async def _search_params(request: Request) -> list[tuple[str, str]]:
@@ -231,7 +241,13 @@ async def process_bundle(request: Request) -> Response:
     if bundle.get("resourceType") != "Bundle":
         raise FhirError.of(400, "invalid", "POST to the base URL takes a transaction or batch Bundle")
     kind = bundle.get("type")
-    processor = BundleProcessor(store_of(request), request.app.state.pool, principal_of(request), base_url(request))
+    processor = BundleProcessor(
+        store_of(request),
+        request.app.state.pool,
+        principal_of(request),
+        base_url(request),
+        conditional_delete=request.app.state.settings.conditional_delete,
+    )
     representation = prefer(request).get("return") == "representation"
     if kind == "transaction":
         result = await processor.transaction(bundle, representation=representation)
@@ -259,12 +275,12 @@ async def _patch_function(request: Request) -> Callable[[dict[str, Any]], dict[s
 
 
 async def patch(request: Request, resource_type: str, rid: str | None = None) -> Response:
+    criteria = _criteria(request, resource_type, "patch") if rid is None else None
     apply = await _patch_function(request)
     store, principal = store_of(request), principal_of(request)
-    if rid is None:
-        found = await store.match(principal, resource_type, _criteria(request), "patch")
-        if found is None:
-            raise FhirError.of(404, "not-found", f"no {resource_type} matches the criteria")
-        rid = found.id
-    outcome = await store.patch(principal, resource_type, rid, apply, if_match=if_match(request))
-    return _write_response(request, outcome.stored, 200, f"patched {resource_type}/{rid}")
+    if criteria is not None:
+        outcome = await store.conditional_patch(principal, criteria, apply, if_match=if_match(request))
+    else:
+        assert rid is not None
+        outcome = await store.patch(principal, resource_type, rid, apply, if_match=if_match(request))
+    return _write_response(request, outcome.stored, 200, f"patched {resource_type}/{outcome.stored.id}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
 from ..fhir.outcome import FhirError
+from ..search.criteria import Criteria, conditional_criteria
 from ..store import StoredResource
 
 _ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
@@ -48,13 +48,7 @@ def not_modified(request: Request, stored: StoredResource) -> bool:
     return False
 
 
-def if_none_exist(request: Request) -> list[tuple[str, str]] | None:
+def if_none_exist(request: Request, resource_type: str) -> Criteria | None:
     """Search criteria of a conditional create, from If-None-Exist."""
     value = request.headers.get("if-none-exist")
-    if value is None:
-        return None
-    query = value.split("?", 1)[1] if "?" in value else value
-    criteria = parse_qsl(query, keep_blank_values=True)
-    if not criteria:
-        raise FhirError.of(400, "invalid", f"If-None-Exist has no search criteria: '{value}'")
-    return criteria
+    return None if value is None else conditional_criteria(resource_type, value, "create")

@@ -50,7 +50,8 @@ def _operation(request: Request, name: str, resource_type: str | None, rid: str 
 
 
 async def _metadata(request: Request) -> Response:
-    return json_response(request, capability_statement(base_url(request)))
+    settings = request.app.state.settings
+    return json_response(request, capability_statement(base_url(request), settings.conditional_delete))
 
 
 def _routes(request: Request, seg: list[str]) -> Methods:

@@ -23,6 +23,7 @@ from ..auth.principal import Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
 from ..search.compartment import Compartment, compartment_sql
+from ..search.criteria import Criteria
 from ..search.custom import check_search_parameter
 from ..search.extract import extract
 from ..search.paging import decode_cursor, encode_cursor
@@ -48,6 +49,8 @@ Executor = asyncpg.Pool | asyncpg.Connection
 
 _OPTIMISTIC_ATTEMPTS = 2
 MAX_INCLUDED = 1000  # included resources per page
+# Serialises conditional writes on their criteria (keys pre-sorted; unnest keeps the order).
+_LOCK_CRITERIA = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
 
 
 class PreparedCreate(NamedTuple):
@@ -215,7 +218,7 @@ class ResourceStore:
         principal: Principal,
         resource: Any,
         *,
-        if_none_exist: list[tuple[str, str]] | None = None,
+        if_none_exist: Criteria | None = None,
         method: str = "POST",
         resource_type: str | None = None,
     ) -> WriteOutcome:
@@ -224,11 +227,15 @@ class ResourceStore:
         resource_type = resource["resourceType"]
         principal.require("create", resource_type)
         if if_none_exist is not None:
-            found = await self.match(principal, resource_type, if_none_exist, "create")
-            if found is not None:
-                return WriteOutcome(found, created=False, matched=True)
-        rid = new_id()
-        stored = await self._write(resource, resource_type, rid, 1, method, None)
+            async with self._serialised(if_none_exist) as store:
+                found = await store.match(principal, if_none_exist)
+                if found is not None:
+                    return WriteOutcome(found, created=False, matched=True)
+                return await store._create(resource, resource_type, method)
+        return await self._create(resource, resource_type, method)
+
+    async def _create(self, resource: Resource, resource_type: str, method: str) -> WriteOutcome:
+        stored = await self._write(resource, resource_type, new_id(), 1, method, None)
         assert stored is not None  # a fresh UUID cannot collide
         return WriteOutcome(stored, created=True)
 
@@ -389,51 +396,106 @@ class ResourceStore:
 
     # -- conditional interactions -----------------------------------------------------
 
-    async def match(
-        self, principal: Principal, resource_type: str, criteria: list[tuple[str, str]], what: str
-    ) -> StoredResource | None:
+    @contextlib.asynccontextmanager
+    async def _serialised(self, criteria: Criteria) -> AsyncIterator[ResourceStore]:
+        """This store inside a transaction that holds the lock of criteria.
+
+        Two conditional writes with the same criteria would otherwise both see no match
+        and both create. The lock is a transaction-scoped advisory lock, so it works
+        across nodes and is released at commit, after the write is visible; the match
+        and the write run on the locked connection, so the match sees the last holder's
+        committed write. Inside a bundle (a bound store) this is a savepoint.
+        """
+        async with self._transaction() as conn:
+            store = self.bound(conn)
+            await store.lock([criteria])
+            yield store
+
+    async def lock(self, criteria: list[Criteria]) -> None:
+        """Take the advisory locks of criteria in this store's transaction, in key order
+        so that two transactions locking several never deadlock on each other."""
+        keys = sorted({c.lock_key for c in criteria})
+        if keys:
+            assert isinstance(self._db, asyncpg.Connection) and self._db.is_in_transaction()
+            await self._db.fetchval(_LOCK_CRITERIA, keys)
+
+    async def matches(self, principal: Principal, criteria: Criteria, limit: int | None = None) -> list[StoredResource]:
+        """The resources matching criteria: up to limit, or all of them (paged)."""
+        count = self.max_page_size if limit is None else min(limit, self.max_page_size)
+        params = [*criteria.params, ("_count", str(count))]
+        found: list[StoredResource] = []
+        cursor = None
+        while True:
+            page = await self.search(principal, criteria.resource_type, params, strict=True, cursor=cursor)
+            found += page.entries
+            cursor = page.next_cursor
+            if cursor is None or (limit is not None and len(found) >= limit):
+                return found if limit is None else found[:limit]
+
+    async def match(self, principal: Principal, criteria: Criteria) -> StoredResource | None:
         """The single resource matching criteria, None for none, 412 for several."""
-        if not criteria:
-            raise FhirError.of(400, "invalid", f"conditional {what} needs search criteria")
-        page = await self.search(principal, resource_type, [*criteria, ("_count", "2")], strict=True)
-        if len(page.entries) > 1:
-            raise FhirError.of(412, "multiple-matches", f"conditional {what}: criteria match several resources")
-        return page.entries[0] if page.entries else None
+        found = await self.matches(principal, criteria, 2)
+        if len(found) > 1:
+            raise FhirError.of(
+                412, "multiple-matches", f"conditional {criteria.what}: the criteria match several resources"
+            )
+        return found[0] if found else None
 
     async def conditional_update(
         self,
         principal: Principal,
-        resource_type: str,
-        criteria: list[tuple[str, str]],
+        criteria: Criteria,
         resource: Any,
         *,
         if_match: int | None = None,
     ) -> WriteOutcome:
         """Update the one match, or create when none matches (id from the body or new)."""
+        resource_type = criteria.resource_type
         self.check(resource, resource_type)
-        found = await self.match(principal, resource_type, criteria, "update")
-        if found is not None:
-            if resource.get("id") not in (None, found.id):
-                raise FhirError.of(
-                    400,
-                    "invalid",
-                    f"body id '{resource['id']}' differs from the match '{found.id}'",
-                )
-            return await self.update(
-                principal, resource_type, found.id, {**resource, "id": found.id}, if_match=if_match
+        principal.require("update", resource_type)
+        async with self._serialised(criteria) as store:
+            found = await store.match(principal, criteria)
+            rid = conditional_update_id(resource, found)
+            if rid is None:
+                return await store.create(principal, resource, method="PUT")
+            return await store.update(
+                principal, resource_type, rid, {**resource, "id": rid}, if_match=if_match if found else None
             )
-        if resource.get("id") is not None:
-            return await self.update(principal, resource_type, resource["id"], resource)
-        return await self.create(principal, resource, method="PUT")
+
+    async def conditional_patch(
+        self,
+        principal: Principal,
+        criteria: Criteria,
+        apply: Callable[[Resource], Resource],
+        *,
+        if_match: int | None = None,
+    ) -> WriteOutcome:
+        """Patch the one match; 404 when nothing matches."""
+        principal.require("patch", criteria.resource_type)
+        async with self._serialised(criteria) as store:
+            found = await store.match(principal, criteria)
+            if found is None:
+                raise FhirError.of(404, "not-found", f"no {criteria.resource_type} matches the criteria")
+            return await store.patch(principal, criteria.resource_type, found.id, apply, if_match=if_match)
 
     async def conditional_delete(
-        self, principal: Principal, resource_type: str, criteria: list[tuple[str, str]]
-    ) -> StoredResource | None:
-        """Delete the one match; None when nothing matched."""
-        found = await self.match(principal, resource_type, criteria, "delete")
-        if found is None:
-            return None
-        return await self.delete(principal, resource_type, found.id)
+        self, principal: Principal, criteria: Criteria, *, multiple: bool = False
+    ) -> list[StoredResource]:
+        """Delete the one match (412 for several), or with multiple every match;
+        returns the deletion versions written (none when nothing matched)."""
+        principal.require("delete", criteria.resource_type)
+        async with self._serialised(criteria) as store:
+            if multiple:
+                targets = await store.matches(principal, criteria)
+            else:
+                found = await store.match(principal, criteria)
+                targets = [found] if found is not None else []
+            deleted = []
+            for target in targets:
+                stored = await store.delete(principal, criteria.resource_type, target.id)
+                if stored is not None:
+                    deleted.append(stored)
+            return deleted
 
     # -- history ------------------------------------------------------------------------
 
@@ -604,6 +666,19 @@ def _compartment_restriction(
         )
 
     return restrict
+
+
+def conditional_update_id(resource: Resource, found: StoredResource | None) -> str | None:
+    """The id a conditional update writes: the match's (a body id must agree, else 400),
+    or with no match the body's id (update as create), or None for a new id."""
+    body_id = resource.get("id")
+    if found is None:
+        return body_id
+    if body_id is not None and body_id != found.id:
+        raise FhirError.of(
+            400, "invalid", f"the body's id '{body_id}' differs from the matched {found.resource_type}/{found.id}", "id"
+        )
+    return found.id
 
 
 def _version_conflict(resource_type: str, rid: str, wanted: int, current: int | None) -> FhirError:

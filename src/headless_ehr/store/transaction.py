@@ -12,6 +12,7 @@ its own and reports each entry's outcome.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,12 +27,15 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue, operation_outcome
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
 from ..fhir.references import iter_references, local_path
+from ..search.criteria import Criteria, conditional_criteria
 from .ids import new_id
 from .model import SearchPage, StoredResource
-from .repository import PreparedCreate, ResourceStore, format_instant
+from .repository import PreparedCreate, ResourceStore, conditional_update_id, format_instant
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+_WRITES = ("DELETE", "POST", "PUT", "PATCH")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 @dataclass
@@ -45,7 +49,9 @@ class Entry:
     full_url: str | None
     request: dict[str, Any]
     # settled while processing
+    criteria: Criteria | None = None  # of a conditional write (ifNoneExist, `Type?criteria` url)
     target_id: str | None = None
+    deletes: list[str] = field(default_factory=list)  # the ids a DELETE entry deletes
     matched: StoredResource | None = None
     skip: bool = False
     page: SearchPage | None = None  # a GET search entry's result
@@ -70,6 +76,7 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
         raise FhirError.of(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
     out = []
     types = definitions().resource_types
+    full_urls: dict[str, int] = {}
     for i, raw in enumerate(entries):
         where = f"Bundle.entry[{i}]"
         if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
@@ -101,6 +108,17 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
                 f"{where}: '{url}' does not name a resource type",
                 f"{where}.request.url",
             )
+        _check_url(method, path, query, url, where)
+        full_url = raw.get("fullUrl")
+        if isinstance(full_url, str):  # bdl-7: fullUrl is unique in a bundle
+            if full_url in full_urls:
+                raise FhirError.of(
+                    400,
+                    "invalid",
+                    f"{where}: fullUrl '{full_url}' is also Bundle.entry[{full_urls[full_url]}]'s (bdl-7)",
+                    f"{where}.fullUrl",
+                )
+            full_urls[full_url] = i
         out.append(
             Entry(
                 i,
@@ -116,6 +134,20 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
     return out
 
 
+def _check_url(method: str, path: list[str], query: list[tuple[str, str]], url: str, where: str) -> None:
+    """A write's url is `Type` (POST, or conditional with criteria) or `Type/id`;
+    anything after it (`Patient/1/foo`, `Patient/1/_history/2`) is refused, not ignored."""
+    if method not in _WRITES:
+        return  # reads: the shapes _read() serves, else 400 there
+    if method == "POST":
+        ok = len(path) == 1
+    else:
+        ok = len(path) == 1 or (len(path) == 2 and _ID.fullmatch(path[1]) is not None and not query)
+    if not ok:
+        expected = "Type" if method == "POST" else "Type/id or Type?criteria"
+        raise FhirError.of(400, "invalid", f"{where}: {method} url '{url}' must be {expected}", f"{where}.request.url")
+
+
 def _etag_version(value: str | None) -> int | None:
     if value is None:
         return None
@@ -126,11 +158,20 @@ def _etag_version(value: str | None) -> int | None:
 
 
 class BundleProcessor:
-    def __init__(self, store: ResourceStore, pool: asyncpg.Pool, principal: Principal, base_url: str):
+    def __init__(
+        self,
+        store: ResourceStore,
+        pool: asyncpg.Pool,
+        principal: Principal,
+        base_url: str,
+        *,
+        conditional_delete: str = "single",  # EHR_CONDITIONAL_DELETE
+    ):
         self.store = store
         self.pool = pool
         self.principal = principal
         self.base_url = base_url
+        self.conditional_delete = conditional_delete
 
     # -- transaction --------------------------------------------------------------------
 
@@ -185,8 +226,38 @@ class BundleProcessor:
             entry.response = self._entry_response(s, 201)
             entry.matched = s
 
+    def _conditions(self, entries: list[Entry]) -> list[Criteria]:
+        """Parse every conditional write's criteria (one rule with REST: search
+        parameters only); returns them, to lock before anything is matched."""
+        found: list[Criteria] = []
+        for entry in entries:
+            rtype = entry.path[0]
+            try:
+                if entry.method == "POST":
+                    if_none_exist = entry.request.get("ifNoneExist")
+                    if if_none_exist is not None:
+                        if not isinstance(if_none_exist, str):
+                            raise FhirError.of(400, "invalid", "ifNoneExist must be a string")
+                        entry.criteria = conditional_criteria(rtype, if_none_exist, "create")
+                elif entry.method in ("PUT", "PATCH", "DELETE") and len(entry.path) == 1:
+                    entry.criteria = conditional_criteria(rtype, entry.query, entry.method.lower())
+            except FhirError as exc:
+                raise _fail(entry, exc) from None
+            if entry.criteria is not None:
+                found.append(entry.criteria)
+        return found
+
     async def _settle_identities(self, store: ResourceStore, entries: list[Entry]) -> dict[str, str]:
-        """Assign ids and resolve conditional URLs; returns fullUrl -> Type/id."""
+        """Assign ids and resolve conditional URLs; returns fullUrl -> Type/id.
+
+        The criteria of every conditional write are locked first (in one order for
+        all transactions), so a concurrent conditional create or update with the same
+        criteria waits for this transaction instead of creating a duplicate.
+        """
+        conditions = self._conditions(entries)
+        if len(entries) > 1:
+            _refuse_shared_criteria(entries)
+        await store.lock(conditions)
         aliases: dict[str, str] = {}
         for entry in entries:
             rtype = entry.path[0]
@@ -194,46 +265,55 @@ class BundleProcessor:
                 if entry.method == "POST":
                     if entry.resource is not None and entry.resource.get("resourceType") != rtype:
                         raise FhirError.of(400, "invalid", f"resourceType does not match '{entry.url}'")
-                    criteria = entry.request.get("ifNoneExist")
-                    if criteria:
-                        found = await store.match(self.principal, rtype, _criteria(criteria), "create")
+                    if entry.criteria is not None:
+                        found = await store.match(self.principal, entry.criteria)
                         if found is not None:
                             entry.skip, entry.matched, entry.target_id = True, found, found.id
                             entry.response = self._entry_response(found, 200)
                     if entry.target_id is None:
                         entry.target_id = new_id()
-                elif entry.method in ("PUT", "PATCH", "DELETE") and len(entry.path) == 1:
-                    if not entry.query:
-                        raise FhirError.of(400, "invalid", f"{entry.method} {entry.url} needs an id or criteria")
-                    found = await store.match(self.principal, rtype, entry.query, entry.method.lower())
-                    if found is not None:
-                        entry.target_id = found.id
-                    elif entry.method == "PUT":
-                        body_id = entry.resource.get("id") if entry.resource else None
-                        entry.target_id = body_id or new_id()
-                    elif entry.method == "DELETE":
-                        entry.skip = True
-                        entry.response = {"status": "204 No Content"}
-                    else:
-                        raise FhirError.of(404, "not-found", f"PATCH {entry.url} matched nothing")
+                elif entry.criteria is not None:  # conditional PUT, PATCH or DELETE
+                    await self._settle_conditional(store, entry)
                 elif entry.method in ("PUT", "PATCH", "DELETE"):
                     entry.target_id = entry.path[1]
+                    if entry.method == "DELETE":
+                        entry.deletes = [entry.target_id]
             except FhirError as exc:
                 raise _fail(entry, exc) from None
             if entry.full_url and entry.target_id and entry.method in ("POST", "PUT"):
                 aliases[entry.full_url] = f"{rtype}/{entry.target_id}"
+        if len(entries) > 1:
+            _refuse_overlaps(entries)
         return aliases
+
+    async def _settle_conditional(self, store: ResourceStore, entry: Entry) -> None:
+        criteria = entry.criteria
+        assert criteria is not None
+        if entry.method == "DELETE":
+            if self.conditional_delete == "multiple":
+                entry.deletes = [r.id for r in await store.matches(self.principal, criteria)]
+            else:
+                found = await store.match(self.principal, criteria)
+                entry.deletes = [found.id] if found is not None else []
+            if not entry.deletes:
+                entry.skip = True
+                entry.response = {"status": "204 No Content"}
+            return
+        found = await store.match(self.principal, criteria)
+        if entry.method == "PUT":
+            assert entry.resource is not None
+            entry.target_id = conditional_update_id(entry.resource, found) or new_id()
+        elif found is None:
+            raise FhirError.of(404, "not-found", f"PATCH {entry.url} matched nothing")
+        else:
+            entry.target_id = found.id
 
     def _rewrite(self, entry: Entry, aliases: dict[str, str]) -> None:
         """Point bundle-local references at their targets; note conditional ones."""
         assert entry.resource is not None
-        # a conditional PUT updates the match (or creates with the chosen id); a
-        # `Type/id` PUT may omit the id, but one that differs is an error (400)
-        if (
-            entry.method == "PUT"
-            and entry.target_id is not None
-            and (len(entry.path) == 1 or "id" not in entry.resource)
-        ):
+        # a PUT may omit the id; one that differs from the url's or the match's is 400
+        # (checked when settling a conditional PUT, and by update() for `Type/id`)
+        if entry.method == "PUT" and entry.target_id is not None and "id" not in entry.resource:
             entry.resource["id"] = entry.target_id
         types = definitions().resource_types
 
@@ -256,17 +336,17 @@ class BundleProcessor:
         for entry in entries:
             for holder in entry.conditional_refs:
                 ref = holder["reference"]
-                if ref in cache:
-                    holder["reference"] = cache[ref]
-                    continue
-                rtype, query = ref.split("?", 1)
+                rtype = ref.split("?", 1)[0]
                 try:
-                    found = await store.match(self.principal, rtype, _criteria(query), "reference")
-                    if found is None:
-                        raise FhirError.of(412, "not-found", f"conditional reference '{ref}' matches nothing")
+                    criteria = conditional_criteria(rtype, ref, "reference")
+                    if criteria.canonical not in cache:
+                        found = await store.match(self.principal, criteria)
+                        if found is None:
+                            raise FhirError.of(412, "not-found", f"conditional reference '{ref}' matches nothing")
+                        cache[criteria.canonical] = f"{rtype}/{found.id}"
                 except FhirError as exc:
                     raise _fail(entry, exc) from None
-                cache[ref] = holder["reference"] = f"{rtype}/{found.id}"
+                holder["reference"] = cache[criteria.canonical]
 
     async def _run(self, store: ResourceStore, entry: Entry) -> None:
         """Run one non-create entry (also used by batch)."""
@@ -280,12 +360,12 @@ class BundleProcessor:
             entry.matched = outcome.stored
             entry.response = self._entry_response(outcome.stored, 201 if outcome.created else 200)
         elif entry.method == "DELETE":
-            assert entry.target_id is not None
-            try:
-                await store.delete(self.principal, rtype, entry.target_id, if_match=if_match)
-            except FhirError as exc:
-                if exc.status != 404:
-                    raise
+            for rid in entry.deletes:
+                try:
+                    await store.delete(self.principal, rtype, rid, if_match=if_match)
+                except FhirError as exc:
+                    if exc.status != 404:
+                        raise
             entry.response = {"status": "204 No Content"}
         elif entry.method == "PATCH":
             assert entry.target_id is not None
@@ -327,19 +407,29 @@ class BundleProcessor:
         return self._result("batch-response", entries, representation)
 
     async def _batch_entry(self, entry: Entry) -> None:
-        single = [entry]
-        await self._settle_identities(self.store, single)
+        conditional = entry.request.get("ifNoneExist") is not None or (
+            entry.method in ("PUT", "PATCH", "DELETE") and len(entry.path) == 1
+        )
+        if not conditional:
+            await self._batch_run(self.store, entry)
+            return
+        # match and write in one transaction under the criteria's lock, as on REST
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._batch_run(self.store.bound(conn), entry)
+
+    async def _batch_run(self, store: ResourceStore, entry: Entry) -> None:
+        await self._settle_identities(store, [entry])
         if entry.method == "POST":
             if entry.skip:
                 return
             assert entry.target_id is not None
             ts = datetime.now(UTC)
-            prepared = self.store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts)
-            (stored,) = await self.store.insert_prepared([prepared], ts)
+            prepared = store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts)
+            (stored,) = await store.insert_prepared([prepared], ts)
             entry.matched = stored
             entry.response = self._entry_response(stored, 201)
             return
-        await self._run(self.store, entry)
+        await self._run(store, entry)
 
     # -- responses ----------------------------------------------------------------------
 
@@ -390,6 +480,40 @@ def _bundle_patch(resource: dict[str, Any] | None) -> Callable[[dict[str, Any]],
     raise FhirError.of(400, "invalid", "a PATCH entry needs a Parameters or a JSON Patch Binary resource")
 
 
-def _criteria(query: str) -> list[tuple[str, str]]:
-    query = query.split("?", 1)[1] if "?" in query else query
-    return parse_qsl(query, keep_blank_values=True)
+def _refuse_shared_criteria(entries: list[Entry]) -> None:
+    """Two conditional writes with the same criteria resolve to the same resource (or
+    would both create one): overlapping identities fail the transaction (trules)."""
+    seen: dict[str, Entry] = {}
+    for entry in entries:
+        if entry.criteria is None:
+            continue
+        key = entry.criteria.canonical
+        if key in seen:
+            first = seen[key]
+            raise _fail(
+                entry,
+                FhirError.of(400, "invalid", f"{first.where} has the same conditional criteria '{key}'; they overlap"),
+            )
+        seen[key] = entry
+
+
+def _refuse_overlaps(entries: list[Entry]) -> None:
+    """R4 http.html#trules: DELETE, POST, PUT and PATCH entries may not resolve to the
+    same resource (an id in the url, a conditional match, ifNoneExist's match)."""
+    seen: dict[tuple[str, str], Entry] = {}
+    for entry in entries:
+        if entry.method not in _WRITES:
+            continue
+        rtype = entry.path[0]
+        if entry.method == "DELETE":
+            ids = entry.deletes
+        elif entry.method == "POST" and not entry.skip:
+            continue  # a new id, unique by construction
+        else:
+            ids = [entry.target_id] if entry.target_id else []
+        for rid in ids:
+            other = seen.get((rtype, rid))
+            if other is not None and other is not entry:
+                message = f"{rtype}/{rid} is also the target of {other.where}; transaction entries may not overlap"
+                raise _fail(entry, FhirError.of(400, "invalid", message))
+            seen[(rtype, rid)] = entry

@@ -103,6 +103,13 @@ async def test_an_expression_with_a_regular_expression_is_refused(client):
     assert "matches()" in _diagnostics(res)
 
 
+async def test_an_expression_nested_beyond_the_limit_is_refused(client):
+    expression = "Patient" + ".name" * 200
+    res = await _post(client, search_parameter(f"deep-{uuid.uuid4().hex[:6]}", expression))
+    assert res.status_code == 400
+    assert "more than" in _diagnostics(res)
+
+
 async def test_an_expression_through_choices_and_extensions_is_accepted(client):
     expression = "Patient.extension('http://example.org/x').value.ofType(CodeableConcept).coding"
     res = await _post(client, search_parameter(f"ext-{uuid.uuid4().hex[:6]}", expression))

@@ -31,6 +31,11 @@ from .extract.compile import Shape, Unsupported, _children, _matches, resource_s
 from .parse import RESULT_PARAMETERS
 from .registry import ABSTRACT_BASES, base_search_params
 
+# fhirpathpy's syntax tree costs time quadratic in the nesting of an expression (each
+# node keeps its text), and the check runs on the event loop: bounded above R4's
+# largest (1,386 characters; 129 steps, unions and calls), at about 0.3 s.
+MAX_EXPRESSION_LENGTH = 2000
+MAX_EXPRESSION_STEPS = 160  # `.`, `|` and `(` together
 _CODE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 _REGEX_FUNCTIONS = frozenset({"matches", "replaceMatches"})
 # Functions whose result has the shape of their input (a filter or a subset).
@@ -134,16 +139,30 @@ def parse_fhirpath(expression: str) -> dict[str, Any]:
     if tokens.LA(1) != Token.EOF:
         raise ValueError(f"unexpected '{tokens.LT(1).text}' at {tokens.LT(1).column + 1}")
     listener = ASTPathListener()
-    ParseTreeWalker().walk(listener, tree)
+    try:
+        ParseTreeWalker().walk(listener, tree)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     return listener.parentStack[0]
 
 
 def expression_problem(expression: str, bases: list[str]) -> str | None:
     """Why expression cannot index bases (None: it can)."""
+    if len(expression) > MAX_EXPRESSION_LENGTH:
+        return f"longer than {MAX_EXPRESSION_LENGTH} characters"
+    if sum(expression.count(c) for c in ".|(") > MAX_EXPRESSION_STEPS:
+        return f"more than {MAX_EXPRESSION_STEPS} steps, unions and calls"
     try:
         tree = parse_fhirpath(expression)
     except ValueError as exc:
         return f"not valid FHIRPath ({exc})"
+    try:
+        return _element_problem(tree, bases)
+    except RecursionError:
+        return "nested too deeply"
+
+
+def _element_problem(tree: dict[str, Any], bases: list[str]) -> str | None:
     types = definitions().resource_types
     for base in bases:
         if base in ABSTRACT_BASES:

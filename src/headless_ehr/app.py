@@ -21,8 +21,10 @@ from .db.pool import create_pool
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validator
+from .rest.origin import networks
 from .rest.responses import outcome_response
 from .rest.router import fhir_endpoint
+from .search.extract import OPTIONS
 from .search.extract.compile import set_expression_budget
 from .store import ResourceStore
 from .store.reindex import Reindexer, load_registry, poll_registry
@@ -33,9 +35,14 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Errors outside the FHIR base (Starlette's routing): an OperationOutcome that says where the base is."""
     assert isinstance(exc, HTTPException)
-    code = "not-found" if exc.status_code == 404 else "processing"
-    return outcome_response(request, FhirError.of(exc.status_code, code, str(exc.detail)))
+    if exc.status_code == 404:
+        settings = request.app.state.settings
+        base = settings.public_base_url or settings.base_path
+        message = f"no FHIR endpoint at '{request.url.path[:200]}': the FHIR base is {base} (e.g. {base}/metadata)"
+        return outcome_response(request, FhirError.of(404, "not-found", message))
+    return outcome_response(request, FhirError.of(exc.status_code, "processing", str(exc.detail)))
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -44,6 +51,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings.database_url must be set (the CLI starts embedded PostgreSQL first).
     """
     settings = settings or Settings.from_env()
+    OPTIONS.contained = settings.index_contained  # extraction is process-wide: the last app configured wins
+    networks(settings.trusted_proxies)  # a malformed EHR_TRUSTED_PROXIES fails now, not on a request
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

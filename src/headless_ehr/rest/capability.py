@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from .. import FHIR_VERSION, __version__
+from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
-from ..search.registry import search_params
+from ..search.registry import CUSTOM, NEAR_URL, search_params
+
+# The statement changes only with the software, its settings and the registered
+# SearchParameters, so it is dated by the process start.
+_STARTED = datetime.now(UTC).replace(microsecond=0)
 
 _INTERACTIONS = [
     "read",
@@ -28,6 +35,13 @@ _COMMON = [
     ("_list", "token"),
     ("_has", "special"),
 ]
+# What each parameter type accepts beyond plain values (R4's searchParam has no modifier list).
+_MODIFIER_DOCS = {
+    "token": "Modifiers: :missing :not :text :exact :of-type; :in :not-in :above :below on shipped terminology",
+    "uri": "Modifiers: :missing :exact :above :below (by path segment); url|version, with :above/:below on the version",
+    "reference": "Modifiers: :missing :identifier :[type]; :above/:below on canonical URLs and url|version",
+    "special": "near=latitude|longitude|distance|units (km, m, mi, [mi_i]; km when omitted; 10 km without a distance)",
+}
 _OPERATIONS = [
     ("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate"),
     ("reindex", "urn:headless-ehr:operation:reindex"),
@@ -37,9 +51,17 @@ _OPERATIONS = [
 def _search_param_entries(resource_type: str) -> list[dict[str, Any]]:
     out = [{"name": name, "type": kind} for name, kind in _COMMON]
     for param in sorted(search_params(resource_type).values(), key=lambda p: p.code):
-        if param.type == "special" or param.code in ("_id", "_lastUpdated", "_text", "_content"):
+        if (param.type == "special" and param.url != NEAR_URL) or param.code in (
+            "_id",
+            "_lastUpdated",
+            "_text",
+            "_content",
+        ):
             continue
-        out.append({"name": param.code, "definition": param.url, "type": param.type})
+        entry = {"name": param.code, "definition": param.url, "type": param.type}
+        if param.type in _MODIFIER_DOCS:
+            entry["documentation"] = _MODIFIER_DOCS[param.type]
+        out.append(entry)
     return out
 
 
@@ -67,7 +89,7 @@ def capability_statement(base_url: str, conditional_delete: str = "single") -> d
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": datetime.now(UTC).date().isoformat(),
+        "date": _STARTED.isoformat(),
         "publisher": "headless-ehr",
         "kind": "instance",
         "software": {"name": "headless-ehr", "version": __version__},
@@ -90,3 +112,30 @@ def capability_statement(base_url: str, conditional_delete: str = "single") -> d
             }
         ],
     }
+
+
+@dataclass(frozen=True)
+class CapabilityDocument:
+    statement: dict[str, Any]
+    body: bytes
+    etag: str  # a weak validator of the body
+    last_modified: datetime
+
+
+_documents: dict[tuple[str, str, object], CapabilityDocument] = {}
+
+
+def capability_document(base_url: str, conditional_delete: str = "single") -> CapabilityDocument:
+    """The CapabilityStatement for base_url, built once per registry state (it is ~400 kB)."""
+    key = (base_url, conditional_delete, CUSTOM.stamp)
+    found = _documents.get(key)
+    if found is None:
+        statement = capability_statement(base_url, conditional_delete)
+        body = fhir_json.dumps(statement)
+        digest = hashlib.sha256(body).hexdigest()[:20]
+        changed = CUSTOM.stamp is not None
+        modified = datetime.now(UTC).replace(microsecond=0) if changed else _STARTED
+        if len(_documents) > 16:  # hosts and registry states seen; keep the cache bounded
+            _documents.clear()
+        found = _documents[key] = CapabilityDocument(statement, body, f'W/"{digest}"', modified)
+    return found

@@ -14,6 +14,7 @@ from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
+from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment, member_types
 from ..search.criteria import Criteria, conditional_criteria
 from ..search.parse import RESULT_PARAMETERS
@@ -22,8 +23,10 @@ from ..search.sql import ANY_TYPE
 from ..store import ResourceStore, StoredResource, WriteOutcome
 from ..store.transaction import BundleProcessor
 from . import bundles
+from .binary import binary_from_body, native_response
+from .capability import capability_document
 from .instants import parse_instant
-from .negotiation import prefer, read_body, read_resource, require_json_content
+from .negotiation import native_content_type, prefer, read_body, read_resource, require_json_content
 from .preconditions import if_match, if_none_exist, not_modified
 from .responses import (
     base_url,
@@ -64,21 +67,42 @@ def _criteria(request: Request, resource_type: str, what: str) -> Criteria:
     return conditional_criteria(resource_type, request.query_params.multi_items(), what)
 
 
+def _representation(request: Request, stored: StoredResource, headers: dict[str, str]) -> Response:
+    """A read's body: the stored bytes, a _summary/_elements subset of them, or a Binary's own content."""
+    if getattr(request.state, "native", False):
+        return native_response(stored, headers)
+    if request.scope.get("query_string"):  # skip parsing the query on the common bare read
+        q = request.query_params
+        summary, elements = summary_arguments(q.get("_summary"), q.get("_elements"))
+        if is_subset(summary, elements):
+            return json_response(request, subset(fhir_json.loads(stored.content), summary, elements), 200, headers)
+    return fhir_response(request, stored.content, 200, headers)
+
+
 async def read(request: Request, resource_type: str, rid: str) -> Response:
     stored = await store_of(request).read(principal_of(request), resource_type, rid)
     headers = version_headers(stored)
     if not_modified(request, stored):
         return Response(status_code=304, headers=headers)
-    return fhir_response(request, stored.content, 200, headers)
+    return _representation(request, stored, headers)
 
 
 async def vread(request: Request, resource_type: str, rid: str, vid: str) -> Response:
     stored = await store_of(request).vread(principal_of(request), resource_type, rid, vid)
-    return fhir_response(request, stored.content, 200, version_headers(stored))
+    return _representation(request, stored, version_headers(stored))
+
+
+async def _resource_body(request: Request, resource_type: str, rid: str | None = None) -> dict[str, Any]:
+    """The resource in the body; for Binary, non-FHIR content becomes the Binary's data."""
+    if resource_type == "Binary":
+        content_type = native_content_type(request)
+        if content_type is not None:
+            return await binary_from_body(request, content_type, _body_limit(request), rid)
+    return await read_resource(request, _body_limit(request))
 
 
 async def create(request: Request, resource_type: str) -> Response:
-    resource = await read_resource(request, _body_limit(request))
+    resource = await _resource_body(request, resource_type)
     outcome: WriteOutcome = await store_of(request).create(
         principal_of(request),
         resource,
@@ -91,7 +115,7 @@ async def create(request: Request, resource_type: str) -> Response:
 
 
 async def update(request: Request, resource_type: str, rid: str) -> Response:
-    resource = await read_resource(request, _body_limit(request))
+    resource = await _resource_body(request, resource_type, rid)
     outcome = await store_of(request).update(
         principal_of(request), resource_type, rid, resource, if_match=if_match(request)
     )
@@ -164,7 +188,7 @@ def _types_for(params: list[tuple[str, str]], resource_type: str | None, compart
         raise FhirError.of(400, "invalid", f"unknown resource type(s) in _type: {', '.join(unknown)}")
     if listed:
         return listed
-    common = set(search_params(ANY_TYPE)) | RESULT_PARAMETERS | {"_has"}
+    common = set(search_params(ANY_TYPE)) | RESULT_PARAMETERS | {"_has", "_list"}
     specific = sorted({k.split(":", 1)[0].split(".", 1)[0] for k, _ in params} - common)
     if specific:
         raise FhirError.of(
@@ -241,12 +265,14 @@ async def process_bundle(request: Request) -> Response:
     if bundle.get("resourceType") != "Bundle":
         raise FhirError.of(400, "invalid", "POST to the base URL takes a transaction or batch Bundle")
     kind = bundle.get("type")
+    base = base_url(request)
     processor = BundleProcessor(
         store_of(request),
         request.app.state.pool,
         principal_of(request),
-        base_url(request),
+        base,
         conditional_delete=request.app.state.settings.conditional_delete,
+        capabilities=lambda: capability_document(base, request.app.state.settings.conditional_delete).body,
     )
     representation = prefer(request).get("return") == "representation"
     if kind == "transaction":

@@ -45,6 +45,31 @@ def response_media_type(request: Request) -> str:
     raise FhirError.of(406, "not-supported", f"cannot produce any of: {accept} (this server speaks {FHIR_JSON})")
 
 
+def wants_native(request: Request) -> bool:
+    """For a Binary read: whether the client asked for the content itself rather than a FHIR resource.
+
+    R4 binary.html#rest: an Accept that is not a FHIR format gets the raw bytes. The first concrete
+    media type in Accept decides; _format, a FHIR type, or only wildcards (`*/*`) mean the resource.
+    """
+    if "_format" in request.query_params:
+        return False
+    for part in (request.headers.get("accept") or "").split(","):
+        media = _media(part)
+        if media in _WILDCARDS:
+            continue
+        return media not in JSON_TYPES and media not in _XML
+    return False
+
+
+def native_content_type(request: Request) -> str | None:
+    """The Content-Type of a body that is not a FHIR resource (a Binary's own content), else None."""
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        return None
+    media = _media(content_type)
+    return None if media in JSON_TYPES or media in _XML else content_type.strip()
+
+
 def require_json_content(request: Request, *extra: str) -> str:
     """The request's media type, which must be FHIR JSON (or one of extra); else 415."""
     content_type = request.headers.get("content-type")

@@ -48,6 +48,22 @@ def not_modified(request: Request, stored: StoredResource) -> bool:
     return False
 
 
+def validator_matches(request: Request, etag: str, last_modified: datetime) -> bool:
+    """If-None-Match / If-Modified-Since against a representation that has no version id (e.g. /metadata)."""
+    inm = request.headers.get("if-none-match")
+    if inm is not None:
+        weak = etag.removeprefix("W/")
+        return any(t.strip() in ("*", etag, weak) or t.strip().removeprefix("W/") == weak for t in inm.split(","))
+    ims = request.headers.get("if-modified-since")
+    if ims is not None:
+        try:
+            since = parsedate_to_datetime(ims)
+        except (TypeError, ValueError):
+            return False
+        return since.tzinfo is not None and last_modified.replace(microsecond=0) <= since
+    return False
+
+
 def if_none_exist(request: Request, resource_type: str) -> Criteria | None:
     """Search criteria of a conditional create, from If-None-Exist."""
     value = request.headers.get("if-none-exist")

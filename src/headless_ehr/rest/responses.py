@@ -13,6 +13,7 @@ from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, operation_outcome
 from ..store import StoredResource
 from .negotiation import FHIR_JSON
+from .origin import request_origin
 
 
 def media_type(request: Request) -> str:
@@ -55,12 +56,12 @@ def version_headers(stored: StoredResource) -> dict[str, str]:
 
 
 def base_url(request: Request) -> str:
-    """The server's FHIR base, from configuration or the request's own host."""
-    configured = request.app.state.settings.public_base_url
-    if configured:
-        return configured.rstrip("/")
-    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
-    return f"{request.url.scheme}://{host}{request.app.state.settings.base_path}"
+    """The server's FHIR base: EHR_PUBLIC_BASE_URL, else where the client (or a trusted proxy) says it sent
+    the request (see origin.py)."""
+    settings = request.app.state.settings
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    return request_origin(request) + settings.base_path
 
 
 def location(request: Request, stored: StoredResource) -> str:

@@ -15,14 +15,17 @@ from starlette.responses import Response
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
+from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment
 from . import interactions as ix
-from .capability import capability_statement
-from .negotiation import response_media_type
+from .capability import capability_document
+from .negotiation import FHIR_JSON, response_media_type, wants_native
 from .operations import reindex
 from .operations.everything import everything
 from .operations.validate import validate
-from .responses import base_url, json_response, outcome_response
+from .origin import request_origin
+from .preconditions import validator_matches
+from .responses import base_url, fhir_response, http_date, json_response, outcome_response
 
 log = logging.getLogger("headless_ehr.rest")
 
@@ -50,8 +53,20 @@ def _operation(request: Request, name: str, resource_type: str | None, rid: str 
 
 
 async def _metadata(request: Request) -> Response:
-    settings = request.app.state.settings
-    return json_response(request, capability_statement(base_url(request), settings.conditional_delete))
+    """The CapabilityStatement (R4 http.html#capabilities), with a validator for caches."""
+    q = request.query_params
+    mode = q.get("mode", "full")
+    if mode not in ("full", "normal"):
+        what = "only mode=full and mode=normal are supported" if mode == "terminology" else f"unknown mode '{mode}'"
+        raise FhirError.of(400, "not-supported", what)
+    summary, elements = summary_arguments(q.get("_summary"), q.get("_elements"))
+    doc = capability_document(base_url(request), request.app.state.settings.conditional_delete)
+    headers = {"ETag": doc.etag, "Last-Modified": http_date(doc.last_modified)}
+    if validator_matches(request, doc.etag, doc.last_modified):
+        return Response(status_code=304, headers=headers)
+    if is_subset(summary, elements):
+        return json_response(request, subset(doc.statement, summary, elements), 200, headers)
+    return fhir_response(request, doc.body, 200, headers)
 
 
 def _routes(request: Request, seg: list[str]) -> Methods:
@@ -107,12 +122,23 @@ def _routes(request: Request, seg: list[str]) -> Methods:
     return {}
 
 
+def _is_binary_read(request: Request, seg: list[str]) -> bool:
+    if request.method not in ("GET", "HEAD") or not seg or seg[0] != "Binary":
+        return False
+    return (len(seg) == 2 and not seg[1].startswith(("$", "_"))) or (len(seg) == 4 and seg[2] == "_history")
+
+
 async def fhir_endpoint(request: Request) -> Response:
     """The single ASGI endpoint behind the FHIR base URL."""
     try:
-        request.state.media_type = response_media_type(request)
-        request.state.principal = request.app.state.authenticate(request)
         segments = [s for s in request.path_params.get("path", "").split("/") if s]
+        if _is_binary_read(request, segments) and wants_native(request):
+            request.state.native = True  # answer with the content; errors stay OperationOutcomes
+            request.state.media_type = FHIR_JSON
+        else:
+            request.state.media_type = response_media_type(request)
+        request_origin(request)  # 400 for a Host this server does not answer to
+        request.state.principal = request.app.state.authenticate(request)
         methods = _routes(request, segments)
         if not methods:
             raise _not_found(f"no FHIR interaction at '/{'/'.join(segments)}'")

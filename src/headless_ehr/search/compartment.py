@@ -8,10 +8,12 @@ Patient). Used by compartment search and by patient-scoped access.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
+from .care_dates import care_period_sql
 from .sql import SqlBuilder
 
 
@@ -21,6 +23,8 @@ class Compartment:
 
     type: str  # Patient | Encounter | RelatedPerson | Practitioner | Device
     id: str | tuple[str, ...] | None
+    # $everything's start/end: members other than the focus must have care in this window
+    period: tuple[datetime | None, datetime | None] | None = None
 
 
 @cache
@@ -60,7 +64,10 @@ def compartment_sql(b: SqlBuilder, compartment: Compartment, rtype: str, alias: 
             f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = ANY({b.arg(list(params))}::text[])"
             f" AND {x}.target_type = {b.arg(compartment.type)}{owner})"
         )
-    return "(" + " OR ".join(ors) + ")" if ors else "false"
+    member = "(" + " OR ".join(ors) + ")" if ors else "false"
+    if compartment.period is None or rtype == compartment.type:
+        return member
+    return f"({member} AND {care_period_sql(b, rtype, alias, *compartment.period)})"
 
 
 def _as_list(ids: str | tuple[str, ...]) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
 from ..fhir.references import local_path
-from .registry import SearchParam, search_params
+from .registry import NEAR_URL, SearchParam, search_params
 
 # Parameters that shape the result rather than filter it.
 RESULT_PARAMETERS = frozenset(
@@ -38,8 +38,8 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _PREFIXED_TYPES = frozenset({"number", "date", "quantity"})
 _MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"missing", "not", "text", "of-type", "exact"},
-    "reference": {"missing", "identifier"},  # plus :[type]
+    "token": {"missing", "not", "text", "of-type", "exact", "in", "not-in", "above", "below"},
+    "reference": {"missing", "identifier", "above", "below"},  # plus :[type]; above/below: canonicals
     "date": {"missing"},
     "number": {"missing"},
     "quantity": {"missing"},
@@ -48,6 +48,8 @@ _MODIFIERS = {
     "special": {"missing"},
 }
 MAX_CHAIN_DEPTH = 4
+# reference modifiers whose values are matched as text, never as a local `Type/id`
+_BY_TEXT = frozenset({"identifier", "above", "below", "missing"})
 
 
 @dataclass
@@ -144,7 +146,7 @@ class Parser:
         if param is None:
             self.unknown(f"unknown search parameter '{code}' for {rtype}")
             return None
-        if param.type == "special":
+        if param.type == "special" and param.url != NEAR_URL:
             self.unknown(f"search parameter '{code}' ({param.type}) is not supported")
             return None
         if dot:
@@ -153,7 +155,7 @@ class Parser:
         if modifier is not None and modifier not in _MODIFIERS[param.type] and not type_modifier:
             raise FhirError.of(400, "invalid", f"modifier ':{modifier}' is not valid on '{code}' ({param.type})")
         clause = Clause(name, param, modifier, split_or(value))
-        if param.type == "reference" and modifier != "identifier" and self.local_base is not None:
+        if param.type == "reference" and modifier not in _BY_TEXT and self.local_base is not None:
             # `subject=http://our-base/Patient/1` is `subject=Patient/1` (R4 search.html#reference)
             clause.values = [local_path(v, self.local_base) or v for v in clause.values]
         self._check_values(clause)
@@ -166,10 +168,12 @@ class Parser:
         if code == "_lastUpdated":
             for v in clause.values:
                 _check_date(name, split_prefix(v)[1])
-        elif code == "_id":
+        elif code in ("_id", "_list"):
             for v in clause.values:
+                if code == "_list" and v.startswith("$"):
+                    raise FhirError.of(400, "not-supported", f"functional list '{v}' is not supported; name a List id")
                 if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", unescape(v)):
-                    raise FhirError.of(400, "invalid", f"invalid _id value '{v}'")
+                    raise FhirError.of(400, "invalid", f"invalid {code} value '{v}'")
         return clause
 
     def _chain(
@@ -234,6 +238,14 @@ class Parser:
                 _check_number(clause.name, raw)
             elif param.type == "composite":
                 self._check_composite(clause, param, raw)
+            elif param.type == "special":  # near
+                parse_near(clause.name, raw)
+            elif param.type == "token" and clause.modifier in ("in", "not-in", "above", "below"):
+                _check_terminology(clause.name, clause.modifier, raw)
+            elif param.type == "reference" and clause.modifier in ("above", "below") and "://" not in raw:
+                raise FhirError.of(
+                    400, "invalid", f"'{clause.name}': :{clause.modifier} applies to canonical URLs, not '{raw}'"
+                )
 
     def _check_composite(self, clause: Clause, param: SearchParam, raw: str) -> None:
         from .extract.compile import component_types
@@ -249,6 +261,53 @@ class Parser:
                 _check_date(clause.name, split_prefix(part)[1])
             elif kind in ("number", "quantity"):
                 _check_number(clause.name, part)
+
+
+# `near` units (R4 Location-near: km when omitted); UCUM codes too.
+NEAR_UNITS_KM = {"km": 1.0, "m": 0.001, "mi": 1.609344, "[mi_i]": 1.609344}
+# `near` without a distance: R4 leaves "near" to the server; this one means 10 km.
+DEFAULT_NEAR_KM = 10.0
+MAX_NEAR_KM = 20_037.5  # half the Earth's circumference: beyond it everything is near
+
+
+def parse_near(name: str, raw: str) -> tuple[float, float, float]:
+    """(latitude, longitude, distance in km) of `near=lat|long|distance|units`."""
+    parts = [unescape(p).strip() for p in split_unescaped(raw, "|")]
+    if len(parts) < 2 or len(parts) > 4:
+        raise FhirError.of(400, "invalid", f"'{name}' takes latitude|longitude|distance|units, got '{raw}'")
+    numbers = []
+    for label, text in zip(("latitude", "longitude", "distance"), parts, strict=False):
+        if label == "distance" and text == "":
+            continue
+        if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", text, flags=re.ASCII):
+            raise FhirError.of(400, "invalid", f"'{name}': {label} '{text}' is not a decimal number")
+        numbers.append((label, float(text)))
+    values = dict(numbers)
+    lat, lon = values["latitude"], values["longitude"]
+    if not -90.0 <= lat <= 90.0 or not -180.0 <= lon <= 180.0:
+        raise FhirError.of(400, "invalid", f"'{name}': latitude must be within ±90 and longitude within ±180")
+    unit = parts[3] if len(parts) == 4 and parts[3] else "km"
+    if unit not in NEAR_UNITS_KM:
+        raise FhirError.of(400, "invalid", f"'{name}': unknown distance unit '{unit}' (use km, m, mi or [mi_i])")
+    distance = values.get("distance")
+    km = DEFAULT_NEAR_KM if distance is None else distance * NEAR_UNITS_KM[unit]
+    if km < 0:
+        raise FhirError.of(400, "invalid", f"'{name}': the distance may not be negative")
+    return lat, lon, min(km, MAX_NEAR_KM)
+
+
+def _check_terminology(name: str, modifier: str, raw: str) -> None:
+    """`:in`/`:not-in` name a value set we can expand; `:above`/`:below` a system|code in a
+    code system whose hierarchy we have (resolved here once; the SQL reuses the cache)."""
+    from .terminology import subsumed_codes, value_set_codes
+
+    if modifier in ("in", "not-in"):
+        value_set_codes(name, unescape(raw))
+        return
+    parts = split_unescaped(raw, "|")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise FhirError.of(400, "invalid", f"'{name}' takes system|code, got '{raw}'")
+    subsumed_codes(name, unescape(parts[0]), unescape(parts[1]), upwards=modifier == "above")
 
 
 def _check_number(name: str, raw: str) -> None:

@@ -14,13 +14,16 @@ from typing import Any
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
+from .extract import OPTIONS
 from .paging import decode_cursor, encode_cursor
 from .parse import Clause, Parser
 from .registry import search_params
-from .sql import ANY_TYPE, TABLES, SqlBuilder, clause_sql, driver_sql
+from .sql import ANY_TYPE, CONTAINED_TABLES, TABLES, SqlBuilder, clause_sql, driver_sql
 
 SUMMARY_VALUES = frozenset({"true", "false", "text", "data", "count"})
 TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
+CONTAINED_VALUES = frozenset({"false", "true", "both"})
+CONTAINED_TYPE_VALUES = frozenset({"container", "contained"})
 MAX_INCLUDE_ITERATIONS = 4
 
 
@@ -51,6 +54,12 @@ class SearchRequest:
     summary: str | None = None
     elements: list[str] | None = None
     issues: list[Issue] = field(default_factory=list)
+    contained: str = "false"  # _contained: false | true | both
+
+    @property
+    def several_types(self) -> bool:
+        """Whether matches may be of several types (ids are unique per type only)."""
+        return len(self.resource_types) > 1 or self.resource_types == [ANY_TYPE] or self.contained != "false"
 
 
 def _first(params: list[tuple[str, str]], name: str) -> str | None:
@@ -87,14 +96,18 @@ def parse_request(
     summary = _first(params, "_summary")
     if summary is not None and summary not in SUMMARY_VALUES:
         raise FhirError.of(400, "invalid", f"_summary must be one of {sorted(SUMMARY_VALUES)}")
+    contained = _check_contained(params, resource_types, clauses)
     elements = None
     raw = _first(params, "_elements")
     if raw is not None:
         elements = [e.strip() for e in raw.split(",") if e.strip()]
     request = SearchRequest(resource_types, clauses, count, total=total, summary=summary, elements=elements)
     request.issues = issues
+    request.contained = contained
     sort = _first(params, "_sort")
     if sort:
+        if contained != "false":
+            raise FhirError.of(400, "not-supported", "_sort cannot be combined with _contained=true|both")
         request.sort = _parse_sort(resource_types, sort)
     for name, value in params:
         base, _, mod = name.partition(":")
@@ -103,6 +116,41 @@ def parse_request(
                 raise FhirError.of(400, "invalid", f"unknown modifier '{name}'")
             request.includes.append(_parse_include(value, base == "_revinclude", bool(mod), resource_types))
     return request
+
+
+def _check_contained(params: list[tuple[str, str]], resource_types: list[str], clauses: dict[str, list[Clause]]) -> str:
+    """`_contained` / `_containedType` (R4 search.html#contained): `false` (the default)
+    matches resources themselves, `true` the containers of matching contained resources,
+    `both` either. Contained matches are returned as their containers
+    (`_containedType=container`); returning the contained resources themselves is not
+    supported. Contained resources are searched on their own parameters only: chains,
+    `_has` and the parameters answered from the resource row are refused with them."""
+    contained = _first(params, "_contained") or "false"
+    if contained not in CONTAINED_VALUES:
+        raise FhirError.of(400, "invalid", f"_contained must be one of {sorted(CONTAINED_VALUES)}, got '{contained}'")
+    contained_type = _first(params, "_containedType")
+    if contained_type is not None and contained_type not in CONTAINED_TYPE_VALUES:
+        raise FhirError.of(
+            400, "invalid", f"_containedType must be one of {sorted(CONTAINED_TYPE_VALUES)}, got '{contained_type}'"
+        )
+    if contained_type == "contained":
+        raise FhirError.of(
+            400, "not-supported", "_containedType=contained: returning contained resources is not supported"
+        )
+    if contained == "false":
+        return contained
+    if not OPTIONS.contained:
+        raise FhirError.of(
+            400,
+            "not-supported",
+            f"_contained={contained}: contained resources are not indexed on this server (EHR_INDEX_CONTAINED)",
+        )
+    if len(resource_types) != 1 or resource_types[0] == ANY_TYPE:
+        raise FhirError.of(400, "not-supported", f"_contained={contained} needs a search of one resource type")
+    for clause in clauses[resource_types[0]]:
+        if clause.param is None or clause.chain is not None or clause.has is not None:
+            raise FhirError.of(400, "not-supported", f"'{clause.name}' cannot be used with _contained={contained}")
+    return contained
 
 
 def _parse_sort(resource_types: list[str], raw: str) -> list[SortKey]:
@@ -150,6 +198,8 @@ def _parse_include(value: str, reverse: bool, iterate: bool, resource_types: lis
 
 def filter_sql(b: SqlBuilder, request: SearchRequest, alias: str = "r") -> str:
     """The WHERE condition (without access restrictions) over resource alias r."""
+    if request.contained == "true":
+        return _contained_filter(b, request, alias, None)
     per_type = []
     for rtype in request.resource_types:
         conds = [f"NOT {alias}.deleted"]
@@ -157,7 +207,31 @@ def filter_sql(b: SqlBuilder, request: SearchRequest, alias: str = "r") -> str:
             conds.insert(0, f"{alias}.resource_type = {b.arg(rtype)}")
         conds += [clause_sql(b, c, rtype, alias) for c in request.clauses[rtype]]
         per_type.append("(" + " AND ".join(conds) + ")")
+    if request.contained != "false":
+        return _contained_filter(b, request, alias, per_type[0])
     return per_type[0] if len(per_type) == 1 else "(" + " OR ".join(per_type) + ")"
+
+
+def _contained_filter(b: SqlBuilder, request: SearchRequest, alias: str, own: str | None) -> str:
+    """Containers (of any type) holding a resource of the searched type that meets
+    every clause (`_contained=true`), or that and the resources themselves (`both`).
+    The clauses run on the contained resources' index views, keyed by contained resource,
+    so all of them must hold for the same contained resource."""
+    rtype = request.resource_types[0]
+    c = b.alias("c")
+    b.tables = CONTAINED_TABLES
+    try:
+        conds = [f"{c}.resource_type = {b.arg(rtype)}"]
+        conds += [clause_sql(b, clause, rtype, c) for clause in request.clauses[rtype]]
+    finally:
+        b.tables = TABLES
+    holds = (
+        f"({alias}.resource_type, {alias}.id) IN (SELECT {c}.container_type, {c}.container_id"
+        f" FROM search_contained_resource {c} WHERE {' AND '.join(conds)})"
+    )
+    if own is None:  # _contained=true
+        return f"(NOT {alias}.deleted AND {holds})"
+    return f"({own} OR (NOT {alias}.deleted AND {holds}))"
 
 
 def _sort_expr(b: SqlBuilder, key: SortKey, request: SearchRequest, alias: str) -> str:
@@ -264,7 +338,7 @@ def _driven_page(
     selective-looking clause: the other clauses are checked on those ids, and only
     the page's own rows are read from `resource` (deleted resources have no index
     rows, so none is lost). None when the search does not have that shape."""
-    if request.sort or len(request.resource_types) != 1 or request.resource_types[0] == ANY_TYPE:
+    if request.sort or request.several_types:
         return None
     rtype = request.resource_types[0]
     clauses = request.clauses[rtype]
@@ -307,13 +381,7 @@ def _index_sorted_page(
     None when the search has filters (then the matches are few enough to sort), a
     compartment, several sort keys, or is paging backwards."""
     rtype = request.resource_types[0]
-    if (
-        len(request.sort) != 1
-        or len(request.resource_types) != 1
-        or rtype == ANY_TYPE
-        or request.clauses[rtype]
-        or restrict is not None
-    ):
+    if len(request.sort) != 1 or request.several_types or request.clauses[rtype] or restrict is not None:
         return None
     key = request.sort[0]
     param = search_params(rtype).get(key.code)
@@ -374,7 +442,7 @@ def page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | 
     if shaped is not None:
         return shaped
     keys = [*request.sort, SortKey("_id", False, "id")]
-    if len(request.resource_types) > 1 or request.resource_types == [ANY_TYPE]:  # ids are unique per type only
+    if request.several_types:  # ids are unique per type only
         keys.insert(len(request.sort), SortKey("_type", False, "type"))
     exprs = [_sort_expr(b, k, request, "r") for k in keys[:-1]]
     where = filter_sql(b, request)

@@ -20,6 +20,8 @@ from ..fhir.expressions import split_top_level
 ABSTRACT_BASES = ("Resource", "DomainResource")
 # Parameters answered from the resource table itself, not from index rows.
 COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
+# The one special parameter searched, indexed by hand: R4's `near` (Location.position).
+NEAR_URL = "http://hl7.org/fhir/SearchParameter/Location-near"
 
 
 @dataclass(frozen=True, slots=True)

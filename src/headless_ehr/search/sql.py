@@ -9,6 +9,7 @@ turns it around through the reverse reference index.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -16,8 +17,9 @@ from ..fhir.outcome import FhirError
 from .extract.compile import component_types
 from .extract.ucum import canonical as ucum_canonical
 from .normalize import MAX_INSTANT, MIN_INSTANT, date_range, normalize_string, number_range
-from .parse import Clause, split_prefix, split_unescaped, unescape
-from .registry import SearchParam
+from .parse import Clause, parse_near, split_prefix, split_unescaped, unescape
+from .registry import SearchParam, search_params
+from .terminology import subsumed_codes, value_set_codes
 
 TABLES = {
     "token": "search_token",
@@ -28,7 +30,14 @@ TABLES = {
     "quantity": "search_quantity",
     "uri": "search_uri",
     "composite": "search_composite",
+    "special": "search_position",  # the one special parameter searched: near (Location.position)
 }
+# The same tables for contained resources (`_contained`): views over search_contained
+# with the typed tables' columns, owned by the contained resource's key.
+CONTAINED_TABLES = {
+    kind: ("search_contained_position" if kind == "special" else f"search_contained_{kind}") for kind in TABLES
+}
+EARTH_RADIUS_KM = 6371.0088  # mean radius (IUGG)
 UCUM = "http://unitsofmeasure.org"
 ANY_TYPE = "Resource"  # the resource type of a system search without _type
 
@@ -43,6 +52,7 @@ class SqlBuilder:
     def __init__(self, args: list[object] | None = None):
         self.args: list[object] = args if args is not None else []
         self._aliases = 0
+        self.tables = TABLES  # CONTAINED_TABLES while compiling clauses on contained resources
 
     def arg(self, value: object, cast: str = "") -> str:
         self.args.append(value)
@@ -83,12 +93,12 @@ def clause_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
         return _token_via(b, clause, rtype, alias, f"{param.code}:identifier")
     if param.type == "token" and clause.modifier == "of-type":
         return _of_type(b, clause, rtype, alias)
-    table = TABLES[param.type]
+    table = b.tables[param.type]
     x = b.alias()
     if clause.modifier == "missing":
         is_param = f"{x}.param = {b.arg(param.code)}"
         return owned(b, alias, rtype, table, x, [is_param], negate=clause.values == ["true"])
-    negate = param.type == "token" and clause.modifier == "not"
+    negate = param.type == "token" and clause.modifier in ("not", "not-in")
     return owned(b, alias, rtype, table, x, _match_conditions(b, clause, x), negate=negate)
 
 
@@ -106,10 +116,11 @@ def driver_sql(b: SqlBuilder, clause: Clause, rtype: str) -> str | None:
     param = clause.param
     if (
         param is None
+        or b.tables is not TABLES
         or rtype == ANY_TYPE
         or clause.has is not None
         or clause.chain is not None
-        or clause.modifier in ("missing", "not", "identifier", "of-type")
+        or clause.modifier in ("missing", "not", "not-in", "identifier", "of-type")
     ):
         return None
     x = b.alias()
@@ -183,7 +194,7 @@ def _has_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
 def _token_via(b: SqlBuilder, clause: Clause, rtype: str, alias: str, param_code: str) -> str:
     x = b.alias()
     ors = " OR ".join(f"({_token_sql(b, v, x)})" for v in clause.values)
-    return owned(b, alias, rtype, "search_token", x, [f"{x}.param = {b.arg(param_code)}", f"({ors})"])
+    return owned(b, alias, rtype, b.tables["token"], x, [f"{x}.param = {b.arg(param_code)}", f"({ors})"])
 
 
 def _of_type(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
@@ -202,7 +213,7 @@ def _of_type(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
             cond += f" AND {x}.system = {b.arg(system)}"
         ors.append(f"({cond})")
     conditions = [f"{x}.param = {b.arg(clause.param.code + ':of-type')}", "(" + " OR ".join(ors) + ")"]
-    return owned(b, alias, rtype, "search_token", x, conditions)
+    return owned(b, alias, rtype, b.tables["token"], x, conditions)
 
 
 # -- per-type value predicates over index row alias x ----------------------------------
@@ -213,11 +224,13 @@ def _value_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, value: s
     if kind == "token":
         if modifier == "text":
             return f"{x}.text LIKE {b.arg(escape_like(normalize_string(unescape(value))) + '%')}"
+        if modifier in ("in", "not-in", "above", "below"):
+            return _terminology_sql(b, param, modifier, value, x)
         return _token_sql(b, value, x)
     if kind == "string":
         return _string_sql(b, modifier, unescape(value), f"{x}.value", f"{x}.exact")
     if kind == "uri":
-        return _uri_sql(b, modifier, unescape(value), f"{x}.uri")
+        return _uri_sql(b, param, modifier, value, x)
     if kind == "date":
         prefix, rest = split_prefix(value)
         return _date_compare(b, prefix, rest, f"{x}.low", f"{x}.high")
@@ -230,6 +243,8 @@ def _value_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, value: s
         return _reference_sql(b, param, modifier, value, x)
     if kind == "composite":
         return _composite_sql(b, param, value, x)
+    if kind == "special":
+        return _near_sql(b, param, value, x)
     raise FhirError.of(400, "not-supported", f"parameter type {kind} is not supported")
 
 
@@ -250,6 +265,27 @@ def _token_match(b: SqlBuilder, value: str, system_col: str, code_col: str) -> s
     return " AND ".join(conds)
 
 
+def _terminology_sql(b: SqlBuilder, param: SearchParam, modifier: str, value: str, x: str) -> str:
+    """Codes of a value set (`:in`; `:not-in` negates the clause) or of a subsumption
+    closure (`:above`/`:below`), bound as arrays, never one parameter per code. Rows
+    without a system (codes of a non-required binding) match on the code alone."""
+    if modifier in ("in", "not-in"):
+        found = value_set_codes(param.code, unescape(value))
+        by_system: dict[str, list[str]] = {}
+        for system, code in sorted(found.pairs):
+            by_system.setdefault(system, []).append(code)
+        # one index-probing arm per code system (value sets draw on few), one for bare codes
+        arms = [
+            f"({x}.system = {b.arg(system)} AND {x}.code = ANY({b.arg(codes, '::text[]')}))"
+            for system, codes in by_system.items()
+        ]
+        arms.append(f"({x}.system IS NULL AND {x}.code = ANY({b.arg(sorted(found.codes), '::text[]')}))")
+        return "(" + " OR ".join(arms) + ")"
+    system, code = (unescape(p) for p in split_unescaped(value, "|"))
+    closure = subsumed_codes(param.code, system, code, upwards=modifier == "above")
+    return f"{x}.system = {b.arg(system)} AND {x}.code = ANY({b.arg(closure, '::text[]')})"
+
+
 def _string_sql(b: SqlBuilder, modifier: str | None, value: str, norm_col: str, exact_col: str) -> str:
     if modifier == "exact":
         return f"{exact_col} = {b.arg(value)}"
@@ -259,12 +295,84 @@ def _string_sql(b: SqlBuilder, modifier: str | None, value: str, norm_col: str, 
     return f"{norm_col} LIKE {b.arg(pattern + '%')}"
 
 
-def _uri_sql(b: SqlBuilder, modifier: str | None, value: str, col: str) -> str:
+def url_ancestors(url: str) -> list[str]:
+    """url and every URL above it, cut at path segments (R4 `:above`):
+    `http://a.org/fhir/ValueSet/1` gives `http://a.org`, `http://a.org/fhir`, ... and
+    each with a trailing slash. A URN or OID has no hierarchy: only itself."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return [url]
+    segments = rest.rstrip("/").split("/")
+    out = [url]
+    for i in range(1, len(segments) + 1):
+        prefix = f"{scheme}://{'/'.join(segments[:i])}"
+        out += [prefix, prefix + "/"]
+    return list(dict.fromkeys(out))
+
+
+def _url_below(b: SqlBuilder, url: str, col: str) -> str:
+    """col is url or a URL under it (path-segment wise: `/ValueSet` is not above `/ValueSets`)."""
+    if "://" not in url:
+        return f"{col} = {b.arg(url)}"
+    stem = url.rstrip("/")
+    return f"({col} = ANY({b.arg([url, stem], '::text[]')}) OR {col} LIKE {b.arg(escape_like(stem) + '/%')})"
+
+
+def _version_sql(b: SqlBuilder, modifier: str | None, version: str, col: str, prefix: str = "") -> str:
+    """A canonical version test on col (values `prefix + version`): exact, `:below`
+    (`1` matches 1, 1.2 and 1.2.3 but not 10) or `:above` (`1.2.3` matches 1, 1.2, 1.2.3)."""
     if modifier == "below":
-        return f"{col} LIKE {b.arg(escape_like(value) + '%')}"
+        return f"({col} = {b.arg(prefix + version)} OR {col} LIKE {b.arg(escape_like(prefix + version) + '.%')})"
     if modifier == "above":
-        return f"starts_with({b.arg(value)}, {col})"
-    return f"{col} = {b.arg(value)}"
+        parts = version.split(".")
+        above = [prefix + ".".join(parts[: i + 1]) for i in range(len(parts))]
+        return f"{col} = ANY({b.arg(above, '::text[]')})"
+    return f"{col} = {b.arg(prefix + version)}"
+
+
+def split_canonical(raw: str) -> tuple[str, str | None]:
+    """(url, version) of a search value `url|version` (escapes removed)."""
+    parts = split_unescaped(raw, "|")
+    if len(parts) == 1:
+        return unescape(raw), None
+    return unescape(parts[0]), unescape("|".join(parts[1:]))
+
+
+def _uri_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw: str, x: str) -> str:
+    """uri parameters, R4 `:above`/`:below` by path segment; `url|version` matches a
+    stored canonical `url|version`, or the url of a resource whose `version` matches."""
+    col = f"{x}.uri"
+    if modifier == "exact":
+        return f"{col} = {b.arg(unescape(raw))}"
+    url, version = split_canonical(raw)
+    if version is None:
+        if modifier == "below":
+            stem = url.rstrip("/")
+            return f"({_url_below(b, url, col)} OR {col} LIKE {b.arg(escape_like(stem) + '|%')})"
+        if modifier == "above":
+            return f"{col} = ANY({b.arg(url_ancestors(url), '::text[]')})"
+        return f"({col} = {b.arg(url)} OR {col} LIKE {b.arg(escape_like(url) + '|%')})"
+    ors = [_version_sql(b, modifier, version, col, prefix=url + "|")]
+    owner_version = search_params(param.resource_type).get("version")
+    if owner_version is not None and owner_version.type == "token":
+        v = b.alias("v")
+        ors.append(
+            f"({col} = {b.arg(url)} AND EXISTS (SELECT 1 FROM {b.tables['token']} {v} WHERE {v}.resource_type ="
+            f" {x}.resource_type AND {v}.resource_id = {x}.resource_id AND {v}.param = 'version'"
+            f" AND {_version_sql(b, modifier, version, f'{v}.code')}))"
+        )
+    return "(" + " OR ".join(ors) + ")"
+
+
+def _canonical_sql(b: SqlBuilder, modifier: str, raw: str, x: str) -> str:
+    """`:above`/`:below` on a reference parameter: canonical URLs (kept in url, the
+    version in target_version), by URL hierarchy or, with `|version`, by version."""
+    url, version = split_canonical(raw)
+    if version is not None:
+        return f"{x}.url = {b.arg(url)} AND {_version_sql(b, modifier, version, f'{x}.target_version')}"
+    if modifier == "below":
+        return _url_below(b, url, f"{x}.url")
+    return f"{x}.url = ANY({b.arg(url_ancestors(url), '::text[]')})"
 
 
 def _date_compare(b: SqlBuilder, prefix: str, value: str, low: str, high: str) -> str:
@@ -342,6 +450,8 @@ def _quantity_sql(b: SqlBuilder, raw: str, x: str) -> str:
 
 
 def _reference_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw: str, x: str) -> str:
+    if modifier in ("above", "below"):
+        return _canonical_sql(b, modifier, raw, x)
     value = unescape(raw)
     if modifier and modifier not in ("identifier",):  # :[type], with an id or `Type/id`
         rid = value.partition("/")[2] if value.startswith(modifier + "/") else value
@@ -364,6 +474,32 @@ def _reference_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw:
             f" AND {x}.target_version = {b.arg(segments[3])}"
         )
     raise FhirError.of(400, "invalid", f"'{param.code}': '{raw}' is not a reference")
+
+
+def _near_sql(b: SqlBuilder, param: SearchParam, raw: str, x: str) -> str:
+    """Positions within a great-circle distance: the circle's bounding box first (an
+    index range on latitude, then longitude, wrapping at the antimeridian and open at
+    the poles), then the haversine distance."""
+    lat, lon, km = parse_near(param.code, raw)
+    angle = km / EARTH_RADIUS_KM  # radians of arc
+    dlat = math.degrees(angle)
+    conds = [f"{x}.latitude BETWEEN {b.arg(lat - dlat, '::float8')} AND {b.arg(lat + dlat, '::float8')}"]
+    cos_lat = math.cos(math.radians(lat))
+    if lat - dlat > -90.0 and lat + dlat < 90.0 and angle < math.pi / 2 and cos_lat > 0:
+        dlon = math.degrees(math.asin(min(1.0, math.sin(angle) / cos_lat)))
+        low, high = lon - dlon, lon + dlon
+        if low >= -180.0 and high <= 180.0:
+            conds.append(f"{x}.longitude BETWEEN {b.arg(low, '::float8')} AND {b.arg(high, '::float8')}")
+        elif dlon < 180.0:  # across the antimeridian: two ranges
+            low, high = (low + 360.0, high) if low < -180.0 else (low, high - 360.0)
+            conds.append(f"({x}.longitude >= {b.arg(low, '::float8')} OR {x}.longitude <= {b.arg(high, '::float8')})")
+    p_lat, p_lon = b.arg(lat, "::float8"), b.arg(lon, "::float8")
+    haversine = (
+        f"power(sin(radians({x}.latitude - {p_lat}) / 2), 2) + cos(radians({p_lat})) * cos(radians({x}.latitude))"
+        f" * power(sin(radians({x}.longitude - {p_lon}) / 2), 2)"
+    )
+    conds.append(f"2 * {EARTH_RADIUS_KM} * asin(sqrt(least(1.0, {haversine}))) <= {b.arg(km, '::float8')}")
+    return " AND ".join(conds)
 
 
 def _composite_sql(b: SqlBuilder, param: SearchParam, raw: str, x: str) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from functools import cache
 
+from ..search.rows import CONTAINED_COLUMNS
+
 # (table, [(column, SQL type)]) for the typed index tables, in IndexRows field order.
 INDEX_TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
     (
@@ -53,6 +55,8 @@ INDEX_TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
     ),
     ("uri", "search_uri", [("param", "text"), ("uri", "text")]),
     ("composite", "search_composite", [("param", "text"), ("components", "jsonb")]),
+    ("position", "search_position", [("param", "text"), ("latitude", "float8"), ("longitude", "float8")]),
+    ("contained", "search_contained", CONTAINED_COLUMNS),
 ]
 FIXED_ARGS = 6  # $1 type, $2 id, $3 version, $4 last_updated, $5 content, $6 method
 Mask = tuple[bool, ...]  # which index tables get rows, in INDEX_TABLES order

@@ -55,6 +55,7 @@ class Entry:
     matched: StoredResource | None = None
     skip: bool = False
     page: SearchPage | None = None  # a GET search entry's result
+    content: bytes | None = None  # a GET metadata entry's CapabilityStatement
     # `Type?criteria` references: the Reference objects holding them, to resolve in place
     conditional_refs: list[dict[str, Any]] = field(default_factory=list)
     response: dict[str, Any] = field(default_factory=dict)
@@ -101,7 +102,7 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
             raise FhirError.of(400, "structure", f"{where}.resource must be a resource", f"{where}.resource")
         if method in ("POST", "PUT") and resource is None:
             raise FhirError.of(400, "required", f"{where}: {method} needs a resource", f"{where}.resource")
-        if not path or path[0] not in types:
+        if not path or (path[0] not in types and not (path == ["metadata"] and method in ("GET", "HEAD"))):
             raise FhirError.of(
                 400,
                 "invalid",
@@ -166,12 +167,14 @@ class BundleProcessor:
         base_url: str,
         *,
         conditional_delete: str = "single",  # EHR_CONDITIONAL_DELETE
+        capabilities: Callable[[], bytes] | None = None,
     ):
         self.store = store
         self.pool = pool
         self.principal = principal
         self.base_url = base_url
         self.conditional_delete = conditional_delete
+        self.capabilities = capabilities  # the CapabilityStatement for `GET metadata` entries (REST's)
 
     # -- transaction --------------------------------------------------------------------
 
@@ -378,6 +381,12 @@ class BundleProcessor:
 
     async def _read(self, store: ResourceStore, entry: Entry) -> None:
         rtype, path = entry.path[0], entry.path
+        if path == ["metadata"]:
+            if self.capabilities is None:
+                raise FhirError.of(400, "not-supported", "GET metadata is not supported here")
+            entry.content = self.capabilities()
+            entry.response = {"status": "200 OK"}
+            return
         if len(path) == 1:
             entry.page = await store.search(self.principal, rtype, entry.query)
             entry.response = {"status": "200 OK"}
@@ -445,7 +454,7 @@ class BundleProcessor:
         items = []
         for entry in entries:
             with_body = representation or entry.method in ("GET", "HEAD")
-            items.append(ResultItem(entry.response, entry.matched, entry.page, with_body))
+            items.append(ResultItem(entry.response, entry.matched, entry.page, with_body, entry.content))
         return BundleResult(kind, items)
 
 
@@ -457,6 +466,7 @@ class ResultItem:
     stored: StoredResource | None
     page: SearchPage | None
     with_resource: bool
+    content: bytes | None = None  # a resource not stored (the CapabilityStatement)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .rules import (
     Requirement,
     TypeModel,
 )
-from .valuesets import CodeSet, ValueSetResolver
+from .valuesets import CodeSet, resolver_for
 
 Element = dict[str, Any]
 
@@ -42,7 +42,7 @@ class RuleCompiler:
         self._sds = defs.structure_definitions
         self._resource_types = defs.resource_types
         self.primitives: dict[str, PrimitiveType] = primitive_types(defs)
-        self.value_sets = ValueSetResolver(defs)
+        self.value_sets = resolver_for(defs)
         self._models: dict[str, TypeModel] = {}  # complete models, read without the lock
         self._building: dict[str, TypeModel] = {}  # models of the compile in progress
         self._depth = 0

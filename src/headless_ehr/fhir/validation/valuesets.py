@@ -50,6 +50,16 @@ class ValueSetResolver:
     def __init__(self, defs: Definitions) -> None:
         self._defs = defs
         self._cache: dict[str, CodeSet | None] = {}
+        self._hierarchies: dict[str, Hierarchy | None] = {}
+
+    def hierarchy(self, system: str) -> Hierarchy | None:
+        """The subsumption hierarchy of a CodeSystem we ship in full, or None."""
+        if system not in self._hierarchies:
+            try:
+                self._hierarchies[system] = Hierarchy.of(self._complete_code_system(system))
+            except Unresolvable:
+                self._hierarchies[system] = None
+        return self._hierarchies[system]
 
     def resolve(self, url: str) -> CodeSet | None:
         """The codes of the value set at `url` (a `|version` suffix is ignored), or None."""
@@ -155,6 +165,71 @@ class ValueSetResolver:
             else:
                 raise Unresolvable(f"filter operator {op}")
         return {(system, code) for code in codes}
+
+
+@dataclass(frozen=True, slots=True)
+class Hierarchy:
+    """A CodeSystem's is-a links: concept nesting and the `parent`/`child` properties."""
+
+    parents: dict[str, frozenset[str]]
+    children: dict[str, frozenset[str]]
+
+    @classmethod
+    def of(cls, code_system: Resource) -> Hierarchy:
+        up: dict[str, set[str]] = {}
+        down: dict[str, set[str]] = {}
+
+        def link(child: str, parent: str) -> None:
+            up.setdefault(child, set()).add(parent)
+            down.setdefault(parent, set()).add(child)
+
+        def visit(concepts: list[Resource], parent: str | None) -> None:
+            for concept in concepts:
+                code = concept.get("code")
+                if not isinstance(code, str):
+                    continue
+                up.setdefault(code, set())
+                if parent is not None:
+                    link(code, parent)
+                for prop in concept.get("property", []):
+                    value = prop.get("valueCode")
+                    if isinstance(value, str) and prop.get("code") in ("parent", "subsumedBy"):
+                        link(code, value)
+                    elif isinstance(value, str) and prop.get("code") == "child":
+                        link(value, code)
+                visit(concept.get("concept", []), code)
+
+        visit(code_system.get("concept", []), None)
+        return cls(
+            {k: frozenset(v) for k, v in up.items()},
+            {k: frozenset(v) for k, v in down.items()},
+        )
+
+    def __contains__(self, code: object) -> bool:
+        return code in self.parents
+
+    def closure(self, code: str, upwards: bool) -> set[str]:
+        """code and everything it subsumes (downwards) or is subsumed by (upwards)."""
+        links = self.parents if upwards else self.children
+        seen, todo = {code}, [code]
+        while todo:
+            for other in links.get(todo.pop(), ()):
+                if other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+        return seen
+
+
+_shared: dict[int, ValueSetResolver] = {}
+
+
+def resolver_for(defs: Definitions) -> ValueSetResolver:
+    """One resolver per Definitions, shared by validation and search, so each value set
+    is expanded once per process."""
+    found = _shared.get(id(defs))
+    if found is None:
+        found = _shared[id(defs)] = ValueSetResolver(defs)
+    return found
 
 
 def _walk(items: list[Resource], child_key: str = "contains") -> Iterator[Resource]:

@@ -1,11 +1,14 @@
 """$everything for Patient and Encounter (http://hl7.org/fhir/R4/patient-operation-everything.html).
 
-The compartment's resources (the focal resource included), filtered by _type and
-_since, keyset-paged with _count; the resources they reference (practitioners,
-organizations, medications, ...) are added as includes.
+The compartment's resources (the focal resource included), filtered by _type,
+_since and start/end (care dates: see search/care_dates.py), keyset-paged with
+_count; the resources they reference (practitioners, organizations, medications,
+...) are added as includes.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,12 +16,27 @@ from starlette.responses import Response
 from ...fhir.definitions import definitions
 from ...fhir.outcome import FhirError
 from ...search.compartment import Compartment, member_types
+from ...search.normalize import DateFormatError, date_range
 from .. import bundles
 from ..instants import parse_instant
 from ..interactions import principal_of, store_of
 from ..responses import json_response
 
 _KNOWN = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_id", "start", "end"})
+
+
+def _care_period(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None] | None:
+    """start/end (R4 `date`s: care dates, inclusive, at their own precision) as a window of instants."""
+    if start is None and end is None:
+        return None
+    try:
+        low = date_range(start)[0] if start is not None else None
+        high = date_range(end)[1] if end is not None else None
+    except DateFormatError as exc:
+        raise FhirError.of(400, "invalid", f"$everything start/end: {exc}") from None
+    if low is not None and high is not None and low > high:
+        raise FhirError.of(400, "invalid", "$everything: start is after end")
+    return low, high
 
 
 async def everything(request: Request, resource_type: str, rid: str | None) -> Response:
@@ -50,6 +68,7 @@ async def everything(request: Request, resource_type: str, rid: str | None) -> R
     if not types:
         raise FhirError.of(400, "invalid", "_type leaves no resource types in the compartment")
     params += [("_include", f"{t}:*") for t in types]
+    period = _care_period(q.get("start"), q.get("end"))
     settings = request.app.state.settings
     page = await store.search(
         principal,
@@ -58,7 +77,7 @@ async def everything(request: Request, resource_type: str, rid: str | None) -> R
         strict=True,
         cursor=q.get("_cursor"),
         default_count=settings.default_page_size,
-        compartment=Compartment(resource_type, ids),
+        compartment=Compartment(resource_type, ids, period),
     )
     # referenced resources only of the asked-for types, and never another focal-type
     # resource (another Patient reached through Patient.link, say)

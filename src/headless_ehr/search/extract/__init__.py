@@ -18,9 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ...config import env_flag
 from ...fhir.references import local_path
 from ..registry import COLUMN_PARAMS, SearchParam, indexed_params
-from ..rows import IndexRows
+from ..rows import IndexRows, contained_row
 from .compile import Fn, compile_param
 from .text import content_text, narrative_text
 from .values import Sink
@@ -58,6 +59,19 @@ def _plan(params: Iterable[SearchParam], bound_systems: bool = True) -> _Plan:
     return _Plan(by_key, always, text, content)
 
 
+class Options:
+    """Process-wide extraction switches, set from Settings at start-up (create_app); a
+    process that builds no app (`ehr import`'s workers) takes them from the environment."""
+
+    # EHR_INDEX_CONTAINED: also index contained resources (search_contained), which
+    # `_contained=true|both` needs; off by default, as in HAPI, since it adds index rows
+    # to every write of a resource with contained resources.
+    contained: bool = env_flag("EHR_INDEX_CONTAINED")
+
+
+OPTIONS = Options()
+
+
 # Plans for the default parameters, with the params dict they were made from: a new
 # dict from the registry (a SearchParameter added) makes a new plan.
 _default_plans: dict[str, tuple[dict[str, SearchParam], _Plan]] = {}
@@ -93,6 +107,29 @@ def _unique(rows: list[tuple]) -> list[tuple]:
     return list(dict.fromkeys(rows)) if len(rows) > 1 else rows
 
 
+_CONTAINED_KINDS = ("token", "string", "reference", "date", "number", "quantity", "uri", "composite", "position")
+
+
+def _contained_rows(contained: list[Any], local_base: str | None) -> list[tuple]:
+    """search_contained rows of the contained resources (for `_contained=true|both`):
+    each one's own index rows under every parameter of its type, plus a `resource` row
+    naming it. Contained resources cannot contain others (R4 dom-2)."""
+    out: list[tuple] = []
+    for item in contained:
+        if type(item) is not dict:
+            continue
+        rtype, cid = item.get("resourceType"), item.get("id")
+        if type(rtype) is not str or type(cid) is not str:
+            continue
+        sink = _run(_default_plan(rtype, _default_plans), item)
+        if sink.reference:
+            sink.reference = foreign_references(sink.reference, local_base)
+        out.append(contained_row(rtype, cid, "resource", ()))
+        for kind in _CONTAINED_KINDS:
+            out += [contained_row(rtype, cid, kind, row) for row in _unique(getattr(sink, kind))]
+    return out
+
+
 def foreign_references(rows: list[tuple], local_base: str | None) -> list[tuple]:
     """Reference rows with the target type and id of absolute URLs not on local_base
     dropped: `http://other/fhir/Patient/1` is not our Patient/1. Only absolute
@@ -121,7 +158,11 @@ def extract(
     if sink.reference:
         sink.reference = foreign_references(sink.reference, local_base)
     narrative = narrative_text(resource) if plan.text or plan.content else None
+    contained = resource.get("contained")
     return IndexRows(
+        contained=_contained_rows(contained, local_base)
+        if OPTIONS.contained and params is None and type(contained) is list
+        else [],
         token=_unique(sink.token),
         string=_unique(sink.string),
         reference=_unique(sink.reference),
@@ -130,6 +171,7 @@ def extract(
         quantity=_unique(sink.quantity),
         uri=_unique(sink.uri),
         composite=_unique(sink.composite),
+        position=_unique(sink.position),
         narrative=narrative if plan.text else None,
         content=content_text(resource, narrative) if plan.content else None,
     )

@@ -39,9 +39,9 @@ import orjson
 from ...fhir.definitions import definitions
 from ...fhir.validation import validator
 from ...fhir.validation.rules import COMPLEX, PRIMITIVE, RESOURCE, TypeModel
-from ..registry import ABSTRACT_BASES, SearchParam, by_url
+from ..registry import ABSTRACT_BASES, NEAR_URL, SearchParam, by_url
 from .references import reference_type
-from .values import Memo, Sink, component_converter, memoized, row_converter
+from .values import Memo, Sink, component_converter, memoized, position, row_converter
 
 log = logging.getLogger(__name__)
 
@@ -842,7 +842,21 @@ def compile_param(param: SearchParam, bound_systems: bool = True) -> tuple[Compi
     return found
 
 
+def _position_entries(param: SearchParam) -> Compiled:
+    code = param.code
+
+    def run(values: list, sink: Any) -> None:
+        for v in values:
+            found = position(v)
+            if found is not None:
+                sink.position.append((code, *found))
+
+    return [("position", run)]
+
+
 def _compile(param: SearchParam, bound_systems: bool) -> tuple[Compiled, bool]:
+    if param.type == "special" and param.url == NEAR_URL and param.resource_type == "Location":
+        return _position_entries(param), False
     if not param.expression or param.type == "special":
         return [], False
     root = resource_shape(param.resource_type)

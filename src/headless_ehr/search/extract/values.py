@@ -41,6 +41,7 @@ class Sink:
         "date",
         "memo",
         "number",
+        "position",
         "quantity",
         "reference",
         "resource",
@@ -59,6 +60,7 @@ class Sink:
         self.quantity: list[tuple] = []
         self.uri: list[tuple] = []
         self.composite: list[tuple] = []
+        self.position: list[tuple] = []
         self.memo: Memo = {}
 
 
@@ -378,6 +380,27 @@ NUMBER: dict[str, Callable[[Any], list[tuple]]] = {
     "Range": _number_span,
     **{name: _number for name in NUMBER_TYPES},
 }
+
+# -- position: (latitude, longitude) of Location.position, for `near` -----------------
+
+
+def position(v: Any) -> tuple[float, float] | None:
+    """(latitude, longitude) of a Location.position, or None when it has no usable pair."""
+    if type(v) is not dict:
+        return None
+    lat, lon = v.get("latitude"), v.get("longitude")
+    if not isinstance(lat, int | float | Decimal) or not isinstance(lon, int | float | Decimal):
+        return None
+    if isinstance(lat, bool) or isinstance(lon, bool):
+        return None
+    try:
+        lat_f, lon_f = float(lat), float(lon)
+    except (OverflowError, ValueError):
+        return None
+    if not (-90.0 <= lat_f <= 90.0 and -180.0 <= lon_f <= 180.0):
+        return None
+    return lat_f, lon_f
+
 
 # -- quantity: (value, low, high, system, code, unit, canon_value, canon_code) --------
 

@@ -1,0 +1,86 @@
+"""The `ehr` command's help: bare `ehr` helps, every option names its default and EHR_* variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from headless_ehr.cli import main
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def _described(out: str, option: str) -> str:
+    """The help text of one option (argparse's wrapping undone)."""
+    options = " ".join(out.split("options:", 1)[1].split())
+    text = options[options.index(option + " ") :]
+    return text.split(" --", 1)[0]
+
+
+def test_bare_ehr_prints_the_help_and_succeeds(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: ehr" in out and "serve" in out and "import" in out
+
+
+def test_bare_ehr_as_a_process_has_no_traceback():
+    done = subprocess.run([sys.executable, "-m", "headless_ehr.cli"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "Traceback" not in done.stderr and "usage: ehr" in done.stdout
+
+
+def test_top_level_help_lists_environment_only_settings(capsys):
+    out = _help(capsys)
+    for name in ("EHR_DATABASE_URL", "EHR_PUBLIC_BASE_URL", "EHR_TRUSTED_PROXIES", "EHR_ALLOWED_HOSTS"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    ("option", "default", "variable"),
+    [
+        ("--host", "127.0.0.1", "EHR_HOST"),
+        ("--port", "8080", "EHR_PORT"),
+        ("--data-dir", ".ehr-data", "EHR_DATA_DIR"),
+        ("--workers", "default", "EHR_WORKERS"),
+        ("--log-level", "info", "EHR_LOG_LEVEL"),
+    ],
+)
+def test_serve_help_names_each_option_default_and_variable(capsys, option, default, variable):
+    described = _described(_help(capsys, "serve"), option)
+    assert default in described and variable in described
+
+
+def test_serve_help_shows_every_option(capsys):
+    out = _help(capsys, "serve")
+    for option in ("--host", "--port", "--data-dir", "--workers", "--log-level", "--access-log"):
+        assert option in out
+
+
+@pytest.mark.parametrize("option", ["--data-dir", "--batch-size", "--concurrency", "--processes"])
+def test_import_help_names_each_option_default(capsys, option):
+    assert "default" in _described(_help(capsys, "import"), option)
+
+
+def test_log_level_accepts_upper_case(monkeypatch):
+    from headless_ehr.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--log-level", "DEBUG"])
+    assert args.log_level == "debug"
+
+
+def test_a_malformed_trusted_proxies_setting_is_a_message_not_a_traceback():
+    import os
+
+    env = {**os.environ, "EHR_TRUSTED_PROXIES": "not-an-address", "EHR_DATABASE_URL": "postgresql://nowhere/x"}
+    done = subprocess.run(
+        [sys.executable, "-m", "headless_ehr.cli", "serve"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 2
+    assert "EHR_TRUSTED_PROXIES" in done.stderr and "Traceback" not in done.stderr

@@ -173,3 +173,15 @@ async def test_with_a_public_base_references_under_it_are_local_and_the_request_
     public = await _observation(public_client, f"{PUBLIC}/Patient/{pid}")
     await _observation(public_client, f"http://internal:8080/fhir/Patient/{pid}")
     assert match_ids(await search(public_client, f"/Patient/{pid}/Observation", [])) == [public]
+
+
+async def test_a_canonical_on_our_base_is_found_by_its_exact_url(client):
+    qid = unique("q")
+    response = {
+        "resourceType": "QuestionnaireResponse",
+        "status": "completed",
+        "questionnaire": f"{OURS}/Questionnaire/{qid}",
+    }
+    rid = (await create(client, response))["id"]
+    found = await search(client, "/QuestionnaireResponse", [("questionnaire", f"{OURS}/Questionnaire/{qid}")])
+    assert match_ids(found) == [rid]

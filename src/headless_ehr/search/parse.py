@@ -156,8 +156,13 @@ class Parser:
             raise FhirError.of(400, "invalid", f"modifier ':{modifier}' is not valid on '{code}' ({param.type})")
         clause = Clause(name, param, modifier, split_or(value))
         if param.type == "reference" and modifier not in _BY_TEXT and self.local_base is not None:
-            # `subject=http://our-base/Patient/1` is `subject=Patient/1` (R4 search.html#reference)
-            clause.values = [local_path(v, self.local_base) or v for v in clause.values]
+            # `subject=<our base>/Patient/1` is `subject=Patient/1` (R4 search.html#reference),
+            # or the same URL as text (a canonical on our base): both, ORed
+            values = []
+            for v in clause.values:
+                relative = local_path(v, self.local_base)
+                values += [relative, v] if relative else [v]
+            clause.values = values
         self._check_values(clause)
         return clause
 

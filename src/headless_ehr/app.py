@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .auth.principal import authenticate_as_system
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import create_pool
@@ -25,6 +26,7 @@ from .rest.origin import networks
 from .rest.responses import DateHeader, outcome_response
 from .rest.router import fhir_endpoint
 from .search.extract import OPTIONS
+from .search.extract.compile import set_expression_budget
 from .search.query import SearchLimits
 from .search.registry import search_params
 from .store import ResourceStore
@@ -78,6 +80,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await conn.execute("RESET statement_timeout")
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        await load_registry(pool)
+        set_expression_budget(settings.search_expression_budget_ms / 1000)
         search_pool = await create_pool(
             settings.database_url,
             min_size=1,
@@ -87,7 +91,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         app.state.pool = pool
         limits = SearchLimits(max_chain_branches=settings.max_chain_branches, max_includes=settings.max_includes)
-        app.state.store = ResourceStore(pool, validator().validate, settings.max_page_size, search_pool, limits=limits)
+        app.state.store = ResourceStore(
+            pool,
+            validator().validate,
+            settings.max_page_size,
+            search_pool,
+            limits=limits,
+            local_base=settings.public_base_url,
+        )
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()
@@ -123,4 +134,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.authenticate = authenticate_as_system  # who is asking (auth/); SMART replaces it
     return app

@@ -60,6 +60,8 @@ class Settings:
     max_chain_branches: int = 32  # chain branches (target types per hop) per search
     statement_timeout_ms: int = 30_000  # per SQL statement of a request; 0 for none
     max_includes: int = 1000  # included resources per searchset page
+    # references
+    search_expression_budget_ms: int = 100  # time budget of one custom SearchParameter expression per resource
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -83,6 +85,8 @@ class Settings:
             "max_chain_branches": _int("EHR_MAX_CHAIN_BRANCHES", 32),
             "statement_timeout_ms": _int("EHR_STATEMENT_TIMEOUT_MS", 30_000),
             "max_includes": _int("EHR_MAX_INCLUDES", 1000),
+            # references
+            "search_expression_budget_ms": _int("EHR_SEARCH_EXPRESSION_BUDGET_MS", 100),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

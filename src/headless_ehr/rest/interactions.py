@@ -10,7 +10,6 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..auth.principal import Principal
 from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
@@ -26,6 +25,7 @@ from ..store.transaction import BundleProcessor
 from . import bundles, offload
 from .binary import binary_from_body, native_response
 from .capability import capability_document
+from .context import principal_of, store_of
 from .instants import parse_instant
 from .negotiation import (
     native_content_type,
@@ -44,14 +44,6 @@ from .responses import (
     location,
     version_headers,
 )
-
-
-def store_of(request: Request) -> ResourceStore:
-    return request.app.state.store
-
-
-def principal_of(request: Request) -> Principal:
-    return request.state.principal
 
 
 def _body_limit(request: Request) -> int:

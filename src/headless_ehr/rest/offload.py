@@ -31,6 +31,7 @@ from starlette.requests import Request
 
 from ..db.pool import server_settings
 from ..store import ResourceStore
+from .context import store_of
 
 T = TypeVar("T")
 
@@ -79,7 +80,7 @@ async def run(request: Request, size: int, work: Work[T]) -> T:
     """work(store, conn) for a request with a body of size bytes: on the event loop with
     the app's store (conn None), or, for a large body, in a worker thread with a store
     bound to a connection of its own."""
-    store: ResourceStore = request.app.state.store
+    store = store_of(request)
     if size < OFFLOAD_BYTES:
         return await work(store, None)
     settings = request.app.state.settings

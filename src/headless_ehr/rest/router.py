@@ -14,7 +14,6 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..auth.principal import SYSTEM
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..fhir.summary import is_subset, subset, summary_arguments
@@ -150,7 +149,7 @@ async def fhir_endpoint(request: Request) -> Response:
         else:
             request.state.media_type = response_media_type(request)
         request_origin(request)  # 400 for a Host this server does not answer to
-        request.state.principal = SYSTEM
+        request.state.principal = request.app.state.authenticate(request)
         methods = _routes(request, segments)
         if not methods:
             raise _not_found(f"no FHIR interaction at '/{'/'.join(segments)}'")

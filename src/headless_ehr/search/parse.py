@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
+from ..fhir.references import local_path
 from .registry import NEAR_URL, SearchParam, search_params
 
 # Parameters that shape the result rather than filter it.
@@ -67,6 +68,10 @@ class ChainBudget:
                 f"'{name}' expands to more than {self.limit} chain branches in this search;"
                 f" name the target type, e.g. '{code}:Patient.{rest}'",
             )
+
+
+# reference modifiers whose values are matched as text, never as a local `Type/id`
+_BY_TEXT = frozenset({"identifier", "above", "below", "missing"})
 
 
 @dataclass
@@ -125,10 +130,13 @@ def split_prefix(value: str) -> tuple[str, str]:
 class Parser:
     """Turns (name, value) pairs for one resource type into clauses."""
 
-    def __init__(self, resource_type: str, *, strict: bool, budget: ChainBudget | None = None):
+    def __init__(
+        self, resource_type: str, *, strict: bool, budget: ChainBudget | None = None, local_base: str | None = None
+    ):
         self.resource_type = resource_type
         self.strict = strict
         self.budget = budget or ChainBudget()
+        self.local_base = local_base  # absolute reference values under it are local
         self.issues: list[Issue] = []
 
     def unknown(self, message: str) -> None:
@@ -172,6 +180,14 @@ class Parser:
         if modifier is not None and modifier not in _MODIFIERS[param.type] and not type_modifier:
             raise FhirError.of(400, "invalid", f"modifier ':{modifier}' is not valid on '{code}' ({param.type})")
         clause = Clause(name, param, modifier, split_or(value))
+        if param.type == "reference" and modifier not in _BY_TEXT and self.local_base is not None:
+            # `subject=<our base>/Patient/1` is `subject=Patient/1` (R4 search.html#reference),
+            # or the same URL as text (a canonical on our base): both, ORed
+            values = []
+            for v in clause.values:
+                relative = local_path(v, self.local_base)
+                values += [relative, v] if relative else [v]
+            clause.values = values
         self._check_values(clause)
         return clause
 

@@ -90,8 +90,10 @@ def parse_request(
     default_count: int = 20,
     max_count: int = 1000,
     limits: SearchLimits | None = None,
+    local_base: str | None = None,
 ) -> SearchRequest:
-    """Parse and check every parameter of a type- or system-level search."""
+    """Parse and check every parameter of a type- or system-level search (local_base:
+    this server's base, under which absolute reference values are local)."""
     limits = limits or SearchLimits()
     _check_costly_kinds(params)
     if len(resource_types) > 1:
@@ -100,7 +102,7 @@ def parse_request(
     issues: list[Issue] = []
     budget = ChainBudget(limits.max_chain_branches)  # shared by every type and hop
     for rtype in resource_types:
-        parser = Parser(rtype, strict=strict, budget=budget)
+        parser = Parser(rtype, strict=strict, budget=budget, local_base=local_base)
         clauses[rtype] = parser.parse(params)
         if rtype == resource_types[0]:
             issues = parser.issues

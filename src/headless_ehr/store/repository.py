@@ -9,6 +9,7 @@ round trips.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
 from ..search.compartment import Compartment, compartment_sql
 from ..search.criteria import Criteria
+from ..search.custom import check_search_parameter
 from ..search.extract import extract
 from ..search.paging import decode_cursor, encode_cursor
 from ..search.query import (
@@ -149,8 +151,11 @@ class ResourceStore:
         max_page_size: int = 1000,
         search_db: Executor | None = None,
         limits: SearchLimits | None = None,
+        local_base: str | None = None,
     ):
         self._db = db
+        # this server's FHIR base: absolute references under it are local (search/extract)
+        self.local_base = local_base
         # Searches vary so much by value (a rare code vs a common one) that a prepared
         # statement's generic plan is often 10x slower than a plan for the values at
         # hand; they run on connections that always plan for the actual values.
@@ -161,7 +166,15 @@ class ResourceStore:
 
     def bound(self, conn: asyncpg.Connection) -> ResourceStore:
         """The same store running its statements on conn (e.g. inside a transaction)."""
-        return ResourceStore(conn, self._validate, self.max_page_size, limits=self.limits)
+        return ResourceStore(conn, self._validate, self.max_page_size, limits=self.limits, local_base=self.local_base)
+
+    def on_base(self, base: str | None) -> ResourceStore:
+        """The same store for requests that came in on FHIR base `base`."""
+        if base == self.local_base:
+            return self
+        found = copy.copy(self)
+        found.local_base = base
+        return found
 
     # -- validation -----------------------------------------------------------------
 
@@ -179,6 +192,8 @@ class ResourceStore:
         issues = self._validate(resource) if self._validate else []
         if has_errors(issues):
             raise FhirError(422, issues)
+        if resource["resourceType"] == "SearchParameter":
+            check_search_parameter(resource)  # 400 before a bad definition is stored
         return issues
 
     # -- reads --------------------------------------------------------------------------
@@ -233,7 +248,7 @@ class ResourceStore:
             live = current is not None and current[2] is not None  # an update of a non-deleted version
             if live and same_content(current[2], current[0], content, stamp_at):
                 return StoredResource(resource_type, rid, current[0], current[1], current[2])
-            rows = extract(final)
+            rows = extract(final, local_base=self.local_base)
         mask, index = index_args(rows)
         position = None if stamp_at is None else stamp_at + 1
         args = [resource_type, rid, version, position, content, method, *index]
@@ -282,7 +297,7 @@ class ResourceStore:
         principal.require("create", resource_type)
         final = with_meta(resource, rid, 1)
         content, stamp_at = serialise(final)
-        return PreparedCreate(resource_type, rid, content, method, extract(final), stamp_at)
+        return PreparedCreate(resource_type, rid, content, method, extract(final, local_base=self.local_base), stamp_at)
 
     async def insert_prepared(self, items: list[PreparedCreate]) -> list[StoredResource]:
         """Insert prepared creates (a duplicate id fails them all), INSERT_CHUNK per
@@ -626,7 +641,13 @@ class ResourceStore:
         for rtype in types:
             principal.require("search", rtype)
         request = parse_request(
-            types, params, strict=strict, default_count=default_count, max_count=self.max_page_size, limits=self.limits
+            types,
+            params,
+            strict=strict,
+            default_count=default_count,
+            max_count=self.max_page_size,
+            limits=self.limits,
+            local_base=self.local_base,
         )
         b = SqlBuilder()
         restriction = _compartment_restriction(types, compartment, b)

@@ -25,7 +25,7 @@ from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue, operation_outcome
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
-from ..fhir.references import iter_references
+from ..fhir.references import iter_references, local_path
 from ..search.criteria import Criteria, conditional_criteria
 from .ids import new_id
 from .model import SearchPage, StoredResource
@@ -76,7 +76,6 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
         raise FhirError.of(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
     out = []
     types = definitions().resource_types
-    prefix = base_url + "/"
     full_urls: dict[str, int] = {}
     for i, raw in enumerate(entries):
         where = f"Bundle.entry[{i}]"
@@ -86,8 +85,7 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
         method, url = request.get("method"), request.get("url")
         if method not in _ORDER or not isinstance(url, str) or not url:
             raise FhirError.of(400, "invalid", f"{where}: request needs a method and url", f"{where}.request")
-        if url.startswith(prefix):
-            url = url[len(prefix) :]
+        url = local_path(url, base_url) or url
         if "?" in url or ":" in url:
             parts = urlsplit(url)
             if parts.scheme or parts.netloc:
@@ -318,7 +316,6 @@ class BundleProcessor:
         # (checked when settling a conditional PUT, and by update() for `Type/id`)
         if entry.method == "PUT" and entry.target_id is not None and "id" not in entry.resource:
             entry.resource["id"] = entry.target_id
-        base = self.base_url + "/"
         types = definitions().resource_types
 
         for holder in iter_references(entry.resource):
@@ -326,8 +323,9 @@ class BundleProcessor:
             if ref in aliases:
                 holder["reference"] = aliases[ref]
                 continue
-            if ref.startswith(base):  # our own base: the same as the relative form
-                ref = holder["reference"] = ref[len(base) :]
+            relative = local_path(ref, self.base_url)
+            if relative is not None:  # our own base: the same as the relative form
+                ref = holder["reference"] = relative
             if "?" in ref and ref.split("?", 1)[0] in types:
                 entry.conditional_refs.append(holder)
             elif ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):

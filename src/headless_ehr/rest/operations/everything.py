@@ -18,8 +18,8 @@ from ...fhir.outcome import FhirError
 from ...search.compartment import Compartment, member_types
 from ...search.normalize import DateFormatError, date_range
 from .. import bundles
+from ..context import principal_of, store_of
 from ..instants import parse_instant
-from ..interactions import principal_of, store_of
 from ..responses import json_response
 
 _KNOWN = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_id", "start", "end"})

@@ -63,3 +63,21 @@ async def test_large_validate_reports_the_issues(client):
     res = await client.post("/Patient/$validate", json=_big_patient("x", gender="nonsense"), headers=FHIR_JSON)
     assert res.status_code == 200, res.text
     assert any(i["severity"] == "error" for i in res.json()["issue"])
+
+
+async def test_large_create_treats_references_on_the_request_base_as_local(client):
+    patient = await client.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON)
+    pid = patient.json()["id"]
+    # ~300 KiB of Observation, its subject an absolute URL on the base the request came in on
+    notes = [{"text": f"note {i:06d} " * 8} for i in range(3000)]
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "big"},
+        "subject": {"reference": f"http://testserver/fhir/Patient/{pid}"},
+        "note": notes,
+    }
+    res = await client.post("/Observation", json=observation, headers=FHIR_JSON)
+    assert res.status_code == 201, res.text
+    found = await client.get("/Observation", params={"patient": pid})
+    assert [e["resource"]["id"] for e in found.json()["entry"]] == [res.json()["id"]]

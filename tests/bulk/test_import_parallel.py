@@ -37,14 +37,10 @@ async def test_an_id_in_files_loaded_at_once_is_created_once_and_updated_by_the_
 
 async def test_two_importers_sharing_the_ids_of_a_collection_bundle_never_fail(importer, client, tmp_path):
     tag = uuid.uuid4().hex[:16]
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": p} for p in patients(tag, 80, "collection")],
-    }
     first, second = tmp_path / "a.json", tmp_path / "b.json"
-    first.write_text(json.dumps(bundle))
-    second.write_text(json.dumps(bundle))
+    for path in (first, second):
+        entries = [{"resource": p} for p in patients(tag, 80, path.stem)]  # differ, so the second is a version
+        path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}))
     reports = await asyncio.gather(importer().run([first]), importer().run([second]))
     assert [r.failures for r in reports] == [[], []]
     assert sum(r.resources for r in reports) == 160

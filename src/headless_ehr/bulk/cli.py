@@ -51,7 +51,7 @@ async def _load(
     pool = await create_pool(settings.database_url, min_size=1, max_size=concurrency + 1)
     try:
         await load_registry(pool)
-        store = ResourceStore(pool, validator().validate, settings.max_page_size)
+        store = ResourceStore(pool, validator().validate, settings.max_page_size, local_base=settings.public_base_url)
         importer = Importer(
             pool,
             store,

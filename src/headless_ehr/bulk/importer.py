@@ -25,7 +25,6 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -407,7 +406,6 @@ class Importer:
         whole, and those ids move to the updates before the batch is tried again.
         """
         store = self.store.bound(conn)
-        ts = datetime.now(UTC)
         failed: list[Failed] = []
         creates: list[tuple[int, dict[str, Any]]] = []
         with_id: list[tuple[int, dict[str, Any]]] = []
@@ -430,7 +428,7 @@ class Importer:
         for number, resource in creates:
             try:
                 rid = resource.get("id") or new_id()
-                pending.append((number, resource, store.prepare_create(self.principal, resource, rid, "POST", ts)))
+                pending.append((number, resource, store.prepare_create(self.principal, resource, rid, "POST")))
             except FhirError as exc:
                 failed.append((number, _message(exc)))
         # one order for every unit, so two units inserting the same ids cannot deadlock
@@ -441,7 +439,7 @@ class Importer:
                 break
             try:
                 async with conn.transaction():
-                    await store.insert_prepared([p[2] for p in pending], ts)
+                    await store.insert_prepared([p[2] for p in pending])
                 loaded += len(pending)
                 pending = []
             except FhirError:  # some id was created meanwhile, by a unit that has committed
@@ -453,7 +451,7 @@ class Importer:
         for number, resource, prepared in pending:  # still refused: one at a time
             try:
                 async with conn.transaction():
-                    await store.insert_prepared([prepared], ts)
+                    await store.insert_prepared([prepared])
                 loaded += 1
             except FhirError:
                 updates.append((number, resource))

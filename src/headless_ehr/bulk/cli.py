@@ -44,6 +44,7 @@ async def _load(
     events: queue.Queue,
 ) -> ImportReport:
     from ..fhir.validation import validator
+    from ..search.extract.compile import set_expression_budget
     from ..store.reindex import load_registry
     from ..store.repository import ResourceStore
 
@@ -51,6 +52,7 @@ async def _load(
     pool = await create_pool(settings.database_url, min_size=1, max_size=concurrency + 1)
     try:
         await load_registry(pool)
+        set_expression_budget(settings.search_expression_budget_ms / 1000)  # as the server does
         store = ResourceStore(pool, validator().validate, settings.max_page_size, local_base=settings.public_base_url)
         importer = Importer(
             pool,

@@ -10,9 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import orjson
 import pytest
@@ -24,26 +22,9 @@ BODY_BYTES = 15 * 1024 * 1024  # under the default 16 MiB body limit
 
 
 @pytest.fixture
-async def own_database(server_dsn: str) -> Any:
-    """A database of its own: the 10,000 Patients written here stay out of other tests."""
-    name = f"ehr_stall_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@pytest.fixture
-def server(own_database: str) -> Iterator[Server]:
+def server(fresh_database: str) -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
-    env["EHR_DATABASE_URL"] = own_database
+    env["EHR_DATABASE_URL"] = fresh_database
     running = Server(env)
     try:
         running.wait_ready()

@@ -8,6 +8,8 @@ Each mode loads the same Bundles into a fresh database on the machine's PostgreS
 - http: `POST /fhir` with each Bundle as a transaction, 1 and 4 concurrent clients,
   against a real `ehr serve`;
 - import: `ehr import FOLDER` (its own rate, and wall time including start-up);
+- embedded import: `ehr import --data-dir NEW_FOLDER FOLDER`, the zero-set-up default
+  (the embedded PostgreSQL with its own settings, db/embedded.py), and its disk use;
 - floor: the same resources' JSON COPYed straight into a bare table, the fastest
   PostgreSQL can take the bytes.
 """
@@ -141,6 +143,38 @@ def import_mode(dsn: str, paths: list[Path]) -> tuple[float, float, str]:
     return wall, reported, result.stderr[-400:] if result.returncode else ""
 
 
+def embedded_import_mode(paths: list[Path]) -> tuple[float, float, str, int, int]:
+    """(wall, reported rate, failure, MB in pg_wal at the end, MB of the whole data dir)
+    for `ehr import` into a fresh embedded data dir."""
+    folder = Path(tempfile.mkdtemp(prefix="ehr-ingest-"))
+    data_dir = Path(tempfile.mkdtemp(prefix="ehr-ingest-data-"))
+    try:
+        for path in paths:
+            shutil.copy(path, folder / path.name)
+        env = {k: v for k, v in os.environ.items() if k != "EHR_DATABASE_URL"}
+        started = time.perf_counter()
+        result = subprocess.run(
+            ["ehr", "import", "--data-dir", str(data_dir), str(folder)],
+            env={**env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        wall = time.perf_counter() - started
+        wal = _megabytes(data_dir / "pg" / "pg_wal")
+        total = _megabytes(data_dir)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    match = re.search(r"│\s*\d+\s*│\s*([\d,]+)\s*│\s*([\d,]+)\s*│", result.stderr)
+    reported = float(match.group(2).replace(",", "")) if match else 0.0
+    return wall, reported, result.stderr[-400:] if result.returncode else "", wal, total
+
+
+def _megabytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) // 2**20
+
+
 async def floor_mode(dsn: str, bodies: list[bytes]) -> float:
     import json
 
@@ -166,6 +200,7 @@ async def main() -> int:
     parser.add_argument("--clients", default="1,4")
     parser.add_argument("--workers", type=int, default=2, help="ehr serve worker processes")
     parser.add_argument("--import-runs", type=int, default=3, help="`ehr import` runs; the median is reported")
+    parser.add_argument("--embedded-runs", type=int, default=1, help="`ehr import` runs into the embedded default")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     paths = bundles(args.bundles)
@@ -195,6 +230,15 @@ async def main() -> int:
         f" (wall, with start-up) | {wall:.1f} s | {failure or 'no failures'} |"
     )
     print(lines[-1], flush=True)
+    if args.embedded_runs:
+        runs_e = sorted((embedded_import_mode(paths) for _ in range(args.embedded_runs)), key=lambda r: r[1])
+        wall, reported, failure, wal, total = runs_e[len(runs_e) // 2]
+        lines.append(
+            f"| `ehr import` into a fresh embedded data dir, median of {len(runs_e)} | {reported:,.0f} (as reported)"
+            f" / {resources / wall:,.0f} (wall, with initdb) | {wall:.1f} s | {failure or 'no failures'};"
+            f" data dir {total:,} MB, of which pg_wal {wal:,} MB |"
+        )
+        print(lines[-1], flush=True)
     dsn = await fresh_database(args.admin_dsn)
     seconds = await floor_mode(dsn, bodies)
     lines.append(f"| floor: COPY into a bare table | {resources / seconds:,.0f} | {seconds:.1f} s | |")

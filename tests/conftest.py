@@ -7,6 +7,7 @@ PostgreSQL is started in a temporary folder. No database is ever mocked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -64,10 +65,10 @@ def server_dsn() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-async def database_url(server_dsn: str) -> AsyncIterator[str]:
-    """A fresh, empty database for this test run."""
-    name = f"ehr_test_{uuid.uuid4().hex[:12]}"
+@contextlib.asynccontextmanager
+async def scratch_database(server_dsn: str, prefix: str) -> AsyncIterator[str]:
+    """A new empty database on the server, dropped again afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -81,6 +82,20 @@ async def database_url(server_dsn: str) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database for this test run."""
+    async with scratch_database(server_dsn, "ehr_test") as url:
+        yield url
+
+
+@pytest.fixture
+async def fresh_database(server_dsn: str) -> AsyncIterator[str]:
+    """An empty database of one test's own, for tests whose data must not meet the others'."""
+    async with scratch_database(server_dsn, "ehr_own") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

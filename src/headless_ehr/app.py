@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .auth.principal import authenticate_as_system
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import create_pool
@@ -21,9 +23,12 @@ from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validate_with, validator
 from .rest.origin import networks
-from .rest.responses import outcome_response
+from .rest.responses import DateHeader, outcome_response
 from .rest.router import fhir_endpoint
 from .search.extract import OPTIONS
+from .search.extract.compile import set_expression_budget
+from .search.query import SearchLimits
+from .search.registry import search_params
 from .store import ResourceStore
 from .store.reindex import Reindexer, load_registry, poll_registry
 
@@ -58,25 +63,49 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise RuntimeError("no database: set EHR_DATABASE_URL or start through `ehr serve`")
         defs = definitions()
         _ = defs.resource_types  # load definitions before the first request
+        timeout = settings.statement_timeout_ms
         pool = await create_pool(
-            settings.database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+            settings.database_url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            statement_timeout_ms=timeout,
         )
         async with pool.acquire() as conn:
-            applied = await migrate(conn)
+            # start-up work (migrations wait for other nodes' lock) is not a request
+            await conn.execute("SET statement_timeout = 0")
+            try:
+                applied = await migrate(conn)
+                await load_registry(conn)
+            finally:
+                await conn.execute("RESET statement_timeout")
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         await load_registry(pool)
+        set_expression_budget(settings.search_expression_budget_ms / 1000)
         search_pool = await create_pool(
-            settings.database_url, min_size=1, max_size=settings.pool_max_size, custom_plans=True
+            settings.database_url,
+            min_size=1,
+            max_size=settings.pool_max_size,
+            custom_plans=True,
+            statement_timeout_ms=timeout,
         )
         app.state.pool = pool
-        app.state.store = ResourceStore(pool, validate_with(settings), settings.max_page_size, search_pool)
+        limits = SearchLimits(max_chain_branches=settings.max_chain_branches, max_includes=settings.max_includes)
+        app.state.store = ResourceStore(
+            pool,
+            validate_with(settings),
+            settings.max_page_size,
+            search_pool,
+            limits=limits,
+            local_base=settings.public_base_url,
+        )
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()
         check = validator()
         for rtype in defs.resource_types:  # compile every type's rules now, not on a request
             check.validate({"resourceType": rtype})
+            search_params(rtype)  # and its search parameters (the first /metadata needs all)
         # Start-up allocates long-lived objects (definitions, compiled validators);
         # freezing them keeps full GC passes, which pause the event loop, short.
         gc.collect()
@@ -101,7 +130,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
         ],
         exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(DateHeader)],
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.authenticate = authenticate_as_system  # who is asking (auth/); SMART replaces it
     return app

@@ -77,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
                 # the app reads Forwarded/X-Forwarded-* itself, from EHR_TRUSTED_PROXIES only; uvicorn
                 # rewriting the client address first would hide which peer actually connected
                 proxy_headers=False,
+                date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
             )
         else:
             from .app import create_app
@@ -90,6 +91,7 @@ def serve(args: argparse.Namespace) -> int:
                 # the app reads Forwarded/X-Forwarded-* itself, from EHR_TRUSTED_PROXIES only; uvicorn
                 # rewriting the client address first would hide which peer actually connected
                 proxy_headers=False,
+                date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
             )
     except _Stopped:
         pass

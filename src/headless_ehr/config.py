@@ -56,6 +56,14 @@ class Settings:
     # restspec
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1")  # peers whose Forwarded/X-Forwarded-* count
     allowed_hosts: tuple[str, ...] = ()  # Host names answered to (`*.example.org` allowed); empty: any
+    # limits
+    max_chain_branches: int = 32  # chain branches (target types per hop) per search
+    statement_timeout_ms: int = 30_000  # per SQL statement of a request; 0 for none
+    max_includes: int = 1000  # included resources per searchset page
+    # references
+    search_expression_budget_ms: int = 100  # time budget of one custom SearchParameter expression per resource
+    # import
+    import_max_bundle_bytes: int = 256 * 1024 * 1024  # a larger Bundle file (decompressed) is refused
     # hostile input
     max_narrative_bytes: int = 1024 * 1024  # a larger text.div is refused (422)
 
@@ -77,6 +85,14 @@ class Settings:
             # restspec
             "trusted_proxies": _list("EHR_TRUSTED_PROXIES", ("127.0.0.0/8", "::1")),
             "allowed_hosts": _list("EHR_ALLOWED_HOSTS", ()),
+            # limits
+            "max_chain_branches": _int("EHR_MAX_CHAIN_BRANCHES", 32),
+            "statement_timeout_ms": _int("EHR_STATEMENT_TIMEOUT_MS", 30_000),
+            "max_includes": _int("EHR_MAX_INCLUDES", 1000),
+            # references
+            "search_expression_budget_ms": _int("EHR_SEARCH_EXPRESSION_BUDGET_MS", 100),
+            # import
+            "import_max_bundle_bytes": _int("EHR_IMPORT_MAX_BUNDLE_BYTES", 256 * 1024 * 1024),
             # hostile input
             "max_narrative_bytes": _int("EHR_MAX_NARRATIVE_BYTES", 1024 * 1024),
         }

@@ -13,14 +13,10 @@ import os
 import re
 import shutil
 import subprocess
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from .test_serve import Server
@@ -65,27 +61,6 @@ def steps(block: str) -> list[Step]:
             out[-1].commands.append(text)
             command = []
     return out
-
-
-@pytest.fixture
-def fresh_database(server_dsn: str) -> Iterator[str]:
-    """An empty database of its own: the README's searches count what they find."""
-    import asyncio
-
-    name = f"ehr_readme_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _split(raw: str) -> tuple[int, str, Any]:

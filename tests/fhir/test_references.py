@@ -1,6 +1,6 @@
 """Finding the references inside a resource."""
 
-from headless_ehr.fhir.references import iter_references
+from headless_ehr.fhir.references import iter_references, local_path
 
 
 def test_references_are_found_in_document_order_in_extensions_and_contained_resources():
@@ -25,3 +25,18 @@ def test_nesting_deeper_than_the_recursion_limit_is_walked_without_recursion():
     found = iter_references(node)
     assert len(found) == 5000
     assert found[0]["reference"] == "Patient/4999"
+
+
+def test_a_url_under_our_base_is_its_relative_form():
+    assert local_path("https://ehr.example/fhir/Patient/1", "https://ehr.example/fhir") == "Patient/1"
+    assert local_path("https://ehr.example/fhir/Patient/1", "https://ehr.example/fhir/") == "Patient/1"
+
+
+def test_a_url_on_another_server_or_path_is_not_local():
+    assert local_path("http://other.example.org/fhir/Patient/1", "https://ehr.example/fhir") is None
+    assert local_path("https://ehr.example/fhir2/Patient/1", "https://ehr.example/fhir") is None
+    assert local_path("https://ehr.example.evil/fhir/Patient/1", "https://ehr.example") is None
+
+
+def test_no_url_is_local_when_no_base_is_known():
+    assert local_path("https://ehr.example/fhir/Patient/1", None) is None

@@ -203,7 +203,7 @@ async def test_parallel_transactions_with_same_if_match_exactly_one_wins(client)
 
         def tx(mark: str, gender: str, version: int = version) -> dict:
             put = {
-                "resource": {"resourceType": "Patient", "id": rid, "gender": gender},
+                "resource": {"resourceType": "Patient", "id": rid, "gender": gender, "name": [{"text": mark}]},
                 "request": {"method": "PUT", "url": f"Patient/{rid}", "ifMatch": f'W/"{version}"'},
             }
             return bundle("transaction", post({"resourceType": "Basic", "code": {"text": mark}}), put)

@@ -101,8 +101,9 @@ async def test_update_without_id_is_400(client):
 async def test_update_with_stale_if_match_is_412(client):
     created = (await create(client, patient())).json()
     url = f"/Patient/{created['id']}"
-    assert (await client.put(url, json=created, headers={"If-Match": 'W/"1"'})).status_code == 200
-    res = await client.put(url, json=created, headers={"If-Match": 'W/"1"'})
+    changed = {**created, "gender": "female"}
+    assert (await client.put(url, json=changed, headers={"If-Match": 'W/"1"'})).status_code == 200
+    res = await client.put(url, json={**created, "gender": "male"}, headers={"If-Match": 'W/"1"'})
     assert res.status_code == 412
     assert (await client.get(url)).json()["meta"]["versionId"] == "2"
 
@@ -142,13 +143,18 @@ async def test_delete_twice_is_idempotent(client):
     created = (await create(client, patient())).json()
     url = f"/Patient/{created['id']}"
     assert (await client.delete(url)).status_code == 200
-    assert (await client.delete(url)).status_code == 200
+    again = await client.delete(url)
+    assert again.status_code == 204
+    assert again.content == b""
     history = (await client.get(f"{url}/_history")).json()
     assert history["total"] == 2
 
 
-async def test_delete_unknown_is_404(client):
-    assert (await client.delete("/Patient/never-was")).status_code == 404
+async def test_delete_unknown_is_204_no_content(client):
+    res = await client.delete("/Patient/never-was")
+    assert res.status_code == 204
+    assert res.content == b""
+    assert (await client.get("/Patient/never-was")).status_code == 404
 
 
 async def test_update_after_delete_revives_with_next_version(client):
@@ -207,7 +213,10 @@ async def test_concurrent_updates_with_same_if_match_exactly_one_wins(client):
     url = f"/Patient/{created['id']}"
     for round_ in range(5):
         version = round_ + 1
-        bodies = [{**created, "gender": g} for g in ["male", "female", "other", "unknown"] * 3]
+        genders = ["male", "female", "other", "unknown"] * 3  # each body distinct: none is a no-op
+        bodies = [
+            {**created, "gender": g, "birthDate": f"20{round_:02d}-01-{i + 1:02d}"} for i, g in enumerate(genders)
+        ]
         results = await asyncio.gather(
             *(client.put(url, json=b, headers={"If-Match": f'W/"{version}"'}) for b in bodies)
         )
@@ -223,7 +232,8 @@ async def test_concurrent_updates_without_if_match_lose_nothing(client):
 
     created = (await create(client, patient())).json()
     url = f"/Patient/{created['id']}"
-    results = await asyncio.gather(*(client.put(url, json=created) for _ in range(12)))
+    bodies = [{**created, "birthDate": f"2000-01-{i + 1:02d}"} for i in range(12)]  # distinct: none is a no-op
+    results = await asyncio.gather(*(client.put(url, json=body) for body in bodies))
     assert all(r.status_code == 200 for r in results)
     versions = sorted(int(r.json()["meta"]["versionId"]) for r in results)
     assert versions == list(range(2, 14))

@@ -28,11 +28,11 @@ def fhir(value: dict[str, Any] | str) -> dict[str, Any]:
     return loads(value if isinstance(value, str) else json.dumps(value))
 
 
-def rows(resource: dict[str, Any] | str, code: str) -> list[tuple]:
+def rows(resource: dict[str, Any] | str, code: str, local_base: str | None = None) -> list[tuple]:
     """The rows of one parameter (without the parameter code), from every table."""
     parsed = fhir(resource)
     param = search_params(parsed["resourceType"])[code]
-    found = extract(parsed, [param])
+    found = extract(parsed, [param], local_base=local_base)
     return [row[1:] for table in TABLES for row in getattr(found, table)]
 
 
@@ -98,7 +98,8 @@ def test_where_resolve_is_patient_keeps_patient_references():
 
 def test_resolve_reads_the_type_of_an_absolute_reference():
     obs = {**OBSERVATION, "subject": {"reference": "https://ehr.example/fhir/Patient/p1"}}
-    assert rows(obs, "patient") == [("Patient", "p1", None, "https://ehr.example/fhir/Patient/p1")]
+    local = rows(obs, "patient", local_base="https://ehr.example/fhir")
+    assert local == [("Patient", "p1", None, "https://ehr.example/fhir/Patient/p1")]
 
 
 def test_resolve_reads_the_type_element_when_the_reference_has_none():
@@ -134,7 +135,7 @@ def test_where_type_selects_related_artifacts_of_that_type():
             {"type": "depends-on", "resource": "http://ex.org/Library/b"},
         ],
     }
-    assert rows(library, "composed-of") == [("Library", "a", None, "http://ex.org/Library/a")]
+    assert rows(library, "composed-of") == [(None, None, None, "http://ex.org/Library/a")]
 
 
 def test_index_selects_the_first_bundle_entry():
@@ -291,9 +292,31 @@ def test_versioned_reference_gives_the_version():
     assert rows(patient, "link") == [("Patient", "p2", "3", None)]
 
 
-def test_absolute_reference_keeps_the_url_and_its_type_and_id():
+def test_absolute_reference_on_our_base_keeps_the_url_and_its_type_and_id():
+    obs = {**OBSERVATION, "performer": [{"reference": "http://ehr.org/fhir/Practitioner/9"}]}
+    found = rows(obs, "performer", local_base="http://ehr.org/fhir")
+    assert found == [("Practitioner", "9", None, "http://ehr.org/fhir/Practitioner/9")]
+
+
+def test_absolute_reference_to_another_server_keeps_only_the_url():
     obs = {**OBSERVATION, "performer": [{"reference": "http://other.org/fhir/Practitioner/9"}]}
-    assert rows(obs, "performer") == [("Practitioner", "9", None, "http://other.org/fhir/Practitioner/9")]
+    found = rows(obs, "performer", local_base="http://ehr.org/fhir")
+    assert found == [(None, None, None, "http://other.org/fhir/Practitioner/9")]
+
+
+def test_absolute_reference_is_foreign_when_no_base_is_known():
+    obs = {**OBSERVATION, "performer": [{"reference": "http://ehr.org/fhir/Practitioner/9"}]}
+    assert rows(obs, "performer") == [(None, None, None, "http://ehr.org/fhir/Practitioner/9")]
+
+
+def test_canonical_ending_in_type_and_id_is_not_a_local_reference():
+    response = {
+        "resourceType": "QuestionnaireResponse",
+        "status": "completed",
+        "questionnaire": "http://ehr.org/fhir/Questionnaire/q1",
+    }
+    found = rows(response, "questionnaire", local_base="http://ehr.org/fhir")
+    assert found == [(None, None, None, "http://ehr.org/fhir/Questionnaire/q1")]
 
 
 def test_absolute_reference_without_type_and_id_keeps_only_the_url():
@@ -339,7 +362,7 @@ def test_canonical_reference_splits_off_the_version():
         "status": "completed",
         "questionnaire": "http://ex.org/Questionnaire/q1|2.0",
     }
-    assert rows(response, "questionnaire") == [("Questionnaire", "q1", "2.0", "http://ex.org/Questionnaire/q1")]
+    assert rows(response, "questionnaire") == [(None, None, "2.0", "http://ex.org/Questionnaire/q1")]
 
 
 def test_as_reference_keeps_only_the_reference_variant():

@@ -44,6 +44,7 @@ async def _load(
     events: queue.Queue,
 ) -> ImportReport:
     from ..fhir.validation import validate_with
+    from ..search.extract.compile import set_expression_budget
     from ..store.reindex import load_registry
     from ..store.repository import ResourceStore
 
@@ -51,13 +52,17 @@ async def _load(
     pool = await create_pool(settings.database_url, min_size=1, max_size=concurrency + 1)
     try:
         await load_registry(pool)
-        store = ResourceStore(pool, validate_with(settings), settings.max_page_size)
+        set_expression_budget(settings.search_expression_budget_ms / 1000)  # as the server does
+        store = ResourceStore(
+            pool, validate_with(settings), settings.max_page_size, local_base=settings.public_base_url
+        )
         importer = Importer(
             pool,
             store,
             SYSTEM,
             batch_size=batch_size,
             concurrency=concurrency,
+            max_bundle_bytes=settings.import_max_bundle_bytes,
             on_progress=lambda b, r: events.put(("progress", b, r)),
         )
         return await importer.run(sources, claim)
@@ -145,6 +150,7 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
         TimeRemainingColumn(),
     )
     total = ImportReport()
+    loaded = 0  # resources, as the workers commit them (a worker that dies reports no total)
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("import", total=total_bytes(sources), resources=0, rate=0.0)
         running = len(workers)
@@ -156,18 +162,15 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
                     break
                 continue
             if event[0] == "progress":
-                total.resources += event[2]
+                loaded += event[2]
                 elapsed = progress.tasks[0].elapsed or 1e-9
-                progress.update(task, advance=event[1], resources=total.resources, rate=total.resources / elapsed)
+                progress.update(task, advance=event[1], resources=loaded, rate=loaded / elapsed)
             else:
-                report: ImportReport = event[1]
                 running -= 1
-                total.files += report.files
-                total.skipped_units += report.skipped_units
-                total.failures += report.failures
-                total.seconds = max(total.seconds, report.seconds)
+                total.add(event[1])
         for worker in workers:
             worker.join()
+    total.resources = loaded
     total.failures += _lost_workers(workers, running)
     _summary(console, total)
     return 0 if not total.failures else 1
@@ -190,17 +193,21 @@ def _lost_workers(workers: list[Any], unreported: int) -> list[Failure]:
 
 
 def _summary(console: Console, report: ImportReport) -> None:
+    # The table's first columns are what bench/ingest.py and bench/search.py read.
     table = Table(title="ehr import")
-    for column in ("files", "resources loaded", "resources/s", "skipped (already imported)", "failures"):
+    for column in ("files", "resources loaded", "resources/s", "files already imported", "failures"):
         table.add_column(column)
     table.add_row(
         str(report.files),
         f"{report.resources:,}",
         f"{report.rate:,.0f}",
-        str(report.skipped_units),
+        str(report.files_skipped),
         str(len(report.failures)),
     )
     console.print(table)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    if report.files_failed:
+        console.print("Run the same command again to retry what failed; what loaded is not loaded twice.")
     for failure in report.failures[:50]:
         console.print(f"[red]failed[/] {failure.source} {failure.unit}: {failure.message}")
     if len(report.failures) > 50:

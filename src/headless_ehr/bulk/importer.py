@@ -1,10 +1,18 @@
 """`ehr import`: load Bundles and NDJSON into the store, resumably.
 
 Every unit of work (one Bundle, or one batch of NDJSON lines) runs in one database
-transaction together with the update of `import_progress`, so after an interruption
-the next run continues after the last committed unit and nothing is loaded twice.
+transaction together with its bookkeeping: `import_progress` (how far the file is
+loaded) and `import_failed` (which of its lines or entries failed). So after an
+interruption the next run continues after the last committed unit, nothing is loaded
+twice (a `batch` Bundle's entries included), and a rerun retries exactly what failed.
+
+Files are streamed: NDJSON line by line (through gzip too), and a Bundle is read only
+up to `max_bundle_bytes`, so memory does not grow with the size of a file.
+
 Writes go through the same store code as the API (validation and search indexing
-included); creates are batched into one statement per unit.
+included); creates are batched into one statement per unit. A resource id that is
+in two files (or in two units loading at once) is created once and updated by the
+other, whichever comes first.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ import asyncio
 import gzip
 import os
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import asyncpg
 
@@ -25,30 +34,62 @@ from ..auth.principal import Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError
 from ..store.ids import new_id
-from ..store.repository import ResourceStore
+from ..store.repository import PreparedCreate, ResourceStore
 from ..store.transaction import BundleProcessor
 
 SUFFIXES = (".json", ".json.gz", ".ndjson", ".ndjson.gz")
+DEFAULT_MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+_READ_CHUNK = 1024 * 1024
+_UNIT_ATTEMPTS = 3  # a unit that deadlocks with a parallel one is run again
+_INSERT_ROUNDS = 5  # batched inserts retried after moving ids another unit created
+
+Failed = tuple[int, str]  # (line number or entry index, message)
 
 
 @dataclass
 class Failure:
     source: str
-    unit: str  # "entry 3", "line 17", "bundle"
+    unit: str  # "entry 3", "line 17", "file"
     message: str
 
 
 @dataclass
 class ImportReport:
-    files: int = 0
-    resources: int = 0
-    skipped_units: int = 0  # already imported by an earlier run
+    files: int = 0  # files this run was given
+    files_loaded: int = 0  # loaded to the end without a failure
+    files_failed: int = 0  # with at least one failure (a rerun retries them)
+    files_skipped: int = 0  # loaded in full by an earlier run
+    resources: int = 0  # resources created or updated
+    resources_failed: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.resources / self.seconds if self.seconds else 0.0
+
+    def add(self, other: ImportReport) -> None:
+        """Fold in another worker's report (the run's time is the slowest worker's)."""
+        for name in ("files", "files_loaded", "files_failed", "files_skipped", "resources", "resources_failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures += other.failures
+        self.seconds = max(self.seconds, other.seconds)
+
+    def summary(self) -> str:
+        """What counts files and what counts resources, in plain words."""
+        files = f"{self.files:,} file{'' if self.files == 1 else 's'}: {self.files_loaded:,} loaded"
+        if self.files_skipped:
+            files += f", {self.files_skipped:,} already imported"
+        files += f", {self.files_failed:,} with failures"
+        return f"{files}; {self.resources:,} resources loaded, {self.resources_failed:,} failed"
+
+
+class _FileFailed(Exception):
+    """The file as a whole could not be loaded; nothing of the unit at hand committed."""
+
+    def __init__(self, message: str, resources: int = 0):
+        super().__init__(message)
+        self.resources = resources  # resources that failed with it, when known
 
 
 def find_sources(paths: list[str]) -> list[Path]:
@@ -71,23 +112,70 @@ def _source_info(path: Path) -> tuple[str, int]:
     return f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}", stat.st_size
 
 
-def _read(path: Path) -> bytes:
-    data = path.read_bytes()
-    return gzip.decompress(data) if path.name.endswith(".gz") else data
+# -- reading: streamed and bounded ---------------------------------------------------
 
 
-def _ndjson_batches(data: bytes, size: int) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
-    """(unit number, [(line number, line)]) for each batch of non-empty lines."""
-    batch: list[tuple[int, bytes]] = []
-    unit = 0
-    for number, line in enumerate(data.splitlines(), start=1):
-        if line.strip():
-            batch.append((number, line))
-            if len(batch) >= size:
-                yield unit, batch
-                unit, batch = unit + 1, []
-    if batch:
-        yield unit, batch
+@contextmanager
+def _open(path: Path) -> Iterator[IO[bytes]]:
+    """The file's bytes as a stream, decompressed on the fly when gzipped."""
+    try:
+        stream: IO[bytes] = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise _FileFailed(f"cannot read: {exc}") from None
+    with stream:
+        yield stream
+
+
+_READ_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The whole (decompressed) file, refused as soon as it passes limit bytes."""
+    parts: list[bytes] = []
+    total = 0
+    with _open(path) as stream:
+        try:
+            while chunk := stream.read(_READ_CHUNK):
+                total += len(chunk)
+                if total > limit:  # stop here: a gzip bomb is never inflated further
+                    raise _FileFailed(
+                        f"larger than EHR_IMPORT_MAX_BUNDLE_BYTES ({limit:,} bytes once decompressed);"
+                        " split it, or raise the limit"
+                    )
+                parts.append(chunk)
+        except _READ_ERRORS as exc:
+            raise _FileFailed(f"cannot read: {exc}") from None
+    return b"".join(parts)
+
+
+def ndjson_lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) for each non-empty line, read one at a time; a line longer
+    than limit bytes is skipped unread and given as None."""
+    number = 0
+    try:
+        while line := stream.readline(limit + 1):
+            number += 1
+            if len(line) > limit and not line.endswith(b"\n"):
+                while (rest := stream.readline(_READ_CHUNK)) and not rest.endswith(b"\n"):
+                    pass
+                yield number, None
+            elif line.strip():
+                yield number, line
+    except _READ_ERRORS as exc:
+        raise _FileFailed(f"cannot read after line {number}: {exc}") from None
+
+
+# -- the importer --------------------------------------------------------------------
+
+
+@dataclass
+class _FileRun:
+    """One file being loaded: its progress key and whether anything of it failed."""
+
+    path: Path
+    key: str
+    failed: bool = False
+    bytes_reported: int = 0  # of the file's size (compressed, as on disk), for the progress bar
 
 
 class Importer:
@@ -100,6 +188,7 @@ class Importer:
         base_url: str = "http://localhost/fhir",
         batch_size: int = 500,
         concurrency: int = 3,
+        max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
         on_progress: Callable[[int, int], None] | None = None,  # (bytes done, resources done)
     ):
         self.pool = pool
@@ -108,6 +197,7 @@ class Importer:
         self.processor = BundleProcessor(store, pool, principal, base_url)
         self.batch_size = batch_size
         self.concurrency = concurrency
+        self.max_bundle_bytes = max_bundle_bytes
         self.on_progress = on_progress or (lambda _b, _r: None)
         self.report = ImportReport()
 
@@ -128,6 +218,7 @@ class Importer:
                     await self._file(sources[index])
                 except Exception as exc:  # e.g. the file vanished, the database went away
                     # Reported, and the file's committed units stay: a rerun resumes it.
+                    self.report.files_failed += 1
                     self.report.failures.append(Failure(str(sources[index]), "file", f"not finished: {exc!r}"))
 
         await asyncio.gather(*(worker() for _ in range(max(1, self.concurrency))))
@@ -137,162 +228,289 @@ class Importer:
     async def _file(self, path: Path) -> None:
         key, size = _source_info(path)
         row = await self.pool.fetchrow("SELECT position, done FROM import_progress WHERE source = $1", key)
-        if row is not None and row["done"]:
-            self.report.skipped_units += 1
+        position, done = (row["position"], row["done"]) if row is not None else (0, False)
+        retry = {r[0] for r in await self.pool.fetch("SELECT item FROM import_failed WHERE source = $1", key)}
+        if done and not retry:
+            self.report.files_skipped += 1
             self.on_progress(size, 0)
             return
-        start_at = row["position"] if row is not None else 0
+        run = _FileRun(path, key)
         try:
-            data = _read(path)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            self.report.failures.append(Failure(str(path), "file", f"cannot read: {exc}"))
+            if path.name.endswith((".ndjson", ".ndjson.gz")):
+                await self._ndjson(run, position, retry)
+            else:
+                await self._json(run, position, retry)
+        except _FileFailed as exc:  # not marked done: a rerun tries the file again
+            self.report.failures.append(Failure(str(path), "file", str(exc)))
+            self.report.files_failed += 1
+            self.report.resources_failed += exc.resources
+            self.on_progress(size - run.bytes_reported, 0)
             return
-        if path.name.endswith((".ndjson", ".ndjson.gz")):
-            await self._ndjson(path, key, data, start_at)
-        else:
-            await self._json(path, key, data, start_at)
         await self.pool.execute(
             "INSERT INTO import_progress (source, position, done) VALUES ($1, 0, true)"
             " ON CONFLICT (source) DO UPDATE SET done = true, updated_at = now()",
             key,
         )
-        self.on_progress(size, 0)
+        if run.failed:
+            self.report.files_failed += 1
+        else:
+            self.report.files_loaded += 1
+        self.on_progress(size - run.bytes_reported, 0)
 
-    async def _commit_progress(self, conn: asyncpg.Connection, key: str, position: int) -> None:
-        await conn.execute(
-            "INSERT INTO import_progress (source, position) VALUES ($1, $2)"
-            " ON CONFLICT (source) DO UPDATE SET position = $2, updated_at = now()",
-            key,
-            position,
-        )
+    async def _unit(
+        self,
+        run: _FileRun,
+        position: int,
+        retried: list[int],
+        label: str,
+        work: Callable[[asyncpg.Connection, int], Awaitable[tuple[int, list[Failed]]]],
+    ) -> None:
+        """Run work(conn, attempt) -> (resources loaded, failed items) in one transaction
+        with the file's progress and failure records, so they commit or vanish together."""
+        for attempt in range(_UNIT_ATTEMPTS):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await _no_flush_wait(conn)
+                    loaded, failed = await work(conn, attempt)
+                    await conn.execute(
+                        "INSERT INTO import_progress (source, position) VALUES ($1, $2) ON CONFLICT (source)"
+                        " DO UPDATE SET position = greatest(import_progress.position, $2), updated_at = now()",
+                        run.key,
+                        position,
+                    )
+                    if retried:
+                        await conn.execute(
+                            "DELETE FROM import_failed WHERE source = $1 AND item = ANY($2::bigint[])",
+                            run.key,
+                            retried,
+                        )
+                    if failed:
+                        await conn.execute(
+                            "INSERT INTO import_failed (source, item) SELECT $1, unnest($2::bigint[])"
+                            " ON CONFLICT DO NOTHING",
+                            run.key,
+                            [item for item, _ in failed],
+                        )
+                break
+            except asyncpg.TransactionRollbackError:  # a deadlock with a parallel unit: run it again
+                if attempt == _UNIT_ATTEMPTS - 1:
+                    raise
+        if failed:
+            run.failed = True
+            self.report.resources_failed += len(failed)
+            self.report.failures += [
+                Failure(str(run.path), label if label == "resource" else f"{label} {i}", m) for i, m in failed
+            ]
+        self.report.resources += loaded
+        self.on_progress(0, loaded)
 
     # -- JSON: one Bundle or one resource ----------------------------------------------
 
-    async def _json(self, path: Path, key: str, data: bytes, start_at: int) -> None:
-        if start_at > 0:
-            self.report.skipped_units += 1
-            return
-        try:
-            document = fhir_json.loads(data, check_duplicates=False)
-        except fhir_json.JsonError as exc:
-            self.report.failures.append(Failure(str(path), "file", str(exc)))
-            return
-        if not isinstance(document, dict):
-            self.report.failures.append(Failure(str(path), "file", "not a FHIR resource"))
-            return
-        kind = document.get("type") if document.get("resourceType") == "Bundle" else None
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await _no_flush_wait(conn)
-                if kind == "transaction":
-                    result = await self.processor.transaction(document, conn=conn)
-                    count = len(result.items)
-                elif kind == "batch":
-                    result = await self.processor.batch(document)
-                    count = self._count_batch(path, result)
-                elif kind in ("collection", "searchset", "history"):
-                    resources = [e.get("resource") for e in document.get("entry") or [] if isinstance(e, dict)]
-                    count = await self._load(conn, path, [(i, r) for i, r in enumerate(resources) if r])
-                else:
-                    count = await self._load(conn, path, [(0, document)])
-                await self._commit_progress(conn, key, 1)
-            self.report.resources += count
-            self.on_progress(0, count)
-        except FhirError as exc:
-            self.report.failures.append(Failure(str(path), "bundle", "; ".join(i.diagnostics for i in exc.issues)))
+    async def _json(self, run: _FileRun, position: int, retry: set[int]) -> None:
+        if position >= 1 and not retry:
+            return  # committed by an earlier run that stopped before marking the file done
+        data = read_bounded(run.path, self.max_bundle_bytes)
+        first = _parse_document(data)
+        kind = first.get("type") if first.get("resourceType") == "Bundle" else None
+        entries = first.get("entry") if kind else None
+        entries = entries if isinstance(entries, list) else []
+        # on a rerun only the entries that failed; on a deadlock retry a fresh parse,
+        # since a transaction rewrites the references of the Bundle it ran
+        wanted = sorted(i for i in retry if i < len(entries)) if position >= 1 else list(range(len(entries)))
 
-    def _count_batch(self, path: Path, result: Any) -> int:
-        ok = 0
-        for i, item in enumerate(result.items):
-            if item.response.get("status", "").startswith(("200", "201")):
-                ok += 1
-            else:
-                outcome = item.response.get("outcome") or {}
-                message = "; ".join(issue.get("diagnostics", "") for issue in outcome.get("issue", []))
-                self.report.failures.append(Failure(str(path), f"entry {i}", message))
-        return ok
+        def document(attempt: int) -> dict[str, Any]:
+            return first if attempt == 0 else _parse_document(data)
+
+        if kind == "transaction":
+
+            async def work(conn: asyncpg.Connection, attempt: int) -> tuple[int, list[Failed]]:
+                try:
+                    result = await self.processor.transaction(document(attempt), conn=conn)
+                except FhirError as exc:  # all or nothing: the whole Bundle failed
+                    raise _FileFailed(_message(exc), resources=len(entries)) from None
+                return len(result.items), []
+
+        elif kind == "batch":
+
+            async def work(conn: asyncpg.Connection, attempt: int) -> tuple[int, list[Failed]]:
+                doc = document(attempt)
+                doc["entry"] = [doc["entry"][i] for i in wanted]
+                try:
+                    result = await self.processor.batch(doc, conn=conn)
+                except FhirError as exc:  # the Bundle itself is malformed
+                    raise _FileFailed(_message(exc), resources=len(wanted)) from None
+                return _batch_outcome(wanted, result)
+
+        elif kind in ("collection", "searchset", "history"):
+
+            async def work(conn: asyncpg.Connection, attempt: int) -> tuple[int, list[Failed]]:
+                found = document(attempt)["entry"]
+                items = [(i, found[i].get("resource")) for i in wanted if isinstance(found[i], dict)]
+                return await self._load(conn, [(i, r) for i, r in items if r is not None])
+
+        else:
+            wanted = [0]
+
+            async def work(conn: asyncpg.Connection, attempt: int) -> tuple[int, list[Failed]]:
+                return await self._load(conn, [(0, document(attempt))])
+
+        label = "entry" if kind else "resource"
+        await self._unit(run, 1, [i for i in wanted if i in retry], label, work)
 
     # -- NDJSON: batches of lines -------------------------------------------------------
 
-    async def _ndjson(self, path: Path, key: str, data: bytes, start_at: int) -> None:
-        for unit, batch in _ndjson_batches(data, self.batch_size):
-            if unit < start_at:
-                self.report.skipped_units += 1
-                continue
-            parsed: list[tuple[int, Any]] = []
-            for number, line in batch:
-                try:
-                    parsed.append((number, fhir_json.loads(line, check_duplicates=False)))
-                except fhir_json.JsonError as exc:
-                    self.report.failures.append(Failure(str(path), f"line {number}", str(exc)))
-            async with self.pool.acquire() as conn, conn.transaction():
-                await _no_flush_wait(conn)
-                count = await self._load(conn, path, parsed, unit_name="line")
-                await self._commit_progress(conn, key, unit + 1)
-            self.report.resources += count
-            self.on_progress(0, count)
+    async def _ndjson(self, run: _FileRun, position: int, retry: set[int]) -> None:
+        """Lines after `position`, and earlier ones that failed, in units of batch_size."""
+        with _open(run.path) as stream:
+            batch: list[tuple[int, bytes | None]] = []
+            for number, line in ndjson_lines(stream, self.max_bundle_bytes):
+                if number <= position and number not in retry:
+                    continue
+                batch.append((number, line))
+                if len(batch) >= self.batch_size:
+                    await self._ndjson_unit(run, batch, retry)
+                    batch = []
+                    read = max(run.bytes_reported, _bytes_read(stream))  # a large file moves the bar
+                    self.on_progress(read - run.bytes_reported, 0)
+                    run.bytes_reported = read
+            if batch:
+                await self._ndjson_unit(run, batch, retry)
 
-    async def _load(
-        self, conn: asyncpg.Connection, path: Path, items: list[tuple[int, Any]], unit_name: str = "entry"
-    ) -> int:
-        """Create or update resources inside conn's transaction; failures are reported
-        per resource (each runs in a savepoint) and do not stop the others."""
+    async def _ndjson_unit(self, run: _FileRun, batch: list[tuple[int, bytes | None]], retry: set[int]) -> None:
+        parsed: list[tuple[int, Any]] = []
+        bad: list[Failed] = []
+        for number, line in batch:
+            if line is None:
+                bad.append((number, f"longer than EHR_IMPORT_MAX_BUNDLE_BYTES ({self.max_bundle_bytes:,} bytes)"))
+                continue
+            try:
+                parsed.append((number, fhir_json.loads(line, check_duplicates=False)))
+            except fhir_json.JsonError as exc:
+                bad.append((number, str(exc)))
+
+        async def work(conn: asyncpg.Connection, _attempt: int) -> tuple[int, list[Failed]]:
+            loaded, failed = await self._load(conn, parsed)
+            return loaded, bad + failed
+
+        retried = [n for n, _ in batch if n in retry]
+        await self._unit(run, batch[-1][0], retried, "line", work)
+
+    # -- resources: batched creates, updates for ids that exist --------------------------
+
+    async def _load(self, conn: asyncpg.Connection, items: list[tuple[int, Any]]) -> tuple[int, list[Failed]]:
+        """Create or update resources inside conn's transaction; failures are returned
+        per resource (each update runs in a savepoint) and do not stop the others.
+
+        A resource whose id exists is an update. New ones are inserted in one batch;
+        when a parallel unit created one of their ids meanwhile, the insert fails as a
+        whole, and those ids move to the updates before the batch is tried again.
+        """
         store = self.store.bound(conn)
-        ts = datetime.now(UTC)
-        creates, updates = [], []
+        failed: list[Failed] = []
+        creates: list[tuple[int, dict[str, Any]]] = []
+        with_id: list[tuple[int, dict[str, Any]]] = []
         for number, resource in items:
             if not isinstance(resource, dict):
-                self.report.failures.append(Failure(str(path), f"{unit_name} {number}", "not a FHIR resource"))
-                continue
-            rid = resource.get("id")
-            (updates if rid else creates).append((number, resource))
-        if updates:  # ids already present are updates; the rest can be batched creates
-            by_type: dict[str, list[str]] = {}
-            for _, r in updates:
-                by_type.setdefault(str(r.get("resourceType")), []).append(str(r["id"]))
-            existing: set[tuple[str, str]] = set()
-            for rtype, ids in by_type.items():
-                rows = await conn.fetch(
-                    "SELECT id FROM resource WHERE resource_type = $1 AND id = ANY($2::text[])", rtype, ids
-                )
-                existing.update((rtype, r[0]) for r in rows)
-            still = []
-            for number, r in updates:
-                if (r.get("resourceType"), r["id"]) in existing:
-                    still.append((number, r))
-                else:
-                    creates.append((number, r))
-            updates = still
-        loaded = 0
-        prepared, numbers = [], []
+                failed.append((number, "not a FHIR resource"))
+            elif resource.get("id"):
+                with_id.append((number, resource))
+            else:
+                creates.append((number, resource))
+        updates: list[tuple[int, dict[str, Any]]] = []
+        if with_id:
+            existing = await _existing(conn, [_key(r) for _, r in with_id])
+            for number, resource in with_id:
+                key = _key(resource)
+                # an id already stored, or seen earlier in this unit, is an update
+                (updates if key in existing else creates).append((number, resource))
+                existing.add(key)
+        pending: list[tuple[int, dict[str, Any], PreparedCreate]] = []
         for number, resource in creates:
             try:
                 rid = resource.get("id") or new_id()
-                prepared.append(store.prepare_create(self.principal, resource, rid, "POST", ts))
-                numbers.append(number)
+                pending.append((number, resource, store.prepare_create(self.principal, resource, rid, "POST")))
             except FhirError as exc:
-                self.report.failures.append(Failure(str(path), f"{unit_name} {number}", _message(exc)))
-        if prepared:
+                failed.append((number, _message(exc)))
+        # one order for every unit, so two units inserting the same ids cannot deadlock
+        pending.sort(key=lambda p: (p[2].resource_type, p[2].id))
+        loaded = 0
+        for _ in range(_INSERT_ROUNDS):
+            if not pending:
+                break
             try:
                 async with conn.transaction():
-                    await store.insert_prepared(prepared, ts)
-                loaded += len(prepared)
-            except FhirError:  # a duplicate id inside the batch: fall back to one by one
-                for number, item in zip(numbers, prepared, strict=True):
-                    try:
-                        async with conn.transaction():
-                            await store.insert_prepared([item], ts)
-                        loaded += 1
-                    except FhirError as exc:
-                        self.report.failures.append(Failure(str(path), f"{unit_name} {number}", _message(exc)))
+                    await store.insert_prepared([p[2] for p in pending])
+                loaded += len(pending)
+                pending = []
+            except FhirError:  # some id was created meanwhile, by a unit that has committed
+                taken = await _existing(conn, [(p[2].resource_type, p[2].id) for p in pending])
+                if not taken:
+                    break
+                updates += [(n, r) for n, r, p in pending if (p.resource_type, p.id) in taken]
+                pending = [p for p in pending if (p[2].resource_type, p[2].id) not in taken]
+        for number, resource, prepared in pending:  # still refused: one at a time
+            try:
+                async with conn.transaction():
+                    await store.insert_prepared([prepared])
+                loaded += 1
+            except FhirError:
+                updates.append((number, resource))
+        updates.sort(key=lambda u: (*_key(u[1]), u[0]))  # one order (deadlocks), file order per id
         for number, resource in updates:
             try:
                 async with conn.transaction():
                     await store.update(self.principal, resource["resourceType"], resource["id"], resource)
                 loaded += 1
             except FhirError as exc:
-                self.report.failures.append(Failure(str(path), f"{unit_name} {number}", _message(exc)))
-        return loaded
+                failed.append((number, _message(exc)))
+        return loaded, failed
+
+
+def _bytes_read(stream: IO[bytes]) -> int:
+    """How far into the file on disk (compressed bytes, for a gzip stream) reading is."""
+    raw = getattr(stream, "fileobj", None) or stream
+    try:
+        return raw.tell()
+    except (OSError, ValueError):
+        return 0
+
+
+def _key(resource: dict[str, Any]) -> tuple[str, str]:
+    return str(resource.get("resourceType")), str(resource["id"])
+
+
+async def _existing(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (type, id) pairs have a stored resource (deleted ones included)."""
+    rows = await conn.fetch(
+        "SELECT r.resource_type, r.id FROM resource r"
+        " JOIN unnest($1::text[], $2::text[]) AS k(t, i) ON r.resource_type = k.t AND r.id = k.i",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r[0], r[1]) for r in rows}
+
+
+def _parse_document(data: bytes) -> dict[str, Any]:
+    try:
+        document = fhir_json.loads(data, check_duplicates=False)
+    except fhir_json.JsonError as exc:
+        raise _FileFailed(str(exc)) from None
+    if not isinstance(document, dict):
+        raise _FileFailed("not a FHIR resource")
+    return document
+
+
+def _batch_outcome(wanted: list[int], result: Any) -> tuple[int, list[Failed]]:
+    """(entries that succeeded, failed entries by their index in the file)."""
+    ok = 0
+    failed: list[Failed] = []
+    for index, item in zip(wanted, result.items, strict=True):
+        if item.response.get("status", "").startswith(("200", "201")):
+            ok += 1
+        else:
+            outcome = item.response.get("outcome") or {}
+            failed.append((index, "; ".join(issue.get("diagnostics", "") for issue in outcome.get("issue", []))))
+    return ok, failed
 
 
 async def _no_flush_wait(conn: asyncpg.Connection) -> None:

@@ -39,6 +39,44 @@ PASSWORD_FILE = "postgres.password"  # in data_dir, mode 600
 AUTH_METHOD = "scram-sha-256"
 
 
+def _shared_buffers() -> str:
+    """A sixteenth of the machine's memory, between 128 MB (PostgreSQL's default) and 512 MB."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 0
+    return f"{max(128, min(512, memory // 16 // 2**20))}MB"
+
+
+# The embedded cluster's server settings, fitted to its job: one application's store on
+# the same machine, never replicated or archived, loaded in bulk by `ehr import`.
+# Passed at every start, so a new release brings new values. (Measured in docs/bulk.md.)
+SERVER_SETTINGS: dict[str, str] = {
+    "max_connections": "200",
+    "shared_buffers": _shared_buffers(),
+    # No replica or WAL archive reads this WAL, so log only what crash recovery needs.
+    "wal_level": "minimal",
+    "max_wal_senders": "0",  # required by wal_level=minimal
+    # The first change of a page after a checkpoint logs the whole page (with data
+    # checksums, on by default since PostgreSQL 18, so does setting a hint bit);
+    # compressed, those images take less space (pglz: the embedded build has no lz4).
+    "wal_compression": "on",
+    # pg_wal grows to about max_wal_size (1 GB by default) before a checkpoint lets it
+    # recycle: bounded to a quarter of that, 60k Synthea resources wrote 5% more WAL and
+    # pg_wal peaked at 273 MB instead of 769 MB. Checkpoints by volume, not the clock.
+    "max_wal_size": "256MB",
+    "min_wal_size": "64MB",
+    "checkpoint_timeout": "15min",
+    # synchronous_commit stays on: the API's writes are durable when answered (the
+    # importer turns it off for its own transactions only, see bulk/importer.py).
+}
+
+
+def server_options() -> str:
+    """SERVER_SETTINGS as postgres command-line options."""
+    return " ".join(f"-c {name}={value}" for name, value in SERVER_SETTINGS.items())
+
+
 class EmbeddedPostgresError(RuntimeError):
     """The embedded cluster could not be initialised or started."""
 
@@ -287,8 +325,7 @@ class EmbeddedPostgres:
             log.info("reusing PostgreSQL already running on %s", self.pgdata)
         else:
             options = (
-                f"-c listen_addresses='' -k {shlex.quote(str(self.socket_dir))} -p {SOCKET_PORT} "
-                "-c max_connections=200 -c shared_buffers=256MB"
+                f"-c listen_addresses='' -k {shlex.quote(str(self.socket_dir))} -p {SOCKET_PORT} " + server_options()
             )
             res = self._run(
                 "pg_ctl",

@@ -40,15 +40,33 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, custom_plans: bool = False) -> asyncpg.Pool:
+def server_settings(*, custom_plans: bool = False, statement_timeout_ms: int | None = None) -> dict[str, str]:
+    """The session settings of our connections."""
+    settings = {"application_name": "headless-ehr", "timezone": "UTC"}
+    if custom_plans:
+        settings["plan_cache_mode"] = "force_custom_plan"
+    if statement_timeout_ms:
+        settings["statement_timeout"] = str(statement_timeout_ms)
+    return settings
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    custom_plans: bool = False,
+    statement_timeout_ms: int | None = None,
+) -> asyncpg.Pool:
     """A pool whose connections keep asyncpg's prepared-statement cache warm.
 
     custom_plans: plan every execution for its actual values (for search queries,
     whose best plan depends on how common each value is).
+    statement_timeout_ms: PostgreSQL cancels any statement running longer (raising
+    asyncpg.QueryCanceledError), so one costly request cannot hold a connection and a
+    core for ever; None or 0 for no limit (bulk import).
     """
-    settings = {"application_name": "headless-ehr", "timezone": "UTC"}
-    if custom_plans:
-        settings["plan_cache_mode"] = "force_custom_plan"
+    settings = server_settings(custom_plans=custom_plans, statement_timeout_ms=statement_timeout_ms)
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,

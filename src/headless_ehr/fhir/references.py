@@ -57,3 +57,20 @@ def _references_iteratively(node: Any) -> list[dict[str, Any]]:
         elif type(item) is list:
             stack.extend(v for v in reversed(item) if type(v) is dict or type(v) is list)
     return found
+
+
+def local_path(url: str, base: str | None) -> str | None:
+    """url relative to this server's FHIR base (`Patient/1`), or None when url is not
+    on it. The one rule for "is this absolute URL ours?" (R4 references.html#literal):
+    extraction, search values and bundle fullUrls/references all ask here, so a
+    reference to `http://other.example.org/fhir/Patient/1` is never our Patient/1.
+
+    base is the server's base as the caller knows it (EHR_PUBLIC_BASE_URL, or the
+    base the request came in on); None: no absolute URL is local. The comparison is
+    exact (scheme, host, port and path as the base spells them)."""
+    if base is None:
+        return None
+    prefix = base if base.endswith("/") else base + "/"
+    if len(url) > len(prefix) and url.startswith(prefix):
+        return url[len(prefix) :]
+    return None

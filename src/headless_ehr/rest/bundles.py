@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,17 +19,37 @@ from ..store.transaction import BundleResult
 from .responses import base_url, etag
 
 
-def page_link(request: Request, relation: str, cursor: str | None, drop: tuple[str, ...]) -> dict[str, str]:
-    """A paging link: the request's own URL with the cursor replaced."""
-    params = [(k, v) for k, v in request.query_params.multi_items() if k not in drop]
+def page_link(
+    request: Request,
+    relation: str,
+    cursor: str | None,
+    drop: tuple[str, ...],
+    params: list[tuple[str, str]] | None = None,
+) -> dict[str, str]:
+    """A paging link: the request's own URL with the cursor replaced.
+
+    params: the criteria to carry instead of the query string's. A `POST [type]/_search`
+    passes its query and form parameters together, so that its links are GET URLs
+    on [type] that continue the same search.
+    """
+    if params is None:
+        params = list(request.query_params.multi_items())
+    params = [(k, v) for k, v in params if k not in drop]
     if cursor:
         params.append(("_cursor", cursor))
-    path = base_url(request) + request.url.path[len(request.app.state.settings.base_path) :]
-    return {"relation": relation, "url": path + ("?" + urlencode(params) if params else "")}
+    path = request.url.path[len(request.app.state.settings.base_path) :]
+    if request.method == "POST" and path.endswith("/_search"):
+        path = path[: -len("/_search")]
+    return {"relation": relation, "url": base_url(request) + path + ("?" + urlencode(params) if params else "")}
 
 
-def _bundle(kind: str, total: int | None, links: list[dict[str, str]], entries: list[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind}
+def _bundle(
+    kind: str, total: int | None, links: list[dict[str, str]], entries: list[Any], meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4())}
+    if meta:
+        out["meta"] = meta
+    out["type"] = kind
     if total is not None:
         out["total"] = total
     out["link"] = links
@@ -70,8 +91,14 @@ _HISTORY_STATUS = {
 
 
 def history(
-    request: Request, stored: list[StoredResource], total: int | None, links: list[dict[str, str]]
+    request: Request,
+    stored: list[StoredResource],
+    total: int | None,
+    links: list[dict[str, str]],
+    settled: datetime | None = None,
 ) -> dict[str, Any]:
+    """A history Bundle; its meta.lastUpdated is the instant every version below which
+    is settled (store history()): the `_since` of the next poll."""
     base = base_url(request)
     entries = []
     for s in stored:
@@ -89,7 +116,8 @@ def history(
             "lastModified": format_instant(s.last_updated),
         }
         entries.append(entry)
-    return _bundle("history", total, links, entries)
+    meta = {"lastUpdated": format_instant(settled)} if settled is not None else None
+    return _bundle("history", total, links, entries, meta)
 
 
 def bundle_response(request: Request, result: BundleResult) -> dict[str, Any]:

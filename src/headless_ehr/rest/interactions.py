@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..auth.principal import Principal
 from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
@@ -23,11 +23,19 @@ from ..search.registry import search_params
 from ..search.sql import ANY_TYPE
 from ..store import ResourceStore, StoredResource, WriteOutcome
 from ..store.transaction import BundleProcessor
-from . import bundles
+from . import bundles, offload
 from .binary import binary_from_body, native_response
 from .capability import capability_document
+from .context import principal_of, store_of
 from .instants import parse_instant
-from .negotiation import native_content_type, prefer, read_body, read_resource, require_json_content
+from .negotiation import (
+    native_content_type,
+    parse_resource,
+    prefer,
+    read_body,
+    read_json_body,
+    require_json_content,
+)
 from .preconditions import if_match, if_none_exist, not_modified
 from .responses import (
     base_url,
@@ -37,14 +45,6 @@ from .responses import (
     location,
     version_headers,
 )
-
-
-def store_of(request: Request) -> ResourceStore:
-    return request.app.state.store
-
-
-def principal_of(request: Request) -> Principal:
-    return request.state.principal
 
 
 def _body_limit(request: Request) -> int:
@@ -92,48 +92,60 @@ async def vread(request: Request, resource_type: str, rid: str, vid: str) -> Res
     return _representation(request, stored, version_headers(stored))
 
 
-async def _resource_body(request: Request, resource_type: str, rid: str | None = None) -> dict[str, Any]:
-    """The resource in the body; for Binary, non-FHIR content becomes the Binary's data."""
+async def _resource_body(
+    request: Request, resource_type: str, rid: str | None = None
+) -> tuple[int, Callable[[], dict[str, Any]]]:
+    """The body's size and the resource in it, parsed when called (off the event loop for
+    a large body); for Binary, non-FHIR content becomes the Binary's data."""
     if resource_type == "Binary":
         content_type = native_content_type(request)
         if content_type is not None:
-            return await binary_from_body(request, content_type, _body_limit(request), rid)
-    return await read_resource(request, _body_limit(request))
+            binary = await binary_from_body(request, content_type, _body_limit(request), rid)
+            return len(binary.get("data", "")), lambda: binary
+    body = await read_json_body(request, _body_limit(request))
+    return len(body), lambda: parse_resource(body)
 
 
 async def create(request: Request, resource_type: str) -> Response:
-    resource = await _resource_body(request, resource_type)
-    outcome: WriteOutcome = await store_of(request).create(
-        principal_of(request),
-        resource,
-        if_none_exist=if_none_exist(request, resource_type),
-        resource_type=resource_type,
-    )
-    if outcome.matched:
-        return _write_response(request, outcome.stored, 200, "an existing resource matched")
-    return _write_response(request, outcome.stored, 201, f"created {resource_type}/{outcome.stored.id}")
+    size, resource = await _resource_body(request, resource_type)
+
+    async def work(store: ResourceStore, _: object) -> Response:
+        outcome: WriteOutcome = await store.create(
+            principal_of(request),
+            resource(),
+            if_none_exist=if_none_exist(request, resource_type),
+            resource_type=resource_type,
+        )
+        if outcome.matched:
+            return _write_response(request, outcome.stored, 200, "an existing resource matched")
+        return _write_response(request, outcome.stored, 201, f"created {resource_type}/{outcome.stored.id}")
+
+    return await offload.run(request, size, work)
 
 
 async def update(request: Request, resource_type: str, rid: str) -> Response:
-    resource = await _resource_body(request, resource_type, rid)
-    outcome = await store_of(request).update(
-        principal_of(request), resource_type, rid, resource, if_match=if_match(request)
-    )
-    status = 201 if outcome.created else 200
-    return _write_response(request, outcome.stored, status, f"updated {resource_type}/{rid}")
+    size, resource = await _resource_body(request, resource_type, rid)
+
+    async def work(store: ResourceStore, _: object) -> Response:
+        outcome = await store.update(principal_of(request), resource_type, rid, resource(), if_match=if_match(request))
+        status = 201 if outcome.created else 200
+        return _write_response(request, outcome.stored, status, f"updated {resource_type}/{rid}")
+
+    return await offload.run(request, size, work)
 
 
 async def conditional_update(request: Request, resource_type: str) -> Response:
     criteria = _criteria(request, resource_type, "update")
-    resource = await read_resource(request, _body_limit(request))
-    outcome = await store_of(request).conditional_update(
-        principal_of(request),
-        criteria,
-        resource,
-        if_match=if_match(request),
-    )
-    status = 201 if outcome.created else 200
-    return _write_response(request, outcome.stored, status, f"updated {resource_type}/{outcome.stored.id}")
+    body = await read_json_body(request, _body_limit(request))
+
+    async def work(store: ResourceStore, _: object) -> Response:
+        outcome = await store.conditional_update(
+            principal_of(request), criteria, parse_resource(body), if_match=if_match(request)
+        )
+        status = 201 if outcome.created else 200
+        return _write_response(request, outcome.stored, status, f"updated {resource_type}/{outcome.stored.id}")
+
+    return await offload.run(request, len(body), work)
 
 
 def _delete_response(request: Request, stored: StoredResource | None, what: str) -> Response:
@@ -146,6 +158,8 @@ def _delete_response(request: Request, stored: StoredResource | None, what: str)
 
 async def delete(request: Request, resource_type: str, rid: str) -> Response:
     stored = await store_of(request).delete(principal_of(request), resource_type, rid, if_match=if_match(request))
+    if stored is None:  # unknown or already deleted: success with no content (R4 http.html#delete)
+        return Response(status_code=204)
     return _delete_response(request, stored, f"{resource_type}/{rid}")
 
 
@@ -201,9 +215,9 @@ async def search(
     request: Request, resource_type: str | None = None, compartment: Compartment | None = None
 ) -> Response:
     """Type search, system search (`_type`) and compartment search."""
-    params = await _search_params(request)
-    cursor = next((v for k, v in params if k == "_cursor"), None)
-    params = [(k, v) for k, v in params if k not in ("_cursor", "_format", "_pretty")]
+    given = await _search_params(request)
+    cursor = next((v for k, v in given if k == "_cursor"), None)
+    params = [(k, v) for k, v in given if k not in ("_cursor", "_format", "_pretty")]
     types = _types_for(params, resource_type, compartment)
     strict = prefer(request).get("handling") == "strict"
     settings = request.app.state.settings
@@ -216,14 +230,17 @@ async def search(
         default_count=settings.default_page_size,
         compartment=compartment,
     )
-    drop = ("_cursor",)
-    links = [bundles.page_link(request, "self", cursor, drop)]
+
+    def link(relation: str, at: str | None) -> dict[str, str]:  # with the form body's criteria too
+        return bundles.page_link(request, relation, at, ("_cursor",), given)
+
+    links = [link("self", cursor)]
     if cursor:
-        links.append(bundles.page_link(request, "first", None, drop))
+        links.append(link("first", None))
     if page.next_cursor:
-        links.append(bundles.page_link(request, "next", page.next_cursor, drop))
+        links.append(link("next", page.next_cursor))
     if page.previous_cursor:
-        links.append(bundles.page_link(request, "previous", page.previous_cursor, drop))
+        links.append(link("previous", page.previous_cursor))
     return json_response(request, bundles.searchset(request, page, links))
 
 
@@ -253,32 +270,38 @@ async def history(request: Request, resource_type: str | None = None, rid: str |
     links = [bundles.page_link(request, "self", args["cursor"], ("_cursor",))]  # type: ignore[arg-type]
     if page.next_cursor:
         links.append(bundles.page_link(request, "next", page.next_cursor, ("_cursor",)))
-    return json_response(request, bundles.history(request, page.entries, page.total, links))
+    return json_response(request, bundles.history(request, page.entries, page.total, links, page.settled))
 
 
 async def process_bundle(request: Request) -> Response:
     """POST [base] with a transaction or batch Bundle."""
-    bundle = await read_resource(request, _body_limit(request))
-    if bundle.get("resourceType") != "Bundle":
-        raise FhirError.of(400, "invalid", "POST to the base URL takes a transaction or batch Bundle")
-    kind = bundle.get("type")
+    body = await read_json_body(request, _body_limit(request))
     base = base_url(request)
-    processor = BundleProcessor(
-        store_of(request),
-        request.app.state.pool,
-        principal_of(request),
-        base,
-        conditional_delete=request.app.state.settings.conditional_delete,
-        capabilities=lambda: capability_document(base, request.app.state.settings.conditional_delete).body,
-    )
-    representation = prefer(request).get("return") == "representation"
-    if kind == "transaction":
-        result = await processor.transaction(bundle, representation=representation)
-    elif kind == "batch":
-        result = await processor.batch(bundle, representation=representation)
-    else:
-        raise FhirError.of(400, "invalid", f"Bundle.type must be transaction or batch, not '{kind}'", "Bundle.type")
-    return json_response(request, bundles.bundle_response(request, result))
+    conditional_delete = request.app.state.settings.conditional_delete
+
+    async def work(store: ResourceStore, conn: asyncpg.Connection | None) -> Response:
+        bundle = parse_resource(body)
+        if bundle.get("resourceType") != "Bundle":
+            raise FhirError.of(400, "invalid", "POST to the base URL takes a transaction or batch Bundle")
+        kind = bundle.get("type")
+        processor = BundleProcessor(
+            store,
+            request.app.state.pool,
+            principal_of(request),
+            base,
+            conditional_delete=conditional_delete,
+            capabilities=lambda: capability_document(base, conditional_delete).body,
+        )
+        representation = prefer(request).get("return") == "representation"
+        if kind == "transaction":
+            result = await processor.transaction(bundle, representation=representation, conn=conn)
+        elif kind == "batch":
+            result = await processor.batch(bundle, representation=representation)
+        else:
+            raise FhirError.of(400, "invalid", f"Bundle.type must be transaction or batch, not '{kind}'", "Bundle.type")
+        return json_response(request, bundles.bundle_response(request, result))
+
+    return await offload.run(request, len(body), work)
 
 
 JSON_PATCH = "application/json-patch+json"

@@ -104,8 +104,17 @@ def _too_large(limit: int) -> FhirError:
 
 async def read_resource(request: Request, limit: int) -> Any:
     """Parse a FHIR JSON body; 415/413/400 for the wrong type, size or syntax."""
+    return parse_resource(await read_json_body(request, limit))
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The unparsed body of a request that must be FHIR JSON (415/413 otherwise)."""
     require_json_content(request)
-    body = await read_body(request, limit)
+    return await read_body(request, limit)
+
+
+def parse_resource(body: bytes) -> Any:
+    """A FHIR JSON body parsed; 400 for bad syntax or anything but a JSON object."""
     if not body.strip():
         raise FhirError.of(400, "structure", "the request body is empty")
     try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, formatdate
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, operation_outcome
@@ -52,7 +54,48 @@ def etag(version: int) -> str:
 
 
 def version_headers(stored: StoredResource) -> dict[str, str]:
-    return {"ETag": etag(stored.version_id), "Last-Modified": http_date(stored.last_updated)}
+    headers = {"ETag": etag(stored.version_id), "Last-Modified": http_date(stored.last_updated)}
+    # Date is never earlier than Last-Modified (RFC 9110 §8.8.2.1): DateHeader stamps
+    # the time of sending, unless the database's clock runs ahead of ours.
+    if stored.last_updated.timestamp() > time.time():
+        headers["Date"] = headers["Last-Modified"]
+    return headers
+
+
+class DateHeader:
+    """ASGI middleware: a `Date` header on every response, taken when it is sent.
+
+    uvicorn's own Date is refreshed once a second, so a response to a fresh write
+    could carry a Date a second older than its Last-Modified; `ehr serve` turns that
+    header off and this one takes its place. A Date set by the app (version_headers)
+    is kept.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self._second = 0
+        self._date = b""
+
+    def _now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:  # format once a second, but always the current second
+            self._second, self._date = second, formatdate(second, usegmt=True).encode()
+        return self._date
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"date" for name, _ in headers):
+                    headers.append((b"date", self._now()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_dated)
 
 
 def base_url(request: Request) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..auth.principal import SYSTEM
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..fhir.references import RESOURCE_ID
@@ -134,6 +134,16 @@ def _is_binary_read(request: Request, seg: list[str]) -> bool:
     return (len(seg) == 2 and not seg[1].startswith(("$", "_"))) or (len(seg) == 4 and seg[2] == "_history")
 
 
+def _too_expensive(request: Request) -> FhirError:
+    limit = request.app.state.settings.statement_timeout_ms
+    return FhirError.of(
+        503,
+        "too-costly",
+        f"the request was too expensive: a database statement ran longer than {limit} ms and was cancelled;"
+        " for a search, narrow the criteria (fewer values, chains or includes, a smaller _count)",
+    )
+
+
 async def fhir_endpoint(request: Request) -> Response:
     """The single ASGI endpoint behind the FHIR base URL."""
     try:
@@ -144,7 +154,7 @@ async def fhir_endpoint(request: Request) -> Response:
         else:
             request.state.media_type = response_media_type(request)
         request_origin(request)  # 400 for a Host this server does not answer to
-        request.state.principal = SYSTEM
+        request.state.principal = request.app.state.authenticate(request)
         methods = _routes(request, segments)
         if not methods:
             raise _not_found(f"no FHIR interaction at '/{'/'.join(segments)}'")
@@ -158,6 +168,8 @@ async def fhir_endpoint(request: Request) -> Response:
         return await handler()
     except FhirError as error:
         return outcome_response(request, error)
+    except asyncpg.QueryCanceledError:  # statement_timeout; its transaction was rolled back
+        return outcome_response(request, _too_expensive(request))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         fault = FhirError.of(500, "exception", "internal server error")

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
+from ..fhir.references import local_path
 from ..fhir.validation.primitives import decimal_problem
 from .registry import NEAR_URL, SearchParam, search_params
 
@@ -49,6 +50,30 @@ _MODIFIERS = {
     "special": {"missing"},
 }
 MAX_CHAIN_DEPTH = 4
+DEFAULT_MAX_CHAIN_BRANCHES = 32
+
+
+class ChainBudget:
+    """How many chain branches (one per target type per hop) a whole request may expand
+    to: an untyped chain on a reference to any type multiplies at every hop."""
+
+    def __init__(self, limit: int = DEFAULT_MAX_CHAIN_BRANCHES):
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, branches: int, name: str, code: str, rest: str) -> None:
+        self.used += branches
+        if self.used > self.limit:
+            raise FhirError.of(
+                400,
+                "too-costly",
+                f"'{name}' expands to more than {self.limit} chain branches in this search;"
+                f" name the target type, e.g. '{code}:Patient.{rest}'",
+            )
+
+
+# reference modifiers whose values are matched as text, never as a local `Type/id`
+_BY_TEXT = frozenset({"identifier", "above", "below", "missing"})
 
 
 @dataclass
@@ -107,9 +132,13 @@ def split_prefix(value: str) -> tuple[str, str]:
 class Parser:
     """Turns (name, value) pairs for one resource type into clauses."""
 
-    def __init__(self, resource_type: str, *, strict: bool):
+    def __init__(
+        self, resource_type: str, *, strict: bool, budget: ChainBudget | None = None, local_base: str | None = None
+    ):
         self.resource_type = resource_type
         self.strict = strict
+        self.budget = budget or ChainBudget()
+        self.local_base = local_base  # absolute reference values under it are local
         self.issues: list[Issue] = []
 
     def unknown(self, message: str) -> None:
@@ -153,6 +182,14 @@ class Parser:
         if modifier is not None and modifier not in _MODIFIERS[param.type] and not type_modifier:
             raise FhirError.of(400, "invalid", f"modifier ':{modifier}' is not valid on '{code}' ({param.type})")
         clause = Clause(name, param, modifier, split_or(value))
+        if param.type == "reference" and modifier not in _BY_TEXT and self.local_base is not None:
+            # `subject=<our base>/Patient/1` is `subject=Patient/1` (R4 search.html#reference),
+            # or the same URL as text (a canonical on our base): both, ORed
+            values = []
+            for v in clause.values:
+                relative = local_path(v, self.local_base)
+                values += [relative, v] if relative else [v]
+            clause.values = values
         self._check_values(clause)
         return clause
 
@@ -194,6 +231,7 @@ class Parser:
         if not usable:
             self.unknown(f"'{name}': no target of '{param.code}' has a parameter '{next_code}'")
             return None
+        self.budget.spend(len(usable), name, param.code, rest)
         chain: dict[str, Clause] = {}
         for target in usable:
             inner = self.clause(target, rest, value, depth + 1)

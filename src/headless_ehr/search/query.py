@@ -17,7 +17,7 @@ from ..fhir.outcome import FhirError, Issue
 from ..fhir.validation.primitives import decimal_problem
 from .extract import OPTIONS
 from .paging import decode_cursor, encode_cursor, parse_count
-from .parse import Clause, Parser
+from .parse import DEFAULT_MAX_CHAIN_BRANCHES, RESULT_PARAMETERS, ChainBudget, Clause, Parser
 from .registry import search_params
 from .sql import ANY_TYPE, CONTAINED_TABLES, TABLES, SqlBuilder, clause_sql, driver_sql
 
@@ -26,6 +26,22 @@ TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
 CONTAINED_VALUES = frozenset({"false", "true", "both"})
 CONTAINED_TYPE_VALUES = frozenset({"container", "contained"})
 MAX_INCLUDE_ITERATIONS = 4
+# Parameters of each costly kind (_include, _revinclude, _has, chained) per request.
+MAX_PARAMETERS_PER_KIND = 10
+# A search's SQL text and bind arguments (asyncpg refuses more than 32767 arguments).
+MAX_SQL_CHARS = 1024 * 1024
+MAX_SQL_ARGS = 30_000
+# Parameters that apply to every resource type (answered from the resource row or
+# shared index tables), so a search across several types may always use them.
+_COMMON_CODES = frozenset({"_id", "_lastUpdated", "_text", "_content", "_list", "_has"})
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    """What one search request may cost (settings EHR_MAX_CHAIN_BRANCHES, EHR_MAX_INCLUDES)."""
+
+    max_chain_branches: int = DEFAULT_MAX_CHAIN_BRANCHES
+    max_includes: int = 1000  # included resources per page
 
 
 @dataclass(frozen=True)
@@ -37,7 +53,7 @@ class SortKey:
 
 @dataclass(frozen=True)
 class Include:
-    source_type: str  # the resource type whose reference parameter is followed
+    source_type: str | None  # the type whose reference parameter is followed; None for '*' (any)
     param: str | None  # None for '*'
     target_type: str | None
     iterate: bool
@@ -74,12 +90,20 @@ def parse_request(
     strict: bool,
     default_count: int = 20,
     max_count: int = 1000,
+    limits: SearchLimits | None = None,
+    local_base: str | None = None,
 ) -> SearchRequest:
-    """Parse and check every parameter of a type- or system-level search."""
+    """Parse and check every parameter of a type- or system-level search (local_base:
+    this server's base, under which absolute reference values are local)."""
+    limits = limits or SearchLimits()
+    _check_costly_kinds(params)
+    if len(resource_types) > 1:
+        _check_common(resource_types, params)
     clauses: dict[str, list[Clause]] = {}
     issues: list[Issue] = []
+    budget = ChainBudget(limits.max_chain_branches)  # shared by every type and hop
     for rtype in resource_types:
-        parser = Parser(rtype, strict=strict)
+        parser = Parser(rtype, strict=strict, budget=budget, local_base=local_base)
         clauses[rtype] = parser.parse(params)
         if rtype == resource_types[0]:
             issues = parser.issues
@@ -150,6 +174,42 @@ def _check_contained(params: list[tuple[str, str]], resource_types: list[str], c
     return contained
 
 
+def _param_code(name: str) -> str:
+    return name.split(":", 1)[0].split(".", 1)[0]
+
+
+def _check_costly_kinds(params: list[tuple[str, str]]) -> None:
+    """At most MAX_PARAMETERS_PER_KIND each of _include, _revinclude, _has and chains."""
+    counts = {"_include": 0, "_revinclude": 0, "_has": 0, "chained": 0}
+    for name, _ in params:
+        code = _param_code(name)
+        kind = code if code in counts else "chained" if "." in name and code not in RESULT_PARAMETERS else None
+        if kind is None:
+            continue
+        counts[kind] += 1
+        if counts[kind] > MAX_PARAMETERS_PER_KIND:
+            what = f"{kind} parameters" if kind == "chained" else f"'{kind}' parameters"
+            raise FhirError.of(400, "too-costly", f"a search may have at most {MAX_PARAMETERS_PER_KIND} {what}")
+
+
+def _check_common(resource_types: list[str], params: list[tuple[str, str]]) -> None:
+    """R4 search.html#all: a search across several types may only use parameters that
+    every one of them defines; one applied to some types only would leave the others
+    unfiltered. A parameter that no type knows is an unknown parameter as usual."""
+    for name, _ in params:
+        code = _param_code(name)
+        if code in RESULT_PARAMETERS or code in _COMMON_CODES:
+            continue
+        lacking = [t for t in resource_types if code not in search_params(t)]
+        if lacking and len(lacking) < len(resource_types):
+            raise FhirError.of(
+                400,
+                "not-supported",
+                f"search parameter '{code}' is not defined for {', '.join(lacking)};"
+                " a search across several types takes only parameters that all of them have",
+            )
+
+
 def _parse_sort(resource_types: list[str], raw: str) -> list[SortKey]:
     keys = []
     for item in raw.split(","):
@@ -182,7 +242,7 @@ def _parse_sort(resource_types: list[str], raw: str) -> list[SortKey]:
 
 def _parse_include(value: str, reverse: bool, iterate: bool, resource_types: list[str]) -> Include:
     if value == "*":
-        return Include(resource_types[0], None, None, iterate, reverse)
+        return Include(None, None, None, iterate, reverse)
     parts = value.split(":")
     if len(parts) not in (2, 3) or parts[0] not in definitions().resource_types:
         raise FhirError.of(400, "invalid", f"_include value '{value}' must be Type:param[:target]")
@@ -449,8 +509,21 @@ def _index_sorted_page(
     return PageQuery(dated, b.args, 1, False, fill)
 
 
+def check_size(sql: str, args: list[object]) -> str:
+    """sql, unless it is too large to send (a search multiplied out by its ORs and chains)."""
+    if len(sql) > MAX_SQL_CHARS or len(args) > MAX_SQL_ARGS:
+        raise FhirError.of(400, "too-costly", "this search is too large to run; use fewer values, chains or types")
+    return sql
+
+
 def page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder) -> PageQuery:
     """SELECT of one page (count + 1 rows, to know whether another page follows)."""
+    query = _page_query(request, cursor, restrict, b)
+    check_size(query.sql, query.args)
+    return query
+
+
+def _page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder) -> PageQuery:
     shaped = _driven_page(request, cursor, restrict, b) or _index_sorted_page(request, cursor, restrict, b)
     if shaped is not None:
         return shaped
@@ -495,20 +568,20 @@ def count_query(request: SearchRequest, restrict: Restrict | None, b: SqlBuilder
     where = filter_sql(b, request)
     if restrict is not None:
         where += f" AND ({restrict('r')})"
-    return f"SELECT count(*) FROM resource r WHERE {where}"
+    return check_size(f"SELECT count(*) FROM resource r WHERE {where}", b.args)
 
 
 _RESOURCE_COLUMNS = "r.resource_type, r.id, r.version_id, r.last_updated, r.content"
 
 
-def include_sql(b: SqlBuilder, inc: Include, sources: list[Any]) -> str | None:
-    """The resources one _include/_revinclude brings in for the given resources
-    (anything with resource_type and id), or None when none can match."""
+def include_sql(b: SqlBuilder, inc: Include, sources: list[Any], limit: int) -> str | None:
+    """At most limit of the resources one _include/_revinclude brings in for the given
+    resources (anything with resource_type and id), or None when none can match."""
     if inc.reverse:
         targets = [s for s in sources if inc.target_type in (None, s.resource_type)]
         if not targets:
             return None
-        conds = [f"x.resource_type = {b.arg(inc.source_type)}"]
+        conds = [] if inc.source_type is None else [f"x.resource_type = {b.arg(inc.source_type)}"]
         if inc.param:
             conds.append(f"x.param = {b.arg(inc.param)}")
         types, ids = b.arg([s.resource_type for s in targets]), b.arg([s.id for s in targets])
@@ -517,16 +590,17 @@ def include_sql(b: SqlBuilder, inc: Include, sources: list[Any]) -> str | None:
         return (
             f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE NOT r.deleted"
             f" AND (r.resource_type, r.id) IN (SELECT x.resource_type, x.resource_id"
-            f" FROM search_reference x WHERE {' AND '.join(conds)})"
+            f" FROM search_reference x WHERE {' AND '.join(conds)}) LIMIT {int(limit)}"
         )
-    ids = [s.id for s in sources if s.resource_type == inc.source_type]
-    if not ids:
-        return None
-    conds = [
-        f"x.resource_type = {b.arg(inc.source_type)}",
-        f"x.resource_id = ANY({b.arg(ids)}::text[])",
-        "x.target_id IS NOT NULL",
-    ]
+    if inc.source_type is None:  # '*': every reference of every source
+        types, ids = b.arg([s.resource_type for s in sources]), b.arg([s.id for s in sources])
+        conds = [f"(x.resource_type, x.resource_id) IN (SELECT * FROM unnest({types}::text[], {ids}::text[]))"]
+    else:
+        source_ids = [s.id for s in sources if s.resource_type == inc.source_type]
+        if not source_ids:
+            return None
+        conds = [f"x.resource_type = {b.arg(inc.source_type)}", f"x.resource_id = ANY({b.arg(source_ids)}::text[])"]
+    conds.append("x.target_id IS NOT NULL")
     if inc.param:
         conds.append(f"x.param = {b.arg(inc.param)}")
     if inc.target_type:
@@ -534,5 +608,5 @@ def include_sql(b: SqlBuilder, inc: Include, sources: list[Any]) -> str | None:
     return (
         f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE NOT r.deleted"
         f" AND (r.resource_type, r.id) IN (SELECT x.target_type, x.target_id"
-        f" FROM search_reference x WHERE {' AND '.join(conds)})"
+        f" FROM search_reference x WHERE {' AND '.join(conds)}) LIMIT {int(limit)}"
     )

@@ -453,17 +453,16 @@ def _reference_sql(b: SqlBuilder, param: SearchParam, modifier: str | None, raw:
     if modifier in ("above", "below"):
         return _canonical_sql(b, modifier, raw, x)
     value = unescape(raw)
-    if modifier and modifier not in ("identifier",):  # :[type]
-        return f"{x}.target_type = {b.arg(modifier)} AND {x}.target_id = {b.arg(value)}"
+    if modifier and modifier not in ("identifier",):  # :[type], with an id or `Type/id`
+        rid = value.partition("/")[2] if value.startswith(modifier + "/") else value
+        return f"{x}.target_type = {b.arg(modifier)} AND {x}.target_id = {b.arg(rid)}"
     if "|" in value and "/" in value.split("|", 1)[0] and "://" in value:  # canonical|version
         url, version = value.split("|", 1)
         return f"{x}.url = {b.arg(url)} AND {x}.target_version = {b.arg(version)}"
     if "://" in value or value.startswith(("urn:", "#")):
-        tail = value.rstrip("/").split("/")
-        conds = [f"{x}.url = {b.arg(value)}"]
-        if len(tail) >= 2 and tail[-2][:1].isupper():
-            conds.append(f"({x}.target_type = {b.arg(tail[-2])} AND {x}.target_id = {b.arg(tail[-1])})")
-        return " OR ".join(conds)
+        # an absolute URL on our base was made relative by the parser; any other is
+        # another server's (or a logical/contained one): matched by its text only
+        return f"{x}.url = {b.arg(value)}"
     segments = value.split("/")
     if len(segments) == 1:
         return f"{x}.target_id = {b.arg(value)}"

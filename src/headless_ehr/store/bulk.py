@@ -7,27 +7,29 @@ plan, instead of 500 of each.
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from .sql import INDEX_TABLES
+from .sql import INDEX_TABLES, STAMP
 
 
 def _build() -> str:
-    n = 6  # $1 types, $2 ids, $3 contents, $4 methods, $5 narratives, $6 content texts
+    # $1 types, $2 ids, $3 contents (meta.lastUpdated a placeholder), $4 methods,
+    # $5 narratives, $6 content texts, $7 where each placeholder starts (1-based)
     ctes = [
-        """
-WITH src AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[])
-        AS u(rt, rid, content, method, narrative, fulltext)
+        "WITH"
+        + STAMP
+        + """, src AS MATERIALIZED (
+    SELECT rt, rid, overlay(content PLACING convert_to(t.ts_text, 'UTF8') FROM stamp_at FOR 32) AS content,
+        method, narrative, fulltext
+    FROM t, unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::integer[])
+        AS u(rt, rid, content, method, narrative, fulltext, stamp_at)
 ), cur AS (
     INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)
-    SELECT rt, rid, 1, $7::timestamptz, false, content FROM src
+    SELECT rt, rid, 1, t.ts, false, content FROM src, t
     RETURNING 1
 ), hist AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, content)
-    SELECT rt, rid, 1, $7::timestamptz, method, content FROM src
+    SELECT rt, rid, 1, t.ts, method, content FROM src, t
 ), ob AS (
-    INSERT INTO outbox (resource_type, id, version_id, method) SELECT rt, rid, 1, method FROM src
+    INSERT INTO outbox (resource_type, id, version_id, method, created_at) SELECT rt, rid, 1, method, t.ts FROM src, t
 ), txt AS (
     INSERT INTO search_text (resource_type, resource_id, narrative, content)
     SELECT rt, rid, to_tsvector('simple', narrative), to_tsvector('simple', fulltext) FROM src
@@ -42,14 +44,16 @@ WITH src AS (
             f" SELECT * FROM unnest({', '.join(arrays)}))"
         )
         n += 2 + len(columns)
-    return "".join(ctes) + "\nSELECT count(*) FROM cur"
+    return "".join(ctes) + "\nSELECT ts, ts_text FROM t WHERE EXISTS (SELECT 1 FROM cur)"
 
 
+# Answers the one timestamp of every resource it wrote, and its text.
 INSERT_MANY = _build()
 
 
-def insert_many_args(items: list[tuple[str, str, bytes, str, object]], ts: datetime) -> list[object]:
-    """Arguments of INSERT_MANY from (type, id, content, method, IndexRows) items."""
+def insert_many_args(items: list[tuple[str, str, bytes, str, object, int]]) -> list[object]:
+    """Arguments of INSERT_MANY from (type, id, content, method, IndexRows, placeholder
+    offset) items."""
     args: list[object] = [
         [i[0] for i in items],
         [i[1] for i in items],
@@ -57,13 +61,13 @@ def insert_many_args(items: list[tuple[str, str, bytes, str, object]], ts: datet
         [i[3] for i in items],
         [getattr(i[4], "narrative", None) for i in items],
         [getattr(i[4], "content", None) for i in items],
-        ts,
+        [i[5] + 1 for i in items],
     ]
     for field, _table, columns in INDEX_TABLES:
         owners_t: list[str] = []
         owners_i: list[str] = []
         cols: list[list[object]] = [[] for _ in columns]
-        for rtype, rid, _content, _method, rows in items:
+        for rtype, rid, _content, _method, rows, _stamp_at in items:
             for row in getattr(rows, field):
                 owners_t.append(rtype)
                 owners_i.append(rid)

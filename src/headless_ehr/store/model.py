@@ -40,6 +40,8 @@ class HistoryPage:
     entries: list[StoredResource]
     next_cursor: str | None
     total: int | None = None
+    # every version below this instant is settled: one that commits later is not older
+    settled: datetime | None = None
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ import asyncpg
 import orjson
 
 from ..fhir import json as fhir_json
+from ..search.custom import is_registered
 from ..search.extract import extract
 from ..search.registry import CUSTOM
 from . import sql
@@ -50,12 +51,15 @@ async def poll_registry(pool: asyncpg.Pool) -> None:
         await asyncio.sleep(REGISTRY_POLL_SECONDS)
 
 
-async def reindex_resource(db: asyncpg.Pool | asyncpg.Connection, resource_type: str, rid: str) -> bool:
-    """Re-extract one resource's index rows; False when it is missing or deleted."""
+async def reindex_resource(
+    db: asyncpg.Pool | asyncpg.Connection, resource_type: str, rid: str, local_base: str | None = None
+) -> bool:
+    """Re-extract one resource's index rows (absolute references under local_base are
+    local, as on write); False when it is missing or deleted."""
     row = await db.fetchrow(sql.READ_CURRENT, resource_type, rid)
     if row is None or row[2] is None:
         return False
-    mask, index = index_args(extract(fhir_json.loads(row[2])))
+    mask, index = index_args(extract(fhir_json.loads(row[2]), local_base=local_base))
     args = [resource_type, rid, row[0], row[1], row[2], "REINDEX", *index]
     return bool(await db.fetchval(sql.write_statement("reindex", mask), *args))
 
@@ -69,9 +73,7 @@ async def _register_search_parameters(conn: asyncpg.Connection) -> list[str]:
     urls = []
     for rid, version, content in stored:
         resource = fhir_json.loads(content)
-        if resource.get("status") == "retired" or (
-            not resource.get("expression") and resource.get("type") != "composite"
-        ):
+        if not is_registered(resource):
             continue
         url = resource.get("url") or f"urn:ehr:searchparameter:{rid}"
         urls.append(url)
@@ -101,10 +103,11 @@ class Reindexer:
         self.all_types = all_types
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, types: list[str] | None) -> str:
-        """Queue a job over types (None: every type) and run it in the background."""
+    async def start(self, types: list[str] | None, local_base: str | None = None) -> str:
+        """Queue a job over types (None: every type) and run it in the background;
+        local_base is kept with the job, so a node resuming it extracts the same rows."""
         job_id = str(uuid.uuid4())
-        params = {"types": types}
+        params = {"types": types, "base": local_base}
         await self.pool.execute(
             "INSERT INTO job (id, kind, status, params) VALUES ($1, 'reindex', 'running', $2::jsonb)",
             job_id,
@@ -201,7 +204,7 @@ class Reindexer:
                         break
                     async with self.pool.acquire() as conn:
                         for (rid,) in ids:
-                            await reindex_resource(conn, rtype, rid)
+                            await reindex_resource(conn, rtype, rid, job["params"].get("base"))
                     after = ids[-1][0]
                     progress.setdefault("after", {})[rtype] = after
                     progress["processed"] += len(ids)

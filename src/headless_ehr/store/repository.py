@@ -9,6 +9,7 @@ round trips.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ from ..fhir.outcome import FhirError, Issue, has_errors
 from ..fhir.references import RESOURCE_ID
 from ..search.compartment import Compartment, compartment_sql
 from ..search.criteria import Criteria
+from ..search.custom import check_search_parameter
 from ..search.extract import extract
 from ..search.paging import decode_cursor, encode_cursor
 from ..search.query import (
     MAX_INCLUDE_ITERATIONS,
+    SearchLimits,
     SearchRequest,
     count_query,
     cursor_for,
@@ -48,17 +51,21 @@ Validate = Callable[[Any], list[Issue]]
 Executor = asyncpg.Pool | asyncpg.Connection
 
 _OPTIMISTIC_ATTEMPTS = 2
-MAX_INCLUDED = 1000  # included resources per page
 # Serialises conditional writes on their criteria (keys pre-sorted; unnest keeps the order).
 _LOCK_CRITERIA = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
+# Creates per INSERT statement: asyncpg encodes a statement's arguments in one go,
+# holding the interpreter, so 10,000 resources in one statement would stall every
+# other thread of the process for a second.
+INSERT_CHUNK = 500
 
 
 class PreparedCreate(NamedTuple):
     resource_type: str
     id: str
-    content: bytes
+    content: bytes  # meta.lastUpdated is LAST_UPDATED_PLACEHOLDER until the database stamps it
     method: str
     rows: IndexRows
+    stamp_at: int  # where the placeholder starts in content
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +82,49 @@ def format_instant(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def with_meta(resource: Resource, rid: str, version: int, ts: datetime) -> Resource:
-    """The resource with id and server-owned meta set; resourceType, id, meta lead."""
-    meta = dict(resource.get("meta") or {})
-    meta["versionId"] = str(version)
-    meta["lastUpdated"] = format_instant(ts)
+# meta.lastUpdated as serialised before the database has chosen the instant: the
+# write statement overwrites these bytes with its own clock (sql.STAMP), so the stored
+# JSON and the last_updated column agree exactly. Same length as every real value.
+LAST_UPDATED_PLACEHOLDER = "0000-00-00T00:00:00.000000+00:00"
+_PLACEHOLDER = LAST_UPDATED_PLACEHOLDER.encode()
+assert len(_PLACEHOLDER) == sql.STAMP_LENGTH
+_LAST_UPDATED_KEY = b'","lastUpdated":"'
+
+
+def with_meta(resource: Resource, rid: str, version: int) -> Resource:
+    """The resource with id and server-owned meta set; resourceType, id, meta lead and
+    meta starts with versionId and lastUpdated (a placeholder until written), so the
+    stored bytes have both at a known place: stamping and no-op checks need no parse."""
+    meta: Resource = {"versionId": str(version), "lastUpdated": LAST_UPDATED_PLACEHOLDER}
+    for key, value in (resource.get("meta") or {}).items():
+        if key not in meta:
+            meta[key] = value
     out: Resource = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
     for key, value in resource.items():
         if key not in out:
             out[key] = value
     return out
+
+
+def serialise(final: Resource) -> tuple[bytes, int]:
+    """The bytes to store for with_meta()'s result, and where the placeholder starts
+    (its first occurrence: only resourceType and id come before it)."""
+    content = fhir_json.dumps(final)
+    return content, content.index(_PLACEHOLDER)
+
+
+def stamped(content: bytes, stamp_at: int, ts_text: str) -> bytes:
+    """content with the placeholder replaced, as the write statement stored it."""
+    return content[:stamp_at] + ts_text.encode() + content[stamp_at + sql.STAMP_LENGTH :]
+
+
+def same_content(stored: bytes, version: int, content: bytes, stamp_at: int) -> bool:
+    """Whether stored (version `version`) holds what content would store, apart from
+    meta.versionId and meta.lastUpdated: a byte comparison, no parsing."""
+    tail = content[stamp_at + sql.STAMP_LENGTH :]
+    head = content[: stamp_at - len(_LAST_UPDATED_KEY)]  # ... "versionId":"<new version>
+    head = head[: head.rindex(b'"') + 1] + str(version).encode() + _LAST_UPDATED_KEY
+    return len(stored) == len(head) + sql.STAMP_LENGTH + len(tail) and stored.startswith(head) and stored.endswith(tail)
 
 
 def index_args(rows: IndexRows) -> tuple[sql.Mask, list[object]]:
@@ -112,18 +152,31 @@ class ResourceStore:
         validate: Validate | None = None,
         max_page_size: int = 1000,
         search_db: Executor | None = None,
+        limits: SearchLimits | None = None,
+        local_base: str | None = None,
     ):
         self._db = db
+        # this server's FHIR base: absolute references under it are local (search/extract)
+        self.local_base = local_base
         # Searches vary so much by value (a rare code vs a common one) that a prepared
         # statement's generic plan is often 10x slower than a plan for the values at
         # hand; they run on connections that always plan for the actual values.
         self._search_db = search_db or db
         self._validate = validate
         self.max_page_size = max_page_size
+        self.limits = limits or SearchLimits()
 
     def bound(self, conn: asyncpg.Connection) -> ResourceStore:
         """The same store running its statements on conn (e.g. inside a transaction)."""
-        return ResourceStore(conn, self._validate, self.max_page_size)
+        return ResourceStore(conn, self._validate, self.max_page_size, limits=self.limits, local_base=self.local_base)
+
+    def on_base(self, base: str | None) -> ResourceStore:
+        """The same store for requests that came in on FHIR base `base`."""
+        if base == self.local_base:
+            return self
+        found = copy.copy(self)
+        found.local_base = base
+        return found
 
     # -- validation -----------------------------------------------------------------
 
@@ -141,6 +194,8 @@ class ResourceStore:
         issues = self._validate(resource) if self._validate else []
         if has_errors(issues):
             raise FhirError(422, issues)
+        if resource["resourceType"] == "SearchParameter":
+            check_search_parameter(resource)  # 400 before a bad definition is stored
         return issues
 
     # -- reads --------------------------------------------------------------------------
@@ -183,23 +238,34 @@ class ResourceStore:
         rid: str,
         version: int,
         method: str,
-        previous: int | None,
+        current: asyncpg.Record | None,
     ) -> StoredResource | None:
-        """Insert (previous None) or replace version `previous`; None when it lost a race."""
-        ts = datetime.now(UTC)
-        if resource is None:
-            content, rows = None, IndexRows()
-        else:
-            final = with_meta(resource, rid, version, ts)
-            content, rows = fhir_json.dumps(final), extract(final)
+        """Insert (no current row) or replace the current version; None when it lost a
+        race. Content identical to the current version's writes nothing and answers the
+        current version (an update that changes nothing is not a new version)."""
+        content: bytes | None = None
+        stamp_at: int | None = None
+        rows = IndexRows()
+        if resource is not None:
+            final = with_meta(resource, rid, version)
+            content, stamp_at = serialise(final)
+            live = current is not None and current[2] is not None  # an update of a non-deleted version
+            if live and same_content(current[2], current[0], content, stamp_at):
+                return StoredResource(resource_type, rid, current[0], current[1], current[2])
+            rows = extract(final, local_base=self.local_base)
         mask, index = index_args(rows)
-        args = [resource_type, rid, version, ts, content, method, *index]
-        if previous is None:
-            changed = await self._db.fetchval(sql.write_statement("insert", mask), *args)
+        position = None if stamp_at is None else stamp_at + 1
+        args = [resource_type, rid, version, position, content, method, *index]
+        if current is None:
+            row = await self._db.fetchrow(sql.write_statement("insert", mask), *args)
         else:
-            changed = await self._db.fetchval(sql.write_statement("update", mask), *args, previous)
-        if not changed:
+            row = await self._db.fetchrow(sql.write_statement("update", mask), *args, current[0])
+        if row is None:
             return None
+        ts, ts_text = row
+        if content is not None:
+            assert stamp_at is not None
+            content = stamped(content, stamp_at, ts_text)
         return StoredResource(resource_type, rid, version, ts, content, method)
 
     async def create(
@@ -228,25 +294,37 @@ class ResourceStore:
         assert stored is not None  # a fresh UUID cannot collide
         return WriteOutcome(stored, created=True)
 
-    def prepare_create(
-        self, principal: Principal, resource: Any, rid: str, method: str, ts: datetime
-    ) -> PreparedCreate:
+    def prepare_create(self, principal: Principal, resource: Any, rid: str, method: str) -> PreparedCreate:
         """Validate and serialise a create with a chosen id, for insert_prepared()."""
         self.check(resource)
         resource_type = resource["resourceType"]
         principal.require("create", resource_type)
-        final = with_meta(resource, rid, 1, ts)
-        return PreparedCreate(resource_type, rid, fhir_json.dumps(final), method, extract(final))
+        final = with_meta(resource, rid, 1)
+        content, stamp_at = serialise(final)
+        return PreparedCreate(resource_type, rid, content, method, extract(final, local_base=self.local_base), stamp_at)
 
-    async def insert_prepared(self, items: list[PreparedCreate], ts: datetime) -> list[StoredResource]:
-        """Insert prepared creates in one statement (a duplicate id fails them all)."""
+    async def insert_prepared(self, items: list[PreparedCreate]) -> list[StoredResource]:
+        """Insert prepared creates (a duplicate id fails them all), INSERT_CHUNK per
+        statement; each gets the timestamp the database gives its statement."""
         if not items:
             return []
         try:
-            await self._db.fetchval(INSERT_MANY, *insert_many_args(items, ts))
+            if len(items) <= INSERT_CHUNK:
+                ts, ts_text = await self._db.fetchrow(INSERT_MANY, *insert_many_args(items))
+                stamps = [(ts, ts_text)] * len(items)
+            else:
+                stamps = []
+                async with self._transaction() as conn:
+                    for start in range(0, len(items), INSERT_CHUNK):
+                        chunk = items[start : start + INSERT_CHUNK]
+                        stamp = tuple(await conn.fetchrow(INSERT_MANY, *insert_many_args(chunk)))
+                        stamps += [stamp] * len(chunk)
         except asyncpg.UniqueViolationError:
             raise FhirError.of(409, "duplicate", "a resource with one of these ids already exists") from None
-        return [StoredResource(i[0], i[1], 1, ts, i[2], i[3]) for i in items]
+        return [
+            StoredResource(i[0], i[1], 1, ts, stamped(i[2], i[5], ts_text), i[3])
+            for i, (ts, ts_text) in zip(items, stamps, strict=True)
+        ]
 
     async def update(
         self,
@@ -309,12 +387,15 @@ class ResourceStore:
     async def delete(
         self, principal: Principal, resource_type: str, rid: str, *, if_match: Versions | int | None = None
     ) -> StoredResource | None:
-        """Delete; returns the deletion version, or None when it was already deleted."""
+        """Delete; returns the deletion version, or None when there was nothing to delete
+        (already deleted, or never existed: R4 http.html#delete answers both with success)."""
         principal.require("delete", resource_type)
 
         def plan(current: asyncpg.Record | None) -> _Write | None:
             if current is None:
-                raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+                if if_match is not None:
+                    raise FhirError.of(412, "conflict", f"{resource_type}/{rid} does not exist (If-Match)")
+                return None
             if if_match is not None and not etag.matches(if_match, current[0]):
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             return None if current[2] is None else _Write(None, "DELETE")
@@ -357,10 +438,8 @@ class ResourceStore:
     async def _write_next(
         self, step: _Write, resource_type: str, rid: str, current: asyncpg.Record | None
     ) -> StoredResource | None:
-        if current is None:
-            return await self._write(step.resource, resource_type, rid, 1, step.method, None)
-        version = current[0]
-        return await self._write(step.resource, resource_type, rid, version + 1, step.method, version)
+        version = 1 if current is None else current[0] + 1
+        return await self._write(step.resource, resource_type, rid, version, step.method, current)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -496,7 +575,14 @@ class ResourceStore:
         count: int = 20,
         cursor: str | None = None,
     ) -> HistoryPage:
-        """Versions newest first, keyset-paged on (last_updated, seq)."""
+        """Versions newest first, keyset-paged on (last_updated, seq), below the watermark.
+
+        Only versions below write_watermark() (migration 0009) are shown: one that
+        commits later is never older than it, so polling with `_since` set to the
+        page's `settled` instant (Bundle.meta.lastUpdated) never misses a version that
+        commits after a later-started one. Every page of one traversal keeps the first
+        page's watermark (it travels in the cursor).
+        """
         principal.require("history", resource_type or "*")
         count = max(0, min(count, self.max_page_size))
         where, args = [], []
@@ -505,6 +591,24 @@ class ResourceStore:
             args.append(value)
             return f"${len(args)}"
 
+        position: tuple[datetime, int] | None = None
+        settled: datetime | None = None
+        if cursor:
+            state = decode_cursor(cursor)
+            try:
+                position = datetime.fromisoformat(state[0]), state[1]
+                if len(state) > 2:
+                    settled = datetime.fromisoformat(state[2])
+            except (TypeError, ValueError, IndexError, KeyError):
+                raise FhirError.of(400, "invalid", "malformed paging cursor") from None
+            seq = position[1]  # a bigint; an aware instant (PostgreSQL would fail on anything else)
+            if position[0].tzinfo is None or type(seq) is not int or not 0 <= seq < 2**63:
+                raise FhirError.of(400, "invalid", "the paging cursor does not fit this history")
+            if settled is not None and settled.tzinfo is None:
+                raise FhirError.of(400, "invalid", "the paging cursor does not fit this history")
+        if settled is None:
+            settled = await self._db.fetchval("SELECT write_watermark()")
+        where.append(f"last_updated < {arg(settled)}")
         if resource_type:
             where.append(f"resource_type = {arg(resource_type)}")
         if rid:
@@ -514,18 +618,10 @@ class ResourceStore:
         total = None
         if rid and resource_type:  # cheap at instance level; omitted for type/system
             total = await self._db.fetchval(f"SELECT count(*) FROM resource_history WHERE {' AND '.join(where)}", *args)
-        if cursor:
-            state = decode_cursor(cursor)
-            try:
-                ts, seq = datetime.fromisoformat(state[0]), state[1]
-            except (TypeError, ValueError, IndexError, KeyError):
-                raise FhirError.of(400, "invalid", "malformed paging cursor") from None
-            if ts.tzinfo is None or type(seq) is not int or not 0 <= seq < 2**63:
-                raise FhirError.of(400, "invalid", "the paging cursor does not fit this history")
-            where.append(f"(last_updated, seq) < ({arg(ts)}, {arg(seq)})")
-        clause = " WHERE " + " AND ".join(where) if where else ""
+        if position is not None:
+            where.append(f"(last_updated, seq) < ({arg(position[0])}, {arg(position[1])})")
         rows = await self._db.fetch(
-            f"SELECT {sql.HISTORY_COLUMNS} FROM resource_history{clause}"
+            f"SELECT {sql.HISTORY_COLUMNS} FROM resource_history WHERE {' AND '.join(where)}"
             f" ORDER BY last_updated DESC, seq DESC LIMIT {count + 1}",
             *args,
         )
@@ -533,8 +629,8 @@ class ResourceStore:
         next_cursor = None
         if len(rows) > count and count:
             last = rows[count - 1]
-            next_cursor = encode_cursor([last[3].isoformat(), last[6]])
-        return HistoryPage(entries, next_cursor, total)
+            next_cursor = encode_cursor([last[3].isoformat(), last[6], settled.isoformat()])
+        return HistoryPage(entries, next_cursor, total, settled)
 
     # -- search -------------------------------------------------------------------------
 
@@ -553,7 +649,15 @@ class ResourceStore:
         types = [resource_types] if isinstance(resource_types, str) else list(resource_types)
         for rtype in types:
             principal.require("search", rtype)
-        request = parse_request(types, params, strict=strict, default_count=default_count, max_count=self.max_page_size)
+        request = parse_request(
+            types,
+            params,
+            strict=strict,
+            default_count=default_count,
+            max_count=self.max_page_size,
+            limits=self.limits,
+            local_base=self.local_base,
+        )
         b = SqlBuilder()
         restriction = _compartment_restriction(types, compartment, b)
         total: int | None = None
@@ -586,8 +690,13 @@ class ResourceStore:
                 total = await self._search_db.fetchval(count_query(request, cr, cb), *cb.args)
         elif request.total == "estimate":
             total = await self._estimate(request, compartment, types)
-        included = await self._includes(principal, request, entries)
-        return SearchPage(entries, total, next_cursor, prev_cursor, request.issues, included, request)
+        included, truncated = await self._includes(principal, request, entries)
+        issues = request.issues
+        if truncated:
+            cap = self.limits.max_includes
+            message = f"only {cap} included resources are returned per page; some are left out (use a smaller _count)"
+            issues = [*issues, Issue("warning", "too-costly", message)]
+        return SearchPage(entries, total, next_cursor, prev_cursor, issues, included, request)
 
     async def _estimate(self, request: SearchRequest, compartment: Compartment | None, types: list[str]) -> int:
         b = SqlBuilder()
@@ -601,10 +710,12 @@ class ResourceStore:
 
     async def _includes(
         self, principal: Principal, request: SearchRequest, matches: list[StoredResource]
-    ) -> list[StoredResource]:
-        """_include and _revinclude targets of the matches (iterating where asked)."""
+    ) -> tuple[list[StoredResource], bool]:
+        """_include and _revinclude targets of the matches (iterating where asked), at
+        most limits.max_includes of them, and whether some were left out for that cap."""
         if not request.includes or not matches:
-            return []
+            return [], False
+        cap = self.limits.max_includes
         seen = {(m.resource_type, m.id) for m in matches}
         found: list[StoredResource] = []
         frontier = list(matches)
@@ -614,23 +725,25 @@ class ResourceStore:
                 break
             fresh: list[StoredResource] = []
             for inc in wanted:
+                room = cap - len(found) - len(fresh)
                 b = SqlBuilder()
-                statement = include_sql(b, inc, frontier)
+                # rows already seen come back too: ask for enough to fill the room and one
+                # more, which tells that the cap left something out
+                statement = include_sql(b, inc, frontier, room + len(seen) + 1)
                 if statement is None:
                     continue
                 for r in await self._search_db.fetch(statement, *b.args):
                     key = (r[0], r[1])
                     if key in seen or not principal.allows("read", r[0]):
                         continue
+                    if len(found) + len(fresh) >= cap:
+                        found += fresh
+                        return found, True
                     seen.add(key)
                     fresh.append(StoredResource(r[0], r[1], r[2], r[3], r[4]))
-                    if len(found) + len(fresh) >= MAX_INCLUDED:
-                        break
             found += fresh
             frontier = fresh
-            if len(found) >= MAX_INCLUDED:
-                break
-        return found
+        return found, False
 
 
 def _compartment_restriction(

@@ -58,7 +58,9 @@ INDEX_TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("position", "search_position", [("param", "text"), ("latitude", "float8"), ("longitude", "float8")]),
     ("contained", "search_contained", CONTAINED_COLUMNS),
 ]
-FIXED_ARGS = 6  # $1 type, $2 id, $3 version, $4 last_updated, $5 content, $6 method
+# $1 type, $2 id, $3 version, $4 where in $5 the lastUpdated placeholder starts (1-based;
+# reindex: the current last_updated), $5 content (NULL for a deletion), $6 method
+FIXED_ARGS = 6
 Mask = tuple[bool, ...]  # which index tables get rows, in INDEX_TABLES order
 
 
@@ -98,13 +100,40 @@ _DELETES = "".join(
     " AND $5::bytea IS NULL AND EXISTS (SELECT 1 FROM cur))"
 )
 
+# The database's clock stamps every write (never the application's): `ts` for the
+# rows' last_updated and the same instant as text for meta.lastUpdated in the stored
+# bytes, so the column and the JSON agree to the microsecond. The transaction id is
+# taken first, so a writer shows in pg_stat_activity.backend_xid before its timestamp
+# exists; write_watermark() (migration 0009) relies on that order.
+STAMP = """
+t AS MATERIALIZED (
+    SELECT ts, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS ts_text
+    FROM (
+        -- the CASE makes the clock wait for the id (pg_current_xact_id() is stable: an
+        -- unused column holding it would be planned away)
+        SELECT CASE WHEN x IS NOT NULL THEN clock_timestamp() END AS ts
+        FROM (SELECT pg_current_xact_id() AS x OFFSET 0) AS xid
+    ) AS stamp
+)"""
+STAMP_LENGTH = 32  # len("2026-01-02T03:04:05.123456+00:00")
+
+_STAMPED = (
+    "WITH"
+    + STAMP
+    + """, v AS MATERIALIZED (
+    SELECT ts, ts_text, overlay($5::bytea PLACING convert_to(ts_text, 'UTF8') FROM $4::integer FOR 32) AS content
+    FROM t
+)"""
+)
+
 _HISTORY_AND_OUTBOX = """
 , hist AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, content)
-    SELECT $1, $2, $3, $4, $6, $5 FROM cur
+    SELECT $1, $2, $3, v.ts, $6, v.content FROM cur, v
 ), ob AS (
-    INSERT INTO outbox (resource_type, id, version_id, method) SELECT $1, $2, $3, $6 FROM cur
+    INSERT INTO outbox (resource_type, id, version_id, method, created_at) SELECT $1, $2, $3, $6, v.ts FROM cur, v
 )"""
+_RESULT = "\nSELECT ts, ts_text FROM v WHERE EXISTS (SELECT 1 FROM cur)"
 
 
 @cache
@@ -113,22 +142,24 @@ def write_statement(kind: str, mask: Mask) -> str:
 
     insert: a new resource (version 1, or a client id); update: replace the version
     given as the last parameter; reindex: rewrite the index rows of the version in $3.
+    insert and update answer the write's timestamp and its text (no row: nothing
+    written); reindex answers how many rows it rewrote.
     """
     inserts, last = _inserts(mask)
     if kind == "insert":
         head = (
-            "WITH cur AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)"
-            " VALUES ($1, $2, $3, $4, $5::bytea IS NULL, $5::bytea)"
+            _STAMPED + ", cur AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)"
+            " SELECT $1, $2, $3, v.ts, $5::bytea IS NULL, v.content FROM v"
             " ON CONFLICT (resource_type, id) DO NOTHING RETURNING 1)"
         )
-        return head + _HISTORY_AND_OUTBOX + inserts + "\nSELECT count(*) FROM cur"
+        return head + _HISTORY_AND_OUTBOX + inserts + _RESULT
     if kind == "update":
         head = (
-            "WITH cur AS (UPDATE resource"
-            " SET version_id = $3, last_updated = $4, deleted = $5::bytea IS NULL, content = $5::bytea"
+            _STAMPED + ", cur AS (UPDATE resource"
+            " SET version_id = $3, last_updated = v.ts, deleted = $5::bytea IS NULL, content = v.content FROM v"
             f" WHERE resource_type = $1 AND id = $2 AND version_id = ${last} RETURNING 1)"
         )
-        return head + _DELETES + _HISTORY_AND_OUTBOX + inserts + "\nSELECT count(*) FROM cur"
+        return head + _DELETES + _HISTORY_AND_OUTBOX + inserts + _RESULT
     assert kind == "reindex"
     head = (
         "WITH cur AS (SELECT 1 FROM resource"

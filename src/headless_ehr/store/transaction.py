@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -25,7 +24,7 @@ from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue, operation_outcome
 from ..fhir.patch import apply_fhirpath_patch, apply_json_patch
-from ..fhir.references import RESOURCE_ID, iter_references
+from ..fhir.references import RESOURCE_ID, iter_references, local_path
 from ..search.criteria import Criteria, conditional_criteria
 from .etag import Versions, parse_etags
 from .ids import new_id
@@ -77,7 +76,6 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
         raise FhirError.of(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
     out = []
     types = definitions().resource_types
-    prefix = base_url + "/"
     full_urls: dict[str, int] = {}
     for i, raw in enumerate(entries):
         where = f"Bundle.entry[{i}]"
@@ -87,8 +85,7 @@ def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
         method, url = request.get("method"), request.get("url")
         if method not in _ORDER or not isinstance(url, str) or not url:
             raise FhirError.of(400, "invalid", f"{where}: request needs a method and url", f"{where}.request")
-        if url.startswith(prefix):
-            url = url[len(prefix) :]
+        url = local_path(url, base_url) or url
         if "?" in url or ":" in url:
             parts = urlsplit(url)
             if parts.scheme or parts.netloc:
@@ -202,9 +199,8 @@ class BundleProcessor:
                 except FhirError as exc:
                     raise _fail(entry, exc) from None
         await self._resolve_conditional_references(store, entries)
-        ts = datetime.now(UTC)
         await self._run_all(store, [e for e in entries if e.method == "DELETE"])
-        await self._create_all(store, entries, ts)  # every POST, in one statement
+        await self._create_all(store, entries)  # every POST, in one statement
         await self._run_all(store, [e for e in entries if e.method in ("PUT", "PATCH")])
         await self._run_all(store, [e for e in entries if e.method in ("GET", "HEAD")])
 
@@ -215,7 +211,7 @@ class BundleProcessor:
             except FhirError as exc:
                 raise _fail(entry, exc) from None
 
-    async def _create_all(self, store: ResourceStore, entries: list[Entry], ts: datetime) -> None:
+    async def _create_all(self, store: ResourceStore, entries: list[Entry]) -> None:
         pending = [e for e in entries if e.method == "POST" and not e.skip and not e.response]
         if not pending:
             return
@@ -223,10 +219,10 @@ class BundleProcessor:
         for entry in pending:
             try:
                 assert entry.target_id is not None
-                prepared.append(store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts))
+                prepared.append(store.prepare_create(self.principal, entry.resource, entry.target_id, "POST"))
             except FhirError as exc:
                 raise _fail(entry, exc) from None
-        stored = await store.insert_prepared(prepared, ts)
+        stored = await store.insert_prepared(prepared)
         for entry, s in zip(pending, stored, strict=True):
             entry.response = self._entry_response(s, 201)
             entry.matched = s
@@ -320,7 +316,6 @@ class BundleProcessor:
         # (checked when settling a conditional PUT, and by update() for `Type/id`)
         if entry.method == "PUT" and entry.target_id is not None and "id" not in entry.resource:
             entry.resource["id"] = entry.target_id
-        base = self.base_url + "/"
         types = definitions().resource_types
 
         for holder in iter_references(entry.resource):
@@ -328,8 +323,9 @@ class BundleProcessor:
             if ref in aliases:
                 holder["reference"] = aliases[ref]
                 continue
-            if ref.startswith(base):  # our own base: the same as the relative form
-                ref = holder["reference"] = ref[len(base) :]
+            relative = local_path(ref, self.base_url)
+            if relative is not None:  # our own base: the same as the relative form
+                ref = holder["reference"] = relative
             if "?" in ref and ref.split("?", 1)[0] in types:
                 entry.conditional_refs.append(holder)
             elif ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
@@ -366,11 +362,7 @@ class BundleProcessor:
             entry.response = self._entry_response(outcome.stored, 201 if outcome.created else 200)
         elif entry.method == "DELETE":
             for rid in entry.deletes:
-                try:
-                    await store.delete(self.principal, rtype, rid, if_match=if_match)
-                except FhirError as exc:
-                    if exc.status != 404:
-                        raise
+                await store.delete(self.principal, rtype, rid, if_match=if_match)
             entry.response = {"status": "204 No Content"}
         elif entry.method == "PATCH":
             assert entry.target_id is not None
@@ -404,11 +396,19 @@ class BundleProcessor:
 
     # -- batch --------------------------------------------------------------------------
 
-    async def batch(self, bundle: dict[str, Any], *, representation: bool = False) -> BundleResult:
+    async def batch(
+        self, bundle: dict[str, Any], *, representation: bool = False, conn: asyncpg.Connection | None = None
+    ) -> BundleResult:
+        """Run each entry on its own; with conn, all inside conn's transaction, each entry
+        in a savepoint (a failed entry undoes only itself), so they commit together."""
         entries = parse_entries(bundle, self.base_url)
         for entry in entries:
             try:
-                await self._batch_entry(entry)
+                if conn is None:
+                    await self._batch_entry(entry)
+                else:
+                    async with conn.transaction():
+                        await self._batch_run(self.store.bound(conn), entry)
             except FhirError as exc:
                 entry.matched = None
                 entry.response = {
@@ -434,9 +434,8 @@ class BundleProcessor:
             if entry.skip:
                 return
             assert entry.target_id is not None
-            ts = datetime.now(UTC)
-            prepared = store.prepare_create(self.principal, entry.resource, entry.target_id, "POST", ts)
-            (stored,) = await store.insert_prepared([prepared], ts)
+            prepared = store.prepare_create(self.principal, entry.resource, entry.target_id, "POST")
+            (stored,) = await store.insert_prepared([prepared])
             entry.matched = stored
             entry.response = self._entry_response(stored, 201)
             return

@@ -18,8 +18,8 @@ from ...fhir.outcome import FhirError
 from ...search.compartment import Compartment, member_types
 from ...search.normalize import DateFormatError, date_range
 from .. import bundles
+from ..context import principal_of, store_of
 from ..instants import parse_instant
-from ..interactions import principal_of, store_of
 from ..responses import json_response
 
 _KNOWN = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_id", "start", "end"})
@@ -67,7 +67,7 @@ async def everything(request: Request, resource_type: str, rid: str | None) -> R
         params.append(("_count", q["_count"]))
     if not types:
         raise FhirError.of(400, "invalid", "_type leaves no resource types in the compartment")
-    params += [("_include", f"{t}:*") for t in types]
+    params.append(("_include", "*"))  # what any of them references
     period = _care_period(q.get("start"), q.get("end"))
     settings = request.app.state.settings
     page = await store.search(

@@ -23,20 +23,23 @@ def _reindexer(request: Request) -> Reindexer:
 
 async def start(request: Request, resource_type: str | None, rid: str | None) -> Response:
     principal = request.state.principal
+    principal.require_system("$reindex")  # rewrites every node's index: never a user's call
     principal.require("update", resource_type or "*")
+    base = base_url(request)  # absolute references under it are local, as on write
     if rid is not None:
         assert resource_type is not None
-        if not await reindex_resource(request.app.state.pool, resource_type, rid):
+        if not await reindex_resource(request.app.state.pool, resource_type, rid, base):
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known or deleted")
         return json_response(request, info_outcome(f"reindexed {resource_type}/{rid}"))
     types = [resource_type] if resource_type else None
-    job_id = await _reindexer(request).start(types)
-    status_url = f"{base_url(request)}/$reindex?job={job_id}"
+    job_id = await _reindexer(request).start(types, base)
+    status_url = f"{base}/$reindex?job={job_id}"
     body = _parameters({"job": job_id, "status": "running"})
     return json_response(request, body, 202, {"Content-Location": status_url})
 
 
 async def status(request: Request) -> Response:
+    request.state.principal.require_system("$reindex")
     job_id = request.query_params.get("job")
     if not job_id:
         raise FhirError.of(400, "required", "GET $reindex needs ?job=<id> (from Content-Location)")

@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...fhir.outcome import FhirError, Issue, operation_outcome
-from ..interactions import store_of
-from ..negotiation import read_resource
+from ...store import ResourceStore
+from .. import offload
+from ..negotiation import parse_resource, read_json_body
 from ..responses import json_response
 
 _MODES = frozenset({"create", "update", "delete"})
@@ -37,7 +38,15 @@ def _unwrap(body: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 async def validate(request: Request, resource_type: str, rid: str | None = None) -> Response:
-    body = await read_resource(request, request.app.state.settings.max_body_bytes)
+    body = await read_json_body(request, request.app.state.settings.max_body_bytes)
+
+    async def work(store: ResourceStore, _: object) -> Response:  # a deep validation is CPU work
+        return await _validate(request, store, parse_resource(body), resource_type, rid)
+
+    return await offload.run(request, len(body), work)
+
+
+async def _validate(request: Request, store: ResourceStore, body: Any, resource_type: str, rid: str | None) -> Response:
     resource, mode = _unwrap(body)
     mode = request.query_params.get("mode", mode)
     if mode is not None and mode not in _MODES:
@@ -46,10 +55,10 @@ async def validate(request: Request, resource_type: str, rid: str | None = None)
     if mode == "delete":
         if rid is None:
             raise FhirError.of(400, "invalid", "mode=delete needs an instance ($validate on Type/id)")
-        await store_of(request).read(request.state.principal, resource_type, rid)
+        await store.read(request.state.principal, resource_type, rid)
         return json_response(request, operation_outcome(issues))
     try:
-        issues.extend(store_of(request).check(resource, resource_type))
+        issues.extend(store.check(resource, resource_type))
     except FhirError as exc:
         issues.extend(exc.issues)
     if isinstance(resource, dict):

@@ -5,6 +5,11 @@ resource's type: expressions are compiled once per parameter (`compile.py`), val
 are converted by search-parameter type (`values.py`, `ucum.py`), and `_text` /
 `_content` get the narrative and the resource's text (`text.py`). Identical rows are
 written once.
+
+An absolute reference is local only when it is on this server's base (`local_base`,
+the rule in `fhir.references.local_path`): a reference to another server keeps only
+its URL, so it is found by URL (`subject=http://other/fhir/Patient/1`, `:above`) but
+never joins a local resource's compartment, includes or chains.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import env_flag
+from ...fhir.references import local_path
 from ..registry import COLUMN_PARAMS, SearchParam, indexed_params
 from ..rows import IndexRows, contained_row
 from .compile import Fn, compile_param
@@ -104,7 +110,7 @@ def _unique(rows: list[tuple]) -> list[tuple]:
 _CONTAINED_KINDS = ("token", "string", "reference", "date", "number", "quantity", "uri", "composite", "position")
 
 
-def _contained_rows(contained: list[Any]) -> list[tuple]:
+def _contained_rows(contained: list[Any], local_base: str | None) -> list[tuple]:
     """search_contained rows of the contained resources (for `_contained=true|both`):
     each one's own index rows under every parameter of its type, plus a `resource` row
     naming it. Contained resources cannot contain others (R4 dom-2)."""
@@ -116,24 +122,45 @@ def _contained_rows(contained: list[Any]) -> list[tuple]:
         if type(rtype) is not str or type(cid) is not str:
             continue
         sink = _run(_default_plan(rtype, _default_plans), item)
+        if sink.reference:
+            sink.reference = foreign_references(sink.reference, local_base)
         out.append(contained_row(rtype, cid, "resource", ()))
         for kind in _CONTAINED_KINDS:
             out += [contained_row(rtype, cid, kind, row) for row in _unique(getattr(sink, kind))]
     return out
 
 
-def extract(resource: dict[str, Any], params: Iterable[SearchParam] | None = None) -> IndexRows:
+def foreign_references(rows: list[tuple], local_base: str | None) -> list[tuple]:
+    """Reference rows with the target type and id of absolute URLs not on local_base
+    dropped: `http://other/fhir/Patient/1` is not our Patient/1. Only absolute
+    references carry both a url and an id, so relative ones cost one test each."""
+    out = rows
+    for i, row in enumerate(rows):
+        url = row[4]
+        if url is not None and row[2] is not None and local_path(url, local_base) is None:
+            if out is rows:
+                out = list(rows)
+            out[i] = (row[0], None, None, None, url)
+    return out
+
+
+def extract(
+    resource: dict[str, Any], params: Iterable[SearchParam] | None = None, local_base: str | None = None
+) -> IndexRows:
     """The index rows of resource for params (default: every parameter of its type).
 
     `_id` and `_lastUpdated` are answered from the resource table and give no rows;
-    `_text` and `_content` fill `narrative` and `content`.
+    `_text` and `_content` fill `narrative` and `content`. local_base: this server's
+    FHIR base, under which absolute references are local (None: none is).
     """
     plan = _plan(params) if params is not None else _default_plan(resource["resourceType"], _default_plans)
     sink = _run(plan, resource)
+    if sink.reference:
+        sink.reference = foreign_references(sink.reference, local_base)
     narrative = narrative_text(resource) if plan.text or plan.content else None
     contained = resource.get("contained")
     return IndexRows(
-        contained=_contained_rows(contained)
+        contained=_contained_rows(contained, local_base)
         if OPTIONS.contained and params is None and type(contained) is list
         else [],
         token=_unique(sink.token),

@@ -28,6 +28,7 @@ import contextvars
 import itertools
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -700,6 +701,64 @@ def evaluate(expression: str, resource: dict[str, Any], node: Any = None) -> lis
         _current_resource.reset(token)
 
 
+# -- the time budget of slow-path expressions -----------------------------------------
+# A custom SearchParameter's expression runs on every write of its base type and on
+# $reindex; one that explodes (nested descendants(), repeat()) must not hang either.
+# fhirpathpy evaluates node by node through its `evaluators` table: each entry is
+# wrapped once to check a deadline, set per evaluation (the compiled fast path is
+# linear in the resource and needs none).
+
+EXPRESSION_BUDGET_SECONDS = 0.1  # per parameter and resource; EHR_SEARCH_EXPRESSION_BUDGET_MS
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("fhirpath_deadline", default=0.0)
+
+
+class BudgetExceeded(Exception):
+    """An expression ran past its time budget."""
+
+
+def set_expression_budget(seconds: float) -> None:
+    global EXPRESSION_BUDGET_SECONDS
+    EXPRESSION_BUDGET_SECONDS = seconds
+
+
+@cache
+def _install_deadline() -> None:
+    from fhirpathpy.engine.evaluators import evaluators
+
+    def timed(evaluator: Callable[..., Any]) -> Callable[..., Any]:
+        def run(ctx: Any, parent: Any, node: Any) -> Any:
+            deadline = _deadline.get()
+            if deadline and time.monotonic() > deadline:
+                raise BudgetExceeded
+            return evaluator(ctx, parent, node)
+
+        return run
+
+    for name, evaluator in list(evaluators.items()):
+        evaluators[name] = timed(evaluator)
+
+
+def evaluate_within_budget(expression: str, resource: dict[str, Any], node: Any = None) -> list:
+    """evaluate(), raising BudgetExceeded once EXPRESSION_BUDGET_SECONDS have passed."""
+    _install_deadline()
+    # a nested evaluation (a composite's components) shares its caller's deadline
+    token = _deadline.set(_deadline.get() or time.monotonic() + EXPRESSION_BUDGET_SECONDS)
+    try:
+        return evaluate(expression, resource, node)
+    finally:
+        _deadline.reset(token)
+
+
+def _over_budget(param: SearchParam, resource: dict[str, Any]) -> None:
+    log.warning(
+        "search parameter %s skipped on %s/%s: its expression ran past %.0f ms",
+        param.url,
+        resource.get("resourceType"),
+        resource.get("id"),
+        EXPRESSION_BUDGET_SECONDS * 1000,
+    )
+
+
 def _slow(param: SearchParam) -> Fn:
     expression = param.expression
     assert expression is not None
@@ -710,7 +769,10 @@ def _slow(param: SearchParam) -> Fn:
 
     def run(values: list, sink: Any) -> None:
         try:
-            found = evaluate(expression, sink.resource)
+            found = evaluate_within_budget(expression, sink.resource)
+        except BudgetExceeded:
+            _over_budget(param, sink.resource)
+            return
         except Exception:  # an expression the engine cannot run on this resource
             log.warning("cannot evaluate %s on %s", param.url, sink.resource.get("resourceType"))
             return
@@ -731,20 +793,31 @@ def _slow_composite(param: SearchParam) -> Fn:
     assert expression is not None
 
     def run(values: list, sink: Any) -> None:
+        rows: list[tuple[str, str]] = []
+        token = _deadline.set(time.monotonic() + EXPRESSION_BUDGET_SECONDS)  # one budget for all components
         try:
-            elements = evaluate(expression, sink.resource)
+            elements = evaluate_within_budget(expression, sink.resource)
             for element in elements:
                 lists = []
                 for component_expression, convert in components:
-                    found = [d for v in evaluate(component_expression, sink.resource, element) for d in convert(v, {})]
+                    found = [
+                        d
+                        for v in evaluate_within_budget(component_expression, sink.resource, element)
+                        for d in convert(v, {})
+                    ]
                     if not found:
                         break
                     lists.append(found)
                 else:
-                    for combo in itertools.product(*lists):
-                        sink.composite.append((code, orjson.dumps(combo).decode()))
+                    rows.extend((code, orjson.dumps(combo).decode()) for combo in itertools.product(*lists))
+        except BudgetExceeded:
+            _over_budget(param, sink.resource)
+            return
         except Exception:
             log.warning("cannot evaluate %s on %s", param.url, sink.resource.get("resourceType"))
+        finally:
+            _deadline.reset(token)
+        sink.composite.extend(rows)
 
     return run
 

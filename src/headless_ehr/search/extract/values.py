@@ -278,6 +278,7 @@ def _reference(v: Any) -> list[tuple]:
 
 
 def _canonical(v: Any) -> list[tuple]:
+    """A uri or string naming a resource (`Patient/1`, `http://x/fhir/Patient/1`)."""
     if type(v) is not str or not v:
         return []
     target = parse_canonical(v)
@@ -285,6 +286,18 @@ def _canonical(v: Any) -> list[tuple]:
     if target.type is None and url is None:
         return []
     return [(target.type, target.id, target.version, url)]
+
+
+def _canonical_url(v: Any) -> list[tuple]:
+    """A canonical element (`questionnaire`, `meta.profile`): its URL and version only.
+    A canonical names an artefact by its `url`, never a resource by type and id, so
+    it is not a local reference even when it ends in `Type/id` (R4 references.html#canonical)."""
+    if type(v) is not str or not v:
+        return []
+    url, bar, version = v.partition("|")
+    if not url or len(url) > KEY_LIMIT:
+        return []
+    return [(None, None, version if bar else None, url)]
 
 
 def _resource(v: Any) -> list[tuple]:
@@ -298,6 +311,7 @@ REFERENCE: dict[str, Callable[[Any], list[tuple]]] = {
     "Reference": _reference,
     "Resource": _resource,
     **{name: _canonical for name in URI_TYPES},
+    "canonical": _canonical_url,
     "string": _canonical,
 }
 

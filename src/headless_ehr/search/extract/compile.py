@@ -299,7 +299,7 @@ class _Parser:
             elif self.peek("["):
                 self.take()
                 n = self.take()
-                if not n.isdigit():
+                if not (n.isascii() and n.isdigit()):
                     raise Unsupported("index")
                 self.take("]")
                 steps.append(Index(int(n)))

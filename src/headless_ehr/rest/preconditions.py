@@ -19,40 +19,36 @@ def if_match(request: Request) -> Versions | None:
     return None if value is None else parse_etags(value, "If-Match")
 
 
+def _unmodified_since(request: Request, last_modified: datetime) -> bool:
+    """If-Modified-Since says the client's copy is current (HTTP dates have whole seconds)."""
+    ims = request.headers.get("if-modified-since")
+    if ims is None:
+        return False
+    try:
+        since: datetime = parsedate_to_datetime(ims)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False  # RFC 9110: an invalid date is ignored
+    return since.tzinfo is not None and last_modified.replace(microsecond=0) <= since
+
+
 def not_modified(request: Request, stored: StoredResource) -> bool:
     """True when If-None-Match or If-Modified-Since says the client's copy is current."""
     inm = request.headers.get("if-none-match")
-    if inm is not None:
-        try:
-            return matches(parse_etags(inm, "If-None-Match"), stored.version_id)
-        except FhirError:
-            return False  # a tag we cannot read matches nothing: the client gets the resource
-    ims = request.headers.get("if-modified-since")
-    if ims is not None:
-        try:
-            since: datetime = parsedate_to_datetime(ims)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return False  # RFC 9110: an invalid date is ignored
-        if since.tzinfo is None:
-            return False
-        return stored.last_updated.replace(microsecond=0) <= since
-    return False
+    if inm is None:  # RFC 9110 §13.1.3: If-Modified-Since only counts without If-None-Match
+        return _unmodified_since(request, stored.last_updated)
+    try:
+        return matches(parse_etags(inm, "If-None-Match"), stored.version_id)
+    except FhirError:
+        return False  # a tag we cannot read matches nothing: the client gets the resource
 
 
 def validator_matches(request: Request, etag: str, last_modified: datetime) -> bool:
-    """If-None-Match / If-Modified-Since against a representation that has no version id (e.g. /metadata)."""
+    """not_modified() for a representation with an opaque ETag and no version id (e.g. /metadata)."""
     inm = request.headers.get("if-none-match")
-    if inm is not None:
-        weak = etag.removeprefix("W/")
-        return any(t.strip() in ("*", etag, weak) or t.strip().removeprefix("W/") == weak for t in inm.split(","))
-    ims = request.headers.get("if-modified-since")
-    if ims is not None:
-        try:
-            since = parsedate_to_datetime(ims)
-        except (TypeError, ValueError):
-            return False
-        return since.tzinfo is not None and last_modified.replace(microsecond=0) <= since
-    return False
+    if inm is None:
+        return _unmodified_since(request, last_modified)
+    weak = etag.removeprefix("W/")
+    return any(t.strip() in ("*", etag, weak) or t.strip().removeprefix("W/") == weak for t in inm.split(","))
 
 
 def if_none_exist(request: Request, resource_type: str) -> Criteria | None:

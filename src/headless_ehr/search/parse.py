@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
-from ..fhir.references import local_path
+from ..fhir.references import RESOURCE_ID, local_path
 from ..fhir.validation.primitives import decimal_problem
 from .registry import NEAR_URL, SearchParam, search_params
 
@@ -204,7 +204,7 @@ class Parser:
             for v in clause.values:
                 if code == "_list" and v.startswith("$"):
                     raise FhirError.of(400, "not-supported", f"functional list '{v}' is not supported; name a List id")
-                if not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", unescape(v)):
+                if not RESOURCE_ID.fullmatch(unescape(v)):
                     raise FhirError.of(400, "invalid", f"invalid {code} value '{v}'")
         return clause
 

@@ -11,11 +11,12 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from ...fhir.definitions import definitions
+from ...fhir.references import RESOURCE_ID
 
 # `Type/id[/_history/vid]` at the end of a relative or absolute reference (R4 3.1.3.3).
 _TAIL = re.compile(
-    r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})"
-    r"(?:/_history/(?P<version>[A-Za-z0-9\-.]{1,64}))?$"
+    rf"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>{RESOURCE_ID.pattern})"
+    rf"(?:/_history/(?P<version>{RESOURCE_ID.pattern}))?$"
 )
 _ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 

@@ -194,7 +194,7 @@ class Importer:
         self.pool = pool
         self.store = store
         self.principal = principal
-        self.processor = BundleProcessor(store, pool, principal, base_url)
+        self.processor = BundleProcessor(store, principal, base_url)
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.max_bundle_bytes = max_bundle_bytes

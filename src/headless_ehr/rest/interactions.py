@@ -288,7 +288,6 @@ async def process_bundle(request: Request) -> Response:
         kind = bundle.get("type")
         processor = BundleProcessor(
             store,
-            request.app.state.pool,
             principal_of(request),
             base,
             conditional_delete=conditional_delete,

@@ -456,6 +456,14 @@ class ResourceStore:
             async with self._db.transaction():
                 yield self._db
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[ResourceStore]:
+        """This store bound to a transaction of its own (a savepoint inside one). Callers
+        go through here rather than a pool: a store bound to a worker thread's connection
+        (rest/offload.py) must never touch the app's pool, which belongs to another loop."""
+        async with self._transaction() as conn:
+            yield self.bound(conn)
+
     # -- conditional interactions -----------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -468,8 +476,7 @@ class ResourceStore:
         and the write run on the locked connection, so the match sees the last holder's
         committed write. Inside a bundle (a bound store) this is a savepoint.
         """
-        async with self._transaction() as conn:
-            store = self.bound(conn)
+        async with self.transaction() as store:
             await store.lock([criteria])
             yield store
 

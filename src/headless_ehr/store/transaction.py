@@ -161,7 +161,6 @@ class BundleProcessor:
     def __init__(
         self,
         store: ResourceStore,
-        pool: asyncpg.Pool,
         principal: Principal,
         base_url: str,
         *,
@@ -169,7 +168,6 @@ class BundleProcessor:
         capabilities: Callable[[], bytes] | None = None,
     ):
         self.store = store
-        self.pool = pool
         self.principal = principal
         self.base_url = base_url
         self.conditional_delete = conditional_delete
@@ -186,8 +184,8 @@ class BundleProcessor:
             async with conn.transaction():
                 await self._transaction(self.store.bound(conn), entries)
         else:
-            async with self.pool.acquire() as own, own.transaction():
-                await self._transaction(self.store.bound(own), entries)
+            async with self.store.transaction() as store:
+                await self._transaction(store, entries)
         return self._result("transaction-response", entries, representation)
 
     async def _transaction(self, store: ResourceStore, entries: list[Entry]) -> None:
@@ -425,8 +423,8 @@ class BundleProcessor:
             await self._batch_run(self.store, entry)
             return
         # match and write in one transaction under the criteria's lock, as on REST
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._batch_run(self.store.bound(conn), entry)
+        async with self.store.transaction() as store:
+            await self._batch_run(store, entry)
 
     async def _batch_run(self, store: ResourceStore, entry: Entry) -> None:
         await self._settle_identities(store, [entry])

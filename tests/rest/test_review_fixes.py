@@ -1,0 +1,34 @@
+"""Regressions found reviewing the merged issue-9 slices, where two slices meet."""
+
+from __future__ import annotations
+
+import uuid
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+def _big_patient(family: str) -> dict:
+    names = [{"family": family, "given": [f"Given{i:06d}" * 4]} for i in range(4000)]  # ~300 KiB: offloaded
+    return {"resourceType": "Patient", "name": names}
+
+
+async def test_large_batch_runs_its_conditional_entries(client):
+    """A batch over 256 KiB runs in a worker thread with its own event loop: its
+    conditional entries must not use the app's pool, which belongs to the main loop."""
+    family, marker = uuid.uuid4().hex, uuid.uuid4().hex
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": _big_patient(family), "request": {"method": "POST", "url": "Patient"}},
+            {
+                "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": marker}]},
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier=urn:x|{marker}"},
+            },
+        ],
+    }
+    res = await client.post("/", json=bundle, headers=FHIR_JSON)
+    assert res.status_code == 200, res.text
+    assert [e["response"]["status"][:3] for e in res.json()["entry"]] == ["201", "201"]
+    again = await client.post("/", json=bundle, headers=FHIR_JSON)
+    assert [e["response"]["status"][:3] for e in again.json()["entry"]] == ["201", "200"]

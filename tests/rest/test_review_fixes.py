@@ -32,3 +32,29 @@ async def test_large_batch_runs_its_conditional_entries(client):
     assert [e["response"]["status"][:3] for e in res.json()["entry"]] == ["201", "201"]
     again = await client.post("/", json=bundle, headers=FHIR_JSON)
     assert [e["response"]["status"][:3] for e in again.json()["entry"]] == ["201", "200"]
+
+
+async def test_conditional_create_on_our_absolute_base_takes_the_relative_criteria_lock(client, db):
+    """`subject=<our base>/Patient/1` matches what `subject=Patient/1` matches, so both
+    spellings serialise on one lock: else two clients spelling it differently both create."""
+    import asyncio
+
+    from headless_ehr.search.criteria import conditional_criteria
+
+    patient = await client.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON)
+    pid, code = patient.json()["id"], uuid.uuid4().hex
+    relative = conditional_criteria("Observation", f"subject=Patient/{pid}&code=urn:x|{code}", "create")
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "urn:x", "code": code}]},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+    header = {**FHIR_JSON, "If-None-Exist": f"subject=http://testserver/fhir/Patient/{pid}&code=urn:x|{code}"}
+    async with db.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", relative.lock_key)
+        pending = asyncio.ensure_future(client.post("/Observation", json=observation, headers=header))
+        await asyncio.sleep(1.0)
+        assert not pending.done(), "the absolute spelling did not wait for the relative spelling's lock"
+    res = await pending
+    assert res.status_code == 201, res.text

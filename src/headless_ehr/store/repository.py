@@ -483,7 +483,7 @@ class ResourceStore:
     async def lock(self, criteria: list[Criteria]) -> None:
         """Take the advisory locks of criteria in this store's transaction, in key order
         so that two transactions locking several never deadlock on each other."""
-        keys = sorted({c.lock_key for c in criteria})
+        keys = sorted({c.lock_key_on(self.local_base) for c in criteria})
         if keys:
             assert isinstance(self._db, asyncpg.Connection) and self._db.is_in_transaction()
             await self._db.fetchval(_LOCK_CRITERIA, keys)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from headless_ehr.app import create_app
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -58,3 +65,42 @@ async def test_conditional_create_on_our_absolute_base_takes_the_relative_criter
         assert not pending.done(), "the absolute spelling did not wait for the relative spelling's lock"
     res = await pending
     assert res.status_code == 201, res.text
+
+
+@pytest.fixture
+async def impatient_client(settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A second app on the same database whose statements time out after 500 ms."""
+    app = create_app(dataclasses.replace(settings, statement_timeout_ms=500))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
+            yield c
+
+
+async def test_batch_entry_cancelled_by_statement_timeout_fails_alone(impatient_client, db):
+    """A batch's entries commit one by one: when one runs past the statement timeout,
+    that entry answers 503 and the others report what they did, instead of the whole
+    batch answering 503 after some entries were already stored."""
+    from headless_ehr.search.criteria import conditional_criteria
+
+    family, marker = uuid.uuid4().hex, uuid.uuid4().hex
+    criteria = conditional_criteria("Patient", f"identifier=urn:x|{marker}", "create")
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "name": [{"family": family}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": marker}]},
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier=urn:x|{marker}"},
+            },
+        ],
+    }
+    async with db.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", criteria.lock_key)  # the second entry waits
+        res = await impatient_client.post("/", json=bundle, headers=FHIR_JSON)
+    assert res.status_code == 200, res.text
+    assert [e["response"]["status"][:3] for e in res.json()["entry"]] == ["201", "503"]

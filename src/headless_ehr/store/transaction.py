@@ -407,6 +407,10 @@ class BundleProcessor:
                 else:
                     async with conn.transaction():
                         await self._batch_run(self.store.bound(conn), entry)
+            except asyncpg.QueryCanceledError:  # statement_timeout: this entry's work was rolled back
+                entry.matched = None
+                error = FhirError.of(503, "too-costly", f"{entry.where}: a statement ran past the statement timeout")
+                entry.response = {"status": "503", "outcome": operation_outcome(error.issues)}
             except FhirError as exc:
                 entry.matched = None
                 entry.response = {

@@ -104,3 +104,28 @@ async def test_batch_entry_cancelled_by_statement_timeout_fails_alone(impatient_
         res = await impatient_client.post("/", json=bundle, headers=FHIR_JSON)
     assert res.status_code == 200, res.text
     assert [e["response"]["status"][:3] for e in res.json()["entry"]] == ["201", "503"]
+
+
+async def test_transaction_refuses_the_same_if_none_exist_spelled_absolute_and_relative(client):
+    """Two ifNoneExist entries whose criteria differ only in spelling a reference on our
+    base absolute or relative would both create: they overlap (trules), so 400."""
+    patient = await client.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON)
+    pid, code = patient.json()["id"], uuid.uuid4().hex
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "urn:x", "code": code}]},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+    spellings = [f"Patient/{pid}", f"http://testserver/fhir/Patient/{pid}"]
+    entries = [
+        {
+            "resource": observation,
+            "request": {"method": "POST", "url": "Observation", "ifNoneExist": f"subject={s}&code=urn:x|{code}"},
+        }
+        for s in spellings
+    ]
+    res = await client.post("/", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert res.status_code == 400, res.text
+    found = await client.get("/Observation", params={"code": f"urn:x|{code}"})
+    assert found.json()["total"] == 0

@@ -255,7 +255,7 @@ class BundleProcessor:
         """
         conditions = self._conditions(entries)
         if len(entries) > 1:
-            _refuse_shared_criteria(entries)
+            _refuse_shared_criteria(entries, self.base_url)
         await store.lock(conditions)
         aliases: dict[str, str] = {}
         for entry in entries:
@@ -493,19 +493,24 @@ def _bundle_patch(resource: dict[str, Any] | None) -> Callable[[dict[str, Any]],
     raise FhirError.of(400, "invalid", "a PATCH entry needs a Parameters or a JSON Patch Binary resource")
 
 
-def _refuse_shared_criteria(entries: list[Entry]) -> None:
+def _refuse_shared_criteria(entries: list[Entry], base_url: str) -> None:
     """Two conditional writes with the same criteria resolve to the same resource (or
-    would both create one): overlapping identities fail the transaction (trules)."""
-    seen: dict[str, Entry] = {}
+    would both create one): overlapping identities fail the transaction (trules).
+    "The same" as the lock sees it: values on our base count as their relative form."""
+    seen: dict[tuple[str, int], Entry] = {}
     for entry in entries:
         if entry.criteria is None:
             continue
-        key = entry.criteria.canonical
+        key = (entry.criteria.resource_type, entry.criteria.lock_key_on(base_url))
         if key in seen:
             first = seen[key]
             raise _fail(
                 entry,
-                FhirError.of(400, "invalid", f"{first.where} has the same conditional criteria '{key}'; they overlap"),
+                FhirError.of(
+                    400,
+                    "invalid",
+                    f"{first.where} has the same conditional criteria '{entry.criteria.canonical}'; they overlap",
+                ),
             )
         seen[key] = entry
 

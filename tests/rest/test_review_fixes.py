@@ -129,3 +129,14 @@ async def test_transaction_refuses_the_same_if_none_exist_spelled_absolute_and_r
     assert res.status_code == 400, res.text
     found = await client.get("/Observation", params={"code": f"urn:x|{code}"})
     assert found.json()["total"] == 0
+
+
+async def test_conditional_put_of_raw_content_stores_a_binary(client):
+    """A PUT of non-FHIR content stores it as a Binary (R4 binary.html#rest), the
+    conditional PUT (`Binary?criteria`) too, as the plain PUT and POST do."""
+    marker = uuid.uuid4().hex
+    res = await client.put(f"/Binary?_id={marker}", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert res.status_code == 201, res.text
+    read = await client.get(f"/Binary/{res.json()['id']}", headers={"Accept": "text/plain"})
+    assert read.content == b"hello"
+    assert read.headers["content-type"].startswith("text/plain")

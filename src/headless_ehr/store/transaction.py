@@ -70,7 +70,7 @@ def _fail(entry: Entry, error: FhirError) -> FhirError:
     return FhirError(error.status, [Issue("error", "processing", what, entry.where), *error.issues])
 
 
-def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
+def parse_entries(bundle: dict[str, Any], base_url: str | None) -> list[Entry]:
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise FhirError.of(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
@@ -162,7 +162,7 @@ class BundleProcessor:
         self,
         store: ResourceStore,
         principal: Principal,
-        base_url: str,
+        base_url: str | None,  # this server's FHIR base (None: no absolute URL is ours)
         *,
         conditional_delete: str = "single",  # EHR_CONDITIONAL_DELETE
         capabilities: Callable[[], bytes] | None = None,
@@ -493,7 +493,7 @@ def _bundle_patch(resource: dict[str, Any] | None) -> Callable[[dict[str, Any]],
     raise FhirError.of(400, "invalid", "a PATCH entry needs a Parameters or a JSON Patch Binary resource")
 
 
-def _refuse_shared_criteria(entries: list[Entry], base_url: str) -> None:
+def _refuse_shared_criteria(entries: list[Entry], base_url: str | None) -> None:
     """Two conditional writes with the same criteria resolve to the same resource (or
     would both create one): overlapping identities fail the transaction (trules).
     "The same" as the lock sees it: values on our base count as their relative form."""

@@ -140,3 +140,12 @@ async def test_conditional_put_of_raw_content_stores_a_binary(client):
     read = await client.get(f"/Binary/{res.json()['id']}", headers={"Accept": "text/plain"})
     assert read.content == b"hello"
     assert read.headers["content-type"].startswith("text/plain")
+
+
+async def test_everything_takes_the_general_pretty_parameter(client):
+    """_pretty is a parameter of every interaction (R4 http.html#parameters), ignored
+    here as on search, not a 400."""
+    patient = await client.post("/Patient", json={"resourceType": "Patient"}, headers=FHIR_JSON)
+    res = await client.get(f"/Patient/{patient.json()['id']}/$everything", params={"_pretty": "true"})
+    assert res.status_code == 200, res.text
+    assert [e["resource"]["resourceType"] for e in res.json()["entry"]] == ["Patient"]

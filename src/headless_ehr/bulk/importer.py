@@ -185,7 +185,7 @@ class Importer:
         store: ResourceStore,
         principal: Principal,
         *,
-        base_url: str = "http://localhost/fhir",
+        base_url: str | None = None,  # this server's FHIR base; None: the store's (EHR_PUBLIC_BASE_URL)
         batch_size: int = 500,
         concurrency: int = 3,
         max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
@@ -194,7 +194,8 @@ class Importer:
         self.pool = pool
         self.store = store
         self.principal = principal
-        self.processor = BundleProcessor(store, pool, principal, base_url)
+        # one base for bundle URLs and extraction: only absolute URLs under it are local
+        self.processor = BundleProcessor(store, principal, base_url if base_url is not None else store.local_base)
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.max_bundle_bytes = max_bundle_bytes

@@ -136,16 +136,16 @@ async def update(request: Request, resource_type: str, rid: str) -> Response:
 
 async def conditional_update(request: Request, resource_type: str) -> Response:
     criteria = _criteria(request, resource_type, "update")
-    body = await read_json_body(request, _body_limit(request))
+    size, resource = await _resource_body(request, resource_type)
 
     async def work(store: ResourceStore, _: object) -> Response:
         outcome = await store.conditional_update(
-            principal_of(request), criteria, parse_resource(body), if_match=if_match(request)
+            principal_of(request), criteria, resource(), if_match=if_match(request)
         )
         status = 201 if outcome.created else 200
         return _write_response(request, outcome.stored, status, f"updated {resource_type}/{outcome.stored.id}")
 
-    return await offload.run(request, len(body), work)
+    return await offload.run(request, size, work)
 
 
 def _delete_response(request: Request, stored: StoredResource | None, what: str) -> Response:
@@ -286,7 +286,6 @@ async def process_bundle(request: Request) -> Response:
         kind = bundle.get("type")
         processor = BundleProcessor(
             store,
-            request.app.state.pool,
             principal_of(request),
             base,
             conditional_delete=conditional_delete,

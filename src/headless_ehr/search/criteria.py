@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 from ..fhir.outcome import FhirError
+from ..fhir.references import local_path
 from .parse import RESULT_PARAMETERS
 
 # How to render the response, not what to match: allowed on any URL and dropped.
@@ -41,6 +42,19 @@ class Criteria:
         """A signed 64-bit key for pg_advisory_xact_lock, from the canonical criteria."""
         digest = hashlib.blake2b(b"conditional:" + self.canonical.encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big", signed=True)
+
+    def lock_key_on(self, base: str | None) -> int:
+        """lock_key with every value under FHIR base `base` spelled relative: the search
+        reads `subject=<base>/Patient/1` as `subject=Patient/1`, so both spellings must
+        take one lock. Non-reference values are rewritten too; at worst two different
+        criteria then share a lock, which costs waiting, never a duplicate."""
+        if base is None:
+            return self.lock_key
+        params = []
+        for name, value in self.params:
+            parts = [local_path(v, base) or v for v in value.split(",")]
+            params.append((name, ",".join(parts)))
+        return Criteria(self.resource_type, tuple(sorted(params)), self.what).lock_key
 
 
 def conditional_criteria(resource_type: str, query: str | Iterable[tuple[str, str]], what: str) -> Criteria:

@@ -460,6 +460,14 @@ class ResourceStore:
             async with self._db.transaction():
                 yield self._db
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[ResourceStore]:
+        """This store bound to a transaction of its own (a savepoint inside one). Callers
+        go through here rather than a pool: a store bound to a worker thread's connection
+        (rest/offload.py) must never touch the app's pool, which belongs to another loop."""
+        async with self._transaction() as conn:
+            yield self.bound(conn)
+
     # -- conditional interactions -----------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -472,15 +480,14 @@ class ResourceStore:
         and the write run on the locked connection, so the match sees the last holder's
         committed write. Inside a bundle (a bound store) this is a savepoint.
         """
-        async with self._transaction() as conn:
-            store = self.bound(conn)
+        async with self.transaction() as store:
             await store.lock([criteria])
             yield store
 
     async def lock(self, criteria: list[Criteria]) -> None:
         """Take the advisory locks of criteria in this store's transaction, in key order
         so that two transactions locking several never deadlock on each other."""
-        keys = sorted({c.lock_key for c in criteria})
+        keys = sorted({c.lock_key_on(self.local_base) for c in criteria})
         if keys:
             assert isinstance(self._db, asyncpg.Connection) and self._db.is_in_transaction()
             await self._db.fetchval(_LOCK_CRITERIA, keys)

@@ -70,7 +70,7 @@ def _fail(entry: Entry, error: FhirError) -> FhirError:
     return FhirError(error.status, [Issue("error", "processing", what, entry.where), *error.issues])
 
 
-def parse_entries(bundle: dict[str, Any], base_url: str) -> list[Entry]:
+def parse_entries(bundle: dict[str, Any], base_url: str | None) -> list[Entry]:
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise FhirError.of(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
@@ -161,15 +161,13 @@ class BundleProcessor:
     def __init__(
         self,
         store: ResourceStore,
-        pool: asyncpg.Pool,
         principal: Principal,
-        base_url: str,
+        base_url: str | None,  # this server's FHIR base (None: no absolute URL is ours)
         *,
         conditional_delete: str = "single",  # EHR_CONDITIONAL_DELETE
         capabilities: Callable[[], bytes] | None = None,
     ):
         self.store = store
-        self.pool = pool
         self.principal = principal
         self.base_url = base_url
         self.conditional_delete = conditional_delete
@@ -186,8 +184,8 @@ class BundleProcessor:
             async with conn.transaction():
                 await self._transaction(self.store.bound(conn), entries)
         else:
-            async with self.pool.acquire() as own, own.transaction():
-                await self._transaction(self.store.bound(own), entries)
+            async with self.store.transaction() as store:
+                await self._transaction(store, entries)
         return self._result("transaction-response", entries, representation)
 
     async def _transaction(self, store: ResourceStore, entries: list[Entry]) -> None:
@@ -257,7 +255,7 @@ class BundleProcessor:
         """
         conditions = self._conditions(entries)
         if len(entries) > 1:
-            _refuse_shared_criteria(entries)
+            _refuse_shared_criteria(entries, self.base_url)
         await store.lock(conditions)
         aliases: dict[str, str] = {}
         for entry in entries:
@@ -409,6 +407,10 @@ class BundleProcessor:
                 else:
                     async with conn.transaction():
                         await self._batch_run(self.store.bound(conn), entry)
+            except asyncpg.QueryCanceledError:  # statement_timeout: this entry's work was rolled back
+                entry.matched = None
+                error = FhirError.of(503, "too-costly", f"{entry.where}: a statement ran past the statement timeout")
+                entry.response = {"status": "503", "outcome": operation_outcome(error.issues)}
             except FhirError as exc:
                 entry.matched = None
                 entry.response = {
@@ -425,8 +427,8 @@ class BundleProcessor:
             await self._batch_run(self.store, entry)
             return
         # match and write in one transaction under the criteria's lock, as on REST
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._batch_run(self.store.bound(conn), entry)
+        async with self.store.transaction() as store:
+            await self._batch_run(store, entry)
 
     async def _batch_run(self, store: ResourceStore, entry: Entry) -> None:
         await self._settle_identities(store, [entry])
@@ -491,19 +493,24 @@ def _bundle_patch(resource: dict[str, Any] | None) -> Callable[[dict[str, Any]],
     raise FhirError.of(400, "invalid", "a PATCH entry needs a Parameters or a JSON Patch Binary resource")
 
 
-def _refuse_shared_criteria(entries: list[Entry]) -> None:
+def _refuse_shared_criteria(entries: list[Entry], base_url: str | None) -> None:
     """Two conditional writes with the same criteria resolve to the same resource (or
-    would both create one): overlapping identities fail the transaction (trules)."""
-    seen: dict[str, Entry] = {}
+    would both create one): overlapping identities fail the transaction (trules).
+    "The same" as the lock sees it: values on our base count as their relative form."""
+    seen: dict[tuple[str, int], Entry] = {}
     for entry in entries:
         if entry.criteria is None:
             continue
-        key = entry.criteria.canonical
+        key = (entry.criteria.resource_type, entry.criteria.lock_key_on(base_url))
         if key in seen:
             first = seen[key]
             raise _fail(
                 entry,
-                FhirError.of(400, "invalid", f"{first.where} has the same conditional criteria '{key}'; they overlap"),
+                FhirError.of(
+                    400,
+                    "invalid",
+                    f"{first.where} has the same conditional criteria '{entry.criteria.canonical}'; they overlap",
+                ),
             )
         seen[key] = entry
 

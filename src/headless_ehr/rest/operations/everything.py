@@ -22,7 +22,7 @@ from ..context import principal_of, store_of
 from ..instants import parse_instant
 from ..responses import json_response
 
-_KNOWN = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_id", "start", "end"})
+_KNOWN = frozenset({"_since", "_type", "_count", "_cursor", "_format", "_pretty", "_id", "start", "end"})
 
 
 def _care_period(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None] | None:

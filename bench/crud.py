@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import loadgen
 import pgfloor
@@ -175,11 +176,14 @@ def stop_left_postgres(pgdata: Path) -> bool:
 
 
 def embedded_dsn(pgdata: Path) -> str:
-    """The DSN of the running embedded cluster, from its postmaster.pid (socket dir, port)."""
+    """The DSN of the running embedded cluster, from its postmaster.pid (socket dir, port)
+    and the generated password beside it (clusters made before passwords have none)."""
     from headless_ehr.db.embedded import DATABASE
 
     lines = (pgdata / "postmaster.pid").read_text().splitlines()
-    return f"postgresql://postgres@/{DATABASE}?host={lines[4]}&port={lines[3]}"
+    secret = pgdata.parent / "postgres.password"
+    user = f"postgres:{quote(secret.read_text().strip(), safe='')}" if secret.exists() else "postgres"
+    return f"postgresql://{user}@/{DATABASE}?host={quote(lines[4], safe='/')}&port={lines[3]}"
 
 
 def measured(cmd: list[str]) -> tuple[str, float]:

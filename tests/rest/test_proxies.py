@@ -69,9 +69,23 @@ async def test_the_default_port_of_the_forwarded_scheme_is_left_out(trusted: htt
     assert (await _location(trusted, headers)).startswith("https://ehr.example.org/fhir/Patient/")
 
 
-async def test_forwarded_header_first_hop_sets_the_location(trusted: httpx.AsyncClient) -> None:
+async def test_forwarded_hops_added_by_trusted_proxies_reach_back_to_the_client(
+    trusted: httpx.AsyncClient, configure
+) -> None:
+    configure(trusted_proxies=("127.0.0.0/8", "10.1.1.1/32"))  # the peer, and the proxy before it
     headers = {"Forwarded": 'for="[2001:db8::1]:4711";proto=https;host="ehr.example.org", for=10.1.1.1;host=inner'}
     assert (await _location(trusted, headers)).startswith("https://ehr.example.org/fhir/Patient/")
+
+
+async def test_forwarded_hops_a_client_wrote_itself_are_ignored(trusted: httpx.AsyncClient) -> None:
+    # 10.1.1.1 is no trusted proxy: the element before its hop is the client's own claim
+    headers = {"Forwarded": 'for=1.2.3.4;proto=https;host="evil.example", for=10.1.1.1;host=inner'}
+    assert (await _location(trusted, headers)).startswith("http://inner/fhir/Patient/")
+
+
+async def test_x_forwarded_values_a_client_prepended_are_ignored(trusted: httpx.AsyncClient) -> None:
+    headers = {"X-Forwarded-For": "6.6.6.6, 10.0.0.9", "X-Forwarded-Host": "evil.example, ehr.example.org"}
+    assert (await _location(trusted, headers)).startswith("http://ehr.example.org/fhir/Patient/")
 
 
 async def test_forwarded_header_wins_over_x_forwarded(trusted: httpx.AsyncClient) -> None:
@@ -136,9 +150,9 @@ async def test_a_malformed_forwarded_value_from_a_trusted_proxy_gets_400(trusted
 
 
 def test_forwarded_parsing_keeps_quoted_commas_and_ipv6() -> None:
-    first = parse_forwarded('for="[2001:db8:cafe::17]:4711";host="a,b";proto=HTTPS, for=192.0.2.43')
-    assert first is not None
+    first, second = parse_forwarded('for="[2001:db8:cafe::17]:4711";host="a,b";proto=HTTPS, for=192.0.2.43')
     assert (first.for_, first.host, first.proto) == ("[2001:db8:cafe::17]:4711", "a,b", "HTTPS")
+    assert second.for_ == "192.0.2.43"
 
 
 def test_trust_matches_cidrs_and_ipv4_mapped_addresses() -> None:
@@ -164,7 +178,7 @@ def _scope_request(app: object, headers: dict[str, str], peer: tuple[str, int]):
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}, {"X-Forwarded-For": "[2001:db8::1]:4711, 10.0.0.1"}],
+    [{"Forwarded": 'for="[2001:db8::1]:4711";proto=https'}, {"X-Forwarded-For": "[2001:db8::1]:4711, 127.0.0.2"}],
 )
 def test_the_original_client_address_is_kept_from_a_trusted_proxy(app, headers):
     from headless_ehr.rest.origin import request_origin
@@ -172,3 +186,15 @@ def test_the_original_client_address_is_kept_from_a_trusted_proxy(app, headers):
     request = _scope_request(app, headers, TRUSTED)
     request_origin(request)
     assert request.state.client_address == "[2001:db8::1]:4711"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Forwarded": "for=6.6.6.6, for=203.0.113.7"}, {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}],
+)
+def test_a_client_cannot_forge_its_address_behind_an_appending_proxy(app, headers):
+    from headless_ehr.rest.origin import request_origin
+
+    request = _scope_request(app, headers, TRUSTED)
+    request_origin(request)
+    assert request.state.client_address == "203.0.113.7"  # what the trusted proxy saw connect

@@ -5,8 +5,11 @@ request. Behind a reverse proxy the request the server receives is not the one
 the client sent, so the proxy describes the original in `Forwarded` (RFC 7239) or
 the `X-Forwarded-*` headers. Anyone can send those headers, so they are believed
 only when the immediate peer is a trusted proxy (EHR_TRUSTED_PROXIES); from any
-other peer they are ignored. The resulting host is then checked against
-EHR_ALLOWED_HOSTS when set, so a forged Host cannot be echoed into links.
+other peer they are ignored. Each proxy appends its hop to the list, so the list is
+read from the right: a hop counts only while the hop after it came from a trusted
+proxy, and the client's own claims (the left-most elements, which anyone can send)
+never reach the links or the recorded client address. The resulting host is then
+checked against EHR_ALLOWED_HOSTS when set, so a forged Host cannot be echoed into links.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 @dataclass(frozen=True)
 class Forwarded:
-    """The first hop of a Forwarded header: what the client originally sent."""
+    """One element of a Forwarded header: the request as one proxy received it."""
 
     for_: str | None = None
     proto: str | None = None
@@ -71,23 +74,47 @@ def _unquote(value: str) -> str:
     return value
 
 
-def parse_forwarded(header: str) -> Forwarded | None:
-    """The first element of a Forwarded header (the hop nearest the client), or None if empty.
+def parse_forwarded(header: str) -> list[Forwarded]:
+    """Every element of a Forwarded header, nearest the client first.
 
     Raises ValueError for a malformed element.
     """
-    first = next((e for e in _split_quoted(header, ",") if e.strip()), None)
-    if first is None:
-        return None
-    pairs: dict[str, str] = {}
-    for pair in _split_quoted(first, ";"):
-        if not pair.strip():
+    out = []
+    for element in _split_quoted(header, ","):
+        if not element.strip():
             continue
-        name, eq, value = pair.partition("=")
-        if not eq or not name.strip():
-            raise ValueError(f"malformed Forwarded pair '{pair.strip()}'")
-        pairs[name.strip().lower()] = _unquote(value)
-    return Forwarded(pairs.get("for"), pairs.get("proto"), pairs.get("host"), pairs.get("by"))
+        pairs: dict[str, str] = {}
+        for pair in _split_quoted(element, ";"):
+            if not pair.strip():
+                continue
+            name, eq, value = pair.partition("=")
+            if not eq or not name.strip():
+                raise ValueError(f"malformed Forwarded pair '{pair.strip()}'")
+            pairs[name.strip().lower()] = _unquote(value)
+        out.append(Forwarded(pairs.get("for"), pairs.get("proto"), pairs.get("host"), pairs.get("by")))
+    return out
+
+
+def node_address(node: str | None) -> str | None:
+    """The IP address of a Forwarded `for` node or an X-Forwarded-For entry (port and
+    IPv6 brackets removed); obfuscated and `unknown` nodes give themselves back."""
+    if not node:
+        return None
+    node = node.strip()
+    if node.startswith("["):
+        return node[1 : node.find("]")] if "]" in node else node
+    if node.count(":") == 1:  # IPv4 with a port (a bare IPv6 address has several colons)
+        return node.split(":", 1)[0]
+    return node
+
+
+def client_hop(nodes: list[str | None], trusted: tuple[str, ...]) -> int:
+    """Index of the hop that describes the original request: walking left from the
+    immediate (trusted) peer's hop, past every hop whose sender was a trusted proxy."""
+    i = len(nodes) - 1
+    while i > 0 and is_trusted(node_address(nodes[i]), trusted):
+        i -= 1
+    return i
 
 
 @lru_cache(maxsize=8)
@@ -158,52 +185,66 @@ def _headers_of_interest(request: Request) -> dict[bytes, str]:
     return found
 
 
+def _hop_value(raw: str, hops_back: int) -> str:
+    """The value of an X-Forwarded-* list for the hop `hops_back` from its right end
+    (a proxy that did not append its own value leaves the list shorter)."""
+    values = [v.strip() for v in raw.split(",")]
+    return values[max(0, len(values) - 1 - hops_back)]
+
+
 def _forwarded_origin(request: Request, headers: dict[bytes, str], scheme: str, host: str) -> tuple[str, str, str]:
-    """Scheme, host and path prefix as a trusted proxy reports them."""
-    prefix = ""
+    """Scheme, host and path prefix as the outermost trusted proxy received them."""
+    trusted = request.app.state.settings.trusted_proxies
+    hops_back = 0
     forwarded = headers.get(b"forwarded")
     if forwarded:
         try:
-            first = parse_forwarded(forwarded)
+            elements = parse_forwarded(forwarded)
         except ValueError:
             raise _bad("Forwarded", forwarded) from None
-        if first is not None:
-            if first.proto:
-                scheme = first.proto.lower()
+        if elements:
+            hop = elements[client_hop([e.for_ for e in elements], trusted)]
+            if hop.proto:
+                scheme = hop.proto.lower()
                 if scheme not in _PROTOS:
                     raise _bad("Forwarded", forwarded)
-            if first.host:
-                host = first.host
+            if hop.host:
+                host = hop.host
                 if not _HOST.match(host):
                     raise _bad("Forwarded", forwarded)
-            if first.for_:
-                request.state.client_address = first.for_  # the original client, for audit
+            if hop.for_:
+                request.state.client_address = hop.for_  # the original client, for audit
     else:
-        client = headers.get(b"x-forwarded-for")
-        if client:
-            request.state.client_address = client.split(",", 1)[0].strip()
+        clients = headers.get(b"x-forwarded-for")
+        if clients:
+            nodes: list[str | None] = [c.strip() for c in clients.split(",")]
+            i = client_hop(nodes, trusted)
+            hops_back = len(nodes) - 1 - i
+            request.state.client_address = nodes[i]
         proto = headers.get(b"x-forwarded-proto")
         if proto:
-            scheme = proto.split(",", 1)[0].strip().lower()
+            scheme = _hop_value(proto, hops_back).lower()
             if scheme not in _PROTOS:
                 raise _bad("X-Forwarded-Proto", proto)
         forwarded_host = headers.get(b"x-forwarded-host")
         if forwarded_host:
-            host = forwarded_host.split(",", 1)[0].strip()
+            host = _hop_value(forwarded_host, hops_back)
             if not _HOST.match(host):
                 raise _bad("X-Forwarded-Host", forwarded_host)
         port = headers.get(b"x-forwarded-port")
         if port:
-            port = port.split(",", 1)[0].strip()
+            port = _hop_value(port, hops_back)
             if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
                 raise _bad("X-Forwarded-Port", port)
             host = _with_port(host, port, scheme)
     raw_prefix = headers.get(b"x-forwarded-prefix")
     if raw_prefix:
-        raw_prefix = raw_prefix.split(",", 1)[0].strip()
+        raw_prefix = _hop_value(raw_prefix, hops_back)
         if not _PREFIX.match(raw_prefix):
             raise _bad("X-Forwarded-Prefix", raw_prefix)
         prefix = raw_prefix.rstrip("/")
+    else:
+        prefix = ""
     return scheme, host, prefix
 
 

@@ -153,6 +153,12 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+@lru_cache(maxsize=256)
+def _valid_host(host: str) -> bool:
+    """Host syntax, remembered: a server sees few distinct Host values (bounded for hostile ones)."""
+    return _HOST.match(host) is not None
+
+
 def _hostname(host: str) -> str:
     if host.startswith("["):
         return host[: host.find("]") + 1]
@@ -264,7 +270,7 @@ def request_origin(request: Request) -> str:
     if not host:
         server = request.scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else "localhost"
-    if not _HOST.match(host):
+    if not _valid_host(host):
         raise _bad("Host", host)
     prefix = ""
     client = request.scope.get("client")

@@ -165,17 +165,25 @@ class ResourceStore:
         self._validate = validate
         self.max_page_size = max_page_size
         self.limits = limits or SearchLimits()
+        self._on_bases: dict[str | None, ResourceStore] = {}
 
     def bound(self, conn: asyncpg.Connection) -> ResourceStore:
         """The same store running its statements on conn (e.g. inside a transaction)."""
         return ResourceStore(conn, self._validate, self.max_page_size, limits=self.limits, local_base=self.local_base)
 
     def on_base(self, base: str | None) -> ResourceStore:
-        """The same store for requests that came in on FHIR base `base`."""
+        """The same store for requests that came in on FHIR base `base` (one per base,
+        made once: this runs on every request)."""
         if base == self.local_base:
             return self
-        found = copy.copy(self)
-        found.local_base = base
+        found = self._on_bases.get(base)
+        if found is None:
+            if len(self._on_bases) >= 64:  # Host values seen; keep the cache bounded
+                self._on_bases.clear()
+            found = copy.copy(self)
+            found.local_base = base
+            found._on_bases = {}
+            self._on_bases[base] = found
         return found
 
     # -- validation -----------------------------------------------------------------

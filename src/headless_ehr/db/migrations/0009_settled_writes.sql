@@ -32,8 +32,9 @@ BEGIN
 END $$;
 
 -- The outbox in commit-safe order: rows are read by (created_at, seq), never by seq
--- alone (seq is handed out when a row is inserted, not when it commits).
-CREATE INDEX outbox_settled_order ON outbox (created_at, seq);
+-- alone (seq is handed out when a row is inserted, not when it commits). That order
+-- is its key, so a write still maintains one outbox index, not two.
+ALTER TABLE outbox DROP CONSTRAINT outbox_pkey, ADD PRIMARY KEY (created_at, seq);
 
 -- The outbox rows a relay may deliver next: those after (after_at, after_seq), the
 -- position of the last row it delivered, and below the watermark; oldest first.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,25 @@ def test_a_malformed_trusted_proxies_setting_is_a_message_not_a_traceback():
     )
     assert done.returncode == 2
     assert "EHR_TRUSTED_PROXIES" in done.stderr and "Traceback" not in done.stderr
+
+
+def _settings_read_from_the_environment() -> set[str]:
+    """Every EHR_* variable the configuration and the command line read."""
+    src = Path(__file__).resolve().parents[1] / "src" / "headless_ehr"
+    text = (src / "config.py").read_text() + (src / "cli.py").read_text()
+    return set(re.findall(r"\b(EHR_[A-Z_]+[A-Z])\b", text))
+
+
+def test_every_setting_is_named_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    shown = capsys.readouterr().out
+    missing = sorted(v for v in _settings_read_from_the_environment() if v not in shown)
+    assert not missing, f"ehr serve --help does not name {missing}"
+
+
+def test_every_setting_is_in_the_readme_configuration_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Configuration") :]
+    missing = sorted(v for v in _settings_read_from_the_environment() if f"`{v}`" not in table)
+    assert not missing, f"the README's configuration table lacks {missing}"

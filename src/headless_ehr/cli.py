@@ -138,13 +138,20 @@ _ENV_ONLY = [
     ("EHR_MAX_PAGE_SIZE", "largest _count (default 1000)"),
     ("EHR_POOL_MIN_SIZE", "database connections kept open per worker (default 2)"),
     ("EHR_POOL_MAX_SIZE", "database connections at most per worker (default 10)"),
+    ("EHR_CONDITIONAL_DELETE", "several matches of a conditional delete: single (412) or multiple (default single)"),
+    ("EHR_INDEX_CONTAINED", "index contained resources for _contained searches (default false)"),
+    ("EHR_MAX_CHAIN_BRANCHES", "chain branches one search may expand to (default 32)"),
+    ("EHR_STATEMENT_TIMEOUT_MS", "longest SQL statement of a request, 0 for none (default 30000)"),
+    ("EHR_MAX_INCLUDES", "included resources per search page (default 1000)"),
+    ("EHR_SEARCH_EXPRESSION_BUDGET_MS", "time of a custom SearchParameter expression per resource (default 100)"),
+    ("EHR_IMPORT_MAX_BUNDLE_BYTES", "largest Bundle file `ehr import` reads (default 256 MiB)"),
 ]
 
 
 def _epilog() -> str:
     width = max(len(name) for name, _ in _ENV_ONLY)
     lines = [f"  {name.ljust(width)}  {text}" for name, text in _ENV_ONLY]
-    return "environment-only settings:\n" + "\n".join(lines) + "\n\nsee the README's configuration table for all."
+    return "environment-only settings:\n" + "\n".join(lines) + "\n\nthe README's configuration table says more of each."
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from headless_ehr.store import ResourceStore
+
 
 async def test_unexpected_exception_is_500_without_internals(client, app, monkeypatch):
     async def broken(*args, **kwargs):
         raise RuntimeError("secret connection string postgresql://user:pw@db")
 
-    monkeypatch.setattr(app.state.store, "read", broken)
+    monkeypatch.setattr(ResourceStore, "read", broken)  # every store: the app keeps one per base
     res = await client.get("/Patient/anything")
     assert res.status_code == 500
     outcome = res.json()

@@ -271,3 +271,18 @@ async def test_contained_type_without_contained_changes_nothing(client: httpx.As
     await create(client, medication_request(medication(code, id="m1")))
     standalone = await create(client, medication(code))
     assert await ids_of(client, "/Medication", [("code", code), ("_containedType", "contained")]) == {standalone["id"]}
+
+
+async def test_contained_type_contained_applies_elements_to_the_contained_resource(client: httpx.AsyncClient) -> None:
+    code = unique()
+    await create(client, medication_request(medication(code, unique(), id="m1")))
+    params = [("code", code), ("_contained", "true"), ("_containedType", "contained"), ("_elements", "code")]
+    [resource] = contained_matches(await search(client, "/Medication", params)).values()
+    assert resource["id"] == "m1" and resource["code"]["coding"][0]["code"] == code and "form" not in resource
+
+
+async def test_contained_type_contained_estimates_its_total(client: httpx.AsyncClient) -> None:
+    code = unique()
+    await create(client, medication_request(medication(code, id="m1")))
+    params = [("code", code), ("_contained", "true"), ("_containedType", "contained"), ("_total", "estimate")]
+    assert isinstance((await search(client, "/Medication", params))["total"], int)

@@ -2,9 +2,9 @@
 
 `_contained=false` (the default) matches resources themselves, never what they contain;
 `true` matches resources contained in others and returns their containers
-(`_containedType=container`, the default); `both` does both. Returning the contained
-resources themselves (`_containedType=contained`) is a 400 not-supported. Contained
-resources are indexed only with EHR_INDEX_CONTAINED (HAPI's default is off too): these
+(`_containedType=container`, the default) or the contained resources themselves
+(`_containedType=contained`, with the container's fullUrl plus `#id`); `both` does both.
+Contained resources are indexed only with EHR_INDEX_CONTAINED (HAPI's default is off too): these
 tests turn it on, except the one checking the refusal without it."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from headless_ehr.search.extract import OPTIONS
 
-from .searching import create, ids_of, match_keys, search, unique
+from .searching import create, ids_of, link, match_keys, search, unique
 
 SYSTEM = "http://x.org/codes"
 
@@ -122,12 +122,6 @@ async def test_contained_true_pages_through_containers(client: httpx.AsyncClient
     assert seen == made
 
 
-async def test_returning_contained_resources_is_refused_as_not_supported(client: httpx.AsyncClient) -> None:
-    res = await client.get("/Medication", params={"_contained": "true", "_containedType": "contained"})
-    assert res.status_code == 400
-    assert res.json()["issue"][0]["code"] == "not-supported"
-
-
 async def test_contained_with_a_chain_is_refused_as_not_supported(client: httpx.AsyncClient) -> None:
     res = await client.get("/Medication", params={"manufacturer.name": "x", "_contained": "true"})
     assert res.status_code == 400
@@ -173,3 +167,122 @@ async def test_contained_resources_are_not_indexed_without_the_setting(
         container["id"],
     )
     assert count == 0
+
+
+def contained_matches(bundle: dict) -> dict[str, dict]:
+    """fullUrl -> resource of each match of a searchset."""
+    return {e["fullUrl"]: e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"}
+
+
+async def test_contained_type_contained_returns_the_contained_resources_under_their_containers_url(
+    client: httpx.AsyncClient,
+) -> None:
+    code = unique()
+    container = await create(client, medication_request(medication(code, id="m1")))
+    await create(client, medication(code))  # standalone: not contained
+    bundle = await search(
+        client, "/Medication", [("code", code), ("_contained", "true"), ("_containedType", "contained")]
+    )
+    [(full_url, resource)] = contained_matches(bundle).items()
+    assert full_url.endswith(f"/MedicationRequest/{container['id']}#m1")
+    assert resource == container["contained"][0]
+    assert bundle["total"] == 1
+
+
+async def test_contained_type_contained_returns_only_the_matching_contained_resource(
+    client: httpx.AsyncClient,
+) -> None:
+    code = unique()
+    container = await create(client, medication_request(medication(code, id="m1"), medication(unique(), id="m2")))
+    bundle = await search(
+        client, "/Medication", [("code", code), ("_contained", "true"), ("_containedType", "contained")]
+    )
+    assert [(r["resourceType"], r["id"]) for r in contained_matches(bundle).values()] == [("Medication", "m1")]
+    assert next(iter(contained_matches(bundle))).endswith(f"/MedicationRequest/{container['id']}#m1")
+
+
+async def test_contained_both_with_contained_type_contained_returns_resources_and_contained_resources(
+    client: httpx.AsyncClient,
+) -> None:
+    code = unique()
+    container = await create(client, medication_request(medication(code, id="m1")))
+    standalone = await create(client, medication(code))
+    bundle = await search(
+        client, "/Medication", [("code", code), ("_contained", "both"), ("_containedType", "contained")]
+    )
+    urls = sorted(contained_matches(bundle))
+    assert len(urls) == 2
+    wanted = sorted([f"/MedicationRequest/{container['id']}#m1", f"/Medication/{standalone['id']}"])
+    assert all(any(url.endswith(w) for url in urls) for w in wanted)
+    assert {(r["resourceType"], r["id"]) for r in contained_matches(bundle).values()} == {
+        ("Medication", "m1"),
+        ("Medication", standalone["id"]),
+    }
+
+
+async def test_contained_type_contained_pages_through_contained_resources(client: httpx.AsyncClient) -> None:
+    code = unique()
+    made = {(await create(client, medication_request(medication(code, id="m1"))))["id"] for _ in range(3)}
+    standalone = await create(client, medication(code))
+    params = [("code", code), ("_contained", "both"), ("_containedType", "contained"), ("_count", "2")]
+    bundle = await search(client, "/Medication", params)
+    pages = [bundle]
+    while (following := link(bundle, "next")) is not None:
+        res = await client.get(following)
+        assert res.status_code == 200, res.text
+        bundle = res.json()
+        pages.append(bundle)
+    seen = [url for page in pages for url in contained_matches(page)]
+    assert len(pages) == 2 and len(seen) == len(set(seen)) == 4
+    assert {url.rsplit("/", 1)[-1] for url in seen} == {f"{rid}#m1" for rid in made} | {standalone["id"]}
+    previous = link(pages[-1], "previous") or link(pages[-1], "prev")
+    assert previous is not None
+    res = await client.get(previous)
+    assert res.status_code == 200, res.text
+    assert list(contained_matches(res.json())) == list(contained_matches(pages[0]))
+
+
+async def test_contained_type_contained_counts_contained_resources(client: httpx.AsyncClient) -> None:
+    code = unique()
+    await create(client, medication_request(medication(code, id="m1")))
+    await create(client, medication_request(medication(code, id="m1")))
+    params = [("code", code), ("_contained", "true"), ("_containedType", "contained")]
+    assert (await search(client, "/Medication", [*params, ("_summary", "count")]))["total"] == 2
+    assert (await search(client, "/Medication", [*params, ("_count", "1"), ("_total", "accurate")]))["total"] == 2
+
+
+async def test_contained_type_contained_leaves_out_deleted_containers(client: httpx.AsyncClient) -> None:
+    code = unique()
+    container = await create(client, medication_request(medication(code, id="m1")))
+    assert (await client.delete(f"/MedicationRequest/{container['id']}")).status_code in (200, 204)
+    params = [("code", code), ("_contained", "true"), ("_containedType", "contained")]
+    assert contained_matches(await search(client, "/Medication", params)) == {}
+
+
+async def test_contained_type_contained_with_include_is_refused_as_not_supported(client: httpx.AsyncClient) -> None:
+    params = {"_contained": "true", "_containedType": "contained", "_include": "Medication:manufacturer"}
+    res = await client.get("/Medication", params=params)
+    assert res.status_code == 400
+    assert res.json()["issue"][0]["code"] == "not-supported"
+
+
+async def test_contained_type_without_contained_changes_nothing(client: httpx.AsyncClient) -> None:
+    code = unique()
+    await create(client, medication_request(medication(code, id="m1")))
+    standalone = await create(client, medication(code))
+    assert await ids_of(client, "/Medication", [("code", code), ("_containedType", "contained")]) == {standalone["id"]}
+
+
+async def test_contained_type_contained_applies_elements_to_the_contained_resource(client: httpx.AsyncClient) -> None:
+    code = unique()
+    await create(client, medication_request(medication(code, unique(), id="m1")))
+    params = [("code", code), ("_contained", "true"), ("_containedType", "contained"), ("_elements", "code")]
+    [resource] = contained_matches(await search(client, "/Medication", params)).values()
+    assert resource["id"] == "m1" and resource["code"]["coding"][0]["code"] == code and "form" not in resource
+
+
+async def test_contained_type_contained_estimates_its_total(client: httpx.AsyncClient) -> None:
+    code = unique()
+    await create(client, medication_request(medication(code, id="m1")))
+    params = [("code", code), ("_contained", "true"), ("_containedType", "contained"), ("_total", "estimate")]
+    assert isinstance((await search(client, "/Medication", params))["total"], int)

@@ -64,8 +64,10 @@ def _search_entry(
         resource: Any = orjson.Fragment(stored.content)
     else:
         resource = subset(fhir_json.loads(stored.content), summary, elements)
+    # R4 search.html#contained: a contained resource's fullUrl is its container's plus #id
+    where = f"{stored.container}#{stored.id}" if stored.container else f"{stored.resource_type}/{stored.id}"
     return {
-        "fullUrl": f"{base}/{stored.resource_type}/{stored.id}",
+        "fullUrl": f"{base}/{where}",
         "resource": resource,
         "search": {"mode": mode},
     }

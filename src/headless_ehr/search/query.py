@@ -72,6 +72,7 @@ class SearchRequest:
     elements: list[str] | None = None
     issues: list[Issue] = field(default_factory=list)
     contained: str = "false"  # _contained: false | true | both
+    contained_type: str = "container"  # _containedType: container | contained
 
     @property
     def several_types(self) -> bool:
@@ -117,7 +118,7 @@ def parse_request(
     summary = _first(params, "_summary")
     if summary is not None and summary not in SUMMARY_VALUES:
         raise FhirError.of(400, "invalid", f"_summary must be one of {sorted(SUMMARY_VALUES)}")
-    contained = _check_contained(params, resource_types, clauses)
+    contained, contained_type = _check_contained(params, resource_types, clauses)
     elements = None
     raw = _first(params, "_elements")
     if raw is not None:
@@ -125,6 +126,7 @@ def parse_request(
     request = SearchRequest(resource_types, clauses, count, total=total, summary=summary, elements=elements)
     request.issues = issues
     request.contained = contained
+    request.contained_type = contained_type
     sort = _first(params, "_sort")
     if sort:
         if contained != "false":
@@ -136,30 +138,33 @@ def parse_request(
             if mod and mod != "iterate" and mod != "recurse":
                 raise FhirError.of(400, "invalid", f"unknown modifier '{name}'")
             request.includes.append(_parse_include(value, base == "_revinclude", bool(mod), resource_types))
+    if request.includes and contained_type == "contained":
+        # contained resources' references are indexed apart (search_contained), not followed by includes
+        raise FhirError.of(
+            400, "not-supported", "_include and _revinclude cannot be combined with _containedType=contained"
+        )
     return request
 
 
-def _check_contained(params: list[tuple[str, str]], resource_types: list[str], clauses: dict[str, list[Clause]]) -> str:
+def _check_contained(
+    params: list[tuple[str, str]], resource_types: list[str], clauses: dict[str, list[Clause]]
+) -> tuple[str, str]:
     """`_contained` / `_containedType` (R4 search.html#contained): `false` (the default)
-    matches resources themselves, `true` the containers of matching contained resources,
-    `both` either. Contained matches are returned as their containers
-    (`_containedType=container`); returning the contained resources themselves is not
-    supported. Contained resources are searched on their own parameters only: chains,
-    `_has` and the parameters answered from the resource row are refused with them."""
+    matches resources themselves, `true` resources contained in others, `both` either.
+    Contained matches are returned as their containers (`_containedType=container`) or
+    as themselves (`contained`). Contained resources are searched on their own
+    parameters only: chains, `_has` and the parameters answered from the resource row
+    are refused with them."""
     contained = _first(params, "_contained") or "false"
     if contained not in CONTAINED_VALUES:
         raise FhirError.of(400, "invalid", f"_contained must be one of {sorted(CONTAINED_VALUES)}, got '{contained}'")
-    contained_type = _first(params, "_containedType")
-    if contained_type is not None and contained_type not in CONTAINED_TYPE_VALUES:
+    contained_type = _first(params, "_containedType") or "container"
+    if contained_type not in CONTAINED_TYPE_VALUES:
         raise FhirError.of(
             400, "invalid", f"_containedType must be one of {sorted(CONTAINED_TYPE_VALUES)}, got '{contained_type}'"
         )
-    if contained_type == "contained":
-        raise FhirError.of(
-            400, "not-supported", "_containedType=contained: returning contained resources is not supported"
-        )
     if contained == "false":
-        return contained
+        return contained, "container"  # nothing contained is returned, so its form does not matter
     if not OPTIONS.contained:
         raise FhirError.of(
             400,
@@ -171,7 +176,7 @@ def _check_contained(params: list[tuple[str, str]], resource_types: list[str], c
     for clause in clauses[resource_types[0]]:
         if clause.param is None or clause.chain is not None or clause.has is not None:
             raise FhirError.of(400, "not-supported", f"'{clause.name}' cannot be used with _contained={contained}")
-    return contained
+    return contained, contained_type
 
 
 def _param_code(name: str) -> str:
@@ -264,38 +269,87 @@ def filter_sql(b: SqlBuilder, request: SearchRequest, alias: str = "r") -> str:
     """The WHERE condition (without access restrictions) over resource alias r."""
     if request.contained == "true":
         return _contained_filter(b, request, alias, None)
-    per_type = []
-    for rtype in request.resource_types:
-        conds = [f"NOT {alias}.deleted"]
-        if rtype != ANY_TYPE:
-            conds.insert(0, f"{alias}.resource_type = {b.arg(rtype)}")
-        conds += [clause_sql(b, c, rtype, alias) for c in request.clauses[rtype]]
-        per_type.append("(" + " AND ".join(conds) + ")")
+    per_type = [_own_filter(b, request, rtype, alias) for rtype in request.resource_types]
     if request.contained != "false":
         return _contained_filter(b, request, alias, per_type[0])
     return per_type[0] if len(per_type) == 1 else "(" + " OR ".join(per_type) + ")"
 
 
-def _contained_filter(b: SqlBuilder, request: SearchRequest, alias: str, own: str | None) -> str:
-    """Containers (of any type) holding a resource of the searched type that meets
-    every clause (`_contained=true`), or that and the resources themselves (`both`).
-    The clauses run on the contained resources' index views, keyed by contained resource,
-    so all of them must hold for the same contained resource."""
+def _own_filter(b: SqlBuilder, request: SearchRequest, rtype: str, alias: str) -> str:
+    """Resource row alias is a current resource of rtype meeting every clause of it."""
+    conds = [f"NOT {alias}.deleted"]
+    if rtype != ANY_TYPE:
+        conds.insert(0, f"{alias}.resource_type = {b.arg(rtype)}")
+    conds += [clause_sql(b, c, rtype, alias) for c in request.clauses[rtype]]
+    return "(" + " AND ".join(conds) + ")"
+
+
+def _contained_conditions(b: SqlBuilder, request: SearchRequest, c: str) -> str:
+    """Row c of search_contained_resource is a contained resource of the searched type
+    meeting every clause. The clauses run on the contained resources' index views,
+    keyed by contained resource, so all of them must hold for the same one."""
     rtype = request.resource_types[0]
-    c = b.alias("c")
     b.tables = CONTAINED_TABLES
     try:
         conds = [f"{c}.resource_type = {b.arg(rtype)}"]
         conds += [clause_sql(b, clause, rtype, c) for clause in request.clauses[rtype]]
     finally:
         b.tables = TABLES
+    return " AND ".join(conds)
+
+
+def _contained_filter(b: SqlBuilder, request: SearchRequest, alias: str, own: str | None) -> str:
+    """Containers (of any type) holding a resource of the searched type that meets
+    every clause (`_contained=true`), or that and the resources themselves (`both`)."""
+    c = b.alias("c")
     holds = (
         f"({alias}.resource_type, {alias}.id) IN (SELECT {c}.container_type, {c}.container_id"
-        f" FROM search_contained_resource {c} WHERE {' AND '.join(conds)})"
+        f" FROM search_contained_resource {c} WHERE {_contained_conditions(b, request, c)})"
     )
     if own is None:  # _contained=true
         return f"(NOT {alias}.deleted AND {holds})"
     return f"({own} OR (NOT {alias}.deleted AND {holds}))"
+
+
+def _contained_matches_sql(b: SqlBuilder, request: SearchRequest, restrict: Restrict | None) -> str:
+    """`_containedType=contained`: one row per match, with the resource columns of the
+    match's own row (`both`) or of the container of a matching contained resource
+    (`contained_id` set: the match is that resource in the container's content). Its
+    `id` is the key that orders and pages them: a resource's own id, or
+    `ContainerType/containerId#containedId` for a contained one (never an id: ids
+    have no '/' or '#')."""
+    arms = []
+    if request.contained == "both":
+        where = _own_filter(b, request, request.resource_types[0], "r")
+        if restrict is not None:
+            where += f" AND ({restrict('r')})"
+        arms.append(f"SELECT {_RESOURCE_COLUMNS}, NULL::text AS contained_id FROM resource r WHERE {where}")
+    c = b.alias("c")
+    where = f"NOT r.deleted AND {_contained_conditions(b, request, c)}"
+    if restrict is not None:
+        where += f" AND ({restrict('r')})"
+    arms.append(
+        f"SELECT {c}.resource_type, {c}.id, r.version_id, r.last_updated, r.content,"
+        f" substr({c}.id, strpos({c}.id, '#') + 1) AS contained_id"
+        f" FROM search_contained_resource {c}"
+        f" JOIN resource r ON r.resource_type = {c}.container_type AND r.id = {c}.container_id WHERE {where}"
+    )
+    return " UNION ALL ".join(arms)
+
+
+def _contained_page(request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder) -> PageQuery:
+    """A page of `_containedType=contained` matches, keyset-paged on their key."""
+    matches = _contained_matches_sql(b, request, restrict)
+    keys = [SortKey("_id", False, "id")]
+    backwards = False
+    outer = ""
+    if cursor:
+        values, backwards = _cursor_values(cursor, keys)
+        outer = " WHERE " + _after(b, ["q.id"], keys, values, backwards)
+    sql = (
+        f"SELECT q.* FROM ({matches}) q{outer} ORDER BY q.id {'DESC' if backwards else 'ASC'} LIMIT {request.count + 1}"
+    )
+    return PageQuery(sql, b.args, 0, backwards)
 
 
 def _sort_expr(b: SqlBuilder, key: SortKey, request: SearchRequest, alias: str) -> str:
@@ -524,6 +578,8 @@ def page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | 
 
 
 def _page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder) -> PageQuery:
+    if request.contained_type == "contained":
+        return _contained_page(request, cursor, restrict, b)
     shaped = _driven_page(request, cursor, restrict, b) or _index_sorted_page(request, cursor, restrict, b)
     if shaped is not None:
         return shaped
@@ -565,6 +621,8 @@ def cursor_for(row: Any, request: SearchRequest, sort_count: int, backwards: boo
 
 
 def count_query(request: SearchRequest, restrict: Restrict | None, b: SqlBuilder) -> str:
+    if request.contained_type == "contained":
+        return check_size(f"SELECT count(*) FROM ({_contained_matches_sql(b, request, restrict)}) q", b.args)
     where = filter_sql(b, request)
     if restrict is not None:
         where += f" AND ({restrict('r')})"

@@ -19,6 +19,9 @@ class StoredResource:
     last_updated: datetime
     content: bytes | None
     method: str | None = None  # set on history entries: POST | PUT | PATCH | DELETE
+    # set on a contained resource returned by `_containedType=contained`: its container's
+    # `Type/id` (id is then its local id, version and instant the container's)
+    container: str | None = None
 
     @property
     def deleted(self) -> bool:

@@ -690,7 +690,10 @@ class ResourceStore:
         rows = rows[: request.count]
         if query.backwards:
             rows.reverse()
-        entries = [StoredResource(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        if request.contained_type == "contained":
+            entries = _contained_entries(rows)
+        else:
+            entries = [StoredResource(r[0], r[1], r[2], r[3], r[4]) for r in rows]
         next_cursor = prev_cursor = None
         if rows and (more or query.backwards):
             next_cursor = cursor_for(rows[-1], request, query.sort_count, False)
@@ -759,6 +762,23 @@ class ResourceStore:
             found += fresh
             frontier = fresh
         return found, False
+
+
+def _contained_entries(rows: list[Any]) -> list[StoredResource]:
+    """The matches of a `_containedType=contained` page: a row with a contained_id
+    stands for that contained resource of the container the row holds."""
+    out = []
+    for r in rows:
+        cid = r["contained_id"]
+        if cid is None:
+            out.append(StoredResource(r[0], r[1], r[2], r[3], r[4]))
+            continue
+        container = orjson.loads(r[4])
+        item = next((x for x in container.get("contained") or () if isinstance(x, dict) and x.get("id") == cid), None)
+        if item is not None:  # always, unless the index lags the content
+            holder = r[1].partition("#")[0]  # the key: ContainerType/containerId#containedId
+            out.append(StoredResource(r[0], cid, r[2], r[3], orjson.dumps(item), container=holder))
+    return out
 
 
 def _compartment_restriction(

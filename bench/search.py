@@ -456,7 +456,7 @@ class Statement(NamedTuple):
 async def statements(conn: asyncpg.Connection, target: str, what: str) -> list[Statement]:
     """The SQL the store runs for one search URL, built as ResourceStore.search builds it:
     parse_request and page_query, then include_sql per include over the page's rows."""
-    from headless_ehr.search.query import include_sql, page_query, parse_request
+    from headless_ehr.search.query import SearchLimits, include_sql, page_query, parse_request
     from headless_ehr.search.sql import SqlBuilder
 
     path, _, query = target.partition("?")
@@ -470,7 +470,9 @@ async def statements(conn: asyncpg.Connection, target: str, what: str) -> list[S
     rows = (await conn.fetch(page.sql, *page.args))[: request.count]
     for inc in request.includes:
         ib = SqlBuilder()
-        sql = include_sql(ib, inc, [Ref(r[0], r[1]) for r in rows])
+        # the limit the store asks for on a page's first include: the whole cap, the page's
+        # rows (seen already, they may come back) and one more
+        sql = include_sql(ib, inc, [Ref(r[0], r[1]) for r in rows], SearchLimits().max_includes + len(rows) + 1)
         if sql is not None:
             name = f"{'_revinclude' if inc.reverse else '_include'}={inc.source_type}:{inc.param}"
             out.append(Statement(name, sql, ib.args))

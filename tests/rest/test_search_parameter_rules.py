@@ -9,6 +9,7 @@ regular expression. Only a system-level caller may run $reindex.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -145,11 +146,15 @@ async def test_a_transaction_holding_a_clashing_parameter_fails_and_writes_nothi
 
 
 @pytest.fixture
-def as_user(app, monkeypatch):
-    """Requests run as a non-system principal (as SMART user tokens will)."""
+def as_user(app) -> Iterator[Principal]:
+    """Requests run as a non-system principal (as SMART user tokens will). Set and put
+    back by hand: Starlette's State keeps attributes outside __dict__, and newer pytest
+    monkeypatch versions delete such an attribute on undo instead of restoring it."""
     user = Principal(subject="Practitioner/1")
-    monkeypatch.setattr(app.state, "authenticate", lambda request: user)
-    return user
+    original = app.state.authenticate
+    app.state.authenticate = lambda request: user
+    yield user
+    app.state.authenticate = original
 
 
 async def test_reindex_by_a_non_system_caller_is_forbidden_and_starts_nothing(client, db, as_user):

@@ -80,7 +80,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await conn.execute("RESET statement_timeout")
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        await load_registry(pool)
         set_expression_budget(settings.search_expression_budget_ms / 1000)
         search_pool = await create_pool(
             settings.database_url,

@@ -8,12 +8,14 @@ PostgreSQL is started in a temporary folder. No database is ever mocked.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -115,6 +117,26 @@ async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
         yield c
+
+
+@pytest.fixture
+async def app_with(settings: Settings, app: object) -> AsyncIterator[Any]:
+    """A factory of clients of second apps on the same database with changed settings
+    (made after the shared app has migrated it); `base_url` names the host they are reached on."""
+    opened = []
+
+    async def make(base_url: str = "http://testserver/fhir", **changes: object) -> httpx.AsyncClient:
+        application = create_app(dataclasses.replace(settings, **changes))
+        lifespan = application.router.lifespan_context(application)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url=base_url)
+        opened.append((lifespan, client))
+        return client
+
+    yield make
+    for lifespan, client in reversed(opened):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
 
 
 @pytest.fixture

@@ -8,14 +8,10 @@ EHR_CONDITIONAL_DELETE=multiple lets a conditional delete remove them all.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-
-from headless_ehr.app import create_app
 
 FHIR_JSON = "application/fhir+json"
 RESULT_PARAMETERS = [
@@ -193,13 +189,9 @@ async def test_capability_statement_says_conditional_delete_is_single_by_default
 
 
 @pytest.fixture
-async def multiple_client(settings) -> AsyncIterator[httpx.AsyncClient]:
+async def multiple_client(app_with) -> httpx.AsyncClient:
     """A second app on the same database with EHR_CONDITIONAL_DELETE=multiple."""
-    app = create_app(dataclasses.replace(settings, conditional_delete="multiple"))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
-            yield c
+    return await app_with(conditional_delete="multiple")
 
 
 async def test_conditional_delete_multiple_deletes_every_match(multiple_client):
@@ -212,13 +204,9 @@ async def test_conditional_delete_multiple_deletes_every_match(multiple_client):
 
 
 @pytest.fixture
-async def small_pages_multiple_client(settings) -> AsyncIterator[httpx.AsyncClient]:
+async def small_pages_multiple_client(app_with) -> httpx.AsyncClient:
     """EHR_CONDITIONAL_DELETE=multiple with pages of at most 2 resources."""
-    app = create_app(dataclasses.replace(settings, conditional_delete="multiple", max_page_size=2))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
-            yield c
+    return await app_with(conditional_delete="multiple", max_page_size=2)
 
 
 async def test_conditional_delete_multiple_deletes_matches_beyond_one_page(client, small_pages_multiple_client):

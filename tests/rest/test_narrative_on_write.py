@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 
 import httpx
 import pytest
 
-from headless_ehr.app import create_app
 from headless_ehr.auth.principal import SYSTEM
 from headless_ehr.bulk.importer import Importer
 
@@ -105,13 +103,9 @@ async def test_import_reports_the_narrative_and_loads_the_rest(app, client, tmp_
 
 
 @pytest.fixture
-async def small_narrative_client(settings):
+async def small_narrative_client(app_with) -> httpx.AsyncClient:
     """A server configured with EHR_MAX_NARRATIVE_BYTES=200."""
-    app = create_app(dataclasses.replace(settings, max_narrative_bytes=200))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
-            yield c
+    return await app_with(max_narrative_bytes=200)
 
 
 async def test_narrative_over_the_configured_limit_is_422_too_long(small_narrative_client):

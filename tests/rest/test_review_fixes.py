@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-
-from headless_ehr.app import create_app
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -68,13 +64,9 @@ async def test_conditional_create_on_our_absolute_base_takes_the_relative_criter
 
 
 @pytest.fixture
-async def impatient_client(settings) -> AsyncIterator[httpx.AsyncClient]:
+async def impatient_client(app_with) -> httpx.AsyncClient:
     """A second app on the same database whose statements time out after 500 ms."""
-    app = create_app(dataclasses.replace(settings, statement_timeout_ms=500))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
-            yield c
+    return await app_with(statement_timeout_ms=500)
 
 
 async def test_batch_entry_cancelled_by_statement_timeout_fails_alone(impatient_client, db):

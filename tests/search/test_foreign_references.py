@@ -9,13 +9,11 @@ relative reference.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import httpx
 import pytest
 
-from headless_ehr.app import create_app
 from tests.search.searching import FHIR_JSON, create, include_keys, match_ids, search, unique
 
 OTHER = "http://other.example.org/fhir"
@@ -158,14 +156,10 @@ PUBLIC = "https://ehr.example.org/fhir"
 
 
 @pytest.fixture
-async def public_client(settings):
+async def public_client(app_with) -> httpx.AsyncClient:
     """A client of a second app whose EHR_PUBLIC_BASE_URL is PUBLIC (same database),
     reached on another host name, as behind a proxy."""
-    application = create_app(dataclasses.replace(settings, public_base_url=PUBLIC, pool_min_size=1, pool_max_size=2))
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://internal:8080/fhir") as c:
-            yield c
+    return await app_with("http://internal:8080/fhir", public_base_url=PUBLIC, pool_min_size=1, pool_max_size=2)
 
 
 async def test_with_a_public_base_references_under_it_are_local_and_the_request_host_is_not(public_client):

@@ -8,14 +8,11 @@ test, each on its own uuid-named data; HAPI FHIR is the reference where R4 leave
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from headless_ehr.app import create_app
 from headless_ehr.auth.principal import Principal
 
 from .searching import (
@@ -567,13 +564,9 @@ async def test_count_zero_returns_the_total_without_entries(client):
 
 
 @pytest.fixture
-async def capped_client(settings) -> AsyncIterator[httpx.AsyncClient]:
+async def capped_client(app_with) -> httpx.AsyncClient:
     """A second app on the same database whose largest page is 5."""
-    capped = create_app(dataclasses.replace(settings, max_page_size=5))
-    async with capped.router.lifespan_context(capped):
-        transport = httpx.ASGITransport(app=capped)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
-            yield c
+    return await app_with(max_page_size=5)
 
 
 async def test_count_above_the_maximum_is_capped(client, capped_client):

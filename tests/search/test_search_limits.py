@@ -5,14 +5,10 @@ timeout) with an OperationOutcome, or for includes a page with a warning; never 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-
-from headless_ehr.app import create_app
-from headless_ehr.config import Settings
 
 from .searching import FHIR_JSON, create, entries, include_keys, search, unique
 
@@ -23,25 +19,6 @@ def _outcome(res: httpx.Response, status: int) -> str:
     body = res.json()
     assert body["resourceType"] == "OperationOutcome"
     return " ".join(i.get("diagnostics", "") for i in body["issue"])
-
-
-@pytest.fixture
-async def app_with(settings: Settings, app: object):
-    """A factory of apps with changed settings (after the shared app has migrated the database)."""
-    opened = []
-
-    async def make(**changes: object) -> httpx.AsyncClient:
-        application = create_app(dataclasses.replace(settings, **changes))
-        lifespan = application.router.lifespan_context(application)
-        await lifespan.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://testserver/fhir")
-        opened.append((lifespan, client))
-        return client
-
-    yield make
-    for lifespan, client in reversed(opened):
-        await client.aclose()
-        await lifespan.__aexit__(None, None, None)
 
 
 # -- chains --------------------------------------------------------------------------

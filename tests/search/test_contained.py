@@ -286,3 +286,22 @@ async def test_contained_type_contained_estimates_its_total(client: httpx.AsyncC
     await create(client, medication_request(medication(code, id="m1")))
     params = [("code", code), ("_contained", "true"), ("_containedType", "contained"), ("_total", "estimate")]
     assert isinstance((await search(client, "/Medication", params))["total"], int)
+
+
+async def test_contained_search_needs_read_access_to_every_type(app) -> None:
+    """The containers come back whatever their type: a caller limited to some types may not search them."""
+    from headless_ehr.auth.principal import Principal
+    from headless_ehr.fhir.outcome import FhirError
+
+    medication_only = Principal(subject="Practitioner/1", read_types=frozenset({"Medication"}))
+    with pytest.raises(FhirError) as refused:
+        await app.state.store.search(medication_only, "Medication", [("code", unique()), ("_contained", "true")])
+    assert refused.value.status == 403
+    page = await app.state.store.search(medication_only, "Medication", [("code", unique())])  # plain search: allowed
+    assert page.entries == []
+
+
+async def test_contained_search_in_a_compartment_is_refused(client: httpx.AsyncClient) -> None:
+    res = await client.get("/Patient/p1/Medication", params={"code": unique(), "_contained": "true"})
+    assert res.status_code == 400
+    assert res.json()["resourceType"] == "OperationOutcome"

@@ -101,3 +101,17 @@ async def test_below_in_a_code_system_not_shipped_in_full_is_refused(client: htt
     res = await client.get("/Observation", params={"code:below": "http://snomed.info/sct|404684003"})
     assert res.status_code == 400
     assert "http://snomed.info/sct" in res.json()["issue"][0]["diagnostics"]
+
+
+async def test_unknown_value_sets_and_systems_leave_the_terminology_cache_as_it_was(client):
+    from headless_ehr.fhir.definitions import definitions
+    from headless_ehr.fhir.validation.valuesets import resolver_for
+
+    resolver = resolver_for(definitions())
+    before = (len(resolver._cache), len(resolver._hierarchies))
+    for i in range(20):  # a client inventing URLs must not grow a process-wide cache
+        res = await client.get("/Patient", params={"gender:in": f"http://example.org/vs/{unique()}{i}"})
+        assert res.status_code == 400
+        res = await client.get("/Observation", params={"code:below": f"http://example.org/cs/{unique()}|a"})
+        assert res.status_code == 400
+    assert (len(resolver._cache), len(resolver._hierarchies)) == before

@@ -673,6 +673,8 @@ class ResourceStore:
             limits=self.limits,
             local_base=self.local_base,
         )
+        if request.contained != "false":
+            _check_contained_access(principal, compartment)
         b = SqlBuilder()
         restriction = _compartment_restriction(types, compartment, b)
         total: int | None = None
@@ -779,6 +781,20 @@ def _contained_entries(rows: list[Any]) -> list[StoredResource]:
             holder = r[1].partition("#")[0]  # the key: ContainerType/containerId#containedId
             out.append(StoredResource(r[0], cid, r[2], r[3], orjson.dumps(item), container=holder))
     return out
+
+
+def _check_contained_access(principal: Principal, compartment: Compartment | None) -> None:
+    """A `_contained=true|both` search answers with (or cuts its results from) the
+    containers, which may be of any type: the caller must be able to read every type,
+    and a compartment (which restricts by the searched type) cannot scope it."""
+    if principal.read_types is not None:
+        raise FhirError.of(
+            403,
+            "forbidden",
+            "_contained searches return the containers, of any type: they need read access to every resource type",
+        )
+    if compartment is not None:
+        raise FhirError.of(400, "not-supported", "_contained=true|both cannot be used in a compartment search")
 
 
 def _compartment_restriction(

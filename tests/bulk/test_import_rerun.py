@@ -150,3 +150,39 @@ def test_the_summary_says_what_counts_files_and_what_counts_resources():
     assert report.summary() == "12 files: 10 loaded, 2 with failures; 60,053 resources loaded, 3 failed"
     report.files_skipped = 1
     assert "1 already imported" in report.summary()
+
+
+async def test_a_batch_bundle_with_deletes_is_loaded_without_failures(importer, client, tmp_path):
+    tag = uuid.uuid4().hex
+    gone = (await client.post("/Patient", json={"resourceType": "Patient", "meta": tag_of(tag)})).json()["id"]
+    source = batch_bundle(tmp_path / "batch.json", tag, 1)
+    bundle = json.loads(source.read_text())
+    bundle["entry"] += [
+        {"request": {"method": "DELETE", "url": f"Patient/{gone}"}},  # 204 No Content is a success
+        {"request": {"method": "DELETE", "url": "Patient/never-existed"}},
+    ]
+    source.write_text(json.dumps(bundle))
+    first = await importer().run([source])
+    assert not first.failures
+    second = await importer().run([source])  # done: nothing to retry
+    assert not second.failures and second.resources == 0
+    assert await count(client, "Patient", tag) == 1
+
+
+async def test_ndjson_units_hold_at_most_the_bundle_limit_in_lines(importer, client, tmp_path):
+    tag = uuid.uuid4().hex
+    line = json.dumps({"resourceType": "Patient", "meta": tag_of(tag)})
+    source = tmp_path / "patients.ndjson"
+    source.write_text("\n".join([line] * 10) + "\n")
+    run = importer(batch_size=500, max_bundle_bytes=len(line) * 3)  # units follow the bytes held too
+    units = []
+    original = run._ndjson_unit
+
+    async def counted(file_run, batch, retry):
+        units.append(len(batch))
+        await original(file_run, batch, retry)
+
+    run._ndjson_unit = counted
+    report = await run.run([source])
+    assert not report.failures and report.resources == 10
+    assert max(units) <= 3 and sum(units) == 10

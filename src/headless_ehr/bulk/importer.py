@@ -364,13 +364,15 @@ class Importer:
         """Lines after `position`, and earlier ones that failed, in units of batch_size."""
         with _open(run.path) as stream:
             batch: list[tuple[int, bytes | None]] = []
+            held = 0  # bytes of the lines in batch: a unit holds at most max_bundle_bytes
             for number, line in ndjson_lines(stream, self.max_bundle_bytes):
                 if number <= position and number not in retry:
                     continue
                 batch.append((number, line))
-                if len(batch) >= self.batch_size:
+                held += len(line or b"")
+                if len(batch) >= self.batch_size or held >= self.max_bundle_bytes:
                     await self._ndjson_unit(run, batch, retry)
-                    batch = []
+                    batch, held = [], 0
                     read = max(run.bytes_reported, _bytes_read(stream))  # a large file moves the bar
                     self.on_progress(read - run.bytes_reported, 0)
                     run.bytes_reported = read
@@ -506,7 +508,7 @@ def _batch_outcome(wanted: list[int], result: Any) -> tuple[int, list[Failed]]:
     ok = 0
     failed: list[Failed] = []
     for index, item in zip(wanted, result.items, strict=True):
-        if item.response.get("status", "").startswith(("200", "201")):
+        if item.response.get("status", "")[:1] == "2":  # any 2xx: a DELETE answers 204
             ok += 1
         else:
             outcome = item.response.get("outcome") or {}

@@ -250,3 +250,20 @@ async def test_a_result_parameter_with_a_suffix_is_still_refused(client, result)
     family, _ = await smiths(client, 1)
     assert is_outcome(await client.delete(f"/Patient?{result}"), 400)
     assert await live(client, family) == 1
+
+
+async def test_conditional_delete_multiple_is_bounded(client, multiple_client, monkeypatch):
+    from headless_ehr.store import repository
+
+    monkeypatch.setattr(repository, "MAX_CONDITIONAL_DELETES", 3)
+    family, _ = await smiths(client, 4)
+    res = await multiple_client.delete(f"/Patient?family={family}")
+    assert res.status_code == 412 and res.json()["resourceType"] == "OperationOutcome"
+    assert await live(client, family) == 4  # nothing deleted
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": f"Patient?family={family}"}}],
+    }
+    assert (await multiple_client.post("", json=bundle)).status_code == 412
+    assert await live(client, family) == 4

@@ -7,7 +7,7 @@ plan, instead of 500 of each.
 
 from __future__ import annotations
 
-from .sql import INDEX_TABLES, STAMP
+from .sql import INDEX_TABLES, STAMP, STAMP_LENGTH
 
 
 def _build() -> str:
@@ -16,8 +16,8 @@ def _build() -> str:
     ctes = [
         "WITH"
         + STAMP
-        + """, src AS MATERIALIZED (
-    SELECT rt, rid, overlay(content PLACING convert_to(t.ts_text, 'UTF8') FROM stamp_at FOR 32) AS content,
+        + f""", src AS MATERIALIZED (
+    SELECT rt, rid, overlay(content PLACING convert_to(t.ts_text, 'UTF8') FROM stamp_at FOR {STAMP_LENGTH}) AS content,
         method, narrative, fulltext
     FROM t, unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::integer[])
         AS u(rt, rid, content, method, narrative, fulltext, stamp_at)

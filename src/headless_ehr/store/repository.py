@@ -51,6 +51,7 @@ Validate = Callable[[Any], list[Issue]]
 Executor = asyncpg.Pool | asyncpg.Connection
 
 _OPTIMISTIC_ATTEMPTS = 2
+MAX_CONDITIONAL_DELETES = 1000  # resources one conditional delete may remove
 # Serialises conditional writes on their criteria (keys pre-sorted; unnest keeps the order).
 _LOCK_CRITERIA = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"
 # Creates per INSERT statement: asyncpg encodes a statement's arguments in one go,
@@ -513,6 +514,19 @@ class ResourceStore:
             if cursor is None or (limit is not None and len(found) >= limit):
                 return found if limit is None else found[:limit]
 
+    async def matches_to_delete(self, principal: Principal, criteria: Criteria) -> list[StoredResource]:
+        """Every match of a conditional delete of several (EHR_CONDITIONAL_DELETE=multiple),
+        bounded: one request deletes at most MAX_CONDITIONAL_DELETES resources (412 beyond)."""
+        found = await self.matches(principal, criteria, MAX_CONDITIONAL_DELETES + 1)
+        if len(found) > MAX_CONDITIONAL_DELETES:
+            raise FhirError.of(
+                412,
+                "too-costly",
+                f"conditional delete: the criteria match more than {MAX_CONDITIONAL_DELETES} resources;"
+                " narrow them and delete in parts",
+            )
+        return found
+
     async def match(self, principal: Principal, criteria: Criteria) -> StoredResource | None:
         """The single resource matching criteria, None for none, 412 for several."""
         found = await self.matches(principal, criteria, 2)
@@ -567,7 +581,7 @@ class ResourceStore:
         principal.require("delete", criteria.resource_type)
         async with self._serialised(criteria) as store:
             if multiple:
-                targets = await store.matches(principal, criteria)
+                targets = await store.matches_to_delete(principal, criteria)
             else:
                 found = await store.match(principal, criteria)
                 targets = [found] if found is not None else []

@@ -120,8 +120,9 @@ STAMP_LENGTH = 32  # len("2026-01-02T03:04:05.123456+00:00")
 _STAMPED = (
     "WITH"
     + STAMP
-    + """, v AS MATERIALIZED (
-    SELECT ts, ts_text, overlay($5::bytea PLACING convert_to(ts_text, 'UTF8') FROM $4::integer FOR 32) AS content
+    + f""", v AS MATERIALIZED (
+    SELECT ts, ts_text, overlay($5::bytea PLACING convert_to(ts_text, 'UTF8') FROM $4::integer FOR {STAMP_LENGTH})
+        AS content
     FROM t
 )"""
 )

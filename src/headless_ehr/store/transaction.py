@@ -34,7 +34,6 @@ from .repository import PreparedCreate, ResourceStore, conditional_update_id, fo
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 _WRITES = ("DELETE", "POST", "PUT", "PATCH")
-_ID = RESOURCE_ID
 
 
 @dataclass
@@ -142,7 +141,7 @@ def _check_url(method: str, path: list[str], query: list[tuple[str, str]], url: 
     if method == "POST":
         ok = len(path) == 1
     else:
-        ok = len(path) == 1 or (len(path) == 2 and _ID.fullmatch(path[1]) is not None and not query)
+        ok = len(path) == 1 or (len(path) == 2 and RESOURCE_ID.fullmatch(path[1]) is not None and not query)
     if not ok:
         expected = "Type" if method == "POST" else "Type/id or Type?criteria"
         raise FhirError.of(400, "invalid", f"{where}: {method} url '{url}' must be {expected}", f"{where}.request.url")
@@ -290,7 +289,7 @@ class BundleProcessor:
         assert criteria is not None
         if entry.method == "DELETE":
             if self.conditional_delete == "multiple":
-                entry.deletes = [r.id for r in await store.matches(self.principal, criteria)]
+                entry.deletes = [r.id for r in await store.matches_to_delete(self.principal, criteria)]
             else:
                 found = await store.match(self.principal, criteria)
                 entry.deletes = [found.id] if found is not None else []

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
+from ..fhir.summary import READ_SUMMARY_VALUES
 from ..fhir.validation.primitives import decimal_problem
 from .extract import OPTIONS
 from .paging import decode_cursor, encode_cursor, parse_count
@@ -21,7 +22,7 @@ from .parse import DEFAULT_MAX_CHAIN_BRANCHES, RESULT_PARAMETERS, ChainBudget, C
 from .registry import search_params
 from .sql import ANY_TYPE, CONTAINED_TABLES, TABLES, SqlBuilder, clause_sql, driver_sql
 
-SUMMARY_VALUES = frozenset({"true", "false", "text", "data", "count"})
+SUMMARY_VALUES = frozenset({*READ_SUMMARY_VALUES, "count"})  # a search may also count
 TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
 CONTAINED_VALUES = frozenset({"false", "true", "both"})
 CONTAINED_TYPE_VALUES = frozenset({"container", "contained"})

@@ -21,7 +21,7 @@ from typing import Any
 from ...config import env_flag
 from ...fhir.references import local_path
 from ..registry import COLUMN_PARAMS, SearchParam, indexed_params
-from ..rows import IndexRows, contained_row
+from ..rows import CONTAINED_FIELDS, IndexRows, contained_row
 from .compile import Fn, compile_param
 from .text import content_text, narrative_text
 from .values import Sink
@@ -107,9 +107,6 @@ def _unique(rows: list[tuple]) -> list[tuple]:
     return list(dict.fromkeys(rows)) if len(rows) > 1 else rows
 
 
-_CONTAINED_KINDS = ("token", "string", "reference", "date", "number", "quantity", "uri", "composite", "position")
-
-
 def _contained_rows(contained: list[Any], local_base: str | None) -> list[tuple]:
     """search_contained rows of the contained resources (for `_contained=true|both`):
     each one's own index rows under every parameter of its type, plus a `resource` row
@@ -125,7 +122,7 @@ def _contained_rows(contained: list[Any], local_base: str | None) -> list[tuple]
         if sink.reference:
             sink.reference = foreign_references(sink.reference, local_base)
         out.append(contained_row(rtype, cid, "resource", ()))
-        for kind in _CONTAINED_KINDS:
+        for kind in CONTAINED_FIELDS:  # every kind search_contained holds
             out += [contained_row(rtype, cid, kind, row) for row in _unique(getattr(sink, kind))]
     return out
 

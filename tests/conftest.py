@@ -112,11 +112,55 @@ async def app(settings: Settings) -> AsyncIterator[object]:
         yield application
 
 
+def mint_token(app: Any, scope: str = "system/*.*", *, base_url: str = "http://testserver/fhir", **claims: Any) -> str:
+    """An access token of the app's own signing keys, as its token endpoint would issue
+    (claims: patient, encounter, fhirUser, roles, subject, client_id, lifetime)."""
+    issuer = base_url.rsplit("/", 1)[0]
+    subject = claims.pop("subject", "test-client")
+    client_id = claims.pop("client_id", "test-client")
+    issued = app.state.tokens.issue(
+        issuer=issuer, audience=base_url, subject=subject, client_id=client_id, scope=scope, **claims
+    )
+    return issued.access_token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.fixture
 async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the shared app holding a system token (SMART `system/*.*`)."""
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    headers = bearer(mint_token(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir", headers=headers) as c:
+        yield c
+
+
+@pytest.fixture
+async def anonymous(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the shared app without a token."""
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir") as c:
         yield c
+
+
+@pytest.fixture
+async def client_for(app: object) -> AsyncIterator[Any]:
+    """A factory of clients of the shared app holding tokens of the given scope and context:
+    `await client_for("patient/*.rs", patient="123")`."""
+    opened: list[httpx.AsyncClient] = []
+
+    async def make(scope: str, **claims: Any) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        headers = bearer(mint_token(app, scope, **claims))
+        c = httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir", headers=headers)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        await c.aclose()
 
 
 @pytest.fixture
@@ -129,7 +173,8 @@ async def app_with(settings: Settings, app: object) -> AsyncIterator[Any]:
         application = create_app(dataclasses.replace(settings, **changes))
         lifespan = application.router.lifespan_context(application)
         await lifespan.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url=base_url)
+        headers = bearer(mint_token(application, base_url=base_url))
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url=base_url, headers=headers)
         opened.append((lifespan, client))
         return client
 

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -15,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .auth.principal import authenticate_as_system
+from .auth.authenticate import authenticate_as_system, token_authenticator
+from .auth.keys import SigningKeys
+from .auth.tokens import AccessTokens
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import create_pool
@@ -98,6 +101,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             limits=limits,
             local_base=settings.public_base_url,
         )
+        keys = SigningKeys(pool, timedelta(hours=settings.signing_key_rotation_hours))
+        await keys.start()
+        tokens = AccessTokens(pool, keys, settings.access_token_lifetime)
+        await tokens.start()
+        app.state.signing_keys, app.state.tokens = keys, tokens
+        if settings.auth:
+            app.state.authenticate = token_authenticator(tokens)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()
@@ -119,6 +129,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             await app.state.reindexer.close()
+            await tokens.close()
+            await keys.close()
             await search_pool.close()
             await pool.close()
 
@@ -133,5 +145,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.authenticate = authenticate_as_system  # who is asking (auth/); SMART replaces it
+    # who is asking (auth/): the token authenticator once the keys are loaded, unless EHR_AUTH=off
+    app.state.authenticate = authenticate_as_system
     return app

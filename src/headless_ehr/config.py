@@ -66,6 +66,10 @@ class Settings:
     import_max_bundle_bytes: int = 256 * 1024 * 1024  # a larger Bundle file (decompressed) is refused
     # hostile input
     max_narrative_bytes: int = 1024 * 1024  # a larger text.div is refused (422)
+    # auth
+    auth: bool = True  # False (EHR_AUTH=off): no tokens, every request is the system; loopback only
+    access_token_lifetime: int = 300  # seconds, at most 3600
+    signing_key_rotation_hours: int = 24  # a new token signing key this often
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -95,9 +99,21 @@ class Settings:
             "import_max_bundle_bytes": _int("EHR_IMPORT_MAX_BUNDLE_BYTES", 256 * 1024 * 1024),
             # hostile input
             "max_narrative_bytes": _int("EHR_MAX_NARRATIVE_BYTES", 1024 * 1024),
+            # auth
+            "auth": _choice("EHR_AUTH", ("on", "off")) == "on",
+            "access_token_lifetime": _bounded("EHR_ACCESS_TOKEN_LIFETIME", 300, 30, 3600),
+            "signing_key_rotation_hours": _bounded("EHR_SIGNING_KEY_ROTATION_HOURS", 24, 1, 24 * 365),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _bounded(name: str, default: int, low: int, high: int) -> int:
+    """An integer setting within [low, high]; outside it stops start-up."""
+    value = _int(name, default)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+    return value
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:

@@ -11,7 +11,7 @@ import pytest
 from headless_ehr.auth.principal import SYSTEM, Principal
 from headless_ehr.bulk.importer import Importer
 
-PATIENTS_ONLY = Principal(subject="patients-only", write_types=frozenset({"Patient"}))
+PATIENTS_ONLY = Principal.from_scopes("patients-only", "system/*.rs system/Patient.cud")
 
 
 class Crash(BaseException):  # like Ctrl-C or the process dying: nothing catches it

@@ -9,12 +9,10 @@ regular expression. Only a system-level caller may run $reindex.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from headless_ehr.auth.principal import Principal
 from headless_ehr.fhir.definitions import definitions
 
 FHIR_JSON = "application/fhir+json"
@@ -146,18 +144,13 @@ async def test_a_transaction_holding_a_clashing_parameter_fails_and_writes_nothi
 
 
 @pytest.fixture
-def as_user(app) -> Iterator[Principal]:
-    """Requests run as a non-system principal (as SMART user tokens will). Set and put
-    back by hand: Starlette's State keeps attributes outside __dict__, and newer pytest
-    monkeypatch versions delete such an attribute on undo instead of restoring it."""
-    user = Principal(subject="Practitioner/1")
-    original = app.state.authenticate
-    app.state.authenticate = lambda request: user
-    yield user
-    app.state.authenticate = original
+async def as_user(client_for):
+    """A practitioner's client holding every user-level right (as a SMART user token)."""
+    return await client_for("user/*.cruds", fhirUser="Practitioner/1")
 
 
-async def test_reindex_by_a_non_system_caller_is_forbidden_and_starts_nothing(client, db, as_user):
+async def test_reindex_by_a_non_system_caller_is_forbidden_and_starts_nothing(db, as_user):
+    client = as_user
     jobs = await db.fetchval("SELECT count(*) FROM job WHERE kind = 'reindex'")
     res = await client.post("/Patient/$reindex")
     assert res.status_code == 403
@@ -165,9 +158,9 @@ async def test_reindex_by_a_non_system_caller_is_forbidden_and_starts_nothing(cl
     assert await db.fetchval("SELECT count(*) FROM job WHERE kind = 'reindex'") == jobs
 
 
-async def test_instance_reindex_by_a_non_system_caller_is_forbidden(client, as_user):
-    assert (await client.post("/Patient/anything/$reindex")).status_code == 403
+async def test_instance_reindex_by_a_non_system_caller_is_forbidden(as_user):
+    assert (await as_user.post("/Patient/anything/$reindex")).status_code == 403
 
 
-async def test_reindex_status_for_a_non_system_caller_is_forbidden(client, as_user):
-    assert (await client.get("/$reindex?job=nope")).status_code == 403
+async def test_reindex_status_for_a_non_system_caller_is_forbidden(as_user):
+    assert (await as_user.get("/$reindex?job=nope")).status_code == 403

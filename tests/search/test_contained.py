@@ -293,7 +293,7 @@ async def test_contained_search_needs_read_access_to_every_type(app) -> None:
     from headless_ehr.auth.principal import Principal
     from headless_ehr.fhir.outcome import FhirError
 
-    medication_only = Principal(subject="Practitioner/1", read_types=frozenset({"Medication"}))
+    medication_only = Principal.from_scopes("Practitioner/1", "user/Medication.rs user/*.cud")
     with pytest.raises(FhirError) as refused:
         await app.state.store.search(medication_only, "Medication", [("code", unique()), ("_contained", "true")])
     assert refused.value.status == 403

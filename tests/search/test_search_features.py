@@ -338,7 +338,7 @@ async def test_include_without_iterate_applies_only_to_the_matches(client):
 
 async def test_include_leaves_out_resources_the_caller_may_not_read(app, client):
     d = await _include_data(client)
-    reader = Principal("observations-only", read_types=frozenset({"Observation"}))
+    reader = Principal.from_scopes("observations-only", "system/Observation.rs system/*.cud")
     page = await app.state.store.search(
         reader, "Observation", [("_id", d["on_patient"]["id"]), ("_include", "Observation:*")]
     )
@@ -348,7 +348,7 @@ async def test_include_leaves_out_resources_the_caller_may_not_read(app, client)
 
 async def test_revinclude_leaves_out_resources_the_caller_may_not_read(app, client):
     d = await _include_data(client)
-    reader = Principal("patients-only", read_types=frozenset({"Patient"}))
+    reader = Principal.from_scopes("patients-only", "system/Patient.rs system/*.cud")
     page = await app.state.store.search(
         reader, "Patient", [("_id", d["patient"]["id"]), ("_revinclude", "Observation:subject")]
     )

@@ -7,7 +7,7 @@ import pytest
 from headless_ehr.auth.principal import SYSTEM, Principal
 from headless_ehr.fhir.outcome import FhirError
 
-READ_ONLY_PATIENTS = Principal("reader", read_types=frozenset({"Patient"}), write_types=frozenset())
+READ_ONLY_PATIENTS = Principal.from_scopes("reader", "system/Patient.rs")
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ async def test_principal_cannot_read_other_types(store):
 
 async def test_principal_check_covers_vread_history_search_update_delete(store):
     rid = await _patient(store)
-    nobody = Principal("nobody", read_types=frozenset(), write_types=frozenset())
+    nobody = Principal.from_scopes("nobody", "")
     calls = [
         store.vread(nobody, "Patient", rid, "1"),
         store.history(nobody, "Patient", rid),

@@ -1,55 +1,149 @@
 """Who is asking, and what they may do.
 
 Every store and search call takes a Principal and checks it where data is touched,
-so no route can forget the check. Until the SMART server lands, requests run as the
-system principal; the seam is here so that policies plug in without touching callers.
+so no route can forget the check. A Principal is built from a verified access token
+(auth/authenticate.py) or is SYSTEM (the server itself, the CLI, `EHR_AUTH=off`).
+This module is data and rules only: the store and search layers turn `access()` into
+SQL that joins every query they build.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
+from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
+from .scopes import PERMISSION, Grant, grants_of, split_scopes
 
-READ_INTERACTIONS = frozenset({"read", "vread", "history", "search"})
 WRITE_INTERACTIONS = frozenset({"create", "update", "patch", "delete"})
 
 
 @dataclass(frozen=True)
-class Principal:
-    """An authenticated caller with the resource types it may read and write.
+class Scope:
+    """One way a principal reaches rows of a type: inside Patient/<patient>'s compartment
+    (when patient is set) and matching the v2 search criteria (when any). Rows are
+    visible when they satisfy any of the principal's Scopes for the type."""
 
-    `read_types` / `write_types` of None mean every type. `system`: a system-level
-    caller (the server itself, the CLI, a backend client granted SMART `system/`
-    scopes), the only kind that may run server-wide operations such as $reindex.
+    patient: str | None = None
+    criteria: tuple[tuple[str, str], ...] = ()
+
+
+UNRESTRICTED = None  # access(): every row of the type
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller.
+
+    grants None: every type, every interaction, no restriction (SYSTEM, the CLI).
+    patient: the patient in context (SMART `patient` launch context); patient-level
+    grants reach that patient's compartment only. fhir_user: the user's own resource
+    (`Practitioner/7`, `Patient/123`); a user who is a Patient is held to their own
+    compartment under user-level grants too. system: may run server-wide operations.
     """
 
     subject: str
-    read_types: frozenset[str] | None = None
-    write_types: frozenset[str] | None = None
-    attributes: dict[str, str] = field(default_factory=dict)
+    grants: tuple[Grant, ...] | None = None
     system: bool = False
+    client_id: str | None = None
+    fhir_user: str | None = None
+    patient: str | None = None
+    encounter: str | None = None
+    scope: str = ""
+    roles: tuple[str, ...] = ()
+    token_id: str | None = None
+    expires_at: int | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_scopes(cls, subject: str, scope: str, **kwargs: object) -> Principal:
+        """A principal holding the resource grants of a scope string; `system` when it has a system/ grant."""
+        grants = grants_of(split_scopes(scope))
+        kwargs.setdefault("system", any(g.context == "system" for g in grants))
+        return cls(subject=subject, grants=grants, scope=scope, **kwargs)  # type: ignore[arg-type]
+
+    def _covering(self, interaction: str, resource_type: str) -> list[Grant]:
+        assert self.grants is not None
+        letter = PERMISSION[interaction]
+        return [g for g in self.grants if g.covers(letter, resource_type)]
 
     def allows(self, interaction: str, resource_type: str) -> bool:
-        allowed = self.write_types if interaction in WRITE_INTERACTIONS else self.read_types
-        return allowed is None or resource_type in allowed
+        """Some grant permits the interaction on the type (rows may still be restricted)."""
+        if self.grants is None:
+            return True
+        return any(
+            self._scope_of(g, interaction, resource_type) is not False
+            for g in self._covering(interaction, resource_type)
+        )
 
     def require(self, interaction: str, resource_type: str) -> None:
-        """Raise 403 unless this principal may perform the interaction on the type."""
+        """Raise 403 unless this principal may perform the interaction on the type at all."""
         if not self.allows(interaction, resource_type):
             raise FhirError.of(403, "forbidden", f"not permitted to {interaction} {resource_type} resources")
+
+    def reaches_everything(self, interaction: str) -> bool:
+        """The interaction is open on every row of every type (no compartment, no criteria)."""
+        if self.grants is None:
+            return True
+        letter = PERMISSION[interaction]
+        return any(
+            g.covers(letter, "*") and g.resource_type == "*" and not g.criteria and self.compartment_patient(g) is None
+            for g in self.grants
+        )
 
     def require_system(self, operation: str) -> None:
         """Raise 403 unless this is a system-level caller."""
         if not self.system:
             raise FhirError.of(403, "forbidden", f"{operation} may only be run by a system-level client")
 
+    def access(self, interaction: str, resource_type: str) -> tuple[Scope, ...] | None:
+        """The rows of the type this principal may reach with the interaction:
+        None for all of them, else those matching any returned Scope. 403 when none."""
+        if self.grants is None:
+            return UNRESTRICTED
+        scopes: list[Scope] = []
+        for grant in self._covering(interaction, resource_type):
+            scope = self._scope_of(grant, interaction, resource_type)
+            if scope is None:
+                return UNRESTRICTED
+            if scope is not False:
+                scopes.append(scope)
+        if not scopes:
+            raise FhirError.of(403, "forbidden", f"not permitted to {interaction} {resource_type} resources")
+        return tuple(dict.fromkeys(scopes))
+
+    def _scope_of(self, grant: Grant, interaction: str, resource_type: str) -> Scope | bool | None:
+        """What one covering grant opens: None all rows, a Scope some, False none."""
+        patient = self.compartment_patient(grant)
+        if patient is None and not grant.criteria:
+            return None
+        if patient is not None and not in_patient_compartment(resource_type):
+            # Medication, Organization, Practitioner…: readable with the scope, but a
+            # patient's token writes only inside its own compartment.
+            if interaction in WRITE_INTERACTIONS:
+                return False
+            return Scope(None, grant.criteria) if grant.criteria else None
+        if patient == "":
+            return False  # a patient-level grant with no patient in context reaches nothing
+        return Scope(patient, grant.criteria)
+
+    def compartment_patient(self, grant: Grant) -> str | None:
+        """The patient whose compartment bounds a grant: "" when it should but none is known."""
+        if grant.context == "patient":
+            return self.patient or ""
+        if grant.context == "user" and self.fhir_user and self.fhir_user.startswith("Patient/"):
+            return self.fhir_user.removeprefix("Patient/")
+        return None
+
+
+@cache
+def in_patient_compartment(resource_type: str) -> bool:
+    """Patient itself, or a type the R4 Patient CompartmentDefinition lists with parameters."""
+    if resource_type == "Patient":
+        return True
+    definition = definitions().compartment_definitions.get("Patient") or {}
+    return any(r.get("code") == resource_type and r.get("param") for r in definition.get("resource", ()))
+
 
 SYSTEM = Principal(subject="system", system=True)
-
-
-def authenticate_as_system(request: object) -> Principal:
-    """The authenticator in force until the SMART server lands: every request runs as
-    SYSTEM. `app.state.authenticate` holds the authenticator, so another (tokens,
-    mutual TLS) replaces it without touching the routes."""
-    return SYSTEM

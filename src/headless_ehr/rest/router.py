@@ -154,7 +154,8 @@ async def fhir_endpoint(request: Request) -> Response:
         else:
             request.state.media_type = response_media_type(request)
         request_origin(request)  # 400 for a Host this server does not answer to
-        request.state.principal = request.app.state.authenticate(request)
+        if segments != ["metadata"]:  # the CapabilityStatement is public (SMART discovery)
+            request.state.principal = await request.app.state.authenticate(request, base_url(request))
         methods = _routes(request, segments)
         if not methods:
             raise _not_found(f"no FHIR interaction at '/{'/'.join(segments)}'")

@@ -801,7 +801,7 @@ def _check_contained_access(principal: Principal, compartment: Compartment | Non
     """A `_contained=true|both` search answers with (or cuts its results from) the
     containers, which may be of any type: the caller must be able to read every type,
     and a compartment (which restricts by the searched type) cannot scope it."""
-    if principal.read_types is not None:
+    if not principal.reaches_everything("search"):
         raise FhirError.of(
             403,
             "forbidden",

@@ -1,0 +1,59 @@
+"""Bearer tokens (RFC 6750) to Principals: the authenticator every FHIR request passes.
+
+Refusals are 401 with `WWW-Authenticate: Bearer` (RFC 6750 §3): no error code when no
+token was sent, `error="invalid_token"` when one was and cannot be used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+
+from ..fhir.outcome import FhirError
+from .principal import SYSTEM, Principal
+from .tokens import AccessTokens, InvalidToken
+
+# (request, audience: this request's FHIR base URL) -> the caller
+Authenticator = Callable[[Request, str], Awaitable[Principal]]
+
+
+def unauthorized(message: str, error: str | None = "invalid_token") -> FhirError:
+    fault = FhirError.of(401, "login" if error is None else "security", message)
+    challenge = 'Bearer realm="fhir"'
+    if error is not None:
+        challenge += f', error="{error}", error_description="{message}"'
+    fault.headers["WWW-Authenticate"] = challenge
+    return fault
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer` header; None when there is no header; 401 when malformed."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token or len(token) > 16384:
+        raise unauthorized("the Authorization header must be 'Bearer <token>'")
+    return token
+
+
+def token_authenticator(tokens: AccessTokens) -> Authenticator:
+    """Principals from this server's access tokens."""
+
+    async def authenticate(request: Request, audience: str) -> Principal:
+        token = bearer_token(request)
+        if token is None:
+            raise unauthorized("an access token is required (Authorization: Bearer <token>)", error=None)
+        try:
+            return tokens.verify(token, audience)
+        except InvalidToken as error:
+            raise unauthorized(str(error)) from None
+
+    return authenticate
+
+
+async def authenticate_as_system(request: Request, audience: str) -> Principal:
+    """EHR_AUTH=off (loopback only): every request runs as SYSTEM."""
+    return SYSTEM

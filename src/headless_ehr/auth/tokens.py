@@ -1,0 +1,188 @@
+"""Access tokens: short-lived ES256 JWTs, issued and verified here only.
+
+Verifying a signature costs more than serving a read, so a verified token is cached
+(by its exact bytes) until it expires; a revocation empties its entry at once on this
+node and, through auth_revoked_token, on every other node within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from .keys import MAX_TOKEN_LIFETIME, SigningKeys
+from .principal import Principal
+
+log = logging.getLogger("headless_ehr.auth")
+
+CACHE_SIZE = 50_000  # verified tokens remembered per node
+LEEWAY = 30  # seconds of clock skew tolerated on exp/nbf/iat
+REVOCATION_POLL_SECONDS = 1.0
+
+
+class InvalidToken(Exception):
+    """The bearer token cannot be used (RFC 6750 error="invalid_token"); the message says why."""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+    jti: str
+
+
+class AccessTokens:
+    """Issue and verify this server's access tokens."""
+
+    def __init__(self, pool: asyncpg.Pool, keys: SigningKeys, lifetime: int) -> None:
+        self.pool = pool
+        self.keys = keys
+        self.lifetime = min(lifetime, MAX_TOKEN_LIFETIME)
+        self._cache: OrderedDict[str, tuple[Principal, str]] = OrderedDict()
+        self._revoked: set[str] = set()
+        self._revoked_since: datetime | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._load_revocations()
+        self._task = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def issue(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        subject: str,
+        client_id: str,
+        scope: str,
+        lifetime: int | None = None,
+        **context: Any,
+    ) -> IssuedToken:
+        """A signed access token. context: patient, encounter, fhirUser, roles (None values left out)."""
+        assert self.keys.signing is not None, "signing keys not loaded"
+        now = int(time.time())
+        expires_in = min(lifetime or self.lifetime, MAX_TOKEN_LIFETIME)
+        jti = uuid.uuid4().hex
+        claims: dict[str, Any] = {
+            "iss": issuer,
+            "aud": audience,
+            "sub": subject,
+            "client_id": client_id,
+            "scope": scope,
+            "iat": now,
+            "nbf": now,
+            "exp": now + expires_in,
+            "jti": jti,
+        }
+        claims.update({k: v for k, v in context.items() if v is not None})
+        header = {"alg": "ES256", "kid": self.keys.signing.kid, "typ": "at+jwt"}
+        return IssuedToken(jwt.encode(header, claims, self.keys.signing, algorithms=["ES256"]), expires_in, jti)
+
+    def decode(self, token: str, audience: str) -> dict[str, Any]:
+        """The claims of a token this server signed for `audience`, still valid; else InvalidToken."""
+        try:
+            decoded = jwt.decode(token, self.keys.keyset, algorithms=["ES256"])
+        except (JoseError, ValueError, TypeError, KeyError) as error:
+            raise InvalidToken(f"the token is not one this server signed ({type(error).__name__})") from None
+        claims = decoded.claims
+        now = time.time()
+        exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
+        if not isinstance(exp, int | float) or exp < now - LEEWAY:
+            raise InvalidToken("the token has expired")
+        if isinstance(nbf, int | float) and nbf > now + LEEWAY:
+            raise InvalidToken("the token is not valid yet")
+        aud = claims.get("aud")
+        if (aud if isinstance(aud, list) else [aud]).count(audience) == 0:
+            raise InvalidToken("the token was issued for another audience")
+        if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("scope", ""), str):
+            raise InvalidToken("the token lacks jti or scope")
+        if claims["jti"] in self._revoked:
+            raise InvalidToken("the token has been revoked")
+        return claims
+
+    def verify(self, token: str, audience: str) -> Principal:
+        """The principal a bearer token stands for; InvalidToken when it cannot be used."""
+        hit = self._cache.get(token)
+        if hit is not None and hit[1] == audience:
+            principal = hit[0]
+            alive = principal.expires_at is not None and principal.expires_at >= time.time() - LEEWAY
+            if alive and principal.token_id not in self._revoked:
+                return principal
+            del self._cache[token]
+        principal = principal_of(self.decode(token, audience))
+        self._cache[token] = (principal, audience)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return principal
+
+    async def revoke(self, jti: str, expires_at: float) -> None:
+        """Refuse this token from now on, on every node."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO auth_revoked_token (jti, expires_at) VALUES ($1, to_timestamp($2)) ON CONFLICT DO NOTHING",
+                jti,
+                expires_at,
+            )
+        self._revoked.add(jti)
+
+    def is_revoked(self, jti: str) -> bool:
+        return jti in self._revoked
+
+    async def _load_revocations(self) -> None:
+        async with self.pool.acquire() as conn:
+            if self._revoked_since is None:
+                await conn.execute("DELETE FROM auth_revoked_token WHERE expires_at < now() - interval '5 minutes'")
+            since = self._revoked_since or datetime.fromtimestamp(0).astimezone()
+            # a revocation committing late still shows: re-read a margin behind the newest seen
+            rows = await conn.fetch(
+                "SELECT jti, revoked_at FROM auth_revoked_token"
+                " WHERE revoked_at > $1::timestamptz - interval '10 seconds'",
+                since,
+            )
+        for row in rows:
+            self._revoked.add(row["jti"])
+            if self._revoked_since is None or row["revoked_at"] > self._revoked_since:
+                self._revoked_since = row["revoked_at"]
+        if self._revoked_since is None:
+            self._revoked_since = datetime.now().astimezone() - timedelta(seconds=1)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(REVOCATION_POLL_SECONDS)
+            try:
+                await self._load_revocations()
+            except (OSError, asyncpg.PostgresError):
+                log.warning("could not read revoked tokens", exc_info=True)
+
+
+def principal_of(claims: dict[str, Any]) -> Principal:
+    """The Principal of a verified token's claims."""
+    roles = claims.get("roles") or ()
+    return Principal.from_scopes(
+        str(claims.get("sub") or claims.get("client_id") or ""),
+        str(claims.get("scope") or ""),
+        client_id=claims.get("client_id"),
+        fhir_user=claims.get("fhirUser"),
+        patient=claims.get("patient"),
+        encounter=claims.get("encounter"),
+        roles=tuple(roles) if isinstance(roles, list) else (),
+        token_id=claims.get("jti"),
+        expires_at=int(claims["exp"]),
+    )

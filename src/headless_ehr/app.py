@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .auth.admin_api import admin_routes
 from .auth.authenticate import authenticate_as_system, token_authenticator
+from .auth.bootstrap import ensure_admin_client
 from .auth.keys import SigningKeys
 from .auth.tokens import AccessTokens
 from .config import Settings
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tokens = AccessTokens(pool, keys, settings.access_token_lifetime)
         await tokens.start()
         app.state.signing_keys, app.state.tokens = keys, tokens
+        await ensure_admin_client(pool, settings)  # first start: an admin client, in <data dir>/admin-client.json
         if settings.auth:
             app.state.authenticate = token_authenticator(tokens)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
@@ -139,6 +142,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route(base, fhir_endpoint, methods=_METHODS),
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
+            *admin_routes(),
         ],
         exception_handlers={HTTPException: _http_error},
         middleware=[Middleware(DateHeader)],

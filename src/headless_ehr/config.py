@@ -70,6 +70,9 @@ class Settings:
     auth: bool = True  # False (EHR_AUTH=off): no tokens, every request is the system; loopback only
     access_token_lifetime: int = 300  # seconds, at most 3600
     signing_key_rotation_hours: int = 24  # a new token signing key this often
+    # admin
+    admin_client_id: str | None = None  # with admin_client_secret: this admin client, no admin-client.json
+    admin_client_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -103,9 +106,25 @@ class Settings:
             "auth": _choice("EHR_AUTH", ("on", "off")) == "on",
             "access_token_lifetime": _bounded("EHR_ACCESS_TOKEN_LIFETIME", 300, 30, 3600),
             "signing_key_rotation_hours": _bounded("EHR_SIGNING_KEY_ROTATION_HOURS", 24, 1, 24 * 365),
+            # admin
+            **_admin_client(),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+MIN_ADMIN_SECRET_LENGTH = 16
+
+
+def _admin_client() -> dict[str, str | None]:
+    """EHR_ADMIN_CLIENT_ID and EHR_ADMIN_CLIENT_SECRET: both or neither; a short secret stops start-up."""
+    client_id = os.environ.get("EHR_ADMIN_CLIENT_ID") or None
+    secret = os.environ.get("EHR_ADMIN_CLIENT_SECRET") or None
+    if (client_id is None) != (secret is None):
+        raise ValueError("set EHR_ADMIN_CLIENT_ID and EHR_ADMIN_CLIENT_SECRET together, or neither")
+    if secret is not None and len(secret) < MIN_ADMIN_SECRET_LENGTH:
+        raise ValueError(f"EHR_ADMIN_CLIENT_SECRET must be at least {MIN_ADMIN_SECRET_LENGTH} characters")
+    return {"admin_client_id": client_id, "admin_client_secret": secret}
 
 
 def _bounded(name: str, default: int, low: int, high: int) -> int:

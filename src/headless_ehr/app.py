@@ -20,6 +20,7 @@ from .auth.admin_api import admin_routes
 from .auth.authenticate import authenticate_as_system, token_authenticator
 from .auth.bootstrap import ensure_admin_client
 from .auth.keys import SigningKeys
+from .auth.routes import oauth_routes
 from .auth.tokens import AccessTokens
 from .config import Settings
 from .db.migrate import migrate
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     base = settings.base_path.rstrip("/")
     app = Starlette(
         routes=[
+            *oauth_routes(base),  # the authorisation server (auth/routes.py), ahead of the FHIR catch-all
             Route(base, fhir_endpoint, methods=_METHODS),
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
             *admin_routes(),

@@ -1,0 +1,21 @@
+"""The authorisation server's routes, mounted outside the FHIR base (and its discovery
+documents under it, ahead of the FHIR catch-all)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, Route
+
+from . import discovery, oauth
+
+
+def oauth_routes(base: str) -> list[BaseRoute]:
+    """base: the FHIR base path, e.g. /fhir."""
+    return [
+        Route("/oauth/token", oauth.token, methods=["POST"]),
+        Route("/oauth/introspect", oauth.introspect, methods=["POST"]),
+        Route("/oauth/revoke", oauth.revoke, methods=["POST"]),
+        Route("/jwks", oauth.jwks, methods=["GET"]),
+        Route("/.well-known/openid-configuration", discovery.openid_configuration, methods=["GET"]),
+        Route(base + "/.well-known/openid-configuration", discovery.openid_configuration, methods=["GET"]),
+        Route(base + "/.well-known/smart-configuration", discovery.smart_configuration, methods=["GET"]),
+    ]

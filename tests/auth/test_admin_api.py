@@ -337,3 +337,73 @@ async def test_deleting_a_user(http, admin):
 async def test_users_need_the_admin_client_too(http, app):
     assert (await http.get("/admin/users")).status_code == 401
     assert (await http.get("/admin/users", headers=_as(app, "test-client"))).status_code == 403
+
+
+# ---- EHR launch -------------------------------------------------------------------------
+
+
+async def test_a_launch_names_the_patient_and_encounter(http, admin, db):
+    from headless_ehr.auth.launch import resolve_launch
+
+    res = await http.post("/admin/launch", headers=admin, json={"patient": "123", "encounter": "Encounter/9"})
+    assert res.status_code == 201, res.text
+    context = await resolve_launch(db, res.json()["launch"])
+    assert context is not None and (context.patient, context.encounter) == ("123", "9")
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"encounter": "9"}, {"patient": "no id!"}, {"patient": 5}, {"patient": "1", "x": 1}]
+)
+async def test_a_bad_launch_is_400(http, admin, body):
+    res = await http.post("/admin/launch", headers=admin, json=body)
+    assert res.status_code == 400 and res.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_a_launch_needs_the_admin_client(http, app):
+    assert (await http.post("/admin/launch", json={"patient": "1"})).status_code == 401
+    res = await http.post("/admin/launch", headers=_as(app, "test-client"), json={"patient": "1"})
+    assert res.status_code == 403
+
+
+# ---- with tokens from /oauth/token ----------------------------------------------------
+
+
+def _basic(client_id: str, secret: str) -> httpx.BasicAuth:
+    return httpx.BasicAuth(client_id, secret)
+
+
+async def _token(http: httpx.AsyncClient, client_id: str, secret: str, scope: str = "system/*.*") -> httpx.Response:
+    data = {"grant_type": "client_credentials", "scope": scope}
+    return await http.post("/oauth/token", data=data, auth=_basic(client_id, secret))
+
+
+async def test_the_bootstrap_admin_client_gets_a_token_that_opens_the_admin_api(http, app):
+    credentials = orjson.loads(admin_client_file(app.state.settings.data_dir).read_bytes())
+    for scope in ("system/*.*", "system/*.cruds"):
+        res = await _token(http, credentials["client_id"], credentials["client_secret"], scope)
+        assert res.status_code == 200, res.text
+        headers = bearer(res.json()["access_token"])
+        assert (await http.get("/admin/clients", headers=headers)).status_code == 200
+        assert (await http.get("/fhir/Patient", headers=headers)).status_code == 200
+
+
+async def test_a_token_of_a_client_made_through_the_api_is_403_on_the_admin_api(http, admin):
+    created = (await http.post("/admin/clients", headers=admin, json={"name": "n", "scopes": ["system/*.*"]})).json()
+    res = await _token(http, created["client_id"], created["client_secret"])
+    assert res.status_code == 200, res.text
+    assert (await http.get("/admin/clients", headers=bearer(res.json()["access_token"]))).status_code == 403
+
+
+async def test_a_disabled_client_cannot_get_a_token(http, admin):
+    created = (await http.post("/admin/clients", headers=admin, json={"name": "d", "scopes": ["system/*.rs"]})).json()
+    assert (await _token(http, created["client_id"], created["client_secret"], "system/*.rs")).status_code == 200
+    await http.patch(f"/admin/clients/{created['client_id']}", headers=admin, json={"enabled": False})
+    res = await _token(http, created["client_id"], created["client_secret"], "system/*.rs")
+    assert res.status_code == 401 and res.json()["error"] == "invalid_client"
+
+
+async def test_a_deleted_client_cannot_get_a_token(http, admin):
+    created = (await http.post("/admin/clients", headers=admin, json={"name": "x", "scopes": ["system/*.rs"]})).json()
+    await http.delete(f"/admin/clients/{created['client_id']}", headers=admin)
+    res = await _token(http, created["client_id"], created["client_secret"], "system/*.rs")
+    assert res.status_code == 401 and res.json()["error"] == "invalid_client"

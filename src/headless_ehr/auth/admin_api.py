@@ -19,10 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..fhir.outcome import FhirError
-from ..fhir.references import RESOURCE_ID
 from ..rest.responses import base_url, outcome_response
 from . import accounts, registration
 from .accounts import AccountError, AccountExists
+from .launch import LaunchError, create_launch
 from .principal import Principal
 
 log = logging.getLogger("headless_ehr.auth")
@@ -201,24 +201,15 @@ async def _user(request: Request) -> Response:
 
 async def _launch(request: Request) -> Response:
     """An EHR launch context (patient, optional encounter) for the `launch` parameter of /oauth/authorize."""
-    from .launch import create_launch
-
     body = await _body(request)
-    if not isinstance(body, dict) or not set(body) <= {"patient", "encounter"}:
-        raise FhirError.of(400, "invalid", "the body is {'patient': id, 'encounter': id (optional)}")
-    patient = _reference_id(body.get("patient"), "Patient", required=True)
-    encounter = _reference_id(body.get("encounter"), "Encounter")
-    launch = await create_launch(
-        request.app.state.pool, patient=patient, encounter=encounter, created_by=request.state.principal.subject
-    )
-    return _json({"launch": launch}, 201)
-
-
-def _reference_id(value: Any, rtype: str, *, required: bool = False) -> str | None:
-    """An id given as `123` or `Patient/123`."""
-    if value is None and not required:
-        return None
-    rid = value.removeprefix(f"{rtype}/") if isinstance(value, str) else None
-    if rid is None or not RESOURCE_ID.fullmatch(rid):
-        raise FhirError.of(400, "invalid", f"{rtype.lower()} must be a {rtype} id, e.g. 123 or {rtype}/123")
-    return rid
+    if not isinstance(body, dict) or not set(body) <= {"patient", "encounter"} or body.get("patient") is None:
+        raise FhirError.of(400, "invalid", 'the body is {"patient": id, "encounter": id (optional)}')
+    if not all(isinstance(v, str) for v in body.values() if v is not None):
+        raise FhirError.of(400, "invalid", "patient and encounter are ids (strings), e.g. 123 or Patient/123")
+    try:
+        launch = await create_launch(
+            request.app.state.pool, body["patient"], body.get("encounter"), request.state.principal.subject
+        )
+    except LaunchError as error:
+        raise FhirError.of(400, "invalid", str(error)) from None
+    return _json({"launch": launch.launch_id, "expires_in": launch.expires_in}, 201)

@@ -31,7 +31,6 @@ def open_database(args: argparse.Namespace) -> tuple[Settings, EmbeddedPostgres 
     from .db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
     settings = Settings.from_env(data_dir=Path(args.data_dir) if args.data_dir else None)
-    os.environ["EHR_DATA_DIR"] = str(settings.data_dir)  # worker processes write admin-client.json there
     if settings.database_url:
         return settings, None, "PostgreSQL from EHR_DATABASE_URL"
     try:
@@ -57,6 +56,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"ehr: EHR_TRUSTED_PROXIES: {exc}", file=sys.stderr)
         return 2
     settings, embedded, where = open_database(args)
+    os.environ["EHR_DATA_DIR"] = str(settings.data_dir)  # worker processes write admin-client.json there
     print(
         f"ehr {__version__}: FHIR API at http://{args.host}:{args.port}{settings.base_path} using {where}",
         flush=True,
@@ -342,7 +342,10 @@ def _account_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.H
 
 
 _DEFAULT_URL = "http://127.0.0.1:8080/fhir"
-_DATA_DIR_HELP = "embedded database folder, used when EHR_DATABASE_URL is unset (default ./.ehr-data, env EHR_DATA_DIR)"
+_DATA_DIR_HELP = (
+    "data folder: the embedded database (used when EHR_DATABASE_URL is unset) and the server's"
+    " admin-client.json (default ./.ehr-data, env EHR_DATA_DIR)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from joserfc import jwt
@@ -111,6 +112,8 @@ class AccessTokens:
         aud = claims.get("aud")
         if (aud if isinstance(aud, list) else [aud]).count(audience) == 0:
             raise InvalidToken("the token was issued for another audience")
+        if not _issued_for(claims.get("iss"), audience):
+            raise InvalidToken("the token was issued by another issuer")
         if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("scope", ""), str):
             raise InvalidToken("the token lacks jti or scope")
         if claims["jti"] in self._revoked:
@@ -170,6 +173,15 @@ class AccessTokens:
                 await self._load_revocations()
             except (OSError, asyncpg.PostgresError):
                 log.warning("could not read revoked tokens", exc_info=True)
+
+
+def _issued_for(issuer: object, audience: str) -> bool:
+    """Our issuer is the origin of the FHIR base the token is for (base minus its path)."""
+    if not isinstance(issuer, str):
+        return False
+    parts = urlsplit(issuer)
+    issuer = issuer.rstrip("/")
+    return bool(parts.scheme and parts.netloc) and audience.startswith(issuer + "/")
 
 
 def principal_of(claims: dict[str, Any]) -> Principal:

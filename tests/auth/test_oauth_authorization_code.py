@@ -450,3 +450,37 @@ async def test_a_disabled_user_cannot_refresh(app, app_client, clinician, patien
     await accounts.disable_user(db, clinician.username)
     r = await _refresh(app, app_client.client_id, first["refresh_token"])
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
+async def test_revoking_a_refresh_token_revokes_its_family(app, app_client, clinician, patients):
+    first = await _refreshable(app, app_client, clinician, patients)
+    second = (await _refresh(app, app_client.client_id, first["refresh_token"])).json()
+    async with http(app) as c:
+        r = await c.post("/oauth/revoke", data={"token": second["refresh_token"], "client_id": app_client.client_id})
+    assert r.status_code == 200
+    assert (await _refresh(app, app_client.client_id, second["refresh_token"])).json()["error"] == "invalid_grant"
+
+
+async def test_introspection_describes_a_live_refresh_token_and_not_a_spent_one(
+    app, app_client, clinician, patients, db
+):
+    first = await _refreshable(app, app_client, clinician, patients)
+    admin, secret = await accounts.create_client(db, "admin", scopes=["system/*.*"], admin=True)
+    async with http(app) as c:
+        live = await c.post(
+            "/oauth/introspect", data={"token": first["refresh_token"]}, headers=basic(admin.client_id, secret)
+        )
+        assert live.json()["active"] is True and live.json()["client_id"] == app_client.client_id
+        assert live.json()["username"] == clinician.username
+        await _refresh(app, app_client.client_id, first["refresh_token"])
+        spent = await c.post(
+            "/oauth/introspect", data={"token": first["refresh_token"]}, headers=basic(admin.client_id, secret)
+        )
+    assert spent.json() == {"active": False}
+
+
+async def test_a_disabled_client_cannot_redeem_or_refresh(app, app_client, clinician, patients, db):
+    first = await _refreshable(app, app_client, clinician, patients)
+    await accounts.disable_client(db, app_client.client_id)
+    r = await _refresh(app, app_client.client_id, first["refresh_token"])
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"

@@ -175,7 +175,19 @@ async def authenticate_client(request: Request, form: dict[str, str], *, public_
 # ---- the token endpoint -----------------------------------------------------------------
 
 
+PURGE_EVERY = 600.0  # seconds between a node's sweeps of spent codes, assertion ids, sessions
+
+
+async def _sweep(request: Request) -> None:
+    state = request.app.state
+    now = time.monotonic()
+    if now - getattr(state, "oauth_swept", -PURGE_EVERY) >= PURGE_EVERY:
+        state.oauth_swept = now
+        await grants.purge(state.pool)
+
+
 async def token(request: Request) -> Response:
+    await _sweep(request)
     try:
         form = await read_form(request)
         grant_type = form.get("grant_type")

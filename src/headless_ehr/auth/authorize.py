@@ -109,6 +109,8 @@ async def _params(request: Request) -> dict[str, list[str]]:
             raise PageError("the request is not a readable form") from None
     params: dict[str, list[str]] = {}
     for name, value in pairs:
+        if "\x00" in name or "\x00" in value:
+            raise PageError("the request holds a NUL character")
         params.setdefault(name, []).append(value)
     return params
 

@@ -95,6 +95,8 @@ async def read_form(request: Request) -> dict[str, str]:
         raise OAuthError("invalid_request", "the body is not a readable form") from None
     form: dict[str, str] = {}
     for name, value in pairs:
+        if "\x00" in name or "\x00" in value:
+            raise OAuthError("invalid_request", "parameters may not hold NUL characters")
         if name in form:
             raise OAuthError("invalid_request", f"parameter '{name[:50]}' is given more than once")
         form[name] = value
@@ -168,7 +170,7 @@ async def authenticate_client(request: Request, form: dict[str, str], *, public_
     if not client.public:
         raise _invalid_client("this client is confidential: authenticate it")
     if not public_ok:
-        raise OAuthError("unauthorized_client", "a public client may not use this", 401)
+        raise OAuthError("unauthorized_client", "a public client may not use this grant")
     return client
 
 

@@ -173,7 +173,8 @@ async def app_with(settings: Settings, app: object) -> AsyncIterator[Any]:
         application = create_app(dataclasses.replace(settings, **changes))
         lifespan = application.router.lifespan_context(application)
         await lifespan.__aenter__()
-        headers = bearer(mint_token(application, base_url=base_url))
+        audience = str(changes.get("public_base_url") or base_url).rstrip("/")
+        headers = bearer(mint_token(application, base_url=audience))
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url=base_url, headers=headers)
         opened.append((lifespan, client))
         return client

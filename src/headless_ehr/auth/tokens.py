@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from joserfc import jwt
@@ -108,6 +109,8 @@ class AccessTokens:
             raise InvalidToken("the token has expired")
         if isinstance(nbf, int | float) and nbf > now + LEEWAY:
             raise InvalidToken("the token is not valid yet")
+        if claims.get("iss") != issuer_of(audience):
+            raise InvalidToken("the token was issued by another issuer")
         aud = claims.get("aud")
         if (aud if isinstance(aud, list) else [aud]).count(audience) == 0:
             raise InvalidToken("the token was issued for another audience")
@@ -170,6 +173,13 @@ class AccessTokens:
                 await self._load_revocations()
             except (OSError, asyncpg.PostgresError):
                 log.warning("could not read revoked tokens", exc_info=True)
+
+
+def issuer_of(audience: str) -> str:
+    """This server's issuer for a FHIR base: its origin (http://host:port), where
+    /.well-known/openid-configuration is served."""
+    parts = urlsplit(audience)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def principal_of(claims: dict[str, Any]) -> Principal:

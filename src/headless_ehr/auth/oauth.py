@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..fhir.outcome import FhirError
 from ..rest.responses import base_url
-from . import accounts, grants, secrets
+from . import accounts, grants, secrets, tokens
 from .accounts import Client
 from .assertions import ASSERTION_TYPE, BadAssertion, JwksCache, authenticate_assertion
 from .scopes import ScopeError, grants_of, narrow, parse_grant, split_scopes
@@ -65,9 +65,7 @@ def fhir_base(request: Request) -> str:
 
 def issuer_of(request: Request) -> str:
     """The server origin (the FHIR base minus its path): `iss` of our tokens, prefix of /oauth."""
-    base = fhir_base(request)
-    path = request.app.state.settings.base_path.rstrip("/")
-    return base[: -len(path)] if path and base.endswith(path) else base
+    return tokens.issuer_of(fhir_base(request), request.app.state.settings.base_path)
 
 
 def token_endpoint(request: Request) -> str:
@@ -418,7 +416,7 @@ async def _refresh_token(request: Request, client: Client, form: dict[str, str])
 
 def _access_claims(request: Request, token: str) -> dict[str, Any] | None:
     try:
-        return request.app.state.tokens.decode(token, fhir_base(request))
+        return request.app.state.tokens.decode(token, fhir_base(request), request.app.state.settings.base_path)
     except InvalidToken:
         return None
 

@@ -86,3 +86,19 @@ async def test_a_repeated_parameter_is_invalid_request(app, db):
             headers={**basic(client_id, secret), "Content-Type": "application/x-www-form-urlencoded"},
         )
     assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+
+async def test_a_nul_character_is_invalid_request_not_a_crash(app):
+    async with http(app) as c:
+        r = await c.post("/oauth/token", data={"grant_type": "authorization_code", "client_id": "a\x00b", "code": "x"})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+        page = await c.get("/oauth/authorize", params={"client_id": "a\x00b", "redirect_uri": "https://x/cb"})
+        assert page.status_code == 400
+
+
+async def test_a_public_client_may_not_use_client_credentials(app, db):
+    from headless_ehr.auth import accounts
+
+    client, _ = await accounts.create_client(db, "spa", ["https://app.example/cb"], ["system/*.rs"], public=True)
+    r = await _token(app, {}, client_id=client.client_id)
+    assert r.status_code == 400 and r.json()["error"] == "unauthorized_client"

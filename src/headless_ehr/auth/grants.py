@@ -118,6 +118,8 @@ async def purge(db: Db) -> None:
     """Forget codes, refresh tokens and assertion ids that can no longer matter."""
     await db.execute("DELETE FROM auth_code WHERE expires_at < now() - interval '1 day'")
     await db.execute("DELETE FROM auth_assertion_jti WHERE expires_at < now() - interval '10 minutes'")
+    await db.execute("DELETE FROM auth_launch WHERE expires_at < now() - interval '1 day'")
+    await db.execute("DELETE FROM auth_session WHERE expires_at < now()")
     await db.execute(
         "DELETE FROM auth_refresh_token WHERE (expires_at < now() OR revoked_at IS NOT NULL)"
         " AND created_at < now() - interval '30 days'"

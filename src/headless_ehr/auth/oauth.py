@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..fhir.outcome import FhirError
 from ..rest.responses import base_url
-from . import accounts, grants, secrets
+from . import accounts, grants, secrets, tokens
 from .accounts import Client
 from .assertions import ASSERTION_TYPE, BadAssertion, JwksCache, authenticate_assertion
 from .scopes import ScopeError, grants_of, narrow, parse_grant, split_scopes
@@ -65,9 +65,7 @@ def fhir_base(request: Request) -> str:
 
 def issuer_of(request: Request) -> str:
     """The server origin (the FHIR base minus its path): `iss` of our tokens, prefix of /oauth."""
-    base = fhir_base(request)
-    path = request.app.state.settings.base_path.rstrip("/")
-    return base[: -len(path)] if path and base.endswith(path) else base
+    return tokens.issuer_of(fhir_base(request), request.app.state.settings.base_path)
 
 
 def token_endpoint(request: Request) -> str:
@@ -95,6 +93,8 @@ async def read_form(request: Request) -> dict[str, str]:
         raise OAuthError("invalid_request", "the body is not a readable form") from None
     form: dict[str, str] = {}
     for name, value in pairs:
+        if "\x00" in name or "\x00" in value:
+            raise OAuthError("invalid_request", "parameters may not hold NUL characters")
         if name in form:
             raise OAuthError("invalid_request", f"parameter '{name[:50]}' is given more than once")
         form[name] = value
@@ -168,14 +168,26 @@ async def authenticate_client(request: Request, form: dict[str, str], *, public_
     if not client.public:
         raise _invalid_client("this client is confidential: authenticate it")
     if not public_ok:
-        raise OAuthError("unauthorized_client", "a public client may not use this", 401)
+        raise OAuthError("unauthorized_client", "a public client may not use this grant")
     return client
 
 
 # ---- the token endpoint -----------------------------------------------------------------
 
 
+PURGE_EVERY = 600.0  # seconds between a node's sweeps of spent codes, assertion ids, sessions
+
+
+async def _sweep(request: Request) -> None:
+    state = request.app.state
+    now = time.monotonic()
+    if now - getattr(state, "oauth_swept", -PURGE_EVERY) >= PURGE_EVERY:
+        state.oauth_swept = now
+        await grants.purge(state.pool)
+
+
 async def token(request: Request) -> Response:
+    await _sweep(request)
     try:
         form = await read_form(request)
         grant_type = form.get("grant_type")
@@ -404,7 +416,7 @@ async def _refresh_token(request: Request, client: Client, form: dict[str, str])
 
 def _access_claims(request: Request, token: str) -> dict[str, Any] | None:
     try:
-        return request.app.state.tokens.decode(token, fhir_base(request))
+        return request.app.state.tokens.decode(token, fhir_base(request), request.app.state.settings.base_path)
     except InvalidToken:
         return None
 

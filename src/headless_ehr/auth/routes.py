@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from . import discovery, oauth
+from . import authorize, discovery, oauth
 
 
 def oauth_routes(base: str) -> list[BaseRoute]:
     """base: the FHIR base path, e.g. /fhir."""
     return [
+        Route("/oauth/authorize", authorize.authorize, methods=["GET", "POST"]),
         Route("/oauth/token", oauth.token, methods=["POST"]),
         Route("/oauth/introspect", oauth.introspect, methods=["POST"]),
         Route("/oauth/revoke", oauth.revoke, methods=["POST"]),

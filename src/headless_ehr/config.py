@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,10 @@ def _admin_client() -> dict[str, str | None]:
     secret = os.environ.get("EHR_ADMIN_CLIENT_SECRET") or None
     if (client_id is None) != (secret is None):
         raise ValueError("set EHR_ADMIN_CLIENT_ID and EHR_ADMIN_CLIENT_SECRET together, or neither")
+    if client_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}", client_id):
+        raise ValueError(
+            "EHR_ADMIN_CLIENT_ID: letters, digits and . _ @ + - (at most 128), starting with one of the first two"
+        )
     if secret is not None and len(secret) < MIN_ADMIN_SECRET_LENGTH:
         raise ValueError(f"EHR_ADMIN_CLIENT_SECRET must be at least {MIN_ADMIN_SECRET_LENGTH} characters")
     return {"admin_client_id": client_id, "admin_client_secret": secret}

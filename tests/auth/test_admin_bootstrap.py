@@ -141,3 +141,10 @@ async def test_when_the_file_cannot_be_written_no_admin_client_is_stored(fresh_d
     async with started(fresh_database, tmp_path / "data"):
         pass
     assert len(await _admin_rows(fresh_database)) == 1
+
+
+def test_a_malformed_admin_client_id_stops_start_up(monkeypatch):
+    monkeypatch.setenv("EHR_ADMIN_CLIENT_ID", "has space:colon")
+    monkeypatch.setenv("EHR_ADMIN_CLIENT_SECRET", "s3cret-from-the-environment")
+    with pytest.raises(ValueError, match="EHR_ADMIN_CLIENT_ID"):
+        Settings.from_env()

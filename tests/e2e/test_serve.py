@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,9 +35,10 @@ class Server:
     def __init__(self, env: dict[str, str], *args: str, admin_from_env: bool = True):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
-        self._own_dir = "--data-dir" not in args
-        if self._own_dir:
-            args = (*args, "--data-dir", tempfile.mkdtemp(prefix="ehr-serve-"))
+        # a data dir of its own unless given one; removed when the Server is (even if killed)
+        self._own_dir = tempfile.TemporaryDirectory(prefix="ehr-serve-") if "--data-dir" not in args else None
+        if self._own_dir is not None:
+            args = (*args, "--data-dir", self._own_dir.name)
         self.data_dir = Path(args[args.index("--data-dir") + 1])
         self.env = dict(env)
         if admin_from_env and "EHR_ADMIN_CLIENT_ID" not in self.env:
@@ -91,8 +91,8 @@ class Server:
             self.proc.kill()
             raise
         finally:
-            if self._own_dir:
-                shutil.rmtree(self.data_dir, ignore_errors=True)
+            if self._own_dir is not None:
+                self._own_dir.cleanup()
 
 
 def _env(**extra: str) -> dict[str, str]:

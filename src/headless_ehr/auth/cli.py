@@ -9,6 +9,7 @@ SMART backend service would (client_credentials, client_secret_basic).
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import sys
 from pathlib import Path
@@ -77,8 +78,8 @@ def client_body(args: Any) -> dict[str, Any]:
 def user_body(args: Any) -> dict[str, Any]:
     """The registration the `ehr user create` options describe (the password from stdin when asked)."""
     password = args.password
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
+    if args.password_stdin:  # a terminal is asked without echo; a pipe gives its first line
+        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise CommandError("give the password with --password-stdin (or --password)")
     body = {

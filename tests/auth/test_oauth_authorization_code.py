@@ -484,3 +484,14 @@ async def test_a_disabled_client_cannot_redeem_or_refresh(app, app_client, clini
     await accounts.disable_client(db, app_client.client_id)
     r = await _refresh(app, app_client.client_id, first["refresh_token"])
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+
+
+async def test_the_session_cookie_is_secure_over_https(app, app_client):
+    _, challenge = pkce()
+    async with http(app) as browser:
+        r = await browser.get(
+            "https://testserver/oauth/authorize",
+            params=_request(app_client.client_id, challenge, aud="https://testserver/fhir"),
+        )
+    assert r.status_code == 200 and "secure" in r.headers["set-cookie"].lower()
+    assert 'action="https://testserver/oauth/authorize"' in r.text

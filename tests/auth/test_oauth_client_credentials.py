@@ -102,3 +102,9 @@ async def test_a_public_client_may_not_use_client_credentials(app, db):
     client, _ = await accounts.create_client(db, "spa", ["https://app.example/cb"], ["system/*.rs"], public=True)
     r = await _token(app, {}, client_id=client.client_id)
     assert r.status_code == 400 and r.json()["error"] == "unauthorized_client"
+
+
+async def test_get_on_the_token_endpoint_is_an_oauth_405(app):
+    async with http(app) as c:
+        r = await c.get("/oauth/token")
+    assert r.status_code == 405 and r.json()["error"] == "invalid_request" and r.headers["allow"] == "POST"

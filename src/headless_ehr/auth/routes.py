@@ -9,12 +9,13 @@ from . import authorize, discovery, oauth
 
 
 def oauth_routes(base: str) -> list[BaseRoute]:
-    """base: the FHIR base path, e.g. /fhir."""
+    """base: the FHIR base path, e.g. /fhir. The POST endpoints take GET too, to answer
+    it with an OAuth error (405) rather than a FHIR OperationOutcome."""
     return [
         Route("/oauth/authorize", authorize.authorize, methods=["GET", "POST"]),
-        Route("/oauth/token", oauth.token, methods=["POST"]),
-        Route("/oauth/introspect", oauth.introspect, methods=["POST"]),
-        Route("/oauth/revoke", oauth.revoke, methods=["POST"]),
+        Route("/oauth/token", oauth.token, methods=["GET", "POST"]),
+        Route("/oauth/introspect", oauth.introspect, methods=["GET", "POST"]),
+        Route("/oauth/revoke", oauth.revoke, methods=["GET", "POST"]),
         Route("/jwks", oauth.jwks, methods=["GET"]),
         Route("/.well-known/openid-configuration", discovery.openid_configuration, methods=["GET"]),
         Route(base + "/.well-known/openid-configuration", discovery.openid_configuration, methods=["GET"]),

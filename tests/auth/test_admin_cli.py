@@ -208,3 +208,15 @@ def test_ehr_token_with_wrong_credentials_says_the_server_refused_them(newcomers
     )
     assert done.returncode == 1 and done.stdout == ""
     assert "refused the admin client 'someone'" in done.stderr and "invalid_client" in done.stderr
+
+
+def test_several_workers_write_one_admin_client_file_into_the_given_data_dir(fresh_database):
+    server = Server(_env(EHR_DATABASE_URL=fresh_database), "--workers", "2", admin_from_env=False)
+    try:
+        server.wait_ready()
+        assert (server.data_dir / "admin-client.json").is_file()
+        assert httpx.get(f"{server.base}/Patient", headers=server.headers()).status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert server.proc.stdout is not None
+    assert server.proc.stdout.read().count("created admin client") == 1

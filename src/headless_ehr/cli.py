@@ -145,6 +145,16 @@ _ENV_ONLY = [
     ("EHR_MAX_INCLUDES", "included resources per search page (default 1000)"),
     ("EHR_SEARCH_EXPRESSION_BUDGET_MS", "time of a custom SearchParameter expression per resource (default 100)"),
     ("EHR_IMPORT_MAX_BUNDLE_BYTES", "largest Bundle file `ehr import` reads (default 256 MiB)"),
+    # auth
+    ("EHR_AUTH", "on: every request needs a token; off: no tokens, loopback listen address only (default on)"),
+    ("EHR_ACCESS_TOKEN_LIFETIME", "access token lifetime in seconds, 30 to 3600 (default 300)"),
+    ("EHR_SIGNING_KEY_ROTATION_HOURS", "a new token signing key this often (default 24)"),
+    ("EHR_RATE_LIMIT_PER_MINUTE", "requests a minute per client and per source address, 0 for none (default 6000)"),
+    ("EHR_REDIS_URL", "Redis for rate-limit counters shared by all nodes, e.g. redis://host:6379/0 (default: memory)"),
+    ("EHR_REDIS_KEY_PREFIX", "prefix of this server's keys in that Redis (default ehr)"),
+    ("EHR_TRUSTED_ISSUER", "an OpenID Connect issuer whose access tokens are accepted too (default none)"),
+    ("EHR_TRUSTED_AUDIENCE", "the audience its tokens must name (required with EHR_TRUSTED_ISSUER)"),
+    ("EHR_TRUSTED_FHIR_USER_CLAIM", "its claim naming the user's FHIR resource (default fhirUser)"),
 ]
 
 

@@ -108,6 +108,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.signing_keys, app.state.tokens = keys, tokens
         if settings.auth:
             app.state.authenticate = token_authenticator(tokens)
+        else:
+            log.warning(
+                "EHR_AUTH=off: no access tokens are asked for and every request acts as the system;"
+                " for local experiments and benchmarks only, never with real data"
+            )
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()

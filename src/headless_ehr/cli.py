@@ -44,16 +44,40 @@ def open_database(args: argparse.Namespace) -> tuple[Settings, EmbeddedPostgres 
     return settings, embedded, f"embedded PostgreSQL in {embedded.pgdata} ({embedded.source})"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .rest.origin import networks
 
-    trusted = Settings.from_env().trusted_proxies
     try:
-        networks(trusted)
+        configured = Settings.from_env()
+    except ValueError as exc:
+        print(f"ehr: {exc}", file=sys.stderr)
+        return 2
+    try:
+        networks(configured.trusted_proxies)
     except ValueError as exc:
         print(f"ehr: EHR_TRUSTED_PROXIES: {exc}", file=sys.stderr)
+        return 2
+    if not configured.auth and not is_loopback(args.host):
+        print(
+            f"ehr: EHR_AUTH=off serves every request without a token, so it listens on a loopback address only"
+            f" (127.0.0.1, ::1, localhost), not on {args.host}; set EHR_AUTH=on or --host 127.0.0.1",
+            file=sys.stderr,
+        )
         return 2
     settings, embedded, where = open_database(args)
     print(

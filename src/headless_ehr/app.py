@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from .auth.authenticate import authenticate_as_system, token_authenticator
 from .auth.keys import SigningKeys
+from .auth.ratelimit import AddressRateLimit, RateLimits, limit_clients
 from .auth.tokens import AccessTokens
 from .config import Settings
 from .db.migrate import migrate
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     OPTIONS.contained = settings.index_contained  # extraction is process-wide: the last app configured wins
     networks(settings.trusted_proxies)  # a malformed EHR_TRUSTED_PROXIES fails now, not on a request
+    rate_limits = RateLimits.of(settings)  # None when EHR_RATE_LIMIT_PER_MINUTE=0
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -106,13 +108,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tokens = AccessTokens(pool, keys, settings.access_token_lifetime)
         await tokens.start()
         app.state.signing_keys, app.state.tokens = keys, tokens
-        if settings.auth:
-            app.state.authenticate = token_authenticator(tokens)
-        else:
+        authenticate = token_authenticator(tokens) if settings.auth else authenticate_as_system
+        if not settings.auth:
             log.warning(
                 "EHR_AUTH=off: no access tokens are asked for and every request acts as the system;"
                 " for local experiments and benchmarks only, never with real data"
             )
+        app.state.authenticate = authenticate if rate_limits is None else limit_clients(authenticate, rate_limits)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()
@@ -136,17 +138,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await app.state.reindexer.close()
             await tokens.close()
             await keys.close()
+            if rate_limits is not None:
+                await rate_limits.close()
             await search_pool.close()
             await pool.close()
 
     base = settings.base_path.rstrip("/")
+    middleware = [Middleware(DateHeader)]
+    if rate_limits is not None:  # per source address; per client in the authenticator (lifespan)
+        prefixes = (base, "/oauth", "/admin")
+        middleware.append(Middleware(AddressRateLimit, rate_limits, prefixes, settings.trusted_proxies))
     app = Starlette(
         routes=[
             Route(base, fhir_endpoint, methods=_METHODS),
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
         ],
         exception_handlers={HTTPException: _http_error},
-        middleware=[Middleware(DateHeader)],
+        middleware=middleware,
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .auth.authenticate import authenticate_as_system, token_authenticator
+from .auth.external import TrustedIssuer
 from .auth.keys import SigningKeys
 from .auth.ratelimit import AddressRateLimit, RateLimits, limit_clients
 from .auth.tokens import AccessTokens
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     OPTIONS.contained = settings.index_contained  # extraction is process-wide: the last app configured wins
     networks(settings.trusted_proxies)  # a malformed EHR_TRUSTED_PROXIES fails now, not on a request
+    if settings.trusted_issuer and not settings.trusted_audience:
+        raise ValueError("EHR_TRUSTED_AUDIENCE is required with EHR_TRUSTED_ISSUER")
     rate_limits = RateLimits.of(settings)  # None when EHR_RATE_LIMIT_PER_MINUTE=0
 
     @contextlib.asynccontextmanager
@@ -108,7 +111,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tokens = AccessTokens(pool, keys, settings.access_token_lifetime)
         await tokens.start()
         app.state.signing_keys, app.state.tokens = keys, tokens
-        authenticate = token_authenticator(tokens) if settings.auth else authenticate_as_system
+        trusted = None
+        if settings.trusted_issuer and settings.trusted_audience:
+            trusted = TrustedIssuer(
+                settings.trusted_issuer, settings.trusted_audience, settings.trusted_fhir_user_claim
+            )
+        authenticate = token_authenticator(tokens, trusted) if settings.auth else authenticate_as_system
         if not settings.auth:
             log.warning(
                 "EHR_AUTH=off: no access tokens are asked for and every request acts as the system;"
@@ -138,6 +146,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await app.state.reindexer.close()
             await tokens.close()
             await keys.close()
+            if trusted is not None:
+                await trusted.close()
             if rate_limits is not None:
                 await rate_limits.close()
             await search_pool.close()

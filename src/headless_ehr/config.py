@@ -119,6 +119,8 @@ class Settings:
             "trusted_fhir_user_claim": os.environ.get("EHR_TRUSTED_FHIR_USER_CLAIM") or "fhirUser",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["trusted_issuer"] and not values["trusted_audience"]:
+            raise ValueError("EHR_TRUSTED_AUDIENCE is required with EHR_TRUSTED_ISSUER")
         return cls(**values)  # type: ignore[arg-type]
 
 

@@ -55,7 +55,7 @@ def token_authenticator(tokens: AccessTokens, trusted: TrustedIssuer | None = No
                     return principal
                 if trusted.issued(token):
                     return await trusted.verify(token)
-            return tokens.verify(token, audience)
+            return tokens.verify(token, audience, request.app.state.settings.base_path)
         except InvalidToken as error:
             raise unauthorized(str(error)) from None
 

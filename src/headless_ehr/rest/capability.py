@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import FHIR_VERSION, __version__
+from ..auth.tokens import issuer_of
 from ..config import Settings
 from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
@@ -98,8 +99,7 @@ def _security(base_url: str, auth: bool, base_path: str, trusted_issuer: str | N
     """rest.security: SMART on FHIR (App Launch 2.2 conformance.html) with its endpoints, or the warning."""
     if not auth:
         return {"description": AUTH_OFF}
-    # the authorisation server lives at the origin: the FHIR base without its path (the tokens' `iss`)
-    origin = base_url.removesuffix(base_path.rstrip("/")) if base_path.strip("/") else base_url
+    origin = issuer_of(base_url, base_path)  # the authorisation server: the tokens' `iss`
     endpoints = {
         "authorize": "/oauth/authorize",
         "token": "/oauth/token",

@@ -72,3 +72,9 @@ def test_a_statement_without_auth_says_so_and_names_no_security_service():
     statement = capability_statement("http://127.0.0.1:8080/fhir", auth=False)
     assert statement["description"] == AUTH_OFF
     assert statement["rest"][0]["security"] == {"description": AUTH_OFF}
+
+
+async def test_oauth_endpoints_keep_the_path_prefix_of_the_public_base_url(app_with):
+    client = await app_with(public_base_url="https://ehr.example.org/api/fhir")
+    uris = _oauth_uris((await client.get("/metadata")).json())
+    assert uris["token"] == "https://ehr.example.org/api/oauth/token"

@@ -17,6 +17,7 @@ not asked again for a few seconds (so each request does not wait for a timeout).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -65,7 +66,7 @@ def _redis_uri(url: str) -> str:
 
 
 class RateLimits:
-    """Counters of requests per key in a sliding minute."""
+    """Counters of requests per key in one-minute windows."""
 
     def __init__(self, per_minute: int, redis_url: str | None = None, key_prefix: str = "ehr") -> None:
         self.item = RateLimitItemPerMinute(per_minute)
@@ -97,9 +98,15 @@ class RateLimits:
         if self._paused_until and time.monotonic() < self._paused_until:
             return None
         try:
-            if await self.limiter.hit(self.item, kind, key):
-                return None
-            stats = await self.limiter.get_window_stats(self.item, kind, key)
+            if not self.shared:
+                if await self.limiter.hit(self.item, kind, key):
+                    return None
+                stats = await self.limiter.get_window_stats(self.item, kind, key)
+            else:  # a Redis that accepts but does not answer (or the client's retries) waits this long at most
+                async with asyncio.timeout(4 * REDIS_TIMEOUT):
+                    if await self.limiter.hit(self.item, kind, key):
+                        return None
+                    stats = await self.limiter.get_window_stats(self.item, kind, key)
         except Exception as error:  # fail open: any storage failure (connection, timeout, protocol) lets requests in
             self._paused_until = time.monotonic() + OUTAGE_PAUSE
             log.warning(

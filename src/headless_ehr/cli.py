@@ -44,16 +44,40 @@ def open_database(args: argparse.Namespace) -> tuple[Settings, EmbeddedPostgres 
     return settings, embedded, f"embedded PostgreSQL in {embedded.pgdata} ({embedded.source})"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .rest.origin import networks
 
-    trusted = Settings.from_env().trusted_proxies
     try:
-        networks(trusted)
+        configured = Settings.from_env()
+    except ValueError as exc:
+        print(f"ehr: {exc}", file=sys.stderr)
+        return 2
+    try:
+        networks(configured.trusted_proxies)
     except ValueError as exc:
         print(f"ehr: EHR_TRUSTED_PROXIES: {exc}", file=sys.stderr)
+        return 2
+    if not configured.auth and not is_loopback(args.host):
+        print(
+            f"ehr: EHR_AUTH=off serves every request without a token, so it listens on a loopback address only"
+            f" (127.0.0.1, ::1, localhost), not on {args.host}; set EHR_AUTH=on or --host 127.0.0.1",
+            file=sys.stderr,
+        )
         return 2
     settings, embedded, where = open_database(args)
     os.environ["EHR_DATA_DIR"] = str(settings.data_dir)  # worker processes write admin-client.json there
@@ -191,6 +215,16 @@ _ENV_ONLY = [
     # admin
     ("EHR_ADMIN_CLIENT_ID", "with EHR_ADMIN_CLIENT_SECRET: the admin client (no admin-client.json is written)"),
     ("EHR_ADMIN_CLIENT_SECRET", "the admin client's secret, at least 16 characters (`ehr token` uses it too)"),
+    # auth
+    ("EHR_AUTH", "on: every request needs a token; off: no tokens, loopback listen address only (default on)"),
+    ("EHR_ACCESS_TOKEN_LIFETIME", "access token lifetime in seconds, 30 to 3600 (default 300)"),
+    ("EHR_SIGNING_KEY_ROTATION_HOURS", "a new token signing key this often (default 24)"),
+    ("EHR_RATE_LIMIT_PER_MINUTE", "requests a minute per client and per source address, 0 for none (default 6000)"),
+    ("EHR_REDIS_URL", "Redis for rate-limit counters shared by all nodes, e.g. redis://host:6379/0 (default: memory)"),
+    ("EHR_REDIS_KEY_PREFIX", "prefix of this server's keys in that Redis (default ehr)"),
+    ("EHR_TRUSTED_ISSUER", "an OpenID Connect issuer whose access tokens are accepted too (default none)"),
+    ("EHR_TRUSTED_AUDIENCE", "the audience its tokens must name (required with EHR_TRUSTED_ISSUER)"),
+    ("EHR_TRUSTED_FHIR_USER_CLAIM", "its claim naming the user's FHIR resource (default fhirUser)"),
 ]
 
 

@@ -74,6 +74,13 @@ class Settings:
     # admin
     admin_client_id: str | None = None  # with admin_client_secret: this admin client, no admin-client.json
     admin_client_secret: str | None = field(default=None, repr=False)
+    # auth extras: rate limits, an external OpenID Connect issuer
+    rate_limit_per_minute: int = 6000  # requests per client and per source address; 0: no limit
+    redis_url: str | None = None  # rate-limit counters shared by every node; unset: in memory per node
+    redis_key_prefix: str = "ehr"  # keys in that Redis start with it
+    trusted_issuer: str | None = None  # an OpenID Connect issuer whose access tokens are accepted too
+    trusted_audience: str | None = None  # the `aud` its tokens must carry (required with trusted_issuer)
+    trusted_fhir_user_claim: str = "fhirUser"  # its claim naming the user's FHIR resource
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -109,8 +116,17 @@ class Settings:
             "signing_key_rotation_hours": _bounded("EHR_SIGNING_KEY_ROTATION_HOURS", 24, 1, 24 * 365),
             # admin
             **_admin_client(),
+            # auth extras
+            "rate_limit_per_minute": _bounded("EHR_RATE_LIMIT_PER_MINUTE", 6000, 0, 10**9),
+            "redis_url": os.environ.get("EHR_REDIS_URL") or None,
+            "redis_key_prefix": os.environ.get("EHR_REDIS_KEY_PREFIX") or "ehr",
+            "trusted_issuer": os.environ.get("EHR_TRUSTED_ISSUER") or None,  # compared exactly with `iss`
+            "trusted_audience": os.environ.get("EHR_TRUSTED_AUDIENCE") or None,
+            "trusted_fhir_user_claim": os.environ.get("EHR_TRUSTED_FHIR_USER_CLAIM") or "fhirUser",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["trusted_issuer"] and not values["trusted_audience"]:
+            raise ValueError("EHR_TRUSTED_AUDIENCE is required with EHR_TRUSTED_ISSUER")
         return cls(**values)  # type: ignore[arg-type]
 
 

@@ -75,7 +75,13 @@ async def authorise_admin(request: Request) -> Principal:
     principal = await request.app.state.authenticate(request, base_url(request))
     if principal.grants is None:  # EHR_AUTH=off (loopback only): the caller is the system
         return principal
-    if not holds_whole_system_scope(principal) or principal.patient or principal.subject != principal.client_id:
+    foreign = "issuer" in principal.attributes  # a trusted external issuer's token names none of our clients
+    if (
+        foreign
+        or not holds_whole_system_scope(principal)
+        or principal.patient
+        or principal.subject != principal.client_id
+    ):
         raise FhirError.of(403, "forbidden", "the admin API needs a client token with system/*.* or system/*.cruds")
     client = await accounts.get_client(request.app.state.pool, principal.client_id or "")
     if client is None or not client.admin or not client.enabled:

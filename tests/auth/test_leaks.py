@@ -3,10 +3,9 @@ try every door to data they may not see; they see none of it (asserted on ids)."
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
-
-import json
 
 import httpx
 import pytest

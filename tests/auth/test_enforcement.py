@@ -292,14 +292,20 @@ async def test_patient_token_sorted_pages_are_in_order_and_complete(client_for, 
     del undated["effectiveDateTime"]
     assert (await post(client, undated)).status_code == 201  # no date: sorts last
     c = await client_for("patient/Observation.rs", patient=pid)
-    seen: list[str] = []
-    res = await c.get("/Observation", params={"_sort": "-date", "_count": "3"})
-    while True:
-        bundle = res.json()
-        seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
-        nxt = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
-        if nxt is None:
-            break
-        res = await c.get(nxt)
-    assert seen[:7] == list(reversed(made))
-    assert len(seen) == 8
+
+    async def pages(sort: str) -> list[str]:
+        seen: list[str] = []
+        res = await c.get("/Observation", params={"_sort": sort, "_count": "3"})
+        while True:
+            bundle = res.json()
+            seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
+            nxt = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+            if nxt is None:
+                return seen
+            res = await c.get(nxt)
+
+    down, up = await pages("-date"), await pages("date")
+    assert down[:7] == list(reversed(made))
+    assert up[:7] == made
+    assert len(down) == len(up) == 8
+    assert down[7] == up[7]  # the undated one, last either way

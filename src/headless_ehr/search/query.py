@@ -516,15 +516,10 @@ def _index_sorted_page(
     """A page of an unfiltered search sorted on one parameter, read from that
     parameter's index in sort order (one row per resource: its extreme value), so the
     cost is the page's, not the type's. Resources without a value follow (`fill`).
-    None when the search has several sort keys, is paging backwards, or has filters
-    (then the matches are few enough to sort) and no restriction. A restricted search
-    (a compartment, a patient's token) takes this path with its filters and the
-    restriction joined in, so PostgreSQL chooses between walking the sort index and
-    sorting the matches by its statistics: a patient's token on `Observation?_sort=-date`
-    costs about what the same search costs a system token."""
+    None when the search has filters (then the matches are few enough to sort), a
+    restriction (see _restricted_sorted_page), several sort keys, or is paging backwards."""
     rtype = request.resource_types[0]
-    clauses = request.clauses[rtype]
-    if len(request.sort) != 1 or request.several_types or (clauses and restrict is None):
+    if len(request.sort) != 1 or request.several_types or request.clauses[rtype] or restrict is not None:
         return None
     key = request.sort[0]
     param = search_params(rtype).get(key.code)
@@ -548,9 +543,6 @@ def _index_sorted_page(
         f" AND y.resource_id = x.resource_id AND (y.{column} {keep} x.{column}"
         f" OR (y.{column} = x.{column} AND y.ctid > x.ctid)))",
     ]
-    conds += [clause_sql(b, c, rtype, "r") for c in clauses]
-    if restrict is not None:
-        conds.append(restrict(b, "r"))
     if cursor and values[0] is not None:
         conds.append(_after(b, [f"x.{column}", "r.id"], keys, values, False))
     limit = request.count + 1
@@ -564,16 +556,110 @@ def _index_sorted_page(
             f" ORDER BY x.{column} {'DESC' if key.descending else 'ASC'}, r.id LIMIT {limit}"
         )
     fb = SqlBuilder()
-    fb.access = b.access
     fill_conds = [
         f"r.resource_type = {fb.arg(rtype)}",
         "NOT r.deleted",
         f"NOT EXISTS (SELECT 1 FROM {table} y WHERE y.resource_type = r.resource_type"
         f" AND y.param = {fb.arg(param.code)} AND y.resource_id = r.id)",
     ]
-    fill_conds += [clause_sql(fb, c, rtype, "r") for c in clauses]
-    if restrict is not None:
-        fill_conds.append(restrict(fb, "r"))
+    if cursor and values[0] is None:
+        fill_conds.append(f"r.id > {fb.arg(values[1])}")
+    fill = (
+        f"SELECT {_RESOURCE_COLUMNS}, NULL AS s0 FROM resource r WHERE {' AND '.join(fill_conds)}"
+        " ORDER BY r.id LIMIT {limit}",
+        fb.args,
+    )
+    if dated is None:
+        return PageQuery(fill[0].replace("{limit}", str(limit)), fill[1], 1, False)
+    return PageQuery(dated, b.args, 1, False, fill)
+
+
+def _sort_index(request: SearchRequest, cursor: str | None) -> tuple[SortKey, Any, list[Any]] | None:
+    """The one sort key, its parameter and the cursor's values, when a page can be read
+    from the parameter's index (one sort key on an indexed parameter, paging forwards)."""
+    rtype = request.resource_types[0]
+    if len(request.sort) != 1 or request.several_types:
+        return None
+    key = request.sort[0]
+    param = search_params(rtype).get(key.code)
+    if key.kind in ("id", "lastUpdated") or param is None or param.type not in _INDEX_SORT:
+        return None
+    values: list[Any] = [None, None]
+    if cursor:
+        values, backwards = _cursor_values(cursor, [key, SortKey("_id", False, "id")])
+        if backwards:
+            return None
+    return key, param, values
+
+
+def _reads_row(clause: Clause) -> bool:
+    """A clause answered from the resource row itself (not from ids): `_lastUpdated`."""
+    return clause.param is None and clause.name.split(":")[0] == "_lastUpdated"
+
+
+def _restricted_sorted_page(
+    request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder
+) -> PageQuery | None:
+    """A page of a restricted search (a patient's token, a compartment) sorted on one
+    parameter: the sort values of the reachable matches are aggregated straight from
+    the parameter's index (one row per resource, its extreme value) and only the page's
+    rows are read from `resource`. The cost follows the rows the caller may reach (one
+    patient's), never the type's: walking the type's sort index instead would pass
+    over every other patient's rows. Resources without a value follow (`fill`)."""
+    if restrict is None:
+        return None
+    shape = _sort_index(request, cursor)
+    if shape is None:
+        return None
+    key, param, values = shape
+    rtype = request.resource_types[0]
+    keys = [key, SortKey("_id", False, "id")]
+    column = _INDEX_SORT[param.type] or ("high" if key.descending else "low")
+    agg = "max" if key.descending else "min"
+    table = TABLES[param.type]
+    limit = request.count + 1
+
+    def matches(builder: SqlBuilder, alias: str) -> str:
+        conds = [f"{alias}.resource_type = {builder.arg(rtype)}", f"NOT {alias}.deleted"]
+        conds += [clause_sql(builder, c, rtype, alias) for c in request.clauses[rtype]]
+        conds.append(restrict(builder, alias))
+        return " AND ".join(conds)
+
+    dated = None
+    if not (cursor and values[0] is None):  # else the cursor is among the resources without a value
+        # one row per reachable resource with a value: its extreme one (deleted resources
+        # have no index rows). The index rows are named by resource id (`q.id`) so the
+        # restriction and the filters, which need only ids, join them before aggregating:
+        # only the reachable rows' index entries are read.
+        values_of = (
+            f"SELECT x.resource_id AS id, x.{column} AS v FROM {table} x"
+            f" WHERE x.resource_type = {b.arg(rtype)} AND x.param = {b.arg(param.code)}"
+        )
+        if restrict.id_only and not any(_reads_row(c) for c in request.clauses[rtype]):
+            conds = [clause_sql(b, c, rtype, "q") for c in request.clauses[rtype]]
+            conds.append(restrict(b, "q"))
+        else:
+            m = b.alias("m")
+            conds = [f"q.id IN (SELECT {m}.id FROM resource {m} WHERE {matches(b, m)})"]
+        per_resource = f"SELECT q.id, {agg}(q.v) AS s0 FROM ({values_of}) q WHERE {' AND '.join(conds)} GROUP BY q.id"
+        conds = []
+        if cursor:
+            conds.append(_after(b, ["q.s0", "q.id"], keys, values, False))
+        order = "DESC" if key.descending else "ASC"
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        page = f"SELECT q.id, q.s0 FROM ({per_resource}) q{where} ORDER BY q.s0 {order}, q.id LIMIT {limit}"
+        dated = (
+            f"SELECT {_RESOURCE_COLUMNS}, p.s0 FROM ({page}) p"
+            f" JOIN resource r ON r.resource_type = {b.arg(rtype)} AND r.id = p.id"
+            f" ORDER BY p.s0 {order}, r.id"
+        )
+    fb = SqlBuilder()
+    fb.access = b.access
+    fill_conds = [
+        matches(fb, "r"),
+        f"NOT EXISTS (SELECT 1 FROM {table} y WHERE y.resource_type = r.resource_type"
+        f" AND y.param = {fb.arg(param.code)} AND y.resource_id = r.id)",
+    ]
     if cursor and values[0] is None:
         fill_conds.append(f"r.id > {fb.arg(values[1])}")
     fill = (
@@ -603,7 +689,11 @@ def page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | 
 def _page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder) -> PageQuery:
     if request.contained_type == "contained":
         return _contained_page(request, cursor, restrict, b)
-    shaped = _driven_page(request, cursor, restrict, b) or _index_sorted_page(request, cursor, restrict, b)
+    shaped = (
+        _driven_page(request, cursor, restrict, b)
+        or _index_sorted_page(request, cursor, restrict, b)
+        or _restricted_sorted_page(request, cursor, restrict, b)
+    )
     if shaped is not None:
         return shaped
     keys = [*request.sort, SortKey("_id", False, "id")]

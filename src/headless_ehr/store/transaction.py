@@ -70,8 +70,16 @@ def _require_rights(principal: Principal, entry: Entry) -> None:
         return
     rtype = entry.path[0]
     if entry.method in ("GET", "HEAD"):
-        n = len(entry.path)
-        interaction = "search" if n == 1 else "vread" if n == 4 else "history" if n == 3 else "read"
+        path = entry.path
+        if any(p.startswith("$") for p in path):
+            return  # an operation checks its own rights
+        n = len(path)
+        if n == 3 and path[2] != "_history":  # compartment search: Patient/1/Observation
+            rtype = path[2]
+        if n == 1 or path[1] == "_history" or (n == 3 and path[2] != "_history"):
+            interaction = "search"  # type search or history, compartment search
+        else:
+            interaction = "vread" if n == 4 else "history" if n == 3 else "read"
     else:
         interaction = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[entry.method]
     principal.require(interaction, rtype)

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from headless_ehr.app import create_app
+from headless_ehr.auth.tokens import issuer_of
 from headless_ehr.config import Settings
 
 SHARED_FHIR = Path(__file__).resolve().parents[1].parent / "shared" / "fhir"
@@ -115,7 +116,7 @@ async def app(settings: Settings) -> AsyncIterator[object]:
 def mint_token(app: Any, scope: str = "system/*.*", *, base_url: str = "http://testserver/fhir", **claims: Any) -> str:
     """An access token of the app's own signing keys, as its token endpoint would issue
     (claims: patient, encounter, fhirUser, roles, subject, client_id, lifetime)."""
-    issuer = base_url.rsplit("/", 1)[0]
+    issuer = issuer_of(base_url, app.state.settings.base_path)
     subject = claims.pop("subject", "test-client")
     client_id = claims.pop("client_id", "test-client")
     issued = app.state.tokens.issue(
@@ -173,7 +174,8 @@ async def app_with(settings: Settings, app: object) -> AsyncIterator[Any]:
         application = create_app(dataclasses.replace(settings, **changes))
         lifespan = application.router.lifespan_context(application)
         await lifespan.__aenter__()
-        headers = bearer(mint_token(application, base_url=base_url))
+        audience = str(changes.get("public_base_url") or base_url).rstrip("/")
+        headers = bearer(mint_token(application, base_url=audience))
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url=base_url, headers=headers)
         opened.append((lifespan, client))
         return client

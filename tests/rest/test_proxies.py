@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from headless_ehr.rest.origin import host_allowed, is_trusted, parse_forwarded
+from tests.conftest import bearer, mint_token
 
 PATIENT = {"resourceType": "Patient", "name": [{"family": "Proxy"}]}
 TRUSTED = ("127.0.0.1", 40000)
@@ -17,7 +18,16 @@ UNTRUSTED = ("10.0.0.5", 1234)
 
 def _client(app: object, peer: tuple[str, int]) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=peer)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://backend:8080/fhir")
+    client = httpx.AsyncClient(transport=transport, base_url="http://backend:8080/fhir")
+    client.app = app  # type: ignore[attr-defined]
+    return client
+
+
+async def _token_for(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, str]:
+    """A token for the base these headers make (a token's audience is the FHIR base
+    the client reaches); the public CapabilityStatement names that base."""
+    base = (await client.get("/metadata", headers=headers)).json()["implementation"]["url"]
+    return bearer(mint_token(client.app, base_url=base))  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -45,7 +55,10 @@ def configure(app: object) -> AsyncIterator[object]:
 
 
 async def _location(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
-    r = await client.post("/Patient", json=PATIENT, headers={"Content-Type": "application/fhir+json", **headers})
+    auth = await _token_for(client, headers)
+    r = await client.post(
+        "/Patient", json=PATIENT, headers={"Content-Type": "application/fhir+json", **headers, **auth}
+    )
     assert r.status_code == 201, r.text
     return r.headers["location"]
 
@@ -107,6 +120,7 @@ async def test_trusted_proxies_setting_names_the_peers(untrusted: httpx.AsyncCli
 async def test_searchset_full_urls_and_links_use_the_forwarded_base(trusted: httpx.AsyncClient) -> None:
     await _location(trusted, {})
     headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "ehr.example.org"}
+    headers.update(await _token_for(trusted, headers))
     r = await trusted.get("/Patient", params={"family": "Proxy", "_count": "1"}, headers=headers)
     bundle = r.json()
     assert all(link["url"].startswith("https://ehr.example.org/fhir/Patient?") for link in bundle["link"])

@@ -47,7 +47,7 @@ def token_authenticator(tokens: AccessTokens) -> Authenticator:
         if token is None:
             raise unauthorized("an access token is required (Authorization: Bearer <token>)", error=None)
         try:
-            return tokens.verify(token, audience)
+            return tokens.verify(token, audience, request.app.state.settings.base_path)
         except InvalidToken as error:
             raise unauthorized(str(error)) from None
 

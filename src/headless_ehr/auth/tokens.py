@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from joserfc import jwt
@@ -95,7 +96,7 @@ class AccessTokens:
         header = {"alg": "ES256", "kid": self.keys.signing.kid, "typ": "at+jwt"}
         return IssuedToken(jwt.encode(header, claims, self.keys.signing, algorithms=["ES256"]), expires_in, jti)
 
-    def decode(self, token: str, audience: str) -> dict[str, Any]:
+    def decode(self, token: str, audience: str, base_path: str = "/fhir") -> dict[str, Any]:
         """The claims of a token this server signed for `audience`, still valid; else InvalidToken."""
         try:
             decoded = jwt.decode(token, self.keys.keyset, algorithms=["ES256"])
@@ -108,6 +109,8 @@ class AccessTokens:
             raise InvalidToken("the token has expired")
         if isinstance(nbf, int | float) and nbf > now + LEEWAY:
             raise InvalidToken("the token is not valid yet")
+        if claims.get("iss") != issuer_of(audience, base_path):
+            raise InvalidToken("the token was issued by another issuer")
         aud = claims.get("aud")
         if (aud if isinstance(aud, list) else [aud]).count(audience) == 0:
             raise InvalidToken("the token was issued for another audience")
@@ -117,7 +120,7 @@ class AccessTokens:
             raise InvalidToken("the token has been revoked")
         return claims
 
-    def verify(self, token: str, audience: str) -> Principal:
+    def verify(self, token: str, audience: str, base_path: str = "/fhir") -> Principal:
         """The principal a bearer token stands for; InvalidToken when it cannot be used."""
         hit = self._cache.get(token)
         if hit is not None and hit[1] == audience:
@@ -126,7 +129,7 @@ class AccessTokens:
             if alive and principal.token_id not in self._revoked:
                 return principal
             del self._cache[token]
-        principal = principal_of(self.decode(token, audience))
+        principal = principal_of(self.decode(token, audience, base_path))
         self._cache[token] = (principal, audience)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -170,6 +173,18 @@ class AccessTokens:
                 await self._load_revocations()
             except (OSError, asyncpg.PostgresError):
                 log.warning("could not read revoked tokens", exc_info=True)
+
+
+def issuer_of(audience: str, base_path: str = "/fhir") -> str:
+    """This server's issuer for a FHIR base: the base without the FHIR base path (e.g.
+    https://host/api for https://host/api/fhir), where /oauth/… and
+    /.well-known/openid-configuration are served; the origin when the base does not
+    end in the base path (EHR_PUBLIC_BASE_URL with another path)."""
+    suffix = base_path.rstrip("/")
+    if suffix and audience.endswith(suffix):
+        return audience[: -len(suffix)]
+    parts = urlsplit(audience)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def principal_of(claims: dict[str, Any]) -> Principal:

@@ -102,8 +102,13 @@ async def fresh_database(server_dsn: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, max_body_bytes=1024 * 1024)
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    # the data dir receives admin-client.json on first start: never the working directory;
+    # the rate limiter runs on every request of the suite, at a limit the suite never reaches
+    data_dir = tmp_path_factory.mktemp("ehr-data")
+    return Settings(
+        database_url=database_url, max_body_bytes=1024 * 1024, data_dir=data_dir, rate_limit_per_minute=10_000_000
+    )
 
 
 @pytest.fixture(scope="session")

@@ -108,3 +108,43 @@ def test_every_setting_is_in_the_readme_configuration_table():
     table = readme[readme.index("## Configuration") :]
     missing = sorted(v for v in _settings_read_from_the_environment() if f"`{v}`" not in table)
     assert not missing, f"the README's configuration table lacks {missing}"
+
+
+def test_bare_ehr_lists_the_account_and_token_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in ("client", "user", "token"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "options"),
+    [
+        (("client", "create"), ("--name", "--redirect-uri", "--scope", "--public", "--jwks-file", "--jwks-uri")),
+        (("client", "create"), ("--policy", "--data-dir")),
+        (("user", "create"), ("--username", "--password-stdin", "--password", "--fhir-user", "--role", "--patient")),
+        (("user", "create"), ("--policy", "--data-dir")),
+        (("token",), ("--data-dir", "--url", "--scope")),
+    ],
+)
+def test_account_and_token_help_shows_every_option(capsys, argv, options):
+    out = _help(capsys, *argv)
+    for option in options:
+        assert option in out
+
+
+@pytest.mark.parametrize(
+    ("option", "default"),
+    [("--data-dir", ".ehr-data"), ("--url", "http://127.0.0.1:8080/fhir"), ("--scope", "system/*.*")],
+)
+def test_token_help_names_each_option_default(capsys, option, default):
+    assert default in _described(_help(capsys, "token"), option)
+
+
+def test_token_help_shows_the_curl_of_a_first_request(capsys):
+    out = " ".join(_help(capsys, "token").split())
+    assert 'curl -H "Authorization: Bearer $(ehr token)"' in out and "EHR_ADMIN_CLIENT_ID" in out
+
+
+def test_serve_help_names_the_admin_client_variables(capsys):
+    out = _help(capsys, "serve")
+    assert "EHR_ADMIN_CLIENT_ID" in out and "EHR_ADMIN_CLIENT_SECRET" in out

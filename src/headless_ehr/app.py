@@ -16,8 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .auth.admin_api import admin_routes
 from .auth.authenticate import authenticate_as_system, token_authenticator
+from .auth.bootstrap import ensure_admin_client
+from .auth.external import TrustedIssuer
 from .auth.keys import SigningKeys
+from .auth.ratelimit import AddressRateLimit, RateLimits, limit_clients
+from .auth.routes import oauth_routes
 from .auth.tokens import AccessTokens
 from .config import Settings
 from .db.migrate import migrate
@@ -59,6 +64,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     OPTIONS.contained = settings.index_contained  # extraction is process-wide: the last app configured wins
     networks(settings.trusted_proxies)  # a malformed EHR_TRUSTED_PROXIES fails now, not on a request
+    if settings.trusted_issuer and not settings.trusted_audience:
+        raise ValueError("EHR_TRUSTED_AUDIENCE is required with EHR_TRUSTED_ISSUER")
+    rate_limits = RateLimits.of(settings)  # None when EHR_RATE_LIMIT_PER_MINUTE=0
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -106,8 +114,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tokens = AccessTokens(pool, keys, settings.access_token_lifetime)
         await tokens.start()
         app.state.signing_keys, app.state.tokens = keys, tokens
-        if settings.auth:
-            app.state.authenticate = token_authenticator(tokens)
+        await ensure_admin_client(pool, settings)  # first start: an admin client, in <data dir>/admin-client.json
+        trusted = None
+        if settings.trusted_issuer and settings.trusted_audience:
+            trusted = TrustedIssuer(
+                settings.trusted_issuer, settings.trusted_audience, settings.trusted_fhir_user_claim
+            )
+        authenticate = token_authenticator(tokens, trusted) if settings.auth else authenticate_as_system
+        if not settings.auth:
+            log.warning(
+                "EHR_AUTH=off: no access tokens are asked for and every request acts as the system;"
+                " for local experiments and benchmarks only, never with real data"
+            )
+        app.state.authenticate = authenticate if rate_limits is None else limit_clients(authenticate, rate_limits)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale()
@@ -131,17 +150,27 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await app.state.reindexer.close()
             await tokens.close()
             await keys.close()
+            if trusted is not None:
+                await trusted.close()
+            if rate_limits is not None:
+                await rate_limits.close()
             await search_pool.close()
             await pool.close()
 
     base = settings.base_path.rstrip("/")
+    middleware = [Middleware(DateHeader)]
+    if rate_limits is not None:  # per source address; per client in the authenticator (lifespan)
+        prefixes = (base, "/oauth", "/admin")
+        middleware.append(Middleware(AddressRateLimit, rate_limits, prefixes, settings.trusted_proxies))
     app = Starlette(
         routes=[
+            *oauth_routes(base),  # the authorisation server (auth/routes.py), ahead of the FHIR catch-all
             Route(base, fhir_endpoint, methods=_METHODS),
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
+            *admin_routes(),
         ],
         exception_handlers={HTTPException: _http_error},
-        middleware=[Middleware(DateHeader)],
+        middleware=middleware,
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -44,18 +44,43 @@ def open_database(args: argparse.Namespace) -> tuple[Settings, EmbeddedPostgres 
     return settings, embedded, f"embedded PostgreSQL in {embedded.pgdata} ({embedded.source})"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .rest.origin import networks
 
-    trusted = Settings.from_env().trusted_proxies
     try:
-        networks(trusted)
+        configured = Settings.from_env()
+    except ValueError as exc:
+        print(f"ehr: {exc}", file=sys.stderr)
+        return 2
+    try:
+        networks(configured.trusted_proxies)
     except ValueError as exc:
         print(f"ehr: EHR_TRUSTED_PROXIES: {exc}", file=sys.stderr)
         return 2
+    if not configured.auth and not is_loopback(args.host):
+        print(
+            f"ehr: EHR_AUTH=off serves every request without a token, so it listens on a loopback address only"
+            f" (127.0.0.1, ::1, localhost), not on {args.host}; set EHR_AUTH=on or --host 127.0.0.1",
+            file=sys.stderr,
+        )
+        return 2
     settings, embedded, where = open_database(args)
+    os.environ["EHR_DATA_DIR"] = str(settings.data_dir)  # worker processes write admin-client.json there
     print(
         f"ehr {__version__}: FHIR API at http://{args.host}:{args.port}{settings.base_path} using {where}",
         flush=True,
@@ -125,6 +150,48 @@ def import_files(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
+def create_account(args: argparse.Namespace) -> int:
+    """`ehr client create` and `ehr user create`: the new account as JSON on stdout."""
+    from .auth.cli import CommandError, client_body, register, user_body
+
+    command = f"ehr {args.command} create"
+    try:
+        body = client_body(args) if args.command == "client" else user_body(args)
+    except CommandError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 2
+    settings, embedded, _ = open_database(args)
+    try:
+        created = register(settings, args.command, body)
+    except CommandError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    import orjson
+
+    print(orjson.dumps(created, option=orjson.OPT_INDENT_2).decode())
+    if "client_secret" in created:
+        print("keep client_secret now: it is not shown again", file=sys.stderr)
+    return 0
+
+
+def print_token(args: argparse.Namespace) -> int:
+    """`ehr token`: a system access token, and nothing else, on one line."""
+    from .auth.cli import CommandError, admin_credentials, fetch_token
+
+    data_dir = Path(args.data_dir or os.environ.get("EHR_DATA_DIR") or ".ehr-data")
+    try:
+        client_id, secret = admin_credentials(data_dir)
+        token = fetch_token(args.url, client_id, secret, args.scope)
+    except CommandError as error:
+        print(f"ehr token: {error}", file=sys.stderr)
+        return 1
+    print(token, flush=True)
+    return 0
+
+
 # Settings only the environment sets (the options below each name theirs); the README's
 # configuration table has them all.
 _ENV_ONLY = [
@@ -145,6 +212,19 @@ _ENV_ONLY = [
     ("EHR_MAX_INCLUDES", "included resources per search page (default 1000)"),
     ("EHR_SEARCH_EXPRESSION_BUDGET_MS", "time of a custom SearchParameter expression per resource (default 100)"),
     ("EHR_IMPORT_MAX_BUNDLE_BYTES", "largest Bundle file `ehr import` reads (default 256 MiB)"),
+    # admin
+    ("EHR_ADMIN_CLIENT_ID", "with EHR_ADMIN_CLIENT_SECRET: the admin client (no admin-client.json is written)"),
+    ("EHR_ADMIN_CLIENT_SECRET", "the admin client's secret, at least 16 characters (`ehr token` uses it too)"),
+    # auth
+    ("EHR_AUTH", "on: every request needs a token; off: no tokens, loopback listen address only (default on)"),
+    ("EHR_ACCESS_TOKEN_LIFETIME", "access token lifetime in seconds, 30 to 3600 (default 300)"),
+    ("EHR_SIGNING_KEY_ROTATION_HOURS", "a new token signing key this often (default 24)"),
+    ("EHR_RATE_LIMIT_PER_MINUTE", "requests a minute per client and per source address, 0 for none (default 6000)"),
+    ("EHR_REDIS_URL", "Redis for rate-limit counters shared by all nodes, e.g. redis://host:6379/0 (default: memory)"),
+    ("EHR_REDIS_KEY_PREFIX", "prefix of this server's keys in that Redis (default ehr)"),
+    ("EHR_TRUSTED_ISSUER", "an OpenID Connect issuer whose access tokens are accepted too (default none)"),
+    ("EHR_TRUSTED_AUDIENCE", "the audience its tokens must name (required with EHR_TRUSTED_ISSUER)"),
+    ("EHR_TRUSTED_FHIR_USER_CLAIM", "its claim naming the user's FHIR resource (default fhirUser)"),
 ]
 
 
@@ -161,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ehr", description="Headless EHR: a FHIR R4 server", epilog=_epilog(), formatter_class=formatter
     )
     parser.add_argument("--version", action="version", version=f"ehr {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,import}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,import,client,user,token}")
     p_serve = sub.add_parser(
         "serve",
         help="serve the FHIR API",
@@ -216,10 +296,90 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="worker processes (default one per core; no env variable)",
     )
+    _account_parsers(sub, formatter)
     return parser
 
 
-_DATA_DIR_HELP = "embedded database folder, used when EHR_DATABASE_URL is unset (default ./.ehr-data, env EHR_DATA_DIR)"
+def _account_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    """`ehr client create`, `ehr user create` and `ehr token` (auth/cli.py)."""
+    p_client = sub.add_parser(
+        "client", help="register OAuth clients", description="Register OAuth clients (SMART apps and services)."
+    )
+    client_sub = p_client.add_subparsers(dest="action", metavar="{create}", required=True)
+    create = client_sub.add_parser(
+        "create",
+        help="register a client; prints it as JSON, with its secret when it has one",
+        description="Register a client in the database of --data-dir (or EHR_DATABASE_URL) and print it as JSON."
+        " A client without --public, --jwks-file or --jwks-uri is confidential and gets a client_secret,"
+        " shown only now.",
+        formatter_class=formatter,
+    )
+    create.add_argument("--name", required=True, help="a name people recognise (required)")
+    create.add_argument("--client-id", default=None, help="its client_id (default: a random one)")
+    create.add_argument(
+        "--redirect-uri", action="append", default=[], help="a redirect URI, exact; repeat for more (default none)"
+    )
+    create.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="a scope it may be granted, e.g. patient/*.rs or system/*.rs; repeat for more (default none)",
+    )
+    create.add_argument("--public", action="store_true", help="a public client: no secret, PKCE only (default off)")
+    keys = create.add_mutually_exclusive_group()
+    keys.add_argument("--jwks-file", default=None, help="its public keys, a JWK Set file (private_key_jwt)")
+    keys.add_argument("--jwks-uri", default=None, help="where its public keys are published (private_key_jwt)")
+    create.add_argument("--admin", action="store_true", help="may use the admin API (default off)")
+    create.add_argument("--policy", action="append", default=[], help="an access policy name; repeat for more")
+    create.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+
+    p_user = sub.add_parser("user", help="register users", description="Register users who log in to SMART apps.")
+    user_sub = p_user.add_subparsers(dest="action", metavar="{create}", required=True)
+    create = user_sub.add_parser(
+        "create",
+        help="register a user; prints it as JSON (never the password)",
+        description="Register a user in the database of --data-dir (or EHR_DATABASE_URL) and print it as JSON.",
+        formatter_class=formatter,
+    )
+    create.add_argument("--username", required=True, help="the login name (required)")
+    password = create.add_mutually_exclusive_group(required=True)
+    password.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin (preferred)"
+    )
+    password.add_argument("--password", default=None, help="the password (visible to other users of this machine)")
+    create.add_argument("--fhir-user", default=None, help="the user's own resource, e.g. Practitioner/7 or Patient/123")
+    create.add_argument("--role", action="append", default=[], help="a role; repeat for more (default none)")
+    create.add_argument(
+        "--patient", action="append", default=[], help="a patient id the user may pick; repeat for more (default none)"
+    )
+    create.add_argument("--policy", action="append", default=[], help="an access policy name; repeat for more")
+    create.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+
+    p_token = sub.add_parser(
+        "token",
+        help="print a short-lived system access token of the admin client",
+        description="Print a system access token (only the token, on one line) from the running server's"
+        " /oauth/token, with the admin client of the data dir's admin-client.json, or EHR_ADMIN_CLIENT_ID and"
+        ' EHR_ADMIN_CLIENT_SECRET when set. Example: curl -H "Authorization: Bearer $(ehr token)" '
+        "http://127.0.0.1:8080/fhir/Patient",
+        formatter_class=formatter,
+    )
+    p_token.add_argument(
+        "--data-dir",
+        default=None,
+        help="the server's data dir, holding admin-client.json (default ./.ehr-data, env EHR_DATA_DIR)",
+    )
+    p_token.add_argument(
+        "--url", default=_DEFAULT_URL, help=f"the server's FHIR base (default {_DEFAULT_URL}; no env variable)"
+    )
+    p_token.add_argument("--scope", default="system/*.*", help="the scope asked for (default system/*.*)")
+
+
+_DEFAULT_URL = "http://127.0.0.1:8080/fhir"
+_DATA_DIR_HELP = (
+    "data folder: the embedded database (used when EHR_DATABASE_URL is unset) and the server's"
+    " admin-client.json (default ./.ehr-data, env EHR_DATA_DIR)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "import":
         return import_files(args)
+    if args.command in ("client", "user"):
+        return create_account(args)
+    if args.command == "token":
+        return print_token(args)
     return 2
 
 

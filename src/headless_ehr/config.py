@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,16 @@ class Settings:
     auth: bool = True  # False (EHR_AUTH=off): no tokens, every request is the system; loopback only
     access_token_lifetime: int = 300  # seconds, at most 3600
     signing_key_rotation_hours: int = 24  # a new token signing key this often
+    # admin
+    admin_client_id: str | None = None  # with admin_client_secret: this admin client, no admin-client.json
+    admin_client_secret: str | None = field(default=None, repr=False)
+    # auth extras: rate limits, an external OpenID Connect issuer
+    rate_limit_per_minute: int = 6000  # requests per client and per source address; 0: no limit
+    redis_url: str | None = None  # rate-limit counters shared by every node; unset: in memory per node
+    redis_key_prefix: str = "ehr"  # keys in that Redis start with it
+    trusted_issuer: str | None = None  # an OpenID Connect issuer whose access tokens are accepted too
+    trusted_audience: str | None = None  # the `aud` its tokens must carry (required with trusted_issuer)
+    trusted_fhir_user_claim: str = "fhirUser"  # its claim naming the user's FHIR resource
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -103,9 +114,38 @@ class Settings:
             "auth": _choice("EHR_AUTH", ("on", "off")) == "on",
             "access_token_lifetime": _bounded("EHR_ACCESS_TOKEN_LIFETIME", 300, 30, 3600),
             "signing_key_rotation_hours": _bounded("EHR_SIGNING_KEY_ROTATION_HOURS", 24, 1, 24 * 365),
+            # admin
+            **_admin_client(),
+            # auth extras
+            "rate_limit_per_minute": _bounded("EHR_RATE_LIMIT_PER_MINUTE", 6000, 0, 10**9),
+            "redis_url": os.environ.get("EHR_REDIS_URL") or None,
+            "redis_key_prefix": os.environ.get("EHR_REDIS_KEY_PREFIX") or "ehr",
+            "trusted_issuer": os.environ.get("EHR_TRUSTED_ISSUER") or None,  # compared exactly with `iss`
+            "trusted_audience": os.environ.get("EHR_TRUSTED_AUDIENCE") or None,
+            "trusted_fhir_user_claim": os.environ.get("EHR_TRUSTED_FHIR_USER_CLAIM") or "fhirUser",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["trusted_issuer"] and not values["trusted_audience"]:
+            raise ValueError("EHR_TRUSTED_AUDIENCE is required with EHR_TRUSTED_ISSUER")
         return cls(**values)  # type: ignore[arg-type]
+
+
+MIN_ADMIN_SECRET_LENGTH = 16
+
+
+def _admin_client() -> dict[str, str | None]:
+    """EHR_ADMIN_CLIENT_ID and EHR_ADMIN_CLIENT_SECRET: both or neither; a short secret stops start-up."""
+    client_id = os.environ.get("EHR_ADMIN_CLIENT_ID") or None
+    secret = os.environ.get("EHR_ADMIN_CLIENT_SECRET") or None
+    if (client_id is None) != (secret is None):
+        raise ValueError("set EHR_ADMIN_CLIENT_ID and EHR_ADMIN_CLIENT_SECRET together, or neither")
+    if client_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}", client_id):
+        raise ValueError(
+            "EHR_ADMIN_CLIENT_ID: letters, digits and . _ @ + - (at most 128), starting with one of the first two"
+        )
+    if secret is not None and len(secret) < MIN_ADMIN_SECRET_LENGTH:
+        raise ValueError(f"EHR_ADMIN_CLIENT_SECRET must be at least {MIN_ADMIN_SECRET_LENGTH} characters")
+    return {"admin_client_id": client_id, "admin_client_secret": secret}
 
 
 def _bounded(name: str, default: int, low: int, high: int) -> int:

@@ -57,13 +57,14 @@ async def test_sigkill_mid_transaction_stores_nothing_of_it(database_url):
     outcome: dict[str, object] = {}
     server = Server(env)
     server.wait_ready()
+    auth = server.headers()
 
     def send() -> None:
         try:
             res = httpx.post(
                 f"{server.base}",
                 json=big_transaction(tag, 20000),
-                headers={"Content-Type": "application/fhir+json"},
+                headers={**auth, "Content-Type": "application/fhir+json"},
                 timeout=120,
             )
             outcome["status"] = res.status_code
@@ -113,7 +114,7 @@ async def test_sigkill_mid_transaction_stores_nothing_of_it(database_url):
     again = Server(env)  # restarts cleanly on the same database
     try:
         again.wait_ready()
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(headers=again.headers()) as http:
             res = await http.get(f"{again.base}/Patient", params={"_tag": f"urn:crash|{tag}", "_total": "accurate"})
         assert res.json()["total"] == 0
     finally:

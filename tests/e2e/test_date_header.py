@@ -18,7 +18,7 @@ def test_date_is_never_earlier_than_last_modified_on_creates(database_url: str):
     server = Server(_env(EHR_DATABASE_URL=database_url))
     try:
         server.wait_ready()
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=10, headers=server.headers()) as http:
             # a Date refreshed once a second lags behind the clock for part of every
             # second: writing for 2.5 s hits that part unless the phase is very unlucky
             deadline = time.monotonic() + 2.5

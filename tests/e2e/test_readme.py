@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +84,8 @@ def _count(body: Any, what: str) -> int:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_readme_try_it_runs_top_to_bottom_as_documented(fresh_database: str, tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
-    server = Server({**env, "EHR_DATABASE_URL": fresh_database})
+    # a newcomer's server: `ehr token` in the block reads the admin client from its data dir
+    server = Server({**env, "EHR_DATABASE_URL": fresh_database}, admin_from_env=False)
     try:
         server.wait_ready()
         plan = steps(try_it_block())
@@ -92,9 +95,11 @@ def test_readme_try_it_runs_top_to_bottom_as_documented(fresh_database: str, tmp
         # One shell runs the block as written; each curl call's output (with its status
         # appended) goes to a numbered file.
         script = [
-            "set -u",
+            "set -eu",
             f"N=0; OUT={outputs}",
             'curl() { N=$((N+1)); command curl "$@" -w \'\\n%{http_code}\' > "$OUT/$N"; }',
+            f'ehr() {{ {shlex.quote(sys.executable)} -m headless_ehr.cli "$@"; }}',  # this checkout's `ehr`
+            f"export EHR_DATA_DIR={shlex.quote(str(server.data_dir))}",
         ]
         for step in plan:
             script.extend(step.commands)
@@ -127,3 +132,9 @@ def test_readme_try_it_runs_top_to_bottom_as_documented(fresh_database: str, tmp
         assert n == len(list(outputs.iterdir())), "a curl call in the block has no documented answer"
     finally:
         assert server.stop() == 0
+
+
+def test_quick_start_makes_the_first_request_with_a_token_from_ehr_token():
+    text = README.read_text()
+    quick_start = text[text.index("## Quick start") : text.index("## Try it")]
+    assert 'curl -H "Authorization: Bearer $(ehr token)" http://127.0.0.1:8080/fhir/Patient' in quick_start

@@ -46,6 +46,11 @@ def fhirpy():
     return pytest.importorskip("fhirpy", reason="fhirpy is not installed (pip install fhirpy)")
 
 
+def _fhirpy_client(fhirpy, server: Server):
+    """fhirpy's client with the server's token (its `authorization` option)."""
+    return fhirpy.AsyncFHIRClient(server.base, authorization=f"Bearer {server.token()}")
+
+
 async def _fhirpy_patients(client, family: str, count: int, organization=None) -> list[str]:
     ids = []
     for i in range(count):
@@ -59,7 +64,7 @@ async def _fhirpy_patients(client, family: str, count: int, organization=None) -
 
 
 async def test_fhirpy_creates_and_reads_a_patient(fhirpy, server):
-    client = fhirpy.AsyncFHIRClient(server.base)
+    client = _fhirpy_client(fhirpy, server)
     family = unique()
     patient = client.resource("Patient", name=[{"family": family, "given": ["Ann"]}], gender="female")
     await patient.save()
@@ -70,7 +75,7 @@ async def test_fhirpy_creates_and_reads_a_patient(fhirpy, server):
 
 
 async def test_fhirpy_search_returns_one_page_of_count(fhirpy, server):
-    client = fhirpy.AsyncFHIRClient(server.base)
+    client = _fhirpy_client(fhirpy, server)
     family = unique()
     ids = await _fhirpy_patients(client, family, 7)
     page = await client.resources("Patient").search(family=family).sort("_id").limit(3).fetch()
@@ -78,7 +83,7 @@ async def test_fhirpy_search_returns_one_page_of_count(fhirpy, server):
 
 
 async def test_fhirpy_fetch_all_follows_next_links_through_every_page(fhirpy, server):
-    client = fhirpy.AsyncFHIRClient(server.base)
+    client = _fhirpy_client(fhirpy, server)
     family = unique()
     ids = await _fhirpy_patients(client, family, 7)
     everyone = await client.resources("Patient").search(family=family).sort("_id").limit(3).fetch_all()
@@ -86,7 +91,7 @@ async def test_fhirpy_fetch_all_follows_next_links_through_every_page(fhirpy, se
 
 
 async def test_fhirpy_async_iteration_pages_through_results(fhirpy, server):
-    client = fhirpy.AsyncFHIRClient(server.base)
+    client = _fhirpy_client(fhirpy, server)
     family = unique()
     ids = await _fhirpy_patients(client, family, 5)
     seen = [p.id async for p in client.resources("Patient").search(family=family).limit(2)]
@@ -94,7 +99,7 @@ async def test_fhirpy_async_iteration_pages_through_results(fhirpy, server):
 
 
 async def test_fhirpy_include_returns_the_referenced_organization(fhirpy, server):
-    client = fhirpy.AsyncFHIRClient(server.base)
+    client = _fhirpy_client(fhirpy, server)
     family = unique()
     organization = client.resource("Organization", name=f"{family} Clinic")
     await organization.save()
@@ -111,7 +116,7 @@ async def test_fhirpy_include_returns_the_referenced_organization(fhirpy, server
 
 
 async def test_fhirpy_count_reads_the_total_of_a_count_zero_search(fhirpy, server):
-    client = fhirpy.AsyncFHIRClient(server.base)
+    client = _fhirpy_client(fhirpy, server)
     family = unique()
     await _fhirpy_patients(client, family, 3)
     assert await client.resources("Patient").search(family=family).count() == 3
@@ -128,8 +133,10 @@ def fhirclient():
 
 @pytest.fixture
 def smart(fhirclient, server: Server):
-    """A SMART FHIRClient on the running server (no authorization)."""
-    return fhirclient.FHIRClient(settings={"app_id": "x", "api_base": server.base + "/"})
+    """A SMART FHIRClient on the running server, its HTTP session holding the server's token."""
+    client = fhirclient.FHIRClient(settings={"app_id": "x", "api_base": server.base + "/"})
+    client.server.session.headers["Authorization"] = f"Bearer {server.token()}"
+    return client
 
 
 def _fhirclient_patients(smart, family: str, count: int) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 
 from ..fhir.outcome import FhirError
+from .external import TrustedIssuer
 from .principal import SYSTEM, Principal
 from .tokens import AccessTokens, InvalidToken
 
@@ -39,14 +40,21 @@ def bearer_token(request: Request) -> str | None:
     return token
 
 
-def token_authenticator(tokens: AccessTokens) -> Authenticator:
-    """Principals from this server's access tokens."""
+def token_authenticator(tokens: AccessTokens, trusted: TrustedIssuer | None = None) -> Authenticator:
+    """Principals from this server's access tokens, and from a trusted external issuer's when one is set."""
 
     async def authenticate(request: Request, audience: str) -> Principal:
         token = bearer_token(request)
         if token is None:
             raise unauthorized("an access token is required (Authorization: Bearer <token>)", error=None)
         try:
+            if trusted is not None:
+                # ours stay the fast path: a remembered external token, else the unverified `iss` chooses
+                principal = trusted.cached(token)
+                if principal is not None:
+                    return principal
+                if trusted.issued(token):
+                    return await trusted.verify(token)
             return tokens.verify(token, audience, request.app.state.settings.base_path)
         except InvalidToken as error:
             raise unauthorized(str(error)) from None

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import FHIR_VERSION, __version__
+from ..auth.tokens import issuer_of
+from ..config import Settings
 from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..search.registry import CUSTOM, NEAR_URL, search_params
@@ -85,8 +87,58 @@ def _resource_entry(resource_type: str, conditional_delete: str) -> dict[str, An
     }
 
 
-def capability_statement(base_url: str, conditional_delete: str = "single") -> dict[str, Any]:
+SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+AUTH_OFF = (
+    "Authorisation is OFF (EHR_AUTH=off): no access token is asked for and every request acts as the"
+    " system, with every right. For local experiments and benchmarks only; never use it with real data."
+)
+
+
+def _security(base_url: str, auth: bool, base_path: str, trusted_issuer: str | None) -> dict[str, Any]:
+    """rest.security: SMART on FHIR (App Launch 2.2 conformance.html) with its endpoints, or the warning."""
+    if not auth:
+        return {"description": AUTH_OFF}
+    origin = issuer_of(base_url, base_path)  # the authorisation server: the tokens' `iss`
+    endpoints = {
+        "authorize": "/oauth/authorize",
+        "token": "/oauth/token",
+        "introspect": "/oauth/introspect",
+        "revoke": "/oauth/revoke",
+        "register": "/admin/clients",
+    }
+    description = (
+        "SMART on FHIR (App Launch 2.2): every request but GET metadata needs a bearer access token;"
+        f" discovery at {base_url}/.well-known/smart-configuration."
+    )
+    if trusted_issuer:
+        description += f" Access tokens issued by {trusted_issuer} are accepted too."
     return {
+        "extension": [
+            {
+                "url": OAUTH_URIS,
+                "extension": [{"url": name, "valueUri": origin + path} for name, path in endpoints.items()],
+            }
+        ],
+        "service": [
+            {
+                "coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}],
+                "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
+            }
+        ],
+        "description": description,
+    }
+
+
+def capability_statement(
+    base_url: str,
+    conditional_delete: str = "single",
+    *,
+    auth: bool = True,
+    base_path: str = "/fhir",
+    trusted_issuer: str | None = None,
+) -> dict[str, Any]:
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": _STARTED.isoformat(),
@@ -100,6 +152,7 @@ def capability_statement(base_url: str, conditional_delete: str = "single") -> d
         "rest": [
             {
                 "mode": "server",
+                "security": _security(base_url, auth, base_path, trusted_issuer),
                 "resource": [_resource_entry(t, conditional_delete) for t in sorted(definitions().resource_types)],
                 "interaction": [
                     {"code": "transaction"},
@@ -112,6 +165,9 @@ def capability_statement(base_url: str, conditional_delete: str = "single") -> d
             }
         ],
     }
+    if not auth:  # R4 orders description after publisher/contact; key order is not significant in JSON
+        statement["description"] = AUTH_OFF
+    return statement
 
 
 @dataclass(frozen=True)
@@ -122,15 +178,36 @@ class CapabilityDocument:
     last_modified: datetime
 
 
-_documents: dict[tuple[str, str, object], CapabilityDocument] = {}
+_documents: dict[tuple[object, ...], CapabilityDocument] = {}
 
 
-def capability_document(base_url: str, conditional_delete: str = "single") -> CapabilityDocument:
-    """The CapabilityStatement for base_url, built once per registry state (it is ~400 kB)."""
-    key = (base_url, conditional_delete, CUSTOM.stamp)
+def settings_document(base_url: str, settings: Settings) -> CapabilityDocument:
+    """capability_document with what the settings change in it."""
+    return capability_document(
+        base_url,
+        settings.conditional_delete,
+        auth=settings.auth,
+        base_path=settings.base_path,
+        trusted_issuer=settings.trusted_issuer,
+    )
+
+
+def capability_document(
+    base_url: str,
+    conditional_delete: str = "single",
+    *,
+    auth: bool = True,
+    base_path: str = "/fhir",
+    trusted_issuer: str | None = None,
+) -> CapabilityDocument:
+    """The CapabilityStatement for base_url (its security endpoints are under the same origin),
+    built once per registry state and settings (it is ~400 kB)."""
+    key = (base_url, conditional_delete, auth, base_path, trusted_issuer, CUSTOM.stamp)
     found = _documents.get(key)
     if found is None:
-        statement = capability_statement(base_url, conditional_delete)
+        statement = capability_statement(
+            base_url, conditional_delete, auth=auth, base_path=base_path, trusted_issuer=trusted_issuer
+        )
         body = fhir_json.dumps(statement)
         digest = hashlib.sha256(body).hexdigest()[:20]
         changed = CUSTOM.stamp is not None

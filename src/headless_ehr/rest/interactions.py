@@ -25,7 +25,7 @@ from ..store import ResourceStore, StoredResource, WriteOutcome
 from ..store.transaction import BundleProcessor
 from . import bundles, offload
 from .binary import binary_from_body, native_response
-from .capability import capability_document
+from .capability import settings_document
 from .context import principal_of, store_of
 from .instants import parse_instant
 from .negotiation import (
@@ -277,7 +277,8 @@ async def process_bundle(request: Request) -> Response:
     """POST [base] with a transaction or batch Bundle."""
     body = await read_json_body(request, _body_limit(request))
     base = base_url(request)
-    conditional_delete = request.app.state.settings.conditional_delete
+    settings = request.app.state.settings
+    conditional_delete = settings.conditional_delete
 
     async def work(store: ResourceStore, conn: asyncpg.Connection | None) -> Response:
         bundle = parse_resource(body)
@@ -289,7 +290,7 @@ async def process_bundle(request: Request) -> Response:
             principal_of(request),
             base,
             conditional_delete=conditional_delete,
-            capabilities=lambda: capability_document(base, conditional_delete).body,
+            capabilities=lambda: settings_document(base, settings).body,
         )
         representation = prefer(request).get("return") == "representation"
         if kind == "transaction":

@@ -20,7 +20,7 @@ from ..fhir.references import RESOURCE_ID
 from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment
 from . import interactions as ix
-from .capability import capability_document
+from .capability import settings_document
 from .negotiation import FHIR_JSON, response_media_type, wants_native
 from .operations import reindex
 from .operations.everything import everything
@@ -62,7 +62,7 @@ async def _metadata(request: Request) -> Response:
         what = "only mode=full and mode=normal are supported" if mode == "terminology" else f"unknown mode '{mode}'"
         raise FhirError.of(400, "not-supported", what)
     summary, elements = summary_arguments(q.get("_summary"), q.get("_elements"))
-    doc = capability_document(base_url(request), request.app.state.settings.conditional_delete)
+    doc = settings_document(base_url(request), request.app.state.settings)
     headers = {"ETag": doc.etag, "Last-Modified": http_date(doc.last_modified)}
     if validator_matches(request, doc.etag, doc.last_modified):
         return Response(status_code=304, headers=headers)

@@ -1,0 +1,221 @@
+"""The admin API (`/admin/...`): clients, users and EHR launch contexts, JSON in and out.
+
+Only an admin client's token with the whole system scope (`system/*.*` or
+`system/*.cruds`) may call it: no token or a bad one is 401, any other token 403.
+Errors are OperationOutcomes, as on /fhir. Disabling is `PATCH {"enabled": false}`
+(`true` enables again); nothing else of an account changes after it is made.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..fhir.outcome import FhirError
+from ..rest.responses import base_url, outcome_response
+from . import accounts, registration
+from .accounts import AccountError, AccountExists
+from .launch import LaunchError, create_launch
+from .principal import Principal
+
+log = logging.getLogger("headless_ehr.auth")
+
+MAX_BODY_BYTES = 256 * 1024
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # answers may hold a client secret
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def admin_routes(prefix: str = "/admin") -> list[Route]:
+    return [
+        Route(f"{prefix}/clients", _endpoint(_clients), methods=["GET", "POST"]),
+        Route(f"{prefix}/clients/{{client_id}}", _endpoint(_client), methods=["GET", "PATCH", "DELETE"]),
+        Route(f"{prefix}/users", _endpoint(_users), methods=["GET", "POST"]),
+        Route(f"{prefix}/users/{{username}}", _endpoint(_user), methods=["GET", "PATCH", "DELETE"]),
+        Route(f"{prefix}/launch", _endpoint(_launch), methods=["POST"]),
+    ]
+
+
+def _endpoint(handler: Handler) -> Handler:
+    """Authorise, run, and turn every failure into an OperationOutcome."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            request.state.principal = await authorise_admin(request)
+            return await handler(request)
+        except FhirError as error:
+            return outcome_response(request, error)
+        except AccountExists as error:
+            return outcome_response(request, FhirError.of(409, "duplicate", str(error)))
+        except AccountError as error:
+            return outcome_response(request, FhirError.of(400, "invalid", str(error)))
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return outcome_response(request, FhirError.of(500, "exception", "internal server error"))
+
+    return endpoint
+
+
+def holds_whole_system_scope(principal: Principal) -> bool:
+    """`system/*.*` (v1) or `system/*.cruds` (v2), without search criteria."""
+    return any(
+        g.context == "system" and g.resource_type == "*" and g.permissions == frozenset("cruds") and not g.criteria
+        for g in principal.grants or ()
+    )
+
+
+async def authorise_admin(request: Request) -> Principal:
+    """The caller, when it may use the admin API: 401 without a usable token, 403 for any but an admin client's."""
+    principal = await request.app.state.authenticate(request, base_url(request))
+    if principal.grants is None:  # EHR_AUTH=off (loopback only): the caller is the system
+        return principal
+    foreign = "issuer" in principal.attributes  # a trusted external issuer's token names none of our clients
+    if (
+        foreign
+        or not holds_whole_system_scope(principal)
+        or principal.patient
+        or principal.subject != principal.client_id
+    ):
+        raise FhirError.of(403, "forbidden", "the admin API needs a client token with system/*.* or system/*.cruds")
+    client = await accounts.get_client(request.app.state.pool, principal.client_id or "")
+    if client is None or not client.admin or not client.enabled:
+        raise FhirError.of(403, "forbidden", "only an admin client may use the admin API")
+    return principal
+
+
+async def _body(request: Request) -> Any:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type not in ("application/json", "application/fhir+json"):
+        raise FhirError.of(415, "not-supported", "send JSON (Content-Type: application/json)")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise FhirError.of(413, "too-costly", f"the body is larger than {MAX_BODY_BYTES} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise FhirError.of(413, "too-costly", f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise FhirError.of(400, "invalid", f"the body is not valid JSON: {error}") from None
+
+
+def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(value), status, {**_NO_STORE, **(headers or {})}, media_type="application/json")
+
+
+def _location(request: Request, key: str) -> str:
+    """The new account's URL, relative (RFC 9110 §10.2.2), so it holds behind any proxy."""
+    return f"{request.url.path.rstrip('/')}/{quote(key, safe='')}"
+
+
+def _not_found(kind: str, key: str) -> FhirError:
+    return FhirError.of(404, "not-found", f"no {kind} '{key[:200]}'")
+
+
+def _not_yourself(principal: Principal, client_id: str, what: str) -> None:
+    if principal.client_id == client_id:
+        raise FhirError.of(409, "conflict", f"a client cannot {what} itself (use another admin client)")
+
+
+async def _enabled_flag(request: Request) -> bool:
+    body = await _body(request)
+    if not isinstance(body, dict) or set(body) != {"enabled"} or not isinstance(body["enabled"], bool):
+        raise FhirError.of(400, "invalid", 'PATCH takes {"enabled": true|false} (nothing else can change)')
+    return body["enabled"]
+
+
+# ---- clients ----------------------------------------------------------------------------
+
+
+async def _client_json(request: Request, clients: list[accounts.Client]) -> list[dict[str, Any]]:
+    policies = await registration.policies_of(request.app.state.pool, "client", [c.client_id for c in clients])
+    return [{**c.as_json(), "policies": policies.get(c.client_id, [])} for c in clients]
+
+
+async def _clients(request: Request) -> Response:
+    pool = request.app.state.pool
+    if request.method == "POST":
+        created = await registration.register_client(pool, await _body(request))
+        log.info("admin: client '%s' created by '%s'", created["client_id"], request.state.principal.subject)
+        return _json(created, 201, {"Location": _location(request, created["client_id"])})
+    return _json({"clients": await _client_json(request, await accounts.list_clients(pool))})
+
+
+async def _client(request: Request) -> Response:
+    pool, client_id = request.app.state.pool, request.path_params["client_id"]
+    if request.method == "DELETE":
+        _not_yourself(request.state.principal, client_id, "delete")
+        if not await accounts.delete_client(pool, client_id):
+            raise _not_found("client", client_id)
+        log.info("admin: client '%s' deleted by '%s'", client_id, request.state.principal.subject)
+        return Response(status_code=204, headers=_NO_STORE)
+    if request.method == "PATCH":
+        enabled = await _enabled_flag(request)
+        if not enabled:
+            _not_yourself(request.state.principal, client_id, "disable")
+        client = await accounts.set_client_enabled(pool, client_id, enabled)
+    else:
+        client = await accounts.get_client(pool, client_id)
+    if client is None:
+        raise _not_found("client", client_id)
+    return _json((await _client_json(request, [client]))[0])
+
+
+# ---- users ------------------------------------------------------------------------------
+
+
+async def _user_json(request: Request, users: list[accounts.User]) -> list[dict[str, Any]]:
+    policies = await registration.policies_of(request.app.state.pool, "user", [u.username for u in users])
+    return [{**u.as_json(), "policies": policies.get(u.username, [])} for u in users]
+
+
+async def _users(request: Request) -> Response:
+    pool = request.app.state.pool
+    if request.method == "POST":
+        created = await registration.register_user(pool, await _body(request))
+        log.info("admin: user '%s' created by '%s'", created["username"], request.state.principal.subject)
+        return _json(created, 201, {"Location": _location(request, created["username"])})
+    return _json({"users": await _user_json(request, await accounts.list_users(pool))})
+
+
+async def _user(request: Request) -> Response:
+    pool, username = request.app.state.pool, request.path_params["username"]
+    if request.method == "DELETE":
+        if not await accounts.delete_user(pool, username):
+            raise _not_found("user", username)
+        log.info("admin: user '%s' deleted by '%s'", username, request.state.principal.subject)
+        return Response(status_code=204, headers=_NO_STORE)
+    if request.method == "PATCH":
+        user = await accounts.set_user_enabled(pool, username, await _enabled_flag(request))
+    else:
+        user = await accounts.get_user(pool, username)
+    if user is None:
+        raise _not_found("user", username)
+    return _json((await _user_json(request, [user]))[0])
+
+
+# ---- EHR launch -------------------------------------------------------------------------
+
+
+async def _launch(request: Request) -> Response:
+    """An EHR launch context (patient, optional encounter) for the `launch` parameter of /oauth/authorize."""
+    body = await _body(request)
+    if not isinstance(body, dict) or not set(body) <= {"patient", "encounter"} or body.get("patient") is None:
+        raise FhirError.of(400, "invalid", 'the body is {"patient": id, "encounter": id (optional)}')
+    if not all(isinstance(v, str) for v in body.values() if v is not None):
+        raise FhirError.of(400, "invalid", "patient and encounter are ids (strings), e.g. 123 or Patient/123")
+    try:
+        launch = await create_launch(
+            request.app.state.pool, body["patient"], body.get("encounter"), request.state.principal.subject
+        )
+    except LaunchError as error:
+        raise FhirError.of(400, "invalid", str(error)) from None
+    return _json({"launch": launch.launch_id, "expires_in": launch.expires_in}, 201)

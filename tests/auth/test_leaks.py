@@ -328,3 +328,9 @@ async def test_criteria_restrict_everything_and_compartment_searches(client_for,
     found = await all_pages(c, f"/Patient/{world.a.patient}/$everything", {"_type": "Patient,Observation"})
     assert world.a.vitals not in found
     assert world.a.lab in found
+
+
+async def test_search_of_all_types_sees_only_the_patients_own(as_a, world):
+    ids = ",".join([world.a.lab, world.b.lab, world.b.patient, world.a.patient, world.b.condition, world.medication])
+    found = await all_pages(as_a, "/", {"_id": ids})
+    assert found == {world.a.lab, world.a.patient, world.medication}

@@ -27,6 +27,9 @@ class Scope:
 
     patient: str | None = None
     criteria: tuple[tuple[str, str], ...] = ()
+    # writes: and in no other patient's compartment (a patient token may not plant data
+    # in another patient's record through a second reference, e.g. subject B, performer A)
+    exclusive: bool = False
 
 
 UNRESTRICTED = None  # access(): every row of the type
@@ -123,10 +126,14 @@ class Principal:
             # patient's token writes only inside its own compartment.
             if interaction in WRITE_INTERACTIONS:
                 return False
+            if patient and patient_reference_params(resource_type):
+                # Task.for, Device.patient, Contract.subject…: outside the compartment
+                # definition, yet about a patient; readable unless about another one
+                return Scope(patient, grant.criteria)
             return Scope(None, grant.criteria) if grant.criteria else None
         if patient == "":
             return False  # a patient-level grant with no patient in context reaches nothing
-        return Scope(patient, grant.criteria)
+        return Scope(patient, grant.criteria, exclusive=interaction in WRITE_INTERACTIONS)
 
     def compartment_patient(self, grant: Grant) -> str | None:
         """The patient whose compartment bounds a grant: "" when it should but none is known."""
@@ -144,6 +151,20 @@ def in_patient_compartment(resource_type: str) -> bool:
         return True
     definition = definitions().compartment_definitions.get("Patient") or {}
     return any(r.get("code") == resource_type and r.get("param") for r in definition.get("resource", ()))
+
+
+@cache
+def patient_reference_params(resource_type: str) -> tuple[str, ...]:
+    """The R4 reference parameters of a type that may point at a Patient."""
+    return tuple(
+        sorted(
+            sp["code"]
+            for sp in definitions().search_parameters
+            if sp.get("type") == "reference"
+            and resource_type in sp.get("base", ())
+            and "Patient" in sp.get("target", ())
+        )
+    )
 
 
 SYSTEM = Principal(subject="system", system=True)

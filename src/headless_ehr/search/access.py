@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
-from ..auth.principal import Principal, Scope
+from ..auth.principal import Principal, Scope, in_patient_compartment, patient_reference_params
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
-from .compartment import Compartment, compartment_sql
+from .compartment import Compartment, compartment_params, compartment_sql
 from .parse import ChainBudget, Clause, Parser
 from .sql import ANY_TYPE, SqlBuilder, clause_sql
 
@@ -35,7 +35,13 @@ def _criteria_clauses(rtype: str, criteria: tuple[tuple[str, str], ...], local_b
 def _scope_sql(b: SqlBuilder, scope: Scope, rtype: str, alias: str, local_base: str | None) -> str:
     conds = []
     if scope.patient is not None:
-        conds.append(compartment_sql(b, Compartment("Patient", scope.patient), rtype, alias))
+        if in_patient_compartment(rtype):
+            conds.append(compartment_sql(b, Compartment("Patient", scope.patient), rtype, alias))
+            if scope.exclusive:
+                params = compartment_params("Patient").get(rtype, ())
+                conds.append(_names_no_other_patient(b, rtype, alias, scope.patient, params))
+        else:  # a type outside the compartment definition that may name patients (Task.for)
+            conds.append(_names_no_other_patient(b, rtype, alias, scope.patient, patient_reference_params(rtype)))
     if scope.criteria:
         try:
             clauses = _criteria_clauses(rtype, scope.criteria, local_base)
@@ -48,6 +54,18 @@ def _scope_sql(b: SqlBuilder, scope: Scope, rtype: str, alias: str, local_base: 
         finally:
             b.access = saved
     return "(" + " AND ".join(conds) + ")" if conds else "true"
+
+
+def _names_no_other_patient(b: SqlBuilder, rtype: str, alias: str, patient: str, params: tuple[str, ...]) -> str:
+    """Predicate: no reference of alias through params points at a Patient other than patient."""
+    if not params:
+        return "true"
+    x = b.alias()
+    return (
+        f"NOT EXISTS (SELECT 1 FROM search_reference {x} WHERE {x}.resource_type = {b.arg(rtype)}"
+        f" AND {x}.resource_id = {alias}.id AND {x}.param = ANY({b.arg(list(params))}::text[])"
+        f" AND {x}.target_type = 'Patient' AND {x}.target_id <> {b.arg(patient)})"
+    )
 
 
 def scopes_sql(b: SqlBuilder, scopes: tuple[Scope, ...], rtype: str, alias: str, local_base: str | None) -> str:

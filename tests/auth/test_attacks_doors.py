@@ -250,6 +250,15 @@ async def b_outside(app: Any, world: World) -> dict[str, str]:
                     "securityContext": {"reference": f"Patient/{pid}"},
                 },
             )
+            out[f"Binary.obs.{who}"] = await _posted(
+                c,
+                {
+                    "resourceType": "Binary",
+                    "contentType": "text/plain",
+                    "data": "c2VjcmV0",
+                    "securityContext": {"reference": f"Observation/{getattr(world, who).lab}"},
+                },
+            )
         return out
 
 
@@ -264,8 +273,17 @@ async def test_tasks_and_devices_of_another_patient_are_not_readable(as_a, user_
             assert found == {b_outside[rtype + ".a"]}
 
 
-@pytest.mark.xfail(strict=True, reason="Binary.securityContext is not indexed: no rule can read it yet")
 async def test_binary_of_another_patients_security_context_is_not_readable(as_a, user_a, b_outside):
     for c in (as_a, user_a):
         assert (await c.get(f"/Binary/{b_outside['Binary.b']}")).status_code == 404
         assert (await c.get(f"/Binary/{b_outside['Binary.a']}")).status_code == 200
+
+
+async def test_binary_whose_security_context_belongs_to_another_patient_is_not_readable(as_a, b_outside):
+    assert (await as_a.get(f"/Binary/{b_outside['Binary.obs.b']}")).status_code == 404
+    res = await as_a.get(f"/Binary/{b_outside['Binary.obs.b']}", headers={"Accept": "text/plain"})
+    assert res.status_code == 404
+    assert (await as_a.get(f"/Binary/{b_outside['Binary.obs.a']}")).status_code == 200
+    ids = ",".join(b_outside[k] for k in ("Binary.a", "Binary.b", "Binary.obs.a", "Binary.obs.b"))
+    found = ids_of(await get_ok(as_a, "/Binary", {"_id": ids}))
+    assert found == {b_outside["Binary.a"], b_outside["Binary.obs.a"]}

@@ -18,6 +18,7 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from .compartment import Compartment, compartment_params, compartment_sql
 from .parse import ChainBudget, Clause, Parser
+from .registry import SECURITY_CONTEXT
 from .sql import ANY_TYPE, SqlBuilder, clause_sql
 
 # (builder, resource type, alias) -> predicate on alias, or None for every row
@@ -40,6 +41,8 @@ def _scope_sql(b: SqlBuilder, scope: Scope, rtype: str, alias: str, local_base: 
             if scope.exclusive:
                 params = compartment_params("Patient").get(rtype, ())
                 conds.append(_names_no_other_patient(b, rtype, alias, scope.patient, params))
+        elif rtype == "Binary":
+            conds.append(_context_names_no_other_patient(b, alias, scope.patient))
         else:  # a type outside the compartment definition that may name patients (Task.for)
             conds.append(_names_no_other_patient(b, rtype, alias, scope.patient, patient_reference_params(rtype)))
     if scope.criteria:
@@ -65,6 +68,19 @@ def _names_no_other_patient(b: SqlBuilder, rtype: str, alias: str, patient: str,
         f"NOT EXISTS (SELECT 1 FROM search_reference {x} WHERE {x}.resource_type = {b.arg(rtype)}"
         f" AND {x}.resource_id = {alias}.id AND {x}.param = ANY({b.arg(list(params))}::text[])"
         f" AND {x}.target_type = 'Patient' AND {x}.target_id <> {b.arg(patient)})"
+    )
+
+
+def _context_names_no_other_patient(b: SqlBuilder, alias: str, patient: str) -> str:
+    """Predicate on a Binary: its securityContext (R4: access to the Binary follows access
+    to it) is not another Patient and names no other Patient through any reference."""
+    x, y, p = b.alias(), b.alias(), b.arg(patient)
+    return (
+        f"NOT EXISTS (SELECT 1 FROM search_reference {x} WHERE {x}.resource_type = 'Binary'"
+        f" AND {x}.resource_id = {alias}.id AND {x}.param = '{SECURITY_CONTEXT}'"
+        f" AND (({x}.target_type = 'Patient' AND {x}.target_id <> {p})"
+        f" OR EXISTS (SELECT 1 FROM search_reference {y} WHERE {y}.resource_type = {x}.target_type"
+        f" AND {y}.resource_id = {x}.target_id AND {y}.target_type = 'Patient' AND {y}.target_id <> {p})))"
     )
 
 

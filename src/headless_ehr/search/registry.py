@@ -22,6 +22,9 @@ ABSTRACT_BASES = ("Resource", "DomainResource")
 COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
 # The one special parameter searched, indexed by hand: R4's `near` (Location.position).
 NEAR_URL = "http://hl7.org/fhir/SearchParameter/Location-near"
+# Binary.securityContext, indexed by hand as a reference under this name (no R4
+# SearchParameter, not searchable): the access rules read it (search/access.py).
+SECURITY_CONTEXT = "_securityContext"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,10 @@ from typing import Any
 
 from ...config import env_flag
 from ...fhir.references import local_path
-from ..registry import COLUMN_PARAMS, SearchParam, indexed_params
+from ..registry import COLUMN_PARAMS, SECURITY_CONTEXT, SearchParam, indexed_params
 from ..rows import CONTAINED_FIELDS, IndexRows, contained_row
 from .compile import Fn, compile_param
+from .references import parse_reference
 from .text import content_text, narrative_text
 from .values import Sink
 
@@ -141,6 +142,16 @@ def foreign_references(rows: list[tuple], local_base: str | None) -> list[tuple]
     return out
 
 
+def _security_context(binary: dict[str, Any]) -> list[tuple]:
+    """Binary.securityContext as a reference row: R4 defines no SearchParameter for it,
+    but access rules (search/access.py) decide a Binary's readers by it."""
+    ref = binary.get("securityContext")
+    text = ref.get("reference") if type(ref) is dict else None
+    if type(text) is not str or not text:
+        return []
+    return [(SECURITY_CONTEXT, *parse_reference(text))]
+
+
 def extract(
     resource: dict[str, Any], params: Iterable[SearchParam] | None = None, local_base: str | None = None
 ) -> IndexRows:
@@ -152,6 +163,8 @@ def extract(
     """
     plan = _plan(params) if params is not None else _default_plan(resource["resourceType"], _default_plans)
     sink = _run(plan, resource)
+    if params is None and resource.get("resourceType") == "Binary":
+        sink.reference += _security_context(resource)
     if sink.reference:
         sink.reference = foreign_references(sink.reference, local_base)
     narrative = narrative_text(resource) if plan.text or plan.content else None

@@ -287,3 +287,20 @@ async def test_binary_whose_security_context_belongs_to_another_patient_is_not_r
     ids = ",".join(b_outside[k] for k in ("Binary.a", "Binary.b", "Binary.obs.a", "Binary.obs.b"))
     found = ids_of(await get_ok(as_a, "/Binary", {"_id": ids}))
     assert found == {b_outside["Binary.a"], b_outside["Binary.obs.a"]}
+
+
+async def test_stored_bundles_holding_another_patients_data_are_not_readable(as_a, client, world):
+    def collection(*resources: dict[str, Any]) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+
+    about_b = await _posted(client, collection(observation(world.b.patient, "laboratory", "in-a-bundle")))
+    with_b = await _posted(client, collection({"resourceType": "Patient", "id": world.b.patient}))
+    unnamed = await _posted(
+        client, collection({"resourceType": "Patient", "name": [{"family": world.b.family}]})
+    )  # a patient without an id: whose, cannot be told
+    about_a = await _posted(client, collection(observation(world.a.patient, "laboratory", "in-a-bundle")))
+    for rid in (about_b, with_b, unnamed):
+        assert (await as_a.get(f"/Bundle/{rid}")).status_code == 404
+    assert (await as_a.get(f"/Bundle/{about_a}")).status_code == 200
+    found = ids_of(await get_ok(as_a, "/Bundle", {"_id": f"{about_b},{with_b},{unnamed},{about_a}"}))
+    assert found == {about_a}

@@ -126,9 +126,10 @@ class Principal:
             # patient's token writes only inside its own compartment.
             if interaction in WRITE_INTERACTIONS:
                 return False
-            if patient and (resource_type == "Binary" or patient_reference_params(resource_type)):
-                # Task.for, Device.patient, a Binary's securityContext…: outside the
-                # compartment definition, yet about a patient; readable unless about another
+            if patient and (resource_type in ("Binary", "Bundle") or patient_reference_params(resource_type)):
+                # Task.for, Device.patient, a Binary's securityContext, a stored Bundle's
+                # content: outside the compartment definition, yet about patients;
+                # readable unless about another one (search/access.py)
                 return Scope(patient, grant.criteria)
             return Scope(None, grant.criteria) if grant.criteria else None
         if patient == "":

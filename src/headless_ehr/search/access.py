@@ -18,7 +18,7 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from .compartment import Compartment, compartment_params, compartment_sql
 from .parse import ChainBudget, Clause, Parser
-from .registry import SECURITY_CONTEXT
+from .registry import BUNDLE_PATIENT, SECURITY_CONTEXT
 from .sql import ANY_TYPE, SqlBuilder, clause_sql
 
 # (builder, resource type, alias) -> predicate on alias, or None for every row
@@ -43,6 +43,8 @@ def _scope_sql(b: SqlBuilder, scope: Scope, rtype: str, alias: str, local_base: 
                 conds.append(_names_no_other_patient(b, rtype, alias, scope.patient, params))
         elif rtype == "Binary":
             conds.append(_context_names_no_other_patient(b, alias, scope.patient))
+        elif rtype == "Bundle":
+            conds.append(_names_no_other_patient(b, rtype, alias, scope.patient, (BUNDLE_PATIENT,)))
         else:  # a type outside the compartment definition that may name patients (Task.for)
             conds.append(_names_no_other_patient(b, rtype, alias, scope.patient, patient_reference_params(rtype)))
     if scope.criteria:

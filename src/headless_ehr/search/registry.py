@@ -22,9 +22,11 @@ ABSTRACT_BASES = ("Resource", "DomainResource")
 COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
 # The one special parameter searched, indexed by hand: R4's `near` (Location.position).
 NEAR_URL = "http://hl7.org/fhir/SearchParameter/Location-near"
-# Binary.securityContext, indexed by hand as a reference under this name (no R4
-# SearchParameter, not searchable): the access rules read it (search/access.py).
+# References indexed by hand under these names (no R4 SearchParameter; not searchable),
+# for the access rules (search/access.py): a Binary's securityContext, and every
+# Patient a stored Bundle names anywhere (by reference, or as an entry: id "" when it has none).
 SECURITY_CONTEXT = "_securityContext"
+BUNDLE_PATIENT = "_patient"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from ...config import env_flag
 from ...fhir.references import local_path
-from ..registry import COLUMN_PARAMS, SECURITY_CONTEXT, SearchParam, indexed_params
+from ..registry import BUNDLE_PATIENT, COLUMN_PARAMS, SECURITY_CONTEXT, SearchParam, indexed_params
 from ..rows import CONTAINED_FIELDS, IndexRows, contained_row
 from .compile import Fn, compile_param
 from .references import parse_reference
@@ -152,6 +152,28 @@ def _security_context(binary: dict[str, Any]) -> list[tuple]:
     return [(SECURITY_CONTEXT, *parse_reference(text))]
 
 
+def _bundle_patients(node: Any) -> list[tuple]:
+    """Rows for every Patient a Bundle's content names: references to Patients, and
+    Patient resources in it (id "" for one without an id: it may be anyone)."""
+    out: list[tuple] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if type(item) is list:
+            stack += item
+        elif type(item) is dict:
+            if item.get("resourceType") == "Patient":
+                pid = item.get("id")
+                out.append((BUNDLE_PATIENT, "Patient", pid if type(pid) is str else "", None, None))
+            ref = item.get("reference")
+            if type(ref) is str:
+                target = parse_reference(ref)
+                if target.type == "Patient":
+                    out.append((BUNDLE_PATIENT, *target))
+            stack += [v for v in item.values() if type(v) in (dict, list)]
+    return out
+
+
 def extract(
     resource: dict[str, Any], params: Iterable[SearchParam] | None = None, local_base: str | None = None
 ) -> IndexRows:
@@ -165,6 +187,8 @@ def extract(
     sink = _run(plan, resource)
     if params is None and resource.get("resourceType") == "Binary":
         sink.reference += _security_context(resource)
+    elif params is None and resource.get("resourceType") == "Bundle":
+        sink.reference += _bundle_patients(resource.get("entry"))
     if sink.reference:
         sink.reference = foreign_references(sink.reference, local_base)
     narrative = narrative_text(resource) if plan.text or plan.content else None

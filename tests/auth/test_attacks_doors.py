@@ -304,3 +304,17 @@ async def test_stored_bundles_holding_another_patients_data_are_not_readable(as_
     assert (await as_a.get(f"/Bundle/{about_a}")).status_code == 200
     found = ids_of(await get_ok(as_a, "/Bundle", {"_id": f"{about_b},{with_b},{unnamed},{about_a}"}))
     assert found == {about_a}
+
+
+async def test_a_resource_shared_with_another_patient_is_readable_but_not_writable(writer_a, client, world):
+    # A's observation performed by B lies in both records: A reads it (200), and is told
+    # plainly that it may not change or delete it (403, not the 404 of "nothing here")
+    shared = observation(
+        world.a.patient, "laboratory", "shared", performer=[{"reference": f"Patient/{world.b.patient}"}]
+    )
+    rid = await _posted(client, shared)
+    assert (await writer_a.get(f"/Observation/{rid}")).status_code == 200
+    res = await writer_a.put(f"/Observation/{rid}", json={**shared, "id": rid, "status": "amended"})
+    assert res.status_code == 403, res.text
+    assert (await writer_a.delete(f"/Observation/{rid}")).status_code == 403
+    assert (await client.get(f"/Observation/{rid}")).json()["meta"]["versionId"] == "1"

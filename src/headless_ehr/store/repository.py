@@ -12,7 +12,7 @@ import contextlib
 import copy
 import functools
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -261,10 +261,16 @@ class ResourceStore:
             return None
         b = SqlBuilder()
         rtype, ident = b.arg(resource_type), b.arg(rid)
-        predicate = scopes_sql(b, scopes, resource_type, "r", self.local_base)
+        # [0]: the row is there for the principal; [1]: and it may write it (not shared
+        # with another patient's record: Scope.exclusive)
+        seen = scopes_sql(b, tuple(replace(s, exclusive=False) for s in scopes), resource_type, "r", self.local_base)
         if live:
-            predicate = f"NOT r.deleted AND {predicate}"
-        statement = f"SELECT {predicate} FROM resource r WHERE r.resource_type = {rtype} AND r.id = {ident}"
+            seen = f"NOT r.deleted AND {seen}"
+        writable = "true"
+        if any(s.exclusive for s in scopes):
+            writable = scopes_sql(b, scopes, resource_type, "r", self.local_base)
+        columns = f"{seen}, {writable}"
+        statement = f"SELECT {columns} FROM resource r WHERE r.resource_type = {rtype} AND r.id = {ident}"
         return statement + (" FOR UPDATE OF r" if lock else ""), b.args
 
     async def _reachable(self, principal: Principal, interaction: str, resource_type: str, rid: str) -> bool:
@@ -310,6 +316,12 @@ class ResourceStore:
             row = await store._db.fetchrow(check[0], *check[1])
             if row is not None and not row[0]:
                 raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+            if row is not None and not row[1]:
+                raise FhirError.of(
+                    403,
+                    "forbidden",
+                    f"not permitted to {interaction} {resource_type}/{rid}: it is in another patient's record too",
+                )
             if row is None and interaction != "update":  # update may create; nothing else acts on nothing
                 raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
             yield store, True

@@ -318,3 +318,61 @@ async def test_a_resource_shared_with_another_patient_is_readable_but_not_writab
     assert res.status_code == 403, res.text
     assert (await writer_a.delete(f"/Observation/{rid}")).status_code == 403
     assert (await client.get(f"/Observation/{rid}")).json()["meta"]["versionId"] == "1"
+
+
+def _transaction(*entries: tuple[str, str, dict[str, Any] | None, str | None]) -> dict[str, Any]:
+    out = []
+    for method, url, resource, full_url in entries:
+        entry: dict[str, Any] = {"request": {"method": method, "url": url}}
+        if resource is not None:
+            entry["resource"] = resource
+        if full_url is not None:
+            entry["fullUrl"] = full_url
+        out.append(entry)
+    return {"resourceType": "Bundle", "type": "transaction", "entry": out}
+
+
+async def test_transactions_cannot_plant_data_in_another_patients_record(writer_a, client, world):
+    planted = "urn:test:code|planted-by-transaction"
+    both = observation(world.b.patient, "laboratory", "planted-by-transaction")
+    both["performer"] = [{"reference": f"Patient/{world.a.patient}"}]
+    cases = [
+        _transaction(("POST", "Observation", both, None)),
+        _transaction(("PUT", "Observation/planted-by-a-1", {**both, "id": "planted-by-a-1"}, None)),
+        _transaction(
+            ("POST", "Patient", {"resourceType": "Patient"}, "urn:uuid:3a1c8f0e-0d8c-4c5e-9d0a-1b2c3d4e5f60"),
+            (
+                "POST",
+                "Observation",
+                {**both, "subject": {"reference": "urn:uuid:3a1c8f0e-0d8c-4c5e-9d0a-1b2c3d4e5f60"}},
+                None,
+            ),
+        ),
+        _transaction(
+            (
+                "PUT",
+                f"Patient/{world.a.patient}",
+                {
+                    "resourceType": "Patient",
+                    "id": world.a.patient,
+                    "link": [{"other": {"reference": f"Patient/{world.b.patient}"}, "type": "seealso"}],
+                },
+                None,
+            )
+        ),
+    ]
+    for bundle in cases:
+        res = await writer_a.post("/", json=bundle, headers={"Content-Type": FHIR_JSON})
+        assert res.status_code == 403, res.text
+    assert await all_pages(client, "/Observation", {"code": planted}) == set()
+    assert "link" not in (await client.get(f"/Patient/{world.a.patient}")).json()
+
+
+async def test_validate_update_of_another_patients_id_answers_as_for_any_id(writer_a, world):
+    body = observation(world.a.patient, "laboratory", "x")
+    known = await writer_a.post(
+        f"/Observation/{world.b.lab}/$validate", params={"mode": "update"}, json={**body, "id": world.b.lab}
+    )
+    unknown = await writer_a.post("/Observation/nope/$validate", params={"mode": "update"}, json={**body, "id": "nope"})
+    assert known.status_code == unknown.status_code
+    assert known.json()["issue"] == unknown.json()["issue"]

@@ -271,6 +271,9 @@ async def test_tasks_and_devices_of_another_patient_are_not_readable(as_a, user_
                 await get_ok(c, f"/{rtype}", {"_id": f"{b_outside[rtype + '.a']},{b_outside[rtype + '.b']}"})
             )
             assert found == {b_outside[rtype + ".a"]}
+        found = await all_pages(c, "/Task", {"_sort": "-authored-on", "_count": "1"})
+        assert b_outside["Task.a"] in found
+        assert b_outside["Task.b"] not in found
 
 
 async def test_binary_of_another_patients_security_context_is_not_readable(as_a, user_a, b_outside):

@@ -379,3 +379,11 @@ async def test_validate_update_of_another_patients_id_answers_as_for_any_id(writ
     unknown = await writer_a.post("/Observation/nope/$validate", params={"mode": "update"}, json={**body, "id": "nope"})
     assert known.status_code == unknown.status_code
     assert known.json()["issue"] == unknown.json()["issue"]
+
+
+async def test_wildcard_includes_follow_search_parameters_only(client, world, b_outside):
+    # the references indexed for access rules (securityContext, a Bundle's patients) are no search parameters
+    found = ids_of(await get_ok(client, "/Patient", {"_id": world.a.patient, "_revinclude": "*"}))
+    assert b_outside["Binary.a"] not in found
+    found = ids_of(await get_ok(client, "/Binary", {"_id": b_outside["Binary.a"], "_include": "*"}))
+    assert found == {b_outside["Binary.a"]}

@@ -19,7 +19,7 @@ from ..fhir.validation.primitives import decimal_problem
 from .extract import OPTIONS
 from .paging import decode_cursor, encode_cursor, parse_count
 from .parse import DEFAULT_MAX_CHAIN_BRANCHES, RESULT_PARAMETERS, ChainBudget, Clause, Parser
-from .registry import search_params
+from .registry import HAND_INDEXED, search_params
 from .sql import ANY_TYPE, CONTAINED_TABLES, TABLES, SqlBuilder, clause_sql, driver_sql
 
 SUMMARY_VALUES = frozenset({*READ_SUMMARY_VALUES, "count"})  # a search may also count
@@ -745,6 +745,14 @@ def count_query(request: SearchRequest, restrict: Restrict | None, b: SqlBuilder
 _RESOURCE_COLUMNS = "r.resource_type, r.id, r.version_id, r.last_updated, r.content"
 
 
+def _param_condition(b: SqlBuilder, param: str | None) -> str:
+    """The include's parameter; for `*`, every reference parameter (not the references
+    indexed by hand for access rules, which are no search parameters)."""
+    if param:
+        return f"x.param = {b.arg(param)}"
+    return f"x.param <> ALL({b.arg(list(HAND_INDEXED))}::text[])"
+
+
 def include_sql(b: SqlBuilder, inc: Include, sources: list[Any], limit: int, visible: str | None = None) -> str | None:
     """At most limit of the resources one _include/_revinclude brings in for the given
     resources (anything with resource_type and id), or None when none can match;
@@ -755,8 +763,7 @@ def include_sql(b: SqlBuilder, inc: Include, sources: list[Any], limit: int, vis
         if not targets:
             return None
         conds = [] if inc.source_type is None else [f"x.resource_type = {b.arg(inc.source_type)}"]
-        if inc.param:
-            conds.append(f"x.param = {b.arg(inc.param)}")
+        conds.append(_param_condition(b, inc.param))
         types, ids = b.arg([s.resource_type for s in targets]), b.arg([s.id for s in targets])
         pairs = f"(x.target_type, x.target_id) IN (SELECT * FROM unnest({types}::text[], {ids}::text[]))"
         conds.append(pairs)
@@ -774,8 +781,7 @@ def include_sql(b: SqlBuilder, inc: Include, sources: list[Any], limit: int, vis
             return None
         conds = [f"x.resource_type = {b.arg(inc.source_type)}", f"x.resource_id = ANY({b.arg(source_ids)}::text[])"]
     conds.append("x.target_id IS NOT NULL")
-    if inc.param:
-        conds.append(f"x.param = {b.arg(inc.param)}")
+    conds.append(_param_condition(b, inc.param))
     if inc.target_type:
         conds.append(f"x.target_type = {b.arg(inc.target_type)}")
     return (

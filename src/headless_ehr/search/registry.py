@@ -27,6 +27,7 @@ NEAR_URL = "http://hl7.org/fhir/SearchParameter/Location-near"
 # Patient a stored Bundle names anywhere (by reference, or as an entry: id "" when it has none).
 SECURITY_CONTEXT = "_securityContext"
 BUNDLE_PATIENT = "_patient"
+HAND_INDEXED = (SECURITY_CONTEXT, BUNDLE_PATIENT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,8 @@ import logging
 import os
 import socket
 import uuid
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest

@@ -161,7 +161,9 @@ async def _check(request: Request, flow: Flow, params: dict[str, list[str]]) -> 
         flow.nonce = _one(params, "nonce")
         try:
             flow.scopes = split_scopes(_one(params, "scope"))
-            flow.offered = narrow(flow.scopes, list(flow.client.scopes))
+            # system/ scopes are for backend services (client_credentials): a user's grant
+            # never carries one, or any user signing in through the app would act as the system
+            flow.offered = [s for s in narrow(flow.scopes, list(flow.client.scopes)) if not _is_system(s)]
         except ScopeError as error:
             raise Redirected("invalid_scope", str(error)) from None
         if not flow.scopes:
@@ -180,6 +182,11 @@ async def _check(request: Request, flow: Flow, params: dict[str, list[str]]) -> 
         flow.request = {name: value for name in REQUEST_PARAMS if (value := _one(params, name)) is not None}
     except OAuthError as error:  # a malformed Host (from fhir_base)
         raise PageError(error.description) from None
+
+
+def _is_system(scope: str) -> bool:
+    grant = parse_grant(scope)
+    return grant is not None and grant.context == "system"
 
 
 def _redirect(request: Request, flow: Flow, **params: str) -> Response:

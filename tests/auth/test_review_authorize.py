@@ -43,7 +43,7 @@ async def test_a_patient_user_cannot_take_another_patients_launch_context(app, d
     request = _request(client.client_id, challenge, scope="launch patient/*.rs", launch=context.launch_id)
     async with http(app) as browser:
         r = await _sign_in(browser, request, user.username)
-    assert r.status_code == 302, r.text
+    assert r.status_code == 303, r.text
     assert "error=access_denied" in r.headers["location"]
 
 
@@ -56,7 +56,7 @@ async def test_a_user_with_a_patient_list_cannot_take_a_launch_for_a_patient_out
     request = _request(client.client_id, challenge, scope="launch patient/*.rs", launch=context.launch_id)
     async with http(app) as browser:
         r = await _sign_in(browser, request, user.username)
-    assert r.status_code == 302, r.text
+    assert r.status_code == 303, r.text
     assert "error=access_denied" in r.headers["location"]
 
 

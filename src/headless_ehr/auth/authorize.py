@@ -326,6 +326,12 @@ _PICK = "\0pick"
 def _patient(flow: Flow, user: User, params: dict[str, list[str]], picked: bool) -> str | None:
     """The patient in context: the EHR launch's, the user's own record, or the one picked."""
     if flow.launch_patient is not None:
+        # a launch value is a bearer secret bound to no user: whoever holds it may not
+        # use it to reach a patient they could not pick themselves
+        # (a Patient user: their own record; a user with a patient list: one of those)
+        choices = user.patient_choices
+        if choices and flow.launch_patient not in choices:
+            raise Redirected("access_denied", "the user may not act for the launch's patient")
         return flow.launch_patient
     wants_patient = "launch/patient" in flow.offered or any(
         (g := parse_grant(s)) is not None and g.context == "patient" for s in flow.offered

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from headless_ehr.auth import accounts, launch
 
-from .oauth_support import http, parse_forms, pkce, unique
+from .oauth_support import http, parse_forms, pkce, submit, unique
 from .test_oauth_authorization_code import PASSWORD, REDIRECT, _code, _exchange, _request, _sign_in
 
 
@@ -70,14 +70,10 @@ async def test_the_login_page_throttles_repeated_failures_for_a_username(app, db
         for _ in range(12):
             page = await browser.get("/oauth/authorize", params=request)
             (login,) = parse_forms(page.text)
-            from .oauth_support import submit
-
             r = await submit(browser, login, login.fill({"username": user.username, "password": "wrong password"}))
             statuses.append(r.status_code)
         page = await browser.get("/oauth/authorize", params=request)
         (login,) = parse_forms(page.text)
-        from .oauth_support import submit
-
         right = await submit(browser, login, login.fill({"username": user.username, "password": PASSWORD}))
     assert 429 in statuses
     assert right.status_code == 429  # even the right password waits: the guesser cannot tell

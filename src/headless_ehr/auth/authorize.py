@@ -17,6 +17,7 @@ redirected (RFC 6749 §4.1.2.1); after, they are redirected to the app with `err
 from __future__ import annotations
 
 import html
+import math
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,7 +28,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from . import accounts, grants, secrets
 from .accounts import Client, User
 from .launch import resolve_launch
+from .login_throttle import LoginThrottle
 from .oauth import MAX_FORM_BYTES, OAuthError, fhir_base, issuer_of
+from .ratelimit import client_address
 from .scopes import ScopeError, narrow, parse_grant, split_scopes
 
 COOKIE = "ehr_session"
@@ -197,6 +200,13 @@ def _redirect(request: Request, flow: Flow, **params: str) -> Response:
     return RedirectResponse(urlunsplit(parts._replace(query=query)), status, headers={"Cache-Control": "no-store"})
 
 
+def _throttle(request: Request) -> LoginThrottle:
+    throttle = getattr(request.app.state, "login_throttle", None)
+    if throttle is None:
+        throttle = request.app.state.login_throttle = LoginThrottle()
+    return throttle
+
+
 # ---- the browser session --------------------------------------------------------------------
 
 
@@ -275,10 +285,18 @@ async def _authorize(request: Request, cookie: str) -> tuple[Response, str]:
             raise PageError("this form has expired or did not come from this server; start again from the app", 403)
         if action == "login":
             pool = request.app.state.pool
-            user = await accounts.authenticate_user(
-                pool, params.get("username", [""])[0], params.get("password", [""])[0]
+            username = params.get("username", [""])[0]
+            throttle, address = (
+                _throttle(request),
+                client_address(request.scope, request.app.state.settings.trusted_proxies),
             )
+            wait = await throttle.wait(username[:200], address)
+            if wait is not None:
+                message = f"Too many failed sign-ins. Try again in {math.ceil(wait / 60)} minutes."
+                return _login_page(flow, cookie, message, 429, {"Retry-After": str(wait)}), cookie
+            user = await accounts.authenticate_user(pool, username, params.get("password", [""])[0])
             if user is None:
+                await throttle.failed(username[:200], address)
                 return _login_page(flow, cookie, "The username or password is not right.", 401), cookie
             cookie = await _sign_in(request, user)
             action = None
@@ -402,7 +420,9 @@ def _form(flow: Flow, cookie: str, action: str, inner: str) -> str:
     return f'<form method="post" action="{_e(flow.endpoint)}">\n{_hidden(flow, cookie, action)}\n{inner}\n</form>'
 
 
-def _login_page(flow: Flow, cookie: str, error: str | None = None, status: int = 200) -> Response:
+def _login_page(
+    flow: Flow, cookie: str, error: str | None = None, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     alert = f'<p role="alert" id="error">{_e(error)}</p>' if error else ""
     described = ' aria-describedby="error"' if error else ""
     inner = f"""{alert}
@@ -412,7 +432,9 @@ def _login_page(flow: Flow, cookie: str, error: str | None = None, status: int =
 <input type="password" id="password" name="password" autocomplete="current-password" required{described}>
 <button type="submit">Sign in</button>"""
     intro = f"<p>Sign in to let <strong>{_e(flow.client.name)}</strong> use your health records.</p>"
-    return _page("Sign in", intro + _form(flow, cookie, "login", inner), status)
+    page = _page("Sign in", intro + _form(flow, cookie, "login", inner), status)
+    page.headers.update(headers or {})
+    return page
 
 
 def _picker_page(flow: Flow, user: User, cookie: str) -> Response:

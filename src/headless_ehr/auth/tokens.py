@@ -102,6 +102,10 @@ class AccessTokens:
             decoded = jwt.decode(token, self.keys.keyset, algorithms=["ES256"])
         except (JoseError, ValueError, TypeError, KeyError) as error:
             raise InvalidToken(f"the token is not one this server signed ({type(error).__name__})") from None
+        typ = decoded.header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
+            # RFC 9068 §4: nothing else we sign (ID tokens) may pass as an access token
+            raise InvalidToken("the token is not an access token (typ at+jwt)")
         claims = decoded.claims
         now = time.time()
         exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))

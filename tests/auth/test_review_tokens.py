@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from headless_ehr.auth import accounts
+from headless_ehr.auth.tokens import PRUNE_SECONDS
 
 from .oauth_support import FHIR, http, pkce, unique
 from .test_oauth_authorization_code import PASSWORD, REDIRECT, SCOPES, _code, _exchange, _refresh, _request
@@ -148,3 +149,18 @@ async def test_a_failing_jwks_uri_is_not_fetched_again_for_every_assertion(app, 
     answers = [await _token(app, _assertion(key, "ES384", client_id)) for _ in range(5)]
     assert all(r.status_code == 401 for r in answers)
     assert FETCHES.count(f"/{name}.json") == 1
+
+
+# ---- bounded state ----------------------------------------------------------------------------
+
+
+async def test_revocations_of_expired_tokens_are_forgotten_in_memory_and_in_the_table(app, db):
+    tokens = app.state.tokens
+    gone, live = unique("jti"), unique("jti")
+    await tokens.revoke(gone, time.time() - 3600)
+    await tokens.revoke(live, time.time() + 300)
+    tokens._pruned -= PRUNE_SECONDS  # the next poll is a pruning one
+    await tokens._load_revocations()
+    assert not tokens.is_revoked(gone) and tokens.is_revoked(live)
+    rows = await db.fetch("SELECT jti FROM auth_revoked_token WHERE jti = ANY($1::text[])", [gone, live])
+    assert [r["jti"] for r in rows] == [live]

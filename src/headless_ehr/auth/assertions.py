@@ -106,7 +106,7 @@ async def authenticate_assertion(db: Db, cache: JwksCache, assertion: str, token
     """The enabled asymmetric client a client assertion proves; BadAssertion otherwise."""
     header, unverified = _unverified(assertion)
     client_id = unverified.get("iss")
-    if not isinstance(client_id, str) or not client_id:
+    if not isinstance(client_id, str) or not client_id or "\x00" in client_id:
         raise BadAssertion("the assertion has no iss")
     client = await get_client(db, client_id)
     if client is None or not client.enabled or not client.asymmetric:
@@ -141,7 +141,7 @@ async def authenticate_assertion(db: Db, cache: JwksCache, assertion: str, token
         if isinstance(value, int | float) and value > now + LEEWAY:
             raise BadAssertion(f"the assertion's {claim} lies in the future")
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti or len(jti) > 256:
+    if not isinstance(jti, str) or not jti or len(jti) > 256 or "\x00" in jti:
         raise BadAssertion("the assertion has no jti")
     if not await grants.record_assertion(db, client_id, jti, float(exp)):
         raise BadAssertion("the assertion's jti has been used before")

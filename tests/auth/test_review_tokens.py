@@ -6,7 +6,9 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import uvicorn
@@ -15,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from headless_ehr.auth import accounts
+from headless_ehr.auth import accounts, grants
 from headless_ehr.auth.tokens import PRUNE_SECONDS
 
 from .oauth_support import FHIR, http, pkce, unique
@@ -164,3 +166,17 @@ async def test_revocations_of_expired_tokens_are_forgotten_in_memory_and_in_the_
     assert not tokens.is_revoked(gone) and tokens.is_revoked(live)
     rows = await db.fetch("SELECT jti FROM auth_revoked_token WHERE jti = ANY($1::text[])", [gone, live])
     assert [r["jti"] for r in rows] == [live]
+
+
+async def test_spent_offline_refresh_tokens_are_purged_after_30_days_and_live_ones_kept(app, db, app_client):
+    family = uuid.uuid4()
+    insert = (
+        "INSERT INTO auth_refresh_token (token_hash, family, client_id, scope, aud, created_at, used_at)"
+        " VALUES ($1, $2, $3, 'offline_access', $4, now() - interval '40 days', $5)"
+    )
+    spent, live = unique("spent"), unique("live")
+    await db.execute(insert, spent, family, app_client.client_id, FHIR, datetime.now(UTC) - timedelta(days=35))
+    await db.execute(insert, live, family, app_client.client_id, FHIR, None)
+    await grants.purge(db)
+    rows = await db.fetch("SELECT token_hash FROM auth_refresh_token WHERE family = $1", family)
+    assert [r["token_hash"] for r in rows] == [live]

@@ -19,7 +19,7 @@ from limits.aio.strategies import FixedWindowRateLimiter
 
 WINDOW_MINUTES = 15
 PER_USERNAME = 10  # failed sign-ins for one username in a window
-PER_ADDRESS = 50  # failed sign-ins from one address in a window
+PER_ADDRESS = 200  # from one address (a hospital may reach us through one NAT address)
 
 
 class LoginThrottle:

@@ -78,3 +78,17 @@ async def test_the_login_page_throttles_repeated_failures_for_a_username(app, db
     assert 429 in statuses
     assert right.status_code == 429  # even the right password waits: the guesser cannot tell
     assert "Too many" in right.text
+
+
+async def test_behind_a_path_prefix_the_session_cookie_is_sent_back_to_the_login_form(app_with, db):
+    # EHR_PUBLIC_BASE_URL https://ehr.example/api/fhir: the browser posts to /api/oauth/authorize,
+    # so a cookie for /oauth would never come back and every login would fail its CSRF check
+    client, _ = await accounts.create_client(db, "App", [REDIRECT], ["user/*.rs"], public=True)
+    proxied = await app_with(public_base_url="https://ehr.example/api/fhir")
+    _, challenge = pkce()
+    request = _request(client.client_id, challenge, scope="user/*.rs", aud="https://ehr.example/api/fhir")
+    page = await proxied.get("http://testserver/oauth/authorize", params=request)
+    assert page.status_code == 200, page.text
+    (login,) = parse_forms(page.text)
+    assert login.action == "https://ehr.example/api/oauth/authorize"
+    assert "Path=/api/oauth" in page.headers["set-cookie"]

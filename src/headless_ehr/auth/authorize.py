@@ -251,7 +251,7 @@ def _with_cookie(request: Request, response: Response, cookie: str) -> Response:
         COOKIE,
         cookie,
         max_age=SESSION_LIFETIME,
-        path="/oauth",
+        path=urlsplit(issuer_of(request)).path.rstrip("/") + "/oauth",  # where the browser sees /oauth (proxy prefix)
         httponly=True,
         samesite="lax",
         secure=_secure(request),

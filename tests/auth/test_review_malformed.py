@@ -91,3 +91,12 @@ async def test_odd_requests_to_the_oauth_endpoints_are_never_a_500(app):
                 if r.status_code >= 500:
                     failures.append((path, body[:60], content_type, authorization, r.status_code))
     assert not failures
+
+
+@pytest.mark.parametrize(
+    "uri", ["javascript:alert(document.cookie)//", "data:text/html,<script>1</script>", "file:///etc/passwd"]
+)
+async def test_a_redirect_uri_a_browser_would_run_is_refused(app, admin, uri):
+    async with http(app, headers=admin) as c:
+        r = await c.post("/admin/clients", json={"name": "x", "public": True, "redirect_uris": [uri]})
+    assert r.status_code == 400 and "redirect_uri" in r.text

@@ -7,6 +7,7 @@ import os
 import socket
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,8 +20,9 @@ REDIS_URL = os.environ.get("EHR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _redis_reachable() -> bool:
+    where = urlsplit(REDIS_URL)
     try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
+        with socket.create_connection((where.hostname or "127.0.0.1", where.port or 6379), timeout=1) as s:
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
     except OSError:
@@ -31,8 +33,8 @@ def _redis_reachable() -> bool:
 def redis_url() -> str:
     if not _redis_reachable():
         if REQUIRE_REDIS:
-            pytest.fail("EHR_REQUIRE_REDIS=1 but no Redis answers on 127.0.0.1:6379")
-        pytest.skip("no Redis on 127.0.0.1:6379 (CI has one; these tests run there)")
+            pytest.fail(f"EHR_REQUIRE_REDIS=1 but no Redis answers at {REDIS_URL}")
+        pytest.skip(f"no Redis at {REDIS_URL} (EHR_TEST_REDIS_URL; CI has one and these tests run there)")
     return REDIS_URL
 
 

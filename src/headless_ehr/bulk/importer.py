@@ -442,7 +442,7 @@ class Importer:
                 break
             try:
                 async with conn.transaction():
-                    await store.insert_prepared([p[2] for p in pending])
+                    await store.insert_prepared([p[2] for p in pending], self.principal)
                 loaded += len(pending)
                 pending = []
             except FhirError:  # some id was created meanwhile, by a unit that has committed
@@ -454,7 +454,7 @@ class Importer:
         for number, resource, prepared in pending:  # still refused: one at a time
             try:
                 async with conn.transaction():
-                    await store.insert_prepared([prepared])
+                    await store.insert_prepared([prepared], self.principal)
                 loaded += 1
             except FhirError:
                 updates.append((number, resource))

@@ -323,12 +323,12 @@ def _contained_matches_sql(b: SqlBuilder, request: SearchRequest, restrict: Rest
     if request.contained == "both":
         where = _own_filter(b, request, request.resource_types[0], "r")
         if restrict is not None:
-            where += f" AND ({restrict('r')})"
+            where += f" AND ({restrict(b, 'r')})"
         arms.append(f"SELECT {_RESOURCE_COLUMNS}, NULL::text AS contained_id FROM resource r WHERE {where}")
     c = b.alias("c")
     where = f"NOT r.deleted AND {_contained_conditions(b, request, c)}"
     if restrict is not None:
-        where += f" AND ({restrict('r')})"
+        where += f" AND ({restrict(b, 'r')})"
     arms.append(
         f"SELECT {c}.resource_type, {c}.id, r.version_id, r.last_updated, r.content,"
         f" substr({c}.id, strpos({c}.id, '#') + 1) AS contained_id"
@@ -445,7 +445,17 @@ class PageQuery:
     fill: tuple[str, list[object]] | None = None
 
 
-Restrict = Callable[[str], str]  # alias -> an extra predicate on it (access control)
+@dataclass(frozen=True)
+class Restrict:
+    """An extra predicate on every matched row (compartment, access control):
+    predicate(builder, alias). id_only: it reads nothing of the row but its id, so it
+    also applies where only ids are at hand (the index-driven page)."""
+
+    predicate: Callable[[SqlBuilder, str], str]
+    id_only: bool = True
+
+    def __call__(self, b: SqlBuilder, alias: str) -> str:
+        return self.predicate(b, alias)
 
 
 def _cursor_values(cursor: str, keys: list[SortKey]) -> tuple[list[Any], bool]:
@@ -478,11 +488,11 @@ def _driven_page(
         if driver is not None:
             driving = i
             break
-    if driver is None:
+    if driver is None or (restrict is not None and not restrict.id_only):
         return None
     conds = [clause_sql(b, c, rtype, "q") for i, c in enumerate(clauses) if i != driving]
     if restrict is not None:
-        conds.append(restrict("q"))
+        conds.append(restrict(b, "q"))
     backwards = False
     if cursor:
         values, backwards = _cursor_values(cursor, [SortKey("_id", False, "id")])
@@ -507,13 +517,13 @@ def _index_sorted_page(
     parameter's index in sort order (one row per resource: its extreme value), so the
     cost is the page's, not the type's. Resources without a value follow (`fill`).
     None when the search has filters (then the matches are few enough to sort), a
-    compartment, several sort keys, or is paging backwards."""
+    restriction (see _restricted_sorted_page), several sort keys, or is paging backwards."""
     rtype = request.resource_types[0]
     if len(request.sort) != 1 or request.several_types or request.clauses[rtype] or restrict is not None:
         return None
     key = request.sort[0]
     param = search_params(rtype).get(key.code)
-    if param is None or param.type not in _INDEX_SORT:
+    if key.kind in ("id", "lastUpdated") or param is None or param.type not in _INDEX_SORT:
         return None
     keys = [key, SortKey("_id", False, "id")]
     values: list[Any] = [None, None]
@@ -564,6 +574,104 @@ def _index_sorted_page(
     return PageQuery(dated, b.args, 1, False, fill)
 
 
+def _sort_index(request: SearchRequest, cursor: str | None) -> tuple[SortKey, Any, list[Any]] | None:
+    """The one sort key, its parameter and the cursor's values, when a page can be read
+    from the parameter's index (one sort key on an indexed parameter, paging forwards)."""
+    rtype = request.resource_types[0]
+    if len(request.sort) != 1 or request.several_types:
+        return None
+    key = request.sort[0]
+    param = search_params(rtype).get(key.code)
+    if key.kind in ("id", "lastUpdated") or param is None or param.type not in _INDEX_SORT:
+        return None
+    values: list[Any] = [None, None]
+    if cursor:
+        values, backwards = _cursor_values(cursor, [key, SortKey("_id", False, "id")])
+        if backwards:
+            return None
+    return key, param, values
+
+
+def _reads_row(clause: Clause) -> bool:
+    """A clause answered from the resource row itself (not from ids): `_lastUpdated`."""
+    return clause.param is None and clause.name.split(":")[0] == "_lastUpdated"
+
+
+def _restricted_sorted_page(
+    request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder
+) -> PageQuery | None:
+    """A page of a restricted search (a patient's token, a compartment) sorted on one
+    parameter: the sort values of the reachable matches are aggregated straight from
+    the parameter's index (one row per resource, its extreme value) and only the page's
+    rows are read from `resource`. The cost follows the rows the caller may reach (one
+    patient's), never the type's: walking the type's sort index instead would pass
+    over every other patient's rows. Resources without a value follow (`fill`)."""
+    if restrict is None:
+        return None
+    shape = _sort_index(request, cursor)
+    if shape is None:
+        return None
+    key, param, values = shape
+    rtype = request.resource_types[0]
+    keys = [key, SortKey("_id", False, "id")]
+    column = _INDEX_SORT[param.type] or ("high" if key.descending else "low")
+    agg = "max" if key.descending else "min"
+    table = TABLES[param.type]
+    limit = request.count + 1
+
+    def matches(builder: SqlBuilder, alias: str) -> str:
+        conds = [f"{alias}.resource_type = {builder.arg(rtype)}", f"NOT {alias}.deleted"]
+        conds += [clause_sql(builder, c, rtype, alias) for c in request.clauses[rtype]]
+        conds.append(restrict(builder, alias))
+        return " AND ".join(conds)
+
+    dated = None
+    if not (cursor and values[0] is None):  # else the cursor is among the resources without a value
+        # one row per reachable resource with a value: its extreme one (deleted resources
+        # have no index rows). The index rows are named by resource id (`q.id`) so the
+        # restriction and the filters, which need only ids, join them before aggregating:
+        # only the reachable rows' index entries are read.
+        values_of = (
+            f"SELECT x.resource_id AS id, x.{column} AS v FROM {table} x"
+            f" WHERE x.resource_type = {b.arg(rtype)} AND x.param = {b.arg(param.code)}"
+        )
+        if restrict.id_only and not any(_reads_row(c) for c in request.clauses[rtype]):
+            conds = [clause_sql(b, c, rtype, "q") for c in request.clauses[rtype]]
+            conds.append(restrict(b, "q"))
+        else:
+            m = b.alias("m")
+            conds = [f"q.id IN (SELECT {m}.id FROM resource {m} WHERE {matches(b, m)})"]
+        per_resource = f"SELECT q.id, {agg}(q.v) AS s0 FROM ({values_of}) q WHERE {' AND '.join(conds)} GROUP BY q.id"
+        conds = []
+        if cursor:
+            conds.append(_after(b, ["q.s0", "q.id"], keys, values, False))
+        order = "DESC" if key.descending else "ASC"
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        page = f"SELECT q.id, q.s0 FROM ({per_resource}) q{where} ORDER BY q.s0 {order}, q.id LIMIT {limit}"
+        dated = (
+            f"SELECT {_RESOURCE_COLUMNS}, p.s0 FROM ({page}) p"
+            f" JOIN resource r ON r.resource_type = {b.arg(rtype)} AND r.id = p.id"
+            f" ORDER BY p.s0 {order}, r.id"
+        )
+    fb = SqlBuilder()
+    fb.access = b.access
+    fill_conds = [
+        matches(fb, "r"),
+        f"NOT EXISTS (SELECT 1 FROM {table} y WHERE y.resource_type = r.resource_type"
+        f" AND y.param = {fb.arg(param.code)} AND y.resource_id = r.id)",
+    ]
+    if cursor and values[0] is None:
+        fill_conds.append(f"r.id > {fb.arg(values[1])}")
+    fill = (
+        f"SELECT {_RESOURCE_COLUMNS}, NULL AS s0 FROM resource r WHERE {' AND '.join(fill_conds)}"
+        " ORDER BY r.id LIMIT {limit}",
+        fb.args,
+    )
+    if dated is None:
+        return PageQuery(fill[0].replace("{limit}", str(limit)), fill[1], 1, False)
+    return PageQuery(dated, b.args, 1, False, fill)
+
+
 def check_size(sql: str, args: list[object]) -> str:
     """sql, unless it is too large to send (a search multiplied out by its ORs and chains)."""
     if len(sql) > MAX_SQL_CHARS or len(args) > MAX_SQL_ARGS:
@@ -581,7 +689,11 @@ def page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | 
 def _page_query(request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder) -> PageQuery:
     if request.contained_type == "contained":
         return _contained_page(request, cursor, restrict, b)
-    shaped = _driven_page(request, cursor, restrict, b) or _index_sorted_page(request, cursor, restrict, b)
+    shaped = (
+        _driven_page(request, cursor, restrict, b)
+        or _index_sorted_page(request, cursor, restrict, b)
+        or _restricted_sorted_page(request, cursor, restrict, b)
+    )
     if shaped is not None:
         return shaped
     keys = [*request.sort, SortKey("_id", False, "id")]
@@ -590,7 +702,7 @@ def _page_query(request: SearchRequest, cursor: str | None, restrict: Restrict |
     exprs = [_sort_expr(b, k, request, "r") for k in keys[:-1]]
     where = filter_sql(b, request)
     if restrict is not None:
-        where += f" AND ({restrict('r')})"
+        where += f" AND ({restrict(b, 'r')})"
     backwards = False
     outer = ""
     cols = [f"q.s{i}" for i in range(len(exprs))] + ["q.id"]
@@ -626,16 +738,18 @@ def count_query(request: SearchRequest, restrict: Restrict | None, b: SqlBuilder
         return check_size(f"SELECT count(*) FROM ({_contained_matches_sql(b, request, restrict)}) q", b.args)
     where = filter_sql(b, request)
     if restrict is not None:
-        where += f" AND ({restrict('r')})"
+        where += f" AND ({restrict(b, 'r')})"
     return check_size(f"SELECT count(*) FROM resource r WHERE {where}", b.args)
 
 
 _RESOURCE_COLUMNS = "r.resource_type, r.id, r.version_id, r.last_updated, r.content"
 
 
-def include_sql(b: SqlBuilder, inc: Include, sources: list[Any], limit: int) -> str | None:
+def include_sql(b: SqlBuilder, inc: Include, sources: list[Any], limit: int, visible: str | None = None) -> str | None:
     """At most limit of the resources one _include/_revinclude brings in for the given
-    resources (anything with resource_type and id), or None when none can match."""
+    resources (anything with resource_type and id), or None when none can match;
+    visible: the caller's access predicate on the included rows (alias r)."""
+    where = "NOT r.deleted" if visible is None else f"NOT r.deleted AND {visible}"
     if inc.reverse:
         targets = [s for s in sources if inc.target_type in (None, s.resource_type)]
         if not targets:
@@ -647,7 +761,7 @@ def include_sql(b: SqlBuilder, inc: Include, sources: list[Any], limit: int) -> 
         pairs = f"(x.target_type, x.target_id) IN (SELECT * FROM unnest({types}::text[], {ids}::text[]))"
         conds.append(pairs)
         return (
-            f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE NOT r.deleted"
+            f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE {where}"
             f" AND (r.resource_type, r.id) IN (SELECT x.resource_type, x.resource_id"
             f" FROM search_reference x WHERE {' AND '.join(conds)}) LIMIT {int(limit)}"
         )
@@ -665,7 +779,7 @@ def include_sql(b: SqlBuilder, inc: Include, sources: list[Any], limit: int) -> 
     if inc.target_type:
         conds.append(f"x.target_type = {b.arg(inc.target_type)}")
     return (
-        f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE NOT r.deleted"
+        f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE {where}"
         f" AND (r.resource_type, r.id) IN (SELECT x.target_type, x.target_id"
         f" FROM search_reference x WHERE {' AND '.join(conds)}) LIMIT {int(limit)}"
     )

@@ -10,6 +10,7 @@ turns it around through the reverse reference index.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -53,6 +54,16 @@ class SqlBuilder:
         self.args: list[object] = args if args is not None else []
         self._aliases = 0
         self.tables = TABLES  # CONTAINED_TABLES while compiling clauses on contained resources
+        # access control on the other types a clause touches (chains, _has, _list):
+        # (builder, type, alias) -> predicate or None (search/access.py); None: no check
+        self.access: Callable[[SqlBuilder, str, str], str | None] | None = None
+
+    def touched(self, rtype: str, alias: str) -> str:
+        """ " AND <the caller may reach row alias of rtype>", or "" when it reaches all."""
+        if self.access is None:
+            return ""
+        predicate = self.access(self, rtype, alias)
+        return "" if predicate is None else f" AND {predicate}"
 
     def arg(self, value: object, cast: str = "") -> str:
         self.args.append(value)
@@ -153,10 +164,17 @@ def _column_clause(b: SqlBuilder, clause: Clause, code: str, rtype: str, alias: 
         head = f"({alias}.resource_type, {alias}.id)" if rtype == ANY_TYPE else f"{alias}.id"
         cols = f"{x}.target_type, {x}.target_id" if rtype == ANY_TYPE else f"{x}.target_id"
         of_type = "" if rtype == ANY_TYPE else f" AND {x}.target_type = {b.arg(rtype)}"
+        visible = ""
+        if b.access is not None:  # only lists the caller may see name members
+            lr = b.alias("r")
+            visible = (
+                f" AND {x}.resource_id IN (SELECT {lr}.id FROM resource {lr}"
+                f" WHERE {lr}.resource_type = 'List' AND NOT {lr}.deleted{b.touched('List', lr)})"
+            )
         return (
             f"{head} IN (SELECT {cols} FROM search_reference {x}"
             f" WHERE {x}.resource_type = 'List' AND {x}.resource_id = ANY({b.arg(lists)}::text[])"
-            f" AND {x}.param = 'item'{of_type})"
+            f" AND {x}.param = 'item'{of_type}{visible})"
         )
     raise FhirError.of(400, "not-supported", f"unsupported parameter '{code}'")
 
@@ -165,13 +183,22 @@ def _chain_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
     assert clause.chain is not None and clause.param is not None
     x = b.alias()
     ors = []
+    refused: FhirError | None = None
     for target, inner in clause.chain.items():
         r2 = b.alias("r")
+        try:
+            visible = b.touched(target, r2)
+        except FhirError as exc:  # a target type the caller may not search: matches nothing
+            refused = exc
+            continue
         inner_sql = clause_sql(b, inner, target, r2)
         ors.append(
             f"({x}.target_type = {b.arg(target)} AND {x}.target_id IN (SELECT {r2}.id FROM resource {r2}"
-            f" WHERE {r2}.resource_type = {b.arg(target)} AND NOT {r2}.deleted AND {inner_sql}))"
+            f" WHERE {r2}.resource_type = {b.arg(target)} AND NOT {r2}.deleted AND {inner_sql}{visible}))"
         )
+    if not ors:
+        assert refused is not None
+        raise refused  # no target the caller may search: 403
     conditions = [f"{x}.param = {b.arg(clause.param.code)}", "(" + " OR ".join(ors) + ")"]
     return owned(b, alias, rtype, "search_reference", x, conditions)
 
@@ -179,7 +206,8 @@ def _chain_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
 def _has_sql(b: SqlBuilder, clause: Clause, rtype: str, alias: str) -> str:
     assert clause.has is not None and clause.has_type is not None and clause.param is not None
     x, r2 = b.alias(), b.alias("r")
-    inner_sql = clause_sql(b, clause.has, clause.has_type, r2)
+    visible = b.touched(clause.has_type, r2)  # 403 when the caller may not search has_type
+    inner_sql = clause_sql(b, clause.has, clause.has_type, r2) + visible
     head = f"({alias}.resource_type, {alias}.id)" if rtype == ANY_TYPE else f"{alias}.id"
     cols = f"{x}.target_type, {x}.target_id" if rtype == ANY_TYPE else f"{x}.target_id"
     of_type = "" if rtype == ANY_TYPE else f" AND {x}.target_type = {b.arg(rtype)}"

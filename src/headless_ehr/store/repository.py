@@ -19,10 +19,11 @@ from typing import Any, NamedTuple
 import asyncpg
 import orjson
 
-from ..auth.principal import Principal
+from ..auth.principal import SYSTEM, Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
 from ..fhir.references import RESOURCE_ID
+from ..search.access import any_type_access_sql, scopes_sql, touched_access, type_access_sql, types_access_sql
 from ..search.compartment import Compartment, compartment_sql
 from ..search.criteria import Criteria
 from ..search.custom import check_search_parameter
@@ -30,6 +31,7 @@ from ..search.extract import extract
 from ..search.paging import decode_cursor, encode_cursor
 from ..search.query import (
     MAX_INCLUDE_ITERATIONS,
+    Restrict,
     SearchLimits,
     SearchRequest,
     count_query,
@@ -38,8 +40,9 @@ from ..search.query import (
     page_query,
     parse_request,
 )
+from ..search.registry import search_params
 from ..search.rows import IndexRows
-from ..search.sql import SqlBuilder
+from ..search.sql import ANY_TYPE, SqlBuilder
 from . import etag, sql
 from .bulk import INSERT_MANY, insert_many_args
 from .etag import Versions
@@ -217,6 +220,8 @@ class ResourceStore:
         row = await self._db.fetchrow(sql.READ_CURRENT, resource_type, rid)
         if row is None:
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+        if not await self._reachable(principal, "read", resource_type, rid):
+            raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
         stored = StoredResource(resource_type, rid, row[0], row[1], row[2])
         if stored.deleted:
             raise FhirError(
@@ -233,10 +238,81 @@ class ResourceStore:
         row = await self._db.fetchrow(sql.READ_VERSION, resource_type, rid, int(version))
         if row is None:
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
+        if not await self._reachable(principal, "vread", resource_type, rid):
+            raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
         stored = StoredResource(resource_type, rid, row[0], row[1], row[2], row[3])
         if stored.deleted:
             raise FhirError.of(410, "deleted", f"version {version} of {resource_type}/{rid} is a deletion")
         return stored
+
+    # -- access -------------------------------------------------------------------------
+    # One rule for reads and writes (search/access.py): a restricted principal reaches a
+    # row when the row satisfies its access predicate. Reads answer 404 for a row it
+    # cannot reach (403 would tell that the row exists, in someone else's compartment);
+    # writes check the row they wrote, in their own transaction, and roll back with 403.
+
+    def _row_check(
+        self, principal: Principal, interaction: str, resource_type: str, rid: str, *, live: bool, lock: bool = False
+    ) -> tuple[str, list[object]] | None:
+        """SELECT of "principal reaches the row" (live: and it is not deleted) for the
+        row of resource_type/rid; None when the principal reaches every row of the type."""
+        scopes = principal.access(interaction, resource_type)  # 403 when nothing allows
+        if scopes is None:
+            return None
+        b = SqlBuilder()
+        rtype, ident = b.arg(resource_type), b.arg(rid)
+        predicate = scopes_sql(b, scopes, resource_type, "r", self.local_base)
+        if live:
+            predicate = f"NOT r.deleted AND {predicate}"
+        statement = f"SELECT {predicate} FROM resource r WHERE r.resource_type = {rtype} AND r.id = {ident}"
+        return statement + (" FOR UPDATE OF r" if lock else ""), b.args
+
+    async def _reachable(self, principal: Principal, interaction: str, resource_type: str, rid: str) -> bool:
+        """Whether the principal may see the row (deleted or not) with interaction."""
+        check = self._row_check(principal, interaction, resource_type, rid, live=False)
+        return check is None or bool(await self._db.fetchval(check[0], *check[1]))
+
+    async def _check_written(self, principal: Principal, interaction: str, resource_type: str, rids: list[str]) -> None:
+        """403 unless every row just written (in this store's transaction) lies inside
+        what the principal may write: its compartment and its scopes' criteria. The
+        caller's transaction rolls the write back."""
+        scopes = principal.access(interaction, resource_type)
+        if scopes is None or not rids:
+            return
+        b = SqlBuilder()
+        rtype, ids = b.arg(resource_type), b.arg(rids)
+        predicate = scopes_sql(b, scopes, resource_type, "r", self.local_base)
+        outside = await self._db.fetchval(
+            f"SELECT count(*) FROM resource r WHERE r.resource_type = {rtype} AND r.id = ANY({ids}::text[])"
+            f" AND NOT coalesce({predicate}, false)",
+            *b.args,
+        )
+        if outside:
+            raise FhirError.of(
+                403,
+                "forbidden",
+                f"not permitted to {interaction} this {resource_type}: it would lie outside the resources"
+                " this token may write (patient compartment or scope criteria)",
+            )
+
+    @contextlib.asynccontextmanager
+    async def _guarded(
+        self, principal: Principal, interaction: str, resource_type: str, rid: str
+    ) -> AsyncIterator[tuple[ResourceStore, bool]]:
+        """This store in a transaction in which a restricted principal's change of
+        resource_type/rid is checked: 404 when the row exists but is out of its reach
+        (or deleted), and the row written must be inside it. Yields (store, checked)."""
+        check = self._row_check(principal, interaction, resource_type, rid, live=True, lock=True)
+        if check is None:
+            yield self, False
+            return
+        async with self.transaction() as store:
+            row = await store._db.fetchrow(check[0], *check[1])
+            if row is not None and not row[0]:
+                raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+            if row is None and interaction != "update":  # update may create; nothing else acts on nothing
+                raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
+            yield store, True
 
     # -- writes -------------------------------------------------------------------------
 
@@ -287,38 +363,48 @@ class ResourceStore:
         resource_type: str | None = None,
     ) -> WriteOutcome:
         """Create with a server-assigned id; with if_none_exist, only when nothing matches."""
+        _require_for(principal, "create", resource, resource_type)  # before validation: a refusal reveals nothing
         self.check(resource, resource_type)
         resource_type = resource["resourceType"]
-        principal.require("create", resource_type)
         if if_none_exist is not None:
             async with self._serialised(if_none_exist) as store:
                 found = await store.match(principal, if_none_exist)
                 if found is not None:
                     return WriteOutcome(found, created=False, matched=True)
-                return await store._create(resource, resource_type, method)
-        return await self._create(resource, resource_type, method)
+                return await store._create(principal, resource, resource_type, method)
+        return await self._create(principal, resource, resource_type, method)
 
-    async def _create(self, resource: Resource, resource_type: str, method: str) -> WriteOutcome:
-        stored = await self._write(resource, resource_type, new_id(), 1, method, None)
-        assert stored is not None  # a fresh UUID cannot collide
+    async def _create(self, principal: Principal, resource: Resource, resource_type: str, method: str) -> WriteOutcome:
+        if principal.access("create", resource_type) is None:
+            stored = await self._write(resource, resource_type, new_id(), 1, method, None)
+            assert stored is not None  # a fresh UUID cannot collide
+            return WriteOutcome(stored, created=True)
+        async with self.transaction() as store:  # the check rolls the write back
+            stored = await store._write(resource, resource_type, new_id(), 1, method, None)
+            assert stored is not None
+            await store._check_written(principal, "create", resource_type, [stored.id])
         return WriteOutcome(stored, created=True)
 
     def prepare_create(self, principal: Principal, resource: Any, rid: str, method: str) -> PreparedCreate:
         """Validate and serialise a create with a chosen id, for insert_prepared()."""
+        _require_for(principal, "create", resource, None)
         self.check(resource)
         resource_type = resource["resourceType"]
-        principal.require("create", resource_type)
         final = with_meta(resource, rid, 1)
         content, stamp_at = serialise(final)
         return PreparedCreate(resource_type, rid, content, method, extract(final, local_base=self.local_base), stamp_at)
 
-    async def insert_prepared(self, items: list[PreparedCreate]) -> list[StoredResource]:
+    async def insert_prepared(self, items: list[PreparedCreate], principal: Principal = SYSTEM) -> list[StoredResource]:
         """Insert prepared creates (a duplicate id fails them all), INSERT_CHUNK per
-        statement; each gets the timestamp the database gives its statement."""
+        statement; each gets the timestamp the database gives its statement. A restricted
+        principal's rows are checked in the same transaction (403 undoes them all)."""
         if not items:
             return []
+        checked = principal.grants is not None and any(
+            principal.access("create", t) is not None for t in {i.resource_type for i in items}
+        )
         try:
-            if len(items) <= INSERT_CHUNK:
+            if len(items) <= INSERT_CHUNK and not checked:
                 ts, ts_text = await self._db.fetchrow(INSERT_MANY, *insert_many_args(items))
                 stamps = [(ts, ts_text)] * len(items)
             else:
@@ -328,6 +414,13 @@ class ResourceStore:
                         chunk = items[start : start + INSERT_CHUNK]
                         stamp = tuple(await conn.fetchrow(INSERT_MANY, *insert_many_args(chunk)))
                         stamps += [stamp] * len(chunk)
+                    if checked:
+                        bound = self.bound(conn)
+                        by_type: dict[str, list[str]] = {}
+                        for item in items:
+                            by_type.setdefault(item.resource_type, []).append(item.id)
+                        for rtype, ids in by_type.items():
+                            await bound._check_written(principal, "create", rtype, ids)
         except asyncpg.UniqueViolationError:
             raise FhirError.of(409, "duplicate", "a resource with one of these ids already exists") from None
         return [
@@ -346,12 +439,12 @@ class ResourceStore:
         method: str = "PUT",
     ) -> WriteOutcome:
         """Replace (or create with the client's id); If-Match makes it version-aware."""
+        principal.require("update", resource_type)  # before validation: a refusal reveals nothing
         self.check(resource, resource_type)
         if resource.get("id") is None:
             raise FhirError.of(400, "required", "an update must carry the resource id", "id")
         if resource["id"] != rid:
             raise FhirError.of(400, "invalid", f"id '{resource['id']}' does not match the URL id '{rid}'", "id")
-        principal.require("update", resource_type)
 
         def plan(current: asyncpg.Record | None) -> _Write:
             if if_match is not None and (current is None or (if_match == etag.ANY and current[2] is None)):
@@ -360,8 +453,11 @@ class ResourceStore:
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             return _Write(resource, method)
 
-        stored, before = await self._versioned(resource_type, rid, plan)
-        assert stored is not None
+        async with self._guarded(principal, "update", resource_type, rid) as (store, checked):
+            stored, before = await store._versioned(resource_type, rid, plan)
+            assert stored is not None
+            if checked:
+                await store._check_written(principal, "update", resource_type, [rid])
         return WriteOutcome(stored, created=before is None or before[2] is None)
 
     async def patch(
@@ -389,8 +485,11 @@ class ResourceStore:
                 raise FhirError.of(422, "processing", "a patch may not change the resource id", "id")
             return _Write(patched, "PATCH")
 
-        stored, _ = await self._versioned(resource_type, rid, plan)
-        assert stored is not None
+        async with self._guarded(principal, "patch", resource_type, rid) as (store, checked):
+            stored, _ = await store._versioned(resource_type, rid, plan)
+            assert stored is not None
+            if checked:
+                await store._check_written(principal, "patch", resource_type, [rid])
         return WriteOutcome(stored, created=False)
 
     async def delete(
@@ -409,7 +508,8 @@ class ResourceStore:
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             return None if current[2] is None else _Write(None, "DELETE")
 
-        stored, _ = await self._versioned(resource_type, rid, plan)
+        async with self._guarded(principal, "delete", resource_type, rid) as (store, _checked):
+            stored, _ = await store._versioned(resource_type, rid, plan)
         return stored
 
     async def _versioned(
@@ -546,8 +646,8 @@ class ResourceStore:
     ) -> WriteOutcome:
         """Update the one match, or create when none matches (id from the body or new)."""
         resource_type = criteria.resource_type
-        self.check(resource, resource_type)
         principal.require("update", resource_type)
+        self.check(resource, resource_type)
         async with self._serialised(criteria) as store:
             found = await store.match(principal, criteria)
             rid = conditional_update_id(resource, found)
@@ -612,13 +712,12 @@ class ResourceStore:
         commits after a later-started one. Every page of one traversal keeps the first
         page's watermark (it travels in the cursor).
         """
-        principal.require("history", resource_type or "*")
         count = max(0, min(count, self.max_page_size))
-        where, args = [], []
-
-        def arg(value: object) -> str:
-            args.append(value)
-            return f"${len(args)}"
+        where: list[str] = []
+        args: list[object] = []
+        b = SqlBuilder(args)
+        arg = b.arg
+        reachable = self._history_access(b, principal, resource_type, rid)
 
         position: tuple[datetime, int] | None = None
         settled: datetime | None = None
@@ -644,6 +743,8 @@ class ResourceStore:
             where.append(f"id = {arg(rid)}")
         if since is not None:
             where.append(f"last_updated >= {arg(since)}")
+        if reachable is not None:
+            where.append(reachable)
         total = None
         if rid and resource_type:  # cheap at instance level; omitted for type/system
             total = await self._db.fetchval(f"SELECT count(*) FROM resource_history WHERE {' AND '.join(where)}", *args)
@@ -660,6 +761,29 @@ class ResourceStore:
             last = rows[count - 1]
             next_cursor = encode_cursor([last[3].isoformat(), last[6], settled.isoformat()])
         return HistoryPage(entries, next_cursor, total, settled)
+
+    def _history_access(
+        self, b: SqlBuilder, principal: Principal, resource_type: str | None, rid: str | None
+    ) -> str | None:
+        """Which versions a principal sees in a history: those of resources it reaches
+        now (the current-state rule, docs/security.md): the index that decides
+        compartment and criteria describes current versions only, and a resource whose
+        current version is a deletion has no index rows, so it is reached by no one
+        restricted. 403 when the principal may not read the type's history at all."""
+        if resource_type and rid:
+            predicate = type_access_sql(b, principal, "history", resource_type, "r", self.local_base)
+        elif resource_type:
+            predicate = type_access_sql(b, principal, "search", resource_type, "r", self.local_base)
+        else:
+            predicate = type_access_sql(b, principal, "search", ANY_TYPE, "r", self.local_base)
+        if predicate is None:
+            return None
+        return (
+            "(resource_type, id) IN (SELECT r.resource_type, r.id FROM resource r WHERE"
+            + (f" r.resource_type = {b.arg(resource_type)} AND" if resource_type else "")
+            + (f" r.id = {b.arg(rid)} AND" if rid else "")
+            + f" {predicate})"
+        )
 
     # -- search -------------------------------------------------------------------------
 
@@ -689,8 +813,8 @@ class ResourceStore:
         )
         if request.contained != "false":
             _check_contained_access(principal, compartment)
-        b = SqlBuilder()
-        restriction = _compartment_restriction(types, compartment, b)
+        b = self._search_builder(principal)
+        restriction = self._restriction(principal, types, compartment)
         total: int | None = None
         if request.summary == "count" or request.count == 0:  # R4: _count=0 is a count
             total = await self._search_db.fetchval(count_query(request, restriction, b), *b.args)
@@ -719,11 +843,10 @@ class ResourceStore:
             if not cursor and not more:
                 total = len(entries)
             else:
-                cb = SqlBuilder()
-                cr = _compartment_restriction(types, compartment, cb)
-                total = await self._search_db.fetchval(count_query(request, cr, cb), *cb.args)
+                cb = self._search_builder(principal)
+                total = await self._search_db.fetchval(count_query(request, restriction, cb), *cb.args)
         elif request.total == "estimate":
-            total = await self._estimate(request, compartment, types)
+            total = await self._estimate(principal, request, restriction)
         included, truncated = await self._includes(principal, request, entries)
         issues = request.issues
         if truncated:
@@ -732,9 +855,35 @@ class ResourceStore:
             issues = [*issues, Issue("warning", "too-costly", message)]
         return SearchPage(entries, total, next_cursor, prev_cursor, issues, included, request)
 
-    async def _estimate(self, request: SearchRequest, compartment: Compartment | None, types: list[str]) -> int:
+    def _search_builder(self, principal: Principal) -> SqlBuilder:
+        """A builder whose chains, `_has` and `_list` are restricted to what principal may search."""
         b = SqlBuilder()
-        restriction = _compartment_restriction(types, compartment, b)
+        b.access = touched_access(principal, self.local_base)
+        return b
+
+    def _restriction(self, principal: Principal, types: list[str], compartment: Compartment | None) -> Restrict | None:
+        """The rows of the searched types a search may match: in the compartment searched
+        (if any) and within the principal's access (403 for a type it may not search)."""
+        in_compartment = _compartment_restriction(types, compartment)
+        if principal.grants is None:
+            return in_compartment
+        if types_access_sql(SqlBuilder(), principal, "search", types, "r", self.local_base) is None:  # 403 early
+            return in_compartment  # the principal reaches every row of these types
+        local_base = self.local_base
+
+        def access(b: SqlBuilder, alias: str) -> str:
+            return types_access_sql(b, principal, "search", types, alias, local_base) or "true"
+
+        if in_compartment is None:
+            return Restrict(access, id_only=not _reads_row(principal, types))
+
+        def both(b: SqlBuilder, alias: str) -> str:
+            return f"{in_compartment(b, alias)} AND {access(b, alias)}"
+
+        return Restrict(both, id_only=in_compartment.id_only and not _reads_row(principal, types))
+
+    async def _estimate(self, principal: Principal, request: SearchRequest, restriction: Restrict | None) -> int:
+        b = self._search_builder(principal)
         plan = await self._search_db.fetchval(
             "EXPLAIN (FORMAT JSON) " + count_query(request, restriction, b).replace("count(*)", "1", 1),
             *b.args,
@@ -760,15 +909,18 @@ class ResourceStore:
             fresh: list[StoredResource] = []
             for inc in wanted:
                 room = cap - len(found) - len(fresh)
-                b = SqlBuilder()
+                b = self._search_builder(principal)
+                visible = self._include_access(b, principal, inc)
+                if visible == "false":
+                    continue  # a type the principal may not read: nothing of it is included
                 # rows already seen come back too: ask for enough to fill the room and one
                 # more, which tells that the cap left something out
-                statement = include_sql(b, inc, frontier, room + len(seen) + 1)
+                statement = include_sql(b, inc, frontier, room + len(seen) + 1, visible)
                 if statement is None:
                     continue
                 for r in await self._search_db.fetch(statement, *b.args):
                     key = (r[0], r[1])
-                    if key in seen or not principal.allows("read", r[0]):
+                    if key in seen:
                         continue
                     if len(found) + len(fresh) >= cap:
                         found += fresh
@@ -778,6 +930,35 @@ class ResourceStore:
             found += fresh
             frontier = fresh
         return found, False
+
+    def _include_access(self, b: SqlBuilder, principal: Principal, inc: Any) -> str | None:
+        """The principal's read access on what an include brings in (alias r): of the
+        included type when it is known, else of each type the reference may name."""
+        if principal.grants is None:
+            return None
+        if inc.reverse:
+            included = [inc.source_type] if inc.source_type else None
+        elif inc.target_type:
+            included = [inc.target_type]
+        elif inc.param and inc.source_type:
+            included = list(search_params(inc.source_type)[inc.param].targets) or None
+        else:
+            included = None
+        if included is not None and len(included) == 1:
+            if not principal.allows("read", included[0]):
+                return "false"
+            return type_access_sql(b, principal, "read", included[0], "r", self.local_base)
+        if included is None and principal.reaches_everything("read"):
+            return None
+        return any_type_access_sql(b, principal, "read", "r", self.local_base, included)
+
+
+def _require_for(principal: Principal, interaction: str, resource: Any, resource_type: str | None) -> None:
+    """The type-level right for a write of resource, checked before it is validated."""
+    named = resource.get("resourceType") if isinstance(resource, dict) else None
+    rtype = resource_type or (named if isinstance(named, str) else None)
+    if rtype is not None:
+        principal.require(interaction, rtype)
 
 
 def _contained_entries(rows: list[Any]) -> list[StoredResource]:
@@ -811,21 +992,32 @@ def _check_contained_access(principal: Principal, compartment: Compartment | Non
         raise FhirError.of(400, "not-supported", "_contained=true|both cannot be used in a compartment search")
 
 
-def _compartment_restriction(
-    types: list[str], compartment: Compartment | None, b: SqlBuilder
-) -> Callable[[str], str] | None:
+def _compartment_restriction(types: list[str], compartment: Compartment | None) -> Restrict | None:
     """alias -> "the row is in the compartment" (for each of the searched types)."""
     if compartment is None:
         return None
 
-    def restrict(alias: str) -> str:
+    def restrict(b: SqlBuilder, alias: str) -> str:
         if len(types) == 1:
             return compartment_sql(b, compartment, types[0], alias)
-        return " OR ".join(
-            f"({alias}.resource_type = {b.arg(t)} AND {compartment_sql(b, compartment, t, alias)})" for t in types
+        return (
+            "("
+            + " OR ".join(
+                f"({alias}.resource_type = {b.arg(t)} AND {compartment_sql(b, compartment, t, alias)})" for t in types
+            )
+            + ")"
         )
 
-    return restrict
+    # a care period reads the row's dates; several types read its type
+    return Restrict(restrict, id_only=len(types) == 1 and compartment.period is None)
+
+
+def _reads_row(principal: Principal, types: list[str]) -> bool:
+    """Whether principal's restriction reads row columns besides the id (`_lastUpdated`
+    in scope criteria; the type in a search of several types)."""
+    if len(types) > 1 or ANY_TYPE in types:
+        return True
+    return any(name.split(":")[0] == "_lastUpdated" for g in principal.grants or () for name, _ in g.criteria)
 
 
 def conditional_update_id(resource: Resource, found: StoredResource | None) -> str | None:

@@ -63,6 +63,32 @@ class Entry:
         return f"Bundle.entry[{self.index}]"
 
 
+def _require_rights(principal: Principal, entry: Entry) -> None:
+    """403 unless the principal may perform the entry's interaction on its type at all
+    (rows are checked where they are touched, as on REST)."""
+    if entry.path == ["metadata"]:
+        return
+    rtype = entry.path[0]
+    if entry.method in ("GET", "HEAD"):
+        path = entry.path
+        if any(p.startswith("$") for p in path):
+            return  # an operation checks its own rights
+        n = len(path)
+        if n == 3 and path[2] != "_history":  # compartment search: Patient/1/Observation
+            rtype = path[2]
+        if n == 1 or path[1] == "_history" or (n == 3 and path[2] != "_history"):
+            interaction = "search"  # type search or history, compartment search
+        else:
+            interaction = "vread" if n == 4 else "history" if n == 3 else "read"
+    else:
+        interaction = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[entry.method]
+    principal.require(interaction, rtype)
+    if entry.method == "POST" and entry.resource is not None:
+        named = entry.resource.get("resourceType")
+        if isinstance(named, str) and named != rtype:
+            principal.require("create", named)
+
+
 def _fail(entry: Entry, error: FhirError) -> FhirError:
     """The error, reported against the entry that caused it."""
     what = f"{entry.where}: {entry.method} {entry.url} failed"
@@ -188,6 +214,11 @@ class BundleProcessor:
         return self._result("transaction-response", entries, representation)
 
     async def _transaction(self, store: ResourceStore, entries: list[Entry]) -> None:
+        for entry in entries:  # every entry's right first: one forbidden entry fails all, before any work
+            try:
+                _require_rights(self.principal, entry)
+            except FhirError as exc:
+                raise _fail(entry, exc) from None
         aliases = await self._settle_identities(store, entries)
         for entry in entries:
             if entry.resource is not None:
@@ -219,7 +250,7 @@ class BundleProcessor:
                 prepared.append(store.prepare_create(self.principal, entry.resource, entry.target_id, "POST"))
             except FhirError as exc:
                 raise _fail(entry, exc) from None
-        stored = await store.insert_prepared(prepared)
+        stored = await store.insert_prepared(prepared, self.principal)
         for entry, s in zip(pending, stored, strict=True):
             entry.response = self._entry_response(s, 201)
             entry.matched = s
@@ -430,13 +461,14 @@ class BundleProcessor:
             await self._batch_run(store, entry)
 
     async def _batch_run(self, store: ResourceStore, entry: Entry) -> None:
+        _require_rights(self.principal, entry)
         await self._settle_identities(store, [entry])
         if entry.method == "POST":
             if entry.skip:
                 return
             assert entry.target_id is not None
             prepared = store.prepare_create(self.principal, entry.resource, entry.target_id, "POST")
-            (stored,) = await store.insert_prepared([prepared])
+            (stored,) = await store.insert_prepared([prepared], self.principal)
             entry.matched = stored
             entry.response = self._entry_response(stored, 201)
             return

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ...auth.principal import Principal
 from ...fhir.outcome import FhirError, Issue, operation_outcome
 from ...store import ResourceStore
 from .. import offload
@@ -37,7 +38,18 @@ def _unwrap(body: dict[str, Any]) -> tuple[Any, str | None]:
     return resource, mode
 
 
+def _require_rights(principal: Principal, resource_type: str, mode: str | None) -> None:
+    """$validate answers for one type: the caller needs the write right the mode names
+    (create or update when none is named), checked before the body is read."""
+    if mode in ("create", "update", "delete"):
+        principal.require(mode, resource_type)
+    elif not principal.allows("update", resource_type):
+        principal.require("create", resource_type)
+
+
 async def validate(request: Request, resource_type: str, rid: str | None = None) -> Response:
+    mode = request.query_params.get("mode")
+    _require_rights(request.state.principal, resource_type, mode if mode in _MODES else None)
     body = await read_json_body(request, request.app.state.settings.max_body_bytes)
 
     async def work(store: ResourceStore, _: object) -> Response:  # a deep validation is CPU work
@@ -51,6 +63,7 @@ async def _validate(request: Request, store: ResourceStore, body: Any, resource_
     mode = request.query_params.get("mode", mode)
     if mode is not None and mode not in _MODES:
         raise FhirError.of(400, "invalid", f"unsupported $validate mode '{mode}'")
+    _require_rights(request.state.principal, resource_type, mode)  # a mode named in the Parameters body
     issues: list[Issue] = []
     if mode == "delete":
         if rid is None:

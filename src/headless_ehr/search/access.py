@@ -1,0 +1,126 @@
+"""A principal's access as SQL: the predicate that joins every query the store builds.
+
+`Principal.access(interaction, type)` says which rows of a type a caller reaches:
+all (None) or those matching any of its Scopes. Each Scope is "in Patient/<id>'s
+compartment" (search/compartment.py) and "matches the v2 scope criteria", the
+criteria compiled by the search compiler exactly as the same search would be, over
+the same alias. Searches, includes, chains, `_has`, `_list`, history, reads and
+the check of a write's own new row all use this one rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+
+from ..auth.principal import Principal, Scope
+from ..fhir.definitions import definitions
+from ..fhir.outcome import FhirError
+from .compartment import Compartment, compartment_sql
+from .parse import ChainBudget, Clause, Parser
+from .sql import ANY_TYPE, SqlBuilder, clause_sql
+
+# (builder, resource type, alias) -> predicate on alias, or None for every row
+AccessSql = Callable[[SqlBuilder, str, str], str | None]
+
+
+@lru_cache(maxsize=256)
+def _criteria_clauses(rtype: str, criteria: tuple[tuple[str, str], ...], local_base: str | None) -> tuple[Clause, ...]:
+    """A scope's criteria parsed as a strict search of rtype would parse them (400 never:
+    criteria a search refuses match nothing, so the scope opens nothing)."""
+    parser = Parser(rtype, strict=True, budget=ChainBudget(64), local_base=local_base)
+    return tuple(parser.parse(list(criteria)))
+
+
+def _scope_sql(b: SqlBuilder, scope: Scope, rtype: str, alias: str, local_base: str | None) -> str:
+    conds = []
+    if scope.patient is not None:
+        conds.append(compartment_sql(b, Compartment("Patient", scope.patient), rtype, alias))
+    if scope.criteria:
+        try:
+            clauses = _criteria_clauses(rtype, scope.criteria, local_base)
+        except FhirError:
+            return "false"  # e.g. criteria naming a parameter this type lacks
+        # the grant's own criteria are the authority: not restricted again (no recursion)
+        saved, b.access = b.access, None
+        try:
+            conds += [clause_sql(b, c, rtype, alias) for c in clauses]
+        finally:
+            b.access = saved
+    return "(" + " AND ".join(conds) + ")" if conds else "true"
+
+
+def scopes_sql(b: SqlBuilder, scopes: tuple[Scope, ...], rtype: str, alias: str, local_base: str | None) -> str:
+    """Rows of rtype at alias reachable through any of scopes."""
+    return "(" + " OR ".join(_scope_sql(b, s, rtype, alias, local_base) for s in scopes) + ")"
+
+
+def type_access_sql(
+    b: SqlBuilder, principal: Principal, interaction: str, rtype: str, alias: str, local_base: str | None = None
+) -> str | None:
+    """Predicate: row alias of rtype may be reached with interaction; None for every
+    row; 403 when the principal may not perform it on rtype at all."""
+    if rtype == ANY_TYPE:
+        if principal.reaches_everything(interaction):
+            return None
+        predicate = any_type_access_sql(b, principal, interaction, alias, local_base)
+        if predicate == "false":
+            raise FhirError.of(403, "forbidden", f"not permitted to {interaction} any resources")
+        return predicate
+    scopes = principal.access(interaction, rtype)
+    if scopes is None:
+        return None
+    return scopes_sql(b, scopes, rtype, alias, local_base)
+
+
+def any_type_access_sql(
+    b: SqlBuilder,
+    principal: Principal,
+    interaction: str,
+    alias: str,
+    local_base: str | None = None,
+    types: Iterable[str] | None = None,
+) -> str:
+    """Predicate over rows of any type (system search and history), or of any of types
+    (what a reference may point at): each type on its own terms; types the principal
+    cannot reach at all match nothing ("false" when that is every type)."""
+    open_types: list[str] = []
+    ors: list[str] = []
+    for rtype in sorted(definitions().resource_types if types is None else set(types)):
+        if not principal.allows(interaction, rtype):
+            continue
+        scopes = principal.access(interaction, rtype)
+        if scopes is None:
+            open_types.append(rtype)
+        else:
+            ors.append(
+                f"({alias}.resource_type = {b.arg(rtype)} AND {scopes_sql(b, scopes, rtype, alias, local_base)})"
+            )
+    if open_types:
+        ors.insert(0, f"{alias}.resource_type = ANY({b.arg(open_types)}::text[])")
+    return "(" + " OR ".join(ors) + ")" if ors else "false"
+
+
+def types_access_sql(
+    b: SqlBuilder, principal: Principal, interaction: str, types: list[str], alias: str, local_base: str | None
+) -> str | None:
+    """Predicate for a search of the given types (each needs the right: 403 otherwise)."""
+    if len(types) == 1:
+        return type_access_sql(b, principal, interaction, types[0], alias, local_base)
+    parts = [(t, type_access_sql(b, principal, interaction, t, alias, local_base)) for t in types]
+    if all(p is None for _, p in parts):
+        return None
+    return "(" + " OR ".join(f"({alias}.resource_type = {b.arg(t)} AND {p or 'true'})" for t, p in parts) + ")"
+
+
+def touched_access(principal: Principal, local_base: str | None) -> AccessSql | None:
+    """The builder hook for the types a search touches besides its own (chain targets,
+    `_has` types, `_list`'s List): their rows are restricted as a search of them would be,
+    and a type the principal may not search raises 403. None for an unrestricted caller."""
+    if principal.grants is None:
+        return None
+
+    def access(b: SqlBuilder, rtype: str, alias: str) -> str | None:
+        return type_access_sql(b, principal, "search", rtype, alias, local_base)
+
+    return access

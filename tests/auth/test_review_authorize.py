@@ -92,3 +92,19 @@ async def test_behind_a_path_prefix_the_session_cookie_is_sent_back_to_the_login
     (login,) = parse_forms(page.text)
     assert login.action == "https://ehr.example/api/oauth/authorize"
     assert "Path=/api/oauth" in page.headers["set-cookie"]
+
+
+async def test_the_pages_escape_the_client_name_state_and_scopes(app, db):
+    evil = '<script>alert(1)</script>"'
+    client, _ = await accounts.create_client(db, evil, [REDIRECT], ["user/*.rs", "launch/patient"], public=True)
+    user = await accounts.create_user(db, unique("dr"), PASSWORD, "Practitioner/7")
+    _, challenge = pkce()
+    request = _request(client.client_id, challenge, scope="user/*.rs <img src=x onerror=alert(1)>", state=evil)
+    async with http(app) as browser:
+        login = await browser.get("/oauth/authorize", params=request)
+        consent = await _sign_in(browser, request, user.username)
+    for page in (login, consent):
+        assert page.status_code == 200, page.text
+        assert "<script>" not in page.text and "<img" not in page.text
+        assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]

@@ -1,11 +1,13 @@
 """Create, read and update throughput and latency of a real `ehr serve`, next to two floors.
 
-    python bench/crud.py [--duration 10] [--clients 1,8,32] [--workers 1,2]
+    python bench/crud.py [--duration 10] [--clients 1,8,32] [--workers 1,2] [--auth on,off]
                          [--cases create,read,update] [--database-url URL] [--keep]
 
-Starts `ehr serve` (embedded PostgreSQL unless --database-url), times its cold and warm
-start to the first answered GET /fhir/metadata, seeds Patients, then runs every case at
-every client count with wrk (bench/wrk/fhir.lua) or, without wrk, bench/loadgen.py.
+Starts `ehr serve` (embedded PostgreSQL unless --database-url) for each worker count and
+each --auth mode (EHR_AUTH=on: every request carries a system token from `ehr token`;
+off: none), times its cold and warm start to the first answered GET /fhir/metadata,
+seeds Patients, then runs every case at every client count with wrk (bench/wrk/fhir.lua)
+or, without wrk, bench/loadgen.py. With both modes, the report compares them.
 The floors are asyncpg alone against the same PostgreSQL (bench/pgfloor.py) and an
 empty Starlette app under the same uvicorn settings (bench/empty_app.py). Prints a
 Markdown report and records it in bench/RESULTS.md. See bench/README.md.
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -43,6 +46,12 @@ from loadgen import LoadResult
 BENCH = Path(__file__).resolve().parent
 PREFIX = "/fhir"
 TARGETS = {"read": 2500.0, "create": 800.0}  # req/s at 8 clients
+TOKEN_TARGET = 0.90  # with tokens, at least this share of the req/s without (read, create at 8 clients)
+AUTH_MODES = ("on", "off")
+# Every server runs with these. The limiter runs in both modes (0 would skip it; 10**9 is the
+# largest allowed and never throttles), and one token outlives any run.
+SERVER_ENV = {"EHR_RATE_LIMIT_PER_MINUTE": "1000000000", "EHR_ACCESS_TOKEN_LIFETIME": "3600"}
+TOKEN_RENEW_S = 1800  # ask for a new token when the one in use is older than this
 PATIENT: dict[str, object] = {
     "resourceType": "Patient",
     "identifier": [
@@ -86,6 +95,7 @@ class Run:
     result: LoadResult
     server_cpu: float | None  # CPU cores used (CPU-seconds per wall second)
     pg_cpu: float | None
+    auth: str = "-"  # EHR_AUTH of the server (on/off); "-" for the floors
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -200,6 +210,37 @@ def measured(cmd: list[str]) -> tuple[str, float]:
     return text, usage.ru_utime + usage.ru_stime
 
 
+def server_env(env: dict[str, str], auth: str) -> dict[str, str]:
+    """The environment of an `ehr serve` (and of `ehr token` for it) in auth mode on/off."""
+    return {**env, **SERVER_ENV, "EHR_AUTH": auth}
+
+
+def bench_admin_client(env: dict[str, str]) -> None:
+    """Admin client credentials for servers on an external database, unless already set.
+
+    The server writes admin-client.json into its data dir only when it creates the first
+    admin client of an empty database; a database an earlier run (or another worker count)
+    used already has one, so the bench names its own (the server makes or resets it)."""
+    if not env.get("EHR_ADMIN_CLIENT_ID"):
+        env["EHR_ADMIN_CLIENT_ID"] = "bench-admin"
+        env["EHR_ADMIN_CLIENT_SECRET"] = secrets.token_urlsafe(32)
+
+
+def access_token(env: dict[str, str], port: int, data_dir: Path | None = None) -> str:
+    """A system access token from `ehr token`, run with env (the bench's code snapshot)
+    against the server on 127.0.0.1:port, from data_dir's admin-client.json or the
+    EHR_ADMIN_CLIENT_ID/SECRET in env."""
+    cmd = ["ehr", "token", *opts(url=f"http://127.0.0.1:{port}{PREFIX}")]
+    if data_dir is not None:
+        cmd += opts(data_dir=data_dir)
+    env = {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    token = done.stdout.strip()
+    if done.returncode != 0 or not token or len(token.split()) != 1:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return token
+
+
 class Generator:
     """wrk with bench/wrk/fhir.lua when installed, else bench/loadgen.py."""
 
@@ -215,13 +256,16 @@ class Generator:
         else:
             self.label = "bench/loadgen.py (Python asyncio streams on uvloop, 1 process)"
 
-    def run(self, port: int, case: str, clients: int, duration: int, files: Files) -> LoadResult:
+    def run(
+        self, port: int, case: str, clients: int, duration: int, files: Files, token: str | None = None
+    ) -> LoadResult:
+        """One closed-loop run; with a token, every request carries it as a Bearer token."""
         body = str(files.create if case == "create" else files.update)
         if self.wrk:
             script = str(BENCH / "wrk" / "fhir.lua")
             cmd = [self.wrk, "-t1", f"-c{clients}", f"-d{duration}s", "--timeout", "10s"]
             cmd += ["--latency", "-s", script, f"http://127.0.0.1:{port}"]
-            cmd += ["--", case, body, str(files.ids), PREFIX]
+            cmd += ["--", case, body, str(files.ids), PREFIX, token or ""]
             out, cpu = measured(cmd)
             line = next(x for x in out.splitlines() if x.startswith("BENCH_JSON "))
             result = LoadResult(**json.loads(line.removeprefix("BENCH_JSON ")))
@@ -229,6 +273,7 @@ class Generator:
             return result
         cmd = [sys.executable, str(BENCH / "loadgen.py"), *opts(port=port, case=case)]
         cmd += opts(clients=clients, duration=duration, prefix=PREFIX, body=body, ids=files.ids)
+        cmd += opts(token=token) if token else []
         out, _ = measured(cmd)
         return LoadResult(**json.loads(out.splitlines()[-1]))  # cpu_s: the run only
 
@@ -249,6 +294,7 @@ def sweep(
     server_pid: int | None,
     pg_pid: int | None,
     runs: list[Run],
+    auth: str = "-",
 ) -> None:
     """Every case at every client count, with the CPU of server and PostgreSQL around it."""
     for case in args.cases:
@@ -259,10 +305,10 @@ def sweep(
             wall = result.seconds or args.duration
             s_cpu = (tree_cpu_seconds(server_pid) - s0) / wall if server_pid else None
             p_cpu = (tree_cpu_seconds(pg_pid) - p0) / wall if pg_pid else None
-            runs.append(Run(target, workers, case, clients, result, s_cpu, p_cpu))
+            runs.append(Run(target, workers, case, clients, result, s_cpu, p_cpu, auth))
             gen = result.cpu_s / wall if result.cpu_s is not None else float("nan")
             print(
-                f"  {target:6} w={workers} {case:6} c={clients:<3} {result.rps:9.1f}/s"
+                f"  {target:6} w={workers} auth {auth:3} {case:6} c={clients:<3} {result.rps:9.1f}/s"
                 f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
                 f"  errors {result.errors}  gen {gen:.2f} cores",
                 file=sys.stderr,
@@ -375,16 +421,16 @@ def gen_cores(run: Run) -> str:
 
 def table(runs: list[Run], floors: dict[tuple[str, int, str, int], Run]) -> list[str]:
     head = (
-        "| case | clients | req/s | p50 ms | p99 ms | errors | vs PG floor | vs ASGI floor"
+        "| auth | case | clients | req/s | p50 ms | p99 ms | errors | vs PG floor | vs ASGI floor"
         " | gen CPU | server CPU | PG CPU |"
     )
-    out = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run in runs:
         r = run.result
         pg = floors.get(("pg", 0, run.case, run.clients))
         asgi = floors.get(("asgi", run.workers, run.case, run.clients))
         out.append(
-            f"| {run.case} | {run.clients} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f}"
+            f"| {run.auth} | {run.case} | {run.clients} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f}"
             f" | {r.errors} | {fmt_ratio(run, pg)} | {fmt_ratio(run, asgi)} | {gen_cores(run)}"
             f" | {fmt_cores(run.server_cpu)} | {fmt_cores(run.pg_cpu)} |"
         )
@@ -413,17 +459,87 @@ def short_code(code: str) -> str:
     return (found.group(1) + ("+" if "uncommitted" in code else "")) if found else "?"
 
 
+def at8(runs: list[Run], workers: int, auth: str, case: str) -> list[float]:
+    """req/s of the server runs of a case at 8 clients with these workers and auth mode
+    (several when --auth names a mode more than once)."""
+    return [
+        r.result.rps
+        for r in runs
+        if r.target == "server" and r.workers == workers and r.auth == auth and r.case == case and r.clients == 8
+    ]
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def token_ratios(runs: list[Run], workers: int) -> dict[str, float]:
+    """mean req/s with tokens / mean req/s with EHR_AUTH=off, per case, at 8 clients."""
+    ratios = {}
+    for case in ("read", "create", "update"):
+        on, off = at8(runs, workers, "on", case), at8(runs, workers, "off", case)
+        if on and off and mean(off):
+            ratios[case] = mean(on) / mean(off)
+    return ratios
+
+
 def summary(bench: Bench, started: datetime) -> str:
-    """The history-table row of this run: req/s at 8 clients on the first worker count."""
-    workers = bench.args.workers[0]
-    rps = {
-        r.case: f"{r.result.rps:,.0f}"
-        for r in bench.runs
-        if r.target == "server" and r.workers == workers and r.clients == 8
-    }
+    """The history-table row of this run: req/s at 8 clients on the first worker count and
+    auth mode, and with both modes the ratio tokens/off."""
+    workers, auth = bench.args.workers[0], bench.args.auth[0]
+    rps = {}
+    for case in ("create", "read", "update"):
+        found = at8(bench.runs, workers, auth, case)
+        if found:
+            rps[case] = f"{mean(found):,.0f}"
     cells = " | ".join(rps.get(case, "-") for case in ("create", "read", "update"))
-    note = f"{bench.pg_label}, {workers} worker(s)"
+    note = f"{bench.pg_label}, {workers} worker(s), auth {auth}"
+    ratios = token_ratios(bench.runs, workers)
+    if ratios:
+        note += "; tokens/off: " + ", ".join(f"{case} {ratio:.2f}" for case, ratio in ratios.items())
     return f"| {started:%Y-%m-%d %H:%M} | {short_code(bench.code)} | {cells} | {note} |"
+
+
+def rates(values: list[float]) -> str:
+    """'1,234/s', or with several runs 'mean 1,234/s (1,200, 1,268)'."""
+    if len(values) == 1:
+        return f"{values[0]:,.0f}/s"
+    return f"mean {mean(values):,.0f}/s ({', '.join(f'{v:,.0f}' for v in values)})"
+
+
+def token_section(runs: list[Run], workers_list: list[int]) -> list[str]:
+    """Read and create at 8 clients with tokens against the same build with EHR_AUTH=off."""
+    lines = []
+    for workers in workers_list:
+        ratios = token_ratios(runs, workers)
+        for case in ("read", "create"):
+            if case not in ratios:
+                continue
+            on, off = at8(runs, workers, "on", case), at8(runs, workers, "off", case)
+            verdict = "meets" if ratios[case] >= TOKEN_TARGET else "MISSES"
+            lines.append(
+                f"- workers {workers}, {case} at 8 clients: {rates(on)} with tokens,"
+                f" {rates(off)} with EHR_AUTH=off: {ratios[case]:.3f},"
+                f" {abs(100 * (1 - ratios[case])):.1f}% {'fewer' if ratios[case] <= 1 else 'more'}"
+                f" with tokens: {verdict} the target"
+            )
+    if not lines:
+        return []
+    return [
+        "### Tokens against EHR_AUTH=off",
+        "",
+        f"Target: with tokens at most {100 * (1 - TOKEN_TARGET):.0f}% fewer requests per second than the same"
+        " build with EHR_AUTH=off (read and create at 8 clients). Both modes run with"
+        f" EHR_RATE_LIMIT_PER_MINUTE={SERVER_ENV['EHR_RATE_LIMIT_PER_MINUTE']} (the limiter counts every request"
+        " but never throttles) and EHR_ACCESS_TOKEN_LIFETIME="
+        f"{SERVER_ENV['EHR_ACCESS_TOKEN_LIFETIME']}; with tokens every request, seeding included, carries"
+        " one system token from `ehr token`, verified by the server (its verified-token cache after the first"
+        " request), and is counted by the per-client limiter as well. A mode named more than once in --auth"
+        " (e.g. on,off,off,on, against drift on a shared machine) is compared by its mean.",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def report(bench: Bench, started: datetime) -> str:
@@ -431,7 +547,7 @@ def report(bench: Bench, started: datetime) -> str:
     now = started.strftime("%Y-%m-%d %H:%M UTC")
     floors = {(r.target, r.workers, r.case, r.clients): r for r in runs if r.target != "server"}
     lines = [
-        f"## {now}: {bench.pg_label}, workers {','.join(map(str, args.workers))}",
+        f"## {now}: {bench.pg_label}, workers {','.join(map(str, args.workers))}, auth {','.join(args.auth)}",
         "",
         f"- machine: {machine()}",
         f"- PostgreSQL: {bench.pg_label}",
@@ -439,7 +555,10 @@ def report(bench: Bench, started: datetime) -> str:
         f"- command: `{shlex.join(['python', 'bench/crud.py', *sys.argv[1:]])}`",
         f"- generator: {gen.label}",
         f"- {args.duration:g} s per run; {args.seed} Patients seeded for read/update;"
-        f" server runs with `--log-level warning`, no access log",
+        f" server runs with `--log-level warning`, no access log,"
+        f" {', '.join(f'{k}={v}' for k, v in SERVER_ENV.items())}",
+        "- auth on: EHR_AUTH=on and a system token from `ehr token` on every request (seeding too);"
+        " auth off: EHR_AUTH=off, no token",
         *[f"- start-up to the first answered request, {s}" for s in bench.starts],
         *(
             ["- PYTHONDONTWRITEBYTECODE is set: every start compiles the sources"]
@@ -452,13 +571,15 @@ def report(bench: Bench, started: datetime) -> str:
         server = [r for r in runs if r.target == "server" and r.workers == w]
         if server:
             lines += [f"### ehr serve --workers {w}", "", *table(server, floors), ""]
+    lines += token_section(runs, args.workers)
     floor_runs = [r for r in runs if r.target != "server"]
     if floor_runs:
         lines += ["### Floors", "", *floor_table(floor_runs), ""]
     verdicts = []
+    judged = "on" if "on" in args.auth else args.auth[0]  # the targets hold for the server as deployed
     for case, target in TARGETS.items():
         best = max(
-            (r for r in runs if r.target == "server" and r.case == case and r.clients == 8),
+            (r for r in runs if r.target == "server" and r.auth == judged and r.case == case and r.clients == 8),
             key=lambda r: r.result.rps,
             default=None,
         )
@@ -466,7 +587,7 @@ def report(bench: Bench, started: datetime) -> str:
             ok = "meets" if best.result.rps >= target else "MISSES"
             verdicts.append(
                 f"- {case} at 8 clients: {best.result.rps:,.0f}/s (workers"
-                f" {best.workers}) {ok} the target of {target:,.0f}/s"
+                f" {best.workers}, auth {judged}) {ok} the target of {target:,.0f}/s"
             )
     if verdicts:
         lines += [
@@ -482,13 +603,14 @@ def report(bench: Bench, started: datetime) -> str:
     if errors or bench.notes:
         lines += ["### Errors and notes", ""]
         lines += [
-            f"- {r.target} w={r.workers} {r.case} c={r.clients}: {r.result.errors} errors {r.result.error_kinds}"
+            f"- {r.target} w={r.workers} auth {r.auth} {r.case} c={r.clients}: {r.result.errors} errors"
+            f" {r.result.error_kinds}"
             for r in errors
         ]
         lines += [f"- {n}" for n in bench.notes]
         lines.append("")
-    for spec, workers, summary in bench.profiles:
-        title = f"### Profile: py-spy record on ehr serve --workers {workers}, {spec} clients"
+    for spec, workers, auth, summary in bench.profiles:
+        title = f"### Profile: py-spy record on ehr serve --workers {workers}, auth {auth}, {spec} clients"
         lines += [title, "", summary, ""]
     return "\n".join(lines)
 
@@ -504,6 +626,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=10, help="whole seconds per run (10)")
     p.add_argument("--clients", type=ints, default=[1, 8, 32], help="concurrency list (1,8,32)")
     p.add_argument("--workers", type=ints, default=[1], help="server workers, list (1)")
+    p.add_argument(
+        "--auth",
+        type=words,
+        default=["on"],
+        metavar="on,off",
+        help="EHR_AUTH of the servers, list (on): on sends a system token on every request",
+    )
     p.add_argument("--cases", type=words, default=["create", "read", "update"])
     p.add_argument("--floors", type=words, default=["pg", "asgi"], help="pg,asgi or none")
     p.add_argument("--database-url", help="use this PostgreSQL instead of the embedded one")
@@ -523,6 +652,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.cases) - {"create", "read", "update"}
     if unknown:
         p.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+    if not args.auth or set(args.auth) - set(AUTH_MODES):
+        p.error("--auth takes a list of on and off, e.g. on,off (a mode may repeat: on,off,off,on)")
     return args
 
 
@@ -560,7 +691,7 @@ class Bench:
     runs: list[Run] = field(default_factory=list)
     starts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    profiles: list[tuple[str, int, str]] = field(default_factory=list)
+    profiles: list[tuple[str, int, str, str]] = field(default_factory=list)  # spec, workers, auth, summary
     pg_label: str = "?"
     running: Served | None = None
 
@@ -573,49 +704,61 @@ class Bench:
         if stop_left_postgres(data_dir / "pg"):
             self.notes.append("embedded PostgreSQL outlived the server; the bench stopped it")
 
-    def server(self, first: bool, workers: int) -> None:
-        """Start ehr serve (timing it), seed, run every case, profile, PG floor, stop."""
+    def server(self, first: bool, workers: int, auth: str, data_dir: Path) -> None:
+        """Start ehr serve (timing it), seed, run every case, profile, PG floor, stop.
+        Each server gets its own new data dir, so each starts from the same state."""
         args, files = self.args, self.files
-        data_dir = self.root / f"w{workers}"  # each worker count starts from the same state
         port = free_port()
         cmd = ["ehr", "serve", *opts(host="127.0.0.1", port=port, data_dir=data_dir)]
         cmd += opts(workers=workers, log_level="warning")
         data_dir.mkdir()
-        self.running = Served("ehr serve", cmd, self.env, data_dir / "server.log")
+        env = server_env(self.env, auth)
+        name = f"workers {workers}, auth {auth}"
+        self.running = Served("ehr serve", cmd, env, data_dir / "server.log")
         if first or not args.database_url:
             cold = self.running.start()
             self.stop(data_dir)
             what = "migrations" if args.database_url else "empty data dir: initdb, migrations"
-            self.starts.append(f"workers {workers}, first start ({what}): {cold:.2f} s")
-        self.running = Served("ehr serve", cmd, self.env, data_dir / "server.log")
+            self.starts.append(f"{name}, first start ({what}): {cold:.2f} s")
+        self.running = Served("ehr serve", cmd, env, data_dir / "server.log")
         warm = self.running.start()
         what = "second start" if args.database_url else "second start, warm data dir"
-        self.starts.append(f"workers {workers}, {what}: {warm:.2f} s")
-        print(f"ehr serve --workers {workers}: started again in {warm:.2f} s", file=sys.stderr)
+        self.starts.append(f"{name}, {what}: {warm:.2f} s")
+        print(f"ehr serve --workers {workers} (EHR_AUTH={auth}): started again in {warm:.2f} s", file=sys.stderr)
         dsn = args.database_url or embedded_dsn(data_dir / "pg")
         version, pg_pid = loadgen.run(pgfloor.server_info(dsn))
         where = "system server, --database-url" if args.database_url else "embedded"
         self.pg_label = f"PostgreSQL {version} ({where})"
+        held: list[tuple[str, float]] = []  # the token in use and when it was fetched
+
+        def token() -> str | None:
+            if auth == "off":
+                return None
+            if not held or time.monotonic() - held[0][1] > TOKEN_RENEW_S:
+                held[:] = [(access_token(env, port, data_dir), time.monotonic())]
+            return held[0][0]
+
         if {"read", "update"} & set(args.cases):
             body = files.create.read_bytes()
-            request = loadgen.http_request("POST", f"{PREFIX}/Patient", body)
+            host = f"127.0.0.1:{port}"
+            request = loadgen.http_request("POST", f"{PREFIX}/Patient", body, host, token())
             ids = loadgen.run(loadgen.seed("127.0.0.1", port, request, args.seed))
             files.ids.write_text("\n".join(ids) + "\n")
         assert self.running.proc is not None
         server_pid = self.running.proc.pid
 
         def on_server(case: str, clients: int) -> LoadResult:
-            return self.gen.run(port, case, clients, args.duration, files)
+            return self.gen.run(port, case, clients, args.duration, files, token())
 
-        sweep("server", workers, args, on_server, server_pid, pg_pid, self.runs)
+        sweep("server", workers, args, on_server, server_pid, pg_pid, self.runs, auth)
         for spec in args.profile if first else []:
             case, _, clients = spec.partition(":")
             raw = data_dir / f"profile-{case}-{clients}.txt"
             spy = profile(server_pid, args.duration + 2, raw, workers > 1)
-            self.gen.run(port, case, int(clients or 8), args.duration, files)
+            self.gen.run(port, case, int(clients or 8), args.duration, files, token())
             spy.wait(60)
             summary = profile_summary(raw) if raw.exists() else "(py-spy wrote nothing)"
-            self.profiles.append((spec, workers, summary))
+            self.profiles.append((spec, workers, auth, summary))
         if "pg" in args.floors and first:
             ids = loadgen.run(pgfloor.prepare(dsn, files.create.read_bytes(), args.seed))
             files.pg_ids.write_text("\n".join(ids) + "\n")
@@ -647,6 +790,11 @@ class Bench:
         self.stop()
 
 
+def server_dir(root: Path, workers: int, index: int, auth: str) -> Path:
+    """The data dir of the index-th server (of --auth) with this many workers."""
+    return root / f"w{workers}-{index}-auth-{auth}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now(UTC)
@@ -663,16 +811,19 @@ def main(argv: list[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "code"), env.get("PYTHONPATH")]))
     if args.database_url:
         env["EHR_DATABASE_URL"] = args.database_url
+        bench_admin_client(env)
     bench = Bench(args, gen, root, files, env, code)
     try:
         for i, workers in enumerate(args.workers):
-            bench.server(i == 0, workers)
+            for j, auth in enumerate(args.auth):
+                bench.server(i == 0 and j == 0, workers, auth, server_dir(root, workers, j, auth))
             if "asgi" in args.floors:
                 bench.asgi(workers)
     finally:
         bench.stop()
         for workers in args.workers:
-            bench.stop(root / f"w{workers}")
+            for j, auth in enumerate(args.auth):
+                bench.stop(server_dir(root, workers, j, auth))
         if args.keep or args.data_dir:
             print(f"kept {root}", file=sys.stderr)
         else:

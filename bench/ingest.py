@@ -6,7 +6,8 @@
 Each mode loads the same Bundles into a fresh database on the machine's PostgreSQL
 (validation and search indexing on, as in production):
 - http: `POST /fhir` with each Bundle as a transaction, 1 and 4 concurrent clients,
-  against a real `ehr serve`;
+  against a real `ehr serve` (with --auth on, the default, each request carries a system
+  token from `ehr token`);
 - import: `ehr import FOLDER` (its own rate, and wall time including start-up);
 - embedded import: `ehr import --data-dir NEW_FOLDER FOLDER`, the zero-set-up default
   (the embedded PostgreSQL with its own settings, db/embedded.py), and its disk use;
@@ -35,6 +36,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import results
+from crud import access_token, bench_admin_client, server_env
 
 from search import recreate_database
 
@@ -78,9 +80,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(dsn: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(dsn: str, workers: int, auth: str) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+    """ehr serve on a free port; (process, FHIR base, headers every request sends)."""
     port = free_port()
     env = {**os.environ, "EHR_DATABASE_URL": dsn, "EHR_MAX_BODY_BYTES": str(256 * 1024 * 1024)}
+    bench_admin_client(env)  # on an external database the server writes no admin-client.json we could find
+    env = server_env(env, auth)
     proc = subprocess.Popen(
         ["ehr", "serve", "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
         env=env,
@@ -91,15 +96,24 @@ def start_server(dsn: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     for _ in range(300):
         try:
             if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
-                return proc, base
+                break
         except httpx.HTTPError:
             time.sleep(0.1)
-    proc.kill()
-    sys.exit("ehr serve did not start")
+    else:
+        proc.kill()
+        sys.exit("ehr serve did not start")
+    headers = {"Content-Type": "application/fhir+json"}
+    if auth == "on":
+        try:
+            headers["Authorization"] = f"Bearer {access_token(env, port)}"
+        except RuntimeError:
+            proc.kill()
+            raise
+    return proc, base, headers
 
 
-async def http_mode(dsn: str, bodies: list[bytes], clients: int, workers: int) -> tuple[float, int]:
-    proc, base = start_server(dsn, workers)
+async def http_mode(dsn: str, bodies: list[bytes], clients: int, workers: int, auth: str) -> tuple[float, int]:
+    proc, base, headers = start_server(dsn, workers, auth)
     try:
         queue = list(bodies)
         errors = 0
@@ -109,7 +123,7 @@ async def http_mode(dsn: str, bodies: list[bytes], clients: int, workers: int) -
             async with httpx.AsyncClient(timeout=300) as http:
                 while queue:
                     body = queue.pop()
-                    res = await http.post(base, content=body, headers={"Content-Type": "application/fhir+json"})
+                    res = await http.post(base, content=body, headers=headers)
                     if res.status_code != 200:
                         errors += 1
                         print(f"  error {res.status_code}: {res.text[:200]}", file=sys.stderr)
@@ -201,6 +215,7 @@ async def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="ehr serve worker processes")
     parser.add_argument("--import-runs", type=int, default=3, help="`ehr import` runs; the median is reported")
     parser.add_argument("--embedded-runs", type=int, default=1, help="`ehr import` runs into the embedded default")
+    parser.add_argument("--auth", choices=["on", "off"], default="on", help="EHR_AUTH of ehr serve (on: with a token)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     paths = bundles(args.bundles)
@@ -210,9 +225,10 @@ async def main() -> int:
     http_rates: list[str] = []
     for clients in [int(c) for c in args.clients.split(",")]:
         dsn = await fresh_database(args.admin_dsn)
-        seconds, errors = await http_mode(dsn, bodies, clients, args.workers)
+        seconds, errors = await http_mode(dsn, bodies, clients, args.workers, args.auth)
         lines.append(
-            f"| HTTP transactions, {clients} client(s), {args.workers} worker(s) | {resources / seconds:,.0f} "
+            f"| HTTP transactions, {clients} client(s), {args.workers} worker(s), EHR_AUTH={args.auth}"
+            f" | {resources / seconds:,.0f} "
             f"| {seconds:.1f} s | {errors} failed Bundles |"
         )
         print(lines[-1], flush=True)

@@ -4,7 +4,7 @@ Closed loop like wrk: each client holds one keep-alive connection and sends its 
 request as soon as the previous answer has been read, timing every exchange.
 
     python bench/loadgen.py --port P --case read --clients 8 --duration 10 \
-        --body update.json --ids ids.txt
+        --body update.json --ids ids.txt [--token ACCESS_TOKEN]
 
 prints one JSON line (a LoadResult). `drive` is reused by the PostgreSQL floor.
 """
@@ -131,26 +131,37 @@ async def exchange(streams: Streams, request: bytes) -> tuple[int, bytes, bool]:
     return status, body, b"connection: close" not in head
 
 
-def http_request(method: str, path: str, body: bytes | None = None) -> bytes:
-    """A keep-alive FHIR JSON request, the same headers wrk's script sends."""
+def http_request(
+    method: str, path: str, body: bytes | None = None, host: str = "127.0.0.1", token: str | None = None
+) -> bytes:
+    """A keep-alive FHIR JSON request, the same headers wrk's script sends.
+
+    host is the Host header, with the port: a token's audience is the FHIR base the
+    request names, so it must be the URL the token was asked for."""
     lines = [
         f"{method} {path} HTTP/1.1",
-        "Host: 127.0.0.1",
+        f"Host: {host}",
         "Accept: application/fhir+json",
     ]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
     if body is not None:
         lines += ["Content-Type: application/fhir+json", f"Content-Length: {len(body)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
-def case_requests(case: str, prefix: str, body: bytes, ids: list[str]) -> list[bytes]:
+def case_requests(
+    case: str, prefix: str, body: bytes, ids: list[str], host: str = "127.0.0.1", token: str | None = None
+) -> list[bytes]:
     """Every request a case may send (one for create, one per id otherwise)."""
     if case == "create":
-        return [http_request("POST", f"{prefix}/Patient", body)]
+        return [http_request("POST", f"{prefix}/Patient", body, host, token)]
     if case == "read":
-        return [http_request("GET", f"{prefix}/Patient/{i}") for i in ids]
+        return [http_request("GET", f"{prefix}/Patient/{i}", None, host, token) for i in ids]
     if case == "update":
-        return [http_request("PUT", f"{prefix}/Patient/{i}", body.replace(b"__ID__", i.encode())) for i in ids]
+        return [
+            http_request("PUT", f"{prefix}/Patient/{i}", body.replace(b"__ID__", i.encode()), host, token) for i in ids
+        ]
     raise ValueError(f"unknown case {case!r}")
 
 
@@ -210,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="/fhir")
     p.add_argument("--body", type=Path, required=True, help="create body, or update template")
     p.add_argument("--ids", type=Path, help="ids for read/update, one a line")
+    p.add_argument("--token", help="access token sent as `Authorization: Bearer` (none: no header)")
     args = p.parse_args(argv)
     ids = args.ids.read_text().split() if args.ids else []
-    requests = case_requests(args.case, args.prefix, args.body.read_bytes(), ids)
+    host = f"{args.host}:{args.port}"
+    requests = case_requests(args.case, args.prefix, args.body.read_bytes(), ids, host, args.token)
     result = run(http_load(args.host, args.port, requests, args.clients, args.duration))
     print(json.dumps(asdict(result)))
     return 0

@@ -1,11 +1,12 @@
 """Search latency of a real `ehr serve` over ≥ 100,000 Synthea resources, with query plans.
 
-    python bench/search.py [--database-url URL] [--keep] [--reps 60] [--rounds 3]
+    python bench/search.py [--database-url URL] [--keep] [--reps 60] [--rounds 3] [--auth on|off]
 
 Copies the Synthea Bundles with fresh ids until there are --min-resources, loads them
 through `ehr import` into a dedicated database (dropped and created again; --keep reuses
 a loaded one), starts `ehr serve` (1 worker) on it, times each search with sequential
-httpx requests over varied real values, runs EXPLAIN (ANALYZE, BUFFERS) on the SQL the
+httpx requests over varied real values (with --auth on, the default, each carrying a
+system token from `ehr token`), runs EXPLAIN (ANALYZE, BUFFERS) on the SQL the
 search layer builds for one value of each, prints a Markdown report and appends it to
 bench/RESULTS.md. See bench/README.md.
 """
@@ -38,7 +39,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import httpx
 import results
-from crud import PREFIX, Served, free_port, machine, opts, short_code, snapshot_code
+from crud import (
+    PREFIX,
+    Served,
+    access_token,
+    bench_admin_client,
+    free_port,
+    machine,
+    opts,
+    server_env,
+    short_code,
+    snapshot_code,
+)
 
 SYNTHEA = Path("/work/shared/fhir/synthea")
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/ehr_search_bench"
@@ -657,7 +669,8 @@ def report(
         "",
         f"- machine: {machine()}",
         f"- PostgreSQL: {data.pg_version} (system server, `{args.database_url}`), database size {data.size}",
-        f"- server code: {code}; `ehr serve --workers 1 --log-level warning`",
+        f"- server code: {code}; `ehr serve --workers 1 --log-level warning` with EHR_AUTH={args.auth}"
+        + (" (every request carries a system token from `ehr token`)" if args.auth == "on" else ""),
         f"- command: `{shlex.join(['python', 'bench/search.py', *sys.argv[1:]])}`",
         f"- data: {data.resources:,} resources ({types}, ...): the Synthea smart-r4 Bundles and the top-level"
         " Synthea files; copies after the first have every uuid replaced by a per-copy uuid5, each Patient"
@@ -715,6 +728,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed requests per case and round (5)")
     p.add_argument("--seed", type=int, default=1, help="seed for picking values")
     p.add_argument("--cases", type=lambda t: [x for x in t.split(",") if x], help="only these, e.g. name,paging")
+    p.add_argument("--auth", choices=["on", "off"], default="on", help="EHR_AUTH of the server (on: with a token)")
     p.add_argument("--no-results", action="store_true", help="do not record in RESULTS.md")
     args = p.parse_args(argv)
     if args.reps < 50:
@@ -731,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = ":".join(filter(None, [str(work / "code"), env.get("PYTHONPATH")]))
     env["EHR_DATABASE_URL"] = args.database_url
+    bench_admin_client(env)  # the database may have its admin client from an earlier run (--keep)
     server: Served | None = None
     try:
         figures = None if args.keep else load(args, env, work)
@@ -743,12 +758,15 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         cmd = ["ehr", "serve", *opts(host="127.0.0.1", port=port, data_dir=work / "serve")]
         cmd += opts(workers=1, log_level="warning")
-        server = Served("ehr serve", cmd, env, work / "server.log")
+        served_env = server_env(env, args.auth)
+        server = Served("ehr serve", cmd, served_env, work / "server.log")
         server.start()
         timings = {c.key: Timing() for c in cases}
         cursors: dict[str, str] = {}
         base = f"http://127.0.0.1:{port}{PREFIX}/"
         headers = {"Accept": "application/fhir+json"}
+        if args.auth == "on":
+            headers["Authorization"] = f"Bearer {access_token(served_env, port)}"
         with httpx.Client(base_url=base, headers=headers, trust_env=False, timeout=120) as client:
             for case in cases:
                 count_matches(client, case, timings[case.key])

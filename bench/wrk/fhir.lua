@@ -1,8 +1,9 @@
 -- wrk script for bench/crud.py: create, read and update of FHIR Patients.
---   wrk -t1 -cN -dDs --latency -s bench/wrk/fhir.lua http://127.0.0.1:PORT -- CASE BODY IDS PREFIX
+--   wrk -t1 -cN -dDs --latency -s bench/wrk/fhir.lua http://127.0.0.1:PORT -- CASE BODY IDS PREFIX [TOKEN]
 -- CASE create: POST PREFIX/Patient with the BODY file.
 --      read:   GET PREFIX/Patient/{id}, id picked at random from the IDS file (one a line).
 --      update: PUT PREFIX/Patient/{id}, BODY with "__ID__" replaced by that id.
+-- TOKEN, when given and not empty, is sent on every request as "Authorization: Bearer TOKEN".
 -- Every non-2xx answer is counted; done() prints one line "BENCH_JSON {...}".
 
 local threads = {}
@@ -21,24 +22,31 @@ local function slurp(path)
 end
 
 function init(args)
-   local case, body, ids_path, prefix = args[1], slurp(args[2]), args[3], args[4]
+   local case, body, ids_path, prefix, token = args[1], slurp(args[2]), args[3], args[4], args[5]
    errors, statuses = 0, {}
    math.randomseed(os.time() + 7919 * tid)
-   local function headers()
-      return { ["Accept"] = "application/fhir+json", ["Content-Type"] = "application/fhir+json" }
+   local function headers(with_body)
+      local h = { ["Accept"] = "application/fhir+json" }
+      if with_body then
+         h["Content-Type"] = "application/fhir+json"
+      end
+      if token and #token > 0 then
+         h["Authorization"] = "Bearer " .. token
+      end
+      return h
    end
    if case == "create" then
-      prepared[1] = wrk.format("POST", prefix .. "/Patient", headers(), body)
+      prepared[1] = wrk.format("POST", prefix .. "/Patient", headers(true), body)
       return
    end
    for id in io.lines(ids_path) do
       if #id > 0 then
          local path = prefix .. "/Patient/" .. id
          if case == "read" then
-            prepared[#prepared + 1] = wrk.format("GET", path, { ["Accept"] = "application/fhir+json" })
+            prepared[#prepared + 1] = wrk.format("GET", path, headers(false))
          elseif case == "update" then
             local text = body:gsub("__ID__", id)
-            prepared[#prepared + 1] = wrk.format("PUT", path, headers(), text)
+            prepared[#prepared + 1] = wrk.format("PUT", path, headers(true), text)
          else
             error("unknown case " .. tostring(case))
          end

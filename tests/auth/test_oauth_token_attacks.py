@@ -41,7 +41,7 @@ def _claims(**changes: Any) -> dict[str, Any]:
 
 def _signed(app: Any, claims: dict[str, Any], kid: str | None = None) -> str:
     key = app.state.signing_keys.signing
-    return jwt.encode({"alg": "ES256", "kid": kid or key.kid}, claims, key, algorithms=["ES256"])
+    return jwt.encode({"alg": "ES256", "kid": kid or key.kid, "typ": "at+jwt"}, claims, key, algorithms=["ES256"])
 
 
 async def _refused(app: Any, token: str) -> str:

@@ -174,10 +174,17 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+# schemes whose URL a browser runs or reads locally rather than hands to an app (RFC 8252 §7.1
+# allows private-use schemes such as com.example.app: for native apps)
+_UNSAFE_SCHEMES = frozenset({"javascript", "data", "vbscript", "file", "blob", "about", "filesystem"})
+
+
 def _redirect_uri(uri: str) -> str:
     parts = urlsplit(uri)
     if not parts.scheme or len(uri) > 2000 or parts.fragment or any(c.isspace() for c in uri):
         raise AccountError(f"redirect_uri '{uri[:200]}' must be an absolute URI without a fragment")
+    if parts.scheme.lower() in _UNSAFE_SCHEMES:
+        raise AccountError(f"redirect_uri '{uri[:200]}' uses a scheme a browser would run or read locally")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise AccountError(f"redirect_uri '{uri[:200]}' must use https (http only for loopback addresses)")
     if parts.scheme in ("http", "https") and not parts.hostname:

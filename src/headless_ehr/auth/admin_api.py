@@ -48,6 +48,8 @@ def _endpoint(handler: Handler) -> Handler:
     async def endpoint(request: Request) -> Response:
         try:
             request.state.principal = await authorise_admin(request)
+            if any("\x00" in value for value in request.path_params.values()):
+                raise FhirError.of(404, "not-found", "no such account")  # PostgreSQL text holds no NUL
             return await handler(request)
         except FhirError as error:
             return outcome_response(request, error)
@@ -102,9 +104,22 @@ async def _body(request: Request) -> Any:
         if len(body) > MAX_BODY_BYTES:
             raise FhirError.of(413, "too-costly", f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise FhirError.of(400, "invalid", f"the body is not valid JSON: {error}") from None
+    if b"\\u0000" in body and _holds_nul(value):
+        raise FhirError.of(400, "invalid", "the body holds a NUL character (\\u0000)")
+    return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -9,6 +9,7 @@ an assertion names a kid the cache lacks, so a client can rotate its keys).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
@@ -52,28 +53,37 @@ def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 class JwksCache:
-    """Fetched JWK Sets of clients' jwks_uri, per node."""
+    """Fetched JWK Sets of clients' jwks_uri, per node. A URL is asked at most once every
+    JWKS_REFETCH seconds, whether the last answer was keys or a failure, so that callers
+    who need not authenticate cannot make this server flood a client's host."""
 
     def __init__(self) -> None:
         self._sets: dict[str, tuple[float, KeySet]] = {}
         self._fetched: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def keys(self, uri: str, kid: str | None) -> KeySet:
-        now = time.monotonic()
-        cached = self._sets.get(uri)
-        fresh = cached is not None and now - cached[0] < JWKS_TTL
-        known = cached is not None and (kid is None or any(k.kid == kid for k in cached[1].keys))
-        if cached is not None and fresh and (known or now - self._fetched.get(uri, 0) < JWKS_REFETCH):
-            return cached[1]
-        self._fetched[uri] = now
-        keyset = await fetch_jwks(uri)
-        self._sets[uri] = (now, keyset)
-        return keyset
+        async with self._locks.setdefault(uri, asyncio.Lock()):  # concurrent assertions share one fetch
+            now = time.monotonic()
+            cached = self._sets.get(uri)
+            fresh = cached is not None and now - cached[0] < JWKS_TTL
+            known = cached is not None and (kid is None or any(k.kid == kid for k in cached[1].keys))
+            if cached is not None and fresh and known:
+                return cached[1]
+            if now - self._fetched.get(uri, -JWKS_REFETCH) < JWKS_REFETCH:
+                if cached is not None and fresh:
+                    return cached[1]
+                raise BadAssertion("the client's jwks_uri could not be fetched a moment ago; try again shortly")
+            self._fetched[uri] = now
+            keyset = await fetch_jwks(uri)
+            self._sets[uri] = (now, keyset)
+            return keyset
 
 
 async def fetch_jwks(uri: str) -> KeySet:
     try:
         async with (
+            asyncio.timeout(2 * JWKS_TIMEOUT),  # all in: a server dripping bytes cannot hold us longer
             httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False) as http,
             http.stream("GET", uri, headers={"Accept": "application/json"}) as response,
         ):
@@ -84,7 +94,7 @@ async def fetch_jwks(uri: str) -> KeySet:
                 body += chunk
                 if len(body) > JWKS_MAX_BYTES:
                     raise BadAssertion("the client's jwks_uri answered more than 64 KiB")
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, TimeoutError) as error:
         raise BadAssertion(f"the client's jwks_uri could not be fetched ({type(error).__name__})") from None
     try:
         return KeySet.import_key_set(check_jwks(orjson.loads(body)))  # type: ignore[arg-type]
@@ -96,7 +106,7 @@ async def authenticate_assertion(db: Db, cache: JwksCache, assertion: str, token
     """The enabled asymmetric client a client assertion proves; BadAssertion otherwise."""
     header, unverified = _unverified(assertion)
     client_id = unverified.get("iss")
-    if not isinstance(client_id, str) or not client_id:
+    if not isinstance(client_id, str) or not client_id or "\x00" in client_id:
         raise BadAssertion("the assertion has no iss")
     client = await get_client(db, client_id)
     if client is None or not client.enabled or not client.asymmetric:
@@ -131,7 +141,7 @@ async def authenticate_assertion(db: Db, cache: JwksCache, assertion: str, token
         if isinstance(value, int | float) and value > now + LEEWAY:
             raise BadAssertion(f"the assertion's {claim} lies in the future")
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti or len(jti) > 256:
+    if not isinstance(jti, str) or not jti or len(jti) > 256 or "\x00" in jti:
         raise BadAssertion("the assertion has no jti")
     if not await grants.record_assertion(db, client_id, jti, float(exp)):
         raise BadAssertion("the assertion's jti has been used before")

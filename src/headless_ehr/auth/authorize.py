@@ -17,6 +17,7 @@ redirected (RFC 6749 §4.1.2.1); after, they are redirected to the app with `err
 from __future__ import annotations
 
 import html
+import math
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,7 +28,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from . import accounts, grants, secrets
 from .accounts import Client, User
 from .launch import resolve_launch
+from .login_throttle import LoginThrottle
 from .oauth import MAX_FORM_BYTES, OAuthError, fhir_base, issuer_of
+from .ratelimit import client_address
 from .scopes import ScopeError, narrow, parse_grant, split_scopes
 
 COOKIE = "ehr_session"
@@ -161,7 +164,9 @@ async def _check(request: Request, flow: Flow, params: dict[str, list[str]]) -> 
         flow.nonce = _one(params, "nonce")
         try:
             flow.scopes = split_scopes(_one(params, "scope"))
-            flow.offered = narrow(flow.scopes, list(flow.client.scopes))
+            # system/ scopes are for backend services (client_credentials): a user's grant
+            # never carries one, or any user signing in through the app would act as the system
+            flow.offered = [s for s in narrow(flow.scopes, list(flow.client.scopes)) if not _is_system(s)]
         except ScopeError as error:
             raise Redirected("invalid_scope", str(error)) from None
         if not flow.scopes:
@@ -182,12 +187,24 @@ async def _check(request: Request, flow: Flow, params: dict[str, list[str]]) -> 
         raise PageError(error.description) from None
 
 
+def _is_system(scope: str) -> bool:
+    grant = parse_grant(scope)
+    return grant is not None and grant.context == "system"
+
+
 def _redirect(request: Request, flow: Flow, **params: str) -> Response:
     """Back to the app: its redirect_uri with our parameters added to its query."""
     parts = urlsplit(flow.redirect_uri)
     query = "&".join(q for q in (parts.query, urlencode({**params, "state": flow.state})) if q)
     status = 303 if request.method == "POST" else 302
     return RedirectResponse(urlunsplit(parts._replace(query=query)), status, headers={"Cache-Control": "no-store"})
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    throttle = getattr(request.app.state, "login_throttle", None)
+    if throttle is None:
+        throttle = request.app.state.login_throttle = LoginThrottle()
+    return throttle
 
 
 # ---- the browser session --------------------------------------------------------------------
@@ -234,7 +251,7 @@ def _with_cookie(request: Request, response: Response, cookie: str) -> Response:
         COOKIE,
         cookie,
         max_age=SESSION_LIFETIME,
-        path="/oauth",
+        path=urlsplit(issuer_of(request)).path.rstrip("/") + "/oauth",  # where the browser sees /oauth (proxy prefix)
         httponly=True,
         samesite="lax",
         secure=_secure(request),
@@ -268,10 +285,18 @@ async def _authorize(request: Request, cookie: str) -> tuple[Response, str]:
             raise PageError("this form has expired or did not come from this server; start again from the app", 403)
         if action == "login":
             pool = request.app.state.pool
-            user = await accounts.authenticate_user(
-                pool, params.get("username", [""])[0], params.get("password", [""])[0]
+            username = params.get("username", [""])[0]
+            throttle, address = (
+                _throttle(request),
+                client_address(request.scope, request.app.state.settings.trusted_proxies),
             )
+            wait = await throttle.wait(username[:200], address)
+            if wait is not None:
+                message = f"Too many failed sign-ins. Try again in {math.ceil(wait / 60)} minutes."
+                return _login_page(flow, cookie, message, 429, {"Retry-After": str(wait)}), cookie
+            user = await accounts.authenticate_user(pool, username, params.get("password", [""])[0])
             if user is None:
+                await throttle.failed(username[:200], address)
                 return _login_page(flow, cookie, "The username or password is not right.", 401), cookie
             cookie = await _sign_in(request, user)
             action = None
@@ -319,6 +344,12 @@ _PICK = "\0pick"
 def _patient(flow: Flow, user: User, params: dict[str, list[str]], picked: bool) -> str | None:
     """The patient in context: the EHR launch's, the user's own record, or the one picked."""
     if flow.launch_patient is not None:
+        # a launch value is a bearer secret bound to no user: whoever holds it may not
+        # use it to reach a patient they could not pick themselves
+        # (a Patient user: their own record; a user with a patient list: one of those)
+        choices = user.patient_choices
+        if choices and flow.launch_patient not in choices:
+            raise Redirected("access_denied", "the user may not act for the launch's patient")
         return flow.launch_patient
     wants_patient = "launch/patient" in flow.offered or any(
         (g := parse_grant(s)) is not None and g.context == "patient" for s in flow.offered
@@ -389,7 +420,9 @@ def _form(flow: Flow, cookie: str, action: str, inner: str) -> str:
     return f'<form method="post" action="{_e(flow.endpoint)}">\n{_hidden(flow, cookie, action)}\n{inner}\n</form>'
 
 
-def _login_page(flow: Flow, cookie: str, error: str | None = None, status: int = 200) -> Response:
+def _login_page(
+    flow: Flow, cookie: str, error: str | None = None, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     alert = f'<p role="alert" id="error">{_e(error)}</p>' if error else ""
     described = ' aria-describedby="error"' if error else ""
     inner = f"""{alert}
@@ -399,7 +432,9 @@ def _login_page(flow: Flow, cookie: str, error: str | None = None, status: int =
 <input type="password" id="password" name="password" autocomplete="current-password" required{described}>
 <button type="submit">Sign in</button>"""
     intro = f"<p>Sign in to let <strong>{_e(flow.client.name)}</strong> use your health records.</p>"
-    return _page("Sign in", intro + _form(flow, cookie, "login", inner), status)
+    page = _page("Sign in", intro + _form(flow, cookie, "login", inner), status)
+    page.headers.update(headers or {})
+    return page
 
 
 def _picker_page(flow: Flow, user: User, cookie: str) -> Response:

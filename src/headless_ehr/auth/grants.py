@@ -124,6 +124,9 @@ async def purge(db: Db) -> None:
         "DELETE FROM auth_refresh_token WHERE (expires_at < now() OR revoked_at IS NOT NULL)"
         " AND created_at < now() - interval '30 days'"
     )
+    # spent ones (offline_access: no expiry) are kept a month to catch a reuse, not for ever;
+    # a reuse after that is refused as unknown, without revoking the family
+    await db.execute("DELETE FROM auth_refresh_token WHERE used_at < now() - interval '30 days'")
 
 
 async def issue_refresh(

@@ -113,7 +113,7 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         raise _invalid_client("the Basic credentials are not base64 of client_id:client_secret") from None
     client_id, sep, secret = decoded.partition(":")
-    if not sep:
+    if not sep or "\x00" in decoded:
         raise _invalid_client("the Basic credentials are not base64 of client_id:client_secret")
     # RFC 6749 §2.3.1: both parts form-urlencoded before encoding
     return unquote_plus(client_id), unquote_plus(secret)

@@ -30,6 +30,7 @@ log = logging.getLogger("headless_ehr.auth")
 CACHE_SIZE = 50_000  # verified tokens remembered per node
 LEEWAY = 30  # seconds of clock skew tolerated on exp/nbf/iat
 REVOCATION_POLL_SECONDS = 1.0
+PRUNE_SECONDS = 300  # how often expired revocations are forgotten (memory and table)
 
 
 class InvalidToken(Exception):
@@ -51,7 +52,8 @@ class AccessTokens:
         self.keys = keys
         self.lifetime = min(lifetime, MAX_TOKEN_LIFETIME)
         self._cache: OrderedDict[str, tuple[Principal, str]] = OrderedDict()
-        self._revoked: set[str] = set()
+        self._revoked: dict[str, float] = {}  # jti -> its exp: forgotten once it could not verify anyway
+        self._pruned = time.monotonic()
         self._revoked_since: datetime | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -102,6 +104,10 @@ class AccessTokens:
             decoded = jwt.decode(token, self.keys.keyset, algorithms=["ES256"])
         except (JoseError, ValueError, TypeError, KeyError) as error:
             raise InvalidToken(f"the token is not one this server signed ({type(error).__name__})") from None
+        typ = decoded.header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
+            # RFC 9068 §4: nothing else we sign (ID tokens) may pass as an access token
+            raise InvalidToken("the token is not an access token (typ at+jwt)")
         claims = decoded.claims
         now = time.time()
         exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
@@ -143,28 +149,35 @@ class AccessTokens:
                 jti,
                 expires_at,
             )
-        self._revoked.add(jti)
+        self._revoked[jti] = expires_at
 
     def is_revoked(self, jti: str) -> bool:
         return jti in self._revoked
 
     async def _load_revocations(self) -> None:
         async with self.pool.acquire() as conn:
-            if self._revoked_since is None:
+            if self._revoked_since is None or time.monotonic() - self._pruned > PRUNE_SECONDS:
                 await conn.execute("DELETE FROM auth_revoked_token WHERE expires_at < now() - interval '5 minutes'")
+                self._prune()
             since = self._revoked_since or datetime.fromtimestamp(0).astimezone()
             # a revocation committing late still shows: re-read a margin behind the newest seen
             rows = await conn.fetch(
-                "SELECT jti, revoked_at FROM auth_revoked_token"
+                "SELECT jti, revoked_at, extract(epoch FROM expires_at)::float8 AS exp FROM auth_revoked_token"
                 " WHERE revoked_at > $1::timestamptz - interval '10 seconds'",
                 since,
             )
         for row in rows:
-            self._revoked.add(row["jti"])
+            self._revoked[row["jti"]] = row["exp"]
             if self._revoked_since is None or row["revoked_at"] > self._revoked_since:
                 self._revoked_since = row["revoked_at"]
         if self._revoked_since is None:
             self._revoked_since = datetime.now().astimezone() - timedelta(seconds=1)
+
+    def _prune(self) -> None:
+        """Forget revocations of tokens that have expired (decode refuses those by exp)."""
+        self._pruned = time.monotonic()
+        horizon = time.time() - LEEWAY - 60
+        self._revoked = {jti: exp for jti, exp in self._revoked.items() if exp >= horizon}
 
     async def _poll(self) -> None:
         while True:

@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.authenticate = authenticate if rate_limits is None else limit_clients(authenticate, rate_limits)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
-        await app.state.reindexer.resume_stale()
+        await app.state.reindexer.resume_stale(settings.public_base_url)
         check = validator()
         for rtype in defs.resource_types:  # compile every type's rules now, not on a request
             check.validate({"resourceType": rtype})

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from ..search.parse import RESULT_PARAMETERS
+
 CONTEXTS = ("patient", "user", "system")
 # interaction -> the SMART v2 permission letter it needs
 PERMISSION = {
@@ -78,6 +80,10 @@ def parse_grant(scope: str) -> Grant | None:
     else:
         raise ScopeError(f"'{access}' is neither read/write/* nor SMART v2 letters in order (cruds)")
     criteria = tuple(parse_qsl(query, keep_blank_values=True)) if query else ()
+    shaping = sorted({n for n, _ in criteria if n.split(":", 1)[0].split(".", 1)[0] in RESULT_PARAMETERS})
+    if shaping:
+        # criteria select rows; _count, _include, _sort… would only shape results, or widen them
+        raise ScopeError(f"scope criteria may only be search parameters, not {', '.join(shaping)}")
     return Grant(context, rtype, permissions, criteria, scope)
 
 

@@ -24,6 +24,7 @@ from joserfc.errors import JoseError
 
 from .keys import MAX_TOKEN_LIFETIME, SigningKeys
 from .principal import Principal
+from .scopes import ScopeError
 
 log = logging.getLogger("headless_ehr.auth")
 
@@ -135,7 +136,10 @@ class AccessTokens:
             if alive and principal.token_id not in self._revoked:
                 return principal
             del self._cache[token]
-        principal = principal_of(self.decode(token, audience, base_path))
+        try:
+            principal = principal_of(self.decode(token, audience, base_path))
+        except ScopeError as error:  # a scope this server no longer accepts
+            raise InvalidToken(f"the token's scope is not usable: {error}") from None
         self._cache[token] = (principal, audience)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)

@@ -121,9 +121,15 @@ class Reindexer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def resume_stale(self) -> None:
-        """Pick up jobs whose node stopped updating them (it died mid-run)."""
+    async def resume_stale(self, local_base: str | None = None) -> None:
+        """Pick up jobs whose node stopped updating them (it died mid-run), and those a
+        migration queued (params.upgrade), which take this node's public base."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE job SET params = params - 'upgrade' || jsonb_build_object('base', $1::text)"
+                " WHERE kind = 'reindex' AND status = 'running' AND params ? 'upgrade'",
+                local_base,
+            )
             rows = await conn.fetch(
                 "SELECT id FROM job WHERE kind = 'reindex' AND status = 'running'"
                 " AND updated_at < now() - make_interval(secs => $1) FOR UPDATE SKIP LOCKED",

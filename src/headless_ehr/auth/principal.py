@@ -58,6 +58,11 @@ class Principal:
     token_id: str | None = None
     expires_at: int | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    # access() answers by (interaction, type): a principal lives as long as its token in
+    # the verified-token cache, so each request of a token re-asks the same questions
+    _answers: dict[tuple[str, str], tuple[Scope, ...] | bool | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_scopes(cls, subject: str, scope: str, **kwargs: object) -> Principal:
@@ -73,12 +78,7 @@ class Principal:
 
     def allows(self, interaction: str, resource_type: str) -> bool:
         """Some grant permits the interaction on the type (rows may still be restricted)."""
-        if self.grants is None:
-            return True
-        return any(
-            self._scope_of(g, interaction, resource_type) is not False
-            for g in self._covering(interaction, resource_type)
-        )
+        return self._answer(interaction, resource_type) is not False
 
     def require(self, interaction: str, resource_type: str) -> None:
         """Raise 403 unless this principal may perform the interaction on the type at all."""
@@ -103,18 +103,33 @@ class Principal:
     def access(self, interaction: str, resource_type: str) -> tuple[Scope, ...] | None:
         """The rows of the type this principal may reach with the interaction:
         None for all of them, else those matching any returned Scope. 403 when none."""
+        answer = self._answer(interaction, resource_type)
+        if answer is False:
+            raise FhirError.of(403, "forbidden", f"not permitted to {interaction} {resource_type} resources")
+        return answer  # type: ignore[return-value]
+
+    def _answer(self, interaction: str, resource_type: str) -> tuple[Scope, ...] | bool | None:
+        """access() without the raise: False when nothing allows, remembered."""
         if self.grants is None:
             return UNRESTRICTED
+        key = (interaction, resource_type)
+        if key in self._answers:
+            return self._answers[key]
+        answer: tuple[Scope, ...] | bool | None = False
         scopes: list[Scope] = []
         for grant in self._covering(interaction, resource_type):
             scope = self._scope_of(grant, interaction, resource_type)
             if scope is None:
-                return UNRESTRICTED
+                answer = UNRESTRICTED
+                break
             if scope is not False:
                 scopes.append(scope)
-        if not scopes:
-            raise FhirError.of(403, "forbidden", f"not permitted to {interaction} {resource_type} resources")
-        return tuple(dict.fromkeys(scopes))
+        else:
+            if scopes:
+                answer = tuple(dict.fromkeys(scopes))
+        if len(self._answers) < 4096:  # bounded: types x interactions
+            self._answers[key] = answer
+        return answer
 
     def _scope_of(self, grant: Grant, interaction: str, resource_type: str) -> Scope | bool | None:
         """What one covering grant opens: None all rows, a Scope some, False none."""

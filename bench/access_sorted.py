@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -96,7 +97,8 @@ async def main() -> None:
     await admin.close()
     url = urlunsplit(urlsplit(args.database_url)._replace(path="/" + name))
     try:
-        app = create_app(Settings(database_url=url))
+        # a scratch data dir: the first start writes admin-client.json there, not into the checkout
+        app = create_app(Settings(database_url=url, data_dir=Path(tempfile.mkdtemp(prefix="ehr-access-bench-"))))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             base = "http://testserver/fhir"

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .audit.recorder import AuditRecorder
 from .auth.admin_api import admin_routes
 from .auth.authenticate import authenticate_as_system, token_authenticator
 from .auth.bootstrap import ensure_admin_client
@@ -127,6 +128,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 " for local experiments and benchmarks only, never with real data"
             )
         app.state.authenticate = authenticate if rate_limits is None else limit_clients(authenticate, rate_limits)
+        if settings.audit:  # AuditEvents into the hash chain (audit/), batched off the request path
+            app.state.audit = AuditRecorder(pool)
+            app.state.audit.start()
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         poller = asyncio.create_task(poll_registry(pool))
         await app.state.reindexer.resume_stale(settings.public_base_url)
@@ -148,6 +152,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             await app.state.reindexer.close()
+            if app.state.audit is not None:
+                await app.state.audit.close()
+                app.state.audit = None
             await tokens.close()
             await keys.close()
             if trusted is not None:
@@ -176,4 +183,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     # who is asking (auth/): the token authenticator once the keys are loaded, unless EHR_AUTH=off
     app.state.authenticate = authenticate_as_system
+    app.state.audit = None  # the AuditRecorder once the pool is open, unless EHR_AUDIT=off
     return app

@@ -177,6 +177,31 @@ def create_account(args: argparse.Namespace) -> int:
     return 0
 
 
+def audit(args: argparse.Namespace) -> int:
+    """`ehr audit verify` (exit 1 naming the first broken record) and `ehr audit export` (NDJSON)."""
+    from .audit.cli import parse_since, run_export, run_verify
+
+    since = None
+    if args.action == "export" and args.since:
+        try:
+            since = parse_since(args.since)
+        except ValueError:
+            print(f"ehr audit export: --since '{args.since}' is not an ISO 8601 date or instant", file=sys.stderr)
+            return 2
+    settings, embedded, _ = open_database(args)
+    assert settings.database_url
+    try:
+        if args.action == "verify":
+            return run_verify(settings.database_url)
+        if args.output and args.output != "-":
+            with open(args.output, "wb") as out:
+                return run_export(settings.database_url, since, out)
+        return run_export(settings.database_url, since, sys.stdout.buffer)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
 def print_token(args: argparse.Namespace) -> int:
     """`ehr token`: a system access token, and nothing else, on one line."""
     from .auth.cli import CommandError, admin_credentials, fetch_token
@@ -225,6 +250,7 @@ _ENV_ONLY = [
     ("EHR_TRUSTED_ISSUER", "an OpenID Connect issuer whose access tokens are accepted too (default none)"),
     ("EHR_TRUSTED_AUDIENCE", "the audience its tokens must name (required with EHR_TRUSTED_ISSUER)"),
     ("EHR_TRUSTED_FHIR_USER_CLAIM", "its claim naming the user's FHIR resource (default fhirUser)"),
+    ("EHR_AUDIT", "on: record an AuditEvent for every FHIR request (default); off: none, for benchmarks only"),
 ]
 
 
@@ -241,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ehr", description="Headless EHR: a FHIR R4 server", epilog=_epilog(), formatter_class=formatter
     )
     parser.add_argument("--version", action="version", version=f"ehr {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,import,client,user,token}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,import,client,user,token,audit}")
     p_serve = sub.add_parser(
         "serve",
         help="serve the FHIR API",
@@ -297,7 +323,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes (default one per core; no env variable)",
     )
     _account_parsers(sub, formatter)
+    _audit_parsers(sub)
     return parser
+
+
+def _audit_parsers(sub: argparse._SubParsersAction) -> None:
+    p_audit = sub.add_parser(
+        "audit", help="check and export the audit trail", description="The hash-chained audit trail of AuditEvents."
+    )
+    audit_sub = p_audit.add_subparsers(dest="action", metavar="{verify,export}", required=True)
+    verify = audit_sub.add_parser(
+        "verify",
+        help="check the whole hash chain",
+        description="Check every audit record's hash and link; exit 1 naming the first record changed,"
+        " inserted or deleted.",
+    )
+    verify.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    export = audit_sub.add_parser(
+        "export", help="write AuditEvents as NDJSON", description="Write the AuditEvents, oldest first, as NDJSON."
+    )
+    export.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    export.add_argument("--since", default=None, help="only events recorded at or after this ISO 8601 date or instant")
+    export.add_argument("--output", "-o", default="-", help="file to write (default standard output)")
 
 
 def _account_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
@@ -398,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         return create_account(args)
     if args.command == "token":
         return print_token(args)
+    if args.command == "audit":
+        return audit(args)
     return 2
 
 

@@ -81,6 +81,8 @@ class Settings:
     trusted_issuer: str | None = None  # an OpenID Connect issuer whose access tokens are accepted too
     trusted_audience: str | None = None  # the `aud` its tokens must carry (required with trusted_issuer)
     trusted_fhir_user_claim: str = "fhirUser"  # its claim naming the user's FHIR resource
+    # audit
+    audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -123,6 +125,8 @@ class Settings:
             "trusted_issuer": os.environ.get("EHR_TRUSTED_ISSUER") or None,  # compared exactly with `iss`
             "trusted_audience": os.environ.get("EHR_TRUSTED_AUDIENCE") or None,
             "trusted_fhir_user_claim": os.environ.get("EHR_TRUSTED_FHIR_USER_CLAIM") or "fhirUser",
+            # audit
+            "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:

@@ -19,6 +19,7 @@ from ..fhir.outcome import FhirError
 from ..fhir.references import RESOURCE_ID
 from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment
+from . import audit_trail
 from . import interactions as ix
 from .capability import settings_document
 from .negotiation import FHIR_JSON, response_media_type, wants_native
@@ -145,7 +146,15 @@ def _too_expensive(request: Request) -> FhirError:
 
 
 async def fhir_endpoint(request: Request) -> Response:
-    """The single ASGI endpoint behind the FHIR base URL."""
+    """The single ASGI endpoint behind the FHIR base URL; every answer is audited."""
+    response = await _answer(request)
+    recorder = request.app.state.audit
+    if recorder is not None:
+        await audit_trail.record(request, response, recorder)
+    return response
+
+
+async def _answer(request: Request) -> Response:
     try:
         segments = [s for s in request.path_params.get("path", "").split("/") if s]
         if _is_binary_read(request, segments) and wants_native(request):
@@ -157,6 +166,8 @@ async def fhir_endpoint(request: Request) -> Response:
         if segments != ["metadata"]:  # the CapabilityStatement is public (SMART discovery)
             request.state.principal = await request.app.state.authenticate(request, base_url(request))
         methods = _routes(request, segments)
+        if segments[:1] == ["AuditEvent"]:  # the audit trail is append-only, for everyone
+            methods = {m: h for m, h in methods.items() if m == "GET" or segments[-1].startswith(("$", "_search"))}
         if not methods:
             raise _not_found(f"no FHIR interaction at '/{'/'.join(segments)}'")
         method = "GET" if request.method == "HEAD" else request.method
@@ -168,6 +179,7 @@ async def fhir_endpoint(request: Request) -> Response:
             raise error
         return await handler()
     except FhirError as error:
+        request.state.refusal = str(error)[:500]
         return outcome_response(request, error)
     except asyncpg.QueryCanceledError:  # statement_timeout; its transaction was rolled back
         return outcome_response(request, _too_expensive(request))

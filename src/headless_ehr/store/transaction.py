@@ -133,6 +133,8 @@ def parse_entries(bundle: dict[str, Any], base_url: str | None) -> list[Entry]:
                 f"{where}: '{url}' does not name a resource type",
                 f"{where}.request.url",
             )
+        if path[0] == "AuditEvent" and method not in ("GET", "HEAD"):  # the audit trail is append-only
+            raise FhirError.of(405, "not-supported", f"{where}: AuditEvents cannot be {method} through the API")
         _check_url(method, path, query, url, where)
         full_url = raw.get("fullUrl")
         if isinstance(full_url, str):  # bdl-7: fullUrl is unique in a bundle

@@ -1,0 +1,124 @@
+"""The audit log as a hash chain: append in order, verify the whole of it.
+
+Each record's hash is SHA-256(previous record's hash || its seq || its content), so
+changing, deleting or inserting a record breaks the chain at that point. Appends take
+one advisory lock for the length of a short transaction (one batch of events), so
+every node appends to the same chain and it never forks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+GENESIS = bytes(32)  # the previous hash of the first record
+_APPEND_LOCK = 0x5EC0_A0D1  # advisory lock key: one appender at a time, on every node
+
+
+def record_hash(prev_hash: bytes, seq: int, content: bytes) -> bytes:
+    return hashlib.sha256(prev_hash + seq.to_bytes(8, "big", signed=True) + content).digest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One AuditEvent to append: its id, time and canonical JSON bytes."""
+
+    id: uuid.UUID
+    recorded: datetime
+    content: bytes
+
+
+async def append(conn: asyncpg.Connection, entries: Sequence[Entry]) -> int:
+    """Append the entries, in order, after the chain's last record; returns the last seq."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _APPEND_LOCK)
+        last = await conn.fetchrow("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")
+        seq, prev = (last["seq"], bytes(last["hash"])) if last else (0, GENESIS)
+        seqs, prevs, hashes = [], [], []
+        for entry in entries:
+            seq += 1
+            digest = record_hash(prev, seq, entry.content)
+            seqs.append(seq)
+            prevs.append(prev)
+            hashes.append(digest)
+            prev = digest
+        await conn.execute(
+            "INSERT INTO audit_event (seq, id, recorded, content, prev_hash, hash)"
+            " SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::bytea[], $5::bytea[], $6::bytea[])",
+            seqs,
+            [e.id for e in entries],
+            [e.recorded for e in entries],
+            [e.content for e in entries],
+            prevs,
+            hashes,
+        )
+        return seq
+
+
+@dataclass(frozen=True)
+class Break:
+    """The first place the chain does not hold: the record it names and what is wrong."""
+
+    seq: int
+    id: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"audit record seq {self.seq} (AuditEvent/{self.id}): {self.problem}"
+
+
+@dataclass(frozen=True)
+class Verified:
+    count: int
+    head: bytes  # the last record's hash: compare it with a copy kept elsewhere (e.g. the SIEM)
+    broken: Break | None
+
+
+async def _records(conn: asyncpg.Connection, batch: int = 5000) -> AsyncIterator[asyncpg.Record]:
+    after = None
+    while True:
+        rows = await conn.fetch(
+            "SELECT seq, id, content, prev_hash, hash FROM audit_event WHERE seq > $1 ORDER BY seq LIMIT $2",
+            after if after is not None else -(2**63),
+            batch,
+        )
+        for row in rows:
+            yield row
+        if len(rows) < batch:
+            return
+        after = rows[-1]["seq"]
+
+
+async def verify(conn: asyncpg.Connection) -> Verified:
+    """Walk the chain from its first record; stop at the first break."""
+    count, expected_seq, prev, before_prev = 0, 1, GENESIS, None
+    prev_seq, prev_id = 0, ""
+    async for row in _records(conn):
+        seq, rid, content = row["seq"], str(row["id"]), bytes(row["content"])
+        link, stored = bytes(row["prev_hash"]), bytes(row["hash"])
+        if link != prev:
+            if before_prev is not None and link == before_prev:
+                problem = f"it was inserted: the next record (seq {seq}) links past it"
+                return Verified(count - 1, before_prev, Break(prev_seq, prev_id, problem))
+            if seq != expected_seq:
+                problem = f"records {expected_seq}..{seq - 1} before it were deleted (its link skips them)"
+            elif seq == 1:
+                problem = "its link is not the chain's start: records before it were deleted or it was inserted"
+            else:
+                problem = "its link does not match the previous record: a record was deleted or inserted here"
+            return Verified(count, prev, Break(seq, rid, problem))
+        if record_hash(link, seq, content) != stored:
+            if seq != expected_seq:
+                problem = f"its seq was changed or records {expected_seq}..{seq - 1} were deleted"
+            else:
+                problem = "its content or hash was changed (the hash does not match the content)"
+            return Verified(count, prev, Break(seq, rid, problem))
+        count += 1
+        expected_seq, before_prev, prev = seq + 1, prev, stored
+        prev_seq, prev_id = seq, rid
+    return Verified(count, prev, None)

@@ -1,0 +1,121 @@
+"""Every FHIR request leaves an R4 AuditEvent with the right interaction, outcome, agent and entities."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+
+RESTFUL = "http://hl7.org/fhir/restful-interaction"
+
+
+async def events_naming(app: Any, db: asyncpg.Pool, needle: str, *, flush: bool = True) -> list[dict]:
+    """The AuditEvents whose content mentions needle, oldest first."""
+    if flush:
+        await app.state.audit.flush()
+    rows = await db.fetch(
+        "SELECT content FROM audit_event WHERE position($1::bytea in content) > 0 ORDER BY seq", needle.encode()
+    )
+    return [orjson.loads(r["content"]) for r in rows]
+
+
+def subtype(event: dict) -> str:
+    [coding] = event["subtype"]
+    assert coding["system"] == RESTFUL
+    return coding["code"]
+
+
+def references(event: dict) -> list[str]:
+    return [e["what"]["reference"] for e in event.get("entity", []) if "what" in e]
+
+
+async def new_patient(client: httpx.AsyncClient) -> str:
+    marker = uuid.uuid4().hex
+    response = await client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": marker}]})
+    assert response.status_code == 201
+    return response.json()["id"]
+
+
+async def test_a_read_records_a_successful_read_event_naming_the_patient(client, app, db):
+    pid = await new_patient(client)
+    assert (await client.get(f"/Patient/{pid}")).status_code == 200
+    [event] = [e for e in await events_naming(app, db, f"Patient/{pid}") if subtype(e) == "read"]
+    assert event["resourceType"] == "AuditEvent"
+    assert event["type"]["code"] == "rest"
+    assert event["action"] == "R"
+    assert event["outcome"] == "0"
+    assert f"Patient/{pid}" in references(event)
+    [client_agent] = event["agent"]
+    assert client_agent["who"]["identifier"]["value"] == "test-client"
+    assert client_agent["requestor"] is True
+    assert client_agent["network"]["address"] == "127.0.0.1"
+
+
+async def test_a_search_records_its_query_and_the_patient_searched_for(client, app, db):
+    pid = await new_patient(client)
+    assert (await client.get("/Observation", params={"patient": pid, "code": "1234-5"})).status_code == 200
+    [event] = [e for e in await events_naming(app, db, f"Patient/{pid}") if subtype(e) == "search-type"]
+    assert event["outcome"] == "0"
+    assert f"Patient/{pid}" in references(event)
+    [query] = [e for e in event["entity"] if e["role"]["code"] == "24"]
+    assert base64.b64decode(query["query"]).decode() == f"/fhir/Observation?patient={pid}&code=1234-5"
+
+
+async def test_a_create_is_recorded_before_its_response_is_sent(client, app, db):
+    pid = await new_patient(client)
+    # no flush: a write's event is committed before the write is answered
+    [event] = [e for e in await events_naming(app, db, f"Patient/{pid}", flush=False) if subtype(e) == "create"]
+    assert event["action"] == "C"
+    assert event["outcome"] == "0"
+    assert f"Patient/{pid}/_history/1" in references(event)
+
+
+async def test_a_refused_read_is_recorded_as_a_failure_with_the_reason(client, client_for, app, db):
+    pid = await new_patient(client)
+    nurse = await client_for("user/Observation.rs", fhirUser="Practitioner/audit-nurse")
+    assert (await nurse.get(f"/Patient/{pid}")).status_code == 403
+    [event] = [e for e in await events_naming(app, db, f"Patient/{pid}") if subtype(e) == "read"]
+    assert event["outcome"] == "4"
+    assert event["outcomeDesc"].startswith("403 ")
+    [user] = [a for a in event["agent"] if a.get("requestor")]
+    assert user["who"]["reference"] == "Practitioner/audit-nurse"
+
+
+async def test_a_request_without_a_token_is_recorded_with_its_source_address(anonymous, app, db):
+    marker = f"Patient/unauth-{uuid.uuid4().hex[:12]}"
+    headers = {"X-Forwarded-For": "203.0.113.9"}  # through a trusted proxy (127.0.0.1)
+    assert (await anonymous.get(f"/{marker}", headers=headers)).status_code == 401
+    [event] = await events_naming(app, db, marker)
+    assert event["outcome"] == "4"
+    assert event["outcomeDesc"].startswith("401 ")
+    [agent] = event["agent"]
+    assert "who" not in agent
+    assert agent["network"]["address"] == "203.0.113.9"
+
+
+async def test_a_read_of_an_unknown_resource_is_recorded_as_not_found(client, app, db):
+    missing = f"Patient/missing-{uuid.uuid4().hex[:12]}"
+    assert (await client.get(f"/{missing}")).status_code == 404
+    [event] = await events_naming(app, db, missing)
+    assert (subtype(event), event["outcome"]) == ("read", "4")
+    assert event["outcomeDesc"].startswith("404 ")
+
+
+async def test_a_patient_context_token_names_its_patient(client, client_for, app, db):
+    pid = await new_patient(client)
+    patient = await client_for("patient/*.rs", patient=pid)
+    assert (await patient.get("/Observation")).status_code == 200
+    [event] = [e for e in await events_naming(app, db, f"Patient/{pid}") if subtype(e) == "search-type"]
+    assert f"Patient/{pid}" in references(event)
+
+
+async def test_no_event_is_recorded_for_the_capability_statement(anonymous, app, db):
+    await app.state.audit.flush()
+    before = await db.fetchval("SELECT count(*) FROM audit_event")
+    assert (await anonymous.get("/metadata")).status_code == 200
+    await app.state.audit.flush()
+    assert await db.fetchval("SELECT count(*) FROM audit_event") == before

@@ -106,7 +106,7 @@ async def verify(conn: asyncpg.Connection) -> Verified:
                 problem = f"it was inserted: the next record (seq {seq}) links past it"
                 return Verified(count - 1, before_prev, Break(prev_seq, prev_id, problem))
             if seq != expected_seq:
-                problem = f"records {expected_seq}..{seq - 1} before it were deleted (its link skips them)"
+                problem = f"{_records_named(expected_seq, seq - 1)} deleted before it (its link skips them)"
             elif seq == 1:
                 problem = "its link is not the chain's start: records before it were deleted or it was inserted"
             else:
@@ -114,7 +114,7 @@ async def verify(conn: asyncpg.Connection) -> Verified:
             return Verified(count, prev, Break(seq, rid, problem))
         if record_hash(link, seq, content) != stored:
             if seq != expected_seq:
-                problem = f"its seq was changed or records {expected_seq}..{seq - 1} were deleted"
+                problem = f"its seq was changed, or {_records_named(expected_seq, seq - 1)} deleted"
             else:
                 problem = "its content or hash was changed (the hash does not match the content)"
             return Verified(count, prev, Break(seq, rid, problem))
@@ -122,3 +122,7 @@ async def verify(conn: asyncpg.Connection) -> Verified:
         expected_seq, before_prev, prev = seq + 1, prev, stored
         prev_seq, prev_id = seq, rid
     return Verified(count, prev, None)
+
+
+def _records_named(first: int, last: int) -> str:
+    return f"record {first} was" if first == last else f"records {first}..{last} were"

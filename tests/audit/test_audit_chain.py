@@ -73,10 +73,17 @@ async def test_verify_names_a_record_whose_content_was_changed(chain, fresh_data
 
 async def test_verify_names_a_changed_record_even_when_its_hash_was_recomputed(chain, fresh_database):
     row = await chain.fetchrow("SELECT prev_hash, content FROM audit_event WHERE seq = 3")
-    forged = bytes(row["content"]).replace(b"Patient/p3", b"Patient/p9")
+    content = orjson.loads(row["content"])
+    content["recorded"] = "2020-01-01T00:00:00.000Z"
+    forged = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
     digest = record_hash(bytes(row["prev_hash"]), 3, forged)
     await chain.execute("UPDATE audit_event SET content = $1, hash = $2 WHERE seq = 3", forged, digest)
     await _verify_names(fresh_database, 4, "link does not match")
+
+
+async def test_verify_names_a_record_whose_search_columns_were_changed(chain, fresh_database):
+    await chain.execute("UPDATE audit_event SET patients = '{}' WHERE seq = 2")
+    await _verify_names(fresh_database, 2, "search columns")
 
 
 async def test_verify_names_where_a_record_was_deleted(chain, fresh_database):
@@ -92,12 +99,13 @@ async def test_verify_names_a_record_inserted_into_the_chain(chain, fresh_databa
     who = Principal.from_scopes("c1", "system/*.rs", client_id="c1")
     entry = audit_event(Interaction("read", 200, "Patient/planted"), who, "10.0.0.1")
     await chain.execute(
-        "INSERT INTO audit_event VALUES (8, $1, $2, $3, $4, $5)",
+        "INSERT INTO audit_event VALUES (8, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         entry.id,
         entry.recorded,
         entry.content,
         prev,
         record_hash(prev, 8, entry.content),
+        *entry.index.row(),
     )
     await _verify_names(fresh_database, 8, f"(AuditEvent/{entry.id}): it was inserted")
 
@@ -107,7 +115,7 @@ async def test_verify_names_a_record_appended_with_a_made_up_hash(chain, fresh_d
     entry = audit_event(Interaction("read", 200, "Patient/planted"), who, "10.0.0.1")
     last = bytes(await chain.fetchval("SELECT hash FROM audit_event WHERE seq = 10"))
     await chain.execute(
-        "INSERT INTO audit_event VALUES (11, $1, $2, $3, $4, $5)",
+        "INSERT INTO audit_event VALUES (11, $1, $2, $3, $4, $5, '{}', '{}', '{}', 'read', '0', 'R', null)",
         entry.id,
         entry.recorded,
         entry.content,

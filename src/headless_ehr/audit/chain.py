@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import orjson
+
+from .index import Index, index_of
 
 GENESIS = bytes(32)  # the previous hash of the first record
 _APPEND_LOCK = 0x5EC0_A0D1  # advisory lock key: one appender at a time, on every node
@@ -26,11 +29,41 @@ def record_hash(prev_hash: bytes, seq: int, content: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Entry:
-    """One AuditEvent to append: its id, time and canonical JSON bytes."""
+    """One AuditEvent to append: its id, time, canonical JSON bytes and search columns."""
 
     id: uuid.UUID
     recorded: datetime
     content: bytes
+    index: Index
+
+
+_INSERT = (
+    "INSERT INTO audit_event"
+    " (seq, id, recorded, content, prev_hash, hash, patients, agents, entities, subtype, outcome, action, address)"
+    " SELECT seq, id, recorded, content, prev_hash, hash, string_to_array(p, chr(31)), string_to_array(a, chr(31)),"
+    " string_to_array(e, chr(31)), subtype, outcome, action, address"
+    " FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::bytea[], $5::bytea[], $6::bytea[],"
+    " $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])"
+    " AS u(seq, id, recorded, content, prev_hash, hash, p, a, e, subtype, outcome, action, address)"
+)
+_SEP = "\x1f"  # arrays of arrays travel as unit-separated text (unnest flattens text[][])
+
+
+def _index_arrays(entries: Sequence[Entry]) -> list[list[object]]:
+    rows = [e.index for e in entries]
+    return [
+        [_joined(i.patients) for i in rows],
+        [_joined(i.agents) for i in rows],
+        [_joined(i.entities) for i in rows],
+        [i.subtype for i in rows],
+        [i.outcome for i in rows],
+        [i.action for i in rows],
+        [i.address for i in rows],
+    ]
+
+
+def _joined(values: list[str]) -> str:
+    return _SEP.join(v.replace(_SEP, "") for v in values)
 
 
 async def append(conn: asyncpg.Connection, entries: Sequence[Entry]) -> int:
@@ -48,14 +81,14 @@ async def append(conn: asyncpg.Connection, entries: Sequence[Entry]) -> int:
             hashes.append(digest)
             prev = digest
         await conn.execute(
-            "INSERT INTO audit_event (seq, id, recorded, content, prev_hash, hash)"
-            " SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::bytea[], $5::bytea[], $6::bytea[])",
+            _INSERT,
             seqs,
             [e.id for e in entries],
             [e.recorded for e in entries],
             [e.content for e in entries],
             prevs,
             hashes,
+            *_index_arrays(entries),
         )
         return seq
 
@@ -83,7 +116,8 @@ async def _records(conn: asyncpg.Connection, batch: int = 5000) -> AsyncIterator
     after = None
     while True:
         rows = await conn.fetch(
-            "SELECT seq, id, content, prev_hash, hash FROM audit_event WHERE seq > $1 ORDER BY seq LIMIT $2",
+            "SELECT seq, id, content, prev_hash, hash, patients, agents, entities, subtype, outcome, action, address"
+            " FROM audit_event WHERE seq > $1 ORDER BY seq LIMIT $2",
             after if after is not None else -(2**63),
             batch,
         )
@@ -118,6 +152,9 @@ async def verify(conn: asyncpg.Connection) -> Verified:
             else:
                 problem = "its content or hash was changed (the hash does not match the content)"
             return Verified(count, prev, Break(seq, rid, problem))
+        if _columns(row) != index_of(orjson.loads(content)).row():
+            problem = "its search columns or content were changed (they do not match): searches may hide it"
+            return Verified(count, prev, Break(seq, rid, problem))
         count += 1
         expected_seq, before_prev, prev = seq + 1, prev, stored
         prev_seq, prev_id = seq, rid
@@ -126,3 +163,8 @@ async def verify(conn: asyncpg.Connection) -> Verified:
 
 def _records_named(first: int, last: int) -> str:
     return f"record {first} was" if first == last else f"records {first}..{last} were"
+
+
+def _columns(row: asyncpg.Record) -> tuple[object, ...]:
+    names = ("patients", "agents", "entities", "subtype", "outcome", "action", "address")
+    return tuple(list(row[n]) if isinstance(row[n], list) else row[n] for n in names)

@@ -17,6 +17,7 @@ import orjson
 
 from ..auth.principal import Principal
 from .chain import Entry
+from .index import index_of
 
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 _EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}
@@ -121,4 +122,4 @@ def audit_event(interaction: Interaction, principal: Principal | None, address: 
         event["outcomeDesc"] = str(interaction.status)
     if entities:
         event["entity"] = entities
-    return Entry(event_id, now, orjson.dumps(event, option=orjson.OPT_SORT_KEYS))
+    return Entry(event_id, now, orjson.dumps(event, option=orjson.OPT_SORT_KEYS), index_of(event))

@@ -1,0 +1,63 @@
+"""The search columns of an audit record, derived from its AuditEvent content alone
+(so `ehr audit verify` can recompute and compare them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Index:
+    patients: list[str]
+    agents: list[str]
+    entities: list[str]
+    subtype: str
+    outcome: str
+    action: str
+    address: str | None
+
+    def row(self) -> tuple[object, ...]:
+        return (self.patients, self.agents, self.entities, self.subtype, self.outcome, self.action, self.address)
+
+
+def _versionless(reference: str) -> str:
+    return reference.split("/_history/", 1)[0]
+
+
+def index_of(event: dict[str, Any]) -> Index:
+    agents: list[str] = []
+    patients: list[str] = []
+    address = None
+    for agent in event.get("agent", []):
+        who = agent.get("who", {})
+        if "reference" in who:
+            agents.append(who["reference"])
+            if who["reference"].startswith("Patient/"):
+                patients.append(who["reference"])
+        ident = who.get("identifier")
+        if ident and "value" in ident:
+            agents += [f"{ident.get('system', '')}|{ident['value']}", ident["value"]]
+        if agent.get("requestor") and address is None:
+            address = agent.get("network", {}).get("address")
+    entities: list[str] = []
+    for entity in event.get("entity", []):
+        ref = entity.get("what", {}).get("reference")
+        if ref:
+            entities += [ref, _versionless(ref)] if "/_history/" in ref else [ref]
+            if ref.startswith("Patient/"):
+                patients.append(_versionless(ref))
+    subtypes = event.get("subtype") or [{}]
+    return Index(
+        _distinct(patients),
+        _distinct(agents),
+        _distinct(entities),
+        subtypes[0].get("code", ""),
+        event.get("outcome", ""),
+        event.get("action", ""),
+        address,
+    )
+
+
+def _distinct(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(v.replace("\x1f", "") for v in values))  # \x1f separates them in transit (chain.py)

@@ -19,7 +19,7 @@ from ..fhir.outcome import FhirError
 from ..fhir.references import RESOURCE_ID
 from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment
-from . import audit_trail
+from . import audit_search, audit_trail
 from . import interactions as ix
 from .capability import settings_document
 from .negotiation import FHIR_JSON, response_media_type, wants_native
@@ -87,6 +87,8 @@ def _routes(request: Request, seg: list[str]) -> Methods:
     if head not in definitions().resource_types:
         raise _not_found(f"unknown resource type '{head}'")
     rtype = head
+    if rtype == "AuditEvent" and n <= 2 and (n == 1 or not seg[1].startswith(("$", "_history"))):
+        return _audit_routes(request, seg)
     if n == 1:
         return {
             "GET": lambda: ix.search(request, rtype),
@@ -120,6 +122,8 @@ def _routes(request: Request, seg: list[str]) -> Methods:
     if third == "_history" and n == 3:
         return {"GET": lambda: ix.history(request, rtype, rid)}
     if n == 3 and rtype in COMPARTMENT_TYPES and (third == "*" or third in definitions().resource_types):
+        if rtype == "Patient" and third == "AuditEvent":
+            return {"GET": lambda: audit_search.search(request, f"Patient/{rid}")}
         compartment = Compartment(rtype, rid)
         target = None if third == "*" else third
         return {"GET": lambda: ix.search(request, target, compartment)}
@@ -127,6 +131,16 @@ def _routes(request: Request, seg: list[str]) -> Methods:
         vid = seg[3]
         return {"GET": lambda: ix.vread(request, rtype, rid, vid)}
     return {}
+
+
+def _audit_routes(request: Request, seg: list[str]) -> Methods:
+    """AuditEvents come from the audit trail's own table (rest/audit_search.py); none is written here."""
+    if len(seg) == 1:
+        return {"GET": lambda: audit_search.search(request)}
+    if seg[1] == "_search":
+        return {"POST": lambda: audit_search.search(request)}
+    rid = seg[1]
+    return {"GET": lambda: audit_search.read(request, rid)}
 
 
 def _is_binary_read(request: Request, seg: list[str]) -> bool:

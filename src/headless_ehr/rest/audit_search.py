@@ -1,0 +1,148 @@
+"""`GET /fhir/AuditEvent` and `GET /fhir/AuditEvent/{id}`: the audit log, read from its own
+hash-chained table (audit/), not from the resource tables.
+
+System clients read every event; a patient-context token with an AuditEvent read scope
+reads the events about its own patient ("who looked at my record"); anyone else is 403.
+Supported parameters: patient, agent, entity, subtype, outcome, action, address, date
+(eq/gt/ge/lt/le), _id, _count, _sort (date or -date).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..audit.query import ARRAY_PARAMS, TEXT_PARAMS, AuditQuery
+from ..fhir.outcome import FhirError
+from ..search.normalize import DateFormatError, date_range
+from ..search.paging import decode_cursor, encode_cursor, parse_count
+from .bundles import page_link
+from .context import principal_of
+from .responses import base_url, fhir_response, json_response
+
+_IGNORED = frozenset({"_format", "_pretty"})  # content negotiation reads them
+_SUPPORTED = sorted({*ARRAY_PARAMS, *TEXT_PARAMS, "date", "_id", "_count", "_sort", "_cursor"})
+_PREFIXES = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _restriction(request: Request, interaction: str) -> str | None:
+    """The patient this caller's audit reads are limited to (None: all); 403 when it may read none."""
+    principal = principal_of(request)
+    if principal.system or principal.grants is None:
+        return None
+    if principal.patient and principal.allows(interaction, "AuditEvent"):
+        return f"Patient/{principal.patient}"
+    raise FhirError.of(
+        403,
+        "forbidden",
+        "AuditEvents are readable by system clients, and by patient-context tokens for their own patient",
+    )
+
+
+def _values(name: str, raw: str) -> list[str]:
+    values = [v for v in raw.split(",") if v]
+    if not values:
+        raise FhirError.of(400, "invalid", f"parameter '{name}' has no value")
+    if name == "patient":
+        return [v if v.startswith("Patient/") else f"Patient/{v}" for v in values]
+    if name == "subtype":  # a token: [system|]code, the system being restful-interaction
+        return [v.rsplit("|", 1)[-1] for v in values]
+    return values
+
+
+def _date(query: AuditQuery, raw: str) -> None:
+    ranges = []
+    for value in raw.split(","):
+        prefix = value[:2] if value[:2] in (*_PREFIXES, "eq") else "eq"
+        text = value[2:] if value[:2] == prefix else value
+        try:
+            low, high = date_range(text)
+        except DateFormatError:
+            raise FhirError.of(400, "invalid", f"date: '{value[:50]}' is not a date, dateTime or instant") from None
+        if prefix == "eq":
+            ranges.append((low, high))
+        elif "," in raw:
+            raise FhirError.of(400, "not-supported", "date: a prefixed value cannot be one of several (OR) values")
+        else:
+            query.recorded(_PREFIXES[prefix], low if prefix in ("ge", "lt") else high)
+    if ranges:
+        query.recorded_any(ranges)
+
+
+def _criteria(request: Request, params: list[tuple[str, str]]) -> tuple[AuditQuery, int, int | None, bool]:
+    settings = request.app.state.settings
+    query = AuditQuery()
+    count, cursor, descending = settings.default_page_size, None, False
+    for name, raw in params:
+        if name in _IGNORED:
+            continue
+        if name in ARRAY_PARAMS or name in TEXT_PARAMS:
+            query.any_of(name, _values(name, raw))
+        elif name == "date":
+            _date(query, raw)
+        elif name == "_id":
+            query.ids(_values(name, raw))
+        elif name == "_count":
+            count = parse_count(raw, settings.max_page_size)
+        elif name == "_sort":
+            if raw not in ("date", "-date"):
+                raise FhirError.of(400, "not-supported", "AuditEvent searches sort by date or -date only")
+            descending = raw == "-date"
+        elif name == "_cursor":
+            payload = decode_cursor(raw)
+            if not isinstance(payload, int):
+                raise FhirError.of(400, "invalid", "malformed paging cursor")
+            cursor = payload
+        else:
+            raise FhirError.of(
+                400,
+                "not-supported",
+                f"AuditEvent search does not support '{name[:50]}' (supported: {', '.join(_SUPPORTED)})",
+            )
+    return query, count, cursor, descending
+
+
+async def search(request: Request, patient: str | None = None) -> Response:
+    """A searchset of AuditEvents, oldest first unless `_sort=-date`; paged by cursor."""
+    only = _restriction(request, "search")
+    params = list(request.query_params.multi_items())
+    if request.method == "POST":
+        params += [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+    query, count, cursor, descending = _criteria(request, params)
+    for must in (only, patient):
+        if must is not None:
+            query.any_of("patient", [must])
+    rows = await query.page(request.app.state.pool, count + 1, cursor, descending) if count else []
+    base = base_url(request)
+    entries: list[Any] = [
+        {
+            "fullUrl": f"{base}/AuditEvent/{row['id']}",
+            "resource": orjson.Fragment(bytes(row["content"])),
+            "search": {"mode": "match"},
+        }
+        for row in rows[:count]
+    ]
+    links = [page_link(request, "self", None, ("_cursor",), params)]
+    if len(rows) > count:
+        links.append(page_link(request, "next", encode_cursor(rows[count - 1]["seq"]), ("_cursor",), params))
+    bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset", "link": links, "entry": entries}
+    return json_response(request, bundle)
+
+
+async def read(request: Request, rid: str) -> Response:
+    """One AuditEvent, as recorded (404 when unknown or about another patient)."""
+    only = _restriction(request, "read")
+    try:
+        key = uuid.UUID(rid)
+    except ValueError:
+        key = None
+    row = None
+    if key is not None:
+        row = await request.app.state.pool.fetchrow("SELECT content, patients FROM audit_event WHERE id = $1", key)
+    if row is None or (only is not None and only not in row["patients"]):
+        raise FhirError.of(404, "not-found", f"AuditEvent/{rid[:100]} is not known")
+    return fhir_response(request, bytes(row["content"]))

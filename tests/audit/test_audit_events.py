@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from typing import Any
@@ -119,3 +120,12 @@ async def test_no_event_is_recorded_for_the_capability_statement(anonymous, app,
     assert (await anonymous.get("/metadata")).status_code == 200
     await app.state.audit.flush()
     assert await db.fetchval("SELECT count(*) FROM audit_event") == before
+
+
+async def test_text_postgresql_cannot_hold_does_not_block_the_log(client, app, db):
+    marker = uuid.uuid4().hex
+    for path in (f"/Patient/{marker}%00x", f"/Observation?patient={marker}%00x&code=%ED%A0%80"):
+        assert (await client.get(path)).status_code < 500
+    pid = await asyncio.wait_for(new_patient(client), 10)  # a write still gets its event committed
+    assert [subtype(e) for e in await events_naming(app, db, f"Patient/{pid}", flush=False)] == ["create"]
+    assert len(await events_naming(app, db, marker)) == 2

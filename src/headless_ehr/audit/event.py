@@ -51,6 +51,13 @@ class Interaction:
     description: str | None = None  # e.g. the refusal's message, or `$everything`
 
 
+def clean(text: str) -> str:
+    """Request text as the log can hold it: no NUL (PostgreSQL text refuses it), no lone surrogates."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def outcome_code(status: int) -> str:
     if status < 400:
         return "0"
@@ -58,10 +65,12 @@ def outcome_code(status: int) -> str:
 
 
 def _agents(principal: Principal | None, address: str) -> list[dict]:
+    address = clean(address)
     network = {"address": address, "type": "2" if address[:1].isdigit() or ":" in address else "1"}
     if principal is None:  # no valid token (401): only where it came from
         return [{"type": _dcm("110153", "Source Role ID"), "requestor": True, "network": network}]
-    client = {"identifier": {"system": "urn:ehr:client-id", "value": principal.client_id or principal.subject}}
+    client_id = clean(principal.client_id or principal.subject)
+    client = {"identifier": {"system": "urn:ehr:client-id", "value": client_id}}
     agents = [{"type": _dcm("110153", "Source Role ID"), "who": client, "requestor": principal.fhir_user is None}]
     agents[0]["network"] = network
     if principal.fhir_user:
@@ -71,8 +80,8 @@ def _agents(principal: Principal | None, address: str) -> list[dict]:
                     {"system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type", "code": "humanuser"}
                 ]
             },
-            "who": {"reference": principal.fhir_user},
-            "altId": principal.subject,
+            "who": {"reference": clean(principal.fhir_user)},
+            "altId": clean(principal.subject),
             "requestor": True,
         }
         agents.append(user)
@@ -93,6 +102,14 @@ def _entity(reference: str, entity_type: str, role: str) -> dict:
 
 def audit_event(interaction: Interaction, principal: Principal | None, address: str) -> Entry:
     """The AuditEvent of one interaction, as canonical JSON bytes ready for the chain."""
+    interaction = Interaction(
+        interaction.code,
+        interaction.status,
+        clean(interaction.resource) if interaction.resource else None,
+        [clean(p) for p in interaction.patients],
+        clean(interaction.query) if interaction.query is not None else None,
+        clean(interaction.description) if interaction.description else None,
+    )
     event_id = uuid.uuid4()
     now = datetime.now(UTC)
     entities = [_entity(p, "1", "1") for p in dict.fromkeys(interaction.patients)]  # 1 person, 1 patient

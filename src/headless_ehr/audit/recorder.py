@@ -18,6 +18,8 @@ import asyncpg
 from .chain import Entry, append
 
 log = logging.getLogger("headless_ehr.audit")
+# errors of an event's data (asyncpg's argument encoding, PostgreSQL class 22), not of the database
+_UNWRITABLE = (asyncpg.DataError, UnicodeError)
 
 
 class AuditRecorder:
@@ -82,6 +84,8 @@ class AuditRecorder:
                     await append(conn, entries)
             except asyncio.CancelledError:
                 raise
+            except _UNWRITABLE:  # something in an event, not the database: write the others
+                await self._append_singly(entries)
             except Exception:  # the database is away: keep the events, retry on the next tick
                 log.exception("audit: could not append %d events; retrying", len(entries))
                 self._pending[:0] = entries
@@ -89,6 +93,15 @@ class AuditRecorder:
                 await asyncio.sleep(self._interval)
                 continue
             self._release(waiters)
+
+    async def _append_singly(self, entries: list[Entry]) -> None:
+        """One by one, so one event the database refuses cannot block the log; it is logged whole."""
+        for entry in entries:
+            try:
+                async with self._pool.acquire() as conn:
+                    await append(conn, [entry])
+            except _UNWRITABLE:
+                log.error("audit: event refused by the database, not recorded: %r", entry.content[:4000])
 
     def _take_waiters(self) -> list[asyncio.Future[None]]:
         waiters, self._waiters = self._waiters, []

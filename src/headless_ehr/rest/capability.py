@@ -67,7 +67,28 @@ def _search_param_entries(resource_type: str) -> list[dict[str, Any]]:
     return out
 
 
+_AUDIT_PARAMS = ("patient", "agent", "entity", "subtype", "outcome", "action", "address", "date")
+
+
+def _audit_entry() -> dict[str, Any]:
+    """AuditEvents come from the audit trail (rest/audit_search.py): read and search only."""
+    params = search_params("AuditEvent")
+    return {
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "the audit trail: append-only (create, update, patch and delete answer 405);"
+        " system clients read every event, patient-context tokens their own patient's",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [
+            {"name": "_id", "type": "token"},
+            *({"name": n, "definition": params[n].url, "type": params[n].type} for n in _AUDIT_PARAMS if n in params),
+        ],
+    }
+
+
 def _resource_entry(resource_type: str, conditional_delete: str) -> dict[str, Any]:
+    if resource_type == "AuditEvent":
+        return _audit_entry()
     return {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",

@@ -1,4 +1,4 @@
-"""The admin API (`/admin/...`): clients, users and EHR launch contexts, JSON in and out.
+"""The admin API (`/admin/...`): clients, users, access policies and EHR launch contexts, JSON in and out.
 
 Only an admin client's token with the whole system scope (`system/*.*` or
 `system/*.cruds`) may call it: no token or a bad one is 401, any other token 403.
@@ -20,9 +20,10 @@ from starlette.routing import Route
 
 from ..fhir.outcome import FhirError
 from ..rest.responses import base_url, outcome_response
-from . import accounts, registration
+from . import accounts, policies, registration
 from .accounts import AccountError, AccountExists
 from .launch import LaunchError, create_launch
+from .policies import PolicyError
 from .principal import Principal
 
 log = logging.getLogger("headless_ehr.auth")
@@ -38,6 +39,8 @@ def admin_routes(prefix: str = "/admin") -> list[Route]:
         Route(f"{prefix}/clients/{{client_id}}", _endpoint(_client), methods=["GET", "PATCH", "DELETE"]),
         Route(f"{prefix}/users", _endpoint(_users), methods=["GET", "POST"]),
         Route(f"{prefix}/users/{{username}}", _endpoint(_user), methods=["GET", "PATCH", "DELETE"]),
+        Route(f"{prefix}/policies", _endpoint(_policies), methods=["GET", "POST"]),
+        Route(f"{prefix}/policies/{{name}}", _endpoint(_policy), methods=["GET", "PUT", "DELETE"]),
         Route(f"{prefix}/launch", _endpoint(_launch), methods=["POST"]),
     ]
 
@@ -55,7 +58,7 @@ def _endpoint(handler: Handler) -> Handler:
             return outcome_response(request, error)
         except AccountExists as error:
             return outcome_response(request, FhirError.of(409, "duplicate", str(error)))
-        except AccountError as error:
+        except (AccountError, PolicyError) as error:
             return outcome_response(request, FhirError.of(400, "invalid", str(error)))
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -159,6 +162,7 @@ async def _clients(request: Request) -> Response:
     pool = request.app.state.pool
     if request.method == "POST":
         created = await registration.register_client(pool, await _body(request))
+        await _policies_changed(request)
         log.info("admin: client '%s' created by '%s'", created["client_id"], request.state.principal.subject)
         return _json(created, 201, {"Location": _location(request, created["client_id"])})
     return _json({"clients": await _client_json(request, await accounts.list_clients(pool))})
@@ -196,6 +200,7 @@ async def _users(request: Request) -> Response:
     pool = request.app.state.pool
     if request.method == "POST":
         created = await registration.register_user(pool, await _body(request))
+        await _policies_changed(request)
         log.info("admin: user '%s' created by '%s'", created["username"], request.state.principal.subject)
         return _json(created, 201, {"Location": _location(request, created["username"])})
     return _json({"users": await _user_json(request, await accounts.list_users(pool))})
@@ -215,6 +220,50 @@ async def _user(request: Request) -> Response:
     if user is None:
         raise _not_found("user", username)
     return _json((await _user_json(request, [user]))[0])
+
+
+# ---- access policies (auth/policies.py) -------------------------------------------------
+
+
+async def _policies_changed(request: Request) -> None:
+    """This node sees the change at once; others on their next poll."""
+    cache = getattr(request.app.state, "policies", None)
+    if cache is not None:
+        await cache.refresh()
+
+
+async def _policies(request: Request) -> Response:
+    pool = request.app.state.pool
+    if request.method == "POST":
+        by = request.state.principal.subject
+        created = await policies.put_policy(pool, await _body(request), by, create=True)
+        await _policies_changed(request)
+        log.info("admin: policy '%s' created by '%s'", created["name"], by)
+        return _json(created, 201, {"Location": _location(request, created["name"])})
+    return _json({"policies": await policies.list_policies(pool)})
+
+
+async def _policy(request: Request) -> Response:
+    pool, name = request.app.state.pool, request.path_params["name"]
+    by = request.state.principal.subject
+    if request.method == "DELETE":
+        if not await policies.delete_policy(pool, name):
+            raise _not_found("policy", name)
+        await _policies_changed(request)
+        log.info("admin: policy '%s' deleted by '%s'", name, by)
+        return Response(status_code=204, headers=_NO_STORE)
+    if request.method == "PUT":
+        changed = await policies.put_policy(pool, await _body(request), by, name, create=False)
+        await _policies_changed(request)
+        log.info("admin: policy '%s' version %s stored by '%s'", name, changed["version"], by)
+        return _json(changed)
+    version = request.query_params.get("version")
+    if version is not None and not (version.isdigit() and 0 < int(version) < 2**31):
+        raise FhirError.of(400, "invalid", "version must be a positive integer")
+    found = await policies.get_policy(pool, name, None if version is None else int(version))
+    if found is None:
+        raise _not_found("policy", name if version is None else f"{name}' version '{version}")
+    return _json(found)
 
 
 # ---- EHR launch -------------------------------------------------------------------------

@@ -327,3 +327,10 @@ async def test_another_node_sees_a_policy_change_within_seconds(assign, admin, a
         await asyncio.sleep(0.1)
     else:
         pytest.fail("the other node kept the old policy")
+
+
+async def test_a_practitioner_without_a_policy_keeps_a_patient_context_token(assign, ward, client_for):
+    # a patient-level token reaches one patient's record: its scopes alone bound it
+    username = f"nurse-{uuid.uuid4().hex[:10]}"
+    launched = await client_for("patient/*.rs", fhirUser=f"Practitioner/{ward.nurse}", subject=username, patient=ward.a)
+    assert (await launched.get(f"/Observation/{ward.lab_a}")).status_code == 200

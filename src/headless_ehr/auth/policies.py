@@ -157,6 +157,12 @@ def substitute(pairs: tuple[tuple[str, str], ...], fhir_user: str) -> tuple[tupl
     return tuple((n, v.replace("%fhirUser.id", rid).replace("%fhirUser", fhir_user)) for n, v in pairs)
 
 
+def relative(fhir_user: str | None) -> str:
+    """`Type/id` of a fhirUser claim, which may be an absolute URL; "" for none."""
+    parts = (fhir_user or "").rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else ""
+
+
 def _uses_user(pairs: tuple[tuple[str, str], ...] | None) -> bool:
     return any("%fhirUser" in v for _, v in pairs or ())
 
@@ -331,11 +337,14 @@ class Policies:
             return hit[1]
         user = bool(principal.client_id) and principal.subject != principal.client_id
         rules = await self._rules(("user", principal.subject) if user else ("client", principal.subject))
+        fhir_user = relative(principal.fhir_user)
         if rules is None:
-            practitioner = (principal.fhir_user or "").split("/", 1)[0] in ("Practitioner", "PractitionerRole")
-            # none assigned: scopes alone, except for practitioner users, who need a policy
-            rules = () if user and practitioner else None
-        enriched = principal if rules is None else replace(principal, policy=rules_for(rules, principal.fhir_user))
+            # none assigned: scopes alone (system clients, patients, patient-context tokens),
+            # except for practitioner users beyond one patient's record: they need a policy
+            practitioner = fhir_user.split("/", 1)[0] in ("Practitioner", "PractitionerRole")
+            beyond = any(g.context != "patient" for g in principal.grants)
+            rules = () if user and practitioner and beyond else None
+        enriched = principal if rules is None else replace(principal, policy=rules_for(rules, fhir_user))
         if epoch == self._epoch:
             self._principals[token] = (principal, enriched)
         if len(self._principals) > 10_000:

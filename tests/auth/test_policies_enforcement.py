@@ -334,3 +334,94 @@ async def test_a_practitioner_without_a_policy_keeps_a_patient_context_token(ass
     username = f"nurse-{uuid.uuid4().hex[:10]}"
     launched = await client_for("patient/*.rs", fhirUser=f"Practitioner/{ward.nurse}", subject=username, patient=ward.a)
     assert (await launched.get(f"/Observation/{ward.lab_a}")).status_code == 200
+
+
+# ---- hiddenElements and readonlyElements ---------------------------------------------------
+
+
+def holds_note(bundle: dict[str, Any]) -> bool:
+    return any("note" in e.get("resource", {}) for e in bundle.get("entry", ()))
+
+
+async def test_a_hidden_element_is_left_out_of_a_read_and_the_resource_says_it_is_subsetted(nurse, ward):
+    body = (await nurse.get(f"/Observation/{ward.vitals_a}")).json()
+    assert "note" not in body and body["status"] == "final"
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"} in body["meta"][
+        "tag"
+    ]
+
+
+async def test_a_hidden_element_is_left_out_of_searches_and_includes(nurse, ward):
+    res = await nurse.get("/Observation", params={"_id": ward.vitals_a})
+    assert ids(res.json()) == {ward.vitals_a} and not holds_note(res.json())
+    res = await nurse.get("/Patient", params={"_id": ward.a, "_revinclude": "Observation:subject"})
+    assert ward.vitals_a in ids(res.json()) and not holds_note(res.json())
+    res = await nurse.get("/Observation", params={"_id": ward.vitals_a, "_elements": "note,status"})
+    assert not holds_note(res.json())
+
+
+async def test_a_hidden_element_is_left_out_of_history_and_everything(assign, ward):
+    document = with_interactions(ward_nurse(policy_name()), "Observation", "history")
+    nurse = await assign(with_interactions(document, "Patient", "operation"))
+    res = await nurse.get(f"/Observation/{ward.vitals_a}/_history")
+    assert res.status_code == 200 and res.json()["entry"] and not holds_note(res.json())
+    res = await nurse.get(f"/Patient/{ward.a}/$everything")
+    assert ward.vitals_a in ids(res.json()) and not holds_note(res.json())
+
+
+async def test_a_hidden_element_is_left_out_of_a_batch_read(nurse, ward):
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": f"Observation?_id={ward.vitals_a}"}}],
+    }
+    res = await nurse.post("/", json=batch, headers={"Content-Type": FHIR_JSON})
+    assert res.status_code == 200, res.text
+    inner = res.json()["entry"][0]["resource"]
+    assert ids(inner) == {ward.vitals_a} and not holds_note(inner)
+
+
+async def test_an_update_keeps_the_hidden_element_it_never_saw(assign, ward, client):
+    nurse = await assign(with_interactions(ward_nurse(policy_name()), "Observation", "update"))
+    seen = (await nurse.get(f"/Observation/{ward.vitals_a}")).json()
+    seen["valueString"] = "changed"
+    res = await nurse.put(f"/Observation/{ward.vitals_a}", json=seen, headers={"Content-Type": FHIR_JSON})
+    assert res.status_code == 200, res.text
+    stored = (await client.get(f"/Observation/{ward.vitals_a}")).json()
+    assert stored["valueString"] == "changed" and stored["note"] == [{"text": "secret note"}]
+
+
+async def test_changing_a_hidden_element_is_403(assign, ward):
+    nurse = await assign(with_interactions(ward_nurse(policy_name()), "Observation", "update"))
+    seen = (await nurse.get(f"/Observation/{ward.vitals_a}")).json()
+    seen["note"] = [{"text": "overwritten"}]
+    res = await nurse.put(f"/Observation/{ward.vitals_a}", json=seen, headers={"Content-Type": FHIR_JSON})
+    assert res.status_code == 403
+
+
+async def test_changing_a_readonly_element_by_update_is_403(assign, ward, client):
+    nurse = await assign(with_interactions(ward_nurse(policy_name()), "Observation", "update"))
+    seen = (await nurse.get(f"/Observation/{ward.vitals_a}")).json()
+    seen["status"] = "amended"
+    res = await nurse.put(f"/Observation/{ward.vitals_a}", json=seen, headers={"Content-Type": FHIR_JSON})
+    assert res.status_code == 403 and "status" in res.text
+    assert (await client.get(f"/Observation/{ward.vitals_a}")).json()["status"] == "final"
+
+
+async def test_changing_a_readonly_element_by_patch_is_403(assign, ward, client):
+    nurse = await assign(with_interactions(ward_nurse(policy_name()), "Observation", "patch"))
+    patch = [{"op": "replace", "path": "/status", "value": "amended"}]
+    headers = {"Content-Type": "application/json-patch+json"}
+    res = await nurse.patch(f"/Observation/{ward.vitals_a}", content=orjson.dumps(patch), headers=headers)
+    assert res.status_code == 403
+    patch = [{"op": "add", "path": "/valueString", "value": "fine"}]
+    res = await nurse.patch(f"/Observation/{ward.vitals_a}", content=orjson.dumps(patch), headers=headers)
+    assert res.status_code == 200, res.text
+    assert (await client.get(f"/Observation/{ward.vitals_a}")).json()["status"] == "final"
+
+
+async def test_a_readonly_element_may_be_set_on_create(nurse, ward):
+    res = await nurse.post(
+        "/Observation", json=observation(ward.a, "vital-signs", "x"), headers={"Content-Type": FHIR_JSON}
+    )
+    assert res.status_code == 201 and res.json()["status"] == "final"

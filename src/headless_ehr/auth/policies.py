@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import asyncpg
+import orjson
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
@@ -265,14 +266,10 @@ async def unknown_policies(db: Any, names: list[str]) -> list[str]:
 
 
 def _dumps(value: Any) -> str:
-    import orjson
-
     return orjson.dumps(value).decode()
 
 
 def _loads(value: Any) -> Any:
-    import orjson
-
     return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
@@ -376,3 +373,59 @@ class Policies:
         if epoch == self._epoch and len(self._subjects) < 100_000:
             self._subjects[key] = rules
         return rules
+
+
+# ---- hiddenElements and readonlyElements ------------------------------------------------
+
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+
+
+def hidden_elements(principal: Principal, resource_type: str) -> tuple[str, ...]:
+    """The elements a principal's policy hides on resources of the type (any of its rules for it)."""
+    if principal.policy is None:
+        return ()
+    return tuple(dict.fromkeys(e for r in principal.rules_of(resource_type) for e in r.hidden))
+
+
+def readonly_elements(principal: Principal, resource_type: str) -> tuple[str, ...]:
+    if principal.policy is None:
+        return ()
+    return tuple(dict.fromkeys(e for r in principal.rules_of(resource_type) for e in r.readonly))
+
+
+def masked(principal: Principal, resource_type: str, content: bytes) -> bytes:
+    """A stored resource's JSON as this principal may see it: hidden elements removed,
+    and tagged SUBSETTED (R4 search.html#summary) when something was."""
+    hidden = hidden_elements(principal, resource_type)
+    if not hidden:
+        return content
+    resource = orjson.loads(content)
+    return orjson.dumps(mask_resource(resource, hidden)) if any(e in resource for e in hidden) else content
+
+
+def mask_resource(resource: dict[str, Any], hidden: tuple[str, ...]) -> dict[str, Any]:
+    for element in hidden:
+        resource.pop(element, None)
+    meta = resource.setdefault("meta", {})
+    tags = meta.setdefault("tag", [])
+    if not any(t.get("code") == SUBSETTED["code"] and t.get("system") == SUBSETTED["system"] for t in tags):
+        tags.append(dict(SUBSETTED))
+    return resource
+
+
+def guard_change(principal: Principal, resource_type: str, current: Any, new: dict[str, Any]) -> dict[str, Any]:
+    """The new version of a resource a principal changes (update, patch): 403 when it changes
+    a readonly or hidden element; hidden elements it left out are kept from the current
+    version (the caller never saw them: leaving them out is no deletion)."""
+    readonly = readonly_elements(principal, resource_type)
+    hidden = hidden_elements(principal, resource_type)
+    if current is None or not (readonly or hidden):
+        return new
+    before = orjson.loads(current) if isinstance(current, str | bytes) else current
+    for element in hidden:
+        if element not in new and element in before:
+            new = {**new, element: before[element]}
+    for element in (*readonly, *hidden):
+        if new.get(element) != before.get(element):
+            raise FhirError.of(403, "forbidden", f"the access policy does not allow changing {resource_type}.{element}")
+    return new

@@ -12,8 +12,6 @@ documents and the assignments, and drops its cache when auth_policy_generation m
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 from collections import OrderedDict
@@ -24,6 +22,7 @@ from urllib.parse import parse_qsl
 import asyncpg
 import orjson
 
+from ..db.periodic import Periodic
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..search.parse import RESULT_PARAMETERS, ChainBudget, Parser
@@ -291,26 +290,15 @@ class Policies:
         # token -> (the verified principal, the principal with its policy): a principal
         # keeps its access answers for as long as its token is used
         self._principals: OrderedDict[str, tuple[Principal, Principal]] = OrderedDict()
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Periodic(POLL_SECONDS, self.refresh, log, "policy poll failed; keeping the cached policies")
         self._epoch = 0  # moves on every invalidation: a load begun before one is not kept
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = asyncio.create_task(self._poll())
+        self._poller.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            try:
-                await self.refresh()
-            except (OSError, asyncpg.PostgresError) as error:
-                log.warning("policy poll failed: %s", error)
+        await self._poller.close()
 
     async def refresh(self) -> None:
         generation = await self.pool.fetchval("SELECT generation FROM auth_policy_generation")

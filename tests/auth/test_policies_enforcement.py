@@ -425,3 +425,12 @@ async def test_a_readonly_element_may_be_set_on_create(nurse, ward):
         "/Observation", json=observation(ward.a, "vital-signs", "x"), headers={"Content-Type": FHIR_JSON}
     )
     assert res.status_code == 201 and res.json()["status"] == "final"
+
+
+async def test_a_masked_resource_keeps_its_decimal_precision(nurse, ward, client):
+    vitals = observation(ward.a, "vital-signs", "x", note=[{"text": "n"}])
+    vitals["valueQuantity"] = {"value": 37.50, "unit": "Cel"}
+    body = orjson.dumps(vitals).replace(b"37.5", b"37.50")
+    rid = (await client.post("/Observation", content=body, headers={"Content-Type": FHIR_JSON})).json()["id"]
+    res = await nurse.get(f"/Observation/{rid}")
+    assert b'"value":37.50' in res.content and b'"note"' not in res.content

@@ -23,6 +23,7 @@ import asyncpg
 import orjson
 
 from ..db.periodic import Periodic
+from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..search.parse import RESULT_PARAMETERS, ChainBudget, Parser
@@ -387,8 +388,8 @@ def masked(principal: Principal, resource_type: str, content: bytes) -> bytes:
     hidden = hidden_elements(principal, resource_type)
     if not hidden:
         return content
-    resource = orjson.loads(content)
-    return orjson.dumps(mask_resource(resource, hidden)) if any(e in resource for e in hidden) else content
+    resource = fhir_json.loads(content, check_duplicates=False)  # decimals keep their precision
+    return fhir_json.dumps(mask_resource(resource, hidden)) if any(e in resource for e in hidden) else content
 
 
 def mask_resource(resource: dict[str, Any], hidden: tuple[str, ...]) -> dict[str, Any]:
@@ -409,7 +410,7 @@ def guard_change(principal: Principal, resource_type: str, current: Any, new: di
     hidden = hidden_elements(principal, resource_type)
     if current is None or not (readonly or hidden):
         return new
-    before = orjson.loads(current) if isinstance(current, str | bytes) else current
+    before = fhir_json.loads(current, check_duplicates=False) if isinstance(current, str | bytes) else current
     for element in hidden:
         if element not in new and element in before:
             new = {**new, element: before[element]}

@@ -22,6 +22,7 @@ from .auth.authenticate import authenticate_as_system, token_authenticator
 from .auth.bootstrap import ensure_admin_client
 from .auth.external import TrustedIssuer
 from .auth.keys import SigningKeys
+from .auth.policies import Policies
 from .auth.ratelimit import AddressRateLimit, RateLimits, limit_clients
 from .auth.routes import oauth_routes
 from .auth.tokens import AccessTokens
@@ -121,7 +122,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             trusted = TrustedIssuer(
                 settings.trusted_issuer, settings.trusted_audience, settings.trusted_fhir_user_claim
             )
-        authenticate = token_authenticator(tokens, trusted) if settings.auth else authenticate_as_system
+        app.state.policies = policies = Policies(pool)
+        await policies.start()
+        authenticate = token_authenticator(tokens, trusted, policies) if settings.auth else authenticate_as_system
         if not settings.auth:
             log.warning(
                 "EHR_AUTH=off: no access tokens are asked for and every request acts as the system;"
@@ -156,6 +159,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await app.state.audit.close()
                 app.state.audit = None
             await tokens.close()
+            await policies.close()
             await keys.close()
             if trusted is not None:
                 await trusted.close()

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
+import socket
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import uvicorn
 
 from headless_ehr.auth import accounts
 
@@ -24,6 +30,31 @@ def unique(prefix: str) -> str:
 def http(app: Any, **kwargs: Any) -> httpx.AsyncClient:
     """A client of the app at its origin (not the FHIR base), like a browser or an app."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(asgi: Any) -> Iterator[str]:
+    """An ASGI app served over real HTTP on a free loopback port (a client's JWKS, an
+    external issuer), for the server to fetch from; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the local HTTP server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:

@@ -204,7 +204,15 @@ async def test_a_taken_client_id_is_409(http, admin):
     assert res.status_code == 409
 
 
+async def _policy(http: httpx.AsyncClient, admin: dict[str, str], name: str) -> None:
+    """An (empty) access policy of the name, so that it may be assigned."""
+    res = await http.post("/admin/policies", headers=admin, json={"name": name, "rules": []})
+    assert res.status_code in (201, 409), res.text
+
+
 async def test_policies_are_stored_and_shown(http, admin, db):
+    for policy in ("nurses", "ward-3"):
+        await _policy(http, admin, policy)
     body = {"name": "with policies", "scopes": ["user/*.rs"], "policies": ["nurses", "ward-3"]}
     created = (await http.post("/admin/clients", headers=admin, json=body)).json()
     assert created["policies"] == ["nurses", "ward-3"]
@@ -269,6 +277,7 @@ async def test_a_wrong_method_is_405_with_an_operation_outcome(http, admin):
 
 
 async def test_creating_a_user_never_returns_the_password(http, admin, db):
+    await _policy(http, admin, "ward-3")
     username = _name("alice")
     body = {
         "username": username,

@@ -19,6 +19,7 @@ from joserfc.jwk import ECKey
 from headless_ehr.auth import accounts
 from headless_ehr.auth.secrets import digest
 from headless_ehr.cli import main
+from headless_ehr.db.migrate import migrate
 from tests.e2e.test_serve import Server, _env, free_port
 
 
@@ -44,6 +45,17 @@ async def _row(database_url: str, sql: str, *args: object) -> asyncpg.Record | N
         await conn.close()
 
 
+async def _policy(database_url: str, name: str) -> None:
+    """An (empty) access policy of the name, so that the commands may assign it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)
+        document = json.dumps({"name": name, "rules": []})
+        await conn.execute("INSERT INTO auth_policy VALUES ($1, 1, $2::jsonb, 'test')", name, document)
+    finally:
+        await conn.close()
+
+
 async def _login(database_url: str, username: str, password: str) -> bool:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:
@@ -56,6 +68,7 @@ async def _login(database_url: str, username: str, password: str) -> bool:
 
 
 def test_client_create_prints_the_client_with_its_secret_and_stores_its_digest(on_database, capsys):
+    asyncio.run(_policy(on_database, "lab"))
     code, created, err = _run(
         capsys,
         *("client", "create", "--name", "Lab app", "--redirect-uri", "https://lab.example/cb"),
@@ -96,6 +109,7 @@ def test_client_create_takes_a_jwks_file_or_a_jwks_uri_not_both(capsys):
 
 
 def test_user_create_reads_the_password_from_stdin_and_never_prints_it(on_database, capsys, monkeypatch):
+    asyncio.run(_policy(on_database, "ward-3"))
     monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery\n"))
     code, created, err = _run(
         capsys,

@@ -5,22 +5,12 @@ compartments and conditional writes. It sees and changes none of them."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.auth.world import FHIR_JSON, IDENT, World, all_pages, build_world, ids_of, observation
-from tests.conftest import bearer, mint_token
-
-
-@pytest.fixture(scope="module")
-async def world(app: Any) -> AsyncIterator[World]:
-    transport = httpx.ASGITransport(app=app)
-    headers = bearer(mint_token(app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir", headers=headers) as c:
-        yield await build_world(c)
+from tests.auth.world import FHIR_JSON, IDENT, World, all_pages, ids_of, observation
 
 
 def a_code(w: World) -> str:

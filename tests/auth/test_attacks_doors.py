@@ -5,49 +5,13 @@ and writes that would land in B's record. Each test asserts on ids."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.auth.world import FHIR_JSON, IDENT, World, all_pages, build_world, ids_of, observation
+from tests.auth.world import FHIR_JSON, IDENT, World, all_pages, get_ok, ids_of, no_b, observation, post, transaction
 from tests.conftest import bearer, mint_token
-
-
-@pytest.fixture(scope="module")
-async def world(app: Any) -> AsyncIterator[World]:
-    transport = httpx.ASGITransport(app=app)
-    headers = bearer(mint_token(app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir", headers=headers) as c:
-        yield await build_world(c)
-
-
-@pytest.fixture
-async def as_a(client_for: Any, world: World) -> httpx.AsyncClient:
-    return await client_for("patient/*.rs", patient=world.a.patient)
-
-
-@pytest.fixture
-async def user_a(client_for: Any, world: World) -> httpx.AsyncClient:
-    return await client_for("user/*.rs", fhirUser=f"Patient/{world.a.patient}")
-
-
-@pytest.fixture
-async def writer_a(client_for: Any, world: World) -> httpx.AsyncClient:
-    return await client_for("patient/*.cruds", patient=world.a.patient)
-
-
-def no_b(found: set[str], w: World) -> None:
-    leaked = found & w.b.ids
-    assert not leaked, f"patient B's resources leaked: {leaked}"
-
-
-async def get_ok(c: httpx.AsyncClient, url: str, params: Any = None) -> dict[str, Any]:
-    res = await c.get(url, params=params)
-    assert res.status_code == 200, res.text
-    return res.json()
-
 
 # -- search modifiers ------------------------------------------------------------------------
 
@@ -90,25 +54,15 @@ async def test_nested_has_is_no_oracle(as_a, world):
 
 
 async def test_wildcard_iterated_includes_bring_in_nothing_of_b(as_a, world):
-    params = [
-        ("_id", world.a.patient),
-        ("_revinclude:iterate", "*"),
-        ("_include:iterate", "*"),
-    ]
-    res = await as_a.get("/Patient", params=params)
-    assert res.status_code in (200, 400), res.text
-    if res.status_code == 200:
-        no_b(ids_of(res.json()), world)
-    params = [
-        ("_id", world.practitioner),
-        ("_revinclude", "*"),
-        ("_revinclude:iterate", "*"),
-        ("_include:iterate", "*"),
-    ]
-    res = await as_a.get("/Practitioner", params=params)
-    assert res.status_code in (200, 400), res.text
-    if res.status_code == 200:
-        no_b(ids_of(res.json()), world)
+    iterated = [("_revinclude:iterate", "*"), ("_include:iterate", "*")]
+    for url, params in [
+        ("/Patient", [("_id", world.a.patient), *iterated]),
+        ("/Practitioner", [("_id", world.practitioner), ("_revinclude", "*"), *iterated]),
+    ]:
+        res = await as_a.get(url, params=params)
+        assert res.status_code in (200, 400), res.text
+        if res.status_code == 200:
+            no_b(ids_of(res.json()), world)
 
 
 async def test_post_search_applies_the_restriction(as_a, world):
@@ -213,10 +167,13 @@ async def test_a_patient_token_cannot_add_another_patient_to_its_own_resource(wr
 # -- resources outside every patient compartment that name a patient ------------------------------
 
 
-async def _posted(client: httpx.AsyncClient, resource: dict[str, Any]) -> str:
-    res = await client.post(f"/{resource['resourceType']}", json=resource, headers={"Content-Type": FHIR_JSON})
-    assert res.status_code == 201, res.text
-    return res.json()["id"]
+def _binary(security_context: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Binary",
+        "contentType": "text/plain",
+        "data": "c2VjcmV0",
+        "securityContext": {"reference": security_context},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +186,7 @@ async def b_outside(app: Any, world: World) -> dict[str, str]:
         out = {}
         for who in ("a", "b"):
             pid = getattr(world, who).patient
-            out[f"Task.{who}"] = await _posted(
+            out[f"Task.{who}"] = await post(
                 c,
                 {
                     "resourceType": "Task",
@@ -238,27 +195,9 @@ async def b_outside(app: Any, world: World) -> dict[str, str]:
                     "for": {"reference": f"Patient/{pid}"},
                 },
             )
-            out[f"Device.{who}"] = await _posted(
-                c, {"resourceType": "Device", "patient": {"reference": f"Patient/{pid}"}}
-            )
-            out[f"Binary.{who}"] = await _posted(
-                c,
-                {
-                    "resourceType": "Binary",
-                    "contentType": "text/plain",
-                    "data": "c2VjcmV0",
-                    "securityContext": {"reference": f"Patient/{pid}"},
-                },
-            )
-            out[f"Binary.obs.{who}"] = await _posted(
-                c,
-                {
-                    "resourceType": "Binary",
-                    "contentType": "text/plain",
-                    "data": "c2VjcmV0",
-                    "securityContext": {"reference": f"Observation/{getattr(world, who).lab}"},
-                },
-            )
+            out[f"Device.{who}"] = await post(c, {"resourceType": "Device", "patient": {"reference": f"Patient/{pid}"}})
+            out[f"Binary.{who}"] = await post(c, _binary(f"Patient/{pid}"))
+            out[f"Binary.obs.{who}"] = await post(c, _binary(f"Observation/{getattr(world, who).lab}"))
         return out
 
 
@@ -296,12 +235,12 @@ async def test_stored_bundles_holding_another_patients_data_are_not_readable(as_
     def collection(*resources: dict[str, Any]) -> dict[str, Any]:
         return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
 
-    about_b = await _posted(client, collection(observation(world.b.patient, "laboratory", "in-a-bundle")))
-    with_b = await _posted(client, collection({"resourceType": "Patient", "id": world.b.patient}))
-    unnamed = await _posted(
+    about_b = await post(client, collection(observation(world.b.patient, "laboratory", "in-a-bundle")))
+    with_b = await post(client, collection({"resourceType": "Patient", "id": world.b.patient}))
+    unnamed = await post(
         client, collection({"resourceType": "Patient", "name": [{"family": world.b.family}]})
     )  # a patient without an id: whose, cannot be told
-    about_a = await _posted(client, collection(observation(world.a.patient, "laboratory", "in-a-bundle")))
+    about_a = await post(client, collection(observation(world.a.patient, "laboratory", "in-a-bundle")))
     for rid in (about_b, with_b, unnamed):
         assert (await as_a.get(f"/Bundle/{rid}")).status_code == 404
     assert (await as_a.get(f"/Bundle/{about_a}")).status_code == 200
@@ -315,7 +254,7 @@ async def test_a_resource_shared_with_another_patient_is_readable_but_not_writab
     shared = observation(
         world.a.patient, "laboratory", "shared", performer=[{"reference": f"Patient/{world.b.patient}"}]
     )
-    rid = await _posted(client, shared)
+    rid = await post(client, shared)
     assert (await writer_a.get(f"/Observation/{rid}")).status_code == 200
     res = await writer_a.put(f"/Observation/{rid}", json={**shared, "id": rid, "status": "amended"})
     assert res.status_code == 403, res.text
@@ -323,26 +262,14 @@ async def test_a_resource_shared_with_another_patient_is_readable_but_not_writab
     assert (await client.get(f"/Observation/{rid}")).json()["meta"]["versionId"] == "1"
 
 
-def _transaction(*entries: tuple[str, str, dict[str, Any] | None, str | None]) -> dict[str, Any]:
-    out = []
-    for method, url, resource, full_url in entries:
-        entry: dict[str, Any] = {"request": {"method": method, "url": url}}
-        if resource is not None:
-            entry["resource"] = resource
-        if full_url is not None:
-            entry["fullUrl"] = full_url
-        out.append(entry)
-    return {"resourceType": "Bundle", "type": "transaction", "entry": out}
-
-
 async def test_transactions_cannot_plant_data_in_another_patients_record(writer_a, client, world):
     planted = "urn:test:code|planted-by-transaction"
     both = observation(world.b.patient, "laboratory", "planted-by-transaction")
     both["performer"] = [{"reference": f"Patient/{world.a.patient}"}]
     cases = [
-        _transaction(("POST", "Observation", both, None)),
-        _transaction(("PUT", "Observation/planted-by-a-1", {**both, "id": "planted-by-a-1"}, None)),
-        _transaction(
+        transaction(("POST", "Observation", both, None)),
+        transaction(("PUT", "Observation/planted-by-a-1", {**both, "id": "planted-by-a-1"}, None)),
+        transaction(
             ("POST", "Patient", {"resourceType": "Patient"}, "urn:uuid:3a1c8f0e-0d8c-4c5e-9d0a-1b2c3d4e5f60"),
             (
                 "POST",
@@ -351,7 +278,7 @@ async def test_transactions_cannot_plant_data_in_another_patients_record(writer_
                 None,
             ),
         ),
-        _transaction(
+        transaction(
             (
                 "PUT",
                 f"Patient/{world.a.patient}",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,11 +15,7 @@ import time
 import httpx
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .oauth_support import free_port
 
 
 def _serve(host: str, port: int, database_url: str) -> subprocess.Popen[str]:
@@ -43,12 +38,12 @@ def _wait_for(url: str, process: subprocess.Popen[str], seconds: float = 60) -> 
 
 
 async def test_auth_off_is_refused_off_loopback_and_serves_without_a_token_on_loopback(fresh_database):
-    refused = _serve("0.0.0.0", _free_port(), fresh_database)
+    refused = _serve("0.0.0.0", free_port(), fresh_database)
     _, stderr = refused.communicate(timeout=60)
     assert refused.returncode != 0
     assert "EHR_AUTH=off" in stderr and "loopback" in stderr and "Traceback" not in stderr
 
-    port = _free_port()
+    port = free_port()
     server = _serve("127.0.0.1", port, fresh_database)
     try:
         _wait_for(f"http://127.0.0.1:{port}/fhir/metadata", server)

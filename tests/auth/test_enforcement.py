@@ -5,27 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.auth.world import FHIR_JSON, IDENT, LAB, World, build_world, observation
-from tests.conftest import bearer, mint_token
-
-
-@pytest.fixture(scope="module")
-async def world(app: Any) -> AsyncIterator[World]:
-    transport = httpx.ASGITransport(app=app)
-    headers = bearer(mint_token(app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir", headers=headers) as c:
-        yield await build_world(c)
-
-
-@pytest.fixture
-async def writer_a(client_for: Any, world: World) -> httpx.AsyncClient:
-    return await client_for("patient/*.cruds", patient=world.a.patient)
+from tests.auth.world import FHIR_JSON, IDENT, LAB, observation, transaction
 
 
 async def post(c: httpx.AsyncClient, resource: dict[str, Any]) -> httpx.Response:
@@ -35,16 +19,6 @@ async def post(c: httpx.AsyncClient, resource: dict[str, Any]) -> httpx.Response
 async def count_with_code(client: httpx.AsyncClient, code: str) -> int:
     res = await client.get("/Observation", params={"code": f"urn:test:code|{code}", "_summary": "count"})
     return res.json()["total"]
-
-
-def transaction(*entries: tuple[str, str, dict[str, Any] | None]) -> dict[str, Any]:
-    out = []
-    for method, url, resource in entries:
-        entry: dict[str, Any] = {"request": {"method": method, "url": url}}
-        if resource is not None:
-            entry["resource"] = resource
-        out.append(entry)
-    return {"resourceType": "Bundle", "type": "transaction", "entry": out}
 
 
 # -- v1 scopes --------------------------------------------------------------------------------

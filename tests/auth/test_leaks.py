@@ -4,44 +4,8 @@ try every door to data they may not see; they see none of it (asserted on ids)."
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
 
-import httpx
-import pytest
-
-from tests.auth.world import FHIR_JSON, IDENT, LAB, VITALS, World, all_pages, build_world, ids_of, observation
-from tests.conftest import bearer, mint_token
-
-
-@pytest.fixture(scope="module")
-async def world(app: Any) -> AsyncIterator[World]:
-    transport = httpx.ASGITransport(app=app)
-    headers = bearer(mint_token(app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir", headers=headers) as c:
-        yield await build_world(c)
-
-
-@pytest.fixture
-async def as_a(client_for: Any, world: World) -> httpx.AsyncClient:
-    return await client_for("patient/*.rs", patient=world.a.patient)
-
-
-@pytest.fixture
-async def writer_a(client_for: Any, world: World) -> httpx.AsyncClient:
-    return await client_for("patient/*.cruds", patient=world.a.patient)
-
-
-def no_b(found: set[str], w: World) -> None:
-    leaked = found & w.b.ids
-    assert not leaked, f"patient B's resources leaked: {leaked}"
-
-
-async def get_ok(c: httpx.AsyncClient, url: str, params: Any = None) -> dict[str, Any]:
-    res = await c.get(url, params=params)
-    assert res.status_code == 200, res.text
-    return res.json()
-
+from tests.auth.world import FHIR_JSON, IDENT, LAB, VITALS, all_pages, get_ok, ids_of, no_b, observation
 
 # -- search ------------------------------------------------------------------------------
 

@@ -5,59 +5,22 @@ by a real local HTTP server; and the attacks on assertions."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from joserfc import jwt
-from joserfc.jwk import ECKey, RSAKey
+from joserfc.jwk import RSAKey
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from headless_ehr.auth import accounts
 
-from .oauth_support import FHIR, TOKEN_URL, http, unique
-
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-def _key(alg: str) -> Any:
-    kid = uuid.uuid4().hex
-    if alg == "RS384":
-        return RSAKey.generate_key(2048, parameters={"kid": kid, "alg": alg})
-    return ECKey.generate_key("P-384", parameters={"kid": kid, "alg": alg})
-
-
-def _assertion(key: Any, alg: str, client_id: str, **changes: Any) -> str:
-    now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": TOKEN_URL, "exp": now + 240, "jti": uuid.uuid4().hex} | changes
-    claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[alg])
-
-
-async def _token(app, assertion: str, scope: str = "system/*.rs", **extra: str):
-    form = {
-        "grant_type": "client_credentials",
-        "scope": scope,
-        "client_assertion_type": ASSERTION_TYPE,
-        "client_assertion": assertion,
-    } | extra
-    async with http(app) as c:
-        return await c.post("/oauth/token", data=form)
-
-
-async def _service(db, key: Any, **registration: Any) -> str:
-    if not registration:
-        registration = {"jwks": {"keys": [key.as_dict(private=False)]}}
-    client, secret = await accounts.create_client(db, unique("svc"), scopes=["system/*.rs"], **registration)
-    assert secret is None
-    return client.client_id
-
+from .forge import assertion_token, client_assertion, client_key, key_client
+from .oauth_support import FHIR, TOKEN_URL, http, serving
 
 # ---- a JWKS served over real HTTP -------------------------------------------------------------
 
@@ -72,20 +35,8 @@ async def _serve_jwks(request):
 @pytest.fixture(scope="module")
 def jwks_server() -> Iterator[str]:
     """A real HTTP server on a free loopback port, serving SERVED[name] at /<name>.json."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        Starlette(routes=[Route("/{name}.json", _serve_jwks)]), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with serving(Starlette(routes=[Route("/{name}.json", _serve_jwks)])) as url:
+        yield url
 
 
 # ---- the service gets a token -----------------------------------------------------------------
@@ -93,9 +44,9 @@ def jwks_server() -> Iterator[str]:
 
 @pytest.mark.parametrize("alg", ["RS384", "ES384"])
 async def test_a_backend_service_gets_a_token_with_a_registered_jwks(app, db, alg):
-    key = _key(alg)
-    client_id = await _service(db, key)
-    r = await _token(app, _assertion(key, alg, client_id))
+    key = client_key(alg)
+    client_id = await key_client(db, key)
+    r = await assertion_token(app, client_assertion(key, alg, client_id))
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["scope"] == "system/*.rs" and body["token_type"] == "Bearer" and "refresh_token" not in body
@@ -107,32 +58,32 @@ async def test_a_backend_service_gets_a_token_with_a_registered_jwks(app, db, al
 
 @pytest.mark.parametrize("alg", ["RS384", "ES384"])
 async def test_a_backend_service_gets_a_token_with_keys_at_its_jwks_uri(app, db, jwks_server, alg):
-    key = _key(alg)
+    key = client_key(alg)
     name = uuid.uuid4().hex
     SERVED[name] = {"keys": [key.as_dict(private=False)]}
-    client_id = await _service(db, key, jwks_uri=f"{jwks_server}/{name}.json")
-    r = await _token(app, _assertion(key, alg, client_id))
+    client_id = await key_client(db, key, jwks_uri=f"{jwks_server}/{name}.json")
+    r = await assertion_token(app, client_assertion(key, alg, client_id))
     assert r.status_code == 200, r.text
 
 
 async def test_a_rotated_key_at_the_jwks_uri_is_fetched_again(app, db, jwks_server):
-    old, new = _key("ES384"), _key("ES384")
+    old, new = client_key("ES384"), client_key("ES384")
     name = uuid.uuid4().hex
     SERVED[name] = {"keys": [old.as_dict(private=False)]}
-    client_id = await _service(db, old, jwks_uri=f"{jwks_server}/{name}.json")
-    assert (await _token(app, _assertion(old, "ES384", client_id))).status_code == 200
+    client_id = await key_client(db, old, jwks_uri=f"{jwks_server}/{name}.json")
+    assert (await assertion_token(app, client_assertion(old, "ES384", client_id))).status_code == 200
     SERVED[name] = {"keys": [new.as_dict(private=False)]}
     app.state.jwks_cache._fetched.clear()  # the 10 s refetch guard is time, not behaviour
-    assert (await _token(app, _assertion(new, "ES384", client_id))).status_code == 200
+    assert (await assertion_token(app, client_assertion(new, "ES384", client_id))).status_code == 200
 
 
 async def test_an_unreachable_jwks_uri_is_invalid_client(app, db):
-    key = _key("ES384")
+    key = client_key("ES384")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client_id = await _service(db, key, jwks_uri=f"http://127.0.0.1:{port}/jwks.json")
-    r = await _token(app, _assertion(key, "ES384", client_id))
+    client_id = await key_client(db, key, jwks_uri=f"http://127.0.0.1:{port}/jwks.json")
+    r = await assertion_token(app, client_assertion(key, "ES384", client_id))
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
 
 
@@ -140,19 +91,19 @@ async def test_an_unreachable_jwks_uri_is_invalid_client(app, db):
 
 
 async def test_a_replayed_assertion_jti_is_refused(app, db):
-    key = _key("ES384")
-    client_id = await _service(db, key)
-    assertion = _assertion(key, "ES384", client_id)
-    assert (await _token(app, assertion)).status_code == 200
-    replayed = await _token(app, assertion)
+    key = client_key("ES384")
+    client_id = await key_client(db, key)
+    assertion = client_assertion(key, "ES384", client_id)
+    assert (await assertion_token(app, assertion)).status_code == 200
+    replayed = await assertion_token(app, assertion)
     assert replayed.status_code == 401 and replayed.json()["error"] == "invalid_client"
     assert "jti" in replayed.json()["error_description"]
 
 
 async def test_an_assertion_exp_more_than_five_minutes_ahead_is_refused(app, db):
-    key = _key("ES384")
-    client_id = await _service(db, key)
-    r = await _token(app, _assertion(key, "ES384", client_id, exp=int(time.time()) + 3600))
+    key = client_key("ES384")
+    client_id = await key_client(db, key)
+    r = await assertion_token(app, client_assertion(key, "ES384", client_id, exp=int(time.time()) + 3600))
     assert r.status_code == 401 and "five minutes" in r.json()["error_description"]
 
 
@@ -170,18 +121,18 @@ async def test_an_assertion_exp_more_than_five_minutes_ahead_is_refused(app, db)
     ids=["no-exp", "expired", "no-jti", "aud-fhir-base", "aud-other-server", "sub-not-iss", "not-yet-valid"],
 )
 async def test_an_assertion_with_bad_claims_is_refused(app, db, changes):
-    key = _key("ES384")
-    client_id = await _service(db, key)
-    r = await _token(app, _assertion(key, "ES384", client_id, **changes))
+    key = client_key("ES384")
+    client_id = await key_client(db, key)
+    r = await assertion_token(app, client_assertion(key, "ES384", client_id, **changes))
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
 
 
 async def test_an_assertion_signed_by_another_clients_key_is_refused(app, db):
-    mine, theirs = _key("ES384"), _key("ES384")
-    client_id = await _service(db, mine)
-    await _service(db, theirs)
-    forged = _assertion(theirs, "ES384", client_id)
-    r = await _token(app, forged)
+    mine, theirs = client_key("ES384"), client_key("ES384")
+    client_id = await key_client(db, mine)
+    await key_client(db, theirs)
+    forged = client_assertion(theirs, "ES384", client_id)
+    r = await assertion_token(app, forged)
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
     # not even when it reuses our kid
     forged = jwt.encode(
@@ -190,58 +141,58 @@ async def test_an_assertion_signed_by_another_clients_key_is_refused(app, db):
         theirs,
         algorithms=["ES384"],
     )
-    assert (await _token(app, forged)).status_code == 401
+    assert (await assertion_token(app, forged)).status_code == 401
 
 
 async def test_an_unsigned_assertion_is_refused(app, db):
     import base64
     import json
 
-    key = _key("ES384")
-    client_id = await _service(db, key)
+    key = client_key("ES384")
+    client_id = await key_client(db, key)
 
     def b64(value: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
     claims = {"iss": client_id, "sub": client_id, "aud": TOKEN_URL, "exp": int(time.time()) + 60, "jti": "n1"}
     unsigned = f"{b64({'alg': 'none', 'kid': key.kid})}.{b64(claims)}."
-    r = await _token(app, unsigned)
+    r = await assertion_token(app, unsigned)
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
 
 
 async def test_an_rs256_assertion_is_refused(app, db):
     key = RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex})
-    client_id = await _service(db, key)
-    r = await _token(app, _assertion(key, "RS256", client_id))
+    client_id = await key_client(db, key)
+    r = await assertion_token(app, client_assertion(key, "RS256", client_id))
     assert r.status_code == 401 and "RS384" in r.json()["error_description"]
 
 
 async def test_a_tampered_assertion_is_refused(app, db):
-    key = _key("RS384")
-    client_id = await _service(db, key)
-    header, _, signature = _assertion(key, "RS384", client_id).split(".")
-    other_payload = _assertion(key, "RS384", client_id, exp=int(time.time()) + 299).split(".")[1]
-    r = await _token(app, f"{header}.{other_payload}.{signature}")
+    key = client_key("RS384")
+    client_id = await key_client(db, key)
+    header, _, signature = client_assertion(key, "RS384", client_id).split(".")
+    other_payload = client_assertion(key, "RS384", client_id, exp=int(time.time()) + 299).split(".")[1]
+    r = await assertion_token(app, f"{header}.{other_payload}.{signature}")
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
 
 
 async def test_the_wrong_assertion_type_is_refused(app, db):
-    key = _key("ES384")
-    client_id = await _service(db, key)
-    r = await _token(app, _assertion(key, "ES384", client_id), client_assertion_type="urn:other")
+    key = client_key("ES384")
+    client_id = await key_client(db, key)
+    r = await assertion_token(app, client_assertion(key, "ES384", client_id), client_assertion_type="urn:other")
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
 
 
 async def test_a_disabled_service_gets_no_token(app, db):
-    key = _key("ES384")
-    client_id = await _service(db, key)
+    key = client_key("ES384")
+    client_id = await key_client(db, key)
     await accounts.disable_client(db, client_id)
-    r = await _token(app, _assertion(key, "ES384", client_id))
+    r = await assertion_token(app, client_assertion(key, "ES384", client_id))
     assert r.status_code == 401
 
 
 async def test_a_service_gets_only_its_registered_system_scopes(app, db):
-    key = _key("ES384")
-    client_id = await _service(db, key)
-    r = await _token(app, _assertion(key, "ES384", client_id), scope="system/*.cruds")
+    key = client_key("ES384")
+    client_id = await key_client(db, key)
+    r = await assertion_token(app, client_assertion(key, "ES384", client_id), scope="system/*.cruds")
     assert r.status_code == 400 and r.json()["error"] == "invalid_scope"

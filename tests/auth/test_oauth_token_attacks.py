@@ -3,10 +3,8 @@ WWW-Authenticate error="invalid_token"; and revocation, introspection of them.""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-import uuid
 from typing import Any
 
 import pytest
@@ -15,33 +13,8 @@ from joserfc.jwk import ECKey
 
 from tests.conftest import mint_token
 
+from .forge import access_claims, b64, signed
 from .oauth_support import FHIR, basic, confidential_client, http, system_token
-
-
-def _b64(value: Any) -> str:
-    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _claims(**changes: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims = {
-        "iss": "http://testserver",
-        "aud": FHIR,
-        "sub": "mallory",
-        "client_id": "mallory",
-        "scope": "system/*.*",
-        "iat": now,
-        "nbf": now,
-        "exp": now + 300,
-        "jti": uuid.uuid4().hex,
-    } | changes
-    return {k: v for k, v in claims.items() if v is not None}
-
-
-def _signed(app: Any, claims: dict[str, Any], kid: str | None = None) -> str:
-    key = app.state.signing_keys.signing
-    return jwt.encode({"alg": "ES256", "kid": kid or key.kid, "typ": "at+jwt"}, claims, key, algorithms=["ES256"])
 
 
 async def _refused(app: Any, token: str) -> str:
@@ -54,13 +27,13 @@ async def _refused(app: Any, token: str) -> str:
 
 
 async def test_a_genuine_token_is_accepted(app):
-    async with http(app, headers={"Authorization": f"Bearer {_signed(app, _claims())}"}) as c:
+    async with http(app, headers={"Authorization": f"Bearer {signed(app, access_claims())}"}) as c:
         assert (await c.get(f"{FHIR}/Patient")).status_code == 200
 
 
 async def test_alg_none_is_refused(app):
     key = app.state.signing_keys.signing
-    await _refused(app, f"{_b64({'alg': 'none', 'kid': key.kid})}.{_b64(_claims())}.")
+    await _refused(app, f"{b64({'alg': 'none', 'kid': key.kid})}.{b64(access_claims())}.")
 
 
 async def test_hs256_signed_with_the_public_key_as_secret_is_refused(app):
@@ -70,56 +43,56 @@ async def test_hs256_signed_with_the_public_key_as_secret_is_refused(app):
 
     public = app.state.signing_keys.signing
     for secret in (json.dumps(public.as_dict(private=False)).encode(), public.as_pem(private=False)):
-        signing_input = f"{_b64({'alg': 'HS256', 'kid': public.kid})}.{_b64(_claims())}"
+        signing_input = f"{b64({'alg': 'HS256', 'kid': public.kid})}.{b64(access_claims())}"
         signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-        await _refused(app, f"{signing_input}.{_b64(signature)}")
+        await _refused(app, f"{signing_input}.{b64(signature)}")
 
 
 async def test_an_expired_token_is_refused(app):
     now = int(time.time())
-    assert "expired" in await _refused(app, _signed(app, _claims(iat=now - 900, nbf=now - 900, exp=now - 600)))
+    assert "expired" in await _refused(app, signed(app, access_claims(iat=now - 900, nbf=now - 900, exp=now - 600)))
 
 
 async def test_a_token_not_yet_valid_is_refused(app):
     now = int(time.time())
-    await _refused(app, _signed(app, _claims(nbf=now + 600, iat=now + 600, exp=now + 900)))
+    await _refused(app, signed(app, access_claims(nbf=now + 600, iat=now + 600, exp=now + 900)))
 
 
 async def test_a_token_without_exp_is_refused(app):
-    await _refused(app, _signed(app, _claims(exp=None)))
+    await _refused(app, signed(app, access_claims(exp=None)))
 
 
 async def test_a_token_for_another_audience_is_refused(app):
-    await _refused(app, _signed(app, _claims(aud="https://other.example/fhir")))
+    await _refused(app, signed(app, access_claims(aud="https://other.example/fhir")))
 
 
 async def test_a_token_of_another_issuer_is_refused(app):
-    await _refused(app, _signed(app, _claims(iss="https://evil.example")))
+    await _refused(app, signed(app, access_claims(iss="https://evil.example")))
 
 
 async def test_a_token_without_issuer_is_refused(app):
-    await _refused(app, _signed(app, _claims(iss=None)))
+    await _refused(app, signed(app, access_claims(iss=None)))
 
 
 async def test_a_tampered_payload_is_refused(app):
-    header, _, signature = _signed(app, _claims(scope="patient/*.rs", patient="1")).split(".")
-    await _refused(app, f"{header}.{_b64(_claims())}.{signature}")
+    header, _, signature = signed(app, access_claims(scope="patient/*.rs", patient="1")).split(".")
+    await _refused(app, f"{header}.{b64(access_claims())}.{signature}")
 
 
 async def test_a_tampered_signature_is_refused(app):
-    header, payload, signature = _signed(app, _claims()).split(".")
+    header, payload, signature = signed(app, access_claims()).split(".")
     flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
     await _refused(app, f"{header}.{payload}.{flipped}")
 
 
 async def test_a_token_signed_by_another_key_is_refused(app):
     other = ECKey.generate_key("P-256", parameters={"kid": app.state.signing_keys.signing.kid})
-    token = jwt.encode({"alg": "ES256", "kid": other.kid}, _claims(), other, algorithms=["ES256"])
+    token = jwt.encode({"alg": "ES256", "kid": other.kid}, access_claims(), other, algorithms=["ES256"])
     await _refused(app, token)
 
 
 async def test_an_unknown_kid_is_refused(app):
-    await _refused(app, _signed(app, _claims(), kid="no-such-key"))
+    await _refused(app, signed(app, access_claims(), kid="no-such-key"))
 
 
 async def test_garbage_is_refused(app):
@@ -168,9 +141,9 @@ async def test_introspection_describes_an_active_access_token(app, db):
 async def test_introspection_says_inactive_for_unusable_tokens(app, db, kind):
     now = int(time.time())
     token = {
-        "expired": _signed(app, _claims(iat=now - 900, nbf=now - 900, exp=now - 600)),
+        "expired": signed(app, access_claims(iat=now - 900, nbf=now - 900, exp=now - 600)),
         "unknown": "some-random-string",
-        "foreign": _signed(app, _claims(aud="https://other.example/fhir")),
+        "foreign": signed(app, access_claims(aud="https://other.example/fhir")),
     }[kind]
     assert await _introspect(app, db, token) == {"active": False}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from headless_ehr.auth import accounts, launch
 
 from .oauth_support import http, parse_forms, pkce, submit, unique
@@ -32,25 +34,18 @@ async def test_only_system_scopes_asked_by_a_user_flow_is_an_invalid_scope(app, 
     assert "error=invalid_scope" in r.headers["location"]
 
 
-async def test_a_patient_user_cannot_take_another_patients_launch_context(app, db):
-    client, _ = await accounts.create_client(
-        db, "EHR app", [REDIRECT], ["launch", "patient/*.rs", "openid", "fhirUser"], public=True
-    )
+@pytest.mark.parametrize(
+    ("client_scopes", "fhir_user", "listed"),
+    [
+        pytest.param(["launch", "patient/*.rs", "openid", "fhirUser"], "Patient/{own}", False, id="a patient"),
+        pytest.param(["launch", "patient/*.rs"], "Practitioner/7", True, id="a user with a patient list"),
+    ],
+)
+async def test_a_user_cannot_take_a_launch_for_a_patient_outside_their_reach(app, db, client_scopes, fhir_user, listed):
+    client, _ = await accounts.create_client(db, "EHR app", [REDIRECT], client_scopes, public=True)
     own, other = unique("pt"), unique("pt")
-    user = await accounts.create_user(db, unique("pat"), PASSWORD, f"Patient/{own}")
-    context = await launch.create_launch(db, other, None, "test")
-    _, challenge = pkce()
-    request = _request(client.client_id, challenge, scope="launch patient/*.rs", launch=context.launch_id)
-    async with http(app) as browser:
-        r = await _sign_in(browser, request, user.username)
-    assert r.status_code == 303, r.text
-    assert "error=access_denied" in r.headers["location"]
-
-
-async def test_a_user_with_a_patient_list_cannot_take_a_launch_for_a_patient_outside_it(app, db):
-    client, _ = await accounts.create_client(db, "EHR app", [REDIRECT], ["launch", "patient/*.rs"], public=True)
-    listed, other = unique("pt"), unique("pt")
-    user = await accounts.create_user(db, unique("dr"), PASSWORD, "Practitioner/7", [], [listed])
+    patients = [own] if listed else []
+    user = await accounts.create_user(db, unique("user"), PASSWORD, fhir_user.format(own=own), [], patients)
     context = await launch.create_launch(db, other, None, "test")
     _, challenge = pkce()
     request = _request(client.client_id, challenge, scope="launch patient/*.rs", launch=context.launch_id)

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import base64
 import itertools
-from typing import Any
 
 import orjson
 import pytest
 
+from .forge import ASSERTION_TYPE, b64
 from .oauth_support import basic, http
-
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-def _b64(value: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
 
 
 @pytest.fixture
@@ -41,7 +35,7 @@ async def test_basic_credentials_holding_a_nul_are_invalid_client(app):
 
 
 async def test_an_assertion_whose_iss_holds_a_nul_is_invalid_client(app):
-    header, claims = _b64({"alg": "ES384"}), _b64({"iss": "a\x00"})
+    header, claims = b64({"alg": "ES384"}), b64({"iss": "a\x00"})
     assertion = f"{header}.{claims}.c2ln"
     form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
     async with http(app) as c:

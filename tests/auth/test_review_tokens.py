@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import uvicorn
-from joserfc import jwt
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -20,9 +16,9 @@ from starlette.routing import Route
 from headless_ehr.auth import accounts, grants
 from headless_ehr.auth.tokens import PRUNE_SECONDS
 
-from .oauth_support import FHIR, http, pkce, unique
+from .forge import access_claims, assertion_token, client_assertion, client_key, key_client, signed
+from .oauth_support import FHIR, http, pkce, serving, unique
 from .test_oauth_authorization_code import PASSWORD, REDIRECT, SCOPES, _code, _exchange, _refresh, _request
-from .test_oauth_backend_services import _assertion, _key, _service, _token
 
 
 @pytest.fixture
@@ -69,10 +65,10 @@ async def test_concurrent_redemptions_of_one_code_do_not_both_succeed(app, app_c
 
 
 async def test_concurrent_assertions_with_one_jti_do_not_both_succeed(app, db):
-    key = _key("ES384")
-    client_id = await _service(db, key)
-    assertion = _assertion(key, "ES384", client_id)
-    answers = await asyncio.gather(*(_token(app, assertion) for _ in range(4)))
+    key = client_key("ES384")
+    client_id = await key_client(db, key)
+    assertion = client_assertion(key, "ES384", client_id)
+    answers = await asyncio.gather(*(assertion_token(app, assertion) for _ in range(4)))
     assert sorted(r.status_code for r in answers) == [200, 401, 401, 401]
 
 
@@ -91,27 +87,16 @@ async def test_a_refresh_token_is_not_an_access_token(app, app_client, patient_u
 
 
 async def test_a_client_assertion_is_not_an_access_token(app, db):
-    key = _key("ES384")
-    client_id = await _service(db, key)
-    assert await _fhir_read(app, _assertion(key, "ES384", client_id, aud=FHIR, scope="system/*.*")) == 401
+    key = client_key("ES384")
+    client_id = await key_client(db, key)
+    assert await _fhir_read(app, client_assertion(key, "ES384", client_id, aud=FHIR, scope="system/*.*")) == 401
 
 
 async def test_a_jwt_of_ours_that_is_not_typed_as_an_access_token_is_refused(app):
     # anything else this server ever signs (ID tokens today) must not pass as an access token,
     # even if its claims happened to look like one (RFC 9068 §4: typ at+jwt)
-    keys = app.state.signing_keys
-    now = int(time.time())
-    claims = {
-        "iss": "http://testserver",
-        "aud": FHIR,
-        "sub": "x",
-        "client_id": "x",
-        "scope": "system/*.*",
-        "iat": now,
-        "exp": now + 60,
-        "jti": unique("jti"),
-    }
-    token = jwt.encode({"alg": "ES256", "kid": keys.signing.kid, "typ": "JWT"}, claims, keys.signing, ["ES256"])
+    claims = access_claims(sub="x", client_id="x", nbf=None, exp=int(time.time()) + 60, jti=unique("jti"))
+    token = signed(app, claims, typ="JWT")
     assert await _fhir_read(app, token) == 401
 
 
@@ -127,28 +112,16 @@ async def _failing_jwks(request):
 
 @pytest.fixture(scope="module")
 def failing_jwks_server() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        Starlette(routes=[Route("/{name}.json", _failing_jwks)]), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with serving(Starlette(routes=[Route("/{name}.json", _failing_jwks)])) as url:
+        yield url
 
 
 async def test_a_failing_jwks_uri_is_not_fetched_again_for_every_assertion(app, db, failing_jwks_server):
     # unauthenticated callers must not turn the token endpoint into a flood against a client's host
-    key = _key("ES384")
+    key = client_key("ES384")
     name = unique("down")
-    client_id = await _service(db, key, jwks_uri=f"{failing_jwks_server}/{name}.json")
-    answers = [await _token(app, _assertion(key, "ES384", client_id)) for _ in range(5)]
+    client_id = await key_client(db, key, jwks_uri=f"{failing_jwks_server}/{name}.json")
+    answers = [await assertion_token(app, client_assertion(key, "ES384", client_id)) for _ in range(5)]
     assert all(r.status_code == 401 for r in answers)
     assert FETCHES.count(f"/{name}.json") == 1
 

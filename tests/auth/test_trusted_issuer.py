@@ -6,12 +6,8 @@ discovery document and a JWKS, whose tokens are signed here with its private key
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from joserfc import jwk, jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +25,9 @@ from starlette.routing import Route
 from headless_ehr.auth import external
 from headless_ehr.auth.external import principal_from_claims
 from tests.conftest import bearer
+
+from .forge import b64
+from .oauth_support import free_port, serving
 
 AUDIENCE = "https://ehr.example.org/fhir"
 CURVES = {"ES256": "P-256", "ES384": "P-384"}
@@ -67,16 +65,9 @@ class FakeIssuer:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served() -> Iterator[FakeIssuer]:
-    port = _free_port()
-    state = FakeIssuer(f"http://127.0.0.1:{port}/realms/test")
+    state = FakeIssuer("")  # its URL once it is served
 
     async def discovery(request: Request) -> Response:
         document = state.discovery or {"issuer": state.url, "jwks_uri": f"{state.url}/protocol/openid-connect/certs"}
@@ -93,18 +84,9 @@ def served() -> Iterator[FakeIssuer]:
             Route("/realms/test/protocol/openid-connect/certs", certs),
         ]
     )
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the fake issuer did not start"
-        time.sleep(0.05)
-    try:
+    with serving(app) as url:
+        state.url = f"{url}/realms/test"
         yield state
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -171,35 +153,30 @@ async def test_a_token_without_exp_is_refused(trusting, issuer):
     _challenge(await trusting.get("/Patient", headers=bearer(issuer.token(exp=None))))
 
 
-async def test_an_hs256_token_signed_with_the_issuers_public_key_is_refused(trusting, issuer):
-    kid, key = next(iter(issuer.keys.items()))
-    claims = {
+def _mallorys(issuer: FakeIssuer) -> dict[str, Any]:
+    """Claims an attacker would like the issuer to have signed."""
+    return {
         "iss": issuer.url,
         "aud": AUDIENCE,
         "sub": "mallory",
         "exp": int(time.time()) + 300,
         "scope": "system/*.*",
     }
-    signing_input = f"{_part({'alg': 'HS256', 'kid': kid})}.{_part(claims)}"
+
+
+async def test_an_hs256_token_signed_with_the_issuers_public_key_is_refused(trusting, issuer):
+    kid, key = next(iter(issuer.keys.items()))
+    claims = _mallorys(issuer)
+    signing_input = f"{b64({'alg': 'HS256', 'kid': kid})}.{b64(claims)}"
     mac = hmac.new(key.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest()
-    token = f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    token = f"{signing_input}.{b64(mac)}"
     assert "must be signed with one of" in _challenge(await trusting.get("/Patient", headers=bearer(token)))
 
 
 async def test_an_unsigned_token_is_refused(trusting, issuer):
-    claims = {
-        "iss": issuer.url,
-        "aud": AUDIENCE,
-        "sub": "mallory",
-        "exp": int(time.time()) + 300,
-        "scope": "system/*.*",
-    }
-    token = f"{_part({'alg': 'none'})}.{_part(claims)}."
+    claims = _mallorys(issuer)
+    token = f"{b64({'alg': 'none'})}.{b64(claims)}."
     assert "must be signed with one of" in _challenge(await trusting.get("/Patient", headers=bearer(token)))
-
-
-def _part(value: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
 
 async def test_a_token_of_an_issuer_not_trusted_is_refused(trusting, issuer):
@@ -338,7 +315,7 @@ async def _authenticate(client: httpx.AsyncClient, token: str) -> Any:
 
 
 async def test_an_unreachable_issuer_refuses_its_tokens_with_401_not_an_error(app_with, issuer):
-    nowhere = f"http://127.0.0.1:{_free_port()}/realms/test"  # nothing listens there once the probe closed
+    nowhere = f"http://127.0.0.1:{free_port()}/realms/test"  # nothing listens there once the probe closed
     client = await app_with(trusted_issuer=nowhere, trusted_audience=AUDIENCE)
     token = issuer.token(iss=nowhere)
     assert "cannot be fetched" in _challenge(await client.get("/Patient", headers=bearer(token)))

@@ -160,3 +160,27 @@ async def all_pages(client: httpx.AsyncClient, url: str, params: Any = None) -> 
             return found
         res = await client.get(nxt)
     raise AssertionError("too many pages")
+
+
+def no_b(found: set[str], w: World) -> None:
+    leaked = found & w.b.ids
+    assert not leaked, f"patient B's resources leaked: {leaked}"
+
+
+async def get_ok(c: httpx.AsyncClient, url: str, params: Any = None) -> dict[str, Any]:
+    res = await c.get(url, params=params)
+    assert res.status_code == 200, res.text
+    return res.json()
+
+
+def transaction(*entries: tuple[Any, ...]) -> dict[str, Any]:
+    """A transaction Bundle of entries (method, url, resource or None[, fullUrl or None])."""
+    out = []
+    for method, url, resource, *full_url in entries:
+        entry: dict[str, Any] = {"request": {"method": method, "url": url}}
+        if resource is not None:
+            entry["resource"] = resource
+        if full_url and full_url[0] is not None:
+            entry["fullUrl"] = full_url[0]
+        out.append(entry)
+    return {"resourceType": "Bundle", "type": "transaction", "entry": out}

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -25,6 +26,7 @@ from . import secrets
 from .scopes import ScopeError, parse_grant, split_scopes
 
 Db = asyncpg.Pool | asyncpg.Connection
+A = TypeVar("A")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}", re.ASCII)  # client ids and usernames
 _FHIR_USER = re.compile(r"(Patient|Practitioner|PractitionerRole|RelatedPerson|Person)/[A-Za-z0-9\-.]{1,64}", re.ASCII)
@@ -148,6 +150,39 @@ def _user(row: asyncpg.Record) -> User:
         enabled=row["enabled"],
         created_at=row["created_at"],
     )
+
+
+@dataclass(frozen=True)
+class _Accounts(Generic[A]):
+    """Reading and enabling one kind of account: clients and users follow the same rules."""
+
+    table: str
+    key: str  # the column naming an account, also auth_refresh_token's column naming its holder
+    columns: str
+    make: Callable[[asyncpg.Record], A]
+
+    async def get(self, db: Db, key: str) -> A | None:
+        row = await db.fetchrow(f"SELECT {self.columns} FROM {self.table} WHERE {self.key} = $1", key)
+        return self.make(row) if row is not None else None
+
+    async def list(self, db: Db) -> list[A]:
+        rows = await db.fetch(f"SELECT {self.columns} FROM {self.table} ORDER BY created_at, {self.key}")
+        return [self.make(r) for r in rows]
+
+    async def set_enabled(self, db: Db, key: str, enabled: bool) -> A | None:
+        row = await db.fetchrow(
+            f"UPDATE {self.table} SET enabled = $2 WHERE {self.key} = $1 RETURNING {self.columns}", key, enabled
+        )
+        if row is not None and not enabled:
+            # its refresh tokens die with it (access tokens run out within their short lifetime)
+            await db.execute(
+                f"UPDATE auth_refresh_token SET revoked_at = now() WHERE {self.key} = $1 AND revoked_at IS NULL", key
+            )
+        return self.make(row) if row is not None else None
+
+
+_CLIENTS = _Accounts("auth_client", "client_id", _CLIENT_COLUMNS, _client)
+_USERS = _Accounts("auth_user", "username", _USER_COLUMNS, _user)
 
 
 # ---- validation -------------------------------------------------------------------------
@@ -308,25 +343,15 @@ async def create_client(
 
 
 async def get_client(db: Db, client_id: str) -> Client | None:
-    row = await db.fetchrow(f"SELECT {_CLIENT_COLUMNS} FROM auth_client WHERE client_id = $1", client_id)
-    return _client(row) if row is not None else None
+    return await _CLIENTS.get(db, client_id)
 
 
 async def list_clients(db: Db) -> list[Client]:
-    rows = await db.fetch(f"SELECT {_CLIENT_COLUMNS} FROM auth_client ORDER BY created_at, client_id")
-    return [_client(r) for r in rows]
+    return await _CLIENTS.list(db)
 
 
 async def set_client_enabled(db: Db, client_id: str, enabled: bool) -> Client | None:
-    row = await db.fetchrow(
-        f"UPDATE auth_client SET enabled = $2 WHERE client_id = $1 RETURNING {_CLIENT_COLUMNS}", client_id, enabled
-    )
-    if row is not None and not enabled:
-        # its refresh tokens die with it (access tokens run out within their short lifetime)
-        await db.execute(
-            "UPDATE auth_refresh_token SET revoked_at = now() WHERE client_id = $1 AND revoked_at IS NULL", client_id
-        )
-    return _client(row) if row is not None else None
+    return await _CLIENTS.set_enabled(db, client_id, enabled)
 
 
 async def disable_client(db: Db, client_id: str) -> Client | None:
@@ -393,24 +418,15 @@ async def create_user(
 
 
 async def get_user(db: Db, username: str) -> User | None:
-    row = await db.fetchrow(f"SELECT {_USER_COLUMNS} FROM auth_user WHERE username = $1", username)
-    return _user(row) if row is not None else None
+    return await _USERS.get(db, username)
 
 
 async def list_users(db: Db) -> list[User]:
-    rows = await db.fetch(f"SELECT {_USER_COLUMNS} FROM auth_user ORDER BY created_at, username")
-    return [_user(r) for r in rows]
+    return await _USERS.list(db)
 
 
 async def set_user_enabled(db: Db, username: str, enabled: bool) -> User | None:
-    row = await db.fetchrow(
-        f"UPDATE auth_user SET enabled = $2 WHERE username = $1 RETURNING {_USER_COLUMNS}", username, enabled
-    )
-    if row is not None and not enabled:
-        await db.execute(
-            "UPDATE auth_refresh_token SET revoked_at = now() WHERE username = $1 AND revoked_at IS NULL", username
-        )
-    return _user(row) if row is not None else None
+    return await _USERS.set_enabled(db, username, enabled)
 
 
 async def disable_user(db: Db, username: str) -> User | None:

@@ -1,4 +1,4 @@
-"""The admin API (`/admin/...`): clients, users and EHR launch contexts, JSON in and out.
+"""The admin API (`/admin/...`): clients, users, access policies and EHR launch contexts, JSON in and out.
 
 Only an admin client's token with the whole system scope (`system/*.*` or
 `system/*.cruds`) may call it: no token or a bad one is 401, any other token 403.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -20,9 +21,10 @@ from starlette.routing import Route
 
 from ..fhir.outcome import FhirError
 from ..rest.responses import base_url, outcome_response
-from . import accounts, registration
+from . import accounts, policies, registration
 from .accounts import AccountError, AccountExists
 from .launch import LaunchError, create_launch
+from .policies import PolicyError
 from .principal import Principal
 
 log = logging.getLogger("headless_ehr.auth")
@@ -34,10 +36,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def admin_routes(prefix: str = "/admin") -> list[Route]:
     return [
-        Route(f"{prefix}/clients", _endpoint(_clients), methods=["GET", "POST"]),
-        Route(f"{prefix}/clients/{{client_id}}", _endpoint(_client), methods=["GET", "PATCH", "DELETE"]),
-        Route(f"{prefix}/users", _endpoint(_users), methods=["GET", "POST"]),
-        Route(f"{prefix}/users/{{username}}", _endpoint(_user), methods=["GET", "PATCH", "DELETE"]),
+        Route(f"{prefix}/clients", _endpoint(_collection(_CLIENTS)), methods=["GET", "POST"]),
+        Route(f"{prefix}/clients/{{client_id}}", _endpoint(_item(_CLIENTS)), methods=["GET", "PATCH", "DELETE"]),
+        Route(f"{prefix}/users", _endpoint(_collection(_USERS)), methods=["GET", "POST"]),
+        Route(f"{prefix}/users/{{username}}", _endpoint(_item(_USERS)), methods=["GET", "PATCH", "DELETE"]),
+        Route(f"{prefix}/policies", _endpoint(_policies), methods=["GET", "POST"]),
+        Route(f"{prefix}/policies/{{name}}", _endpoint(_policy), methods=["GET", "PUT", "DELETE"]),
         Route(f"{prefix}/launch", _endpoint(_launch), methods=["POST"]),
     ]
 
@@ -55,7 +59,7 @@ def _endpoint(handler: Handler) -> Handler:
             return outcome_response(request, error)
         except AccountExists as error:
             return outcome_response(request, FhirError.of(409, "duplicate", str(error)))
-        except AccountError as error:
+        except (AccountError, PolicyError) as error:
             return outcome_response(request, FhirError.of(400, "invalid", str(error)))
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -147,74 +151,135 @@ async def _enabled_flag(request: Request) -> bool:
     return body["enabled"]
 
 
-# ---- clients ----------------------------------------------------------------------------
+# ---- clients and users -----------------------------------------------------------------
 
 
-async def _client_json(request: Request, clients: list[accounts.Client]) -> list[dict[str, Any]]:
-    policies = await registration.policies_of(request.app.state.pool, "client", [c.client_id for c in clients])
-    return [{**c.as_json(), "policies": policies.get(c.client_id, [])} for c in clients]
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of account the admin API lists, makes, shows, enables and deletes."""
+
+    name: str  # "client" or "user": its messages and its registration policies
+    key: str  # the path parameter and JSON field naming one
+    register: Callable[[Any, Any], Awaitable[dict[str, Any]]]
+    list: Callable[[Any], Awaitable[list[Any]]]
+    get: Callable[[Any, str], Awaitable[Any]]
+    set_enabled: Callable[[Any, str, bool], Awaitable[Any]]
+    delete: Callable[[Any, str], Awaitable[bool]]
+    guards_itself: bool  # a client may not delete or disable itself (the admin would lock itself out)
 
 
-async def _clients(request: Request) -> Response:
+_CLIENTS = _Kind(
+    "client",
+    "client_id",
+    registration.register_client,
+    accounts.list_clients,
+    accounts.get_client,
+    accounts.set_client_enabled,
+    accounts.delete_client,
+    guards_itself=True,
+)
+_USERS = _Kind(
+    "user",
+    "username",
+    registration.register_user,
+    accounts.list_users,
+    accounts.get_user,
+    accounts.set_user_enabled,
+    accounts.delete_user,
+    guards_itself=False,
+)
+
+
+async def _with_policies(request: Request, kind: _Kind, found: list[Any]) -> list[dict[str, Any]]:
+    keys = [getattr(account, kind.key) for account in found]
+    policies = await registration.policies_of(request.app.state.pool, kind.name, keys)
+    return [{**a.as_json(), "policies": policies.get(k, [])} for a, k in zip(found, keys, strict=True)]
+
+
+def _collection(kind: _Kind) -> Handler:
+    """GET lists the accounts of a kind, POST makes one (201 with its Location)."""
+
+    async def handler(request: Request) -> Response:
+        pool = request.app.state.pool
+        if request.method == "POST":
+            created = await kind.register(pool, await _body(request))
+            await _policies_changed(request)
+            log.info("admin: %s '%s' created by '%s'", kind.name, created[kind.key], request.state.principal.subject)
+            return _json(created, 201, {"Location": _location(request, created[kind.key])})
+        return _json({f"{kind.name}s": await _with_policies(request, kind, await kind.list(pool))})
+
+    return handler
+
+
+def _item(kind: _Kind) -> Handler:
+    """GET shows one account, PATCH enables or disables it, DELETE removes it."""
+
+    async def handler(request: Request) -> Response:
+        pool, key = request.app.state.pool, request.path_params[kind.key]
+        if request.method == "DELETE":
+            if kind.guards_itself:
+                _not_yourself(request.state.principal, key, "delete")
+            if not await kind.delete(pool, key):
+                raise _not_found(kind.name, key)
+            await _policies_changed(request)
+            log.info("admin: %s '%s' deleted by '%s'", kind.name, key, request.state.principal.subject)
+            return Response(status_code=204, headers=_NO_STORE)
+        if request.method == "PATCH":
+            enabled = await _enabled_flag(request)
+            if not enabled and kind.guards_itself:
+                _not_yourself(request.state.principal, key, "disable")
+            account = await kind.set_enabled(pool, key, enabled)
+        else:
+            account = await kind.get(pool, key)
+        if account is None:
+            raise _not_found(kind.name, key)
+        return _json((await _with_policies(request, kind, [account]))[0])
+
+    return handler
+
+
+# ---- access policies (auth/policies.py) -------------------------------------------------
+
+
+async def _policies_changed(request: Request) -> None:
+    """This node sees the change at once; others on their next poll."""
+    cache = getattr(request.app.state, "policies", None)
+    if cache is not None:
+        await cache.refresh()
+
+
+async def _policies(request: Request) -> Response:
     pool = request.app.state.pool
     if request.method == "POST":
-        created = await registration.register_client(pool, await _body(request))
-        log.info("admin: client '%s' created by '%s'", created["client_id"], request.state.principal.subject)
-        return _json(created, 201, {"Location": _location(request, created["client_id"])})
-    return _json({"clients": await _client_json(request, await accounts.list_clients(pool))})
+        by = request.state.principal.subject
+        created = await policies.put_policy(pool, await _body(request), by, create=True)
+        await _policies_changed(request)
+        log.info("admin: policy '%s' created by '%s'", created["name"], by)
+        return _json(created, 201, {"Location": _location(request, created["name"])})
+    return _json({"policies": await policies.list_policies(pool)})
 
 
-async def _client(request: Request) -> Response:
-    pool, client_id = request.app.state.pool, request.path_params["client_id"]
+async def _policy(request: Request) -> Response:
+    pool, name = request.app.state.pool, request.path_params["name"]
+    by = request.state.principal.subject
     if request.method == "DELETE":
-        _not_yourself(request.state.principal, client_id, "delete")
-        if not await accounts.delete_client(pool, client_id):
-            raise _not_found("client", client_id)
-        log.info("admin: client '%s' deleted by '%s'", client_id, request.state.principal.subject)
+        if not await policies.delete_policy(pool, name):
+            raise _not_found("policy", name)
+        await _policies_changed(request)
+        log.info("admin: policy '%s' deleted by '%s'", name, by)
         return Response(status_code=204, headers=_NO_STORE)
-    if request.method == "PATCH":
-        enabled = await _enabled_flag(request)
-        if not enabled:
-            _not_yourself(request.state.principal, client_id, "disable")
-        client = await accounts.set_client_enabled(pool, client_id, enabled)
-    else:
-        client = await accounts.get_client(pool, client_id)
-    if client is None:
-        raise _not_found("client", client_id)
-    return _json((await _client_json(request, [client]))[0])
-
-
-# ---- users ------------------------------------------------------------------------------
-
-
-async def _user_json(request: Request, users: list[accounts.User]) -> list[dict[str, Any]]:
-    policies = await registration.policies_of(request.app.state.pool, "user", [u.username for u in users])
-    return [{**u.as_json(), "policies": policies.get(u.username, [])} for u in users]
-
-
-async def _users(request: Request) -> Response:
-    pool = request.app.state.pool
-    if request.method == "POST":
-        created = await registration.register_user(pool, await _body(request))
-        log.info("admin: user '%s' created by '%s'", created["username"], request.state.principal.subject)
-        return _json(created, 201, {"Location": _location(request, created["username"])})
-    return _json({"users": await _user_json(request, await accounts.list_users(pool))})
-
-
-async def _user(request: Request) -> Response:
-    pool, username = request.app.state.pool, request.path_params["username"]
-    if request.method == "DELETE":
-        if not await accounts.delete_user(pool, username):
-            raise _not_found("user", username)
-        log.info("admin: user '%s' deleted by '%s'", username, request.state.principal.subject)
-        return Response(status_code=204, headers=_NO_STORE)
-    if request.method == "PATCH":
-        user = await accounts.set_user_enabled(pool, username, await _enabled_flag(request))
-    else:
-        user = await accounts.get_user(pool, username)
-    if user is None:
-        raise _not_found("user", username)
-    return _json((await _user_json(request, [user]))[0])
+    if request.method == "PUT":
+        changed = await policies.put_policy(pool, await _body(request), by, name, create=False)
+        await _policies_changed(request)
+        log.info("admin: policy '%s' version %s stored by '%s'", name, changed["version"], by)
+        return _json(changed)
+    version = request.query_params.get("version")
+    if version is not None and not (version.isdigit() and 0 < int(version) < 2**31):
+        raise FhirError.of(400, "invalid", "version must be a positive integer")
+    found = await policies.get_policy(pool, name, None if version is None else int(version))
+    if found is None:
+        raise _not_found("policy", name if version is None else f"{name}' version '{version}")
+    return _json(found)
 
 
 # ---- EHR launch -------------------------------------------------------------------------

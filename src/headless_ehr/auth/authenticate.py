@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from ..fhir.outcome import FhirError
 from .external import TrustedIssuer
+from .policies import Policies
 from .principal import SYSTEM, Principal
 from .tokens import AccessTokens, InvalidToken
 
@@ -40,8 +41,11 @@ def bearer_token(request: Request) -> str | None:
     return token
 
 
-def token_authenticator(tokens: AccessTokens, trusted: TrustedIssuer | None = None) -> Authenticator:
-    """Principals from this server's access tokens, and from a trusted external issuer's when one is set."""
+def token_authenticator(
+    tokens: AccessTokens, trusted: TrustedIssuer | None = None, policies: Policies | None = None
+) -> Authenticator:
+    """Principals from this server's access tokens, and from a trusted external issuer's when one is set;
+    with policies, each carrying its subject's access policy (auth/policies.py)."""
 
     async def authenticate(request: Request, audience: str) -> Principal:
         token = bearer_token(request)
@@ -55,9 +59,10 @@ def token_authenticator(tokens: AccessTokens, trusted: TrustedIssuer | None = No
                     return principal
                 if trusted.issued(token):
                     return await trusted.verify(token)
-            return tokens.verify(token, audience, request.app.state.settings.base_path)
+            principal = tokens.verify(token, audience, request.app.state.settings.base_path)
         except InvalidToken as error:
             raise unauthorized(str(error)) from None
+        return principal if policies is None else await policies.apply(token, principal)
 
     return authenticate
 

@@ -5,14 +5,16 @@ of the database gives no usable code or token; any node finishes any flow."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 
 from . import secrets
 
 Db = asyncpg.Pool | asyncpg.Connection
+G = TypeVar("G", "CodeGrant", "RefreshGrant")
 
 CODE_LIFETIME = 60  # seconds an authorization code may wait for its redemption
 ONLINE_REFRESH_LIFETIME = 12 * 3600  # online_access: a working day; offline_access: until revoked
@@ -100,18 +102,7 @@ async def redeem_code(db: Db, code: str) -> CodeGrant | None:
         if family["family"] is not None:
             await revoke_family(db, family["family"])
         raise GrantReused("the authorization code has been used already")
-    return CodeGrant(
-        client_id=row["client_id"],
-        username=row["username"],
-        redirect_uri=row["redirect_uri"],
-        scope=row["scope"],
-        code_challenge=row["code_challenge"],
-        nonce=row["nonce"],
-        patient=row["patient"],
-        encounter=row["encounter"],
-        aud=row["aud"],
-        expired=row["expired"],
-    )
+    return _of_row(CodeGrant, row)
 
 
 async def purge(db: Db) -> None:
@@ -167,18 +158,13 @@ async def link_code_family(db: Db, code: str, family: uuid.UUID) -> None:
     await db.execute("UPDATE auth_code SET family = $2 WHERE code_hash = $1", secrets.digest(code), family)
 
 
+def _of_row(cls: type[G], row: asyncpg.Record) -> G:
+    """A grant from its row: every field is the column of its name."""
+    return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
 def _refresh(row: asyncpg.Record) -> RefreshGrant:
-    return RefreshGrant(
-        family=row["family"],
-        client_id=row["client_id"],
-        username=row["username"],
-        fhir_user=row["fhir_user"],
-        scope=row["scope"],
-        patient=row["patient"],
-        encounter=row["encounter"],
-        aud=row["aud"],
-        expires_at=row["expires_at"],
-    )
+    return _of_row(RefreshGrant, row)
 
 
 async def use_refresh(conn: asyncpg.Connection, token: str) -> RefreshGrant | None:

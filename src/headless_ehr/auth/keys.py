@@ -9,8 +9,6 @@ expired (MAX_TOKEN_LIFETIME after retirement); then it is deleted.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from datetime import timedelta
@@ -18,6 +16,8 @@ from datetime import timedelta
 import asyncpg
 import orjson
 from joserfc.jwk import ECKey, KeySet
+
+from ..db.periodic import Periodic
 
 log = logging.getLogger("headless_ehr.auth")
 
@@ -35,25 +35,16 @@ class SigningKeys:
         self.signing: ECKey | None = None
         self.keyset = KeySet([])
         self.public: list[dict[str, object]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Periodic(
+            REFRESH_SECONDS, self.refresh, log, "could not reload the signing keys; keeping the current ones"
+        )
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = asyncio.create_task(self._poll())
+        self._poller.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(REFRESH_SECONDS)
-            try:
-                await self.refresh()
-            except (OSError, asyncpg.PostgresError):
-                log.warning("could not reload the signing keys; keeping the current ones", exc_info=True)
+        await self._poller.close()
 
     async def refresh(self) -> None:
         """Rotate when due, then load every key still published."""

@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import re
 import time
+import uuid
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -274,31 +275,46 @@ async def _authorization_code(request: Request, client: Client, form: dict[str, 
         raise OAuthError("invalid_grant", "redirect_uri differs from the one of the authorization request")
     if not _pkce_matches(form.get("code_verifier"), grant.code_challenge):
         raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge (PKCE S256)")
-    user = await accounts.get_user(pool, grant.username)
-    if user is None or not user.enabled:
-        raise OAuthError("invalid_grant", "the user is no longer enabled")
+    user = await _enabled_user(pool, grant.username)
     scopes = split_scopes(grant.scope)
     body = _user_tokens(request, client, user, scopes, grant.patient, grant.encounter, grant.aud, grant.nonce)
     if any(s in scopes for s in REFRESH_SCOPES):
-        refresh, family = await grants.issue_refresh(
-            pool,
-            family=None,
-            client_id=client.client_id,
-            username=user.username,
-            fhir_user=user.fhir_user,
-            scope=grant.scope,
-            patient=grant.patient,
-            encounter=grant.encounter,
-            aud=grant.aud,
-            lifetime=_refresh_lifetime(scopes),
-        )
+        refresh, family = await _carry_on(pool, grant, None, client, user)
         await grants.link_code_family(pool, code, family)
         body["refresh_token"] = refresh
     return body
 
 
-def _refresh_lifetime(scopes: list[str]) -> int | None:
-    return None if "offline_access" in scopes else grants.ONLINE_REFRESH_LIFETIME
+async def _enabled_user(db: accounts.Db, username: str | None) -> accounts.User:
+    """The user of a code or refresh token: a disabled or deleted user's grants are dead."""
+    user = await accounts.get_user(db, username) if username else None
+    if user is None or not user.enabled:
+        raise OAuthError("invalid_grant", "the user is no longer enabled")
+    return user
+
+
+async def _carry_on(
+    db: accounts.Db,
+    grant: grants.CodeGrant | grants.RefreshGrant,
+    family: uuid.UUID | None,
+    client: Client,
+    user: accounts.User,
+) -> tuple[str, uuid.UUID]:
+    """A refresh token carrying a grant on (a code's, or the refresh token it replaces): the same
+    scope, context and audience; it lives until revoked with offline_access, a working day without."""
+    scopes = split_scopes(grant.scope)
+    return await grants.issue_refresh(
+        db,
+        family=family,
+        client_id=client.client_id,
+        username=user.username,
+        fhir_user=user.fhir_user,
+        scope=grant.scope,
+        patient=grant.patient,
+        encounter=grant.encounter,
+        aud=grant.aud,
+        lifetime=None if "offline_access" in scopes else grants.ONLINE_REFRESH_LIFETIME,
+    )
 
 
 def _user_tokens(
@@ -386,21 +402,8 @@ async def _refresh_token(request: Request, client: Client, form: dict[str, str])
             original = split_scopes(grant.scope)
             if requested is not None and _narrow(requested, original) != requested:
                 raise OAuthError("invalid_scope", "a refresh may not ask for scopes beyond the original grant")
-            user = await accounts.get_user(conn, grant.username) if grant.username else None
-            if user is None or not user.enabled:
-                raise OAuthError("invalid_grant", "the user is no longer enabled")
-            refresh, _ = await grants.issue_refresh(
-                conn,
-                family=grant.family,
-                client_id=client.client_id,
-                username=grant.username,
-                fhir_user=user.fhir_user,
-                scope=grant.scope,
-                patient=grant.patient,
-                encounter=grant.encounter,
-                aud=grant.aud,
-                lifetime=_refresh_lifetime(original),
-            )
+            user = await _enabled_user(conn, grant.username)
+            refresh, _ = await _carry_on(conn, grant, grant.family, client, user)
     if reused:
         raise OAuthError("invalid_grant", "the refresh token has been used already; its grant is revoked")
     if grant is None:
@@ -414,6 +417,21 @@ async def _refresh_token(request: Request, client: Client, form: dict[str, str])
 # ---- introspection and revocation -------------------------------------------------------
 
 
+async def _token_request(request: Request, public_ok: bool) -> tuple[Client, dict[str, str], str]:
+    """The authenticated client, its form and the token it presents (introspection, revocation)."""
+    form = await read_form(request)
+    client = await authenticate_client(request, form, public_ok=public_ok)
+    presented = form.get("token")
+    if not presented:
+        raise OAuthError("invalid_request", "token is required")
+    return client, form, presented
+
+
+def _may_see(client: Client, owner: str | None) -> bool:
+    """A client introspects and revokes its own tokens; the admin client anyone's."""
+    return owner == client.client_id or client.admin
+
+
 def _access_claims(request: Request, token: str) -> dict[str, Any] | None:
     try:
         return request.app.state.tokens.decode(token, fhir_base(request), request.app.state.settings.base_path)
@@ -424,11 +442,7 @@ def _access_claims(request: Request, token: str) -> dict[str, Any] | None:
 async def introspect(request: Request) -> Response:
     """RFC 7662 for a confidential client: what a token stands for, or active false."""
     try:
-        form = await read_form(request)
-        client = await authenticate_client(request, form, public_ok=False)
-        presented = form.get("token")
-        if not presented:
-            raise OAuthError("invalid_request", "token is required")
+        client, form, presented = await _token_request(request, public_ok=False)
     except OAuthError as error:
         return error_response(error)
     hint = form.get("token_type_hint")
@@ -444,7 +458,7 @@ async def introspect(request: Request) -> Response:
             body["username"] = claims["sub"]
         return _json(body)
     refresh = await grants.find_refresh(request.app.state.pool, presented)
-    if refresh is not None and (refresh.client_id == client.client_id or client.admin):
+    if refresh is not None and _may_see(client, refresh.client_id):
         body = {"active": True, "token_type": "refresh_token", "scope": refresh.scope, "client_id": refresh.client_id}
         if refresh.username:
             body["sub"] = body["username"] = refresh.username
@@ -458,20 +472,16 @@ async def revoke(request: Request) -> Response:
     """RFC 7009: an access token is refused from now on; a refresh token's whole family too.
     200 whatever the token was (an unknown one tells nothing)."""
     try:
-        form = await read_form(request)
-        client = await authenticate_client(request, form, public_ok=True)
-        presented = form.get("token")
-        if not presented:
-            raise OAuthError("invalid_request", "token is required")
+        client, _, presented = await _token_request(request, public_ok=True)
     except OAuthError as error:
         return error_response(error)
     claims = _access_claims(request, presented)
     if claims is not None:
-        if claims.get("client_id") == client.client_id or client.admin:
+        if _may_see(client, claims.get("client_id")):
             await request.app.state.tokens.revoke(claims["jti"], float(claims["exp"]))
     else:
         refresh = await grants.refresh_exists(request.app.state.pool, presented)
-        if refresh is not None and (refresh.client_id == client.client_id or client.admin):
+        if refresh is not None and _may_see(client, refresh.client_id):
             await grants.revoke_family(request.app.state.pool, refresh.family)
     return Response(status_code=200, headers=NO_STORE)
 

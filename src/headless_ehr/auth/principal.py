@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TYPE_CHECKING
 
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from .scopes import PERMISSION, Grant, grants_of, split_scopes
+
+if TYPE_CHECKING:
+    from .policies import Rule
 
 WRITE_INTERACTIONS = frozenset({"create", "update", "patch", "delete"})
 
@@ -30,6 +34,9 @@ class Scope:
     # writes: and in no other patient's compartment (a patient token may not plant data
     # in another patient's record through a second reference, e.g. subject B, performer A)
     exclusive: bool = False
+    # an access policy's compartment rule: and in the compartment of a Patient matching
+    # this search (auth/policies.py)
+    patients: tuple[tuple[str, str], ...] | None = None
 
 
 UNRESTRICTED = None  # access(): every row of the type
@@ -58,6 +65,9 @@ class Principal:
     token_id: str | None = None
     expires_at: int | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    # the rules of the subject's access policies (auth/policies.py), intersected with the
+    # grants; None: the grants alone; (): nothing
+    policy: tuple[Rule, ...] | None = None
     # access() answers by (interaction, type): a principal lives as long as its token in
     # the verified-token cache, so each request of a token re-asks the same questions
     _answers: dict[tuple[str, str], tuple[Scope, ...] | bool | None] = field(
@@ -89,6 +99,11 @@ class Principal:
         """The interaction is open on every row of every type (no compartment, no criteria)."""
         if self.grants is None:
             return True
+        if self.policy is not None and not (
+            all(r.resource_type == "*" for r in self.policy)
+            and any(r.covers(interaction, "*") and not r.criteria and r.compartment is None for r in self.policy)
+        ):
+            return False
         letter = PERMISSION[interaction]
         return any(
             g.covers(letter, "*") and g.resource_type == "*" and not g.criteria and self.compartment_patient(g) is None
@@ -99,6 +114,16 @@ class Principal:
         """Raise 403 unless this is a system-level caller."""
         if not self.system:
             raise FhirError.of(403, "forbidden", f"{operation} may only be run by a system-level client")
+
+    def require_operation(self, operation: str, resource_type: str | None) -> None:
+        """Raise 403 when an access policy holds this principal and none of its rules grants
+        `operation` on the type (any type for a system-level operation)."""
+        if self.policy is None:
+            return
+        if not any(r.covers("operation", resource_type or "*") for r in self.rules_of(resource_type or "*")):
+            raise FhirError.of(
+                403, "forbidden", f"no access policy allows ${operation} on {resource_type or 'the system'}"
+            )
 
     def access(self, interaction: str, resource_type: str) -> tuple[Scope, ...] | None:
         """The rows of the type this principal may reach with the interaction:
@@ -127,9 +152,33 @@ class Principal:
         else:
             if scopes:
                 answer = tuple(dict.fromkeys(scopes))
+        if self.policy is not None and answer is not False:
+            answer = _intersect(answer, self._policy_scopes(interaction, resource_type))  # type: ignore[arg-type]
         if len(self._answers) < 4096:  # bounded: types x interactions
             self._answers[key] = answer
         return answer
+
+    def rules_of(self, resource_type: str) -> tuple[Rule, ...]:
+        """The policy rules for a type: those naming it, else the `*` rules (a rule naming a
+        type replaces the `*` rules for it: "every type of my patients, but of Observations
+        only vital signs")."""
+        policy = self.policy or ()
+        named = tuple(r for r in policy if r.resource_type == resource_type)
+        return named or tuple(r for r in policy if r.resource_type == "*")
+
+    def _policy_scopes(self, interaction: str, resource_type: str) -> tuple[Scope, ...] | bool | None:
+        """What the policy rules open: None all rows, Scopes some, False none."""
+        assert self.policy is not None
+        scopes: list[Scope] = []
+        for rule in self.rules_of(resource_type):
+            if not rule.covers(interaction, resource_type):
+                continue
+            if rule.compartment is not None and not in_patient_compartment(resource_type):
+                continue  # Medication, Practitioner…: in no patient's compartment
+            if not rule.criteria and rule.compartment is None:
+                return UNRESTRICTED
+            scopes.append(Scope(criteria=rule.criteria, patients=rule.compartment))
+        return tuple(dict.fromkeys(scopes)) if scopes else False
 
     def _scope_of(self, grant: Grant, interaction: str, resource_type: str) -> Scope | bool | None:
         """What one covering grant opens: None all rows, a Scope some, False none."""
@@ -158,6 +207,25 @@ class Principal:
         if grant.context == "user" and self.fhir_user and self.fhir_user.startswith("Patient/"):
             return self.fhir_user.removeprefix("Patient/")
         return None
+
+
+def _intersect(
+    granted: tuple[Scope, ...] | None, ruled: tuple[Scope, ...] | bool | None
+) -> tuple[Scope, ...] | bool | None:
+    """Rows both the grants and the policy rules open: (any grant) AND (any rule),
+    spread into one Scope per pair (a rule adds its criteria and compartment)."""
+    if ruled is False:
+        return False
+    if ruled is None:
+        return granted
+    if granted is None:
+        return ruled
+    assert isinstance(ruled, tuple)
+    return tuple(
+        dict.fromkeys(
+            Scope(g.patient, g.criteria + r.criteria, g.exclusive, r.patients) for g in granted for r in ruled
+        )
+    )
 
 
 @cache

@@ -13,6 +13,7 @@ import asyncpg
 
 from . import accounts
 from .accounts import AccountError
+from .policies import unknown_policies
 
 CLIENT_FIELDS = ("name", "client_id", "redirect_uris", "scopes", "public", "jwks", "jwks_uri", "admin", "policies")
 USER_FIELDS = ("username", "password", "fhir_user", "roles", "patients", "policies")
@@ -85,6 +86,10 @@ async def register_user(pool: asyncpg.Pool, body: Any) -> dict[str, Any]:
 
 
 async def set_policies(db: accounts.Db, kind: str, key: str, policies: list[str]) -> None:
+    """Assign policies by name; an unknown name is refused (AccountError)."""
+    unknown = await unknown_policies(db, policies)
+    if unknown:
+        raise AccountError(f"no access policy named '{unknown[0][:200]}' (create it with POST /admin/policies)")
     table, column = _KIND[kind]
     await db.execute(f"UPDATE {table} SET policies = $2 WHERE {column} = $1", key, policies)
 

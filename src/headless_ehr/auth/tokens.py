@@ -7,8 +7,6 @@ node and, through auth_revoked_token, on every other node within a second.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -22,6 +20,7 @@ import asyncpg
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from ..db.periodic import Periodic
 from .keys import MAX_TOKEN_LIFETIME, SigningKeys
 from .principal import Principal
 from .scopes import ScopeError
@@ -56,17 +55,14 @@ class AccessTokens:
         self._revoked: dict[str, float] = {}  # jti -> its exp: forgotten once it could not verify anyway
         self._pruned = time.monotonic()
         self._revoked_since: datetime | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Periodic(REVOCATION_POLL_SECONDS, self._load_revocations, log, "could not read revoked tokens")
 
     async def start(self) -> None:
         await self._load_revocations()
-        self._task = asyncio.create_task(self._poll())
+        self._poller.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._poller.close()
 
     def issue(
         self,
@@ -182,14 +178,6 @@ class AccessTokens:
         self._pruned = time.monotonic()
         horizon = time.time() - LEEWAY - 60
         self._revoked = {jti: exp for jti, exp in self._revoked.items() if exp >= horizon}
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(REVOCATION_POLL_SECONDS)
-            try:
-                await self._load_revocations()
-            except (OSError, asyncpg.PostgresError):
-                log.warning("could not read revoked tokens", exc_info=True)
 
 
 def issuer_of(audience: str, base_path: str = "/fhir") -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -10,12 +12,14 @@ from urllib.parse import urlencode
 import orjson
 from starlette.requests import Request
 
+from ..auth.policies import masked
 from ..fhir import json as fhir_json
 from ..fhir.outcome import operation_outcome
 from ..fhir.summary import subset
 from ..store import SearchPage, StoredResource
 from ..store.repository import format_instant
 from ..store.transaction import BundleResult
+from .context import principal_of
 from .responses import base_url, etag
 
 
@@ -57,6 +61,15 @@ def _bundle(
     return out
 
 
+def seen(request: Request, stored: StoredResource) -> StoredResource:
+    """A stored resource as the caller may see it: its access policy's hiddenElements removed."""
+    principal = principal_of(request)
+    if principal.policy is None or stored.content is None:
+        return stored
+    content = masked(principal, stored.resource_type, stored.content)
+    return stored if content is stored.content else replace(stored, content=content)
+
+
 def _search_entry(
     base: str, stored: StoredResource, mode: str, summary: str | None, elements: list[str] | None
 ) -> dict[str, Any]:
@@ -77,8 +90,8 @@ def searchset(request: Request, page: SearchPage, links: list[dict[str, str]]) -
     base = base_url(request)
     summary = page.request.summary if page.request else None
     elements = page.request.elements if page.request else None
-    entries: list[Any] = [_search_entry(base, s, "match", summary, elements) for s in page.entries]
-    entries += [_search_entry(base, s, "include", summary, elements) for s in page.included]
+    entries: list[Any] = [_search_entry(base, seen(request, s), "match", summary, elements) for s in page.entries]
+    entries += [_search_entry(base, seen(request, s), "include", summary, elements) for s in page.included]
     if page.issues:
         entries.append({"resource": operation_outcome(page.issues), "search": {"mode": "outcome"}})
     return _bundle("searchset", page.total, links, entries)
@@ -103,7 +116,7 @@ def history(
     is settled (store history()): the `_since` of the next poll."""
     base = base_url(request)
     entries = []
-    for s in stored:
+    for s in map(functools.partial(seen, request), stored):
         method = s.method or "PUT"
         entry: dict[str, Any] = {"fullUrl": f"{base}/{s.resource_type}/{s.id}"}
         if s.content is not None:
@@ -129,6 +142,7 @@ def bundle_response(request: Request, result: BundleResult) -> dict[str, Any]:
     for item in result.items:
         entry: dict[str, Any] = {}
         if item.stored is not None:
+            item = replace(item, stored=seen(request, item.stored))
             entry["fullUrl"] = f"{base}/{item.stored.resource_type}/{item.stored.id}"
             if item.with_resource and item.stored.content is not None:
                 entry["resource"] = orjson.Fragment(item.stored.content)

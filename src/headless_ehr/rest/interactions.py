@@ -25,6 +25,7 @@ from ..store import ResourceStore, StoredResource, WriteOutcome
 from ..store.transaction import BundleProcessor
 from . import bundles, offload
 from .binary import binary_from_body, native_response
+from .bundles import seen
 from .capability import settings_document
 from .context import principal_of, store_of
 from .instants import parse_instant
@@ -59,7 +60,7 @@ def _write_response(request: Request, stored: StoredResource, status: int, messa
         return fhir_response(request, None, status, headers)
     if wanted.lower() == "operationoutcome":
         return json_response(request, info_outcome(message), status, headers)
-    return fhir_response(request, stored.content, status, headers)
+    return fhir_response(request, seen(request, stored).content, status, headers)
 
 
 def _criteria(request: Request, resource_type: str, what: str) -> Criteria:
@@ -69,6 +70,7 @@ def _criteria(request: Request, resource_type: str, what: str) -> Criteria:
 
 def _representation(request: Request, stored: StoredResource, headers: dict[str, str]) -> Response:
     """A read's body: the stored bytes, a _summary/_elements subset of them, or a Binary's own content."""
+    stored = seen(request, stored)
     if getattr(request.state, "native", False):
         return native_response(stored, headers)
     if request.scope.get("query_string"):  # skip parsing the query on the common bare read

@@ -22,6 +22,7 @@ from ..search.compartment import Compartment
 from . import audit_search, audit_trail
 from . import interactions as ix
 from .capability import settings_document
+from .context import principal_of
 from .negotiation import FHIR_JSON, response_media_type, wants_native
 from .operations import reindex
 from .operations.everything import everything
@@ -42,6 +43,21 @@ def _not_found(what: str) -> FhirError:
 
 
 def _operation(request: Request, name: str, resource_type: str | None, rid: str | None) -> Methods:
+    methods = _operation_methods(request, name, resource_type, rid)
+    return {verb: _policy_checked(request, name, resource_type, run) for verb, run in methods.items()}
+
+
+def _policy_checked(request: Request, name: str, resource_type: str | None, run: Handler) -> Handler:
+    """An operation runs only when the caller's access policy (if any) grants `operation` on the type."""
+
+    async def checked() -> Response:
+        principal_of(request).require_operation(name, resource_type)
+        return await run()
+
+    return checked
+
+
+def _operation_methods(request: Request, name: str, resource_type: str | None, rid: str | None) -> Methods:
     if name == "validate" and resource_type is not None:
         return {"POST": lambda: validate(request, resource_type, rid)}
     if name == "everything" and resource_type in ("Patient", "Encounter"):

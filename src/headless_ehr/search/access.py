@@ -58,7 +58,39 @@ def _scope_sql(b: SqlBuilder, scope: Scope, rtype: str, alias: str, local_base: 
             conds += [clause_sql(b, c, rtype, alias) for c in clauses]
         finally:
             b.access = saved
+    if scope.patients is not None:
+        conds.append(_patients_compartment_sql(b, scope.patients, rtype, alias, local_base))
     return "(" + " AND ".join(conds) + ")" if conds else "true"
+
+
+def _patients_compartment_sql(
+    b: SqlBuilder, search: tuple[tuple[str, str], ...], rtype: str, alias: str, local_base: str | None
+) -> str:
+    """Predicate: alias is in the Patient compartment of a live Patient the search finds
+    (an access policy's `compartment` rule)."""
+    if not in_patient_compartment(rtype):
+        return "false"
+    try:
+        clauses = _criteria_clauses("Patient", search, local_base)
+    except FhirError:
+        return "false"
+    p = b.alias("p")
+    saved, b.access = b.access, None  # the rule's search is the authority, as scope criteria are
+    try:
+        conds = [f"{p}.resource_type = 'Patient'", f"NOT {p}.deleted"]
+        conds += [clause_sql(b, c, "Patient", p) for c in clauses]
+    finally:
+        b.access = saved
+    patients = f"SELECT {p}.id FROM resource {p} WHERE {' AND '.join(conds)}"
+    if rtype == "Patient":
+        return f"{alias}.id IN ({patients})"
+    params = compartment_params("Patient").get(rtype, ())
+    x = b.alias()
+    return (
+        f"{alias}.id IN (SELECT {x}.resource_id FROM search_reference {x}"
+        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = ANY({b.arg(list(params))}::text[])"
+        f" AND {x}.target_type = 'Patient' AND {x}.target_id IN ({patients}))"
+    )
 
 
 def _names_no_other_patient(b: SqlBuilder, rtype: str, alias: str, patient: str, params: tuple[str, ...]) -> str:

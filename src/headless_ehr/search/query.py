@@ -521,16 +521,11 @@ def _index_sorted_page(
     rtype = request.resource_types[0]
     if len(request.sort) != 1 or request.several_types or request.clauses[rtype] or restrict is not None:
         return None
-    key = request.sort[0]
-    param = search_params(rtype).get(key.code)
-    if key.kind in ("id", "lastUpdated") or param is None or param.type not in _INDEX_SORT:
+    shape = _sort_index(request, cursor)
+    if shape is None:
         return None
+    key, param, values = shape
     keys = [key, SortKey("_id", False, "id")]
-    values: list[Any] = [None, None]
-    if cursor:
-        values, backwards = _cursor_values(cursor, keys)
-        if backwards:
-            return None
     column = _INDEX_SORT[param.type] or ("high" if key.descending else "low")
     table = TABLES[param.type]
     p_type, p_code = b.arg(rtype), b.arg(param.code)
@@ -556,22 +551,8 @@ def _index_sorted_page(
             f" ORDER BY x.{column} {'DESC' if key.descending else 'ASC'}, r.id LIMIT {limit}"
         )
     fb = SqlBuilder()
-    fill_conds = [
-        f"r.resource_type = {fb.arg(rtype)}",
-        "NOT r.deleted",
-        f"NOT EXISTS (SELECT 1 FROM {table} y WHERE y.resource_type = r.resource_type"
-        f" AND y.param = {fb.arg(param.code)} AND y.resource_id = r.id)",
-    ]
-    if cursor and values[0] is None:
-        fill_conds.append(f"r.id > {fb.arg(values[1])}")
-    fill = (
-        f"SELECT {_RESOURCE_COLUMNS}, NULL AS s0 FROM resource r WHERE {' AND '.join(fill_conds)}"
-        " ORDER BY r.id LIMIT {limit}",
-        fb.args,
-    )
-    if dated is None:
-        return PageQuery(fill[0].replace("{limit}", str(limit)), fill[1], 1, False)
-    return PageQuery(dated, b.args, 1, False, fill)
+    matching = f"r.resource_type = {fb.arg(rtype)} AND NOT r.deleted"
+    return _then_without_value(dated, b, fb, matching, table, param.code, cursor, values, limit)
 
 
 def _sort_index(request: SearchRequest, cursor: str | None) -> tuple[SortKey, Any, list[Any]] | None:
@@ -655,10 +636,27 @@ def _restricted_sorted_page(
         )
     fb = SqlBuilder()
     fb.access = b.access
+    return _then_without_value(dated, b, fb, matches(fb, "r"), table, param.code, cursor, values, limit)
+
+
+def _then_without_value(
+    dated: str | None,
+    b: SqlBuilder,
+    fb: SqlBuilder,
+    matching: str,
+    table: str,
+    code: str,
+    cursor: str | None,
+    values: list[Any],
+    limit: int,
+) -> PageQuery:
+    """A page sorted on one parameter: the resources with a value (`dated`, of `b`'s args;
+    None when the cursor is already among the others), then the `matching` resources
+    (conditions on `r`, of `fb`'s args) without one, in id order (`fill`)."""
     fill_conds = [
-        matches(fb, "r"),
+        matching,
         f"NOT EXISTS (SELECT 1 FROM {table} y WHERE y.resource_type = r.resource_type"
-        f" AND y.param = {fb.arg(param.code)} AND y.resource_id = r.id)",
+        f" AND y.param = {fb.arg(code)} AND y.resource_id = r.id)",
     ]
     if cursor and values[0] is None:
         fill_conds.append(f"r.id > {fb.arg(values[1])}")

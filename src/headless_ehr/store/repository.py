@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import orjson
 
+from ..auth.policies import guard_change
 from ..auth.principal import SYSTEM, Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
@@ -463,7 +464,8 @@ class ResourceStore:
                 raise FhirError.of(412, "conflict", f"{resource_type}/{rid} does not exist (If-Match)")
             if current is not None and if_match is not None and not etag.matches(if_match, current[0]):
                 raise _version_conflict(resource_type, rid, if_match, current[0])
-            return _Write(resource, method)
+            # access policies: readonly and hidden elements (auth/policies.py)
+            return _Write(guard_change(principal, resource_type, current and current[2], resource), method)
 
         async with self._guarded(principal, "update", resource_type, rid) as (store, checked):
             stored, before = await store._versioned(resource_type, rid, plan)
@@ -495,7 +497,7 @@ class ResourceStore:
             self.check(patched, resource_type)
             if patched.get("id") != rid:
                 raise FhirError.of(422, "processing", "a patch may not change the resource id", "id")
-            return _Write(patched, "PATCH")
+            return _Write(guard_change(principal, resource_type, current[2], patched), "PATCH")
 
         async with self._guarded(principal, "patch", resource_type, rid) as (store, checked):
             stored, _ = await store._versioned(resource_type, rid, plan)

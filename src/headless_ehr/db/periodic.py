@@ -1,0 +1,39 @@
+"""A node's background polling of the database (signing keys, revocations)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+
+class Periodic:
+    """Run `job` every `seconds` until closed. A database or network failure is logged
+    (`failure`, on `log`) and the job tried again next time: the node keeps what it has."""
+
+    def __init__(self, seconds: float, job: Callable[[], Awaitable[None]], log: logging.Logger, failure: str) -> None:
+        self.seconds = seconds
+        self.job = job
+        self.log = log
+        self.failure = failure
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.seconds)
+            try:
+                await self.job()
+            except (OSError, asyncpg.PostgresError):
+                self.log.warning(self.failure, exc_info=True)

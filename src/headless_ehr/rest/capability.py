@@ -79,6 +79,7 @@ def _audit_entry() -> dict[str, Any]:
         "documentation": "the audit trail: append-only (create, update, patch and delete answer 405);"
         " system clients read every event, patient-context tokens their own patient's",
         "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "conditionalDelete": "not-supported",  # no write of an AuditEvent is supported
         "searchParam": [
             {"name": "_id", "type": "token"},
             *({"name": n, "definition": params[n].url, "type": params[n].type} for n in _AUDIT_PARAMS if n in params),

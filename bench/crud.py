@@ -556,7 +556,8 @@ def report(bench: Bench, started: datetime) -> str:
         f"- generator: {gen.label}",
         f"- {args.duration:g} s per run; {args.seed} Patients seeded for read/update;"
         f" server runs with `--log-level warning`, no access log,"
-        f" {', '.join(f'{k}={v}' for k, v in SERVER_ENV.items())}",
+        f" {', '.join(f'{k}={v}' for k, v in SERVER_ENV.items())},"
+        f" EHR_AUDIT={os.environ.get('EHR_AUDIT') or 'on (default)'} (from the bench's environment)",
         "- auth on: EHR_AUTH=on and a system token from `ehr token` on every request (seeding too);"
         " auth off: EHR_AUTH=off, no token",
         *[f"- start-up to the first answered request, {s}" for s in bench.starts],

@@ -40,8 +40,7 @@ class SigningKeys:
         )
 
     async def start(self) -> None:
-        await self.refresh()
-        self._poller.start()
+        await self._poller.start()
 
     async def close(self) -> None:
         await self._poller.close()

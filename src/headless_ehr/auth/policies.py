@@ -295,8 +295,7 @@ class Policies:
         self._epoch = 0  # moves on every invalidation: a load begun before one is not kept
 
     async def start(self) -> None:
-        await self.refresh()
-        self._poller.start()
+        await self._poller.start()
 
     async def close(self) -> None:
         await self._poller.close()

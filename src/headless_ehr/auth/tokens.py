@@ -58,8 +58,7 @@ class AccessTokens:
         self._poller = Periodic(REVOCATION_POLL_SECONDS, self._load_revocations, log, "could not read revoked tokens")
 
     async def start(self) -> None:
-        await self._load_revocations()
-        self._poller.start()
+        await self._poller.start()
 
     async def close(self) -> None:
         await self._poller.close()

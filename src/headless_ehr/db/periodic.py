@@ -11,7 +11,8 @@ import asyncpg
 
 
 class Periodic:
-    """Run `job` every `seconds` until closed. A database or network failure is logged
+    """Run `job` once on start, then every `seconds` until closed. A failure on start is
+    raised (the node has nothing yet); later a database or network failure is logged
     (`failure`, on `log`) and the job tried again next time: the node keeps what it has."""
 
     def __init__(self, seconds: float, job: Callable[[], Awaitable[None]], log: logging.Logger, failure: str) -> None:
@@ -21,7 +22,8 @@ class Periodic:
         self.failure = failure
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.job()
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:

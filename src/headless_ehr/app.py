@@ -58,6 +58,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return outcome_response(request, FhirError.of(exc.status_code, "processing", str(exc.detail)))
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _close_audit(app: Starlette, recorder: AuditRecorder) -> None:
+    await recorder.close()
+    app.state.audit = None
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; its lifespan opens the pool and applies migrations.
 
@@ -74,6 +85,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not settings.database_url:
             raise RuntimeError("no database: set EHR_DATABASE_URL or start through `ehr serve`")
+        # every resource is closed, in reverse order, on shutdown and also when a later
+        # start step fails: a failed start leaks no pool, task or connection
+        async with contextlib.AsyncExitStack() as stack:
+            await _start(app, stack)
+            yield
+
+    async def _start(app: Starlette, stack: contextlib.AsyncExitStack) -> None:
+        if rate_limits is not None:
+            stack.push_async_callback(rate_limits.close)
         defs = definitions()
         _ = defs.resource_types  # load definitions before the first request
         timeout = settings.statement_timeout_ms
@@ -83,6 +103,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_size=settings.pool_max_size,
             statement_timeout_ms=timeout,
         )
+        stack.push_async_callback(pool.close)
         async with pool.acquire() as conn:
             # start-up work (migrations wait for other nodes' lock) is not a request
             await conn.execute("SET statement_timeout = 0")
@@ -101,6 +122,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             custom_plans=True,
             statement_timeout_ms=timeout,
         )
+        stack.push_async_callback(search_pool.close)
         app.state.pool = pool
         limits = SearchLimits(max_chain_branches=settings.max_chain_branches, max_includes=settings.max_includes)
         app.state.store = ResourceStore(
@@ -113,8 +135,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         keys = SigningKeys(pool, timedelta(hours=settings.signing_key_rotation_hours))
         await keys.start()
+        stack.push_async_callback(keys.close)
         tokens = AccessTokens(pool, keys, settings.access_token_lifetime)
         await tokens.start()
+        stack.push_async_callback(tokens.close)
         app.state.signing_keys, app.state.tokens = keys, tokens
         await ensure_admin_client(pool, settings)  # first start: an admin client, in <data dir>/admin-client.json
         trusted = None
@@ -122,8 +146,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             trusted = TrustedIssuer(
                 settings.trusted_issuer, settings.trusted_audience, settings.trusted_fhir_user_claim
             )
+            stack.push_async_callback(trusted.close)
         app.state.policies = policies = Policies(pool)
         await policies.start()
+        stack.push_async_callback(policies.close)
         authenticate = token_authenticator(tokens, trusted, policies) if settings.auth else authenticate_as_system
         if not settings.auth:
             log.warning(
@@ -132,10 +158,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         app.state.authenticate = authenticate if rate_limits is None else limit_clients(authenticate, rate_limits)
         if settings.audit:  # AuditEvents into the hash chain (audit/), batched off the request path
-            app.state.audit = AuditRecorder(pool)
-            app.state.audit.start()
+            app.state.audit = recorder = AuditRecorder(pool)
+            recorder.start()
+            stack.push_async_callback(_close_audit, app, recorder)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
+        stack.push_async_callback(app.state.reindexer.close)
         poller = asyncio.create_task(poll_registry(pool))
+        stack.push_async_callback(_cancel, poller)
         await app.state.reindexer.resume_stale(settings.public_base_url)
         check = validator()
         for rtype in defs.resource_types:  # compile every type's rules now, not on a request
@@ -148,25 +177,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Requests allocate many short-lived containers (a transaction Bundle tens of
         # thousands); collecting every 700 allocations costs more than it frees.
         gc.set_threshold(10_000, 20, 20)
-        try:
-            yield
-        finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
-            await app.state.reindexer.close()
-            if app.state.audit is not None:
-                await app.state.audit.close()
-                app.state.audit = None
-            await tokens.close()
-            await policies.close()
-            await keys.close()
-            if trusted is not None:
-                await trusted.close()
-            if rate_limits is not None:
-                await rate_limits.close()
-            await search_pool.close()
-            await pool.close()
 
     base = settings.base_path.rstrip("/")
     middleware = [Middleware(DateHeader)]

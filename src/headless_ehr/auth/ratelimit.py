@@ -133,7 +133,16 @@ def _throttled(what: str, limit: int, retry_after: int) -> FhirError:
 
 def client_address(scope: Scope, trusted: tuple[str, ...]) -> str:
     """The address of the client the request came from: the peer, or behind trusted proxies the
-    hop they recorded (the same walk as rest/origin.py; headers from any other peer are ignored)."""
+    hop they recorded (the same walk as rest/origin.py; headers from any other peer are ignored).
+    Worked out once per request (the rate limit, then audit or the authorize log ask again)."""
+    state = scope.setdefault("state", {})
+    address = state.get("source_address")
+    if address is None:
+        address = state["source_address"] = _client_address(scope, trusted)
+    return address
+
+
+def _client_address(scope: Scope, trusted: tuple[str, ...]) -> str:
     client = scope.get("client")
     peer = client[0] if client else "unknown"
     if not is_trusted(peer, trusted):

@@ -41,6 +41,7 @@ class FakeIssuer:
     keys: dict[str, jwk.Key] = field(default_factory=dict)
     jwks_fetches: int = 0
     discovery: dict[str, Any] | None = None  # overrides the discovery document
+    jwks: dict[str, Any] | None = None  # overrides the JWKS
 
     def add_key(self, alg: str = "RS256") -> str:
         kid = f"{alg.lower()}-{uuid.uuid4().hex[:8]}"
@@ -76,7 +77,7 @@ def served() -> Iterator[FakeIssuer]:
     async def certs(request: Request) -> Response:
         state.jwks_fetches += 1
         keys = [{**k.as_dict(private=False), "use": "sig", "alg": k.alg} for k in state.keys.values()]
-        return JSONResponse({"keys": keys})
+        return JSONResponse(state.jwks or {"keys": keys})
 
     app = Starlette(
         routes=[
@@ -96,6 +97,7 @@ def issuer(served: FakeIssuer) -> FakeIssuer:
     served.add_key("RS256")
     served.jwks_fetches = 0
     served.discovery = None
+    served.jwks = None
     return served
 
 
@@ -193,6 +195,16 @@ async def test_a_discovery_document_naming_another_issuer_is_not_believed(trusti
     issuer.discovery = {"issuer": "https://evil.example.org", "jwks_uri": f"{issuer.url}/protocol/openid-connect/certs"}
     _challenge(await trusting.get("/Patient", headers=bearer(issuer.token())))
     assert issuer.jwks_fetches == 0
+
+
+def _key_with_a_list_kid(issuer: FakeIssuer) -> list[dict[str, Any]]:
+    return [{**k.as_dict(private=False), "kid": ["a", "list"]} for k in issuer.keys.values()]
+
+
+@pytest.mark.parametrize("keys", [lambda issuer: 5, _key_with_a_list_kid], ids=["not-a-list", "list-kid"])
+async def test_a_malformed_jwks_refuses_the_issuers_tokens_with_401(trusting, issuer, keys):
+    issuer.jwks = {"keys": keys(issuer)}
+    _challenge(await trusting.get("/Patient", headers=bearer(issuer.token())))
 
 
 async def test_keys_are_fetched_once_for_many_tokens(trusting, issuer):

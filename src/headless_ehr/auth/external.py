@@ -240,7 +240,8 @@ class TrustedIssuer:
         except TimeoutError:
             raise FetchError("timed out") from None
         keys: dict[str | None, jwk.Key] = {}
-        for entry in document.get("keys") or []:
+        entries = document.get("keys")
+        for entry in entries if isinstance(entries, list) else []:
             if not isinstance(entry, dict) or entry.get("kty") not in ("RSA", "EC") or entry.get("use", "sig") != "sig":
                 continue
             try:

@@ -78,6 +78,8 @@ def _criteria(request: Request, params: list[tuple[str, str]]) -> tuple[AuditQue
     query = AuditQuery()
     count, cursor, descending = settings.default_page_size, None, False
     for name, raw in params:
+        if "\x00" in name or "\x00" in raw:  # PostgreSQL text cannot hold it (as search/parse.py)
+            raise FhirError.of(400, "invalid", "search parameters may not contain NUL characters")
         if name in _IGNORED:
             continue
         if name in ARRAY_PARAMS or name in TEXT_PARAMS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 
@@ -10,3 +12,11 @@ async def test_a_nul_in_an_audit_search_parameter_is_a_400(client, name):
     response = await client.get("/AuditEvent", params={name: "a\x00b"})
     assert response.status_code == 400, response.text
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("payload", [b"18446744073709551615", b"-9223372036854775809", b"true"])
+async def test_a_crafted_audit_cursor_outside_the_seq_range_is_a_400(client, payload):
+    cursor = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+    response = await client.get("/AuditEvent", params={"_cursor": cursor})
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["diagnostics"] == "malformed paging cursor"

@@ -96,7 +96,7 @@ def _criteria(request: Request, params: list[tuple[str, str]]) -> tuple[AuditQue
             descending = raw == "-date"
         elif name == "_cursor":
             payload = decode_cursor(raw)
-            if not isinstance(payload, int):
+            if type(payload) is not int or not 0 <= payload < 2**63:  # a seq (bigint); bool is an int too
                 raise FhirError.of(400, "invalid", "malformed paging cursor")
             cursor = payload
         else:

@@ -1,8 +1,9 @@
 """`GET /fhir/AuditEvent` and `GET /fhir/AuditEvent/{id}`: the audit log, read from its own
 hash-chained table (audit/), not from the resource tables.
 
-System clients read every event; a patient-context token with an AuditEvent read scope
-reads the events about its own patient ("who looked at my record"); anyone else is 403.
+System clients with a system-level AuditEvent grant read every event; a patient-context
+token with an AuditEvent read scope reads the events about its own patient ("who looked at
+my record"); anyone else is 403.
 Supported parameters: patient, agent, entity, subtype, outcome, action, address, date
 (eq/gt/ge/lt/le), _id, _count, _sort (date or -date).
 """
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..audit.query import ARRAY_PARAMS, TEXT_PARAMS, AuditQuery
+from ..auth.scopes import PERMISSION
 from ..fhir.outcome import FhirError
 from ..search.normalize import DateFormatError, date_range
 from ..search.paging import decode_cursor, encode_cursor, parse_count
@@ -32,14 +34,21 @@ _PREFIXES = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 def _restriction(request: Request, interaction: str) -> str | None:
     """The patient this caller's audit reads are limited to (None: all); 403 when it may read none."""
     principal = principal_of(request)
-    if principal.system or principal.grants is None:
+    if principal.grants is None:
+        return None
+    # a system client with a system-level grant on AuditEvent, not any system token (system/Observation.rs)
+    letter = PERMISSION[interaction]
+    if any(g.context == "system" and g.covers(letter, "AuditEvent") for g in principal.grants) and principal.allows(
+        interaction, "AuditEvent"
+    ):
         return None
     if principal.patient and principal.allows(interaction, "AuditEvent"):
         return f"Patient/{principal.patient}"
     raise FhirError.of(
         403,
         "forbidden",
-        "AuditEvents are readable by system clients, and by patient-context tokens for their own patient",
+        "AuditEvents are readable by system clients with an AuditEvent grant,"
+        " and by patient-context tokens for their own patient",
     )
 
 

@@ -20,3 +20,20 @@ async def test_a_crafted_audit_cursor_outside_the_seq_range_is_a_400(client, pay
     response = await client.get("/AuditEvent", params={"_cursor": cursor})
     assert response.status_code == 400, response.text
     assert response.json()["issue"][0]["diagnostics"] == "malformed paging cursor"
+
+
+async def test_an_audit_search_post_that_is_not_a_form_is_a_415(client):
+    for content_type in ("multipart/form-data", "application/json"):
+        response = await client.post("/AuditEvent/_search", content=b"{}", headers={"content-type": content_type})
+        assert response.status_code == 415, response.text
+        assert response.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_an_audit_search_post_reads_its_form_criteria(client, app):
+    await app.state.audit.flush()
+    body = b"_count=1&_sort=-date"
+    response = await client.post(
+        "/AuditEvent/_search", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["entry"]) == 1

@@ -24,6 +24,7 @@ from ..search.normalize import DateFormatError, date_range
 from ..search.paging import decode_cursor, encode_cursor, parse_count
 from .bundles import page_link
 from .context import principal_of
+from .interactions import request_search_params
 from .responses import base_url, fhir_response, json_response
 
 _IGNORED = frozenset({"_format", "_pretty"})  # content negotiation reads them
@@ -120,9 +121,7 @@ def _criteria(request: Request, params: list[tuple[str, str]]) -> tuple[AuditQue
 async def search(request: Request, patient: str | None = None) -> Response:
     """A searchset of AuditEvents, oldest first unless `_sort=-date`; paged by cursor."""
     only = _restriction(request, "search")
-    params = list(request.query_params.multi_items())
-    if request.method == "POST":
-        params += [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+    params = await request_search_params(request)  # the query, and a POST's form body (415 unless a form)
     query, count, cursor, descending = _criteria(request, params)
     for must in (only, patient):
         if must is not None:

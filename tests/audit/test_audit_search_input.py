@@ -37,3 +37,10 @@ async def test_an_audit_search_post_reads_its_form_criteria(client, app):
     )
     assert response.status_code == 200, response.text
     assert len(response.json()["entry"]) == 1
+
+
+@pytest.mark.parametrize("value", ["ne2026-01-01", "sa2026-01-01", "eb2026-01-01", "ap2026-01-01"])
+async def test_an_audit_date_prefix_other_than_eq_gt_ge_lt_le_is_not_supported(client, value):
+    response = await client.get("/AuditEvent", params={"date": value})
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["code"] == "not-supported"

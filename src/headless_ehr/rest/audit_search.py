@@ -22,6 +22,7 @@ from ..auth.scopes import PERMISSION
 from ..fhir.outcome import FhirError
 from ..search.normalize import DateFormatError, date_range
 from ..search.paging import decode_cursor, encode_cursor, parse_count
+from ..search.parse import split_prefix
 from .bundles import page_link
 from .context import principal_of
 from .interactions import request_search_params
@@ -67,8 +68,9 @@ def _values(name: str, raw: str) -> list[str]:
 def _date(query: AuditQuery, raw: str) -> None:
     ranges = []
     for value in raw.split(","):
-        prefix = value[:2] if value[:2] in (*_PREFIXES, "eq") else "eq"
-        text = value[2:] if value[:2] == prefix else value
+        prefix, text = split_prefix(value)
+        if prefix not in _PREFIXES and prefix != "eq":
+            raise FhirError.of(400, "not-supported", f"date: prefix '{prefix}' (AuditEvent takes eq, gt, ge, lt, le)")
         try:
             low, high = date_range(text)
         except DateFormatError:

@@ -97,3 +97,21 @@ async def test_the_patient_compartment_holds_its_audit_events(client, app):
     response = await client.get(f"/Patient/{pid}/AuditEvent")
     assert response.status_code == 200
     assert [e["resource"]["subtype"][0]["code"] for e in response.json()["entry"]] == ["create"]
+
+
+async def test_a_system_token_without_an_audit_event_grant_may_not_read_audit_events(client, client_for):
+    pid = await new_patient(client)
+    lab = await client_for("system/Observation.rs")
+    assert (await lab.get("/AuditEvent", params={"patient": pid})).status_code == 403
+    assert (await lab.get(f"/Patient/{pid}/AuditEvent")).status_code == 403
+    some = (await client.get("/AuditEvent", params={"_count": "1"})).json()["entry"][0]["resource"]["id"]
+    assert (await lab.get(f"/AuditEvent/{some}")).status_code == 403
+
+
+async def test_a_system_token_with_an_audit_event_grant_reads_the_audit_log(client, client_for, app):
+    pid = await new_patient(client)
+    auditor = await client_for("system/AuditEvent.rs")
+    await app.state.audit.flush()
+    response = await auditor.get("/AuditEvent", params={"patient": pid})
+    assert response.status_code == 200, response.text
+    assert [e["resource"]["subtype"][0]["code"] for e in response.json()["entry"]] == ["create"]

@@ -1,8 +1,9 @@
 """`GET /fhir/AuditEvent` and `GET /fhir/AuditEvent/{id}`: the audit log, read from its own
 hash-chained table (audit/), not from the resource tables.
 
-System clients read every event; a patient-context token with an AuditEvent read scope
-reads the events about its own patient ("who looked at my record"); anyone else is 403.
+System clients with a system-level AuditEvent grant read every event; a patient-context
+token with an AuditEvent read scope reads the events about its own patient ("who looked at
+my record"); anyone else is 403.
 Supported parameters: patient, agent, entity, subtype, outcome, action, address, date
 (eq/gt/ge/lt/le), _id, _count, _sort (date or -date).
 """
@@ -17,11 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..audit.query import ARRAY_PARAMS, TEXT_PARAMS, AuditQuery
+from ..auth.scopes import PERMISSION
 from ..fhir.outcome import FhirError
 from ..search.normalize import DateFormatError, date_range
 from ..search.paging import decode_cursor, encode_cursor, parse_count
+from ..search.parse import split_prefix
 from .bundles import page_link
 from .context import principal_of
+from .interactions import request_search_params
 from .responses import base_url, fhir_response, json_response
 
 _IGNORED = frozenset({"_format", "_pretty"})  # content negotiation reads them
@@ -32,14 +36,21 @@ _PREFIXES = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 def _restriction(request: Request, interaction: str) -> str | None:
     """The patient this caller's audit reads are limited to (None: all); 403 when it may read none."""
     principal = principal_of(request)
-    if principal.system or principal.grants is None:
+    if principal.grants is None:
+        return None
+    # a system client with a system-level grant on AuditEvent, not any system token (system/Observation.rs)
+    letter = PERMISSION[interaction]
+    if any(g.context == "system" and g.covers(letter, "AuditEvent") for g in principal.grants) and principal.allows(
+        interaction, "AuditEvent"
+    ):
         return None
     if principal.patient and principal.allows(interaction, "AuditEvent"):
         return f"Patient/{principal.patient}"
     raise FhirError.of(
         403,
         "forbidden",
-        "AuditEvents are readable by system clients, and by patient-context tokens for their own patient",
+        "AuditEvents are readable by system clients with an AuditEvent grant,"
+        " and by patient-context tokens for their own patient",
     )
 
 
@@ -57,8 +68,9 @@ def _values(name: str, raw: str) -> list[str]:
 def _date(query: AuditQuery, raw: str) -> None:
     ranges = []
     for value in raw.split(","):
-        prefix = value[:2] if value[:2] in (*_PREFIXES, "eq") else "eq"
-        text = value[2:] if value[:2] == prefix else value
+        prefix, text = split_prefix(value)
+        if prefix not in _PREFIXES and prefix != "eq":
+            raise FhirError.of(400, "not-supported", f"date: prefix '{prefix}' (AuditEvent takes eq, gt, ge, lt, le)")
         try:
             low, high = date_range(text)
         except DateFormatError:
@@ -78,6 +90,8 @@ def _criteria(request: Request, params: list[tuple[str, str]]) -> tuple[AuditQue
     query = AuditQuery()
     count, cursor, descending = settings.default_page_size, None, False
     for name, raw in params:
+        if "\x00" in name or "\x00" in raw:  # PostgreSQL text cannot hold it (as search/parse.py)
+            raise FhirError.of(400, "invalid", "search parameters may not contain NUL characters")
         if name in _IGNORED:
             continue
         if name in ARRAY_PARAMS or name in TEXT_PARAMS:
@@ -94,7 +108,7 @@ def _criteria(request: Request, params: list[tuple[str, str]]) -> tuple[AuditQue
             descending = raw == "-date"
         elif name == "_cursor":
             payload = decode_cursor(raw)
-            if not isinstance(payload, int):
+            if type(payload) is not int or not 0 <= payload < 2**63:  # a seq (bigint); bool is an int too
                 raise FhirError.of(400, "invalid", "malformed paging cursor")
             cursor = payload
         else:
@@ -109,9 +123,7 @@ def _criteria(request: Request, params: list[tuple[str, str]]) -> tuple[AuditQue
 async def search(request: Request, patient: str | None = None) -> Response:
     """A searchset of AuditEvents, oldest first unless `_sort=-date`; paged by cursor."""
     only = _restriction(request, "search")
-    params = list(request.query_params.multi_items())
-    if request.method == "POST":
-        params += [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+    params = await request_search_params(request)  # the query, and a POST's form body (415 unless a form)
     query, count, cursor, descending = _criteria(request, params)
     for must in (only, patient):
         if must is not None:

@@ -179,7 +179,7 @@ async def conditional_delete(request: Request, resource_type: str) -> Response:
     return json_response(request, info_outcome(f"deleted {len(deleted)} {resource_type} resources"), 200)
 
 
-async def _search_params(request: Request) -> list[tuple[str, str]]:
+async def request_search_params(request: Request) -> list[tuple[str, str]]:
     params = list(request.query_params.multi_items())
     if request.method == "POST":
         content_type = request.headers.get("content-type", "")
@@ -217,7 +217,7 @@ async def search(
     request: Request, resource_type: str | None = None, compartment: Compartment | None = None
 ) -> Response:
     """Type search, system search (`_type`) and compartment search."""
-    given = await _search_params(request)
+    given = await request_search_params(request)
     cursor = next((v for k, v in given if k == "_cursor"), None)
     params = [(k, v) for k, v in given if k not in ("_cursor", "_format", "_pretty")]
     types = _types_for(params, resource_type, compartment)

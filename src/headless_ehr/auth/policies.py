@@ -100,7 +100,7 @@ def _rule(raw: object, i: int) -> Rule:
     if unknown:
         raise PolicyError(f"{where}: unknown field '{unknown[0][:100]}' (known: {', '.join(sorted(RULE_FIELDS))})")
     rtype = raw.get("resourceType")
-    if rtype != "*" and rtype not in definitions().resource_types:
+    if rtype != "*" and not (isinstance(rtype, str) and rtype in definitions().resource_types):
         raise PolicyError(f'{where}.resourceType must be a FHIR R4 resource type or "*", not {str(rtype)[:100]!r}')
     interactions = raw.get("interactions")
     if not isinstance(interactions, list) or not interactions:

@@ -402,6 +402,13 @@ def mask_resource(resource: dict[str, Any], hidden: tuple[str, ...]) -> dict[str
     return resource
 
 
+def unhidden(principal: Principal, resource_type: str, resource: dict[str, Any]) -> dict[str, Any]:
+    """The resource without the elements the principal's policy hides (untagged: the
+    input of a patch, not a response)."""
+    hidden = hidden_elements(principal, resource_type)
+    return {k: v for k, v in resource.items() if k not in hidden} if hidden else resource
+
+
 def guard_change(principal: Principal, resource_type: str, current: Any, new: dict[str, Any]) -> dict[str, Any]:
     """The new version of a resource a principal changes (update, patch): 403 when it changes
     a readonly or hidden element; hidden elements it left out are kept from the current

@@ -409,6 +409,37 @@ def unhidden(principal: Principal, resource_type: str, resource: dict[str, Any])
     return {k: v for k, v in resource.items() if k not in hidden} if hidden else resource
 
 
+def guard_search(principal: Principal, clauses: dict[str, list[Any]]) -> None:
+    """403 for a search that matches on a hidden element (its parameter's expression, or
+    _content/_text over it), through chains and _has too: its hits would reveal the value."""
+    if principal.policy is None:
+        return
+    for rtype, found in clauses.items():
+        for clause in found:
+            _guard_clause(principal, rtype, clause)
+
+
+def _guard_clause(principal: Principal, rtype: str, clause: Any) -> None:
+    if clause.has is not None:  # _has: clause.param is the referring type's reference
+        _guard_clause(principal, clause.has_type, replace(clause, has=None, has_type=None))
+        _guard_clause(principal, clause.has_type, clause.has)
+        return
+    hidden = hidden_elements(principal, rtype)
+    expression = clause.param.expression if clause.param is not None else None
+    touched = [
+        e
+        for e in hidden
+        if (clause.name == "_content" or (clause.name == "_text" and e == "text"))
+        or (expression and re.search(rf"\b(?:{rtype}|Resource|DomainResource)\.{e}\b", expression))
+    ]
+    if touched:
+        raise FhirError.of(
+            403, "forbidden", f"the access policy hides {rtype}.{touched[0]}: {clause.name} cannot search it"
+        )
+    for target, inner in (clause.chain or {}).items():
+        _guard_clause(principal, target, inner)
+
+
 def guard_change(principal: Principal, resource_type: str, current: Any, new: dict[str, Any]) -> dict[str, Any]:
     """The new version of a resource a principal changes (update, patch): 403 when it changes
     a readonly or hidden element; hidden elements it left out are kept from the current

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import orjson
 
-from ..auth.policies import guard_change, unhidden
+from ..auth.policies import guard_change, guard_search, unhidden
 from ..auth.principal import SYSTEM, Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
@@ -827,6 +827,7 @@ class ResourceStore:
             limits=self.limits,
             local_base=self.local_base,
         )
+        guard_search(principal, request.clauses)  # access policies: no matching on hidden elements
         if request.contained != "false":
             _check_contained_access(principal, compartment)
         b = self._search_builder(principal)

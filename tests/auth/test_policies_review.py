@@ -58,3 +58,11 @@ async def test_a_chain_into_a_hidden_element_is_403(assign, ward):  # noqa: F811
 async def test_a_search_on_visible_elements_is_unchanged(nurse, ward):  # noqa: F811
     res = await nurse.get("/Observation", params={"_id": ward.vitals_a, "category": "vital-signs"})
     assert res.status_code == 200 and res.json()["total"] == 1
+
+
+async def test_a_search_parameter_over_a_hidden_choice_element_is_403(assign, ward):  # noqa: F811
+    document = ward_nurse(policy_name())
+    document["rules"][1]["hiddenElements"] = ["valueQuantity"]
+    user = await assign(document)
+    res = await user.get("/Observation", params={"value-quantity": "gt1"})
+    assert res.status_code == 403 and "valueQuantity" in res.text

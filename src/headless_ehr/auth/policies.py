@@ -430,7 +430,9 @@ def _guard_clause(principal: Principal, rtype: str, clause: Any) -> None:
         e
         for e in hidden
         if (clause.name == "_content" or (clause.name == "_text" and e == "text"))
-        or (expression and re.search(rf"\b(?:{rtype}|Resource|DomainResource)\.{e}\b", expression))
+        or (
+            expression and re.search(rf"\b(?:{rtype}|Resource|DomainResource)\.(?:{e}|{_choice_base(e)})\b", expression)
+        )
     ]
     if touched:
         raise FhirError.of(
@@ -438,6 +440,12 @@ def _guard_clause(principal: Principal, rtype: str, clause: Any) -> None:
         )
     for target, inner in (clause.chain or {}).items():
         _guard_clause(principal, target, inner)
+
+
+def _choice_base(element: str) -> str:
+    """valueQuantity -> value: a choice element's name in expressions (`Observation.value as
+    Quantity`); a plain camelCase name (bodySite) matches no other element at a word boundary."""
+    return re.sub(r"[A-Z][A-Za-z0-9]*$", "", element) or element
 
 
 def guard_change(principal: Principal, resource_type: str, current: Any, new: dict[str, Any]) -> dict[str, Any]:

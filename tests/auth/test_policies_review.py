@@ -66,3 +66,11 @@ async def test_a_search_parameter_over_a_hidden_choice_element_is_403(assign, wa
     user = await assign(document)
     res = await user.get("/Observation", params={"value-quantity": "gt1"})
     assert res.status_code == 403 and "valueQuantity" in res.text
+
+
+async def test_sorting_on_a_hidden_element_is_403(assign, ward):  # noqa: F811
+    document = ward_nurse(policy_name())
+    document["rules"][0]["hiddenElements"] = ["birthDate"]
+    user = await assign(document)
+    res = await user.get("/Patient", params={"_sort": "-birthdate"})
+    assert res.status_code == 403 and "birthDate" in res.text

@@ -27,6 +27,7 @@ from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..search.parse import RESULT_PARAMETERS, ChainBudget, Parser
+from ..search.registry import search_params
 from .principal import Principal
 
 log = logging.getLogger("headless_ehr.auth")
@@ -409,14 +410,18 @@ def unhidden(principal: Principal, resource_type: str, resource: dict[str, Any])
     return {k: v for k, v in resource.items() if k not in hidden} if hidden else resource
 
 
-def guard_search(principal: Principal, clauses: dict[str, list[Any]]) -> None:
-    """403 for a search that matches on a hidden element (its parameter's expression, or
-    _content/_text over it), through chains and _has too: its hits would reveal the value."""
+def guard_search(principal: Principal, clauses: dict[str, list[Any]], sort: list[Any] | tuple[()] = ()) -> None:
+    """403 for a search that matches or sorts on a hidden element (its parameter's
+    expression, or _content/_text over it), through chains and _has too: its hits or their
+    order would reveal the value."""
     if principal.policy is None:
         return
     for rtype, found in clauses.items():
         for clause in found:
             _guard_clause(principal, rtype, clause)
+        for key in sort:
+            param = search_params(rtype).get(key.code)
+            _guard(principal, rtype, f"_sort={key.code}", param.expression if param is not None else None)
 
 
 def _guard_clause(principal: Principal, rtype: str, clause: Any) -> None:
@@ -424,22 +429,22 @@ def _guard_clause(principal: Principal, rtype: str, clause: Any) -> None:
         _guard_clause(principal, clause.has_type, replace(clause, has=None, has_type=None))
         _guard_clause(principal, clause.has_type, clause.has)
         return
-    hidden = hidden_elements(principal, rtype)
-    expression = clause.param.expression if clause.param is not None else None
+    _guard(principal, rtype, clause.name, clause.param.expression if clause.param is not None else None)
+    for target, inner in (clause.chain or {}).items():
+        _guard_clause(principal, target, inner)
+
+
+def _guard(principal: Principal, rtype: str, name: str, expression: str | None) -> None:
     touched = [
         e
-        for e in hidden
-        if (clause.name == "_content" or (clause.name == "_text" and e == "text"))
+        for e in hidden_elements(principal, rtype)
+        if (name == "_content" or (name == "_text" and e == "text"))
         or (
             expression and re.search(rf"\b(?:{rtype}|Resource|DomainResource)\.(?:{e}|{_choice_base(e)})\b", expression)
         )
     ]
     if touched:
-        raise FhirError.of(
-            403, "forbidden", f"the access policy hides {rtype}.{touched[0]}: {clause.name} cannot search it"
-        )
-    for target, inner in (clause.chain or {}).items():
-        _guard_clause(principal, target, inner)
+        raise FhirError.of(403, "forbidden", f"the access policy hides {rtype}.{touched[0]}: {name} cannot search it")
 
 
 def _choice_base(element: str) -> str:

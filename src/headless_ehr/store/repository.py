@@ -827,7 +827,7 @@ class ResourceStore:
             limits=self.limits,
             local_base=self.local_base,
         )
-        guard_search(principal, request.clauses)  # access policies: no matching on hidden elements
+        guard_search(principal, request.clauses, request.sort)  # access policies: no matching on hidden elements
         if request.contained != "false":
             _check_contained_access(principal, compartment)
         b = self._search_builder(principal)

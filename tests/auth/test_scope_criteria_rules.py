@@ -25,3 +25,13 @@ async def test_a_token_whose_scope_criteria_hold_a_result_parameter_is_refused_w
     res = await anonymous.get("/Observation", headers=bearer(token))
     assert res.status_code == 401
     assert 'error="invalid_token"' in res.headers["www-authenticate"]
+
+
+async def test_the_challenge_quotes_a_refusal_that_cites_the_tokens_own_text(app, anonymous) -> None:
+    token = mint_token(app, 'user/Observation."rs', fhirUser="Practitioner/1")
+    res = await anonymous.get("/Observation", headers=bearer(token))
+    assert res.status_code == 401
+    challenge = res.headers["www-authenticate"]
+    description = challenge.split('error_description="', 1)[1]
+    assert description.endswith('"') and '\\"' in description
+    assert '"' not in description[:-1].replace('\\"', "")

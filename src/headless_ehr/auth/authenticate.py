@@ -24,7 +24,9 @@ def unauthorized(message: str, error: str | None = "invalid_token") -> FhirError
     fault = FhirError.of(401, "login" if error is None else "security", message)
     challenge = 'Bearer realm="fhir"'
     if error is not None:
-        challenge += f', error="{error}", error_description="{message}"'
+        # a quoted-string (RFC 9110 §5.6.4): the message may quote a token's own text
+        description = "".join(c for c in message if c.isprintable()).replace("\\", "\\\\").replace('"', '\\"')
+        challenge += f', error="{error}", error_description="{description}"'
     fault.headers["WWW-Authenticate"] = challenge
     return fault
 

@@ -8,6 +8,7 @@ import pytest
 
 from tests.auth.test_policies_admin import admin, name, ward_nurse  # noqa: F401
 from tests.auth.test_policies_enforcement import assign, nurse, policy_name, ward, with_interactions  # noqa: F401
+from tests.auth.world import observation
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 
@@ -74,3 +75,9 @@ async def test_sorting_on_a_hidden_element_is_403(assign, ward):  # noqa: F811
     user = await assign(document)
     res = await user.get("/Patient", params={"_sort": "-birthdate"})
     assert res.status_code == 403 and "birthDate" in res.text
+
+
+async def test_conditional_criteria_on_a_hidden_element_are_403(nurse, ward):  # noqa: F811
+    headers = {"Content-Type": "application/fhir+json", "If-None-Exist": "_content=secret note"}
+    res = await nurse.post("/Observation", json=observation(ward.a, "vital-signs", "x"), headers=headers)
+    assert res.status_code == 403 and "note" in res.text

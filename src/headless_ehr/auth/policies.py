@@ -27,6 +27,7 @@ from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..search.parse import RESULT_PARAMETERS, ChainBudget, Parser
+from ..search.registry import search_params
 from .principal import Principal
 
 log = logging.getLogger("headless_ehr.auth")
@@ -100,7 +101,7 @@ def _rule(raw: object, i: int) -> Rule:
     if unknown:
         raise PolicyError(f"{where}: unknown field '{unknown[0][:100]}' (known: {', '.join(sorted(RULE_FIELDS))})")
     rtype = raw.get("resourceType")
-    if rtype != "*" and rtype not in definitions().resource_types:
+    if rtype != "*" and not (isinstance(rtype, str) and rtype in definitions().resource_types):
         raise PolicyError(f'{where}.resourceType must be a FHIR R4 resource type or "*", not {str(rtype)[:100]!r}')
     interactions = raw.get("interactions")
     if not isinstance(interactions, list) or not interactions:
@@ -399,6 +400,56 @@ def mask_resource(resource: dict[str, Any], hidden: tuple[str, ...]) -> dict[str
     if not any(t.get("code") == SUBSETTED["code"] and t.get("system") == SUBSETTED["system"] for t in tags):
         tags.append(dict(SUBSETTED))
     return resource
+
+
+def unhidden(principal: Principal, resource_type: str, resource: dict[str, Any]) -> dict[str, Any]:
+    """The resource without the elements the principal's policy hides (untagged: the
+    input of a patch, not a response)."""
+    hidden = hidden_elements(principal, resource_type)
+    return {k: v for k, v in resource.items() if k not in hidden} if hidden else resource
+
+
+def guard_search(principal: Principal, clauses: dict[str, list[Any]], sort: list[Any] | tuple[()] = ()) -> None:
+    """403 for a search that matches or sorts on a hidden element (its parameter's
+    expression, or _content/_text over it), through chains and _has too: its hits or their
+    order would reveal the value."""
+    if principal.policy is None:
+        return
+    for rtype, found in clauses.items():
+        for clause in found:
+            _guard_clause(principal, rtype, clause)
+        for key in sort:
+            param = search_params(rtype).get(key.code)
+            _guard(principal, rtype, f"_sort={key.code}", param.expression if param is not None else None)
+
+
+def _guard_clause(principal: Principal, rtype: str, clause: Any) -> None:
+    if clause.has is not None:  # _has: clause.param is the referring type's reference
+        _guard_clause(principal, clause.has_type, replace(clause, has=None, has_type=None))
+        _guard_clause(principal, clause.has_type, clause.has)
+        return
+    _guard(principal, rtype, clause.name, clause.param.expression if clause.param is not None else None)
+    for target, inner in (clause.chain or {}).items():
+        _guard_clause(principal, target, inner)
+
+
+def _guard(principal: Principal, rtype: str, name: str, expression: str | None) -> None:
+    touched = [
+        e
+        for e in hidden_elements(principal, rtype)
+        if (name == "_content" or (name == "_text" and e == "text"))
+        or (
+            expression and re.search(rf"\b(?:{rtype}|Resource|DomainResource)\.(?:{e}|{_choice_base(e)})\b", expression)
+        )
+    ]
+    if touched:
+        raise FhirError.of(403, "forbidden", f"the access policy hides {rtype}.{touched[0]}: {name} cannot search it")
+
+
+def _choice_base(element: str) -> str:
+    """valueQuantity -> value: a choice element's name in expressions (`Observation.value as
+    Quantity`); a plain camelCase name (bodySite) matches no other element at a word boundary."""
+    return re.sub(r"[A-Z][A-Za-z0-9]*$", "", element) or element
 
 
 def guard_change(principal: Principal, resource_type: str, current: Any, new: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import orjson
 
-from ..auth.policies import guard_change
+from ..auth.policies import guard_change, guard_search, unhidden
 from ..auth.principal import SYSTEM, Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
@@ -493,7 +493,9 @@ class ResourceStore:
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             if current[2] is None:
                 raise FhirError.of(410, "deleted", f"{resource_type}/{rid} has been deleted")
-            patched = apply(fhir_json.loads(current[2]))
+            # applied to the resource as the caller sees it: a patch cannot read (test, copy,
+            # move) a hidden element; guard_change puts the hidden elements back
+            patched = apply(unhidden(principal, resource_type, fhir_json.loads(current[2])))
             self.check(patched, resource_type)
             if patched.get("id") != rid:
                 raise FhirError.of(422, "processing", "a patch may not change the resource id", "id")
@@ -825,6 +827,7 @@ class ResourceStore:
             limits=self.limits,
             local_base=self.local_base,
         )
+        guard_search(principal, request.clauses, request.sort)  # access policies: no matching on hidden elements
         if request.contained != "false":
             _check_contained_access(principal, compartment)
         b = self._search_builder(principal)

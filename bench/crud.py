@@ -1,11 +1,11 @@
 """Create, read and update throughput and latency of a real `ehr serve`, next to two floors.
 
     python bench/crud.py [--duration 10] [--clients 1,8,32] [--workers 1,2] [--auth on,off]
-                         [--cases create,read,update] [--database-url URL] [--keep]
+                         [--audit on,off] [--cases create,read,update] [--database-url URL] [--keep]
 
 Starts `ehr serve` (embedded PostgreSQL unless --database-url) for each worker count and
 each --auth mode (EHR_AUTH=on: every request carries a system token from `ehr token`;
-off: none), times its cold and warm start to the first answered GET /fhir/metadata,
+off: none) and each --audit mode (EHR_AUDIT), times its cold and warm start to the first answered GET /fhir/metadata,
 seeds Patients, then runs every case at every client count with wrk (bench/wrk/fhir.lua)
 or, without wrk, bench/loadgen.py. With both modes, the report compares them.
 The floors are asyncpg alone against the same PostgreSQL (bench/pgfloor.py) and an
@@ -47,7 +47,9 @@ BENCH = Path(__file__).resolve().parent
 PREFIX = "/fhir"
 TARGETS = {"read": 2500.0, "create": 800.0}  # req/s at 8 clients
 TOKEN_TARGET = 0.90  # with tokens, at least this share of the req/s without (read, create at 8 clients)
+AUDIT_TARGET = 0.90  # with audit, at least this share of the req/s without (read at 8 clients)
 AUTH_MODES = ("on", "off")
+NO_AUDIT = " noaudit"  # a server's mode label: "on", "off", "on noaudit" (EHR_AUDIT=off)
 # Every server runs with these. The limiter runs in both modes (0 would skip it; 10**9 is the
 # largest allowed and never throttles), and one token outlives any run.
 SERVER_ENV = {"EHR_RATE_LIMIT_PER_MINUTE": "1000000000", "EHR_ACCESS_TOKEN_LIFETIME": "3600"}
@@ -210,9 +212,19 @@ def measured(cmd: list[str]) -> tuple[str, float]:
     return text, usage.ru_utime + usage.ru_stime
 
 
-def server_env(env: dict[str, str], auth: str) -> dict[str, str]:
-    """The environment of an `ehr serve` (and of `ehr token` for it) in auth mode on/off."""
-    return {**env, **SERVER_ENV, "EHR_AUTH": auth}
+def server_env(env: dict[str, str], mode: str) -> dict[str, str]:
+    """The environment of an `ehr serve` (and of `ehr token` for it) in a mode: "on"/"off"
+    (EHR_AUTH), with " noaudit" for EHR_AUDIT=off."""
+    auth = mode.removesuffix(NO_AUDIT)
+    return {**env, **SERVER_ENV, "EHR_AUTH": auth, "EHR_AUDIT": "off" if mode.endswith(NO_AUDIT) else "on"}
+
+
+def modes(args: argparse.Namespace) -> list[str]:
+    """The servers to run, in order: --auth and --audit paired (a one-item list repeats)."""
+    n = max(len(args.auth), len(args.audit))
+    auth = args.auth * n if len(args.auth) == 1 else args.auth
+    audit = args.audit * n if len(args.audit) == 1 else args.audit
+    return [a + ("" if b == "on" else NO_AUDIT) for a, b in zip(auth, audit, strict=True)]
 
 
 def bench_admin_client(env: dict[str, str]) -> None:
@@ -486,7 +498,7 @@ def token_ratios(runs: list[Run], workers: int) -> dict[str, float]:
 def summary(bench: Bench, started: datetime) -> str:
     """The history-table row of this run: req/s at 8 clients on the first worker count and
     auth mode, and with both modes the ratio tokens/off."""
-    workers, auth = bench.args.workers[0], bench.args.auth[0]
+    workers, auth = bench.args.workers[0], modes(bench.args)[0]
     rps = {}
     for case in ("create", "read", "update"):
         found = at8(bench.runs, workers, auth, case)
@@ -497,6 +509,9 @@ def summary(bench: Bench, started: datetime) -> str:
     ratios = token_ratios(bench.runs, workers)
     if ratios:
         note += "; tokens/off: " + ", ".join(f"{case} {ratio:.2f}" for case, ratio in ratios.items())
+    ratios = audit_ratios(bench.runs, workers)
+    if ratios:
+        note += "; audit/off: " + ", ".join(f"{case} {ratio:.2f}" for case, ratio in ratios.items())
     return f"| {started:%Y-%m-%d %H:%M} | {short_code(bench.code)} | {cells} | {note} |"
 
 
@@ -505,6 +520,45 @@ def rates(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:,.0f}/s"
     return f"mean {mean(values):,.0f}/s ({', '.join(f'{v:,.0f}' for v in values)})"
+
+
+def audit_ratios(runs: list[Run], workers: int) -> dict[str, float]:
+    """mean req/s with audit / mean req/s with EHR_AUDIT=off (both with tokens), per case, at 8 clients."""
+    ratios = {}
+    for case in ("read", "create", "update"):
+        on, off = at8(runs, workers, "on", case), at8(runs, workers, "on" + NO_AUDIT, case)
+        if on and off and mean(off):
+            ratios[case] = mean(on) / mean(off)
+    return ratios
+
+
+def audit_section(runs: list[Run], workers_list: list[int]) -> list[str]:
+    """Every case at 8 clients with the audit trail against the same build with EHR_AUDIT=off."""
+    lines = []
+    for workers in workers_list:
+        for case, ratio in audit_ratios(runs, workers).items():
+            on, off = at8(runs, workers, "on", case), at8(runs, workers, "on" + NO_AUDIT, case)
+            verdict = ""
+            if case == "read":
+                verdict = ": meets the target" if ratio >= AUDIT_TARGET else ": MISSES the target"
+            lines.append(
+                f"- workers {workers}, {case} at 8 clients: {rates(on)} with audit, {rates(off)} with"
+                f" EHR_AUDIT=off: {ratio:.3f}, {abs(100 * (1 - ratio)):.1f}% {'fewer' if ratio <= 1 else 'more'}"
+                f" with audit{verdict}"
+            )
+    if not lines:
+        return []
+    return [
+        "### Audit against EHR_AUDIT=off",
+        "",
+        f"Target: with the audit trail at most {100 * (1 - AUDIT_TARGET):.0f}% fewer reads per second than the"
+        " same build with EHR_AUDIT=off, both with tokens (read at 8 clients). With audit every request's"
+        " AuditEvent is committed to the hash chain before its response is sent (docs/security.md, Audit);"
+        " a mode named more than once is compared by its mean.",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def token_section(runs: list[Run], workers_list: list[int]) -> list[str]:
@@ -547,7 +601,7 @@ def report(bench: Bench, started: datetime) -> str:
     now = started.strftime("%Y-%m-%d %H:%M UTC")
     floors = {(r.target, r.workers, r.case, r.clients): r for r in runs if r.target != "server"}
     lines = [
-        f"## {now}: {bench.pg_label}, workers {','.join(map(str, args.workers))}, auth {','.join(args.auth)}",
+        f"## {now}: {bench.pg_label}, workers {','.join(map(str, args.workers))}, auth {','.join(modes(args))}",
         "",
         f"- machine: {machine()}",
         f"- PostgreSQL: {bench.pg_label}",
@@ -556,10 +610,9 @@ def report(bench: Bench, started: datetime) -> str:
         f"- generator: {gen.label}",
         f"- {args.duration:g} s per run; {args.seed} Patients seeded for read/update;"
         f" server runs with `--log-level warning`, no access log,"
-        f" {', '.join(f'{k}={v}' for k, v in SERVER_ENV.items())},"
-        f" EHR_AUDIT={os.environ.get('EHR_AUDIT') or 'on (default)'} (from the bench's environment)",
+        f" {', '.join(f'{k}={v}' for k, v in SERVER_ENV.items())}",
         "- auth on: EHR_AUTH=on and a system token from `ehr token` on every request (seeding too);"
-        " auth off: EHR_AUTH=off, no token",
+        " auth off: EHR_AUTH=off, no token; EHR_AUDIT=on unless the mode says noaudit (EHR_AUDIT=off)",
         *[f"- start-up to the first answered request, {s}" for s in bench.starts],
         *(
             ["- PYTHONDONTWRITEBYTECODE is set: every start compiles the sources"]
@@ -573,6 +626,7 @@ def report(bench: Bench, started: datetime) -> str:
         if server:
             lines += [f"### ehr serve --workers {w}", "", *table(server, floors), ""]
     lines += token_section(runs, args.workers)
+    lines += audit_section(runs, args.workers)
     floor_runs = [r for r in runs if r.target != "server"]
     if floor_runs:
         lines += ["### Floors", "", *floor_table(floor_runs), ""]
@@ -634,6 +688,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="on,off",
         help="EHR_AUTH of the servers, list (on): on sends a system token on every request",
     )
+    p.add_argument(
+        "--audit",
+        type=words,
+        default=["on"],
+        metavar="on,off",
+        help="EHR_AUDIT of the servers, list (on), paired with --auth (a one-item list repeats)",
+    )
     p.add_argument("--cases", type=words, default=["create", "read", "update"])
     p.add_argument("--floors", type=words, default=["pg", "asgi"], help="pg,asgi or none")
     p.add_argument("--database-url", help="use this PostgreSQL instead of the embedded one")
@@ -655,6 +716,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if not args.auth or set(args.auth) - set(AUTH_MODES):
         p.error("--auth takes a list of on and off, e.g. on,off (a mode may repeat: on,off,off,on)")
+    if not args.audit or set(args.audit) - {"on", "off"}:
+        p.error("--audit takes a list of on and off, e.g. on,off")
+    if len(args.auth) > 1 and len(args.audit) > 1 and len(args.auth) != len(args.audit):
+        p.error("--auth and --audit lists pair up: give them the same length (or one item)")
     return args
 
 
@@ -733,7 +798,7 @@ class Bench:
         held: list[tuple[str, float]] = []  # the token in use and when it was fetched
 
         def token() -> str | None:
-            if auth == "off":
+            if auth.startswith("off"):
                 return None
             if not held or time.monotonic() - held[0][1] > TOKEN_RENEW_S:
                 held[:] = [(access_token(env, port, data_dir), time.monotonic())]
@@ -793,7 +858,7 @@ class Bench:
 
 def server_dir(root: Path, workers: int, index: int, auth: str) -> Path:
     """The data dir of the index-th server (of --auth) with this many workers."""
-    return root / f"w{workers}-{index}-auth-{auth}"
+    return root / f"w{workers}-{index}-auth-{auth.replace(' ', '-')}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -816,15 +881,15 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, gen, root, files, env, code)
     try:
         for i, workers in enumerate(args.workers):
-            for j, auth in enumerate(args.auth):
-                bench.server(i == 0 and j == 0, workers, auth, server_dir(root, workers, j, auth))
+            for j, mode in enumerate(modes(args)):
+                bench.server(i == 0 and j == 0, workers, mode, server_dir(root, workers, j, mode))
             if "asgi" in args.floors:
                 bench.asgi(workers)
     finally:
         bench.stop()
         for workers in args.workers:
-            for j, auth in enumerate(args.auth):
-                bench.stop(server_dir(root, workers, j, auth))
+            for j, mode in enumerate(modes(args)):
+                bench.stop(server_dir(root, workers, j, mode))
         if args.keep or args.data_dir:
             print(f"kept {root}", file=sys.stderr)
         else:

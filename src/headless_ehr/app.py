@@ -157,8 +157,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 " for local experiments and benchmarks only, never with real data"
             )
         app.state.authenticate = authenticate if rate_limits is None else limit_clients(authenticate, rate_limits)
-        if settings.audit:  # AuditEvents into the hash chain (audit/), batched off the request path
-            app.state.audit = recorder = AuditRecorder(pool)
+        if settings.audit:  # AuditEvents into the hash chain (audit/), in batches before each response
+            app.state.audit = recorder = AuditRecorder(pool, sync=settings.audit_sync_commit)
             recorder.start()
             stack.push_async_callback(_close_audit, app, recorder)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))

@@ -251,6 +251,7 @@ _ENV_ONLY = [
     ("EHR_TRUSTED_AUDIENCE", "the audience its tokens must name (required with EHR_TRUSTED_ISSUER)"),
     ("EHR_TRUSTED_FHIR_USER_CLAIM", "its claim naming the user's FHIR resource (default fhirUser)"),
     ("EHR_AUDIT", "on: record an AuditEvent for every FHIR request (default); off: none, for benchmarks only"),
+    ("EHR_AUDIT_SYNC_COMMIT", "on: a request's AuditEvent waits for the disk flush too (default off)"),
 ]
 
 

@@ -83,6 +83,8 @@ class Settings:
     trusted_fhir_user_claim: str = "fhirUser"  # its claim naming the user's FHIR resource
     # audit
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
+    # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
+    audit_sync_commit: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -127,6 +129,7 @@ class Settings:
             "trusted_fhir_user_claim": os.environ.get("EHR_TRUSTED_FHIR_USER_CLAIM") or "fhirUser",
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
+            "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:

@@ -14,12 +14,17 @@ import asyncpg
 import orjson
 import pytest
 
-from headless_ehr.audit.chain import append, record_hash, verify
+from headless_ehr.audit.chain import Chain, Entry, append, record_hash, verify
 from headless_ehr.audit.event import Interaction, audit_event
 from headless_ehr.auth.principal import Principal
 from headless_ehr.db.migrate import migrate
 
 SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _events(n: int) -> list[Entry]:
+    who = Principal.from_scopes("c2", "system/*.rs", client_id="c2")
+    return [audit_event(Interaction("read", 200, f"Patient/q{i}"), who, "10.0.0.2") for i in range(n)]
 
 
 def ehr(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
@@ -156,3 +161,17 @@ async def test_parallel_writes_on_two_nodes_leave_one_unbroken_chain(client, app
         result = await verify(conn)
     assert result.broken is None
     assert result.count == before + len(seqs)
+
+
+async def test_two_appenders_with_stale_heads_never_fork_the_chain(db):
+    """Two nodes each remember the head they last wrote; the one whose head is stale is
+    refused by the chain's key and rebuilds its batch after the real head."""
+    one, two = Chain(), Chain()
+    async with db.acquire() as a, db.acquire() as b:
+        await one.append(a, _events(2))
+        await two.append(b, _events(2))  # reads the head, appends after one's
+        await one.append(a, _events(3))  # stale: rebuilt after two's
+        await asyncio.gather(one.append(a, _events(5)), two.append(b, _events(5)))
+        result = await verify(a)
+    assert result.broken is None
+    assert result.count >= 17

@@ -18,9 +18,16 @@ async def events_naming(app: Any, db: asyncpg.Pool, needle: str, *, flush: bool 
     """The AuditEvents whose content mentions needle, oldest first."""
     if flush:
         await app.state.audit.flush()
-    rows = await db.fetch(
-        "SELECT content FROM audit_event WHERE position($1::bytea in content) > 0 ORDER BY seq", needle.encode()
-    )
+        rows = await db.fetch(
+            "SELECT content FROM audit_event WHERE position($1::bytea in content) > 0 ORDER BY seq", needle.encode()
+        )
+    else:  # what is on disk now: the chain and the write-side events not yet moved into it
+        rows = await db.fetch(
+            "SELECT content, recorded FROM audit_event WHERE position($1::bytea in content) > 0"
+            " UNION ALL SELECT content, recorded FROM audit_pending WHERE position($1::bytea in content) > 0"
+            " ORDER BY recorded",
+            needle.encode(),
+        )
     return [orjson.loads(r["content"]) for r in rows]
 
 
@@ -73,6 +80,34 @@ async def test_a_create_is_recorded_before_its_response_is_sent(client, app, db)
     assert event["action"] == "C"
     assert event["outcome"] == "0"
     assert f"Patient/{pid}/_history/1" in references(event)
+
+
+async def test_a_read_is_recorded_before_its_response_is_sent(client, app, db):
+    pid = await new_patient(client)
+    assert (await client.get(f"/Patient/{pid}")).status_code == 200
+    # no flush: the response waited for the batch holding its event to commit
+    [event] = [e for e in await events_naming(app, db, f"Patient/{pid}", flush=False) if subtype(e) == "read"]
+    assert event["outcome"] == "0"
+
+
+async def test_a_write_event_commits_with_its_write_and_moves_into_the_chain(client, app, db):
+    pid = await new_patient(client)
+    [pending] = await db.fetch("SELECT id, content FROM audit_pending WHERE $1 = ANY(entities)", f"Patient/{pid}")
+    await app.state.audit.flush()
+    assert await db.fetchval("SELECT count(*) FROM audit_pending WHERE id = $1", pending["id"]) == 0
+    chained = await db.fetchrow("SELECT content FROM audit_event WHERE id = $1", pending["id"])
+    assert bytes(chained["content"]) == bytes(pending["content"])
+
+
+async def test_a_refused_write_leaves_no_write_event_only_the_refusal(client, client_for, app, db):
+    pid = await new_patient(client)
+    reader = await client_for("system/Patient.rs")
+    marker = uuid.uuid4().hex
+    body = {"resourceType": "Patient", "id": pid, "name": [{"family": marker}]}
+    assert (await reader.put(f"/Patient/{pid}", json=body)).status_code == 403
+    events = [e for e in await events_naming(app, db, f"Patient/{pid}") if subtype(e) == "update"]
+    assert [e["outcome"] for e in events] == ["4"]
+    assert not await db.fetchval("SELECT count(*) FROM audit_pending WHERE $1 = ANY(entities)", f"Patient/{pid}")
 
 
 async def test_a_refused_read_is_recorded_as_a_failure_with_the_reason(client, client_for, app, db):
@@ -129,3 +164,43 @@ async def test_text_postgresql_cannot_hold_does_not_block_the_log(client, app, d
     pid = await asyncio.wait_for(new_patient(client), 10)  # a write still gets its event committed
     assert [subtype(e) for e in await events_naming(app, db, f"Patient/{pid}", flush=False)] == ["create"]
     assert len(await events_naming(app, db, marker)) == 2
+
+
+async def test_a_transaction_commits_an_event_per_resource_and_a_failed_one_none(client, app, db):
+    marker = uuid.uuid4().hex
+    patient = {"resourceType": "Patient", "name": [{"family": marker}]}
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": marker},
+        "subject": {"reference": "urn:uuid:" + "1" * 8 + "-1111-4111-8111-" + "1" * 12},
+    }
+    entries = [
+        {
+            "fullUrl": "urn:uuid:" + "1" * 8 + "-1111-4111-8111-" + "1" * 12,
+            "resource": patient,
+            "request": {"method": "POST", "url": "Patient"},
+        },
+        {"resource": observation, "request": {"method": "POST", "url": "Observation"}},
+    ]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    response = await client.post("/", json=bundle)
+    assert response.status_code == 200
+    pid = response.json()["entry"][0]["response"]["location"].split("/")[1]
+    creates = [e for e in await events_naming(app, db, f"Patient/{pid}", flush=False) if subtype(e) == "create"]
+    assert sorted(references(e)[-1].split("/")[0] for e in creates) == ["Observation", "Patient"]
+    assert all(f"Patient/{pid}" in references(e) for e in creates)  # the observation names its patient
+
+    stale = {  # processed after the creates (R4 order), it fails the whole transaction
+        "resource": {"resourceType": "Patient", "id": pid},
+        "request": {"method": "PUT", "url": f"Patient/{pid}", "ifMatch": 'W/"99"'},
+    }
+    failing = {**bundle, "entry": [{**entries[0], "resource": {**patient, "name": [{"family": marker + "x"}]}}]}
+    failing["entry"].append(stale)
+    count = (
+        "SELECT (SELECT count(*) FROM audit_event WHERE subtype = 'create')"
+        " + (SELECT count(*) FROM audit_pending WHERE subtype = 'create')"
+    )
+    before = await db.fetchval(count)
+    assert (await client.post("/", json=failing)).status_code == 412
+    assert await db.fetchval(count) == before  # the create's event rolled back with it

@@ -9,7 +9,8 @@ application; entities: the patients and the resource touched, and the query of a
 from __future__ import annotations
 
 import base64
-import uuid
+import random
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,7 +18,7 @@ import orjson
 
 from ..auth.principal import Principal
 from .chain import Entry
-from .index import index_of
+from .index import Index
 
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 _EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}
@@ -52,10 +53,11 @@ class Interaction:
 
 
 def clean(text: str) -> str:
-    """Request text as the log can hold it: no NUL (PostgreSQL text refuses it), no lone surrogates."""
-    if text.isascii() and "\x00" not in text:
+    """Request text as the log can hold it: no NUL (PostgreSQL text refuses it), no unit
+    separator (the search columns travel joined by it, audit/chain.py), no lone surrogates."""
+    if text.isascii() and "\x00" not in text and "\x1f" not in text:
         return text
-    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\ufffd").replace("\x1f", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def outcome_code(status: int) -> str:
@@ -64,15 +66,32 @@ def outcome_code(status: int) -> str:
     return "4" if status < 500 else "8"
 
 
-def _agents(principal: Principal | None, address: str) -> list[dict]:
+def _agents(principal: Principal | None, address: str) -> tuple[list[dict], list[str]]:
+    """The agent block of a caller's events and its index keys (audit/index.py reads the same
+    keys back from the content). A principal lives as long as its token in the verified-token
+    cache, so the block is built once per token and source address and shared (never mutated)."""
+    memo = principal.audit_memo if principal is not None else _ANONYMOUS
+    found = memo.get(address)
+    if found is None:
+        found = _agents_of(principal, address)
+        if len(memo) < 64:  # bounded: a token used from many addresses builds the rest each time
+            memo[address] = found
+    return found
+
+
+_ANONYMOUS: dict[str, tuple[list[dict], list[str]]] = {}
+
+
+def _agents_of(principal: Principal | None, address: str) -> tuple[list[dict], list[str]]:
     address = clean(address)
     network = {"address": address, "type": "2" if address[:1].isdigit() or ":" in address else "1"}
     if principal is None:  # no valid token (401): only where it came from
-        return [{"type": _dcm("110153", "Source Role ID"), "requestor": True, "network": network}]
+        return [{"type": _dcm("110153", "Source Role ID"), "requestor": True, "network": network}], []
     client_id = clean(principal.client_id or principal.subject)
     client = {"identifier": {"system": "urn:ehr:client-id", "value": client_id}}
     agents = [{"type": _dcm("110153", "Source Role ID"), "who": client, "requestor": principal.fhir_user is None}]
     agents[0]["network"] = network
+    keys = [f"urn:ehr:client-id|{client_id}", client_id]
     if principal.fhir_user:
         user = {
             "type": {
@@ -85,7 +104,8 @@ def _agents(principal: Principal | None, address: str) -> list[dict]:
             "requestor": True,
         }
         agents.append(user)
-    return agents
+        keys.append(user["who"]["reference"])
+    return agents, keys
 
 
 def _dcm(code: str, display: str) -> dict:
@@ -100,43 +120,70 @@ def _entity(reference: str, entity_type: str, role: str) -> dict:
     }
 
 
+def new_id() -> str:
+    """A time-ordered UUID (version 7 layout: milliseconds, then random bits): ids of events
+    recorded together sit together in the id index, and `random`'s generator (reseeded in
+    every forked worker) is ten times cheaper than os.urandom; an event id must be unique,
+    not secret."""
+    value = (time.time_ns() // 1_000_000) << 80 | random.getrandbits(80)
+    value = value & ~(0xF << 76) & ~(0x3 << 62) | (0x7 << 76) | (0x2 << 62)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def audit_event(interaction: Interaction, principal: Principal | None, address: str) -> Entry:
-    """The AuditEvent of one interaction, as canonical JSON bytes ready for the chain."""
-    interaction = Interaction(
-        interaction.code,
-        interaction.status,
-        clean(interaction.resource) if interaction.resource else None,
-        [clean(p) for p in interaction.patients],
-        clean(interaction.query) if interaction.query is not None else None,
-        clean(interaction.description) if interaction.description else None,
-    )
-    event_id = uuid.uuid4()
+    """The AuditEvent of one interaction, as JSON bytes ready for the chain, with its search
+    columns (the same that audit/index.py `index_of` derives from the content)."""
+    resource = clean(interaction.resource) if interaction.resource else None
+    patients = list(dict.fromkeys([clean(p) for p in interaction.patients]))
+    event_id = new_id()
     now = datetime.now(UTC)
-    entities = [_entity(p, "1", "1") for p in dict.fromkeys(interaction.patients)]  # 1 person, 1 patient
-    if interaction.resource and interaction.resource not in interaction.patients:
-        entities.append(_entity(interaction.resource, "2", "4"))  # 2 system object, 4 domain resource
+    agents, agent_keys = _agents(principal, address)
+    entities = [_entity(p, "1", "1") for p in patients]  # 1 person, 1 patient
+    entity_keys = list(patients)
+    if resource and resource not in patients:
+        entities.append(_entity(resource, "2", "4"))  # 2 system object, 4 domain resource
+        entity_keys.append(resource)
+        if "/_history/" in resource:
+            entity_keys.append(resource.split("/_history/", 1)[0])
+            if resource.startswith("Patient/"):
+                patients.append(resource.split("/_history/", 1)[0])
+        elif resource.startswith("Patient/"):
+            patients.append(resource)
     if interaction.query is not None:
         query = {
             "type": {"system": _ENTITY_TYPE, "code": "2"},
             "role": {"system": _OBJECT_ROLE, "code": "24"},  # 24 query
-            "query": base64.b64encode(interaction.query.encode()).decode(),
+            "query": base64.b64encode(clean(interaction.query).encode()).decode(),
         }
         entities.append(query)
+    action = _ACTIONS.get(interaction.code, "R")
+    outcome = outcome_code(interaction.status)
     event = {
         "resourceType": "AuditEvent",
-        "id": str(event_id),
+        "id": event_id,
         "type": _EVENT_TYPE,
         "subtype": [{"system": RESTFUL_INTERACTION, "code": interaction.code}],
-        "action": _ACTIONS.get(interaction.code, "R"),
+        "action": action,
         "recorded": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "outcome": outcome_code(interaction.status),
-        "agent": _agents(principal, address),
+        "outcome": outcome,
+        "agent": agents,
         "source": _SOURCE,
     }
     if interaction.description:
-        event["outcomeDesc"] = f"{interaction.status} {interaction.description}"[:1000]
+        event["outcomeDesc"] = f"{interaction.status} {clean(interaction.description)}"[:1000]
     elif interaction.status >= 400:
         event["outcomeDesc"] = str(interaction.status)
     if entities:
         event["entity"] = entities
-    return Entry(event_id, now, orjson.dumps(event, option=orjson.OPT_SORT_KEYS), index_of(event))
+    user = agent_keys[-1] if agent_keys and agent_keys[-1].startswith("Patient/") else None
+    index = Index(  # clean() left no separator in them: index.distinct() would change nothing
+        list(dict.fromkeys([user, *patients] if user else patients)),
+        list(dict.fromkeys(agent_keys)),
+        list(dict.fromkeys(entity_keys)),
+        interaction.code,
+        outcome,
+        action,
+        agents[0]["network"]["address"],
+    )
+    return Entry(event_id, now, orjson.dumps(event), index)

@@ -38,7 +38,7 @@ def index_of(event: dict[str, Any]) -> Index:
         ident = who.get("identifier")
         if ident and "value" in ident:
             agents += [f"{ident.get('system', '')}|{ident['value']}", ident["value"]]
-        if agent.get("requestor") and address is None:
+        if address is None:  # where the request came from: the one agent with a network
             address = agent.get("network", {}).get("address")
     entities: list[str] = []
     for entity in event.get("entity", []):
@@ -49,9 +49,9 @@ def index_of(event: dict[str, Any]) -> Index:
                 patients.append(_versionless(ref))
     subtypes = event.get("subtype") or [{}]
     return Index(
-        _distinct(patients),
-        _distinct(agents),
-        _distinct(entities),
+        distinct(patients),
+        distinct(agents),
+        distinct(entities),
         subtypes[0].get("code", ""),
         event.get("outcome", ""),
         event.get("action", ""),
@@ -59,5 +59,5 @@ def index_of(event: dict[str, Any]) -> Index:
     )
 
 
-def _distinct(values: list[str]) -> list[str]:
+def distinct(values: list[str]) -> list[str]:
     return list(dict.fromkeys(v.replace("\x1f", "") for v in values))  # \x1f separates them in transit (chain.py)

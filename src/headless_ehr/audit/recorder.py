@@ -1,10 +1,13 @@
-"""Events into the chain in batches, off the request path.
+"""Request events into the chain in batches, before each response leaves.
 
-Reads are queued and flushed every `interval` or `batch` events by one task per node
-(group commit: one short locked transaction per batch). A write's event is queued
-the same way but its request waits for the flush that commits it, which starts at
-once: a client that has a write's response has its audit record on disk. The queue
-is bounded: when full, requests wait for room rather than events being dropped.
+A request's event is queued and the request waits until the batch holding it is
+committed (group commit: one short locked transaction per batch, started as soon as
+the previous one ends, so batches grow with load rather than adding a fixed delay).
+A client that has a response has its audit record on disk; a crash loses nothing
+answered. Each batch also moves the write-side events that writes committed into
+audit_pending (audit/pending.py) into the chain: at once when this node wrote, at
+least every second otherwise (events a crashed node left behind). The queue is
+bounded: when full, requests wait for room rather than events being dropped.
 """
 
 from __future__ import annotations
@@ -12,21 +15,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import asyncpg
 
-from .chain import Entry, append
+from . import pending
+from .chain import Chain, Entry
 
 log = logging.getLogger("headless_ehr.audit")
 # errors of an event's data (asyncpg's argument encoding, PostgreSQL class 22), not of the database
 _UNWRITABLE = (asyncpg.DataError, UnicodeError)
+SWEEP_SECONDS = 1.0  # audit_pending is emptied at least this often by every node
 
 
 class AuditRecorder:
-    def __init__(self, pool: asyncpg.Pool, *, interval: float = 0.1, batch: int = 500, capacity: int = 20_000) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, interval: float = 0.1, capacity: int = 20_000, sync: bool = False
+    ) -> None:
         self._pool = pool
+        self._sync = sync
+        self._chain = Chain()
         self._interval = interval
-        self._batch = batch
         self._capacity = capacity
         self._pending: list[Entry] = []
         self._waiters: list[asyncio.Future[None]] = []  # writes waiting for the next flush
@@ -35,32 +44,29 @@ class AuditRecorder:
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._sweep_due = True  # the first batch takes what an earlier run left pending
+        self._next_sweep = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def record(self, entry: Entry) -> None:
-        """Queue a read's event (returns at once unless the queue is full)."""
+        """Queue a request's event and return once it is committed."""
         while len(self._pending) >= self._capacity:
             self._room.clear()
             self._wake.set()
             await self._room.wait()
         self._pending.append(entry)
-        if len(self._pending) >= self._batch:
-            self._wake.set()
-
-    async def record_durable(self, entry: Entry) -> None:
-        """Queue a write's event and return once it is committed."""
-        await self.record(entry)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
         self._wake.set()
         await asyncio.shield(done)
 
     async def flush(self) -> None:
-        """Commit everything queued so far (tests, shutdown)."""
+        """Commit everything queued so far, and the pending write-side events (tests, shutdown)."""
         if self._task is None or self._task.done():
             return
+        self._sweep_due = True
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(done)  # released after the flush that follows any in flight
         self._wake.set()
@@ -71,7 +77,8 @@ class AuditRecorder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
-            if not self._pending:
+            sweep = self._sweep_due or pending.writes_since_sweep() > 0 or time.monotonic() >= self._next_sweep
+            if not self._pending and not sweep:
                 self._release(self._take_waiters())
                 if self._closing:
                     return
@@ -79,9 +86,13 @@ class AuditRecorder:
             entries, self._pending = self._pending, []
             waiters = self._take_waiters()
             self._room.set()
+            self._sweep_due = False
             try:
+                if sweep:
+                    pending.swept()
+                    self._next_sweep = time.monotonic() + SWEEP_SECONDS
                 async with self._pool.acquire() as conn:
-                    await append(conn, entries)
+                    await self._chain.append(conn, entries, pending=sweep, sync=self._sync)
             except asyncio.CancelledError:
                 raise
             except _UNWRITABLE:  # something in an event, not the database: write the others
@@ -90,16 +101,20 @@ class AuditRecorder:
                 log.exception("audit: could not append %d events; retrying", len(entries))
                 self._pending[:0] = entries
                 self._waiters[:0] = waiters
+                self._sweep_due = True
                 await asyncio.sleep(self._interval)
                 continue
             self._release(waiters)
+            if self._closing and not self._pending:
+                self._release(self._take_waiters())
+                return
 
     async def _append_singly(self, entries: list[Entry]) -> None:
         """One by one, so one event the database refuses cannot block the log; it is logged whole."""
         for entry in entries:
             try:
                 async with self._pool.acquire() as conn:
-                    await append(conn, [entry])
+                    await self._chain.append(conn, [entry], sync=self._sync)
             except _UNWRITABLE:
                 log.error("audit: event refused by the database, not recorded: %r", entry.content[:4000])
 

@@ -73,6 +73,8 @@ class Principal:
     _answers: dict[tuple[str, str], tuple[Scope, ...] | bool | None] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # the agent block of this caller's AuditEvents by source address (audit/event.py)
+    audit_memo: dict[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_scopes(cls, subject: str, scope: str, **kwargs: object) -> Principal:

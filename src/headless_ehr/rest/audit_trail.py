@@ -8,8 +8,10 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..audit import pending
 from ..audit.event import Interaction, audit_event
 from ..audit.recorder import AuditRecorder
+from ..auth.principal import Principal
 from ..auth.ratelimit import client_address
 
 log = logging.getLogger("headless_ehr.audit")
@@ -62,14 +64,37 @@ def _patients(request: Request, seg: list[str], principal: object) -> list[str]:
     return found
 
 
-async def record(request: Request, response: Response, recorder: AuditRecorder) -> None:
-    """Record the request's AuditEvent: a write's before its response goes, a read's in a batch."""
+def begin(request: Request) -> object:
+    """Open the request's audit scope: the store records each write's event in it."""
+    address = client_address(request.scope, request.app.state.settings.trusted_proxies)
+    return pending.begin(None, address)
+
+
+def identify(principal: Principal) -> None:
+    """The caller, once authenticated, for the events of the writes that follow."""
+    scope = pending.current()
+    if scope is not None:
+        scope.principal = principal
+
+
+def end(token: object) -> int:
+    """Close the scope; the number of write events the request's writes carried."""
+    scope = pending.end(token)  # type: ignore[arg-type]
+    return scope.writes if scope is not None else 0
+
+
+async def record(request: Request, response: Response, recorder: AuditRecorder, written: int = 0) -> None:
+    """Record the request's AuditEvent before its response goes (batched with other
+    requests'). A single create, update, patch or delete that succeeded already has its
+    event, committed with the change; a refused or failed one gets it here."""
     try:
         seg = [s for s in request.path_params.get("path", "").split("/") if s]
         if seg == ["metadata"]:
             return
         code, resource = _code(request.method, seg)
         status = response.status_code
+        if written and status < 300 and code in ("create", "update", "patch", "delete"):
+            return
         body = getattr(response, "body", b"")
         if code == "transaction" and b'"batch-response"' in body[:400]:
             code = "batch"
@@ -86,10 +111,6 @@ async def record(request: Request, response: Response, recorder: AuditRecorder) 
                 interaction.resource = None
         interaction.description = getattr(request.state, "refusal", None)
         address = client_address(request.scope, request.app.state.settings.trusted_proxies)
-        entry = audit_event(interaction, principal, address)
-        if request.method in ("GET", "HEAD") or (len(seg) == 2 and seg[1] == "_search"):
-            await recorder.record(entry)
-        else:
-            await recorder.record_durable(entry)
+        await recorder.record(audit_event(interaction, principal, address))
     except Exception:  # the response stands; the failure is loud in the log
         log.exception("audit: could not record %s %s", request.method, request.url.path)

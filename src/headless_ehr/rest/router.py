@@ -176,11 +176,18 @@ def _too_expensive(request: Request) -> FhirError:
 
 
 async def fhir_endpoint(request: Request) -> Response:
-    """The single ASGI endpoint behind the FHIR base URL; every answer is audited."""
-    response = await _answer(request)
+    """The single ASGI endpoint behind the FHIR base URL; every answer is audited: each
+    resource written has its event committed with it (audit/pending.py), and the request's
+    own event is recorded before the response leaves (rest/audit_trail.py)."""
     recorder = request.app.state.audit
-    if recorder is not None:
-        await audit_trail.record(request, response, recorder)
+    if recorder is None:
+        return await _answer(request)
+    scope = audit_trail.begin(request)
+    try:
+        response = await _answer(request)
+    finally:
+        written = audit_trail.end(scope)
+    await audit_trail.record(request, response, recorder, written)
     return response
 
 
@@ -195,6 +202,7 @@ async def _answer(request: Request) -> Response:
         request_origin(request)  # 400 for a Host this server does not answer to
         if segments != ["metadata"]:  # the CapabilityStatement is public (SMART discovery)
             request.state.principal = await request.app.state.authenticate(request, base_url(request))
+            audit_trail.identify(request.state.principal)
         methods = _routes(request, segments)
         if segments[:1] == ["AuditEvent"]:  # the audit trail is append-only, for everyone
             methods = {m: h for m, h in methods.items() if m == "GET" or segments[-1].startswith(("$", "_search"))}

@@ -45,6 +45,7 @@ from ..search.registry import search_params
 from ..search.rows import IndexRows
 from ..search.sql import ANY_TYPE, SqlBuilder
 from . import etag, sql
+from ..audit import pending as audit_pending
 from .bulk import INSERT_MANY, insert_many_args
 from .etag import Versions
 from .ids import new_id
@@ -354,10 +355,13 @@ class ResourceStore:
         mask, index = index_args(rows)
         position = None if stamp_at is None else stamp_at + 1
         args = [resource_type, rid, version, position, content, method, *index]
+        event = audit_pending.written(resource_type, rid, version, method, rows)
+        audit = [] if event is None else audit_pending.pending_args(event)
         if current is None:
-            row = await self._db.fetchrow(sql.write_statement("insert", mask), *args)
+            row = await self._db.fetchrow(sql.write_statement("insert", mask, bool(audit)), *args, *audit)
         else:
-            row = await self._db.fetchrow(sql.write_statement("update", mask), *args, current[0])
+            statement = sql.write_statement("update", mask, bool(audit))
+            row = await self._db.fetchrow(statement, *args, current[0], *audit)
         if row is None:
             return None
         ts, ts_text = row
@@ -416,8 +420,10 @@ class ResourceStore:
         checked = principal.grants is not None and any(
             principal.access("create", t) is not None for t in {i.resource_type for i in items}
         )
+        events = [audit_pending.written(i.resource_type, i.id, 1, i.method, i.rows) for i in items]
+        audited = [e for e in events if e is not None]
         try:
-            if len(items) <= INSERT_CHUNK and not checked:
+            if len(items) <= INSERT_CHUNK and not checked and not audited:
                 ts, ts_text = await self._db.fetchrow(INSERT_MANY, *insert_many_args(items))
                 stamps = [(ts, ts_text)] * len(items)
             else:
@@ -427,6 +433,8 @@ class ResourceStore:
                         chunk = items[start : start + INSERT_CHUNK]
                         stamp = tuple(await conn.fetchrow(INSERT_MANY, *insert_many_args(chunk)))
                         stamps += [stamp] * len(chunk)
+                    if audited:  # in the same transaction: the events commit with the resources
+                        await conn.execute(audit_pending.INSERT_PENDING, *audit_pending.insert_pending_args(audited))
                     if checked:
                         bound = self.bound(conn)
                         by_type: dict[str, list[str]] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from ..audit.pending import PENDING_COLUMNS, PENDING_TYPES
 from ..search.rows import CONTAINED_COLUMNS
 
 # (table, [(column, SQL type)]) for the typed index tables, in IndexRows field order.
@@ -137,16 +138,25 @@ _HISTORY_AND_OUTBOX = """
 _RESULT = "\nSELECT ts, ts_text FROM v WHERE EXISTS (SELECT 1 FROM cur)"
 
 
+def _audit(first: int) -> str:
+    """The write's AuditEvent into audit_pending (audit/pending.py), only when it wrote."""
+    params = ", ".join(f"${first + i}::{t}" for i, t in enumerate(PENDING_TYPES))
+    return f", aud AS (INSERT INTO audit_pending ({PENDING_COLUMNS}) SELECT {params} FROM cur)"
+
+
 @cache
-def write_statement(kind: str, mask: Mask) -> str:
+def write_statement(kind: str, mask: Mask, audited: bool = False) -> str:
     """The one statement of a write.
 
     insert: a new resource (version 1, or a client id); update: replace the version
     given as the last parameter; reindex: rewrite the index rows of the version in $3.
     insert and update answer the write's timestamp and its text (no row: nothing
-    written); reindex answers how many rows it rewrote.
+    written); reindex answers how many rows it rewrote. audited: the write's AuditEvent
+    follows as the last parameters (audit/pending.py `pending_args`).
     """
     inserts, last = _inserts(mask)
+    if audited:
+        inserts += _audit(last if kind == "insert" else last + 1)
     if kind == "insert":
         head = (
             _STAMPED + ", cur AS (INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)"

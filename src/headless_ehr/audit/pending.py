@@ -1,0 +1,114 @@
+"""Write-side audit: the AuditEvent of each resource a request writes goes into
+`audit_pending` in the write's own statement (store/), so a committed change always
+has its event and a rolled-back one never does. The recorder of any node moves
+pending events into the hash chain in commit order (audit/recorder.py).
+
+The FHIR endpoint opens an AuditScope for each request (who asks, from where); the
+store asks `written()` for the event of each resource it writes. Outside a request
+(the CLI, `ehr import`, EHR_AUDIT=off) there is no scope and nothing is recorded here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+from ..auth.principal import Principal
+from ..search.compartment import compartment_params
+from ..search.rows import IndexRows
+from .chain import Entry, index_arrays
+from .event import Interaction, audit_event
+
+_CODES = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+@dataclass
+class AuditScope:
+    principal: Principal | None
+    address: str
+    writes: int = 0  # events written with changes in this request (committed or not)
+
+
+_node_writes = 0  # write events made on this node since the recorder last swept audit_pending
+
+
+def writes_since_sweep() -> int:
+    return _node_writes
+
+
+def swept() -> None:
+    global _node_writes
+    _node_writes = 0
+
+
+_scope: contextvars.ContextVar[AuditScope | None] = contextvars.ContextVar("audit_scope", default=None)
+
+
+def begin(principal: Principal | None, address: str) -> contextvars.Token[AuditScope | None]:
+    """Open the request's scope (the caller resets the token when the request ends)."""
+    return _scope.set(AuditScope(principal, address))
+
+
+def current() -> AuditScope | None:
+    return _scope.get()
+
+
+def end(token: contextvars.Token[AuditScope | None]) -> AuditScope | None:
+    scope = _scope.get()
+    _scope.reset(token)
+    return scope
+
+
+def written(resource_type: str, rid: str, version: int, method: str, rows: IndexRows | None) -> Entry | None:
+    """The event of one write in the current request, or None outside a request."""
+    scope = _scope.get()
+    if scope is None:
+        return None
+    code = _CODES.get(method, "update")
+    patients = _patients(resource_type, rid, rows)
+    reference = f"{resource_type}/{rid}/_history/{version}"
+    interaction = Interaction(code, 201 if code == "create" else 200, reference, patients)
+    scope.writes += 1
+    global _node_writes
+    _node_writes += 1
+    return audit_event(interaction, scope.principal, scope.address)
+
+
+def _patients(resource_type: str, rid: str, rows: IndexRows | None) -> list[str]:
+    """The patients whose record the resource is in (its Patient compartment links)."""
+    if resource_type == "Patient":
+        return [f"Patient/{rid}"]
+    params = compartment_params("Patient").get(resource_type)
+    if not params or rows is None:
+        return []
+    return [f"Patient/{r[2]}" for r in rows.reference if r[1] == "Patient" and r[0] in params]
+
+
+# One pending row, as parameters of the write statement's own CTE (store/sql.py).
+PENDING_COLUMNS = "id, recorded, content, patients, agents, entities, subtype, outcome, action, address"
+PENDING_TYPES = ("uuid", "timestamptz", "bytea", "text[]", "text[]", "text[]", "text", "text", "text", "text")
+
+
+def pending_args(entry: Entry) -> list[object]:
+    i = entry.index
+    return [entry.id, entry.recorded, entry.content, *i.row()]
+
+
+# Many pending rows in one statement (the bulk create path of transactions).
+INSERT_PENDING = (
+    f"INSERT INTO audit_pending ({PENDING_COLUMNS})"
+    " SELECT id, recorded, content, string_to_array(p, chr(31)), string_to_array(a, chr(31)),"
+    " string_to_array(e, chr(31)), subtype, outcome, action, address"
+    " FROM unnest($1::uuid[], $2::timestamptz[], $3::bytea[], $4::text[], $5::text[], $6::text[],"
+    " $7::text[], $8::text[], $9::text[], $10::text[])"
+    " AS u(id, recorded, content, p, a, e, subtype, outcome, action, address)"
+)
+
+
+def insert_pending_args(entries: list[Entry]) -> list[object]:
+    return [
+        [e.id for e in entries],
+        [e.recorded for e in entries],
+        [e.content for e in entries],
+        *index_arrays(entries),
+    ]

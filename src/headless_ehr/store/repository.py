@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import orjson
 
+from ..audit import pending as audit_pending
 from ..auth.policies import guard_change, guard_search, unhidden
 from ..auth.principal import SYSTEM, Principal
 from ..fhir import json as fhir_json
@@ -45,7 +46,6 @@ from ..search.registry import search_params
 from ..search.rows import IndexRows
 from ..search.sql import ANY_TYPE, SqlBuilder
 from . import etag, sql
-from ..audit import pending as audit_pending
 from .bulk import INSERT_MANY, insert_many_args
 from .etag import Versions
 from .ids import new_id

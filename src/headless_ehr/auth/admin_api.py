@@ -122,6 +122,7 @@ def holds_whole_system_scope(principal: Principal) -> bool:
 async def authorise_admin(request: Request) -> Principal:
     """The caller, when it may use the admin API: 401 without a usable token, 403 for any but an admin client's."""
     principal = await request.app.state.authenticate(request, base_url(request))
+    request.state.principal = principal  # who asked, for the audit record of a refusal too
     if principal.grants is None:  # EHR_AUTH=off (loopback only): the caller is the system
         return principal
     foreign = "issuer" in principal.attributes  # a trusted external issuer's token names none of our clients

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from headless_ehr.audit.chain import verify
 from headless_ehr.auth import accounts
 from headless_ehr.cli import main
 from tests.auth.forge import assertion_token, client_assertion, client_key, key_client
@@ -425,6 +426,7 @@ def test_ehr_user_create_is_recorded_with_the_operating_system_user(fresh_databa
     async def contents() -> list[bytes]:
         conn = await asyncpg.connect(fresh_database)
         try:
+            assert (await verify(conn)).broken is None  # its search columns (entity identifiers) hold too
             return [bytes(r["content"]) for r in await conn.fetch("SELECT content FROM audit_event ORDER BY seq")]
         finally:
             await conn.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from starlette.routing import Route
 
 from .audit.recorder import AuditRecorder
 from .auth.admin_api import admin_routes
+from .auth.audit_trail import record_key_rotation
 from .auth.authenticate import authenticate_as_system, token_authenticator
 from .auth.bootstrap import ensure_admin_client
 from .auth.external import TrustedIssuer
@@ -161,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.audit = recorder = AuditRecorder(pool, sync=settings.audit_sync_commit)
             recorder.start()
             stack.push_async_callback(_close_audit, app, recorder)
+            keys.rotated = functools.partial(record_key_rotation, app)  # later rotations are audited
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         stack.push_async_callback(app.state.reindexer.close)
         poller = asyncio.create_task(poll_registry(pool))

@@ -42,7 +42,11 @@ def index_of(event: dict[str, Any]) -> Index:
             address = agent.get("network", {}).get("address")
     entities: list[str] = []
     for entity in event.get("entity", []):
-        ref = entity.get("what", {}).get("reference")
+        what = entity.get("what", {})
+        ident = what.get("identifier")
+        if ident and "value" in ident:  # security events name accounts so: urn:ehr:admin:users/alice
+            entities += [f"{ident.get('system', '')}|{ident['value']}", ident["value"]]
+        ref = what.get("reference")
         if ref:
             entities += [ref, _versionless(ref)] if "/_history/" in ref else [ref]
             if ref.startswith("Patient/"):

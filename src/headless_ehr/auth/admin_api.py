@@ -12,16 +12,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..audit import security_events as se
 from ..fhir.outcome import FhirError
 from ..rest.responses import base_url, outcome_response
-from . import accounts, policies, registration
+from . import accounts, audit_trail, policies, registration
 from .accounts import AccountError, AccountExists
 from .launch import LaunchError, create_launch
 from .policies import PolicyError
@@ -54,18 +55,60 @@ def _endpoint(handler: Handler) -> Handler:
             request.state.principal = await authorise_admin(request)
             if any("\x00" in value for value in request.path_params.values()):
                 raise FhirError.of(404, "not-found", "no such account")  # PostgreSQL text holds no NUL
-            return await handler(request)
-        except FhirError as error:
-            return outcome_response(request, error)
-        except AccountExists as error:
-            return outcome_response(request, FhirError.of(409, "duplicate", str(error)))
-        except (AccountError, PolicyError) as error:
-            return outcome_response(request, FhirError.of(400, "invalid", str(error)))
+            response = await handler(request)
+            error = None
+        except FhirError as refused:
+            error = refused
+        except AccountExists as refused:
+            error = FhirError.of(409, "duplicate", str(refused))
+        except (AccountError, PolicyError) as refused:
+            error = FhirError.of(400, "invalid", str(refused))
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return outcome_response(request, FhirError.of(500, "exception", "internal server error"))
+            error = FhirError.of(500, "exception", "internal server error")
+        if error is not None:
+            response = outcome_response(request, error)
+        if request.method != "GET" or response.status_code in (401, 403):  # changes, and refusals
+            await _record(request, response, error)
+        return response
 
     return endpoint
+
+
+# what an admin request touches: path kind -> (subtype, object-role of the entity)
+_CHANGES = {
+    "clients": (se.USER_SECURITY_ATTRIBUTES_CHANGED, se.SECURITY_USER),
+    "users": (se.USER_SECURITY_ATTRIBUTES_CHANGED, se.SECURITY_USER),
+    "policies": (se.SECURITY_ROLES_CHANGED, se.SECURITY_GRANULARITY),
+    "launch": (se.RESTRICTED_FUNCTION, ""),
+}
+_ACTIONS = {"POST": "C", "PUT": "U", "PATCH": "U", "DELETE": "D"}
+
+
+async def _record(request: Request, response: Response, error: FhirError | None) -> None:
+    """The AuditEvent of an admin request: what it changed (or tried to), by whom, with what outcome."""
+    kind = request.url.path.rstrip("/").rsplit("/admin/", 1)[-1].split("/", 1)[0]
+    subtype, role = _CHANGES.get(kind, (se.USER_SECURITY_ATTRIBUTES_CHANGED, se.SECURITY_USER))
+    principal: Principal | None = getattr(request.state, "principal", None)
+    event = se.SecurityEvent(se.SECURITY_ALERT, subtype, response.status_code, None)
+    event.action = _ACTIONS.get(request.method, "R")
+    if principal is not None:
+        event.client_id = principal.client_id or principal.subject
+    name = next(iter(request.path_params.values()), None)
+    if name is None and response.status_code == 201:  # a new account or policy: its key ends the Location
+        name = unquote(response.headers.get("location", "").rsplit("/", 1)[-1]) or None
+    if name is not None and role:
+        event.objects.append((se.admin_object(kind, name), role))
+    patient = getattr(request.state, "launch_patient", None)
+    event.patients = [patient] if patient else []
+    if error is not None:
+        event.description = error.issues[0].diagnostics if error.issues else None
+    elif request.method in ("PATCH", "PUT"):  # what the account or policy is now
+        answer = orjson.loads(bytes(response.body))
+        for field in ("enabled", "version"):
+            if field in answer:
+                event.details[field] = orjson.dumps(answer[field]).decode()
+    await audit_trail.record(request, event)
 
 
 def holds_whole_system_scope(principal: Principal) -> bool:
@@ -79,6 +122,7 @@ def holds_whole_system_scope(principal: Principal) -> bool:
 async def authorise_admin(request: Request) -> Principal:
     """The caller, when it may use the admin API: 401 without a usable token, 403 for any but an admin client's."""
     principal = await request.app.state.authenticate(request, base_url(request))
+    request.state.principal = principal  # who asked, for the audit record of a refusal too
     if principal.grants is None:  # EHR_AUTH=off (loopback only): the caller is the system
         return principal
     foreign = "issuer" in principal.attributes  # a trusted external issuer's token names none of our clients
@@ -292,6 +336,7 @@ async def _launch(request: Request) -> Response:
         raise FhirError.of(400, "invalid", 'the body is {"patient": id, "encounter": id (optional)}')
     if not all(isinstance(v, str) for v in body.values() if v is not None):
         raise FhirError.of(400, "invalid", "patient and encounter are ids (strings), e.g. 123 or Patient/123")
+    request.state.launch_patient = body["patient"]  # the audit record names the patient, never the launch value
     try:
         launch = await create_launch(
             request.app.state.pool, body["patient"], body.get("encounter"), request.state.principal.subject

@@ -25,7 +25,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from . import accounts, grants, secrets
+from ..audit import security_events as se
+from . import accounts, audit_trail, grants, secrets
 from .accounts import Client, User
 from .launch import resolve_launch
 from .login_throttle import LoginThrottle
@@ -132,6 +133,7 @@ async def _flow(request: Request, params: dict[str, list[str]]) -> Flow:
     client_ids, redirect_uris = params.get("client_id") or [], params.get("redirect_uri") or []
     if len(client_ids) != 1:
         raise PageError("the request must name exactly one client_id")
+    _authorization(request).client_id = client_ids[0]  # as claimed, until the redirect_uri is checked too
     client = await accounts.get_client(request.app.state.pool, client_ids[0])
     if client is None or not client.enabled:
         raise PageError("the application (client_id) is not registered here, or is disabled")
@@ -169,6 +171,7 @@ async def _check(request: Request, flow: Flow, params: dict[str, list[str]]) -> 
             flow.offered = [s for s in narrow(flow.scopes, list(flow.client.scopes)) if not _is_system(s)]
         except ScopeError as error:
             raise Redirected("invalid_scope", str(error)) from None
+        _authorization(request).details["requested_scope"] = " ".join(flow.scopes)
         if not flow.scopes:
             raise Redirected("invalid_scope", "scope is required")
         if not flow.offered:
@@ -262,12 +265,39 @@ def _with_cookie(request: Request, response: Response, cookie: str) -> Response:
 # ---- the endpoint ---------------------------------------------------------------------------
 
 
+def _authorization(request: Request) -> se.SecurityEvent:
+    """The audit record of this authorization request (IUA ITI-71), filled in step by step."""
+    event = audit_trail.event_of(request)
+    if event is None:
+        event = se.SecurityEvent(se.USER_AUTHENTICATION, se.GET_ACCESS_TOKEN, 200, None, user_requests=True)
+        event.details["endpoint"] = "authorize"  # the browser asks: the user is the requestor
+        audit_trail.begin(request, event)
+    return event
+
+
+async def _refused(request: Request, status: int, description: str) -> None:
+    event = _authorization(request)
+    event.status, event.description = status, description
+    await audit_trail.record(request, event)
+
+
+async def _sign_in_recorded(request: Request, username: str, user: User | None, status: int, why: str) -> None:
+    """A sign-in (DICOM 110122 Login), successful or not, with the username tried (never the password)."""
+    app = _authorization(request).client_id
+    event = se.SecurityEvent(se.USER_AUTHENTICATION, se.LOGIN, status, None, client_id=app, user_requests=True)
+    event.username = user.username if user is not None else username[:200]
+    event.fhir_user = user.fhir_user if user is not None else None
+    event.description = why or None
+    await audit_trail.record(request, event)
+
+
 async def authorize(request: Request) -> Response:
     sent = request.cookies.get(COOKIE)
     cookie = sent if sent and len(sent) <= 128 else secrets.new_token()
     try:
         response, cookie = await _authorize(request, cookie)
     except PageError as error:
+        await _refused(request, error.status, str(error))
         response = _page("Cannot continue", f'<p role="alert">{_e(str(error))}</p>', error.status)
     if cookie != sent:
         _with_cookie(request, response, cookie)
@@ -292,20 +322,26 @@ async def _authorize(request: Request, cookie: str) -> tuple[Response, str]:
             )
             wait = await throttle.wait(username[:200], address)
             if wait is not None:
+                await _sign_in_recorded(request, username, None, 429, "too many failed sign-ins: throttled")
                 message = f"Too many failed sign-ins. Try again in {math.ceil(wait / 60)} minutes."
                 return _login_page(flow, cookie, message, 429, {"Retry-After": str(wait)}), cookie
             user = await accounts.authenticate_user(pool, username, params.get("password", [""])[0])
             if user is None:
                 await throttle.failed(username[:200], address)
+                await _sign_in_recorded(request, username, None, 401, "unknown username, wrong password or disabled")
                 return _login_page(flow, cookie, "The username or password is not right.", 401), cookie
+            await _sign_in_recorded(request, username, user, 200, "")
             cookie = await _sign_in(request, user)
             action = None
         else:
             user = await _session_user(request, cookie)
             if user is None:
                 return _login_page(flow, cookie), cookie
+        event = _authorization(request)
+        event.username, event.fhir_user = user.username, user.fhir_user
         return await _after_login(request, flow, user, params, action, cookie), cookie
     except Redirected as error:
+        await _refused(request, 400 if error.error != "access_denied" else 403, f"{error.error}: {error}")
         return _redirect(request, flow, error=error.error, error_description=str(error)), cookie
 
 
@@ -335,6 +371,9 @@ async def _after_login(
         encounter=flow.launch_encounter,
         aud=flow.aud,
     )
+    event = _authorization(request)
+    event.details["scope"], event.patients = " ".join(granted), [patient] if patient is not None else []
+    await audit_trail.record(request, event)  # the user's authorization: a code for these scopes
     return _redirect(request, flow, code=code)
 
 

@@ -30,16 +30,27 @@ class CommandError(Exception):
 # ---- client and user create --------------------------------------------------------------
 
 
-async def _register(database_url: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+async def _register(database_url: str, kind: str, body: dict[str, Any], audit: bool) -> dict[str, Any]:
     from ..db.migrate import migrate
     from ..db.pool import create_pool
+    from .audit_trail import record_command
     from .registration import register_client, register_user
 
+    key_name = "client_id" if kind == "client" else "username"
     pool = await create_pool(database_url, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
             await migrate(conn)  # a database no server has started on yet
-        return await (register_client if kind == "client" else register_user)(pool, body)
+        try:
+            created = await (register_client if kind == "client" else register_user)(pool, body)
+        except AccountError as error:
+            if audit:
+                claimed = body.get(key_name)
+                await record_command(pool, kind, claimed if isinstance(claimed, str) else None, str(error))
+            raise
+        if audit:
+            await record_command(pool, kind, created[key_name], None)
+        return created
     finally:
         await pool.close()
 
@@ -48,7 +59,7 @@ def register(settings: Settings, kind: str, body: dict[str, Any]) -> dict[str, A
     """Create a client or user in the settings' database; CommandError with the reason when refused."""
     assert settings.database_url
     try:
-        return asyncio.run(_register(settings.database_url, kind, body))
+        return asyncio.run(_register(settings.database_url, kind, body, settings.audit))
     except AccountError as error:
         raise CommandError(str(error)) from None
 

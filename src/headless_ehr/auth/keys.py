@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import asyncpg
@@ -35,6 +36,7 @@ class SigningKeys:
         self.signing: ECKey | None = None
         self.keyset = KeySet([])
         self.public: list[dict[str, object]] = []
+        self.rotated: Callable[[str], Awaitable[None]] | None = None  # told each new kid (the audit trail)
         self._poller = Periodic(
             REFRESH_SECONDS, self.refresh, log, "could not reload the signing keys; keeping the current ones"
         )
@@ -47,6 +49,7 @@ class SigningKeys:
 
     async def refresh(self) -> None:
         """Rotate when due, then load every key still published."""
+        made = None
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _ROTATION_LOCK)
             newest = await conn.fetchval(
@@ -54,7 +57,7 @@ class SigningKeys:
                 self.rotation,
             )
             if not newest:
-                await self._rotate(conn)
+                made = await self._rotate(conn)
             await conn.execute(
                 "DELETE FROM auth_signing_key WHERE retired_at < now() - make_interval(secs => $1)",
                 MAX_TOKEN_LIFETIME + 60,
@@ -67,8 +70,14 @@ class SigningKeys:
         self.signing = next(k for k, r in zip(keys, rows, strict=True) if r["active"])
         self.keyset = KeySet(keys)
         self.public = [orjson.loads(r["public_jwk"]) for r in rows]
+        if made is not None:
+            await self._tell(made)
 
-    async def _rotate(self, conn: asyncpg.Connection) -> None:
+    async def _tell(self, kid: str) -> None:
+        if self.rotated is not None:
+            await self.rotated(kid)
+
+    async def _rotate(self, conn: asyncpg.Connection) -> str:
         kid = uuid.uuid4().hex
         key = ECKey.generate_key("P-256", parameters={"kid": kid, "alg": "ES256", "use": "sig"}, private=True)
         await conn.execute("UPDATE auth_signing_key SET retired_at = now() WHERE retired_at IS NULL")
@@ -79,13 +88,15 @@ class SigningKeys:
             orjson.dumps(key.as_dict(private=False)).decode(),
         )
         log.info("new token signing key %s", kid)
+        return kid
 
     async def rotate_now(self) -> None:
         """Retire the signing key and make a new one (tests, key compromise)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _ROTATION_LOCK)
-            await self._rotate(conn)
+            kid = await self._rotate(conn)
         await self.refresh()
+        await self._tell(kid)
 
     def jwks(self) -> dict[str, object]:
         return {"keys": self.public}

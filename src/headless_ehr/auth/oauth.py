@@ -21,9 +21,10 @@ from joserfc import jwt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..audit import security_events as se
 from ..fhir.outcome import FhirError
 from ..rest.responses import base_url
-from . import accounts, grants, secrets, tokens
+from . import accounts, audit_trail, grants, secrets, tokens
 from .accounts import Client
 from .assertions import ASSERTION_TYPE, BadAssertion, JwksCache, authenticate_assertion
 from .scopes import ScopeError, grants_of, narrow, parse_grant, split_scopes
@@ -134,13 +135,28 @@ def jwks_cache(request: Request) -> JwksCache:
 
 async def authenticate_client(request: Request, form: dict[str, str], *, public_ok: bool) -> Client:
     """The client making this request. Public clients (client_id only) only where public_ok."""
-    pool = request.app.state.pool
     named = form.get("client_id")
+    event = audit_trail.event_of(request)
+    if event is not None:
+        event.client_id = named  # as claimed, until authenticated
     basic = _basic_credentials(request)
+    client = await _authenticated_client(request, form, named, basic, public_ok)
+    if event is not None:
+        event.client_id = client.client_id
+    return client
+
+
+async def _authenticated_client(
+    request: Request, form: dict[str, str], named: str | None, basic: tuple[str, str] | None, public_ok: bool
+) -> Client:
+    pool = request.app.state.pool
+    event = audit_trail.event_of(request)
     if basic is not None and "client_assertion" in form:
         raise OAuthError("invalid_request", "use one client authentication method, not two")
     if basic is not None:
         client_id, secret = basic
+        if event is not None:
+            event.client_id = client_id
         if named is not None and named != client_id:
             raise _invalid_client("client_id differs from the authenticated client")
         client = await accounts.check_client_secret(pool, client_id, secret)
@@ -189,9 +205,13 @@ async def _sweep(request: Request) -> None:
 
 async def token(request: Request) -> Response:
     await _sweep(request)
+    event = audit_trail.begin(request, se.SecurityEvent(se.USER_AUTHENTICATION, se.GET_ACCESS_TOKEN, 200, None))
+    event.details["endpoint"] = "token"
     try:
         form = await read_form(request)
         grant_type = form.get("grant_type")
+        event.details["grant_type"] = (grant_type or "")[:100]
+        event.details["requested_scope"] = form.get("scope", "")
         if grant_type not in ("authorization_code", "refresh_token", "client_credentials"):
             if grant_type is None:
                 raise OAuthError("invalid_request", "grant_type is required")
@@ -204,8 +224,22 @@ async def token(request: Request) -> Response:
         else:
             body = await _refresh_token(request, client, form)
     except OAuthError as error:
+        await _refused(request, event, error)
         return error_response(error)
+    await audit_trail.record(request, event)
     return _json(body)
+
+
+async def _refused(request: Request, event: se.SecurityEvent, error: OAuthError) -> None:
+    event.status, event.description = error.status, f"{error.error}: {error.description}"
+    await audit_trail.record(request, event)
+
+
+def _granted(request: Request, scope: str, jti: str) -> None:
+    """What the audit record of this token request names: the scope granted and the token's id."""
+    event = audit_trail.event_of(request)
+    if event is not None:
+        event.details["scope"], event.token_id = scope, jti
 
 
 def _requested(form: dict[str, str]) -> list[str] | None:
@@ -238,6 +272,7 @@ async def _client_credentials(request: Request, client: Client, form: dict[str, 
         client_id=client.client_id,
         scope=scope,
     )
+    _granted(request, scope, issued.jti)
     return {
         "access_token": issued.access_token,
         "token_type": "Bearer",
@@ -275,7 +310,7 @@ async def _authorization_code(request: Request, client: Client, form: dict[str, 
         raise OAuthError("invalid_grant", "redirect_uri differs from the one of the authorization request")
     if not _pkce_matches(form.get("code_verifier"), grant.code_challenge):
         raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge (PKCE S256)")
-    user = await _enabled_user(pool, grant.username)
+    user = await _enabled_user(request, pool, grant.username)
     scopes = split_scopes(grant.scope)
     body = _user_tokens(request, client, user, scopes, grant.patient, grant.encounter, grant.aud, grant.nonce)
     if any(s in scopes for s in REFRESH_SCOPES):
@@ -285,8 +320,11 @@ async def _authorization_code(request: Request, client: Client, form: dict[str, 
     return body
 
 
-async def _enabled_user(db: accounts.Db, username: str | None) -> accounts.User:
+async def _enabled_user(request: Request, db: accounts.Db, username: str | None) -> accounts.User:
     """The user of a code or refresh token: a disabled or deleted user's grants are dead."""
+    event = audit_trail.event_of(request)
+    if event is not None:
+        event.username = username
     user = await accounts.get_user(db, username) if username else None
     if user is None or not user.enabled:
         raise OAuthError("invalid_grant", "the user is no longer enabled")
@@ -341,6 +379,11 @@ def _user_tokens(
         fhirUser=user.fhir_user,
         roles=list(user.roles) or None,
     )
+    _granted(request, scope, issued.jti)
+    event = audit_trail.event_of(request)
+    if event is not None:
+        event.username, event.fhir_user = user.username, user.fhir_user
+        event.patients = [patient] if patient is not None else []
     body: dict[str, Any] = {
         "access_token": issued.access_token,
         "token_type": "Bearer",
@@ -402,7 +445,7 @@ async def _refresh_token(request: Request, client: Client, form: dict[str, str])
             original = split_scopes(grant.scope)
             if requested is not None and _narrow(requested, original) != requested:
                 raise OAuthError("invalid_scope", "a refresh may not ask for scopes beyond the original grant")
-            user = await _enabled_user(conn, grant.username)
+            user = await _enabled_user(request, conn, grant.username)
             refresh, _ = await _carry_on(conn, grant, grant.family, client, user)
     if reused:
         raise OAuthError("invalid_grant", "the refresh token has been used already; its grant is revoked")
@@ -441,10 +484,22 @@ def _access_claims(request: Request, token: str) -> dict[str, Any] | None:
 
 async def introspect(request: Request) -> Response:
     """RFC 7662 for a confidential client: what a token stands for, or active false."""
+    event = audit_trail.begin(request, se.SecurityEvent(se.USER_AUTHENTICATION, se.INTROSPECT_TOKEN, 200, None))
     try:
         client, form, presented = await _token_request(request, public_ok=False)
     except OAuthError as error:
+        await _refused(request, event, error)
         return error_response(error)
+    answer = await _introspection(request, client, form, presented)
+    event.details["active"] = "true" if answer.get("active") else "false"
+    if answer.get("active"):
+        event.details["token_type"] = str(answer.get("token_type"))
+        event.token_id = answer.get("jti")
+    await audit_trail.record(request, event)
+    return _json(answer)
+
+
+async def _introspection(request: Request, client: Client, form: dict[str, str], presented: str) -> dict[str, Any]:
     hint = form.get("token_type_hint")
     claims = _access_claims(request, presented) if hint != "refresh_token" or "." in presented else None
     if claims is not None:
@@ -456,7 +511,7 @@ async def introspect(request: Request) -> Response:
             body["fhirUser"] = claims["fhirUser"]
         if claims.get("sub") and claims.get("sub") != claims.get("client_id"):
             body["username"] = claims["sub"]
-        return _json(body)
+        return body
     refresh = await grants.find_refresh(request.app.state.pool, presented)
     if refresh is not None and _may_see(client, refresh.client_id):
         body = {"active": True, "token_type": "refresh_token", "scope": refresh.scope, "client_id": refresh.client_id}
@@ -464,25 +519,32 @@ async def introspect(request: Request) -> Response:
             body["sub"] = body["username"] = refresh.username
         if refresh.expires_at is not None:
             body["exp"] = int(refresh.expires_at.timestamp())
-        return _json(body)
-    return _json({"active": False})
+        return body
+    return {"active": False}
 
 
 async def revoke(request: Request) -> Response:
     """RFC 7009: an access token is refused from now on; a refresh token's whole family too.
-    200 whatever the token was (an unknown one tells nothing)."""
+    200 whatever the token was (an unknown one tells nothing); the audit record says what happened."""
+    event = audit_trail.begin(request, se.SecurityEvent(se.USER_AUTHENTICATION, se.LOGOUT, 200, None))
     try:
         client, _, presented = await _token_request(request, public_ok=True)
     except OAuthError as error:
+        await _refused(request, event, error)
         return error_response(error)
+    revoked = "nothing"
     claims = _access_claims(request, presented)
     if claims is not None:
         if _may_see(client, claims.get("client_id")):
             await request.app.state.tokens.revoke(claims["jti"], float(claims["exp"]))
+            revoked, event.token_id = "access token", claims["jti"]
     else:
         refresh = await grants.refresh_exists(request.app.state.pool, presented)
         if refresh is not None and _may_see(client, refresh.client_id):
             await grants.revoke_family(request.app.state.pool, refresh.family)
+            revoked = "refresh token family"
+    event.details["revoked"] = revoked
+    await audit_trail.record(request, event)
     return Response(status_code=200, headers=NO_STORE)
 
 

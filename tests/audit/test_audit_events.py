@@ -37,6 +37,10 @@ def subtype(event: dict) -> str:
     return coding["code"]
 
 
+def query_of(event: dict) -> str:
+    return "".join(base64.b64decode(e["query"]).decode() for e in event.get("entity", []) if "query" in e)
+
+
 def references(event: dict) -> list[str]:
     return [e["what"]["reference"] for e in event.get("entity", []) if "what" in e]
 
@@ -204,3 +208,47 @@ async def test_a_transaction_commits_an_event_per_resource_and_a_failed_one_none
     before = await db.fetchval(count)
     assert (await client.post("/", json=failing)).status_code == 412
     assert await db.fetchval(count) == before  # the create's event rolled back with it
+
+
+async def test_a_search_names_the_patients_of_what_it_returned_and_each_sees_only_itself(client, client_for, app, db):
+    marker = uuid.uuid4().hex
+    pids = [await new_patient(client) for _ in range(2)]
+    for pid in pids:
+        observation = {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "urn:test", "code": marker}]},
+            "subject": {"reference": f"Patient/{pid}"},
+        }
+        assert (await client.post("/Observation", json=observation)).status_code == 201
+    found = await client.get("/Observation", params={"code": f"urn:test|{marker}"})
+    assert found.status_code == 200 and found.json()["total"] == 2
+    searches = [e for e in await events_naming(app, db, f"Patient/{pids[0]}") if subtype(e) == "search-type"]
+    [event] = [e for e in searches if marker in query_of(e)]
+    assert {f"Patient/{p}" for p in pids} <= set(references(event))
+
+    # each patient finds the search among the events about them, without the other patient or the query
+    for mine, other in (pids, pids[::-1]):
+        patient = await client_for("patient/AuditEvent.rs", patient=mine)
+        bundle = (await patient.get("/AuditEvent", params={"subtype": "search-type"})).json()
+        [seen] = [e["resource"] for e in bundle["entry"] if e["resource"]["id"] == event["id"]]
+        assert f"Patient/{mine}" in references(seen)
+        assert f"Patient/{other}" not in references(seen)
+        assert not [e for e in seen["entity"] if "query" in e]
+        assert seen["meta"]["tag"][0]["code"] == "SUBSETTED"
+        single = (await patient.get(f"/AuditEvent/{event['id']}")).json()
+        assert f"Patient/{other}" not in references(single)
+
+
+async def test_reading_an_observation_names_its_patient(client, app, db):
+    pid = await new_patient(client)
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+    oid = (await client.post("/Observation", json=observation)).json()["id"]
+    assert (await client.get(f"/Observation/{oid}")).status_code == 200
+    [event] = [e for e in await events_naming(app, db, f"Observation/{oid}") if subtype(e) == "read"]
+    assert f"Patient/{pid}" in references(event)

@@ -11,7 +11,8 @@ store asks `written()` for the event of each resource it writes. Outside a reque
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from ..auth.principal import Principal
 from ..search.compartment import compartment_params
@@ -22,11 +23,16 @@ from .event import Interaction, audit_event
 _CODES = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
+MAX_RETURNED = 2000  # resources of one request whose patients its event names, at most
+
+
 @dataclass
 class AuditScope:
     principal: Principal | None
     address: str
     writes: int = 0  # events written with changes in this request (committed or not)
+    # what the store returned (Type, id), in order, unique: the event names their patients
+    returned: dict[tuple[str, str], None] = field(default_factory=dict)
 
 
 _node_writes = 0  # write events made on this node since the recorder last swept audit_pending
@@ -57,6 +63,19 @@ def end(token: contextvars.Token[AuditScope | None]) -> AuditScope | None:
     scope = _scope.get()
     _scope.reset(token)
     return scope
+
+
+def returned(resources: Iterable[object]) -> None:
+    """The store reports what a read, search or history gave back (StoredResource-like:
+    resource_type, id), so the request's event names every patient it touched."""
+    scope = _scope.get()
+    if scope is None:
+        return
+    seen = scope.returned
+    for r in resources:
+        if len(seen) >= MAX_RETURNED:
+            return
+        seen[(r.resource_type, r.id)] = None  # type: ignore[attr-defined]
 
 
 def written(resource_type: str, rid: str, version: int, method: str, rows: IndexRows | None) -> Entry | None:

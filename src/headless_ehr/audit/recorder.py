@@ -21,6 +21,7 @@ import asyncpg
 
 from . import pending
 from .chain import Chain, Entry
+from .touched import Draft, complete
 
 log = logging.getLogger("headless_ehr.audit")
 # errors of an event's data (asyncpg's argument encoding, PostgreSQL class 22), not of the database
@@ -37,7 +38,7 @@ class AuditRecorder:
         self._chain = Chain()
         self._interval = interval
         self._capacity = capacity
-        self._pending: list[Entry] = []
+        self._pending: list[Entry | Draft] = []
         self._waiters: list[asyncio.Future[None]] = []  # writes waiting for the next flush
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -50,7 +51,7 @@ class AuditRecorder:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    async def record(self, entry: Entry) -> None:
+    async def record(self, entry: Entry | Draft) -> None:
         """Queue a request's event and return once it is committed."""
         while len(self._pending) >= self._capacity:
             self._room.clear()
@@ -92,6 +93,7 @@ class AuditRecorder:
                     pending.swept()
                     self._next_sweep = time.monotonic() + SWEEP_SECONDS
                 async with self._pool.acquire() as conn:
+                    entries = await complete(conn, entries)
                     await self._chain.append(conn, entries, pending=sweep, sync=self._sync)
             except asyncio.CancelledError:
                 raise
@@ -109,14 +111,15 @@ class AuditRecorder:
                 self._release(self._take_waiters())
                 return
 
-    async def _append_singly(self, entries: list[Entry]) -> None:
+    async def _append_singly(self, entries: list[Entry | Draft]) -> None:
         """One by one, so one event the database refuses cannot block the log; it is logged whole."""
-        for entry in entries:
+        for item in entries:
             try:
                 async with self._pool.acquire() as conn:
+                    (entry,) = await complete(conn, [item])
                     await self._chain.append(conn, [entry], sync=self._sync)
             except _UNWRITABLE:
-                log.error("audit: event refused by the database, not recorded: %r", entry.content[:4000])
+                log.error("audit: event refused by the database, not recorded: %r", item)
 
     def _take_waiters(self) -> list[asyncio.Future[None]]:
         waiters, self._waiters = self._waiters, []

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..audit.query import ARRAY_PARAMS, TEXT_PARAMS, AuditQuery
+from ..auth.policies import SUBSETTED
 from ..auth.scopes import PERMISSION
 from ..fhir.outcome import FhirError
 from ..search.normalize import DateFormatError, date_range
@@ -133,7 +134,7 @@ async def search(request: Request, patient: str | None = None) -> Response:
     entries: list[Any] = [
         {
             "fullUrl": f"{base}/AuditEvent/{row['id']}",
-            "resource": orjson.Fragment(bytes(row["content"])),
+            "resource": orjson.Fragment(_shown(bytes(row["content"]), only)),
             "search": {"mode": "match"},
         }
         for row in rows[:count]
@@ -157,4 +158,25 @@ async def read(request: Request, rid: str) -> Response:
         row = await request.app.state.pool.fetchrow("SELECT content, patients FROM audit_event WHERE id = $1", key)
     if row is None or (only is not None and only not in row["patients"]):
         raise FhirError.of(404, "not-found", f"AuditEvent/{rid[:100]} is not known")
-    return fhir_response(request, bytes(row["content"]))
+    return fhir_response(request, _shown(bytes(row["content"]), only))
+
+
+def _shown(content: bytes, patient: str | None) -> bytes:
+    """An event as a patient may see it: without the other patients it names and without
+    the query (which may name them too), tagged SUBSETTED; as recorded for everyone else."""
+    if patient is None:
+        return content
+    event = orjson.loads(content)
+    entities = event.get("entity", [])
+    kept = [
+        e for e in entities if "query" not in e and not _other_patient(e.get("what", {}).get("reference", ""), patient)
+    ]
+    if len(kept) == len(entities):
+        return content
+    event["entity"] = kept
+    event.setdefault("meta", {}).setdefault("tag", []).append(SUBSETTED)
+    return orjson.dumps(event)
+
+
+def _other_patient(reference: str, patient: str) -> bool:
+    return reference.startswith("Patient/") and reference.split("/_history/", 1)[0] != patient

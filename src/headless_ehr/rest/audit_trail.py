@@ -11,6 +11,7 @@ from starlette.responses import Response
 from ..audit import pending
 from ..audit.event import Interaction, audit_event
 from ..audit.recorder import AuditRecorder
+from ..audit.touched import Draft
 from ..auth.principal import Principal
 from ..auth.ratelimit import client_address
 
@@ -77,13 +78,14 @@ def identify(principal: Principal) -> None:
         scope.principal = principal
 
 
-def end(token: object) -> int:
-    """Close the scope; the number of write events the request's writes carried."""
-    scope = pending.end(token)  # type: ignore[arg-type]
-    return scope.writes if scope is not None else 0
+def end(token: object) -> pending.AuditScope | None:
+    """Close the scope: what the request's writes recorded and what the store returned."""
+    return pending.end(token)  # type: ignore[arg-type]
 
 
-async def record(request: Request, response: Response, recorder: AuditRecorder, written: int = 0) -> None:
+async def record(
+    request: Request, response: Response, recorder: AuditRecorder, scope: pending.AuditScope | None = None
+) -> None:
     """Record the request's AuditEvent before its response goes (batched with other
     requests'). A single create, update, patch or delete that succeeded already has its
     event, committed with the change; a refused or failed one gets it here."""
@@ -93,7 +95,7 @@ async def record(request: Request, response: Response, recorder: AuditRecorder, 
             return
         code, resource = _code(request.method, seg)
         status = response.status_code
-        if written and status < 300 and code in ("create", "update", "patch", "delete"):
+        if scope is not None and scope.writes and status < 300 and code in ("create", "update", "patch", "delete"):
             return
         body = getattr(response, "body", b"")
         if code == "transaction" and b'"batch-response"' in body[:400]:
@@ -111,6 +113,13 @@ async def record(request: Request, response: Response, recorder: AuditRecorder, 
                 interaction.resource = None
         interaction.description = getattr(request.state, "refusal", None)
         address = client_address(request.scope, request.app.state.settings.trusted_proxies)
+        returned = list(scope.returned) if scope is not None else []
+        if returned:  # what the store returned: the patients themselves now, others' patients by lookup
+            interaction.patients += [f"Patient/{rid}" for rtype, rid in returned if rtype == "Patient"]
+            others = [key for key in returned if key[0] != "Patient"]
+            if others:
+                await recorder.record(Draft(interaction, principal, address, others))
+                return
         await recorder.record(audit_event(interaction, principal, address))
     except Exception:  # the response stands; the failure is loud in the log
         log.exception("audit: could not record %s %s", request.method, request.url.path)

@@ -186,8 +186,8 @@ async def fhir_endpoint(request: Request) -> Response:
     try:
         response = await _answer(request)
     finally:
-        written = audit_trail.end(scope)
-    await audit_trail.record(request, response, recorder, written)
+        done = audit_trail.end(scope)
+    await audit_trail.record(request, response, recorder, done)
     return response
 
 

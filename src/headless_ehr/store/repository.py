@@ -225,6 +225,7 @@ class ResourceStore:
         if not await self._reachable(principal, "read", resource_type, rid):
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
         stored = StoredResource(resource_type, rid, row[0], row[1], row[2])
+        audit_pending.returned((stored,))
         if stored.deleted:
             raise FhirError(
                 410,
@@ -243,6 +244,7 @@ class ResourceStore:
         if not await self._reachable(principal, "vread", resource_type, rid):
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} has no version {version}")
         stored = StoredResource(resource_type, rid, row[0], row[1], row[2], row[3])
+        audit_pending.returned((stored,))
         if stored.deleted:
             raise FhirError.of(410, "deleted", f"version {version} of {resource_type}/{rid} is a deletion")
         return stored
@@ -784,6 +786,7 @@ class ResourceStore:
         if len(rows) > count and count:
             last = rows[count - 1]
             next_cursor = encode_cursor([last[3].isoformat(), last[6], settled.isoformat()])
+        audit_pending.returned(entries)
         return HistoryPage(entries, next_cursor, total, settled)
 
     def _history_access(
@@ -878,6 +881,8 @@ class ResourceStore:
             cap = self.limits.max_includes
             message = f"only {cap} included resources are returned per page; some are left out (use a smaller _count)"
             issues = [*issues, Issue("warning", "too-costly", message)]
+        audit_pending.returned(entries)
+        audit_pending.returned(included)
         return SearchPage(entries, total, next_cursor, prev_cursor, issues, included, request)
 
     def _search_builder(self, principal: Principal) -> SqlBuilder:

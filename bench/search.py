@@ -1,14 +1,18 @@
 """Search latency of a real `ehr serve` over ≥ 100,000 Synthea resources, with query plans.
 
     python bench/search.py [--database-url URL] [--keep] [--reps 60] [--rounds 3] [--auth on|off]
+                           [--principal system|practitioner|system,practitioner]
 
 Copies the Synthea Bundles with fresh ids until there are --min-resources, loads them
 through `ehr import` into a dedicated database (dropped and created again; --keep reuses
 a loaded one), starts `ehr serve` (1 worker) on it, times each search with sequential
 httpx requests over varied real values (with --auth on, the default, each carrying a
 system token from `ehr token`), runs EXPLAIN (ANALYZE, BUFFERS) on the SQL the
-search layer builds for one value of each, prints a Markdown report and appends it to
-bench/RESULTS.md. See bench/README.md.
+store runs for one value of each, prints a Markdown report and appends it to
+bench/RESULTS.md. `--principal system,practitioner` times every search also as a
+practitioner user holding a criteria access policy (bench/practitioner.py), interleaved
+with the system principal, and explains the SQL restricted by that policy. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -711,7 +715,26 @@ class Caller:
 
 def _reach(callers: dict[str, Caller]) -> str:
     reach = callers["practitioner"].reach
-    return ", ".join(f"{n:,} of {m:,} {t}s ({n / m:.0%})" for t, (n, m) in reach.items())
+    return ", ".join(f"{n:,} of {m:,} {t}s ({n / m:.0%})" if m > 0 else f"{n:,} {t}s" for t, (n, m) in reach.items())
+
+
+def practitioner_lines(args: argparse.Namespace, callers: dict[str, Caller]) -> list[str]:
+    """Who the practitioner is, its policy and what it reaches."""
+    doc = json.dumps(practitioner.policy_document(), separators=(", ", ": "))
+    system = "**system**, a system token from `ehr token` (`system/*.*`, no policy); " if "system" in callers else ""
+    return [
+        f"- principals: {system}"
+        f"**practitioner**, user `{practitioner.USERNAME}` (fhirUser `{args.fhir_user}`) signed in through"
+        " the authorization-code flow (login and consent pages, PKCE) of the public app"
+        f" `{practitioner.CLIENT_ID}` with scopes `{' '.join(practitioner.SCOPES)}`, holding the policy"
+        f" `{practitioner.POLICY}`; policy, app and user are made through the admin API at the start of the run"
+        " (bench/practitioner.py)",
+        f"- the policy: `{doc}`: every type of the records of the patients living in Greater Boston ZIP areas"
+        " (the Synthea patients carry no `generalPractitioner` or `managingOrganization`, and each"
+        " Organization or Practitioner their Encounters name belongs to one patient, so no practitioner or"
+        " organisation reaches a sizeable share), of their Observations only vital signs and laboratory",
+        f"- the practitioner reaches {_reach(callers)} (`Bundle.total` of `_summary=count` searches)",
+    ]
 
 
 def comparison_table(cases: list[Case], callers: dict[str, Caller]) -> list[str]:
@@ -807,7 +830,7 @@ def report(
         f"- machine: {machine()}",
         f"- PostgreSQL: {data.pg_version} (system server, `{args.database_url}`), database size {data.size}",
         f"- server code: {code}; `ehr serve --workers 1 --log-level warning` with EHR_AUTH={args.auth}"
-        + (" (every request carries a system token from `ehr token`)" if args.auth == "on" and not both else ""),
+        + (" (every request carries a system token from `ehr token`)" if list(callers) == ["system"] else ""),
         f"- command: `{shlex.join(['python', 'bench/search.py', *sys.argv[1:]])}`",
         f"- data: {data.resources:,} resources ({types}, ...): the Synthea smart-r4 Bundles and the top-level"
         " Synthea files; copies after the first have every uuid replaced by a per-copy uuid5, each Patient"
@@ -816,20 +839,8 @@ def report(
         f"- then `VACUUM (ANALYZE)`: {data.analyze_s:.1f} s",
     ]
     if both:
-        doc = json.dumps(practitioner.policy_document(), separators=(", ", ": "))
+        lines += practitioner_lines(args, callers)
         lines += [
-            "- principals: **system**, a system token from `ehr token` (`system/*.*`, no policy);"
-            f" **practitioner**, user `{practitioner.USERNAME}` (fhirUser `{args.fhir_user}`) signed in through"
-            f" the authorization-code flow (login and consent pages, PKCE) of the public app"
-            f" `{practitioner.CLIENT_ID}` with scopes `{' '.join(practitioner.SCOPES)}`, holding the policy"
-            f" `{practitioner.POLICY}`; policy, app and user are made through the admin API at the start of the run"
-            " (bench/practitioner.py)",
-            f"- the policy: `{doc}`: every type of the records of the patients living in Greater Boston ZIP areas"
-            " (the Synthea patients carry no `generalPractitioner` or `managingOrganization`, and each"
-            " Organization or Practitioner their Encounters name belongs to one patient, so no practitioner or"
-            " organisation reaches a sizeable share), of their Observations only vital signs and laboratory",
-            f"- the practitioner reaches {_reach(callers)} (`Bundle.total` of `_summary=count` searches as each"
-            " principal)",
             "- values: picked from the patients the practitioner reaches (for `patient+code` from their"
             " vital-sign and laboratory Observations; for paging, codes of which the practitioner sees all five"
             " pages); both principals search the same URLs",
@@ -879,6 +890,8 @@ def report(
             ]
         return "\n".join(lines)
     timings = next(iter(callers.values())).timings
+    if "practitioner" in callers:
+        lines += practitioner_lines(args, callers)
     lines += [
         f"- timing: httpx, one connection, sequential; per case {args.warmup} warm-up requests, then"
         f" {args.reps} requests over its values; {args.rounds} rounds of all cases; p50/p99 are the medians over"

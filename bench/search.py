@@ -1,20 +1,25 @@
 """Search latency of a real `ehr serve` over ≥ 100,000 Synthea resources, with query plans.
 
     python bench/search.py [--database-url URL] [--keep] [--reps 60] [--rounds 3] [--auth on|off]
+                           [--principal system|practitioner|system,practitioner]
 
 Copies the Synthea Bundles with fresh ids until there are --min-resources, loads them
 through `ehr import` into a dedicated database (dropped and created again; --keep reuses
 a loaded one), starts `ehr serve` (1 worker) on it, times each search with sequential
 httpx requests over varied real values (with --auth on, the default, each carrying a
 system token from `ehr token`), runs EXPLAIN (ANALYZE, BUFFERS) on the SQL the
-search layer builds for one value of each, prints a Markdown report and appends it to
-bench/RESULTS.md. See bench/README.md.
+store runs for one value of each, prints a Markdown report and appends it to
+bench/RESULTS.md. `--principal system,practitioner` times every search also as a
+practitioner user holding a criteria access policy (bench/practitioner.py), interleaved
+with the system principal, and explains the SQL restricted by that policy. See
+bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import json
 import math
@@ -29,7 +34,8 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +44,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import practitioner
 import results
 from crud import (
     PREFIX,
@@ -248,23 +255,43 @@ def _url(rtype: str, params: list[tuple[str, str]]) -> str:
     return f"{rtype}?{urlencode(params)}"
 
 
-async def pick_values(url: str, n: int, seed: int) -> list[Case]:
-    """The cases, each with n URLs built from values that occur in the data."""
+async def pick_values(
+    url: str, n: int, seed: int, visible: list[str] | None = None, total: Callable[[str], int] | None = None
+) -> list[Case]:
+    """The cases, each with n URLs built from values that occur in the data; with visible
+    (the Patients a policy-restricted principal reaches), values of those patients and of
+    the Observation categories the policy opens, and paging over codes of which total
+    (that principal's count of a search) finds enough for every page."""
     rng = random.Random(seed)
+    mine = "" if visible is None else " AND {} = ANY($2::text[])"
+    extra: list[object] = [] if visible is None else [visible]
     conn = await asyncpg.connect(url)
     try:
         families = sorted(
             r[0]
             for r in await conn.fetch(
-                "SELECT DISTINCT exact FROM search_string WHERE resource_type = 'Patient' AND param = 'family'"
+                "SELECT DISTINCT exact FROM search_string WHERE resource_type = 'Patient' AND param = $1"
+                + mine.format("resource_id"),
+                "family",
+                *extra,
+            )
+        )
+        opened = (
+            ""
+            if visible is None
+            else (
+                " AND EXISTS (SELECT 1 FROM search_token k WHERE k.resource_type = 'Observation'"
+                " AND k.resource_id = p.resource_id AND k.param = 'category' AND k.code = ANY($3::text[]))"
             )
         )
         pairs = await conn.fetch(
             "SELECT DISTINCT p.target_id, c.code FROM search_reference p JOIN search_token c"
             " ON c.resource_type = p.resource_type AND c.resource_id = p.resource_id"
             " WHERE p.resource_type = 'Observation' AND p.param = 'patient' AND p.target_type = 'Patient'"
-            " AND c.param = 'code' AND c.system = $1 ORDER BY 1, 2",
+            " AND c.param = 'code' AND c.system = $1" + mine.format("p.target_id") + opened + " ORDER BY 1, 2",
             LOINC,
+            *extra,
+            *([] if visible is None else [list(practitioner.CATEGORIES)]),
         )
         codes = await conn.fetch(
             "SELECT code, count(*) AS n FROM search_token WHERE resource_type = 'Observation' AND param = 'code'"
@@ -288,12 +315,16 @@ async def pick_values(url: str, n: int, seed: int) -> list[Case]:
             r[0]
             for r in await conn.fetch(
                 "SELECT DISTINCT target_id FROM search_reference WHERE resource_type = 'Encounter'"
-                " AND param = 'patient' AND target_type = 'Patient' ORDER BY 1"
+                " AND param = $1 AND target_type = 'Patient'" + mine.format("target_id") + " ORDER BY 1",
+                "patient",
+                *extra,
             )
         ]
     finally:
         await conn.close()
     pages_codes = [c for c, count in codes if count > PAGES * 50]
+    if total is not None:
+        pages_codes = [c for c in pages_codes if total(_url("Observation", [("code", f"{LOINC}|{c}")])) > PAGES * 50]
 
     def some(items: list[Any]) -> list[Any]:
         """n items: a shuffled sample, repeated when there are fewer than n."""
@@ -361,7 +392,8 @@ async def pick_values(url: str, n: int, seed: int) -> list[Case]:
         Case(
             "paging",
             "Observation?code=http://loinc.org|<code>&_count=50, pages 1..5 following next",
-            f"the {len(pages_codes)} LOINC codes with > {PAGES * 50} Observations",
+            f"the {len(pages_codes)} LOINC codes with > {PAGES * 50} Observations"
+            + ("" if total is None else " that the restricted principal reaches"),
             ANY_MS,
             [_url("Observation", [("code", loinc + c), ("_count", "50")]) for c in some(pages_codes)],
             pages=PAGES,
@@ -454,41 +486,47 @@ def count_matches(client: httpx.Client, case: Case, timing: Timing) -> None:
 # -- plans --------------------------------------------------------------------------------
 
 
-class Ref(NamedTuple):
-    resource_type: str
-    id: str
-
-
 class Statement(NamedTuple):
     what: str  # "page 1", "_revinclude=Observation:encounter", ...
     sql: str
     args: list[object]
 
 
-async def statements(conn: asyncpg.Connection, target: str, what: str) -> list[Statement]:
-    """The SQL the store runs for one search URL, built as ResourceStore.search builds it:
-    parse_request and page_query, then include_sql per include over the page's rows."""
-    from headless_ehr.search.query import SearchLimits, include_sql, page_query, parse_request
-    from headless_ehr.search.sql import SqlBuilder
+class Recorder:
+    """Runs the store's statements on conn and keeps them: the SQL a search ran."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.ran: list[tuple[str, list[object]]] = []
+
+    async def fetch(self, sql: str, *args: object) -> list[Any]:
+        self.ran.append((sql, list(args)))
+        return await self.conn.fetch(sql, *args)
+
+    async def fetchval(self, sql: str, *args: object) -> Any:
+        self.ran.append((sql, list(args)))
+        return await self.conn.fetchval(sql, *args)
+
+
+async def statements(conn: asyncpg.Connection, target: str, what: str, principal: Any, base: str) -> list[Statement]:
+    """The SQL the store runs for one search URL as principal: `ResourceStore.search`
+    itself runs it (access predicate, page, includes) and the statements are recorded."""
+    from headless_ehr.store.repository import ResourceStore
 
     path, _, query = target.partition("?")
     params = parse_qsl(query, keep_blank_values=True)
     cursor = next((v for k, v in params if k == "_cursor"), None)
     params = [(k, v) for k, v in params if k != "_cursor"]
-    request = parse_request([path], params, strict=False, default_count=20, max_count=1000)
-    b = SqlBuilder()
-    page = page_query(request, cursor, None, b)
-    out = [Statement(what, page.sql, page.args)]
-    rows = (await conn.fetch(page.sql, *page.args))[: request.count]
-    for inc in request.includes:
-        ib = SqlBuilder()
-        # the limit the store asks for on a page's first include: the whole cap, the page's
-        # rows (seen already, they may come back) and one more
-        sql = include_sql(ib, inc, [Ref(r[0], r[1]) for r in rows], SearchLimits().max_includes + len(rows) + 1)
-        if sql is not None:
-            name = f"{'_revinclude' if inc.reverse else '_include'}={inc.source_type}:{inc.param}"
-            out.append(Statement(name, sql, ib.args))
-    return out
+    recorder = Recorder(conn)
+    store = ResourceStore(recorder, search_db=recorder, local_base=base)  # type: ignore[arg-type]
+    page = await store.search(principal, path, params, cursor=cursor, default_count=20)
+    first, *rest = recorder.ran
+    names = [f"{'_revinclude' if i.reverse else '_include'}={i.source_type}:{i.param}" for i in page.request.includes]
+    labels = [f"statement {k + 2}" for k in range(len(rest))]
+    if page.entries and len(rest) >= len(names):  # the includes come last; a page's fill before them
+        labels = ["fill"] * (len(rest) - len(names)) + names
+    named = [Statement(label, sql, args) for label, (sql, args) in zip(labels, rest, strict=True)]
+    return [Statement(what, *first), *named]
 
 
 _COST = re.compile(r"\s*\(cost=[^)]*\)")
@@ -528,6 +566,9 @@ def literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+_SEQ_SCAN = re.compile(r"Seq Scan on (resource|search_\w+)")
+
+
 @dataclass
 class Plan:
     case: str
@@ -536,6 +577,9 @@ class Plan:
     custom: list[str]
     cached_ms: float | None  # the 6th execution of a prepared statement, as the server's
     cached: list[str] | None  # its plan, when its shape differs from the custom plan
+    principal: str = "system"
+    custom_ms: float = 0.0
+    seq_scans: list[str] = field(default_factory=list)  # tables read whole, in either plan
 
 
 async def explain(conn: asyncpg.Connection, case: str, url: str, st: Statement, others: list[Statement]) -> Plan:
@@ -546,9 +590,10 @@ async def explain(conn: asyncpg.Connection, case: str, url: str, st: Statement, 
     command = "EXPLAIN (ANALYZE, BUFFERS) " + st.sql
     await conn.fetch(command, *st.args)
     custom = [r[0] for r in await conn.fetch(command, *st.args)]
+    seq = sorted({m.group(1) for ln in custom for m in _SEQ_SCAN.finditer(ln)})
     same = [o for o in others if o.sql == st.sql][:5]
     if len(same) < 5:
-        return Plan(case, url, st.what, trim(custom), None, None)
+        return Plan(case, url, st.what, trim(custom), None, None, custom_ms=_exec_ms(custom), seq_scans=seq)
     await conn.execute(f"PREPARE bench_q AS {st.sql}")
     try:
         for other in same:
@@ -557,32 +602,45 @@ async def explain(conn: asyncpg.Connection, case: str, url: str, st: Statement, 
         cached = [r[0] for r in await conn.fetch(run)]
     finally:
         await conn.execute("DEALLOCATE bench_q")
+    seq = sorted(set(seq) | {m.group(1) for ln in cached for m in _SEQ_SCAN.finditer(ln)})
     other_shape = trim(cached) if _shape(cached) != _shape(custom) else None
-    return Plan(case, url, st.what, trim(custom), _exec_ms(cached), other_shape)
+    return Plan(
+        case, url, st.what, trim(custom), _exec_ms(cached), other_shape, custom_ms=_exec_ms(custom), seq_scans=seq
+    )
 
 
-async def plans(url: str, cases: list[Case], timings: dict[str, Timing], cursors: dict[str, str]) -> list[Plan]:
-    """Plans of each case's median-latency value (page 1, and for paging the last page);
-    for a case that misses its target also of its slowest value."""
+async def plans(
+    url: str,
+    cases: list[Case],
+    picks_from: dict[str, Timing],
+    cursors: dict[str, str],
+    who: str,
+    principal: Any,
+    base: str,
+) -> list[Plan]:
+    """Plans of each case's median-latency value in picks_from (page 1, and for paging the
+    last page, at cursors) as principal (named who); for a case that misses its target
+    also of its slowest value."""
     out: list[Plan] = []
     conn = await asyncpg.connect(url)
     try:
         for case in cases:
-            t = timings[case.key]
+            t = picks_from[case.key]
             picks = [("median value", t.median_url())]
             if t.stat(0, 50) > case.target_ms and t.slowest_url() != picks[0][1]:
                 picks.append(("slowest value", t.slowest_url()))
             for label, target in picks:
                 others: list[Statement] = []
                 for other in [u for u in dict.fromkeys(case.urls) if u != target][:5] or [target] * 5:
-                    others += await statements(conn, other, "")
+                    others += await statements(conn, other, "", principal, base)
                 todo = [(f"page 1, {label}", target)]
                 if case.key in cursors and label == "median value":
                     todo.append((f"page {case.pages}", cursors[case.key]))
                 for what, page_url in todo:
-                    for st in await statements(conn, page_url, what):
+                    for st in await statements(conn, page_url, what, principal, base):
                         name = st.what if st.what == what else f"{what}: {st.what}"
-                        out.append(await explain(conn, case.key, page_url, st._replace(what=name), others))
+                        plan = await explain(conn, case.key, page_url, st._replace(what=name), others)
+                        out.append(replace(plan, principal=who))
     finally:
         await conn.close()
     return out
@@ -644,6 +702,105 @@ def plan_section(found: list[Plan]) -> list[str]:
     return out
 
 
+@dataclass
+class Caller:
+    """One principal the searches run as, and what was measured for it."""
+
+    name: str  # "system" or "practitioner"
+    token: str | None
+    timings: dict[str, Timing] = field(default_factory=dict)
+    cursors: dict[str, str] = field(default_factory=dict)  # case -> the last page's URL (for its plan)
+    reach: dict[str, tuple[int, int]] = field(default_factory=dict)  # type -> (reached, all): practitioner
+
+
+def _reach(callers: dict[str, Caller]) -> str:
+    reach = callers["practitioner"].reach
+    return ", ".join(f"{n:,} of {m:,} {t}s ({n / m:.0%})" if m > 0 else f"{n:,} {t}s" for t, (n, m) in reach.items())
+
+
+def practitioner_lines(args: argparse.Namespace, callers: dict[str, Caller]) -> list[str]:
+    """Who the practitioner is, its policy and what it reaches."""
+    doc = json.dumps(practitioner.policy_document(), separators=(", ", ": "))
+    system = "**system**, a system token from `ehr token` (`system/*.*`, no policy); " if "system" in callers else ""
+    return [
+        f"- principals: {system}"
+        f"**practitioner**, user `{practitioner.USERNAME}` (fhirUser `{args.fhir_user}`) signed in through"
+        " the authorization-code flow (login and consent pages, PKCE) of the public app"
+        f" `{practitioner.CLIENT_ID}` with scopes `{' '.join(practitioner.SCOPES)}`, holding the policy"
+        f" `{practitioner.POLICY}`; policy, app and user are made through the admin API at the start of the run"
+        " (bench/practitioner.py)",
+        f"- the policy: `{doc}`: every type of the records of the patients living in Greater Boston ZIP areas"
+        " (the Synthea patients carry no `generalPractitioner` or `managingOrganization`, and each"
+        " Organization or Practitioner their Encounters name belongs to one patient, so no practitioner or"
+        " organisation reaches a sizeable share), of their Observations only vital signs and laboratory",
+        f"- the practitioner reaches {_reach(callers)} (`Bundle.total` of `_summary=count` searches)",
+    ]
+
+
+def comparison_table(cases: list[Case], callers: dict[str, Caller]) -> list[str]:
+    """System and practitioner side by side, per page, with the practitioner/system ratios."""
+    s, p = callers["system"].timings, callers["practitioner"].timings
+    out = [
+        "| query | values | matches: system / practitioner | system p50 | system p95 | practitioner p50"
+        " | practitioner p95 | policy / system p50 | policy / system p95 | target p50 ms (practitioner) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for case in cases:
+        ts, tp = s[case.key], p[case.key]
+        for page in range(case.pages):
+            label = (case.label if case.pages == 1 else f"{case.label}: page {page + 1}").replace("|", "\\|")
+            s50, s95, p50, p95 = ts.stat(page, 50), ts.stat(page, 95), tp.stat(page, 50), tp.stat(page, 95)
+            matches = f"{_median_int(ts.totals)} / {_median_int(tp.totals)}" if page == 0 else ""
+            out.append(
+                f"| `{label}` | {case.varied if page == 0 else ''} | {matches} | {s50:.1f} | {s95:.1f} | {p50:.1f}"
+                f" | {p95:.1f} | {p50 / s50:.2f} | {p95 / s95:.2f} | {verdict(p50, case.target_ms)} |"
+            )
+    return out
+
+
+def ratio_lines(cases: list[Case], callers: dict[str, Caller]) -> list[str]:
+    out = []
+    for case in cases:
+        for page in range(case.pages):
+            s50 = callers["system"].timings[case.key].stat(page, 50)
+            p50 = callers["practitioner"].timings[case.key].stat(page, 50)
+            name = case.key if case.pages == 1 else f"{case.key} page {page + 1}"
+            flag = " (**more than 2x**)" if p50 > 2 * s50 else ""
+            out.append(f"- `{name}`: policy/system p50 {p50:.1f} / {s50:.1f} ms = **{p50 / s50:.2f}x**{flag}")
+    return out
+
+
+def scan_table(found: list[Plan]) -> list[str]:
+    """Per statement: execution time and the tables read whole, for each principal."""
+    by = {(p.case, p.what, p.principal): p for p in found}
+    rows = dict.fromkeys((p.case, p.what) for p in found)
+    out = [
+        "| case | statement | system ms | practitioner ms | Seq Scan (system) | Seq Scan (practitioner) |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for case, what in rows:
+        cells = []
+        for who in ("system", "practitioner"):
+            plan = by.get((case, what, who))
+            cells.append(plan)
+        ms = [f"{c.custom_ms:.1f}" if c else "-" for c in cells]
+        seq = [(", ".join(c.seq_scans) or "none") if c else "-" for c in cells]
+        out.append(f"| {case} | {what} | {ms[0]} | {ms[1]} | {seq[0]} | {seq[1]} |")
+    return out
+
+
+PLANS_TEXT = (
+    "EXPLAIN (ANALYZE, BUFFERS) of the SQL the store runs for the search: `ResourceStore.search` itself"
+    " runs it as the principal (its access predicate joined in, then `include_sql` over the page's rows)"
+    " on a connection that records each statement, which is then explained through asyncpg with the same"
+    " bind arguments (second run, warm cache), for the value whose latency was the case's median and, for"
+    " a case that misses its target, its slowest value. Trimmed to node lines, estimated costs removed. The"
+    " server's statements are prepared and PostgreSQL may switch a prepared statement to a generic plan"
+    " from its sixth execution, so each page-1 statement is also PREPAREd, EXECUTEd with five other values"
+    " of the case and then EXPLAIN EXECUTEd with this one; its plan is shown when it differs."
+)
+
+
 def report(
     args: argparse.Namespace,
     started: datetime,
@@ -651,7 +808,7 @@ def report(
     figures: Load | None,
     data: DataSet,
     cases: list[Case],
-    timings: dict[str, Timing],
+    callers: dict[str, Caller],
     found: list[Plan],
 ) -> str:
     types = ", ".join(f"{t} {n:,}" for t, n in data.by_type[:6])
@@ -664,23 +821,82 @@ def report(
             f" wall clock (process start and migrations included) and reported **{figures.reported_rate}"
             f" resources/s**; {figures.failures} failures"
         )
+    both = len(callers) > 1
+    what = "system principal against a practitioner with a criteria policy" if both else "search latency"
+    quantile = 95 if both else 99
     lines = [
-        f"## {started:%Y-%m-%d %H:%M} UTC: search latency, {data.resources:,} resources, PostgreSQL {data.pg_version}",
+        f"## {started:%Y-%m-%d %H:%M} UTC: {what}, {data.resources:,} resources, PostgreSQL {data.pg_version}",
         "",
         f"- machine: {machine()}",
         f"- PostgreSQL: {data.pg_version} (system server, `{args.database_url}`), database size {data.size}",
         f"- server code: {code}; `ehr serve --workers 1 --log-level warning` with EHR_AUTH={args.auth}"
-        + (" (every request carries a system token from `ehr token`)" if args.auth == "on" else ""),
+        + (" (every request carries a system token from `ehr token`)" if list(callers) == ["system"] else ""),
         f"- command: `{shlex.join(['python', 'bench/search.py', *sys.argv[1:]])}`",
         f"- data: {data.resources:,} resources ({types}, ...): the Synthea smart-r4 Bundles and the top-level"
         " Synthea files; copies after the first have every uuid replaced by a per-copy uuid5, each Patient"
         " the family name of the next Patient in file order, and shifted digits in SSN, licence and passport",
         loaded,
         f"- then `VACUUM (ANALYZE)`: {data.analyze_s:.1f} s",
+    ]
+    if both:
+        lines += practitioner_lines(args, callers)
+        lines += [
+            "- values: picked from the patients the practitioner reaches (for `patient+code` from their"
+            " vital-sign and laboratory Observations; for paging, codes of which the practitioner sees all five"
+            " pages); both principals search the same URLs",
+            f"- timing: httpx, one keep-alive connection per principal, sequential; per case and principal"
+            f" {args.warmup} warm-up requests, then {args.reps} requests over its values; {args.rounds} rounds of"
+            " all cases, interleaved: each case runs as one principal and at once as the other (system first in"
+            " odd rounds, the practitioner first in even ones), so the machine's drift hits both alike; p50/p95 are"
+            " the medians over rounds of each round's percentile (nearest rank)",
+            "- matches: `Bundle.total` of the same search with `_summary=count` per distinct value (median, range)"
+            " as each principal",
+            "",
+            f"Targets (p50): `name`, `patient+code`, `code+date` ≤ {SIMPLE_MS:g} ms; every search ≤ {ANY_MS:g} ms;"
+            " here checked for the practitioner.",
+            "",
+            *comparison_table(cases, callers),
+            "",
+            "### Policy / system p50 per case",
+            "",
+            *ratio_lines(cases, callers),
+            "",
+            "### Plans: sequential scans",
+            "",
+            "Execution time of each statement's EXPLAIN ANALYZE (below) as each principal for the same value (the"
+            " practitioner's median), and whether its plan (custom, or the prepared statement's 6th execution)"
+            " reads `resource` or an index table (`search_*`) with a Seq Scan.",
+            "",
+            *scan_table(found),
+            "",
+            "### Plans (practitioner)",
+            "",
+            PLANS_TEXT,
+            "",
+            *plan_section([p for p in found if p.principal == "practitioner"]),
+        ]
+        slower = {
+            c.key
+            for c in cases
+            for page in range(c.pages)
+            if callers["practitioner"].timings[c.key].stat(page, 50)
+            > 2 * callers["system"].timings[c.key].stat(page, 50)
+        }
+        if slower:
+            lines += [
+                "### Plans (system) of the cases more than 2x slower with the policy",
+                "",
+                *plan_section([p for p in found if p.principal == "system" and p.case in slower]),
+            ]
+        return "\n".join(lines)
+    timings = next(iter(callers.values())).timings
+    if "practitioner" in callers:
+        lines += practitioner_lines(args, callers)
+    lines += [
         f"- timing: httpx, one connection, sequential; per case {args.warmup} warm-up requests, then"
         f" {args.reps} requests over its values; {args.rounds} rounds of all cases; p50/p99 are the medians over"
         " rounds of each round's percentile (nearest rank: with"
-        f" {args.reps} requests the p99 is a round's {_nth(args.reps - math.ceil(0.99 * args.reps) + 1)}),"
+        f" {args.reps} requests the p99 is a round's {_nth(args.reps - math.ceil(quantile / 100 * args.reps) + 1)}),"
         " 'p50 per round' the range of the rounds' p50",
         "- matches: `Bundle.total` of the same search with `_summary=count` per distinct value (median, range);"
         " entries: median per response (for paging: page 1)",
@@ -692,13 +908,7 @@ def report(
         "",
         "### Plans",
         "",
-        "EXPLAIN (ANALYZE, BUFFERS) of the SQL the search layer builds (`parse_request` + `page_query`, and"
-        " `include_sql` over the page's rows), run through asyncpg with the same bind arguments (second run,"
-        " warm cache), for the value whose latency was the case's median and, for a case that misses its"
-        " target, its slowest value. Trimmed to node lines, estimated costs removed. The server's statements"
-        " are prepared and PostgreSQL may switch a prepared statement to a generic plan from its sixth"
-        " execution, so each page-1 statement is also PREPAREd, EXECUTEd with five other values of the case and"
-        " then EXPLAIN EXECUTEd with this one; its plan is shown when it differs.",
+        PLANS_TEXT,
         *plan_section(found),
     ]
     return "\n".join(lines)
@@ -707,11 +917,22 @@ def report(
 HISTORY_CASES = ("name", "patient+code", "code+date", "chain", "revinclude enc", "sort", "paging")
 
 
-def summary(started: datetime, code: str, figures: Load | None, timings: dict[str, Timing]) -> str:
-    """The history-table row of this run: page-1 p50 of the cases the table follows."""
+def summary(started: datetime, code: str, figures: Load | None, callers: dict[str, Caller]) -> str:
+    """The history-table row of this run: page-1 p50 of the cases the table follows (the
+    system principal's when it ran), with the policy/system ratios in the notes."""
+    timings = (callers.get("system") or next(iter(callers.values()))).timings
     cells = " | ".join(f"{timings[k].stat(0, 50):.1f}" if k in timings else "-" for k in HISTORY_CASES)
-    note = f"import {figures.reported_rate}/s" if figures else ""
-    return f"| {started:%Y-%m-%d %H:%M} | {short_code(code)} | {cells} | {note} |"
+    notes = [f"import {figures.reported_rate}/s"] if figures else []
+    if len(callers) > 1:
+        p = callers["practitioner"].timings
+        ratios = sorted((p[k].stat(0, 50) / timings[k].stat(0, 50), k) for k in timings)
+        notes.append(
+            f"practitioner with a criteria policy / system p50: median {statistics.median(r for r, _ in ratios):.2f}x,"
+            f" max {ratios[-1][0]:.2f}x ({ratios[-1][1]})"
+        )
+    elif "practitioner" in callers:
+        notes.append("as the practitioner with a criteria policy")
+    return f"| {started:%Y-%m-%d %H:%M} | {short_code(code)} | {cells} | {'; '.join(notes)} |"
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -729,11 +950,67 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="seed for picking values")
     p.add_argument("--cases", type=lambda t: [x for x in t.split(",") if x], help="only these, e.g. name,paging")
     p.add_argument("--auth", choices=["on", "off"], default="on", help="EHR_AUTH of the server (on: with a token)")
+    p.add_argument(
+        "--principal",
+        type=lambda t: list(dict.fromkeys(x for x in t.split(",") if x)),
+        default=["system"],
+        help="who searches: system, practitioner (a user with a criteria access policy) or both, interleaved",
+    )
     p.add_argument("--no-results", action="store_true", help="do not record in RESULTS.md")
     args = p.parse_args(argv)
     if args.reps < 50:
         p.error("--reps must be at least 50")
+    if not args.principal or set(args.principal) - {"system", "practitioner"}:
+        p.error("--principal takes system, practitioner or system,practitioner")
+    if "practitioner" in args.principal and args.auth == "off":
+        p.error("--principal practitioner needs --auth on (a user token)")
     return args
+
+
+async def _first_practitioner(url: str) -> str:
+    """A Practitioner of the data set for the user's fhirUser (the policy does not use it)."""
+    conn = await asyncpg.connect(url)
+    try:
+        rid = await conn.fetchval(
+            "SELECT id FROM resource WHERE resource_type = 'Practitioner' AND NOT deleted ORDER BY id LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    return f"Practitioner/{rid or 'bench'}"
+
+
+def total_of(client: httpx.Client, url: str) -> int:
+    return int(client.get(url + ("&" if "?" in url else "?") + "_summary=count").json()["total"])
+
+
+def reached_patients(client: httpx.Client) -> list[str]:
+    """Ids of every Patient a principal reaches, following `next`."""
+    ids: list[str] = []
+    following: str | None = "Patient?_count=1000&_elements=id"
+    while following is not None:
+        bundle = client.get(following).raise_for_status().json()
+        ids += [e["resource"]["id"] for e in bundle.get("entry", [])]
+        following = next((lk["url"] for lk in bundle.get("link", []) if lk["relation"] == "next"), None)
+    return ids
+
+
+async def all_plans(args: argparse.Namespace, cases: list[Case], callers: dict[str, Caller], base: str) -> list[Plan]:
+    """Plans of every principal for the same values: the practitioner's median ones when it ran."""
+    from headless_ehr.auth.principal import SYSTEM
+
+    picks = (callers.get("practitioner") or callers["system"]).timings
+    found: list[Plan] = []
+    for who, caller in callers.items():
+        principal: Any = SYSTEM
+        if who == "practitioner":
+            assert caller.token is not None
+            conn = await asyncpg.connect(args.database_url)
+            try:
+                principal = await practitioner.principal_of_token(conn, caller.token)
+            finally:
+                await conn.close()
+        found += await plans(args.database_url, cases, picks, caller.cursors, who, principal, base)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -750,55 +1027,80 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figures = None if args.keep else load(args, env, work)
         data = asyncio.run(describe(args.database_url))
-        cases = asyncio.run(pick_values(args.database_url, args.reps, args.seed))
-        unknown = set(args.cases or []) - {c.key for c in cases}
-        if unknown:
-            raise SystemExit(f"unknown case(s) {sorted(unknown)}; cases: {', '.join(c.key for c in cases)}")
-        cases = [c for c in cases if args.cases is None or c.key in args.cases]
         port = free_port()
         cmd = ["ehr", "serve", *opts(host="127.0.0.1", port=port, data_dir=work / "serve")]
         cmd += opts(workers=1, log_level="warning")
         served_env = server_env(env, args.auth)
         server = Served("ehr serve", cmd, served_env, work / "server.log")
         server.start()
-        timings = {c.key: Timing() for c in cases}
-        cursors: dict[str, str] = {}
-        base = f"http://127.0.0.1:{port}{PREFIX}/"
-        headers = {"Accept": "application/fhir+json"}
-        if args.auth == "on":
-            headers["Authorization"] = f"Bearer {access_token(served_env, port)}"
-        with httpx.Client(base_url=base, headers=headers, trust_env=False, timeout=120) as client:
-            for case in cases:
-                count_matches(client, case, timings[case.key])
+        origin = f"http://127.0.0.1:{port}"
+        base = f"{origin}{PREFIX}/"
+        admin = access_token(served_env, port) if args.auth == "on" else None
+        callers = {"system": Caller("system", admin)} if "system" in args.principal else {}
+        if "practitioner" in args.principal:
+            assert admin is not None
+            args.fhir_user = asyncio.run(_first_practitioner(args.database_url))
+            password = practitioner.register(origin, admin, args.fhir_user)
+            callers["practitioner"] = Caller("practitioner", practitioner.sign_in(origin, base.rstrip("/"), password))
+        callers = {who: callers[who] for who in args.principal}
+        with contextlib.ExitStack() as stack:
+            clients: dict[str, httpx.Client] = {}
+            for who, caller in callers.items():
+                headers = {"Accept": "application/fhir+json"}
+                if caller.token is not None:
+                    headers["Authorization"] = f"Bearer {caller.token}"
+                clients[who] = stack.enter_context(
+                    httpx.Client(base_url=base, headers=headers, trust_env=False, timeout=120)
+                )
+            restricted = clients.get("practitioner")
+            visible = None if restricted is None else reached_patients(restricted)
+            total = None if restricted is None else (lambda url: total_of(restricted, url))
+            cases = asyncio.run(pick_values(args.database_url, args.reps, args.seed, visible, total))
+            unknown = set(args.cases or []) - {c.key for c in cases}
+            if unknown:
+                raise SystemExit(f"unknown case(s) {sorted(unknown)}; cases: {', '.join(c.key for c in cases)}")
+            cases = [c for c in cases if args.cases is None or c.key in args.cases]
+            if restricted is not None:
+                for rtype in ("Patient", "Observation", "Encounter"):
+                    every = total_of(clients["system"], rtype) if "system" in clients else -1
+                    callers["practitioner"].reach[rtype] = (total_of(restricted, rtype), every)
+            for who, caller in callers.items():
+                caller.timings = {c.key: Timing() for c in cases}
+                for case in cases:
+                    count_matches(clients[who], case, caller.timings[case.key])
+            order = list(callers)
             for r in range(args.rounds):
                 for case in cases:
-                    run_case(client, case, args.warmup, timings[case.key])
-                    t = timings[case.key]
-                    print(
-                        f"round {r + 1} {case.key:15} p50 {statistics.median(t.rounds[-1][0]):8.1f} ms"
-                        f"  p99 {percentile(t.rounds[-1][0], 99):8.1f} ms",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-            for case in cases:
-                if case.pages > 1:  # the cursor of the last page, for its plan
-                    following: str | None = timings[case.key].median_url()
-                    for _ in range(case.pages - 1):
+                    for who in order if r % 2 == 0 else order[::-1]:
+                        t = callers[who].timings[case.key]
+                        run_case(clients[who], case, args.warmup, t)
+                        print(
+                            f"round {r + 1} {who:12} {case.key:15} p50 {statistics.median(t.rounds[-1][0]):8.1f} ms"
+                            f"  p95 {percentile(t.rounds[-1][0], 95):8.1f} ms",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+            picks = (callers.get("practitioner") or next(iter(callers.values()))).timings
+            for who, caller in callers.items():
+                for case in cases:
+                    if case.pages > 1:  # the cursor of the last page, for its plan
+                        following: str | None = picks[case.key].median_url()
+                        for _ in range(case.pages - 1):
+                            assert following is not None
+                            following = get(clients[who], following).next_url
                         assert following is not None
-                        following = get(client, following).next_url
-                    assert following is not None
-                    cursors[case.key] = following.removeprefix(base)
+                        caller.cursors[case.key] = following.removeprefix(base)
         server.stop()
         server = None
-        found = asyncio.run(plans(args.database_url, cases, timings, cursors))
+        found = asyncio.run(all_plans(args, cases, callers, base.rstrip("/")))
     finally:
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    text = report(args, started, code, figures, data, cases, timings, found)
+    text = report(args, started, code, figures, data, cases, callers, found)
     print(text)
     if not args.no_results:
-        results.record("search", text, summary(started, code, figures, timings))
+        results.record("search", text, summary(started, code, figures, callers))
     return 0
 
 

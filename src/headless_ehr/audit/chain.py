@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 import orjson
@@ -27,9 +28,8 @@ def record_hash(prev_hash: bytes, seq: int, content: bytes) -> bytes:
     return hashlib.sha256(prev_hash + seq.to_bytes(8, "big", signed=True) + content).digest()
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One AuditEvent to append: its id, time, canonical JSON bytes and search columns."""
+class Entry(NamedTuple):
+    """One AuditEvent to append: its id, time, JSON bytes and search columns."""
 
     id: uuid.UUID | str
     recorded: datetime

@@ -120,52 +120,63 @@ def _entity(reference: str, entity_type: str, role: str) -> dict:
     }
 
 
-def new_id() -> str:
-    """A time-ordered UUID (version 7 layout: milliseconds, then random bits): ids of events
+def new_id(ms: int) -> str:
+    """A time-ordered UUID (version 7: milliseconds, then random bits): ids of events
     recorded together sit together in the id index, and `random`'s generator (reseeded in
     every forked worker) is ten times cheaper than os.urandom; an event id must be unique,
     not secret."""
-    value = (time.time_ns() // 1_000_000) << 80 | random.getrandbits(80)
-    value = value & ~(0xF << 76) & ~(0x3 << 62) | (0x7 << 76) | (0x2 << 62)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    r = random.getrandbits(74)
+    low, variant = r & 0xFFFFFFFFFFFF, 0x8000 | (r >> 48 & 0x3FFF)
+    return f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-7{r >> 62:03x}-{variant:04x}-{low:012x}"
+
+
+_second: list[object] = [-1, ""]  # the last whole second formatted, and its text
+
+
+def _instant(now: float) -> str:
+    """`now` as FHIR instant text, UTC, milliseconds (the second's text is reused)."""
+    sec = int(now)
+    if sec != _second[0]:
+        _second[:] = [sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))]
+    return f"{_second[1]}.{int((now - sec) * 1000):03d}Z"
 
 
 def audit_event(interaction: Interaction, principal: Principal | None, address: str) -> Entry:
     """The AuditEvent of one interaction, as JSON bytes ready for the chain, with its search
-    columns (the same that audit/index.py `index_of` derives from the content)."""
+    columns (the same that audit/index.py `index_of` derives from the content). Built for
+    every request, so kept lean: the agents come memoized per token and address."""
     resource = clean(interaction.resource) if interaction.resource else None
     patients = list(dict.fromkeys([clean(p) for p in interaction.patients]))
-    event_id = new_id()
-    now = datetime.now(UTC)
+    now = time.time()
     agents, agent_keys = _agents(principal, address)
     entities = [_entity(p, "1", "1") for p in patients]  # 1 person, 1 patient
-    entity_keys = list(patients)
+    entity_keys = patients[:]
     if resource and resource not in patients:
         entities.append(_entity(resource, "2", "4"))  # 2 system object, 4 domain resource
         entity_keys.append(resource)
-        if "/_history/" in resource:
-            entity_keys.append(resource.split("/_history/", 1)[0])
-            if resource.startswith("Patient/"):
-                patients.append(resource.split("/_history/", 1)[0])
-        elif resource.startswith("Patient/"):
-            patients.append(resource)
+        plain = resource.split("/_history/", 1)[0]
+        if plain != resource:
+            entity_keys.append(plain)
+        if plain.startswith("Patient/"):
+            patients.append(plain)
     if interaction.query is not None:
         query = {
-            "type": {"system": _ENTITY_TYPE, "code": "2"},
-            "role": {"system": _OBJECT_ROLE, "code": "24"},  # 24 query
+            "type": _QUERY_TYPE,
+            "role": _QUERY_ROLE,
             "query": base64.b64encode(clean(interaction.query).encode()).decode(),
         }
         entities.append(query)
-    action = _ACTIONS.get(interaction.code, "R")
+    code = interaction.code
+    action = _ACTIONS.get(code, "R")
     outcome = outcome_code(interaction.status)
+    event_id = new_id(int(now * 1000))
     event = {
         "resourceType": "AuditEvent",
         "id": event_id,
         "type": _EVENT_TYPE,
-        "subtype": [{"system": RESTFUL_INTERACTION, "code": interaction.code}],
+        "subtype": _SUBTYPES.get(code) or [{"system": RESTFUL_INTERACTION, "code": code}],
         "action": action,
-        "recorded": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "recorded": _instant(now),
         "outcome": outcome,
         "agent": agents,
         "source": _SOURCE,
@@ -178,12 +189,20 @@ def audit_event(interaction: Interaction, principal: Principal | None, address: 
         event["entity"] = entities
     user = agent_keys[-1] if agent_keys and agent_keys[-1].startswith("Patient/") else None
     index = Index(  # clean() left no separator in them: index.distinct() would change nothing
-        list(dict.fromkeys([user, *patients] if user else patients)),
-        list(dict.fromkeys(agent_keys)),
+        list(dict.fromkeys([user, *patients])) if user else list(dict.fromkeys(patients)),
+        agent_keys,
         list(dict.fromkeys(entity_keys)),
-        interaction.code,
+        code,
         outcome,
         action,
         agents[0]["network"]["address"],
     )
-    return Entry(event_id, now, orjson.dumps(event), index)
+    return Entry(event_id, datetime.fromtimestamp(now, UTC), orjson.dumps(event), index)
+
+
+_QUERY_TYPE = {"system": _ENTITY_TYPE, "code": "2"}
+_QUERY_ROLE = {"system": _OBJECT_ROLE, "code": "24"}  # 24 query
+_SUBTYPES = {  # shared, never mutated
+    code: [{"system": RESTFUL_INTERACTION, "code": code}]
+    for code in ("read", "vread", "search-type", "search-system", "history-instance", "history-type", "create")
+}

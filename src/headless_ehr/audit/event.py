@@ -20,6 +20,7 @@ from .chain import Entry
 from .index import index_of
 
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 _EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}
 _ACTIONS = {
     "create": "C",
@@ -49,6 +50,7 @@ class Interaction:
     patients: list[str] = field(default_factory=list)  # Patient/id
     query: str | None = None  # a search's query string
     description: str | None = None  # e.g. the refusal's message, or `$everything`
+    break_the_glass: bool = False  # BTG overrode a patient's Consent denying what was returned
 
 
 def clean(text: str) -> str:
@@ -109,6 +111,7 @@ def audit_event(interaction: Interaction, principal: Principal | None, address: 
         [clean(p) for p in interaction.patients],
         clean(interaction.query) if interaction.query is not None else None,
         clean(interaction.description) if interaction.description else None,
+        interaction.break_the_glass,
     )
     event_id = uuid.uuid4()
     now = datetime.now(UTC)
@@ -139,4 +142,13 @@ def audit_event(interaction: Interaction, principal: Principal | None, address: 
         event["outcomeDesc"] = str(interaction.status)
     if entities:
         event["entity"] = entities
+    if principal is not None and principal.purpose_of_use:  # BALP: the token's purpose of use
+        event["purposeOfEvent"] = [
+            {"coding": [{"system": ACT_REASON, "code": clean(code)}]} for code in principal.purpose_of_use
+        ]
+    if interaction.break_the_glass:  # the FHIR security labels' BTG, and in words
+        event["meta"] = {"security": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]}
+        event["outcomeDesc"] = (
+            event.get("outcomeDesc", str(interaction.status)) + "; break-the-glass overrode a patient's Consent"
+        )
     return Entry(event_id, now, orjson.dumps(event, option=orjson.OPT_SORT_KEYS), index_of(event))

@@ -85,6 +85,7 @@ async def record(request: Request, response: Response, recorder: AuditRecorder) 
             if code.startswith("search") and len(seg) == 3 and seg[0] == "Patient":
                 interaction.resource = None
         interaction.description = getattr(request.state, "refusal", None)
+        interaction.break_the_glass = getattr(request.state, "consent_overridden", False)
         address = client_address(request.scope, request.app.state.settings.trusted_proxies)
         entry = audit_event(interaction, principal, address)
         if request.method in ("GET", "HEAD") or (len(seg) == 2 and seg[1] == "_search"):

@@ -22,7 +22,7 @@ from ..search.compartment import Compartment
 from . import audit_search, audit_trail
 from . import interactions as ix
 from .capability import settings_document
-from .context import principal_of
+from .context import principal_of, store_of
 from .negotiation import FHIR_JSON, response_media_type, wants_native
 from .operations import reindex
 from .operations.everything import everything
@@ -179,6 +179,12 @@ async def fhir_endpoint(request: Request) -> Response:
     """The single ASGI endpoint behind the FHIR base URL; every answer is audited."""
     response = await _answer(request)
     recorder = request.app.state.audit
+    returned = getattr(request.state, "returned", None)
+    if returned and recorder is not None:  # break-the-glass: say whether it overrode a Consent
+        try:
+            request.state.consent_overridden = await store_of(request).consent_denies(principal_of(request), returned)
+        except Exception:  # the response stands; the audit event then says BTG without the override
+            log.exception("consent: could not check what break-the-glass returned")
     if recorder is not None:
         await audit_trail.record(request, response, recorder)
     return response

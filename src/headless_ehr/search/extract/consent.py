@@ -121,14 +121,13 @@ def _conditions(node: dict[str, Any], local_base: str | None) -> list[dict[str, 
     if classes:
         types = [c.get("code") for c in classes if c.get("system") in (None, RESOURCE_TYPES)]
         groups.append({"k": "class", "v": sorted({t for t in types if type(t) is str})})
-    for key, kind in (("code", "code"), ("securityLabel", "security")):
-        items = node.get(key)
-        if key == "code":  # CodeableConcepts
-            codings = [c for cc in _codings(items) for c in _codings(cc.get("coding"))]
-            if type(items) is list and items:
-                groups.append({"k": kind, "v": sorted({t for c in codings if (t := _token(c))})})
-        elif _codings(items):
-            groups.append({"k": kind, "v": sorted({t for c in _codings(items) if (t := _token(c))})})
+    concepts = node.get("code")  # CodeableConcepts
+    if type(concepts) is list and concepts:
+        codings = [c for cc in _codings(concepts) for c in _codings(cc.get("coding"))]
+        groups.append({"k": "code", "v": sorted({t for c in codings if (t := _token(c))})})
+    labels = _codings(node.get("securityLabel"))  # Codings
+    if labels:
+        groups.append({"k": "security", "v": sorted({t for c in labels if (t := _token(c))})})
     purposes = _codings(node.get("purpose"))
     if purposes:
         codes = [c.get("code") for c in purposes if c.get("system") in (None, ACT_REASON)]

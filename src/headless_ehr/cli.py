@@ -209,7 +209,7 @@ def print_token(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir or os.environ.get("EHR_DATA_DIR") or ".ehr-data")
     try:
         client_id, secret = admin_credentials(data_dir)
-        token = fetch_token(args.url, client_id, secret, args.scope)
+        token = fetch_token(args.url, client_id, secret, args.scope, " ".join(args.purpose))
     except CommandError as error:
         print(f"ehr token: {error}", file=sys.stderr)
         return 1
@@ -419,6 +419,12 @@ def _account_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.H
     )
     p_token.add_argument(
         "--url", default=_DEFAULT_URL, help=f"the server's FHIR base (default {_DEFAULT_URL}; no env variable)"
+    )
+    p_token.add_argument(
+        "--purpose",
+        action="append",
+        default=[],
+        help="a purpose of use code of v3-ActReason for the token (TREAT, BTG, …); repeat for more (default none)",
     )
     p_token.add_argument("--scope", default="system/*.*", help="the scope asked for (default system/*.*)")
 

@@ -21,6 +21,7 @@ from .chain import Entry
 from .index import Index
 
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 _EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}
 _ACTIONS = {
     "create": "C",
@@ -50,6 +51,7 @@ class Interaction:
     patients: list[str] = field(default_factory=list)  # Patient/id
     query: str | None = None  # a search's query string
     description: str | None = None  # e.g. the refusal's message, or `$everything`
+    break_the_glass: bool = False  # BTG overrode a patient's Consent denying what was returned
 
 
 def clean(text: str) -> str:
@@ -187,6 +189,15 @@ def audit_event(interaction: Interaction, principal: Principal | None, address: 
         event["outcomeDesc"] = str(interaction.status)
     if entities:
         event["entity"] = entities
+    if principal is not None and principal.purpose_of_use:  # BALP: the token's purpose of use
+        event["purposeOfEvent"] = [
+            {"coding": [{"system": ACT_REASON, "code": clean(reason)}]} for reason in principal.purpose_of_use
+        ]
+    if interaction.break_the_glass:  # the FHIR security labels' BTG, and in words
+        event["meta"] = {"security": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]}
+        event["outcomeDesc"] = (
+            event.get("outcomeDesc", str(interaction.status)) + "; break-the-glass overrode a patient's Consent"
+        )
     user = agent_keys[-1] if agent_keys and agent_keys[-1].startswith("Patient/") else None
     index = Index(  # clean() left no separator in them: index.distinct() would change nothing
         list(dict.fromkeys([user, *patients])) if user else list(dict.fromkeys(patients)),

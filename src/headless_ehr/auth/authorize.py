@@ -31,6 +31,7 @@ from .accounts import Client, User
 from .launch import resolve_launch
 from .login_throttle import LoginThrottle
 from .oauth import MAX_FORM_BYTES, OAuthError, fhir_base, issuer_of
+from .purpose import PurposeError, check_break_the_glass, parse_purposes
 from .ratelimit import client_address
 from .scopes import ScopeError, narrow, parse_grant, split_scopes
 
@@ -48,6 +49,7 @@ REQUEST_PARAMS = (
     "code_challenge_method",
     "launch",
     "nonce",
+    "purpose_of_use",
 )
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -88,6 +90,7 @@ class Flow:
     nonce: str | None
     launch_patient: str | None = None
     launch_encounter: str | None = None
+    purposes: tuple[str, ...] = ()  # purpose_of_use asked for (auth/purpose.py)
     request: dict[str, str] | None = None  # the app's parameters, carried in hidden fields
     endpoint: str = "/oauth/authorize"  # where the forms post (behind a proxy prefix too)
 
@@ -164,6 +167,10 @@ async def _check(request: Request, flow: Flow, params: dict[str, list[str]]) -> 
         if aud is None or aud.rstrip("/") != flow.aud:
             raise Redirected("invalid_request", f"aud must be this server's FHIR base URL, {flow.aud}")
         flow.nonce = _one(params, "nonce")
+        try:
+            flow.purposes = parse_purposes(_one(params, "purpose_of_use"))
+        except PurposeError as error:
+            raise Redirected("invalid_request", str(error)) from None
         try:
             flow.scopes = split_scopes(_one(params, "scope"))
             # system/ scopes are for backend services (client_credentials): a user's grant
@@ -359,6 +366,10 @@ async def _after_login(
     granted = [s for s in flow.offered if s in chosen]
     if not granted:
         raise Redirected("access_denied", "the user granted no scope")
+    try:
+        await check_break_the_glass(getattr(request.app.state, "policies", None), "user", user.username, flow.purposes)
+    except PurposeError as error:
+        raise Redirected("invalid_request", str(error)) from None
     code = await grants.create_code(
         request.app.state.pool,
         client_id=flow.client.client_id,
@@ -370,6 +381,7 @@ async def _after_login(
         patient=patient,
         encounter=flow.launch_encounter,
         aud=flow.aud,
+        purpose_of_use=" ".join(flow.purposes) or None,
     )
     event = _authorization(request)
     event.details["scope"], event.patients = " ".join(granted), [patient] if patient is not None else []

@@ -128,8 +128,8 @@ def admin_credentials(data_dir: Path) -> tuple[str, str]:
         raise CommandError(f"{path} is not an admin client file (client_id, client_secret)") from None
 
 
-def fetch_token(url: str, client_id: str, secret: str, scope: str) -> str:
-    """A system access token from the server whose FHIR base is url."""
+def fetch_token(url: str, client_id: str, secret: str, scope: str, purpose: str = "") -> str:
+    """A system access token from the server whose FHIR base is url (purpose: purpose_of_use codes)."""
     import httpx
 
     base = url.rstrip("/")
@@ -141,7 +141,10 @@ def fetch_token(url: str, client_id: str, secret: str, scope: str) -> str:
     try:
         with httpx.Client(timeout=30) as http:
             endpoint = _token_endpoint(http, base)
-            res = http.post(endpoint, data={"grant_type": "client_credentials", "scope": scope}, auth=auth)
+            form = {"grant_type": "client_credentials", "scope": scope}
+            if purpose:
+                form["purpose_of_use"] = purpose
+            res = http.post(endpoint, data=form, auth=auth)
     except httpx.ConnectError:
         raise CommandError(f"no server answers at {base} (start one with `ehr serve`, or pass --url)") from None
     except httpx.HTTPError as error:

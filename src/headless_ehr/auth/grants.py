@@ -34,6 +34,7 @@ class CodeGrant:
     encounter: str | None
     aud: str
     expired: bool
+    purpose_of_use: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class RefreshGrant:
     encounter: str | None
     aud: str
     expires_at: datetime | None
+    purpose_of_use: str | None = None
 
 
 class GrantReused(Exception):
@@ -65,12 +67,13 @@ async def create_code(
     patient: str | None,
     encounter: str | None,
     aud: str,
+    purpose_of_use: str | None = None,
 ) -> str:
     code = secrets.new_token()
     await db.execute(
         "INSERT INTO auth_code (code_hash, client_id, username, redirect_uri, scope, code_challenge, nonce,"
-        " patient, encounter, aud, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11))",
+        " patient, encounter, aud, expires_at, purpose_of_use)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11), $12)",
         secrets.digest(code),
         client_id,
         username,
@@ -82,6 +85,7 @@ async def create_code(
         encounter,
         aud,
         CODE_LIFETIME,
+        purpose_of_use,
     )
     return code
 
@@ -132,14 +136,15 @@ async def issue_refresh(
     encounter: str | None,
     aud: str,
     lifetime: int | None,
+    purpose_of_use: str | None = None,
 ) -> tuple[str, uuid.UUID]:
     """A new refresh token (in a new family unless given); lifetime None: until revoked."""
     token = secrets.new_token()
     family = family or uuid.uuid4()
     await db.execute(
         "INSERT INTO auth_refresh_token (token_hash, family, client_id, username, fhir_user, scope, patient,"
-        " encounter, aud, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10))",
+        " encounter, aud, expires_at, purpose_of_use)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now() + make_interval(secs => $10), $11)",
         secrets.digest(token),
         family,
         client_id,
@@ -150,6 +155,7 @@ async def issue_refresh(
         encounter,
         aud,
         lifetime,
+        purpose_of_use,
     )
     return token, family
 

@@ -27,6 +27,7 @@ from ..rest.responses import base_url
 from . import accounts, audit_trail, grants, secrets, tokens
 from .accounts import Client
 from .assertions import ASSERTION_TYPE, BadAssertion, JwksCache, authenticate_assertion
+from .purpose import PurposeError, check_break_the_glass, parse_purposes
 from .scopes import ScopeError, grants_of, narrow, parse_grant, split_scopes
 from .tokens import InvalidToken
 
@@ -251,6 +252,17 @@ def _requested(form: dict[str, str]) -> list[str] | None:
         raise OAuthError("invalid_scope", str(error)) from None
 
 
+async def _purposes(request: Request, form: dict[str, str], granted: str | None, kind: str, subject: str) -> list[str]:
+    """The purpose of use of the access token asked for: the request's `purpose_of_use`,
+    else the grant's (from the authorization request); BTG only with a policy allowing it."""
+    try:
+        purposes = parse_purposes(form.get("purpose_of_use", granted))
+        await check_break_the_glass(getattr(request.app.state, "policies", None), kind, subject, purposes)
+    except PurposeError as error:
+        raise OAuthError("invalid_request", str(error)) from None
+    return list(purposes)
+
+
 def _narrow(requested: list[str], allowed: list[str]) -> list[str]:
     try:
         return narrow(requested, allowed)
@@ -265,12 +277,14 @@ async def _client_credentials(request: Request, client: Client, form: dict[str, 
     if not granted:
         raise OAuthError("invalid_scope", "none of the requested scopes is a system scope this client may have")
     scope = " ".join(granted)
+    purposes = await _purposes(request, form, None, "client", client.client_id)
     issued = request.app.state.tokens.issue(
         issuer=issuer_of(request),
         audience=fhir_base(request),
         subject=client.client_id,
         client_id=client.client_id,
         scope=scope,
+        purpose_of_use=purposes or None,
     )
     _granted(request, scope, issued.jti)
     return {
@@ -312,7 +326,8 @@ async def _authorization_code(request: Request, client: Client, form: dict[str, 
         raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge (PKCE S256)")
     user = await _enabled_user(request, pool, grant.username)
     scopes = split_scopes(grant.scope)
-    body = _user_tokens(request, client, user, scopes, grant.patient, grant.encounter, grant.aud, grant.nonce)
+    purposes = await _purposes(request, form, grant.purpose_of_use, "user", user.username)
+    body = _user_tokens(request, client, user, scopes, grant.patient, grant.encounter, grant.aud, grant.nonce, purposes)
     if any(s in scopes for s in REFRESH_SCOPES):
         refresh, family = await _carry_on(pool, grant, None, client, user)
         await grants.link_code_family(pool, code, family)
@@ -352,6 +367,7 @@ async def _carry_on(
         encounter=grant.encounter,
         aud=grant.aud,
         lifetime=None if "offline_access" in scopes else grants.ONLINE_REFRESH_LIFETIME,
+        purpose_of_use=grant.purpose_of_use,
     )
 
 
@@ -364,6 +380,7 @@ def _user_tokens(
     encounter: str | None,
     aud: str,
     nonce: str | None,
+    purposes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Access token (and id_token when openid was granted) for a user's grant."""
     scope = " ".join(scopes)
@@ -378,6 +395,7 @@ def _user_tokens(
         encounter=encounter,
         fhirUser=user.fhir_user,
         roles=list(user.roles) or None,
+        purpose_of_use=purposes or None,
     )
     _granted(request, scope, issued.jti)
     event = audit_trail.event_of(request)
@@ -446,13 +464,14 @@ async def _refresh_token(request: Request, client: Client, form: dict[str, str])
             if requested is not None and _narrow(requested, original) != requested:
                 raise OAuthError("invalid_scope", "a refresh may not ask for scopes beyond the original grant")
             user = await _enabled_user(request, conn, grant.username)
+            purposes = await _purposes(request, form, grant.purpose_of_use, "user", user.username)
             refresh, _ = await _carry_on(conn, grant, grant.family, client, user)
     if reused:
         raise OAuthError("invalid_grant", "the refresh token has been used already; its grant is revoked")
     if grant is None:
         raise OAuthError("invalid_grant", "the refresh token is unknown, expired or revoked")
     scopes = requested if requested is not None else original
-    body = _user_tokens(request, client, user, scopes, grant.patient, grant.encounter, grant.aud, None)
+    body = _user_tokens(request, client, user, scopes, grant.patient, grant.encounter, grant.aud, None, purposes)
     body["refresh_token"] = refresh
     return body
 

@@ -28,7 +28,7 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from ..search.parse import RESULT_PARAMETERS, ChainBudget, Parser
 from ..search.registry import search_params
-from .principal import Principal
+from .principal import BREAK_THE_GLASS, Principal
 
 log = logging.getLogger("headless_ehr.auth")
 
@@ -137,9 +137,11 @@ def parse_policy(document: Any, name: str | None = None) -> tuple[str, tuple[Rul
     name: the name in the URL (PUT), which the document must not contradict."""
     if not isinstance(document, dict):
         raise PolicyError('a policy is a JSON object {"name": ..., "rules": [...]}')
-    unknown = sorted(set(document) - {"name", "rules", "description"})
+    unknown = sorted(set(document) - {"name", "rules", "description", "breakTheGlass"})
     if unknown:
-        raise PolicyError(f"unknown field '{unknown[0][:100]}' (known: name, description, rules)")
+        raise PolicyError(f"unknown field '{unknown[0][:100]}' (known: name, description, rules, breakTheGlass)")
+    if not isinstance(document.get("breakTheGlass", False), bool):
+        raise PolicyError("breakTheGlass must be true or false")
     found = document.get("name", name)
     if not isinstance(found, str) or not NAME.fullmatch(found):
         raise PolicyError("name must be 1-200 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -151,6 +153,11 @@ def parse_policy(document: Any, name: str | None = None) -> tuple[str, tuple[Rul
     if not isinstance(rules, list) or len(rules) > MAX_RULES:
         raise PolicyError(f"rules must be a list of at most {MAX_RULES} rules")
     return found, tuple(_rule(r, i) for i, r in enumerate(rules))
+
+
+def breaks_glass(document: Any) -> bool:
+    """Whether a (valid) policy document lets its holders use purpose of use BTG."""
+    return isinstance(document, dict) and document.get("breakTheGlass") is True
 
 
 def substitute(pairs: tuple[tuple[str, str], ...], fhir_user: str) -> tuple[tuple[str, str], ...]:
@@ -288,7 +295,8 @@ class Policies:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.generation: int | None = None
-        self._subjects: dict[tuple[str, str], tuple[Rule, ...] | None] = {}
+        # (kind, subject) -> (its rules, None when it has no policy; whether one allows BTG)
+        self._subjects: dict[tuple[str, str], tuple[tuple[Rule, ...] | None, bool]] = {}
         # token -> (the verified principal, the principal with its policy): a principal
         # keeps its access answers for as long as its token is used
         self._principals: OrderedDict[str, tuple[Principal, Principal]] = OrderedDict()
@@ -316,13 +324,18 @@ class Policies:
         """The principal with its subject's policy on it (unchanged when none applies)."""
         if principal.grants is None or "issuer" in principal.attributes:
             return principal  # SYSTEM; an external issuer's subject names no account of ours
+        verified = principal
         epoch = self._epoch
         hit = self._principals.get(token)
         if hit is not None and hit[0] is principal:
             self._principals.move_to_end(token)
             return hit[1]
         user = bool(principal.client_id) and principal.subject != principal.client_id
-        rules = await self._rules(("user", principal.subject) if user else ("client", principal.subject))
+        rules, glass = await self._rules(("user", principal.subject) if user else ("client", principal.subject))
+        if BREAK_THE_GLASS in principal.purpose_of_use:
+            if not glass:  # the policy was changed since the token was granted
+                raise FhirError.of(403, "forbidden", "no access policy of this user or client allows break-the-glass")
+            principal = replace(principal, break_the_glass=True)
         fhir_user = relative(principal.fhir_user)
         if rules is None:
             # none assigned: scopes alone (system clients, patients, patient-context tokens),
@@ -332,13 +345,18 @@ class Policies:
             rules = () if user and practitioner and beyond else None
         enriched = principal if rules is None else replace(principal, policy=rules_for(rules, fhir_user))
         if epoch == self._epoch:
-            self._principals[token] = (principal, enriched)
+            self._principals[token] = (verified, enriched)
         if len(self._principals) > 10_000:
             self._principals.popitem(last=False)
         return enriched
 
-    async def _rules(self, key: tuple[str, str]) -> tuple[Rule, ...] | None:
-        """The rules of the newest versions of a subject's policies; None when it has none."""
+    async def allows_break_the_glass(self, kind: str, subject: str) -> bool:
+        """Whether a policy of the user or client (kind "user" or "client") has breakTheGlass."""
+        return (await self._rules((kind, subject)))[1]
+
+    async def _rules(self, key: tuple[str, str]) -> tuple[tuple[Rule, ...] | None, bool]:
+        """The rules of the newest versions of a subject's policies (None when it has none),
+        and whether one of them allows break-the-glass."""
         if key in self._subjects:
             return self._subjects[key]
         epoch = self._epoch
@@ -351,17 +369,20 @@ class Policies:
         )
         assigned = await self.pool.fetchval(f"SELECT cardinality(policies) FROM {table} WHERE {column} = $1", key[1])
         rules: tuple[Rule, ...] | None = None
+        glass = False
         if assigned:
             found: list[Rule] = []
             for row in rows:
                 try:
-                    found += parse_policy(_loads(row["document"]))[1]
+                    document = _loads(row["document"])
+                    found += parse_policy(document)[1]
+                    glass = glass or breaks_glass(document)
                 except PolicyError as error:  # stored before a stricter grammar: opens nothing
                     log.error("stored policy for %s %s is invalid: %s", *key, error)
             rules = tuple(found)
         if epoch == self._epoch and len(self._subjects) < 100_000:
-            self._subjects[key] = rules
-        return rules
+            self._subjects[key] = (rules, glass)
+        return rules, glass
 
 
 # ---- hiddenElements and readonlyElements ------------------------------------------------

@@ -9,7 +9,7 @@ SQL that joins every query they build.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,19 @@ if TYPE_CHECKING:
     from .policies import Rule
 
 WRITE_INTERACTIONS = frozenset({"create", "update", "patch", "delete"})
+READ_INTERACTIONS = frozenset({"read", "vread", "search", "history"})  # what patients' Consents govern
+BREAK_THE_GLASS = "BTG"  # v3-ActReason: the purpose of use that overrides a Consent's deny
+
+
+@dataclass(frozen=True)
+class ConsentViewer:
+    """Whom patients' Consents judge a read for (search/consent.py): the user's own
+    resource (matched as a provision actor), the token's purposes of use, and the
+    patient the user is, whose own Consents never hold them back."""
+
+    fhir_user: str | None
+    purposes: tuple[str, ...] = ()
+    own_patient: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,8 @@ class Scope:
     # an access policy's compartment rule: and in the compartment of a Patient matching
     # this search (auth/policies.py)
     patients: tuple[tuple[str, str], ...] | None = None
+    # reads: and no active Consent of the row's patient denies this viewer (search/consent.py)
+    consent: ConsentViewer | None = None
 
 
 UNRESTRICTED = None  # access(): every row of the type
@@ -68,6 +83,11 @@ class Principal:
     # the rules of the subject's access policies (auth/policies.py), intersected with the
     # grants; None: the grants alone; (): nothing
     policy: tuple[Rule, ...] | None = None
+    # purpose of use codes of the token (v3-ActReason: TREAT, ETREAT, BTG, …)
+    purpose_of_use: tuple[str, ...] = ()
+    # BTG asked for and allowed by the subject's access policy (auth/policies.py):
+    # Consents' denies are overridden (scopes and policies still hold)
+    break_the_glass: bool = False
     # access() answers by (interaction, type): a principal lives as long as its token in
     # the verified-token cache, so each request of a token re-asks the same questions
     _answers: dict[tuple[str, str], tuple[Scope, ...] | bool | None] = field(
@@ -101,6 +121,8 @@ class Principal:
         """The interaction is open on every row of every type (no compartment, no criteria)."""
         if self.grants is None:
             return True
+        if self.consent_on(interaction) is not None:
+            return False
         if self.policy is not None and not (
             all(r.resource_type == "*" for r in self.policy)
             and any(r.covers(interaction, "*") and not r.criteria and r.compartment is None for r in self.policy)
@@ -156,9 +178,30 @@ class Principal:
                 answer = tuple(dict.fromkeys(scopes))
         if self.policy is not None and answer is not False:
             answer = _intersect(answer, self._policy_scopes(interaction, resource_type))  # type: ignore[arg-type]
+        viewer = self.consent_on(interaction) if in_patient_compartment(resource_type) else None
+        if viewer is not None and answer is not False:
+            scopes_now = (Scope(),) if answer is None else answer
+            answer = tuple(replace(s, consent=viewer) for s in scopes_now)  # type: ignore[union-attr]
         if len(self._answers) < 4096:  # bounded: types x interactions
             self._answers[key] = answer
         return answer
+
+    def consent_viewer(self) -> ConsentViewer | None:
+        """Whom Consents judge this caller as; None for callers no Consent binds: the
+        server itself and system-level clients."""
+        if self.grants is None or self.system:
+            return None
+        parts = (self.fhir_user or "").rstrip("/").split("/")
+        user = "/".join(parts[-2:]) if len(parts) >= 2 else None
+        own = user.removeprefix("Patient/") if user and user.startswith("Patient/") else None
+        return ConsentViewer(user, self.purpose_of_use, own)
+
+    def consent_on(self, interaction: str) -> ConsentViewer | None:
+        """The viewer Consents restrict this interaction for; None when they do not
+        (writes, callers no Consent binds, break-the-glass)."""
+        if interaction not in READ_INTERACTIONS or self.break_the_glass:
+            return None
+        return self.consent_viewer()
 
     def rules_of(self, resource_type: str) -> tuple[Rule, ...]:
         """The policy rules for a type: those naming it, else the `*` rules (a rule naming a

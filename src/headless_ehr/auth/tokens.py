@@ -74,7 +74,8 @@ class AccessTokens:
         lifetime: int | None = None,
         **context: Any,
     ) -> IssuedToken:
-        """A signed access token. context: patient, encounter, fhirUser, roles (None values left out)."""
+        """A signed access token. context: patient, encounter, fhirUser, roles, purpose_of_use
+        (None values left out)."""
         assert self.keys.signing is not None, "signing keys not loaded"
         now = int(time.time())
         expires_in = min(lifetime or self.lifetime, MAX_TOKEN_LIFETIME)
@@ -194,6 +195,7 @@ def issuer_of(audience: str, base_path: str = "/fhir") -> str:
 def principal_of(claims: dict[str, Any]) -> Principal:
     """The Principal of a verified token's claims."""
     roles = claims.get("roles") or ()
+    purposes = claims.get("purpose_of_use") or ()
     return Principal.from_scopes(
         str(claims.get("sub") or claims.get("client_id") or ""),
         str(claims.get("scope") or ""),
@@ -202,6 +204,7 @@ def principal_of(claims: dict[str, Any]) -> Principal:
         patient=claims.get("patient"),
         encounter=claims.get("encounter"),
         roles=tuple(roles) if isinstance(roles, list) else (),
+        purpose_of_use=tuple(p for p in purposes if isinstance(p, str)) if isinstance(purposes, list) else (),
         token_id=claims.get("jti"),
         expires_at=int(claims["exp"]),
     )

@@ -14,6 +14,7 @@ from ..audit.recorder import AuditRecorder
 from ..audit.touched import Draft
 from ..auth.principal import Principal
 from ..auth.ratelimit import client_address
+from .context import store_of
 
 log = logging.getLogger("headless_ehr.audit")
 
@@ -65,6 +66,16 @@ def _patients(request: Request, seg: list[str], principal: object) -> list[str]:
     return found
 
 
+async def _overrode_consent(request: Request, principal: Principal, returned: list[tuple[str, str]]) -> bool:
+    """Whether a Consent denies the caller, but for its break-the-glass, anything the store
+    returned: then the event says BTG overrode it."""
+    try:
+        return await store_of(request).consent_denies(principal, returned)
+    except Exception:  # the event then says BTG without the override
+        log.exception("consent: could not check what break-the-glass returned")
+        return False
+
+
 def begin(request: Request) -> object:
     """Open the request's audit scope: the store records each write's event in it."""
     address = client_address(request.scope, request.app.state.settings.trusted_proxies)
@@ -112,6 +123,8 @@ async def record(
             if code.startswith("search") and len(seg) == 3 and seg[0] == "Patient":
                 interaction.resource = None
         interaction.description = getattr(request.state, "refusal", None)
+        if principal is not None and principal.break_the_glass and scope is not None and scope.returned:
+            interaction.break_the_glass = await _overrode_consent(request, principal, list(scope.returned))
         address = client_address(request.scope, request.app.state.settings.trusted_proxies)
         returned = list(scope.returned) if scope is not None else []
         if returned:  # what the store returned: the patients themselves now, others' patients by lookup

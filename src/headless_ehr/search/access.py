@@ -11,12 +11,14 @@ the check of a write's own new row all use this one rule.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import lru_cache
 
 from ..auth.principal import Principal, Scope, in_patient_compartment, patient_reference_params
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError
 from .compartment import Compartment, compartment_params, compartment_sql
+from .consent import consent_sql
 from .parse import ChainBudget, Clause, Parser
 from .registry import BUNDLE_PATIENT, SECURITY_CONTEXT
 from .sql import ANY_TYPE, SqlBuilder, clause_sql
@@ -119,8 +121,17 @@ def _context_names_no_other_patient(b: SqlBuilder, alias: str, patient: str) -> 
 
 
 def scopes_sql(b: SqlBuilder, scopes: tuple[Scope, ...], rtype: str, alias: str, local_base: str | None) -> str:
-    """Rows of rtype at alias reachable through any of scopes."""
-    return "(" + " OR ".join(_scope_sql(b, s, rtype, alias, local_base) for s in scopes) + ")"
+    """Rows of rtype at alias reachable through any of scopes (and, on reads, not denied by
+    a Consent: every Scope of one answer carries the same viewer, so it is joined once)."""
+    reach = "(" + " OR ".join(_scope_sql(b, s, rtype, alias, local_base) for s in scopes) + ")"
+    viewer = scopes[0].consent if scopes else None
+    return reach if viewer is None else f"({reach} AND {consent_sql(b, viewer, rtype, alias)})"
+
+
+def consent_only(principal: Principal, interaction: str, types: Iterable[str]) -> bool:
+    """Whether Consents are all that restrict the principal on these types: few rows are
+    left out, so a page may still be read in an index's order with it as a filter."""
+    return all(principal.access(interaction, t) == (Scope(consent=principal.consent_on(interaction)),) for t in types)
 
 
 def type_access_sql(
@@ -154,10 +165,13 @@ def any_type_access_sql(
     cannot reach at all match nothing ("false" when that is every type)."""
     open_types: list[str] = []
     ors: list[str] = []
+    viewer = principal.consent_on(interaction)
     for rtype in sorted(definitions().resource_types if types is None else set(types)):
         if not principal.allows(interaction, rtype):
             continue
         scopes = principal.access(interaction, rtype)
+        if scopes is not None and viewer is not None:  # Consents are joined once, for every type
+            scopes = _without_consent(scopes)
         if scopes is None:
             open_types.append(rtype)
         else:
@@ -166,7 +180,10 @@ def any_type_access_sql(
             )
     if open_types:
         ors.insert(0, f"{alias}.resource_type = ANY({b.arg(open_types)}::text[])")
-    return "(" + " OR ".join(ors) + ")" if ors else "false"
+    if not ors:
+        return "false"
+    reach = "(" + " OR ".join(ors) + ")"
+    return reach if viewer is None else f"({reach} AND {consent_sql(b, viewer, ANY_TYPE, alias)})"
 
 
 def types_access_sql(
@@ -175,10 +192,24 @@ def types_access_sql(
     """Predicate for a search of the given types (each needs the right: 403 otherwise)."""
     if len(types) == 1:
         return type_access_sql(b, principal, interaction, types[0], alias, local_base)
-    parts = [(t, type_access_sql(b, principal, interaction, t, alias, local_base)) for t in types]
-    if all(p is None for _, p in parts):
+    viewer = principal.consent_on(interaction)
+    parts = []
+    for t in types:
+        scopes = principal.access(interaction, t)  # 403 when nothing allows
+        if scopes is not None and viewer is not None:  # Consents are joined once, for every type
+            scopes = _without_consent(scopes)
+        parts.append((t, None if scopes is None else scopes_sql(b, scopes, t, alias, local_base)))
+    consent = viewer is not None and any(in_patient_compartment(t) for t in types)
+    if all(p is None for _, p in parts) and not consent:
         return None
-    return "(" + " OR ".join(f"({alias}.resource_type = {b.arg(t)} AND {p or 'true'})" for t, p in parts) + ")"
+    reach = "(" + " OR ".join(f"({alias}.resource_type = {b.arg(t)} AND {p or 'true'})" for t, p in parts) + ")"
+    return f"({reach} AND {consent_sql(b, viewer, ANY_TYPE, alias)})" if consent and viewer else reach
+
+
+def _without_consent(scopes: tuple[Scope, ...]) -> tuple[Scope, ...] | None:
+    """The Scopes without their Consent viewer (joined separately); None for every row."""
+    stripped = tuple(dict.fromkeys(replace(s, consent=None) for s in scopes))
+    return None if stripped == (Scope(),) else stripped
 
 
 def touched_access(principal: Principal, local_base: str | None) -> AccessSql | None:

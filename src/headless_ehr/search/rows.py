@@ -89,5 +89,7 @@ class IndexRows:
     composite: list[CompositeRow] = field(default_factory=list)
     position: list[PositionRow] = field(default_factory=list)  # special `near` (Location.position)
     contained: list[ContainedRow] = field(default_factory=list)  # rows of contained resources
+    # a Consent's provisions (search/extract/consent.py): patient, node, depth, decision, conditions
+    consent: list[tuple[str, int, int, str, str]] = field(default_factory=list)
     narrative: str | None = None  # text of Resource.text.div, markup removed (_text)
     content: str | None = None  # every string value in the resource (_content)

@@ -25,8 +25,16 @@ from ..auth.principal import SYSTEM, Principal
 from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError, Issue, has_errors
 from ..fhir.references import RESOURCE_ID
-from ..search.access import any_type_access_sql, scopes_sql, touched_access, type_access_sql, types_access_sql
+from ..search.access import (
+    any_type_access_sql,
+    consent_only,
+    scopes_sql,
+    touched_access,
+    type_access_sql,
+    types_access_sql,
+)
 from ..search.compartment import Compartment, compartment_sql
+from ..search.consent import denied_sql
 from ..search.criteria import Criteria
 from ..search.custom import check_search_parameter
 from ..search.extract import extract
@@ -812,6 +820,23 @@ class ResourceStore:
             + f" {predicate})"
         )
 
+    async def consent_denies(self, principal: Principal, returned: list[tuple[str, str]]) -> bool:
+        """Whether a patient's Consent denies the principal (ignoring its break-the-glass)
+        any of the returned (type, id): then BTG overrode it, and the audit says so."""
+        viewer = principal.consent_viewer()
+        if viewer is None or not returned:
+            return False
+        b = SqlBuilder()
+        types, ids = b.arg([t for t, _ in returned]), b.arg([i for _, i in returned])
+        return bool(
+            await self._search_db.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM resource r WHERE (r.resource_type, r.id) IN"
+                f" (SELECT * FROM unnest({types}::text[], {ids}::text[]))"
+                f" AND {denied_sql(b, viewer, ANY_TYPE, 'r')})",
+                *b.args,
+            )
+        )
+
     # -- search -------------------------------------------------------------------------
 
     async def search(
@@ -905,7 +930,8 @@ class ResourceStore:
             return types_access_sql(b, principal, "search", types, alias, local_base) or "true"
 
         if in_compartment is None:
-            return Restrict(access, id_only=not _reads_row(principal, types))
+            sparse = consent_only(principal, "search", types)
+            return Restrict(access, id_only=not _reads_row(principal, types), sparse=sparse)
 
         def both(b: SqlBuilder, alias: str) -> str:
             return f"{in_compartment(b, alias)} AND {access(b, alias)}"

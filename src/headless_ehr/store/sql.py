@@ -58,6 +58,17 @@ INDEX_TABLES: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("composite", "search_composite", [("param", "text"), ("components", "jsonb")]),
     ("position", "search_position", [("param", "text"), ("latitude", "float8"), ("longitude", "float8")]),
     ("contained", "search_contained", CONTAINED_COLUMNS),
+    (
+        "consent",
+        "search_consent",
+        [
+            ("patient_id", "text"),
+            ("node", "integer"),
+            ("depth", "integer"),
+            ("decision", "text"),
+            ("conditions", "jsonb"),
+        ],
+    ),
 ]
 # $1 type, $2 id, $3 version, $4 where in $5 the lastUpdated placeholder starts (1-based;
 # reindex: the current last_updated), $5 content (NULL for a deletion), $6 method

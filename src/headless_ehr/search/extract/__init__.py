@@ -23,6 +23,7 @@ from ...fhir.references import local_path
 from ..registry import BUNDLE_PATIENT, COLUMN_PARAMS, SECURITY_CONTEXT, SearchParam, indexed_params
 from ..rows import CONTAINED_FIELDS, IndexRows, contained_row
 from .compile import Fn, compile_param
+from .consent import consent_rows
 from .references import parse_reference
 from .text import content_text, narrative_text
 from .values import Sink
@@ -193,7 +194,10 @@ def extract(
         sink.reference = foreign_references(sink.reference, local_base)
     narrative = narrative_text(resource) if plan.text or plan.content else None
     contained = resource.get("contained")
+    # a Consent's provisions, for the consent predicate on every read (search/consent.py)
+    consent = consent_rows(resource, local_base) if params is None and resource.get("resourceType") == "Consent" else []
     return IndexRows(
+        consent=consent,
         contained=_contained_rows(contained, local_base)
         if OPTIONS.contained and params is None and type(contained) is list
         else [],

@@ -1,10 +1,11 @@
 """The audit log as a hash chain: append in order, verify the whole of it.
 
 Each record's hash is SHA-256(previous record's hash || its seq || its content), so
-changing, deleting or inserting a record breaks the chain at that point. A batch is
-appended in one statement after the head its node last saw; the primary key on seq
-refuses a batch built on a stale head, which is then rebuilt, so every node appends to
-the same chain and it never forks.
+changing, deleting or inserting a record breaks the chain at that point. Events are
+first committed to the queue `audit_pending` (by a write's own statement, or in batches);
+the SQL function audit_chain moves them into the chain under one advisory lock, so every
+node appends to the same chain and it never forks. `record_hash` is its hash in Python,
+for verification.
 """
 
 from __future__ import annotations
@@ -57,99 +58,52 @@ def _joined(values: list[str]) -> str:
     return _SEP.join(v.replace(_SEP, "") for v in values)
 
 
-PENDING_BATCH = 5000  # write-side events moved into the chain per append, at most
+CHAIN_BATCH = 5000  # pending events chained per statement, at most
 
-# A batch in one statement: seq, prev_hash and hash computed here from the head this
-# node last saw. seq is the primary key, so a node whose head is stale (another node
-# appended) fails on the first seq and nothing of the batch is written: it reads the
-# head again and retries. The chain never forks and needs no lock. With $14 false the
-# statement's transaction commits without waiting for the disk flush.
-_INSERT = (
-    "INSERT INTO audit_event"
-    " (seq, id, recorded, content, prev_hash, hash, patients, agents, entities, subtype, outcome, action, address)"
-    " SELECT seq, id, recorded, content, prev_hash, hash, string_to_array(p, chr(31)), string_to_array(a, chr(31)),"
+# Queued events into audit_pending in one statement (any number of them); with $11
+# false its transaction commits without waiting for the disk flush.
+INSERT_PENDING = (
+    "INSERT INTO audit_pending (id, recorded, content, patients, agents, entities, subtype, outcome, action, address)"
+    " SELECT id, recorded, content, string_to_array(p, chr(31)), string_to_array(a, chr(31)),"
     " string_to_array(e, chr(31)), subtype, outcome, action, address"
-    " FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::bytea[], $5::bytea[], $6::bytea[],"
-    " $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])"
-    " AS u(seq, id, recorded, content, prev_hash, hash, p, a, e, subtype, outcome, action, address)"
-    " WHERE $14::boolean OR set_config('synchronous_commit', 'off', true) IS NOT NULL"
+    " FROM unnest($1::uuid[], $2::timestamptz[], $3::bytea[], $4::text[], $5::text[], $6::text[],"
+    " $7::text[], $8::text[], $9::text[], $10::text[])"
+    " AS u(id, recorded, content, p, a, e, subtype, outcome, action, address)"
+    " WHERE $11::boolean OR set_config('synchronous_commit', 'off', true) IS NOT NULL"
 )
-_HEAD = "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1"
-# Write-side events committed so far, taken out of their queue in the transaction that
-# chains them: a crash between the two leaves them pending, never lost or doubled.
-_TAKE_PENDING = (
-    "DELETE FROM audit_pending WHERE ctid = ANY(ARRAY(SELECT ctid FROM audit_pending LIMIT $1))"
-    " RETURNING id, recorded, content, patients, agents, entities, subtype, outcome, action, address"
-)
-_ATTEMPTS = 20
 
 
-class Chain:
-    """Appends to the chain, remembering its head between batches (one per recorder)."""
-
-    def __init__(self) -> None:
-        self._head: tuple[int, bytes] | None = None
-
-    async def append(
-        self, conn: asyncpg.Connection, entries: Sequence[Entry], *, pending: bool = False, sync: bool = True
-    ) -> int:
-        """Append the pending write-side events (when pending), then entries, in order,
-        after the chain's last record; returns the last seq."""
-        for _ in range(_ATTEMPTS):
-            try:
-                if pending:
-                    async with conn.transaction():
-                        taken = await conn.fetch(_TAKE_PENDING, PENDING_BATCH)
-                        batch = [*sorted(map(_pending_entry, taken), key=lambda e: e.recorded), *entries]
-                        return await self._insert(conn, batch, sync)
-                return await self._insert(conn, entries, sync)
-            except asyncpg.UniqueViolationError as error:
-                if error.constraint_name != "audit_event_pkey":
-                    raise
-                self._head = None  # another node appended: read the head again
-        raise RuntimeError(f"audit: no free place in the chain after {_ATTEMPTS} attempts")
-
-    async def _insert(self, conn: asyncpg.Connection, entries: Sequence[Entry], sync: bool) -> int:
-        if self._head is None:
-            row = await conn.fetchrow(_HEAD)
-            self._head = (row["seq"], bytes(row["hash"])) if row else (0, GENESIS)
-        seq, prev = self._head
-        if not entries:
-            return seq
-        seqs, prevs, hashes = [], [], []
-        for entry in entries:
-            seq += 1
-            digest = record_hash(prev, seq, entry.content)
-            seqs.append(seq)
-            prevs.append(prev)
-            hashes.append(digest)
-            prev = digest
-        args = [[e.id for e in entries], [e.recorded for e in entries], [e.content for e in entries]]
-        try:
-            await conn.execute(_INSERT, seqs, args[0], args[1], args[2], prevs, hashes, *index_arrays(entries), sync)
-        except BaseException:
-            self._head = None  # whether it was written is unknown: read it again
-            raise
-        self._head = (seq, prev)
-        return seq
+def insert_pending_args(entries: Sequence[Entry], sync: bool = True) -> list[object]:
+    return [
+        [e.id for e in entries],
+        [e.recorded for e in entries],
+        [e.content for e in entries],
+        *index_arrays(entries),
+        sync,
+    ]
 
 
-def _pending_entry(row: asyncpg.Record) -> Entry:
-    index = Index(
-        list(row["patients"]),
-        list(row["agents"]),
-        list(row["entities"]),
-        row["subtype"],
-        row["outcome"],
-        row["action"],
-        row["address"],
-    )
-    return Entry(row["id"], row["recorded"], bytes(row["content"]), index)
+async def queue(conn: asyncpg.Connection, entries: Sequence[Entry], *, sync: bool = True) -> None:
+    """Commit events to audit_pending, the queue the chain is built from."""
+    if entries:
+        await conn.execute(INSERT_PENDING, *insert_pending_args(entries, sync))
 
 
-async def append(conn: asyncpg.Connection, entries: Sequence[Entry], *, pending: bool = False) -> int:
-    """Append once, from the head as it is now (tests, tools)."""
-    return await Chain().append(conn, entries, pending=pending)
+async def chain_pending(conn: asyncpg.Connection) -> int:
+    """Move every pending event into the chain (the SQL function audit_chain, migration
+    0020: one chainer at a time on every node, oldest first); returns how many."""
+    moved = 0
+    while True:
+        taken = await conn.fetchval("SELECT audit_chain($1)", CHAIN_BATCH)
+        moved += taken
+        if taken < CHAIN_BATCH:
+            return moved
+
+
+async def append(conn: asyncpg.Connection, entries: Sequence[Entry]) -> None:
+    """Queue the entries and chain everything pending (tests, tools)."""
+    await queue(conn, entries)
+    await chain_pending(conn)
 
 
 @dataclass(frozen=True)

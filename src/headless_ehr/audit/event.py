@@ -9,6 +9,7 @@ application; entities: the patients and the resource touched, and the query of a
 from __future__ import annotations
 
 import base64
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -68,20 +69,53 @@ def outcome_code(status: int) -> str:
     return "4" if status < 500 else "8"
 
 
-def _agents(principal: Principal | None, address: str) -> tuple[list[dict], list[str]]:
-    """The agent block of a caller's events and its index keys (audit/index.py reads the same
-    keys back from the content). A principal lives as long as its token in the verified-token
-    cache, so the block is built once per token and source address and shared (never mutated)."""
+class _Caller:
+    """What every event of one caller (token and source address) shares: the agent block
+    and its index keys (audit/index.py reads the same keys back from the content), and the
+    serialized opening of its events by (subtype, outcome). A principal lives as long as its
+    token in the verified-token cache, so this is built once per token and address."""
+
+    __slots__ = ("address", "agents", "heads", "keys")
+
+    def __init__(self, principal: Principal | None, address: str) -> None:
+        self.agents, self.keys = _agents_of(principal, address)
+        self.address = self.agents[0]["network"]["address"]
+        self.heads: dict[tuple[str, str], bytes] = {}
+
+    def head(self, principal: Principal | None, code: str, action: str, outcome: str) -> bytes:
+        """The event's JSON up to its own parts (id, time, outcomeDesc, entity, meta), open."""
+        found = self.heads.get((code, outcome))
+        if found is None:
+            head = {
+                "resourceType": "AuditEvent",
+                "type": _EVENT_TYPE,
+                "subtype": [{"system": RESTFUL_INTERACTION, "code": code}],
+                "action": action,
+                "outcome": outcome,
+                "agent": self.agents,
+                "source": _SOURCE,
+            }
+            if principal is not None and principal.purpose_of_use:  # BALP: the token's purpose of use
+                head["purposeOfEvent"] = [
+                    {"coding": [{"system": ACT_REASON, "code": clean(reason)}]} for reason in principal.purpose_of_use
+                ]
+            found = orjson.dumps(head)[:-1]
+            if len(self.heads) < 64:  # bounded: subtypes x outcomes
+                self.heads[(code, outcome)] = found
+        return found
+
+
+def _caller(principal: Principal | None, address: str) -> _Caller:
     memo = principal.audit_memo if principal is not None else _ANONYMOUS
     found = memo.get(address)
     if found is None:
-        found = _agents_of(principal, address)
+        found = _Caller(principal, address)
         if len(memo) < 64:  # bounded: a token used from many addresses builds the rest each time
             memo[address] = found
-    return found
+    return found  # type: ignore[return-value]
 
 
-_ANONYMOUS: dict[str, tuple[list[dict], list[str]]] = {}
+_ANONYMOUS: dict[str, object] = {}
 
 
 def _agents_of(principal: Principal | None, address: str) -> tuple[list[dict], list[str]]:
@@ -122,14 +156,21 @@ def _entity(reference: str, entity_type: str, role: str) -> dict:
     }
 
 
-def new_id(ms: int) -> str:
-    """A time-ordered UUID (version 7: milliseconds, then random bits): ids of events
-    recorded together sit together in the id index, and `random`'s generator (reseeded in
-    every forked worker) is ten times cheaper than os.urandom; an event id must be unique,
-    not secret."""
-    r = random.getrandbits(74)
-    low, variant = r & 0xFFFFFFFFFFFF, 0x8000 | (r >> 48 & 0x3FFF)
-    return f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-7{r >> 62:03x}-{variant:04x}-{low:012x}"
+def _id_prefix() -> str:
+    r = random.getrandbits(62)
+    return f"{r >> 30:08x}-{r >> 14 & 0xFFFF:04x}-4{r >> 2 & 0xFFF:03x}-{0x8000 | (r & 0x3) << 12:04x}-"
+
+
+_ids = [_id_prefix(), 0]  # this process's random UUID prefix, and a counter for the last 12 digits
+os.register_at_fork(after_in_child=lambda: _ids.__setitem__(slice(None), [_id_prefix(), 0]))
+
+
+def new_id() -> str:
+    """A unique id: a random prefix of this process (every forked worker draws its own),
+    then a counter, in the layout of a random UUID. An event id must be unique, not
+    secret; consecutive ids also sit together in the id index."""
+    _ids[1] += 1  # type: ignore[operator]
+    return f"{_ids[0]}{_ids[1]:012x}"
 
 
 _second: list[object] = [-1, ""]  # the last whole second formatted, and its text
@@ -146,11 +187,11 @@ def _instant(now: float) -> str:
 def audit_event(interaction: Interaction, principal: Principal | None, address: str) -> Entry:
     """The AuditEvent of one interaction, as JSON bytes ready for the chain, with its search
     columns (the same that audit/index.py `index_of` derives from the content). Built for
-    every request, so kept lean: the agents come memoized per token and address."""
+    every request, so kept lean: all but its own parts comes serialized from the caller's memo."""
     resource = clean(interaction.resource) if interaction.resource else None
     patients = list(dict.fromkeys([clean(p) for p in interaction.patients]))
     now = time.time()
-    agents, agent_keys = _agents(principal, address)
+    caller = _caller(principal, address)
     entities = [_entity(p, "1", "1") for p in patients]  # 1 person, 1 patient
     entity_keys = patients[:]
     if resource and resource not in patients:
@@ -171,49 +212,33 @@ def audit_event(interaction: Interaction, principal: Principal | None, address: 
     code = interaction.code
     action = _ACTIONS.get(code, "R")
     outcome = outcome_code(interaction.status)
-    event_id = new_id(int(now * 1000))
-    event = {
-        "resourceType": "AuditEvent",
-        "id": event_id,
-        "type": _EVENT_TYPE,
-        "subtype": _SUBTYPES.get(code) or [{"system": RESTFUL_INTERACTION, "code": code}],
-        "action": action,
-        "recorded": _instant(now),
-        "outcome": outcome,
-        "agent": agents,
-        "source": _SOURCE,
-    }
+    event_id = new_id()
+    own: dict[str, object] = {"id": event_id, "recorded": _instant(now)}
     if interaction.description:
-        event["outcomeDesc"] = f"{interaction.status} {clean(interaction.description)}"[:1000]
+        own["outcomeDesc"] = f"{interaction.status} {clean(interaction.description)}"[:1000]
     elif interaction.status >= 400:
-        event["outcomeDesc"] = str(interaction.status)
+        own["outcomeDesc"] = str(interaction.status)
     if entities:
-        event["entity"] = entities
-    if principal is not None and principal.purpose_of_use:  # BALP: the token's purpose of use
-        event["purposeOfEvent"] = [
-            {"coding": [{"system": ACT_REASON, "code": clean(reason)}]} for reason in principal.purpose_of_use
-        ]
+        own["entity"] = entities
     if interaction.break_the_glass:  # the FHIR security labels' BTG, and in words
-        event["meta"] = {"security": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]}
-        event["outcomeDesc"] = (
-            event.get("outcomeDesc", str(interaction.status)) + "; break-the-glass overrode a patient's Consent"
+        own["meta"] = {"security": [{"system": ACT_REASON, "code": "BTG", "display": "break the glass"}]}
+        own["outcomeDesc"] = (
+            f"{own.get('outcomeDesc', interaction.status)}; break-the-glass overrode a patient's Consent"
         )
-    user = agent_keys[-1] if agent_keys and agent_keys[-1].startswith("Patient/") else None
+    content = caller.head(principal, code, action, outcome) + b"," + orjson.dumps(own)[1:]
+    keys = caller.keys
+    user = keys[-1] if keys and keys[-1].startswith("Patient/") else None
     index = Index(  # clean() left no separator in them: index.distinct() would change nothing
         list(dict.fromkeys([user, *patients])) if user else list(dict.fromkeys(patients)),
-        agent_keys,
+        keys,
         list(dict.fromkeys(entity_keys)),
         code,
         outcome,
         action,
-        agents[0]["network"]["address"],
+        caller.address,
     )
-    return Entry(event_id, datetime.fromtimestamp(now, UTC), orjson.dumps(event), index)
+    return Entry(event_id, datetime.fromtimestamp(now, UTC), content, index)
 
 
 _QUERY_TYPE = {"system": _ENTITY_TYPE, "code": "2"}
 _QUERY_ROLE = {"system": _OBJECT_ROLE, "code": "24"}  # 24 query
-_SUBTYPES = {  # shared, never mutated
-    code: [{"system": RESTFUL_INTERACTION, "code": code}]
-    for code in ("read", "vread", "search-type", "search-system", "history-instance", "history-type", "create")
-}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..auth.principal import Principal
 from ..search.compartment import compartment_params
 from ..search.rows import IndexRows
-from .chain import Entry, index_arrays
+from .chain import Entry
 from .event import Interaction, audit_event
 
 _CODES = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -30,16 +30,23 @@ MAX_RETURNED = 2000  # resources of one request whose patients its event names, 
 class AuditScope:
     principal: Principal | None
     address: str
+    sync: bool = True  # events queued by reads wait for the disk flush (EHR_AUDIT_SYNC_COMMIT)
     writes: int = 0  # events written with changes in this request (committed or not)
+    read_recorded: bool = False  # the request's read event went in with the read's own statement
     # what the store returned (Type, id), in order, unique: the event names their patients
     returned: dict[tuple[str, str], None] = field(default_factory=dict)
 
 
-_node_writes = 0  # write events made on this node since the recorder last swept audit_pending
+_node_writes = 0  # events this node put in audit_pending since its recorder last chained them
 
 
 def writes_since_sweep() -> int:
     return _node_writes
+
+
+def queued(count: int) -> None:
+    global _node_writes
+    _node_writes += count
 
 
 def swept() -> None:
@@ -50,9 +57,9 @@ def swept() -> None:
 _scope: contextvars.ContextVar[AuditScope | None] = contextvars.ContextVar("audit_scope", default=None)
 
 
-def begin(principal: Principal | None, address: str) -> contextvars.Token[AuditScope | None]:
+def begin(principal: Principal | None, address: str, sync: bool) -> contextvars.Token[AuditScope | None]:
     """Open the request's scope (the caller resets the token when the request ends)."""
-    return _scope.set(AuditScope(principal, address))
+    return _scope.set(AuditScope(principal, address, sync))
 
 
 def current() -> AuditScope | None:
@@ -76,6 +83,32 @@ def returned(resources: Iterable[object]) -> None:
         if len(seen) >= MAX_RETURNED:
             return
         seen[(r.resource_type, r.id)] = None  # type: ignore[attr-defined]
+
+
+def read_event(resource_type: str, rid: str) -> Entry | None:
+    """The event of a read of a Patient by id, made before the read so that the read's
+    own statement can queue it (store/sql.py READ_CURRENT_AUDITED); None when the event
+    must wait for what the read finds (other types: their patients are looked up)."""
+    scope = _scope.get()
+    if scope is None or resource_type != "Patient" or scope.principal is None:
+        return None
+    patients = [f"Patient/{rid}"]
+    if scope.principal.patient:
+        patients.append(f"Patient/{scope.principal.patient}")
+    return audit_event(Interaction("read", 200, patients[0], patients), scope.principal, scope.address)
+
+
+def sync() -> bool:
+    scope = _scope.get()
+    return True if scope is None else scope.sync
+
+
+def read_recorded() -> None:
+    """The read's statement found the resource and queued its event."""
+    scope = _scope.get()
+    if scope is not None:
+        scope.read_recorded = True
+        queued(1)
 
 
 def written(resource_type: str, rid: str, version: int, method: str, rows: IndexRows | None) -> Entry | None:
@@ -111,23 +144,3 @@ PENDING_TYPES = ("uuid", "timestamptz", "bytea", "text[]", "text[]", "text[]", "
 def pending_args(entry: Entry) -> list[object]:
     i = entry.index
     return [entry.id, entry.recorded, entry.content, *i.row()]
-
-
-# Many pending rows in one statement (the bulk create path of transactions).
-INSERT_PENDING = (
-    f"INSERT INTO audit_pending ({PENDING_COLUMNS})"
-    " SELECT id, recorded, content, string_to_array(p, chr(31)), string_to_array(a, chr(31)),"
-    " string_to_array(e, chr(31)), subtype, outcome, action, address"
-    " FROM unnest($1::uuid[], $2::timestamptz[], $3::bytea[], $4::text[], $5::text[], $6::text[],"
-    " $7::text[], $8::text[], $9::text[], $10::text[])"
-    " AS u(id, recorded, content, p, a, e, subtype, outcome, action, address)"
-)
-
-
-def insert_pending_args(entries: list[Entry]) -> list[object]:
-    return [
-        [e.id for e in entries],
-        [e.recorded for e in entries],
-        [e.content for e in entries],
-        *index_arrays(entries),
-    ]

@@ -1,13 +1,14 @@
-"""Request events into the chain in batches, before each response leaves.
+"""Request events into the audit log, each committed before its response leaves.
 
-A request's event is queued and the request waits until the batch holding it is
-committed (group commit: one short locked transaction per batch, started as soon as
-the previous one ends, so batches grow with load rather than adding a fixed delay).
-A client that has a response has its audit record on disk; a crash loses nothing
-answered. Each batch also moves the write-side events that writes committed into
-audit_pending (audit/pending.py) into the chain: at once when this node wrote, at
-least every second otherwise (events a crashed node left behind). The queue is
-bounded: when full, requests wait for room rather than events being dropped.
+A request's event joins the open batch and the request waits until that batch is
+committed to the queue table audit_pending (group commit: one short insert per batch,
+started as soon as the previous one ends, so batches grow with load rather than adding a
+fixed delay). A client that has a response has its audit record in the database; a crash
+of this node loses nothing answered. A second task moves what is queued (these events,
+and those that writes committed in their own statements, audit/pending.py) into the hash
+chain every `interval` while this node queues events, and at least every second (what a
+crashed node left behind). The queue in memory is bounded: when full, requests wait for
+room rather than events being dropped.
 """
 
 from __future__ import annotations
@@ -20,13 +21,32 @@ import time
 import asyncpg
 
 from . import pending
-from .chain import Chain, Entry
+from .chain import Entry, chain_pending, queue
 from .touched import Draft, complete
 
 log = logging.getLogger("headless_ehr.audit")
 # errors of an event's data (asyncpg's argument encoding, PostgreSQL class 22), not of the database
 _UNWRITABLE = (asyncpg.DataError, UnicodeError)
-SWEEP_SECONDS = 1.0  # audit_pending is emptied at least this often by every node
+CHAIN_SECONDS = 1.0  # audit_pending is chained at least this often by every node
+
+
+_NOTHING = Entry("", None, b"", None)  # type: ignore[arg-type]  # flush()'s place in a batch
+
+
+class _Batch:
+    """Events committed together, and the requests waiting for them."""
+
+    __slots__ = ("done", "items", "joined")
+
+    def __init__(self) -> None:
+        self.items: list[Entry | Draft] = []
+        self.done = asyncio.Event()  # each waiter's own future: a cancelled request cancels only itself
+        self.joined: list[_Batch] = []  # batches folded into this one after a failed append
+
+    def release(self) -> None:
+        self.done.set()
+        for other in self.joined:
+            other.release()
 
 
 class AuditRecorder:
@@ -35,104 +55,109 @@ class AuditRecorder:
     ) -> None:
         self._pool = pool
         self._sync = sync
-        self._chain = Chain()
         self._interval = interval
         self._capacity = capacity
-        self._pending: list[Entry | Draft] = []
-        self._waiters: list[asyncio.Future[None]] = []  # writes waiting for the next flush
+        self._open = _Batch()  # the batch requests join now; the next one to be appended
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
+        self._chainer: asyncio.Task[None] | None = None
+        self._chain_now: list[asyncio.Future[None]] = []  # flush() calls waiting for the next chaining
         self._closing = False
-        self._sweep_due = True  # the first batch takes what an earlier run left pending
-        self._next_sweep = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
+        self._chainer = asyncio.create_task(self._chain())
 
     async def record(self, entry: Entry | Draft) -> None:
         """Queue a request's event and return once it is committed."""
-        while len(self._pending) >= self._capacity:
+        while len(self._open.items) >= self._capacity:
             self._room.clear()
             self._wake.set()
             await self._room.wait()
-        self._pending.append(entry)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(done)
+        batch = self._open
+        batch.items.append(entry)
         self._wake.set()
-        await asyncio.shield(done)
+        await batch.done.wait()
 
     async def flush(self) -> None:
-        """Commit everything queued so far, and the pending write-side events (tests, shutdown)."""
+        """Commit everything queued so far and chain it, with every event written before (tests)."""
         if self._task is None or self._task.done():
             return
-        self._sweep_due = True
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(done)  # released after the flush that follows any in flight
+        batch = self._open  # committed after any batch in flight
+        batch.items.append(_NOTHING)
         self._wake.set()
-        await done
+        await batch.done.wait()
+        chained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._chain_now.append(chained)
+        await chained
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            self._wake.clear()
-            sweep = self._sweep_due or pending.writes_since_sweep() > 0 or time.monotonic() >= self._next_sweep
-            if not self._pending and not sweep:
-                self._release(self._take_waiters())
+            if not self._open.items:
                 if self._closing:
+                    self._open.release()
                     return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                self._wake.clear()
                 continue
-            entries, self._pending = self._pending, []
-            waiters = self._take_waiters()
+            self._wake.clear()
+            batch, self._open = self._open, _Batch()
             self._room.set()
-            self._sweep_due = False
             try:
-                if sweep:
-                    pending.swept()
-                    self._next_sweep = time.monotonic() + SWEEP_SECONDS
                 async with self._pool.acquire() as conn:
-                    entries = await complete(conn, entries)
-                    await self._chain.append(conn, entries, pending=sweep, sync=self._sync)
+                    entries = await complete(conn, [i for i in batch.items if i is not _NOTHING])
+                    await queue(conn, entries, sync=self._sync)
             except asyncio.CancelledError:
                 raise
             except _UNWRITABLE:  # something in an event, not the database: write the others
-                await self._append_singly(entries)
+                await self._append_singly(batch.items)
             except Exception:  # the database is away: keep the events, retry on the next tick
-                log.exception("audit: could not append %d events; retrying", len(entries))
-                self._pending[:0] = entries
-                self._waiters[:0] = waiters
-                self._sweep_due = True
+                log.exception("audit: could not queue %d events; retrying", len(batch.items))
+                batch.items += self._open.items
+                batch.joined.append(self._open)
+                self._open = batch
                 await asyncio.sleep(self._interval)
                 continue
-            self._release(waiters)
-            if self._closing and not self._pending:
-                self._release(self._take_waiters())
-                return
+            pending.queued(len(batch.items))
+            batch.release()
+
+    async def _chain(self) -> None:
+        """Chain what is queued: soon after this node queued something, else every second."""
+        due = 0.0
+        while True:
+            flushing, self._chain_now = self._chain_now, []
+            if flushing or pending.writes_since_sweep() or time.monotonic() >= due:
+                pending.swept()
+                due = time.monotonic() + CHAIN_SECONDS
+                try:
+                    async with self._pool.acquire() as conn:
+                        await chain_pending(conn)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # kept in audit_pending: the next round takes them
+                    log.exception("audit: could not chain the queued events; retrying")
+                for done in flushing:
+                    if not done.done():
+                        done.set_result(None)
+            await asyncio.sleep(self._interval)
 
     async def _append_singly(self, entries: list[Entry | Draft]) -> None:
         """One by one, so one event the database refuses cannot block the log; it is logged whole."""
         for item in entries:
+            if item is _NOTHING:
+                continue
             try:
                 async with self._pool.acquire() as conn:
-                    (entry,) = await complete(conn, [item])
-                    await self._chain.append(conn, [entry], sync=self._sync)
+                    await queue(conn, await complete(conn, [item]), sync=self._sync)
             except _UNWRITABLE:
                 log.error("audit: event refused by the database, not recorded: %r", item)
 
-    def _take_waiters(self) -> list[asyncio.Future[None]]:
-        waiters, self._waiters = self._waiters, []
-        return waiters
-
-    @staticmethod
-    def _release(waiters: list[asyncio.Future[None]]) -> None:
-        for done in waiters:
-            if not done.done():
-                done.set_result(None)
-
     async def close(self) -> None:
-        """Flush what is queued, then stop."""
+        """Commit what is queued, chain it, then stop (what the chaining could not take in
+        time stays in audit_pending for the next start or another node)."""
         if self._task is None:
             return
         self._closing = True
@@ -140,7 +165,16 @@ class AuditRecorder:
         try:
             await asyncio.wait_for(self._task, 10)
         except TimeoutError:
-            log.error("audit: %d events not written at shutdown", len(self._pending))
+            log.error("audit: %d events not written at shutdown", len(self._open.items))
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._chainer is not None:
+            self._chainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._chainer
+        try:
+            async with self._pool.acquire() as conn:
+                await asyncio.wait_for(chain_pending(conn), 10)
+        except Exception:
+            log.warning("audit: queued events left to chain at the next start", exc_info=True)

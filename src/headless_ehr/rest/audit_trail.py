@@ -78,8 +78,8 @@ async def _overrode_consent(request: Request, principal: Principal, returned: li
 
 def begin(request: Request) -> object:
     """Open the request's audit scope: the store records each write's event in it."""
-    address = client_address(request.scope, request.app.state.settings.trusted_proxies)
-    return pending.begin(None, address)
+    settings = request.app.state.settings
+    return pending.begin(None, client_address(request.scope, settings.trusted_proxies), settings.audit_sync_commit)
 
 
 def identify(principal: Principal) -> None:
@@ -94,6 +94,13 @@ def end(token: object) -> pending.AuditScope | None:
     return pending.end(token)  # type: ignore[arg-type]
 
 
+def _queued(scope: pending.AuditScope, code: str) -> bool:
+    """The request's event went in already: with its change (writes) or with its read."""
+    if code == "read":
+        return scope.read_recorded
+    return bool(scope.writes) and code in ("create", "update", "patch", "delete")
+
+
 async def record(
     request: Request, response: Response, recorder: AuditRecorder, scope: pending.AuditScope | None = None
 ) -> None:
@@ -101,12 +108,13 @@ async def record(
     requests'). A single create, update, patch or delete that succeeded already has its
     event, committed with the change; a refused or failed one gets it here."""
     try:
+        state = request.scope.get("state") or {}  # request.state's dict: read without State's exceptions
         seg = [s for s in request.path_params.get("path", "").split("/") if s]
         if seg == ["metadata"]:
             return
         code, resource = _code(request.method, seg)
         status = response.status_code
-        if scope is not None and scope.writes and status < 300 and code in ("create", "update", "patch", "delete"):
+        if scope is not None and status < 400 and _queued(scope, code):
             return
         body = getattr(response, "body", b"")
         if code == "transaction" and b'"batch-response"' in body[:400]:
@@ -115,17 +123,20 @@ async def record(
             where = response.headers.get("location", "")
             if "/_history/" in where:  # the new version: Type/id/_history/v
                 resource = "/".join(where.split("/")[-4:])
-        principal = getattr(request.state, "principal", None)
+        principal = state.get("principal")
         interaction = Interaction(code, status, resource, _patients(request, seg, principal))
         if code.startswith("search") or code == "operation":
             query = request.url.query
             interaction.query = f"{request.url.path}?{query}" if query else request.url.path
             if code.startswith("search") and len(seg) == 3 and seg[0] == "Patient":
                 interaction.resource = None
-        interaction.description = getattr(request.state, "refusal", None)
+        interaction.description = state.get("refusal")
         if principal is not None and principal.break_the_glass and scope is not None and scope.returned:
             interaction.break_the_glass = await _overrode_consent(request, principal, list(scope.returned))
-        address = client_address(request.scope, request.app.state.settings.trusted_proxies)
+        if scope is not None:
+            address = scope.address
+        else:
+            address = client_address(request.scope, request.app.state.settings.trusted_proxies)
         returned = list(scope.returned) if scope is not None else []
         if returned:  # what the store returned: the patients themselves now, others' patients by lookup
             interaction.patients += [f"Patient/{rid}" for rtype, rid in returned if rtype == "Patient"]

@@ -20,6 +20,7 @@ import asyncpg
 import orjson
 
 from ..audit import pending as audit_pending
+from ..audit.chain import queue as audit_queue
 from ..auth.policies import guard_change, guard_search, unhidden
 from ..auth.principal import SYSTEM, Principal
 from ..fhir import json as fhir_json
@@ -227,10 +228,19 @@ class ResourceStore:
         principal.require("read", resource_type)
         if not RESOURCE_ID.fullmatch(rid):  # names nothing; PostgreSQL would refuse a NUL in it
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid[:100]} is not known")
-        row = await self._db.fetchrow(sql.READ_CURRENT, resource_type, rid)
+        event = None
+        if principal.access("read", resource_type) is None:  # nothing restricts: queue the event with the read
+            event = audit_pending.read_event(resource_type, rid)
+        if event is None:
+            row = await self._db.fetchrow(sql.READ_CURRENT, resource_type, rid)
+        else:
+            args = audit_pending.pending_args(event)
+            row = await self._db.fetchrow(sql.READ_CURRENT_AUDITED, resource_type, rid, *args, audit_pending.sync())
+            if row is not None and row[2] is not None:
+                audit_pending.read_recorded()
         if row is None:
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
-        if not await self._reachable(principal, "read", resource_type, rid):
+        if event is None and not await self._reachable(principal, "read", resource_type, rid):
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
         stored = StoredResource(resource_type, rid, row[0], row[1], row[2])
         audit_pending.returned((stored,))
@@ -444,7 +454,7 @@ class ResourceStore:
                         stamp = tuple(await conn.fetchrow(INSERT_MANY, *insert_many_args(chunk)))
                         stamps += [stamp] * len(chunk)
                     if audited:  # in the same transaction: the events commit with the resources
-                        await conn.execute(audit_pending.INSERT_PENDING, *audit_pending.insert_pending_args(audited))
+                        await audit_queue(conn, audited)
                     if checked:
                         bound = self.bound(conn)
                         by_type: dict[str, list[str]] = {}

@@ -197,6 +197,19 @@ SELECT version_id, last_updated, content FROM resource WHERE resource_type = $1 
 
 READ_CURRENT_FOR_UPDATE = READ_CURRENT + " FOR UPDATE"
 
+# A read that queues its own AuditEvent (audit/pending.py `read_event`), only when it finds
+# a live resource: the event commits with the statement, before the response exists.
+_READ_EVENT = ", ".join(f"${3 + i}::{t}" for i, t in enumerate(PENDING_TYPES))
+READ_CURRENT_AUDITED = f"""
+WITH r AS (SELECT version_id, last_updated, content FROM resource WHERE resource_type = $1 AND id = $2),
+aud AS (
+    INSERT INTO audit_pending ({PENDING_COLUMNS}) SELECT {_READ_EVENT} FROM r
+    WHERE r.content IS NOT NULL AND (${3 + len(PENDING_TYPES)}::boolean
+        OR set_config('synchronous_commit', 'off', true) IS NOT NULL)
+)
+SELECT version_id, last_updated, content FROM r
+"""
+
 READ_VERSION = """
 SELECT version_id, last_updated, content, method FROM resource_history
 WHERE resource_type = $1 AND id = $2 AND version_id = $3

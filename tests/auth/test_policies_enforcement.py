@@ -434,3 +434,44 @@ async def test_a_masked_resource_keeps_its_decimal_precision(nurse, ward, client
     rid = (await client.post("/Observation", content=body, headers={"Content-Type": FHIR_JSON})).json()["id"]
     res = await nurse.get(f"/Observation/{rid}")
     assert b'"value":37.50' in res.content and b'"note"' not in res.content
+
+
+# ---- the audit trail of each step ---------------------------------------------------------
+
+
+async def test_every_step_of_the_nurse_leaves_an_audit_event_with_its_outcome(nurse, ward, client, app):
+    steps = [
+        ("read", f"Observation/{ward.vitals_a}", (await nurse.get(f"/Observation/{ward.vitals_a}")).status_code),
+        ("read", f"Observation/{ward.lab_a}", (await nurse.get(f"/Observation/{ward.lab_a}")).status_code),
+        ("read", f"Patient/{ward.b}", (await nurse.get(f"/Patient/{ward.b}")).status_code),
+    ]
+    assert [s[2] for s in steps] == [200, 404, 404]
+    search = await nurse.get("/Observation", params={"patient": ward.a})
+    assert search.status_code == 200
+    vital = observation(ward.a, "vital-signs", ward.lab_code)
+    created = await nurse.post("/Observation", json=vital)
+    assert created.status_code == 201
+    changed = {**created.json(), "status": "amended"}
+    refused = await nurse.put(f"/Observation/{created.json()['id']}", json=changed)
+    assert refused.status_code == 403
+    await app.state.audit.flush()
+
+    found = await client.get("/AuditEvent", params={"agent": f"Practitioner/{ward.nurse}", "_count": "100"})
+    assert found.status_code == 200
+    events = [e["resource"] for e in found.json()["entry"]]
+
+    def outcomes(subtype: str, reference: str) -> list[str]:
+        return [
+            e["outcome"]
+            for e in events
+            if e["subtype"][0]["code"] == subtype
+            and any(x.get("what", {}).get("reference") == reference for x in e.get("entity", []))
+        ]
+
+    assert outcomes("read", f"Observation/{ward.vitals_a}") == ["0"]
+    assert outcomes("read", f"Observation/{ward.lab_a}") == ["4"]
+    assert outcomes("read", f"Patient/{ward.b}") == ["4"]
+    # the search names the patient whose data it returned; the create its new version
+    assert outcomes("search-type", f"Patient/{ward.a}") == ["0"]
+    assert outcomes("create", f"Observation/{created.json()['id']}/_history/1") == ["0"]
+    assert outcomes("update", f"Observation/{created.json()['id']}") == ["4"]

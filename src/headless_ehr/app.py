@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 settings.trusted_issuer, settings.trusted_audience, settings.trusted_fhir_user_claim
             )
             stack.push_async_callback(trusted.close)
-        app.state.policies = policies = Policies(pool)
+        app.state.policies = policies = Policies(pool, settings.trusted_policies)
         await policies.start()
         stack.push_async_callback(policies.close)
         authenticate = token_authenticator(tokens, trusted, policies) if settings.auth else authenticate_as_system

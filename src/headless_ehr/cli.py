@@ -250,6 +250,7 @@ _ENV_ONLY = [
     ("EHR_TRUSTED_ISSUER", "an OpenID Connect issuer whose access tokens are accepted too (default none)"),
     ("EHR_TRUSTED_AUDIENCE", "the audience its tokens must name (required with EHR_TRUSTED_ISSUER)"),
     ("EHR_TRUSTED_FHIR_USER_CLAIM", "its claim naming the user's FHIR resource (default fhirUser)"),
+    ("EHR_TRUSTED_POLICIES", "access policies (comma list) of that issuer's practitioner users (default none)"),
     ("EHR_AUDIT", "on: record an AuditEvent for every FHIR request (default); off: none, for benchmarks only"),
     ("EHR_AUDIT_SYNC_COMMIT", "on: a request's AuditEvent waits for the disk flush too (default off)"),
 ]

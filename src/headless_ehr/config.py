@@ -81,6 +81,7 @@ class Settings:
     trusted_issuer: str | None = None  # an OpenID Connect issuer whose access tokens are accepted too
     trusted_audience: str | None = None  # the `aud` its tokens must carry (required with trusted_issuer)
     trusted_fhir_user_claim: str = "fhirUser"  # its claim naming the user's FHIR resource
+    trusted_policies: tuple[str, ...] = ()  # the access policies of its practitioner users
     # audit
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
     # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
@@ -127,6 +128,9 @@ class Settings:
             "trusted_issuer": os.environ.get("EHR_TRUSTED_ISSUER") or None,  # compared exactly with `iss`
             "trusted_audience": os.environ.get("EHR_TRUSTED_AUDIENCE") or None,
             "trusted_fhir_user_claim": os.environ.get("EHR_TRUSTED_FHIR_USER_CLAIM") or "fhirUser",
+            "trusted_policies": tuple(
+                n.strip() for n in (os.environ.get("EHR_TRUSTED_POLICIES") or "").split(",") if n.strip()
+            ),
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from headless_ehr.auth import external
 from headless_ehr.auth.external import principal_from_claims
+from tests.auth.test_policies_enforcement import admin  # noqa: F401  (a fixture)
 from tests.conftest import bearer
 
 from .forge import b64
@@ -332,3 +333,21 @@ async def test_an_unreachable_issuer_refuses_its_tokens_with_401_not_an_error(ap
     token = issuer.token(iss=nowhere)
     assert "cannot be fetched" in _challenge(await client.get("/Patient", headers=bearer(token)))
     assert (await client.get("/Patient?_count=1")).status_code == 200  # this server's own tokens still work
+
+
+async def test_the_issuers_practitioner_users_need_a_policy(app_with, issuer, client, admin):  # noqa: F811
+    """A practitioner of the external issuer holds no policy of ours unless
+    EHR_TRUSTED_POLICIES names one: beyond one patient's record they reach nothing."""
+    patient = (await client.post("/Patient", json={"resourceType": "Patient", "active": True})).json()["id"]
+    practitioner = issuer.token(sub="dr-x", azp="portal", scope="user/*.rs", fhirUser="Practitioner/7")
+    as_patient = issuer.token(sub="pat", azp="portal", scope="user/*.rs", fhirUser=f"Patient/{patient}")
+    without = await app_with(trusted_issuer=issuer.url, trusted_audience=AUDIENCE)
+    assert (await without.get(f"/Patient/{patient}", headers=bearer(practitioner))).status_code == 403
+    assert (await without.get(f"/Patient/{patient}", headers=bearer(as_patient))).status_code == 200
+
+    name = f"external-{uuid.uuid4().hex[:8]}"
+    policy = {"name": name, "rules": [{"resourceType": "Patient", "interactions": ["read", "search"]}]}
+    assert (await admin.post("/policies", json=policy)).status_code == 201
+    with_policy = await app_with(trusted_issuer=issuer.url, trusted_audience=AUDIENCE, trusted_policies=(name,))
+    assert (await with_policy.get(f"/Patient/{patient}", headers=bearer(practitioner))).status_code == 200
+    assert (await with_policy.get("/Observation?_count=1", headers=bearer(practitioner))).status_code == 403

@@ -53,15 +53,17 @@ def token_authenticator(
         token = bearer_token(request)
         if token is None:
             raise unauthorized("an access token is required (Authorization: Bearer <token>)", error=None)
+        external = None
         try:
             if trusted is not None:
                 # ours stay the fast path: a remembered external token, else the unverified `iss` chooses
-                principal = trusted.cached(token)
-                if principal is not None:
-                    return principal
-                if trusted.issued(token):
-                    return await trusted.verify(token)
-            principal = tokens.verify(token, audience, request.app.state.settings.base_path)
+                external = trusted.cached(token)
+                if external is None and trusted.issued(token):
+                    external = await trusted.verify(token)
+            if external is not None:
+                principal = external
+            else:
+                principal = tokens.verify(token, audience, request.app.state.settings.base_path)
         except InvalidToken as error:
             raise unauthorized(str(error)) from None
         return principal if policies is None else await policies.apply(token, principal)

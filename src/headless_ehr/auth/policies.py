@@ -292,8 +292,9 @@ class Policies:
     """The policies of each subject, cached on this node until any policy or
     assignment changes anywhere (auth_policy_generation, polled every second)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, external: tuple[str, ...] = ()) -> None:
         self.pool = pool
+        self.external = external  # the policies of a trusted external issuer's practitioner users
         self.generation: int | None = None
         # (kind, subject) -> (its rules, None when it has no policy; whether one allows BTG)
         self._subjects: dict[tuple[str, str], tuple[tuple[Rule, ...] | None, bool]] = {}
@@ -322,16 +323,21 @@ class Policies:
 
     async def apply(self, token: str, principal: Principal) -> Principal:
         """The principal with its subject's policy on it (unchanged when none applies)."""
-        if principal.grants is None or "issuer" in principal.attributes:
-            return principal  # SYSTEM; an external issuer's subject names no account of ours
+        if principal.grants is None:
+            return principal  # SYSTEM
         verified = principal
         epoch = self._epoch
         hit = self._principals.get(token)
         if hit is not None and hit[0] is principal:
             self._principals.move_to_end(token)
             return hit[1]
+        external = "issuer" in principal.attributes  # its subject names no account of ours
         user = bool(principal.client_id) and principal.subject != principal.client_id
-        rules, glass = await self._rules(("user", principal.subject) if user else ("client", principal.subject))
+        if external:  # EHR_TRUSTED_POLICIES, for its practitioner users only (below)
+            user = bool(principal.fhir_user)
+            rules, glass = await self._rules(("issuer", "")) if self.external else (None, False)
+        else:
+            rules, glass = await self._rules(("user", principal.subject) if user else ("client", principal.subject))
         if BREAK_THE_GLASS in principal.purpose_of_use:
             if not glass:  # the policy was changed since the token was granted
                 raise FhirError.of(403, "forbidden", "no access policy of this user or client allows break-the-glass")
@@ -343,6 +349,8 @@ class Policies:
             practitioner = fhir_user.split("/", 1)[0] in ("Practitioner", "PractitionerRole")
             beyond = any(g.context != "patient" for g in principal.grants)
             rules = () if user and practitioner and beyond else None
+        elif external and fhir_user.split("/", 1)[0] not in ("Practitioner", "PractitionerRole"):
+            rules = None  # the issuer's patients and clients: their scopes alone
         enriched = principal if rules is None else replace(principal, policy=rules_for(rules, fhir_user))
         if epoch == self._epoch:
             self._principals[token] = (verified, enriched)
@@ -360,14 +368,24 @@ class Policies:
         if key in self._subjects:
             return self._subjects[key]
         epoch = self._epoch
-        table, column = ("auth_user", "username") if key[0] == "user" else ("auth_client", "client_id")
-        rows = await self.pool.fetch(
-            f"SELECT p.document FROM {table} a CROSS JOIN LATERAL unnest(a.policies) AS n(name)"
-            " CROSS JOIN LATERAL (SELECT document FROM auth_policy WHERE name = n.name ORDER BY version DESC LIMIT 1) p"
-            f" WHERE a.{column} = $1",
-            key[1],
-        )
-        assigned = await self.pool.fetchval(f"SELECT cardinality(policies) FROM {table} WHERE {column} = $1", key[1])
+        if key[0] == "issuer":  # the named policies (EHR_TRUSTED_POLICIES)
+            rows = await self.pool.fetch(
+                "SELECT DISTINCT ON (name) document FROM auth_policy WHERE name = ANY($1::text[])"
+                " ORDER BY name, version DESC",
+                list(self.external),
+            )
+            assigned = len(self.external)
+        else:
+            table, column = ("auth_user", "username") if key[0] == "user" else ("auth_client", "client_id")
+            rows = await self.pool.fetch(
+                f"SELECT p.document FROM {table} a CROSS JOIN LATERAL unnest(a.policies) AS n(name)"
+                " CROSS JOIN LATERAL (SELECT document FROM auth_policy WHERE name = n.name"
+                f" ORDER BY version DESC LIMIT 1) p WHERE a.{column} = $1",
+                key[1],
+            )
+            assigned = await self.pool.fetchval(
+                f"SELECT cardinality(policies) FROM {table} WHERE {column} = $1", key[1]
+            )
         rules: tuple[Rule, ...] | None = None
         glass = False
         if assigned:

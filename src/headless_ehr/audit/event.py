@@ -33,10 +33,10 @@ _ACTIONS = {
     "transaction": "E",
     "batch": "E",
 }
-_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-_OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
-_DCM = "http://dicom.nema.org/resources/ontology/DCM"
-_SOURCE = {
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SOURCE = {
     "observer": {"display": "headless-ehr"},
     "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}],
 }
@@ -93,7 +93,7 @@ class _Caller:
                 "action": action,
                 "outcome": outcome,
                 "agent": self.agents,
-                "source": _SOURCE,
+                "source": SOURCE,
             }
             if principal is not None and principal.purpose_of_use:  # BALP: the token's purpose of use
                 head["purposeOfEvent"] = [
@@ -145,14 +145,14 @@ def _agents_of(principal: Principal | None, address: str) -> tuple[list[dict], l
 
 
 def _dcm(code: str, display: str) -> dict:
-    return {"coding": [{"system": _DCM, "code": code, "display": display}]}
+    return {"coding": [{"system": DCM, "code": code, "display": display}]}
 
 
 def _entity(reference: str, entity_type: str, role: str) -> dict:
     return {
         "what": {"reference": reference},
-        "type": {"system": _ENTITY_TYPE, "code": entity_type},
-        "role": {"system": _OBJECT_ROLE, "code": role},
+        "type": {"system": ENTITY_TYPE, "code": entity_type},
+        "role": {"system": OBJECT_ROLE, "code": role},
     }
 
 
@@ -240,5 +240,5 @@ def audit_event(interaction: Interaction, principal: Principal | None, address: 
     return Entry(event_id, datetime.fromtimestamp(now, UTC), content, index)
 
 
-_QUERY_TYPE = {"system": _ENTITY_TYPE, "code": "2"}
-_QUERY_ROLE = {"system": _OBJECT_ROLE, "code": "24"}  # 24 query
+_QUERY_TYPE = {"system": ENTITY_TYPE, "code": "2"}
+_QUERY_ROLE = {"system": OBJECT_ROLE, "code": "24"}  # 24 query

@@ -28,23 +28,16 @@ from typing import Any
 import orjson
 
 from .chain import Entry
-from .event import clean, outcome_code
+from .event import DCM, ENTITY_TYPE, OBJECT_ROLE, SOURCE, clean, outcome_code
 from .index import index_of
 
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
 IHE_EVENT = "urn:ihe:event-type-code"
 CLIENT_ID = "urn:ehr:client-id"
 USERNAME = "urn:ehr:username"
 OS_USER = "urn:ehr:os-user"
 URI = "urn:ietf:rfc:3986"  # identifiers that are URIs: urn:ehr:admin:users/alice
 JTI = "urn:ehr:token-jti"
-_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-_OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 _HUMAN = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
-_SOURCE = {
-    "observer": {"display": "headless-ehr"},
-    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}],
-}
 
 USER_AUTHENTICATION = (DCM, "110114", "User Authentication")
 SECURITY_ALERT = (DCM, "110113", "Security Alert")
@@ -146,9 +139,9 @@ def _agents(event: SecurityEvent) -> list[dict[str, Any]]:
 
 
 def _entity(what: dict[str, Any], entity_type: str, role: str | None) -> dict[str, Any]:
-    entity: dict[str, Any] = {"what": what, "type": {"system": _ENTITY_TYPE, "code": entity_type}}
+    entity: dict[str, Any] = {"what": what, "type": {"system": ENTITY_TYPE, "code": entity_type}}
     if role is not None:
-        entity["role"] = {"system": _OBJECT_ROLE, "code": role}
+        entity["role"] = {"system": OBJECT_ROLE, "code": role}
     return entity
 
 
@@ -161,7 +154,7 @@ def _entities(event: SecurityEvent) -> list[dict[str, Any]]:
         entities.append(_entity({"identifier": {"system": URI, "value": _text(name, MAX_NAME)}}, "2", role))
     details = [{"type": k, "valueString": _text(v, MAX_TEXT)} for k, v in event.details.items() if v]
     if event.token_id or details:  # the request itself (BALP IUA: the access token request)
-        request: dict[str, Any] = {"type": {"system": _ENTITY_TYPE, "code": "2"}}  # system object
+        request: dict[str, Any] = {"type": {"system": ENTITY_TYPE, "code": "2"}}  # system object
         if event.token_id:
             request["what"] = {"identifier": {"system": JTI, "value": _text(event.token_id, MAX_NAME)}}
         if details:
@@ -183,7 +176,7 @@ def security_event(event: SecurityEvent) -> Entry:
         "recorded": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "outcome": outcome_code(event.status),
         "agent": _agents(event),
-        "source": _SOURCE,
+        "source": SOURCE,
     }
     if event.description:
         content["outcomeDesc"] = _text(f"{event.status} {event.description}", MAX_OUTCOME)

@@ -31,6 +31,7 @@ class AuditScope:
     principal: Principal | None
     address: str
     sync: bool = True  # events queued by reads wait for the disk flush (EHR_AUDIT_SYNC_COMMIT)
+    code: str = ""  # the request's restful interaction (read, search-type, create, …)
     writes: int = 0  # events written with changes in this request (committed or not)
     read_recorded: bool = False  # the request's read event went in with the read's own statement
     # what the store returned (Type, id), in order, unique: the event names their patients
@@ -57,9 +58,9 @@ def swept() -> None:
 _scope: contextvars.ContextVar[AuditScope | None] = contextvars.ContextVar("audit_scope", default=None)
 
 
-def begin(principal: Principal | None, address: str, sync: bool) -> contextvars.Token[AuditScope | None]:
+def begin(principal: Principal | None, address: str, sync: bool, code: str) -> contextvars.Token[AuditScope | None]:
     """Open the request's scope (the caller resets the token when the request ends)."""
-    return _scope.set(AuditScope(principal, address, sync))
+    return _scope.set(AuditScope(principal, address, sync, code))
 
 
 def current() -> AuditScope | None:
@@ -90,8 +91,8 @@ def read_event(resource_type: str, rid: str) -> Entry | None:
     own statement can queue it (store/sql.py READ_CURRENT_AUDITED); None when the event
     must wait for what the read finds (other types: their patients are looked up)."""
     scope = _scope.get()
-    if scope is None or resource_type != "Patient" or scope.principal is None:
-        return None
+    if scope is None or scope.code != "read" or resource_type != "Patient" or scope.principal is None:
+        return None  # only a request that is this read (not an operation reading its focus)
     patients = [f"Patient/{rid}"]
     if scope.principal.patient:
         patients.append(f"Patient/{scope.principal.patient}")

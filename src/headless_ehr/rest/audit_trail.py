@@ -77,9 +77,13 @@ async def _overrode_consent(request: Request, principal: Principal, returned: li
 
 
 def begin(request: Request) -> object:
-    """Open the request's audit scope: the store records each write's event in it."""
+    """Open the request's audit scope: the store records each write's event in it, and a
+    plain read's (rest/audit_trail.py `_code` says which interaction the request is)."""
     settings = request.app.state.settings
-    return pending.begin(None, client_address(request.scope, settings.trusted_proxies), settings.audit_sync_commit)
+    address = client_address(request.scope, settings.trusted_proxies)
+    seg = [s for s in request.scope["path_params"].get("path", "").split("/") if s]
+    code = _code(request.scope["method"], seg)[0]
+    return pending.begin(None, address, settings.audit_sync_commit, code)
 
 
 def identify(principal: Principal) -> None:
@@ -94,11 +98,11 @@ def end(token: object) -> pending.AuditScope | None:
     return pending.end(token)  # type: ignore[arg-type]
 
 
-def _queued(scope: pending.AuditScope, code: str) -> bool:
+def _queued(scope: pending.AuditScope) -> bool:
     """The request's event went in already: with its change (writes) or with its read."""
-    if code == "read":
-        return scope.read_recorded
-    return bool(scope.writes) and code in ("create", "update", "patch", "delete")
+    if scope.read_recorded:
+        return True
+    return bool(scope.writes) and scope.code in ("create", "update", "patch", "delete")
 
 
 async def record(
@@ -108,14 +112,14 @@ async def record(
     requests'). A single create, update, patch or delete that succeeded already has its
     event, committed with the change; a refused or failed one gets it here."""
     try:
+        status = response.status_code
+        if scope is not None and status < 400 and _queued(scope):
+            return
         state = request.scope.get("state") or {}  # request.state's dict: read without State's exceptions
         seg = [s for s in request.path_params.get("path", "").split("/") if s]
         if seg == ["metadata"]:
             return
         code, resource = _code(request.method, seg)
-        status = response.status_code
-        if scope is not None and status < 400 and _queued(scope, code):
-            return
         body = getattr(response, "body", b"")
         if code == "transaction" and b'"batch-response"' in body[:400]:
             code = "batch"

@@ -252,3 +252,21 @@ async def test_reading_an_observation_names_its_patient(client, app, db):
     assert (await client.get(f"/Observation/{oid}")).status_code == 200
     [event] = [e for e in await events_naming(app, db, f"Observation/{oid}") if subtype(e) == "read"]
     assert f"Patient/{pid}" in references(event)
+
+
+async def test_reading_a_stored_bundle_naming_patients_of_no_id_is_recorded_at_once(client, app, db):
+    """A stored Bundle's patients without an id of ours (urn:uuid entries, another server's)
+    must neither stall the batch of events nor be named as patients."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": {"resourceType": "Patient", "active": True}},
+            {"fullUrl": "http://elsewhere.example.org/fhir/Patient/1", "resource": {"resourceType": "Patient"}},
+        ],
+    }
+    bid = (await client.post("/Bundle", json=bundle)).json()["id"]
+    read = await asyncio.wait_for(client.get(f"/Bundle/{bid}"), 10)
+    assert read.status_code == 200
+    [event] = [e for e in await events_naming(app, db, f"Bundle/{bid}") if subtype(e) == "read"]
+    assert not [r for r in references(event) if r.startswith("Patient/")]

@@ -58,6 +58,18 @@ def _joined(values: list[str]) -> str:
     return _SEP.join(v.replace(_SEP, "") for v in values)
 
 
+# The database is away or busy: keep the events and try again. Anything else (an event the
+# database refuses, a bug) must not hold every request for ever: the batch is written event
+# by event and an event that still fails is logged whole and left out.
+RETRYABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
 CHAIN_BATCH = 5000  # pending events chained per statement, at most
 
 # Queued events into audit_pending in one statement (any number of them); with $11

@@ -21,12 +21,10 @@ import time
 import asyncpg
 
 from . import pending
-from .chain import Entry, chain_pending, queue
+from .chain import RETRYABLE, Entry, chain_pending, queue
 from .touched import Draft, complete
 
 log = logging.getLogger("headless_ehr.audit")
-# errors of an event's data (asyncpg's argument encoding, PostgreSQL class 22), not of the database
-_UNWRITABLE = (asyncpg.DataError, UnicodeError)
 CHAIN_SECONDS = 1.0  # audit_pending is chained at least this often by every node
 
 
@@ -79,7 +77,15 @@ class AuditRecorder:
         batch = self._open
         batch.items.append(entry)
         self._wake.set()
+        self._ensure_running()
         await batch.done.wait()
+
+    def _ensure_running(self) -> None:
+        """A recorder whose task died (a bug) would leave every request waiting: start it again."""
+        if self._task is not None and self._task.done() and not self._closing:
+            if not self._task.cancelled() and self._task.exception() is not None:
+                log.error("audit: the recorder stopped; starting it again", exc_info=self._task.exception())
+            self._task = asyncio.create_task(self._run())
 
     async def flush(self) -> None:
         """Commit everything queued so far and chain it, with every event written before (tests)."""
@@ -99,8 +105,7 @@ class AuditRecorder:
                 if self._closing:
                     self._open.release()
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                await self._wake.wait()  # no timeout: nothing is due here until an event comes
                 self._wake.clear()
                 continue
             self._wake.clear()
@@ -112,15 +117,16 @@ class AuditRecorder:
                     await queue(conn, entries, sync=self._sync)
             except asyncio.CancelledError:
                 raise
-            except _UNWRITABLE:  # something in an event, not the database: write the others
-                await self._append_singly(batch.items)
-            except Exception:  # the database is away: keep the events, retry on the next tick
+            except RETRYABLE:  # the database is away: keep the events, retry on the next tick
                 log.exception("audit: could not queue %d events; retrying", len(batch.items))
                 batch.items += self._open.items
                 batch.joined.append(self._open)
                 self._open = batch
                 await asyncio.sleep(self._interval)
                 continue
+            except Exception:  # something in an event: write the others
+                log.exception("audit: could not queue a batch of %d events; writing them one by one", len(batch.items))
+                await self._append_singly(batch.items)
             pending.queued(len(batch.items))
             batch.release()
 
@@ -152,8 +158,8 @@ class AuditRecorder:
             try:
                 async with self._pool.acquire() as conn:
                     await queue(conn, await complete(conn, [item]), sync=self._sync)
-            except _UNWRITABLE:
-                log.error("audit: event refused by the database, not recorded: %r", item)
+            except Exception:
+                log.exception("audit: event not recorded: %r", item)
 
     async def close(self) -> None:
         """Commit what is queued, chain it, then stop (what the chaining could not take in

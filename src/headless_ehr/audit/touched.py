@@ -8,19 +8,21 @@ own work: the request still waits for its batch to commit (audit/recorder.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
 from ..auth.principal import Principal
-from .chain import Entry
+from .chain import RETRYABLE, Entry
 from .event import Interaction, audit_event
 
+log = logging.getLogger("headless_ehr.audit")
 _PATIENTS = (
     "SELECT resource_type, resource_id, array_agg(DISTINCT target_id) AS patients FROM search_reference"
     " WHERE (resource_type, resource_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-    " AND target_type = 'Patient' GROUP BY resource_type, resource_id"
+    " AND target_type = 'Patient' AND target_id <> '' GROUP BY resource_type, resource_id"
 )
 
 
@@ -44,6 +46,11 @@ async def complete(conn: asyncpg.Connection, items: Sequence[Entry | Draft]) -> 
     keys = list(dict.fromkeys(k for d in items if isinstance(d, Draft) for k in d.returned))
     patients: dict[tuple[str, str], list[str]] = {}
     if keys:
-        rows = await conn.fetch(_PATIENTS, [k[0] for k in keys], [k[1] for k in keys])
-        patients = {(r["resource_type"], r["resource_id"]): sorted(r["patients"]) for r in rows}
+        try:
+            rows = await conn.fetch(_PATIENTS, [k[0] for k in keys], [k[1] for k in keys])
+            patients = {(r["resource_type"], r["resource_id"]): sorted(r["patients"]) for r in rows}
+        except RETRYABLE:
+            raise
+        except Exception:  # the events still go in, naming the patients known without it
+            log.exception("audit: could not look up the patients of %d returned resources", len(keys))
     return [d.entry(patients) if isinstance(d, Draft) else d for d in items]

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from headless_ehr.auth import external
 from headless_ehr.auth.external import principal_from_claims
-from tests.auth.test_policies_enforcement import admin  # noqa: F401  (a fixture)
+from headless_ehr.auth.policies import put_policy
 from tests.conftest import bearer
 
 from .forge import b64
@@ -335,7 +335,7 @@ async def test_an_unreachable_issuer_refuses_its_tokens_with_401_not_an_error(ap
     assert (await client.get("/Patient?_count=1")).status_code == 200  # this server's own tokens still work
 
 
-async def test_the_issuers_practitioner_users_need_a_policy(app_with, issuer, client, admin):  # noqa: F811
+async def test_the_issuers_practitioner_users_need_a_policy(app_with, issuer, client, db):
     """A practitioner of the external issuer holds no policy of ours unless
     EHR_TRUSTED_POLICIES names one: beyond one patient's record they reach nothing."""
     patient = (await client.post("/Patient", json={"resourceType": "Patient", "active": True})).json()["id"]
@@ -347,7 +347,7 @@ async def test_the_issuers_practitioner_users_need_a_policy(app_with, issuer, cl
 
     name = f"external-{uuid.uuid4().hex[:8]}"
     policy = {"name": name, "rules": [{"resourceType": "Patient", "interactions": ["read", "search"]}]}
-    assert (await admin.post("/policies", json=policy)).status_code == 201
+    await put_policy(db, policy, "test", create=True)
     with_policy = await app_with(trusted_issuer=issuer.url, trusted_audience=AUDIENCE, trusted_policies=(name,))
     assert (await with_policy.get(f"/Patient/{patient}", headers=bearer(practitioner))).status_code == 200
     assert (await with_policy.get("/Observation?_count=1", headers=bearer(practitioner))).status_code == 403

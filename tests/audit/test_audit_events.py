@@ -270,3 +270,38 @@ async def test_reading_a_stored_bundle_naming_patients_of_no_id_is_recorded_at_o
     assert read.status_code == 200
     [event] = [e for e in await events_naming(app, db, f"Bundle/{bid}") if subtype(e) == "read"]
     assert not [r for r in references(event) if r.startswith("Patient/")]
+
+
+async def test_a_patient_read_event_made_by_sql_is_the_one_python_makes(client, db):
+    """Reads of a Patient queue their event in SQL (store/sql.py READ_CURRENT_AUDITED) from
+    parts audit/event.py keeps: the event and its search columns must be audit_event's."""
+    from headless_ehr.audit.event import Interaction, audit_event, read_parts
+    from headless_ehr.audit.index import index_of
+    from headless_ehr.auth.principal import Principal
+    from headless_ehr.store.sql import READ_CURRENT_AUDITED
+
+    pid = await new_patient(client)
+    who = Principal.from_scopes("u-sql", "user/*.rs", client_id="app-sql", fhir_user="Practitioner/p-sql")
+    parts = read_parts(who, "10.1.2.3")
+    assert parts is not None
+    async with db.acquire() as conn:
+        assert await conn.fetchrow(READ_CURRENT_AUDITED, "Patient", pid, *parts, True) is not None
+        row = await conn.fetchrow(
+            "SELECT * FROM audit_pending WHERE $1 = ANY(entities) AND agents @> ARRAY['app-sql']", f"Patient/{pid}"
+        )
+        if row is None:  # chained meanwhile
+            row = await conn.fetchrow(
+                "SELECT * FROM audit_event WHERE $1 = ANY(entities) AND agents @> ARRAY['app-sql']", f"Patient/{pid}"
+            )
+    made = orjson.loads(bytes(row["content"]))
+    python = audit_event(Interaction("read", 200, f"Patient/{pid}", [f"Patient/{pid}"]), who, "10.1.2.3")
+    expected = orjson.loads(python.content)
+    assert str(row["id"]) == made["id"]
+    assert made["recorded"].endswith("Z") and len(made["recorded"]) == len(expected["recorded"])
+    for key in ("id", "recorded"):
+        made.pop(key), expected.pop(key)
+    assert made == expected
+    columns = (row["patients"], row["agents"], row["entities"], row["subtype"], row["outcome"], row["action"])
+    assert list(columns) == list(python.index.row()[:6]) and row["address"] == python.index.address
+    assert index_of(orjson.loads(bytes(row["content"]))).row() == tuple([*columns, row["address"]])
+    assert read_parts(Principal.from_scopes("pat", "user/*.rs", fhir_user="Patient/1"), "x") is None

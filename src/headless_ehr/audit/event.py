@@ -240,5 +240,22 @@ def audit_event(interaction: Interaction, principal: Principal | None, address: 
     return Entry(event_id, datetime.fromtimestamp(now, UTC), content, index)
 
 
+def read_parts(principal: Principal | None, address: str) -> tuple[bytes, list[str], str] | None:
+    """What SQL needs to make the event of a successful read of a Patient by id (store/sql.py
+    READ_CURRENT_AUDITED, with READ_EVENT_TAIL): the caller's memoized head of the event,
+    its agents' index keys and its address, so that a read builds nothing here. None for a
+    caller whose events also name a patient of its own (a patient user, a patient context)."""
+    if principal is None or principal.patient or (principal.fhir_user or "").startswith("Patient/"):
+        return None
+    caller = _caller(principal, address)
+    return caller.head(principal, "read", "R", "0"), caller.keys, caller.address
+
+
+# The rest of that event, as audit_event writes it, with @ID@, @T@ and @RID@ for SQL to put
+# in (the event's id, its time, the Patient's id); tests/audit checks both make one event.
+READ_EVENT_TAIL = (
+    "," + orjson.dumps({"id": "@ID@", "recorded": "@T@", "entity": [_entity("Patient/@RID@", "1", "1")]}).decode()[1:]
+)
+
 _QUERY_TYPE = {"system": ENTITY_TYPE, "code": "2"}
 _QUERY_ROLE = {"system": OBJECT_ROLE, "code": "24"}  # 24 query

@@ -18,7 +18,7 @@ from ..auth.principal import Principal
 from ..search.compartment import compartment_params
 from ..search.rows import IndexRows
 from .chain import Entry
-from .event import Interaction, audit_event
+from .event import Interaction, audit_event, read_parts
 
 _CODES = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
@@ -86,22 +86,15 @@ def returned(resources: Iterable[object]) -> None:
         seen[(r.resource_type, r.id)] = None  # type: ignore[attr-defined]
 
 
-def read_event(resource_type: str, rid: str) -> Entry | None:
-    """The event of a read of a Patient by id, made before the read so that the read's
-    own statement can queue it (store/sql.py READ_CURRENT_AUDITED); None when the event
-    must wait for what the read finds (other types: their patients are looked up)."""
+def read_event(resource_type: str, rid: str) -> tuple[bytes, list[str], str, bool] | None:
+    """The arguments for a read of a Patient by id that queues its own event (store/sql.py
+    READ_CURRENT_AUDITED builds it, audit/event.py `read_parts`); None when the event must
+    wait for what the request finds or names (other types, patients' own reads)."""
     scope = _scope.get()
     if scope is None or scope.code != "read" or resource_type != "Patient" or scope.principal is None:
         return None  # only a request that is this read (not an operation reading its focus)
-    patients = [f"Patient/{rid}"]
-    if scope.principal.patient:
-        patients.append(f"Patient/{scope.principal.patient}")
-    return audit_event(Interaction("read", 200, patients[0], patients), scope.principal, scope.address)
-
-
-def sync() -> bool:
-    scope = _scope.get()
-    return True if scope is None else scope.sync
+    parts = read_parts(scope.principal, scope.address)
+    return None if parts is None else (*parts, scope.sync)
 
 
 def read_recorded() -> None:

@@ -234,8 +234,7 @@ class ResourceStore:
         if event is None:
             row = await self._db.fetchrow(sql.READ_CURRENT, resource_type, rid)
         else:
-            args = audit_pending.pending_args(event)
-            row = await self._db.fetchrow(sql.READ_CURRENT_AUDITED, resource_type, rid, *args, audit_pending.sync())
+            row = await self._db.fetchrow(sql.READ_CURRENT_AUDITED, resource_type, rid, *event)
             if row is not None and row[2] is not None:
                 audit_pending.read_recorded()
         if row is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from ..audit.event import READ_EVENT_TAIL
 from ..audit.pending import PENDING_COLUMNS, PENDING_TYPES
 from ..search.rows import CONTAINED_COLUMNS
 
@@ -197,15 +198,24 @@ SELECT version_id, last_updated, content FROM resource WHERE resource_type = $1 
 
 READ_CURRENT_FOR_UPDATE = READ_CURRENT + " FOR UPDATE"
 
-# A read that queues its own AuditEvent (audit/pending.py `read_event`), only when it finds
-# a live resource: the event commits with the statement, before the response exists.
-_READ_EVENT = ", ".join(f"${3 + i}::{t}" for i, t in enumerate(PENDING_TYPES))
+# A read of a Patient by id that queues its own AuditEvent, only when it finds a live
+# resource: the event commits with the statement, before the response exists. SQL completes
+# the caller's memoized head ($3) with READ_EVENT_TAIL: the event's id, its time (the
+# format of audit/event.py `_instant`) and the Patient's id ($2, a checked resource id);
+# $4 the agents' index keys, $5 the address, $6 whether to wait for the disk flush.
 READ_CURRENT_AUDITED = f"""
 WITH r AS (SELECT version_id, last_updated, content FROM resource WHERE resource_type = $1 AND id = $2),
+e AS (SELECT gen_random_uuid() AS id, clock_timestamp() AS ts),
 aud AS (
-    INSERT INTO audit_pending ({PENDING_COLUMNS}) SELECT {_READ_EVENT} FROM r
-    WHERE r.content IS NOT NULL AND (${3 + len(PENDING_TYPES)}::boolean
-        OR set_config('synchronous_commit', 'off', true) IS NOT NULL)
+    INSERT INTO audit_pending ({PENDING_COLUMNS})
+    SELECT e.id, e.ts, $3::bytea || convert_to(replace(replace(replace(
+            '{READ_EVENT_TAIL.replace("'", "''")}',
+            '@ID@', e.id::text),
+            '@T@', to_char(e.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
+            '@RID@', $2), 'UTF8'),
+        ARRAY['Patient/' || $2], $4::text[], ARRAY['Patient/' || $2], 'read', '0', 'R', $5::text
+    FROM r, e
+    WHERE r.content IS NOT NULL AND ($6::boolean OR set_config('synchronous_commit', 'off', true) IS NOT NULL)
 )
 SELECT version_id, last_updated, content FROM r
 """

@@ -453,9 +453,11 @@ class Restrict:
 
     predicate: Callable[[SqlBuilder, str], str]
     id_only: bool = True
-    # it leaves out few rows (Consents only): a page may be read in a sort index's order
-    # with it as a filter, as for no restriction (_index_sorted_page)
-    sparse: bool = False
+    # it is not bounded by a few patients' records (access policy rules, Consents), so a
+    # page is read in the search's own order (a sort index, the driving clause) with it
+    # checked per row; else (a patient's token, a compartment search) the restriction
+    # bounds what is read (_restricted_sorted_page) and the planner may drive from it
+    broad: bool = False
 
     def __call__(self, b: SqlBuilder, alias: str) -> str:
         return self.predicate(b, alias)
@@ -494,17 +496,24 @@ def _driven_page(
     if driver is None or (restrict is not None and not restrict.id_only):
         return None
     conds = [clause_sql(b, c, rtype, "q") for i, c in enumerate(clauses) if i != driving]
-    if restrict is not None:
-        conds.append(restrict(b, "q"))
     backwards = False
     if cursor:
         values, backwards = _cursor_values(cursor, [SortKey("_id", False, "id")])
         conds.append(_after(b, ["q.id"], [SortKey("_id", False, "id")], values, backwards))
     order = "DESC" if backwards else "ASC"
+    source = f"({driver}) q"
+    if restrict is not None and restrict.broad and len(conds) > 0:
+        # a broad restriction is checked row by row (search/access.py): on the rows the
+        # search's own clauses leave, not on every row of the driving index (the
+        # planner applies a row's own conditions at its scan, below the joins)
+        source = f"(SELECT q.id FROM {source} WHERE {' AND '.join(conds)} ORDER BY q.id {order} OFFSET 0) q"
+        conds = []
+    if restrict is not None:
+        conds.append(restrict(b, "q"))
     where = f" WHERE {' AND '.join(conds)}" if conds else ""
     sql = (
         f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE r.resource_type = {b.arg(rtype)} AND NOT r.deleted"
-        f" AND r.id IN (SELECT q.id FROM ({driver}) q{where} ORDER BY q.id {order} LIMIT {request.count + 1})"
+        f" AND r.id IN (SELECT q.id FROM {source}{where} ORDER BY q.id {order} LIMIT {request.count + 1})"
         f" ORDER BY r.id {order}"
     )
     return PageQuery(sql, b.args, 0, backwards)
@@ -524,7 +533,7 @@ def _index_sorted_page(
     rtype = request.resource_types[0]
     if len(request.sort) != 1 or request.several_types or request.clauses[rtype]:
         return None
-    if restrict is not None and not restrict.sparse:
+    if restrict is not None and not restrict.broad:
         return None
     shape = _sort_index(request, cursor)
     if shape is None:

@@ -27,7 +27,7 @@ from ..fhir.outcome import FhirError, Issue, has_errors
 from ..fhir.references import RESOURCE_ID
 from ..search.access import (
     any_type_access_sql,
-    consent_only,
+    broad_access,
     scopes_sql,
     touched_access,
     type_access_sql,
@@ -930,8 +930,8 @@ class ResourceStore:
             return types_access_sql(b, principal, "search", types, alias, local_base) or "true"
 
         if in_compartment is None:
-            sparse = consent_only(principal, "search", types)
-            return Restrict(access, id_only=not _reads_row(principal, types), sparse=sparse)
+            broad = broad_access(principal, "search", types)
+            return Restrict(access, id_only=not _reads_row(principal, types), broad=broad)
 
         def both(b: SqlBuilder, alias: str) -> str:
             return f"{in_compartment(b, alias)} AND {access(b, alias)}"

@@ -485,15 +485,15 @@ def _driven_page(
         return None
     rtype = request.resource_types[0]
     clauses = request.clauses[rtype]
-    if any(c.param is None and c.name.split(":")[0] == "_lastUpdated" for c in clauses):
-        return None  # needs the resource row itself
+    if any(_reads_row(c) for c in clauses) or (restrict is not None and not restrict.id_only):
+        return None  # needs the resource row itself (decided before any argument is bound)
     driver = driving = None
     for i, clause in enumerate(clauses):
         driver = driver_sql(b, clause, rtype)
         if driver is not None:
             driving = i
             break
-    if driver is None or (restrict is not None and not restrict.id_only):
+    if driver is None:
         return None
     conds = [clause_sql(b, c, rtype, "q") for i, c in enumerate(clauses) if i != driving]
     backwards = False

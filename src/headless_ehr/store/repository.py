@@ -1070,10 +1070,11 @@ def _compartment_restriction(types: list[str], compartment: Compartment | None) 
 
 def _reads_row(principal: Principal, types: list[str]) -> bool:
     """Whether principal's restriction reads row columns besides the id (`_lastUpdated`
-    in scope criteria; the type in a search of several types)."""
+    in scope or policy rule criteria; the type in a search of several types)."""
     if len(types) > 1 or ANY_TYPE in types:
         return True
-    return any(name.split(":")[0] == "_lastUpdated" for g in principal.grants or () for name, _ in g.criteria)
+    scopes = principal.access("search", types[0]) or ()
+    return any(name.split(":")[0] == "_lastUpdated" for s in scopes for name, _ in s.criteria)
 
 
 def conditional_update_id(resource: Resource, found: StoredResource | None) -> str | None:

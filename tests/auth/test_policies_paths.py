@@ -172,3 +172,16 @@ async def test_rule_criteria_on_last_updated_apply_on_every_page_shape(holder, p
     assert await every_page(nurse, {"code": code, "_count": "2"}) == every
     found = await every_page(nurse, {"_sort": "-date", "_count": "2"})
     assert found == [practice.v1b, practice.l1, practice.v2, practice.v1, practice.v2_undated]
+
+
+async def test_a_chained_search_pages_both_ways_through_exactly_the_rows_the_policy_opens(holder, practice):
+    nurse = await holder(practice_policy())
+    params = {"subject:Patient.general-practitioner": f"Practitioner/{practice.nurse}", "_count": "1"}
+    expected = sorted([practice.v1, practice.v1b, practice.v2, practice.v2_undated])
+    assert await every_page(nurse, params) == expected
+    res = await nurse.get("/Observation", params={**params, "_count": "3"})
+    following = next(link["url"] for link in res.json()["link"] if link["relation"] == "next")
+    last = (await nurse.get(following)).json()
+    assert ids(last) == {expected[3]}
+    previous = next(link["url"] for link in last["link"] if link["relation"] == "previous")
+    assert [e["resource"]["id"] for e in (await nurse.get(previous)).json()["entry"]] == expected[:3]

@@ -658,6 +658,29 @@ def _restricted_sorted_page(
     return _then_without_value(dated, b, fb, matches(fb, "r"), table, param.code, cursor, values, limit)
 
 
+def _broadly_restricted_page(
+    request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder
+) -> PageQuery | None:
+    """A page in id order of a search of one type under a broad restriction (Restrict.broad):
+    the matches in id order, the restriction checked on them one by one until the page is
+    full (`OFFSET 0` keeps the planner from checking every match before ordering them)."""
+    if restrict is None or not restrict.broad or request.sort or request.several_types:
+        return None
+    keys = [SortKey("_id", False, "id")]
+    conds = [filter_sql(b, request)]
+    backwards = False
+    if cursor:
+        values, backwards = _cursor_values(cursor, keys)
+        conds.append(_after(b, ["r.id"], keys, values, backwards))
+    order = "DESC" if backwards else "ASC"
+    matches = f"SELECT r.* FROM resource r WHERE {' AND '.join(conds)} ORDER BY r.id {order} OFFSET 0"
+    sql = (
+        f"SELECT {_RESOURCE_COLUMNS} FROM ({matches}) r WHERE {restrict(b, 'r')}"
+        f" ORDER BY r.id {order} LIMIT {request.count + 1}"
+    )
+    return PageQuery(sql, b.args, 0, backwards)
+
+
 def _then_without_value(
     dated: str | None,
     b: SqlBuilder,
@@ -710,6 +733,7 @@ def _page_query(request: SearchRequest, cursor: str | None, restrict: Restrict |
         _driven_page(request, cursor, restrict, b)
         or _index_sorted_page(request, cursor, restrict, b)
         or _restricted_sorted_page(request, cursor, restrict, b)
+        or _broadly_restricted_page(request, cursor, restrict, b)
     )
     if shaped is not None:
         return shaped

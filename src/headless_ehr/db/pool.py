@@ -42,7 +42,10 @@ async def _reset(conn: asyncpg.Connection) -> None:
 
 def server_settings(*, custom_plans: bool = False, statement_timeout_ms: int | None = None) -> dict[str, str]:
     """The session settings of our connections."""
-    settings = {"application_name": "headless-ehr", "timezone": "UTC"}
+    # jit off: our statements are short index probes; JIT compiling them costs more than
+    # it saves (tens of ms), and per-row access checks raise cost estimates past
+    # jit_above_cost (docs/security.md, Access policies, Cost)
+    settings = {"application_name": "headless-ehr", "timezone": "UTC", "jit": "off"}
     if custom_plans:
         settings["plan_cache_mode"] = "force_custom_plan"
     if statement_timeout_ms:

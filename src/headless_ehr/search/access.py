@@ -21,7 +21,7 @@ from .compartment import Compartment, compartment_params, compartment_sql
 from .consent import consent_sql
 from .parse import ChainBudget, Clause, Parser
 from .registry import BUNDLE_PATIENT, SECURITY_CONTEXT
-from .sql import ANY_TYPE, SqlBuilder, clause_sql
+from .sql import ANY_TYPE, SqlBuilder, clause_sql, driver_sql
 
 # (builder, resource type, alias) -> predicate on alias, or None for every row
 AccessSql = Callable[[SqlBuilder, str, str], str | None]
@@ -54,12 +54,13 @@ def _scope_sql(b: SqlBuilder, scope: Scope, rtype: str, alias: str, local_base: 
             clauses = _criteria_clauses(rtype, scope.criteria, local_base)
         except FhirError:
             return "false"  # e.g. criteria naming a parameter this type lacks
-        # the grant's own criteria are the authority: not restricted again (no recursion)
-        saved, b.access = b.access, None
+        # the grant's own criteria are the authority: not restricted again (no recursion);
+        # checked per row: they filter what the search finds (sql.py, SqlBuilder.per_row)
+        saved, b.access, per_row, b.per_row = b.access, None, b.per_row, True
         try:
             conds += [clause_sql(b, c, rtype, alias) for c in clauses]
         finally:
-            b.access = saved
+            b.access, b.per_row = saved, per_row
     if scope.patients is not None:
         conds.append(_patients_compartment_sql(b, scope.patients, rtype, alias, local_base))
     return "(" + " AND ".join(conds) + ")" if conds else "true"
@@ -69,30 +70,52 @@ def _patients_compartment_sql(
     b: SqlBuilder, search: tuple[tuple[str, str], ...], rtype: str, alias: str, local_base: str | None
 ) -> str:
     """Predicate: alias is in the Patient compartment of a live Patient the search finds
-    (an access policy's `compartment` rule)."""
+    (an access policy's `compartment` rule). Reads only alias.id.
+
+    Checked per row, never joined: the patient search runs once per statement (an
+    InitPlan, `= ANY(ARRAY(...))`) and each candidate row probes its own patient
+    references (`OFFSET 0` keeps the planner from flattening the EXISTS into a join).
+    As a join, the planner underestimates how many rows the patients reach (it cannot
+    know the search's patients) and builds the whole reachable id set before the
+    search's own clauses narrow anything (docs/security.md, Access policies, Cost)."""
     if not in_patient_compartment(rtype):
         return "false"
     try:
         clauses = _criteria_clauses("Patient", search, local_base)
     except FhirError:
         return "false"
-    p = b.alias("p")
-    saved, b.access = b.access, None  # the rule's search is the authority, as scope criteria are
+    # the rule's search is the authority, as scope criteria are; it finds the patients
+    saved, b.access, per_row, b.per_row = b.access, None, b.per_row, False
     try:
-        conds = [f"{p}.resource_type = 'Patient'", f"NOT {p}.deleted"]
-        conds += [clause_sql(b, c, "Patient", p) for c in clauses]
+        patients = f"ARRAY({_patient_ids_sql(b, clauses)})"
     finally:
-        b.access = saved
-    patients = f"SELECT {p}.id FROM resource {p} WHERE {' AND '.join(conds)}"
+        b.access, b.per_row = saved, per_row
     if rtype == "Patient":
-        return f"{alias}.id IN ({patients})"
+        return f"{alias}.id = ANY({patients})"
     params = compartment_params("Patient").get(rtype, ())
     x = b.alias()
     return (
-        f"{alias}.id IN (SELECT {x}.resource_id FROM search_reference {x}"
-        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.param = ANY({b.arg(list(params))}::text[])"
-        f" AND {x}.target_type = 'Patient' AND {x}.target_id IN ({patients}))"
+        f"EXISTS (SELECT 1 FROM search_reference {x}"
+        f" WHERE {x}.resource_type = {b.arg(rtype)} AND {x}.resource_id = {alias}.id"
+        f" AND {x}.param = ANY({b.arg(list(params))}::text[])"
+        f" AND {x}.target_type = 'Patient' AND {x}.target_id = ANY({patients}) OFFSET 0)"
     )
+
+
+def _patient_ids_sql(b: SqlBuilder, clauses: tuple[Clause, ...]) -> str:
+    """SELECT of the ids of the live Patients meeting every clause: from the index of the
+    first clause that can drive (deleted resources have no index rows), else from
+    `resource`, as query.py's driven page reads them."""
+    reads_row = any(c.param is None and c.name.split(":")[0] == "_lastUpdated" for c in clauses)
+    for i, clause in enumerate(clauses):
+        driver = None if reads_row else driver_sql(b, clause, "Patient")
+        if driver is not None:
+            conds = [clause_sql(b, c, "Patient", "q") for j, c in enumerate(clauses) if j != i]
+            return f"SELECT q.id FROM ({driver}) q" + (f" WHERE {' AND '.join(conds)}" if conds else "")
+    p = b.alias("p")
+    conds = [f"{p}.resource_type = 'Patient'", f"NOT {p}.deleted"]
+    conds += [clause_sql(b, c, "Patient", p) for c in clauses]
+    return f"SELECT {p}.id FROM resource {p} WHERE {' AND '.join(conds)}"
 
 
 def _names_no_other_patient(b: SqlBuilder, rtype: str, alias: str, patient: str, params: tuple[str, ...]) -> str:
@@ -128,10 +151,12 @@ def scopes_sql(b: SqlBuilder, scopes: tuple[Scope, ...], rtype: str, alias: str,
     return reach if viewer is None else f"({reach} AND {consent_sql(b, viewer, rtype, alias)})"
 
 
-def consent_only(principal: Principal, interaction: str, types: Iterable[str]) -> bool:
-    """Whether Consents are all that restrict the principal on these types: few rows are
-    left out, so a page may still be read in an index's order with it as a filter."""
-    return all(principal.access(interaction, t) == (Scope(consent=principal.consent_on(interaction)),) for t in types)
+def broad_access(principal: Principal, interaction: str, types: Iterable[str]) -> bool:
+    """Whether the principal's restriction on these types is by rule alone (access policy
+    rules, scope criteria without a patient, Consents), not by a patient's compartment:
+    the rows it reaches are not one record's few, so a page is read in the search's own
+    order with the restriction checked per row (Restrict.broad in search/query.py)."""
+    return all(all(s.patient is None for s in principal.access(interaction, t) or ()) for t in types)
 
 
 def type_access_sql(

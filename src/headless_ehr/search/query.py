@@ -453,9 +453,11 @@ class Restrict:
 
     predicate: Callable[[SqlBuilder, str], str]
     id_only: bool = True
-    # it leaves out few rows (Consents only): a page may be read in a sort index's order
-    # with it as a filter, as for no restriction (_index_sorted_page)
-    sparse: bool = False
+    # it is not bounded by a few patients' records (access policy rules, Consents), so a
+    # page is read in the search's own order (a sort index, the driving clause) with it
+    # checked per row; else (a patient's token, a compartment search) the restriction
+    # bounds what is read (_restricted_sorted_page) and the planner may drive from it
+    broad: bool = False
 
     def __call__(self, b: SqlBuilder, alias: str) -> str:
         return self.predicate(b, alias)
@@ -483,28 +485,35 @@ def _driven_page(
         return None
     rtype = request.resource_types[0]
     clauses = request.clauses[rtype]
-    if any(c.param is None and c.name.split(":")[0] == "_lastUpdated" for c in clauses):
-        return None  # needs the resource row itself
+    if any(_reads_row(c) for c in clauses) or (restrict is not None and not restrict.id_only):
+        return None  # needs the resource row itself (decided before any argument is bound)
     driver = driving = None
     for i, clause in enumerate(clauses):
         driver = driver_sql(b, clause, rtype)
         if driver is not None:
             driving = i
             break
-    if driver is None or (restrict is not None and not restrict.id_only):
+    if driver is None:
         return None
     conds = [clause_sql(b, c, rtype, "q") for i, c in enumerate(clauses) if i != driving]
-    if restrict is not None:
-        conds.append(restrict(b, "q"))
     backwards = False
     if cursor:
         values, backwards = _cursor_values(cursor, [SortKey("_id", False, "id")])
         conds.append(_after(b, ["q.id"], [SortKey("_id", False, "id")], values, backwards))
     order = "DESC" if backwards else "ASC"
+    source = f"({driver}) q"
+    if restrict is not None and restrict.broad and len(conds) > 0:
+        # a broad restriction is checked row by row (search/access.py): on the rows the
+        # search's own clauses leave, not on every row of the driving index (the
+        # planner applies a row's own conditions at its scan, below the joins)
+        source = f"(SELECT q.id FROM {source} WHERE {' AND '.join(conds)} ORDER BY q.id {order} OFFSET 0) q"
+        conds = []
+    if restrict is not None:
+        conds.append(restrict(b, "q"))
     where = f" WHERE {' AND '.join(conds)}" if conds else ""
     sql = (
         f"SELECT {_RESOURCE_COLUMNS} FROM resource r WHERE r.resource_type = {b.arg(rtype)} AND NOT r.deleted"
-        f" AND r.id IN (SELECT q.id FROM ({driver}) q{where} ORDER BY q.id {order} LIMIT {request.count + 1})"
+        f" AND r.id IN (SELECT q.id FROM {source}{where} ORDER BY q.id {order} LIMIT {request.count + 1})"
         f" ORDER BY r.id {order}"
     )
     return PageQuery(sql, b.args, 0, backwards)
@@ -524,7 +533,7 @@ def _index_sorted_page(
     rtype = request.resource_types[0]
     if len(request.sort) != 1 or request.several_types or request.clauses[rtype]:
         return None
-    if restrict is not None and not restrict.sparse:
+    if restrict is not None and not restrict.broad:
         return None
     shape = _sort_index(request, cursor)
     if shape is None:
@@ -649,6 +658,29 @@ def _restricted_sorted_page(
     return _then_without_value(dated, b, fb, matches(fb, "r"), table, param.code, cursor, values, limit)
 
 
+def _broadly_restricted_page(
+    request: SearchRequest, cursor: str | None, restrict: Restrict | None, b: SqlBuilder
+) -> PageQuery | None:
+    """A page in id order of a search of one type under a broad restriction (Restrict.broad):
+    the matches in id order, the restriction checked on them one by one until the page is
+    full (`OFFSET 0` keeps the planner from checking every match before ordering them)."""
+    if restrict is None or not restrict.broad or request.sort or request.several_types:
+        return None
+    keys = [SortKey("_id", False, "id")]
+    conds = [filter_sql(b, request)]
+    backwards = False
+    if cursor:
+        values, backwards = _cursor_values(cursor, keys)
+        conds.append(_after(b, ["r.id"], keys, values, backwards))
+    order = "DESC" if backwards else "ASC"
+    matches = f"SELECT r.* FROM resource r WHERE {' AND '.join(conds)} ORDER BY r.id {order} OFFSET 0"
+    sql = (
+        f"SELECT {_RESOURCE_COLUMNS} FROM ({matches}) r WHERE {restrict(b, 'r')}"
+        f" ORDER BY r.id {order} LIMIT {request.count + 1}"
+    )
+    return PageQuery(sql, b.args, 0, backwards)
+
+
 def _then_without_value(
     dated: str | None,
     b: SqlBuilder,
@@ -701,6 +733,7 @@ def _page_query(request: SearchRequest, cursor: str | None, restrict: Restrict |
         _driven_page(request, cursor, restrict, b)
         or _index_sorted_page(request, cursor, restrict, b)
         or _restricted_sorted_page(request, cursor, restrict, b)
+        or _broadly_restricted_page(request, cursor, restrict, b)
     )
     if shaped is not None:
         return shaped

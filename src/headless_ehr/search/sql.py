@@ -57,6 +57,10 @@ class SqlBuilder:
         # access control on the other types a clause touches (chains, _has, _list):
         # (builder, type, alias) -> predicate or None (search/access.py); None: no check
         self.access: Callable[[SqlBuilder, str, str], str | None] | None = None
+        # index conditions as a per-row probe (`EXISTS … OFFSET 0`) instead of `id IN
+        # (…)`: for access rules' criteria, which filter what a search finds rather than
+        # find it (search/access.py); the planner cannot turn them into a join
+        self.per_row = False
 
     def touched(self, rtype: str, alias: str) -> str:
         """ " AND <the caller may reach row alias of rtype>", or "" when it reaches all."""
@@ -81,6 +85,10 @@ def owned(
 
     rtype ANY_TYPE (a type-less system search) matches owners of every type.
     """
+    if b.per_row and rtype != ANY_TYPE:
+        conds = [f"{x}.resource_type = {b.arg(rtype)}", f"{x}.resource_id = {alias}.id", *conditions]
+        probe = f"EXISTS (SELECT 1 FROM {table} {x} WHERE {' AND '.join(conds)} OFFSET 0)"
+        return f"NOT {probe}" if negate else probe
     if rtype == ANY_TYPE:
         head, cols, conds = f"({alias}.resource_type, {alias}.id)", f"{x}.resource_type, {x}.resource_id", conditions
     else:

@@ -28,7 +28,7 @@ from ..fhir.outcome import FhirError, Issue, has_errors
 from ..fhir.references import RESOURCE_ID
 from ..search.access import (
     any_type_access_sql,
-    consent_only,
+    broad_access,
     scopes_sql,
     touched_access,
     type_access_sql,
@@ -939,8 +939,8 @@ class ResourceStore:
             return types_access_sql(b, principal, "search", types, alias, local_base) or "true"
 
         if in_compartment is None:
-            sparse = consent_only(principal, "search", types)
-            return Restrict(access, id_only=not _reads_row(principal, types), sparse=sparse)
+            broad = broad_access(principal, "search", types)
+            return Restrict(access, id_only=not _reads_row(principal, types), broad=broad)
 
         def both(b: SqlBuilder, alias: str) -> str:
             return f"{in_compartment(b, alias)} AND {access(b, alias)}"
@@ -1079,10 +1079,11 @@ def _compartment_restriction(types: list[str], compartment: Compartment | None) 
 
 def _reads_row(principal: Principal, types: list[str]) -> bool:
     """Whether principal's restriction reads row columns besides the id (`_lastUpdated`
-    in scope criteria; the type in a search of several types)."""
+    in scope or policy rule criteria; the type in a search of several types)."""
     if len(types) > 1 or ANY_TYPE in types:
         return True
-    return any(name.split(":")[0] == "_lastUpdated" for g in principal.grants or () for name, _ in g.criteria)
+    scopes = principal.access("search", types[0]) or ()
+    return any(name.split(":")[0] == "_lastUpdated" for s in scopes for name, _ in s.criteria)
 
 
 def conditional_update_id(resource: Resource, found: StoredResource | None) -> str | None:

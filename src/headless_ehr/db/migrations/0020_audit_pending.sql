@@ -20,37 +20,41 @@ CREATE TABLE audit_pending (
 -- Move up to max_rows pending events into the hash chain, oldest first, in the caller's
 -- transaction (audit/chain.py `chain_pending`): under the chain's advisory lock, each
 -- record's hash = SHA-256(previous hash || seq as 8 bytes big-endian || content), the
--- scheme `ehr audit verify` checks. An event already in the chain (its id) is skipped,
--- so a pending row written twice is chained once. Returns how many rows it took.
+-- scheme `ehr audit verify` checks. The loop keeps only small arrays (row addresses,
+-- seqs, links): the events' content is read in place, never copied into arrays. An event
+-- already in the chain (its id) is not chained again, so one queued twice is chained
+-- once, and its copies leave the queue. Returns how many rows it chained.
 CREATE FUNCTION audit_chain(max_rows integer) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     last_seq bigint;
     last_hash bytea;
-    taken audit_pending[];
-    seqs bigint[];
-    prevs bytea[];
-    hashes bytea[];
+    ids uuid[] := '{}';
+    rows tid[] := '{}';
+    twins tid[] := '{}';
+    seqs bigint[] := '{}';
+    prevs bytea[] := '{}';
+    hashes bytea[] := '{}';
     n integer := 0;
-    r audit_pending;
+    r record;
 BEGIN
     PERFORM pg_advisory_xact_lock(1589682385);  -- one chainer at a time, on every node
-    WITH gone AS (
-        DELETE FROM audit_pending WHERE ctid = ANY(ARRAY(SELECT ctid FROM audit_pending LIMIT max_rows))
-        RETURNING *
-    )
-    SELECT array_agg(g ORDER BY g.recorded, g.id) INTO taken
-    FROM (SELECT DISTINCT ON (gone.id) gone.* FROM gone ORDER BY gone.id) g  -- a row queued twice: once
-    WHERE NOT EXISTS (SELECT 1 FROM audit_event e WHERE e.id = g.id);  -- or already chained
-    IF taken IS NULL THEN
-        RETURN 0;
-    END IF;
     SELECT e.seq, e.hash INTO last_seq, last_hash FROM audit_event e ORDER BY e.seq DESC LIMIT 1;
     IF last_seq IS NULL THEN
         last_seq := 0;
         last_hash := decode(repeat('00', 32), 'hex');
     END IF;
-    FOREACH r IN ARRAY taken LOOP  -- the links, in order; then one insert for them all
+    FOR r IN
+        SELECT p.ctid AS row, p.id, p.content FROM audit_pending p
+        WHERE NOT EXISTS (SELECT 1 FROM audit_event e WHERE e.id = p.id)
+        ORDER BY p.recorded, p.id LIMIT max_rows
+    LOOP
+        IF n > 0 AND r.id = ids[n] THEN  -- the same event queued twice: chained once
+            twins := twins || r.row;
+            CONTINUE;
+        END IF;
         n := n + 1;
+        ids[n] := r.id;
+        rows[n] := r.row;
         seqs[n] := last_seq + n;
         prevs[n] := last_hash;
         last_hash := sha256(last_hash || int8send(last_seq + n) || r.content);
@@ -58,10 +62,10 @@ BEGIN
     END LOOP;
     INSERT INTO audit_event (seq, id, recorded, content, prev_hash, hash, patients, agents, entities,
         subtype, outcome, action, address)
-    SELECT u.s, t.id, t.recorded, t.content, u.p, u.h, t.patients, t.agents, t.entities, t.subtype, t.outcome,
-        t.action, t.address
-    FROM unnest(taken) WITH ORDINALITY
-        AS t(id, recorded, content, patients, agents, entities, subtype, outcome, action, address, i)
-    JOIN unnest(seqs, prevs, hashes) WITH ORDINALITY AS u(s, p, h, i) USING (i);
-    RETURN n;
+    SELECT u.seq, p.id, p.recorded, p.content, u.prev, u.hash, p.patients, p.agents, p.entities, p.subtype,
+        p.outcome, p.action, p.address
+    FROM unnest(rows, seqs, prevs, hashes) AS u(row, seq, prev, hash) JOIN audit_pending p ON p.ctid = u.row;
+    DELETE FROM audit_pending WHERE ctid = ANY(rows || twins);
+    DELETE FROM audit_pending p USING audit_event e WHERE e.id = p.id;  -- copies of events chained before
+    RETURN n + cardinality(twins);
 END $$;

@@ -305,3 +305,17 @@ async def test_a_patient_read_event_made_by_sql_is_the_one_python_makes(client, 
     assert list(columns) == list(python.index.row()[:6]) and row["address"] == python.index.address
     assert index_of(orjson.loads(bytes(row["content"]))).row() == tuple([*columns, row["address"]])
     assert read_parts(Principal.from_scopes("pat", "user/*.rs", fhir_user="Patient/1"), "x") is None
+
+
+async def test_a_write_names_the_patients_it_references_and_no_reference_without_an_id(client, app, db):
+    pid = await new_patient(client)
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"type": "Patient", "identifier": {"system": "urn:mrn", "value": uuid.uuid4().hex}},
+        "performer": [{"reference": f"Patient/{pid}"}, {"reference": "http://elsewhere.example.org/fhir/Patient/1"}],
+    }
+    oid = (await client.post("/Observation", json=observation)).json()["id"]
+    [event] = [e for e in await events_naming(app, db, f"Observation/{oid}") if subtype(e) == "create"]
+    assert [r for r in references(event) if r.startswith("Patient/")] == [f"Patient/{pid}"]

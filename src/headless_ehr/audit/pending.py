@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..auth.principal import Principal
-from ..search.compartment import compartment_params
 from ..search.rows import IndexRows
 from .chain import Entry
 from .event import Interaction, audit_event, read_parts
@@ -115,19 +114,17 @@ def written(resource_type: str, rid: str, version: int, method: str, rows: Index
     reference = f"{resource_type}/{rid}/_history/{version}"
     interaction = Interaction(code, 201 if code == "create" else 200, reference, patients)
     scope.writes += 1
-    global _node_writes
-    _node_writes += 1
+    queued(1)
     return audit_event(interaction, scope.principal, scope.address)
 
 
 def _patients(resource_type: str, rid: str, rows: IndexRows | None) -> list[str]:
-    """The patients whose record the resource is in (its Patient compartment links)."""
-    if resource_type == "Patient":
-        return [f"Patient/{rid}"]
-    params = compartment_params("Patient").get(resource_type)
-    if not params or rows is None:
-        return []
-    return [f"Patient/{r[2]}" for r in rows.reference if r[1] == "Patient" and r[0] in params]
+    """The patients the resource is or references: the rule audit/touched.py applies to what
+    a request returned (a reference naming no id of ours, urn:uuid or another server's, counts not)."""
+    own = [f"Patient/{rid}"] if resource_type == "Patient" else []
+    if rows is None:
+        return own
+    return list(dict.fromkeys([*own, *(f"Patient/{r[2]}" for r in rows.reference if r[1] == "Patient" and r[2])]))
 
 
 # One pending row, as parameters of the write statement's own CTE (store/sql.py).

@@ -31,6 +31,8 @@ class AuditScope:
     address: str
     sync: bool = True  # events queued by reads wait for the disk flush (EHR_AUDIT_SYNC_COMMIT)
     code: str = ""  # the request's restful interaction (read, search-type, create, …)
+    resource: str | None = None  # the Type/id its URL addresses
+    unaudited: bool = False  # GET /metadata: public, not audited
     writes: int = 0  # events written with changes in this request (committed or not)
     read_recorded: bool = False  # the request's read event went in with the read's own statement
     # what the store returned (Type, id), in order, unique: the event names their patients
@@ -57,18 +59,21 @@ def swept() -> None:
 _scope: contextvars.ContextVar[AuditScope | None] = contextvars.ContextVar("audit_scope", default=None)
 
 
-def begin(principal: Principal | None, address: str, sync: bool, code: str) -> contextvars.Token[AuditScope | None]:
+def begin(
+    principal: Principal | None, address: str, sync: bool, code: str, resource: str | None, unaudited: bool
+) -> contextvars.Token[AuditScope | None]:
     """Open the request's scope (the caller resets the token when the request ends)."""
-    return _scope.set(AuditScope(principal, address, sync, code))
+    return _scope.set(AuditScope(principal, address, sync, code, resource, unaudited))
 
 
 def current() -> AuditScope | None:
     return _scope.get()
 
 
-def end(token: contextvars.Token[AuditScope | None]) -> AuditScope | None:
+def end(token: contextvars.Token[AuditScope | None]) -> AuditScope:
     scope = _scope.get()
     _scope.reset(token)
+    assert scope is not None  # the one begin() set
     return scope
 
 

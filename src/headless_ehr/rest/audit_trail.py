@@ -82,8 +82,8 @@ def begin(request: Request) -> object:
     settings = request.app.state.settings
     address = client_address(request.scope, settings.trusted_proxies)
     seg = [s for s in request.scope["path_params"].get("path", "").split("/") if s]
-    code = _code(request.scope["method"], seg)[0]
-    return pending.begin(None, address, settings.audit_sync_commit, code)
+    code, resource = _code(request.scope["method"], seg)
+    return pending.begin(None, address, settings.audit_sync_commit, code, resource, seg == ["metadata"])
 
 
 def identify(principal: Principal) -> None:
@@ -93,7 +93,7 @@ def identify(principal: Principal) -> None:
         scope.principal = principal
 
 
-def end(token: object) -> pending.AuditScope | None:
+def end(token: object) -> pending.AuditScope:
     """Close the scope: what the request's writes recorded and what the store returned."""
     return pending.end(token)  # type: ignore[arg-type]
 
@@ -105,21 +105,17 @@ def _queued(scope: pending.AuditScope) -> bool:
     return bool(scope.writes) and scope.code in ("create", "update", "patch", "delete")
 
 
-async def record(
-    request: Request, response: Response, recorder: AuditRecorder, scope: pending.AuditScope | None = None
-) -> None:
+async def record(request: Request, response: Response, recorder: AuditRecorder, scope: pending.AuditScope) -> None:
     """Record the request's AuditEvent before its response goes (batched with other
     requests'). A single create, update, patch or delete that succeeded already has its
-    event, committed with the change; a refused or failed one gets it here."""
+    event, committed with the change, and a plain read of a Patient with the read; a
+    refused or failed one gets it here."""
     try:
         status = response.status_code
-        if scope is not None and status < 400 and _queued(scope):
+        if scope.unaudited or (status < 400 and _queued(scope)):
             return
         state = request.scope.get("state") or {}  # request.state's dict: read without State's exceptions
-        seg = [s for s in request.path_params.get("path", "").split("/") if s]
-        if seg == ["metadata"]:
-            return
-        code, resource = _code(request.method, seg)
+        code, resource = scope.code, scope.resource
         body = getattr(response, "body", b"")
         if code == "transaction" and b'"batch-response"' in body[:400]:
             code = "batch"
@@ -127,6 +123,7 @@ async def record(
             where = response.headers.get("location", "")
             if "/_history/" in where:  # the new version: Type/id/_history/v
                 resource = "/".join(where.split("/")[-4:])
+        seg = [s for s in request.path_params.get("path", "").split("/") if s]
         principal = state.get("principal")
         interaction = Interaction(code, status, resource, _patients(request, seg, principal))
         if code.startswith("search") or code == "operation":
@@ -135,13 +132,10 @@ async def record(
             if code.startswith("search") and len(seg) == 3 and seg[0] == "Patient":
                 interaction.resource = None
         interaction.description = state.get("refusal")
-        if principal is not None and principal.break_the_glass and scope is not None and scope.returned:
+        if principal is not None and principal.break_the_glass and scope.returned:
             interaction.break_the_glass = await _overrode_consent(request, principal, list(scope.returned))
-        if scope is not None:
-            address = scope.address
-        else:
-            address = client_address(request.scope, request.app.state.settings.trusted_proxies)
-        returned = list(scope.returned) if scope is not None else []
+        address = scope.address
+        returned = list(scope.returned)
         if returned:  # what the store returned: the patients themselves now, others' patients by lookup
             interaction.patients += [f"Patient/{rid}" for rtype, rid in returned if rtype == "Patient"]
             others = [key for key in returned if key[0] != "Patient"]

@@ -30,7 +30,7 @@ from .auth.routes import oauth_routes
 from .auth.tokens import AccessTokens
 from .config import Settings
 from .db.migrate import migrate
-from .db.pool import create_pool
+from .db.pool import AUDIT_APPLICATION, create_pool
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validate_with, validator
@@ -160,7 +160,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         app.state.authenticate = authenticate if rate_limits is None else limit_clients(authenticate, rate_limits)
         if settings.audit:  # AuditEvents into the hash chain (audit/), in batches before each response
-            app.state.audit = recorder = AuditRecorder(pool, sync=settings.audit_sync_commit)
+            audit_pool = await create_pool(
+                settings.database_url,
+                min_size=1,
+                max_size=3,  # one batch and one chaining at a time, and a spare
+                statement_timeout_ms=timeout,
+                application_name=AUDIT_APPLICATION,
+            )
+            stack.push_async_callback(audit_pool.close)
+            app.state.audit = recorder = AuditRecorder(audit_pool, sync=settings.audit_sync_commit)
             recorder.start()
             stack.push_async_callback(_close_audit, app, recorder)
             keys.rotated = functools.partial(record_key_rotation, app)  # later rotations are audited

@@ -139,3 +139,26 @@ async def test_watermark_is_now_without_writers_in_flight(db):
     before = await db.fetchval("SELECT clock_timestamp()")
     settled: datetime = await db.fetchval("SELECT write_watermark()")
     assert settled >= before
+
+
+async def test_the_audit_recorders_transactions_do_not_hold_history_back(client, database_url):
+    """An audit chaining in flight (its own connections, application_name headless-ehr-audit)
+    writes no resource row: a write committed meanwhile shows in history at once."""
+    from headless_ehr.db.pool import AUDIT_APPLICATION
+
+    audit = await asyncpg.connect(database_url, server_settings={"application_name": AUDIT_APPLICATION})
+    other = await asyncpg.connect(database_url)
+    try:
+        for conn, held in ((audit, False), (other, True)):
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await conn.execute("SELECT pg_current_xact_id()")  # holds a transaction id, as a writer does
+                created = await _post(client, {"resourceType": "Basic", "code": {"text": "meanwhile"}})
+                instance, _ = await _ids(client, f"/Basic/{created['id']}/_history")
+                assert instance == ([] if held else [created["id"]])
+            finally:
+                await tx.rollback()
+    finally:
+        await audit.close()
+        await other.close()

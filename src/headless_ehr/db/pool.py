@@ -40,12 +40,20 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-def server_settings(*, custom_plans: bool = False, statement_timeout_ms: int | None = None) -> dict[str, str]:
+APPLICATION = "headless-ehr"
+# The audit recorder's own connections: their transactions write no resource rows, so
+# write_watermark() (migrations 0009, 0020) does not wait for them.
+AUDIT_APPLICATION = "headless-ehr-audit"
+
+
+def server_settings(
+    *, custom_plans: bool = False, statement_timeout_ms: int | None = None, application_name: str = APPLICATION
+) -> dict[str, str]:
     """The session settings of our connections."""
     # jit off: our statements are short index probes; JIT compiling them costs more than
     # it saves (tens of ms), and per-row access checks raise cost estimates past
     # jit_above_cost (docs/security.md, Access policies, Cost)
-    settings = {"application_name": "headless-ehr", "timezone": "UTC", "jit": "off"}
+    settings = {"application_name": application_name, "timezone": "UTC", "jit": "off"}
     if custom_plans:
         settings["plan_cache_mode"] = "force_custom_plan"
     if statement_timeout_ms:
@@ -60,6 +68,7 @@ async def create_pool(
     max_size: int = 10,
     custom_plans: bool = False,
     statement_timeout_ms: int | None = None,
+    application_name: str = APPLICATION,
 ) -> asyncpg.Pool:
     """A pool whose connections keep asyncpg's prepared-statement cache warm.
 
@@ -69,7 +78,9 @@ async def create_pool(
     asyncpg.QueryCanceledError), so one costly request cannot hold a connection and a
     core for ever; None or 0 for no limit (bulk import).
     """
-    settings = server_settings(custom_plans=custom_plans, statement_timeout_ms=statement_timeout_ms)
+    settings = server_settings(
+        custom_plans=custom_plans, statement_timeout_ms=statement_timeout_ms, application_name=application_name
+    )
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,

@@ -69,3 +69,21 @@ BEGIN
     DELETE FROM audit_pending p USING audit_event e WHERE e.id = p.id;  -- copies of events chained before
     RETURN n + cardinality(twins);
 END $$;
+
+-- write_watermark (migration 0009) without the audit recorder's own transactions
+-- (application_name headless-ehr-audit, db/pool.py): they write audit rows only, never a
+-- resource, history or outbox row, and a chaining in flight must not hold history back.
+CREATE OR REPLACE FUNCTION write_watermark() RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    now_ts timestamptz := clock_timestamp();
+    oldest timestamptz;
+BEGIN
+    PERFORM pg_stat_clear_snapshot();  -- a transaction caches pg_stat_activity: read it afresh
+    SELECT min(a.xact_start) INTO oldest
+    FROM pg_stat_activity a
+    WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
+        AND a.backend_type <> 'autovacuum worker'  -- an autoanalyze holds an id but writes no rows
+        AND a.application_name IS DISTINCT FROM 'headless-ehr-audit';
+    RETURN least(now_ts, oldest);
+END $$;

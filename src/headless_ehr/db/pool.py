@@ -44,6 +44,8 @@ APPLICATION = "headless-ehr"
 # The audit recorder's own connections: their transactions write no resource rows, so
 # write_watermark() (migrations 0009, 0020) does not wait for them.
 AUDIT_APPLICATION = "headless-ehr-audit"
+# The event workers' connections (events/): likewise, never a resource row (migration 0021).
+EVENTS_APPLICATION = "headless-ehr-events"
 
 
 def server_settings(

@@ -32,9 +32,9 @@ CREATE TABLE subscription_state (
     id                 text        PRIMARY KEY,
     owner              jsonb       NOT NULL,            -- whose rights match and filter its events (events/owner.py)
     status             text        NOT NULL,            -- requested | active | error | off
-    resource_type      text        NOT NULL,            -- the type its criteria search
-    criteria           jsonb       NOT NULL DEFAULT '[]',  -- the search's [name, value] pairs
-    interactions       text[],                          -- topic triggers: create, update, delete; NULL: all
+    -- what it is notified of: [{"type": T, "interactions": [create|update|delete] or null (all),
+    -- "params": [[name, value], ...]}]; one entry for R4 criteria, one per trigger for a topic
+    triggers           jsonb       NOT NULL,
     topic              text,                            -- backport: the SubscriptionTopic's canonical URL
     channel            text        NOT NULL,            -- rest-hook | websocket
     endpoint           text,
@@ -54,7 +54,6 @@ CREATE TABLE subscription_state (
     error              text,
     created_at         timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX subscription_state_type ON subscription_state (resource_type) WHERE status <> 'off';
 
 -- Each event a subscription matched, numbered per subscription (backport eventNumber).
 CREATE TABLE subscription_notification (

@@ -28,6 +28,7 @@ from .auth.policies import Policies
 from .auth.ratelimit import AddressRateLimit, RateLimits, limit_clients
 from .auth.routes import oauth_routes
 from .auth.tokens import AccessTokens
+from .bulk.export_worker import ExportWorker
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import AUDIT_APPLICATION, create_pool
@@ -172,6 +173,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             recorder.start()
             stack.push_async_callback(_close_audit, app, recorder)
             keys.rotated = functools.partial(record_key_rotation, app)  # later rotations are audited
+        # $export jobs (bulk/): their own connections, planned for their values like searches
+        bulk_pool = await create_pool(
+            settings.database_url, min_size=1, max_size=3, custom_plans=True, statement_timeout_ms=timeout
+        )
+        stack.push_async_callback(bulk_pool.close)
+        app.state.bulk_pool = bulk_pool
+        app.state.exports = exports = ExportWorker(bulk_pool, settings)
+        if settings.bulk_export_jobs:  # else an API-only node: other nodes run its jobs
+            exports.start()
+        stack.push_async_callback(exports.close)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         stack.push_async_callback(app.state.reindexer.close)
         poller = asyncio.create_task(poll_registry(pool))

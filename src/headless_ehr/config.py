@@ -86,6 +86,11 @@ class Settings:
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
     # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
     audit_sync_commit: bool = False
+    # bulk export (docs/bulk.md, "Export ($export)")
+    bulk_file_bytes: int = 64 * 1024 * 1024  # an output file is cut when it reaches this size
+    bulk_retention_hours: int = 24  # a finished export's files are removed this long after it ended
+    bulk_page_rows: int = 1000  # resources read per keyset page (one progress commit each)
+    bulk_export_jobs: bool = True  # False (EHR_BULK_EXPORT_JOBS=off): this node runs no export jobs
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -134,6 +139,11 @@ class Settings:
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
+            # bulk export
+            "bulk_file_bytes": _bounded("EHR_BULK_FILE_BYTES", 64 * 1024 * 1024, 1024, 2**40),
+            "bulk_retention_hours": _bounded("EHR_BULK_RETENTION_HOURS", 24, 1, 24 * 365),
+            "bulk_page_rows": _bounded("EHR_BULK_PAGE_ROWS", 1000, 1, 100_000),
+            "bulk_export_jobs": _choice("EHR_BULK_EXPORT_JOBS", ("on", "off")) == "on",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:

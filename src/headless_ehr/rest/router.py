@@ -24,7 +24,7 @@ from . import interactions as ix
 from .capability import settings_document
 from .context import principal_of
 from .negotiation import FHIR_JSON, response_media_type, wants_native
-from .operations import reindex
+from .operations import export, reindex
 from .operations.everything import everything
 from .operations.validate import validate
 from .origin import request_origin
@@ -62,6 +62,18 @@ def _operation_methods(request: Request, name: str, resource_type: str | None, r
         return {"POST": lambda: validate(request, resource_type, rid)}
     if name == "everything" and resource_type in ("Patient", "Encounter"):
         return {"GET": lambda: everything(request, resource_type, rid)}
+    if name == "export" and (resource_type is None or (resource_type == "Patient" and rid is None)):
+        level = "system" if resource_type is None else "patient"
+        return {"GET": lambda: export.kick_off(request, level), "POST": lambda: export.kick_off(request, level)}
+    if name == "export" and resource_type == "Group" and rid is not None:
+        return {
+            "GET": lambda: export.kick_off(request, "group", rid),
+            "POST": lambda: export.kick_off(request, "group", rid),
+        }
+    if resource_type is None and "$" + name == export.STATUS_OPERATION:
+        return {"GET": lambda: export.status(request), "DELETE": lambda: export.cancel(request)}
+    if resource_type is None and "$" + name == export.DOWNLOAD_OPERATION:
+        return {"GET": lambda: export.download(request)}
     if name == "reindex":
         methods: Methods = {"POST": lambda: reindex.start(request, resource_type, rid)}
         if resource_type is None:
@@ -194,7 +206,9 @@ async def fhir_endpoint(request: Request) -> Response:
 async def _answer(request: Request) -> Response:
     try:
         segments = [s for s in request.path_params.get("path", "").split("/") if s]
-        if _is_binary_read(request, segments) and wants_native(request):
+        if segments == [export.DOWNLOAD_OPERATION]:  # NDJSON, whatever Accept says; errors as FHIR JSON
+            request.state.media_type = FHIR_JSON
+        elif _is_binary_read(request, segments) and wants_native(request):
             request.state.native = True  # answer with the content; errors stay OperationOutcomes
             request.state.media_type = FHIR_JSON
         else:

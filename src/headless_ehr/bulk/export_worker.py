@@ -1,0 +1,285 @@
+"""The background runner of $export jobs: one job at a time per node, any node.
+
+A job is a list of streams (each exported type's resources, then, for _since exports,
+each type's deletions). A stream is read in keyset pages of id order (at most
+EHR_BULK_PAGE_ROWS resources or PAGE_BYTES, each from a server-side cursor), so no
+more than a page is ever in memory; its lines are appended to the current file part,
+which is cut when the next line would take it past EHR_BULK_FILE_BYTES. After every
+page the file is flushed and the job's progress committed (fenced by the lease):
+stream, last id written, current part and its length in bytes and lines. A node that
+resumes a job truncates the current part to the committed length and continues after
+the committed id, so a crash at any point neither repeats nor loses a line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import asyncpg
+
+from ..auth.policies import hidden_elements, masked
+from ..auth.principal import Principal
+from ..config import Settings
+from ..fhir import json as fhir_json
+from ..fhir.summary import subset
+from . import export_files, export_jobs
+from .caller import caller_of
+from .export_jobs import Job
+from .snapshot import deleted_sql, lists_deleted, page_sql
+
+log = logging.getLogger("headless_ehr.bulk")
+
+PAGE_BYTES = 8 * 1024 * 1024  # a page ends early past this much output: big resources, few per page
+PREFETCH = 64  # rows the cursor holds at a time
+POLL_SECONDS = 1.0  # look for claimable jobs this often (and at once on a kick-off here)
+SWEEP_SECONDS = 60.0  # remove expired jobs and their files this often
+# a lost connection: leave the job to be taken over (by this node too), never fail it
+TRANSIENT = (ConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.ConnectionFailureError)
+
+
+class LeaseLost(Exception):
+    """The job was cancelled or another node holds it now."""
+
+
+def streams_of(principal: Principal, job: Job) -> list[tuple[str, str]]:
+    """(kind, type) of every stream of the job, in order: output first, then deletions."""
+    spec = job.spec
+    out = [("output", t) for t in spec.types]
+    return out + [("deleted", t) for t in spec.types if lists_deleted(principal, spec, t)]
+
+
+def _start_of_stream(progress: dict[str, Any], stream: int) -> None:
+    progress.update(stream=stream, after="", part=1, part_bytes=0, part_lines=0, part_after="")
+
+
+def _deletion_line(rtype: str, rid: str) -> bytes:
+    bundle = {"resourceType": "Bundle", "type": "transaction"}
+    bundle["entry"] = [{"request": {"method": "DELETE", "url": f"{rtype}/{rid}"}}]  # type: ignore[list-item]
+    return fhir_json.dumps(bundle) + b"\n"
+
+
+class _Renderer:
+    """A stored resource as the caller may see it, reduced as _elements asks: one line."""
+
+    def __init__(self, principal: Principal, elements: dict[str, list[str]]) -> None:
+        self.principal = principal
+        self.elements = elements
+
+    def line(self, rtype: str, content: bytes) -> bytes:
+        if hidden_elements(self.principal, rtype):
+            content = masked(self.principal, rtype, content)
+        wanted = self.elements.get(rtype, []) + self.elements.get("*", [])
+        if wanted:
+            content = fhir_json.dumps(subset(fhir_json.loads(content, check_duplicates=False), None, wanted))
+        return content + b"\n"
+
+
+class ExportRun:
+    """One claim of one job: resume where its progress says, run to the end."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, job: Job) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.job = job
+        self.principal = caller_of(job.caller)
+        self.dir = export_files.job_dir(settings.data_dir, job.id)
+        self.streams = streams_of(self.principal, job)
+        self.render = _Renderer(self.principal, job.spec.elements)
+        self.progress: dict[str, Any] = dict(job.progress) or {"files": [], "written": 0}
+        if "stream" not in self.progress:
+            _start_of_stream(self.progress, 0)
+        self._file: BinaryIO | None = None
+
+    def _path(self, part: int | None = None) -> Path:
+        kind, rtype = self.streams[self.progress["stream"]]
+        return self.dir / export_files.file_name(kind, rtype, part or self.progress["part"])
+
+    def _resume_files(self) -> None:
+        """Make the current part exactly as long as the committed progress says: cut what
+        an earlier claim wrote after its last commit, drop parts it began after it."""
+        if self.progress["stream"] >= len(self.streams):
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        p = self.progress
+        path = self._path()
+        size = path.stat().st_size if path.exists() else 0
+        if size < p["part_bytes"]:  # lost by the OS (never flushed to disk): redo this part
+            p["written"] -= p["part_lines"]
+            p.update(after=p["part_after"], part_bytes=0, part_lines=0)
+        if path.exists():
+            with open(path, "r+b") as f:
+                f.truncate(p["part_bytes"])
+        later = p["part"] + 1
+        while self._path(later).exists():
+            self._path(later).unlink()
+            later += 1
+
+    def _open(self) -> BinaryIO:
+        if self._file is None:
+            self._file = open(self._path(), "ab", buffering=1024 * 1024)  # noqa: SIM115 (closed by _close)
+        return self._file
+
+    def _close(self, durable: bool) -> None:
+        if self._file is not None:
+            self._file.flush()
+            if durable:
+                os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def _cut_part(self) -> None:
+        """The current part is full: record it and begin the next."""
+        self._close(durable=True)
+        kind, rtype = self.streams[self.progress["stream"]]
+        p = self.progress
+        name = export_files.file_name(kind, rtype, p["part"])
+        p["files"].append(
+            {"kind": kind, "type": rtype, "name": name, "count": p["part_lines"], "bytes": p["part_bytes"]}
+        )
+        p.update(part=p["part"] + 1, part_bytes=0, part_lines=0, part_after=p["after"])
+
+    def _write(self, rid: str, line: bytes) -> None:
+        p = self.progress
+        if p["part_lines"] and p["part_bytes"] + len(line) > self.settings.bulk_file_bytes:
+            self._cut_part()
+        self._open().write(line)
+        p["part_bytes"] += len(line)
+        p["part_lines"] += 1
+        p["written"] += 1
+        p["after"] = rid
+
+    async def _page(self, conn: asyncpg.Connection) -> int:
+        """Write the stream's next page; the number of lines written (0: the stream is done)."""
+        kind, rtype = self.streams[self.progress["stream"]]
+        job, limit = self.job, self.settings.bulk_page_rows
+        if kind == "output":
+            statement, args = page_sql(
+                self.principal, job.spec, rtype, job.transaction_time, self.progress["after"], limit, job.local_base
+            )
+        else:
+            statement, args = deleted_sql(job.spec, rtype, job.transaction_time, self.progress["after"], limit)
+        lines = size = 0
+        async with conn.transaction(readonly=True):
+            async for row in conn.cursor(statement, *args, prefetch=PREFETCH):
+                line = self.render.line(rtype, row[1]) if kind == "output" else _deletion_line(rtype, row[0])
+                self._write(row[0], line)
+                lines += 1
+                size += len(line)
+                if size >= PAGE_BYTES:
+                    break
+        return lines
+
+    async def _commit(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+        if not await export_jobs.record(self.pool, self.job, self.progress):
+            raise LeaseLost
+
+    async def run(self) -> None:
+        self._resume_files()
+        async with self.pool.acquire() as conn:
+            while self.progress["stream"] < len(self.streams):
+                if await self._page(conn):
+                    await self._commit()
+                    continue
+                if self.progress["part_lines"]:  # the stream is done: its last part too
+                    self._cut_part()
+                self._close(durable=False)
+                _start_of_stream(self.progress, self.progress["stream"] + 1)
+                if self.progress["stream"] < len(self.streams):
+                    self._resume_files()
+                await self._commit()
+        if not await export_jobs.finish(self.pool, self.job, self.progress, self.settings.bulk_retention_hours):
+            raise LeaseLost
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._close(durable=False)
+
+
+class ExportWorker:
+    """This node's runner: claims open jobs (any node's), one at a time, and sweeps expired ones."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._swept = 0.0
+        self.current: Job | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    def wake(self) -> None:
+        """A job was just accepted on this node: look now."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.current is not None:  # shut down mid-job: the next node need not wait for the lease
+            with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
+                await export_jobs.release(self.pool, self.current)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._sweep()
+                job = await export_jobs.claim(self.pool)
+                if job is not None:
+                    await self._run(job)
+                    continue
+            except (*TRANSIENT, asyncpg.PostgresError, OSError):
+                log.warning("bulk export worker: the database is unavailable; trying again", exc_info=True)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    async def _sweep(self) -> None:
+        if time.monotonic() - self._swept < SWEEP_SECONDS:
+            return
+        self._swept = time.monotonic()
+        for job_id in await export_jobs.expired(self.pool):
+            export_files.remove(self.settings.data_dir, job_id)
+
+    async def _run(self, job: Job) -> None:
+        self.current = job
+        run = ExportRun(self.pool, self.settings, job)
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        try:
+            await run.run()
+            log.info("bulk export %s completed: %d lines", job.id, run.progress["written"])
+        except LeaseLost:
+            current = await export_jobs.get(self.pool, job.id)
+            if current is None or current.status == "cancelled":
+                export_files.remove(self.settings.data_dir, job.id)
+        except TRANSIENT:
+            raise  # the lease runs out; this node or another takes the job over
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("bulk export %s failed", job.id)
+            await export_jobs.fail(self.pool, job, f"the export failed: {exc}", self.settings.bulk_retention_hours)
+            export_files.remove(self.settings.data_dir, job.id)
+        finally:
+            run.close()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self.current = None
+
+    async def _heartbeat(self, job: Job) -> None:
+        """Renew the lease while a page is slow to read; the page commits renew it too."""
+        while True:
+            await asyncio.sleep(export_jobs.LEASE_SECONDS / 3)
+            with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
+                await export_jobs.renew(self.pool, job)

@@ -1,0 +1,121 @@
+"""An export's rows as SQL: each resource as of the job's transactionTime, within reach.
+
+The snapshot: for every resource of a type, the latest version whose last_updated is
+below T (the write watermark at kick-off, migration 0009: no version below it can
+still commit later), unless that version is a deletion. Most rows have not changed
+since T and are read from `resource` as they are; a row changed since is looked up in
+`resource_history` (its latest version below T; none when it was created after T).
+Writes during the export therefore never show in it.
+
+Which rows a caller reaches is the search layer's rule (search/access.py: scopes,
+patient compartment, access policies, Consents), the same predicate a search of the
+type would join, and _typeFilter queries compile with the search compiler. Like
+history, these judge a resource by its current index rows (docs/security.md, the
+current-state rule): a resource changed after T is filtered as it is now.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from urllib.parse import parse_qsl
+
+from ..auth.policies import guard_search
+from ..auth.principal import Principal
+from ..fhir.outcome import FhirError
+from ..search.access import touched_access, type_access_sql
+from ..search.compartment import Compartment, compartment_sql
+from ..search.parse import RESULT_PARAMETERS, ChainBudget, Parser
+from ..search.sql import SqlBuilder, clause_sql
+from .export_jobs import ExportSpec
+
+
+def type_filter_pairs(query: str) -> list[tuple[str, str]]:
+    """A _typeFilter query's search parameters; 400 for result parameters (_count, _sort…)."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    shaping = sorted({n for n, _ in pairs if n.split(":", 1)[0].split(".", 1)[0] in RESULT_PARAMETERS})
+    if shaping:
+        raise FhirError.of(400, "invalid", f"_typeFilter may only hold search parameters, not {', '.join(shaping)}")
+    if not pairs:
+        raise FhirError.of(400, "invalid", f"_typeFilter '{query[:200]}' holds no search parameter")
+    return pairs
+
+
+def check_type_filter(principal: Principal, rtype: str, query: str, local_base: str | None) -> None:
+    """400 for a _typeFilter a strict search of rtype would refuse; 403 for one matching
+    on an element the caller's access policy hides (as a search would be)."""
+    clauses = Parser(rtype, strict=True, budget=ChainBudget(), local_base=local_base).parse(type_filter_pairs(query))
+    guard_search(principal, {rtype: clauses})
+
+
+def _filters_sql(b: SqlBuilder, rtype: str, queries: list[str], local_base: str | None) -> str | None:
+    """Predicate: row r matches any of the type's _typeFilter queries (each an AND of its clauses)."""
+    if not queries:
+        return None
+    ors = []
+    for query in queries:
+        clauses = Parser(rtype, strict=True, budget=ChainBudget(), local_base=local_base).parse(
+            type_filter_pairs(query)
+        )
+        ors.append("(" + " AND ".join(clause_sql(b, c, rtype, "r") for c in clauses) + ")" if clauses else "true")
+    return "(" + " OR ".join(ors) + ")"
+
+
+def page_sql(
+    principal: Principal,
+    spec: ExportSpec,
+    rtype: str,
+    at: datetime,
+    after: str,
+    limit: int,
+    local_base: str | None,
+) -> tuple[str, list[object]]:
+    """SELECT id, content of the next limit resources of rtype after id `after` (id order)
+    as of instant at, within the caller's reach and the export's filters."""
+    b = SqlBuilder()
+    b.access = touched_access(principal, local_base)  # chains and _has of _typeFilter: the caller's reach
+    t = b.arg(at)
+    conds = [f"r.resource_type = {b.arg(rtype)}", f"r.id > {b.arg(after)}", "v.content IS NOT NULL"]
+    if spec.since is not None:
+        conds.append(f"v.at >= {b.arg(datetime.fromisoformat(spec.since))}")
+    if spec.level != "system" or spec.patients is not None:
+        patients = None if spec.patients is None else tuple(spec.patients)
+        conds.append(compartment_sql(b, Compartment("Patient", patients), rtype, "r"))
+    filters = _filters_sql(b, rtype, spec.type_filters.get(rtype, []), local_base)
+    if filters is not None:
+        conds.append(filters)
+    access = type_access_sql(b, principal, "search", rtype, "r", local_base)
+    if access is not None:
+        conds.append(access)
+    statement = (
+        "SELECT r.id, v.content FROM resource r CROSS JOIN LATERAL ("
+        f" SELECT r.content AS content, r.last_updated AS at WHERE r.last_updated < {t}"
+        " UNION ALL"
+        " (SELECT h.content, h.last_updated FROM resource_history h"
+        f" WHERE r.last_updated >= {t} AND h.resource_type = r.resource_type AND h.id = r.id"
+        f" AND h.last_updated < {t} ORDER BY h.version_id DESC LIMIT 1)) v"
+        f" WHERE {' AND '.join(conds)} ORDER BY r.id LIMIT {int(limit)}"
+    )
+    return statement, b.args
+
+
+def lists_deleted(principal: Principal, spec: ExportSpec, rtype: str) -> bool:
+    """Whether an export lists rtype's deletions (manifest `deleted`): for _since exports
+    at system level by a caller who reaches every row of the type, with no _typeFilter
+    on it. A deleted resource has no index rows, so neither a compartment, nor scope
+    criteria, nor a filter can be judged on it: those exports list no deletions."""
+    if spec.since is None or spec.level != "system" or spec.patients is not None or spec.type_filters.get(rtype):
+        return False
+    return principal.access("search", rtype) is None
+
+
+def deleted_sql(spec: ExportSpec, rtype: str, at: datetime, after: str, limit: int) -> tuple[str, list[object]]:
+    """SELECT id of the next limit resources of rtype after id `after` whose latest version
+    below instant at is a deletion made at or after _since."""
+    assert spec.since is not None
+    statement = (
+        "SELECT d.id FROM (SELECT DISTINCT ON (h.id) h.id, h.method FROM resource_history h"
+        " WHERE h.resource_type = $1 AND h.last_updated >= $2 AND h.last_updated < $3 AND h.id > $4"
+        " ORDER BY h.id, h.version_id DESC) d"
+        f" WHERE d.method = 'DELETE' ORDER BY d.id LIMIT {int(limit)}"
+    )
+    return statement, [rtype, datetime.fromisoformat(spec.since), at, after]

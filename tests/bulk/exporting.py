@@ -19,10 +19,10 @@ async def kick_off(client: httpx.AsyncClient, path: str = "$export", **params: A
     return res.headers["Content-Location"]
 
 
-async def wait(client: httpx.AsyncClient, status_url: str, timeout: float = 60) -> dict[str, Any]:
+async def wait(client: httpx.AsyncClient, status_url: str, seconds: float = 60) -> dict[str, Any]:
     """Poll as Retry-After asks until the manifest comes (asserts 200)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + seconds
     while loop.time() < deadline:
         res = await client.get(status_url)
         if res.status_code == 200:

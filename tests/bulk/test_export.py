@@ -201,7 +201,7 @@ async def test_post_kick_off_takes_parameters_with_patient(client: httpx.AsyncCl
 
 
 async def test_group_export_follows_active_members_only(client: httpx.AsyncClient):
-    code, meta = tag()
+    _, meta = tag()
     member = await patient_with_observations(client, meta, n=1)
     inactive = await patient_with_observations(client, meta, n=1)
     await patient_with_observations(client, meta, n=1)  # not in the group

@@ -211,7 +211,7 @@ class ExportWorker:
         self.settings = settings
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._swept = 0.0
+        self._swept = -SWEEP_SECONDS
         self.current: Job | None = None
 
     def start(self) -> None:
@@ -222,32 +222,33 @@ class ExportWorker:
         self._wake.set()
 
     async def close(self) -> None:
+        current = self.current
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.current is not None:  # shut down mid-job: the next node need not wait for the lease
+        if current is not None:  # shut down mid-job: the next node need not wait for the lease
             with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
-                await export_jobs.release(self.pool, self.current)
+                await export_jobs.release(self.pool, current)
 
     async def _loop(self) -> None:
         while True:
+            self._wake.clear()
             try:
-                await self._sweep()
+                if time.monotonic() - self._swept >= SWEEP_SECONDS:
+                    self._swept = time.monotonic()
+                    await self.sweep()
                 job = await export_jobs.claim(self.pool)
                 if job is not None:
                     await self._run(job)
                     continue
             except (*TRANSIENT, asyncpg.PostgresError, OSError):
                 log.warning("bulk export worker: the database is unavailable; trying again", exc_info=True)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
-    async def _sweep(self) -> None:
-        if time.monotonic() - self._swept < SWEEP_SECONDS:
-            return
-        self._swept = time.monotonic()
+    async def sweep(self) -> None:
+        """Remove the jobs past their expiry and their files."""
         for job_id in await export_jobs.expired(self.pool):
             export_files.remove(self.settings.data_dir, job_id)
 

@@ -225,3 +225,12 @@ async def test_group_export_follows_active_members_only(client: httpx.AsyncClien
 async def test_group_export_of_an_unknown_group_is_404(client: httpx.AsyncClient):
     res = await client.get("Group/no-such-group/$export", headers=ASYNC)
     assert res.status_code == 404
+
+
+async def test_the_capability_statement_lists_export_at_each_level(client: httpx.AsyncClient):
+    rest = (await client.get("metadata")).json()["rest"][0]
+    bulk = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+    assert {"name": "export", "definition": bulk + "export"} in rest["operation"]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert {"name": "export", "definition": bulk + "patient-export"} in by_type["Patient"]["operation"]
+    assert {"name": "export", "definition": bulk + "group-export"} in by_type["Group"]["operation"]

@@ -48,6 +48,13 @@ _OPERATIONS = [
     ("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate"),
     ("reindex", "urn:headless-ehr:operation:reindex"),
 ]
+# Bulk Data Access 2.0.0 $export (rest/operations/export.py): system, Patient and Group level
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+_EXPORTS = {
+    None: {"name": "export", "definition": _BULK + "export"},
+    "Patient": {"name": "export", "definition": _BULK + "patient-export"},
+    "Group": {"name": "export", "definition": _BULK + "group-export"},
+}
 
 
 def _search_param_entries(resource_type: str) -> list[dict[str, Any]]:
@@ -105,7 +112,8 @@ def _resource_entry(resource_type: str, conditional_delete: str) -> dict[str, An
         "searchInclude": ["*"],
         "searchRevInclude": ["*"],
         "searchParam": _search_param_entries(resource_type),
-        "operation": [{"name": name, "definition": url} for name, url in _OPERATIONS],
+        "operation": [{"name": name, "definition": url} for name, url in _OPERATIONS]
+        + ([_EXPORTS[resource_type]] if resource_type in _EXPORTS else []),
     }
 
 
@@ -183,7 +191,7 @@ def capability_statement(
                     {"code": "history-system"},
                 ],
                 "searchParam": [{"name": name, "type": kind} for name, kind in _COMMON[:2]],
-                "operation": [{"name": "reindex", "definition": _OPERATIONS[1][1]}],
+                "operation": [{"name": "reindex", "definition": _OPERATIONS[1][1]}, _EXPORTS[None]],
             }
         ],
     }

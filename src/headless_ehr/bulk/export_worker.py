@@ -188,13 +188,15 @@ class ExportRun:
                 if await self._page(conn):
                     await self._commit()
                     continue
-                if self.progress["part_lines"]:  # the stream is done: its last part too
+                wrote = bool(self.progress["part_lines"])
+                if wrote:  # the stream is done: its last part too
                     self._cut_part()
                 self._close(durable=False)
                 _start_of_stream(self.progress, self.progress["stream"] + 1)
                 if self.progress["stream"] < len(self.streams):
                     self._resume_files()
-                await self._commit()
+                if wrote:  # passing an empty type needs no commit: redoing it after a crash costs nothing
+                    await self._commit()
         if not await export_jobs.finish(self.pool, self.job, self.progress, self.settings.bulk_retention_hours):
             raise LeaseLost
 

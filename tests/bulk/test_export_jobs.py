@@ -144,3 +144,18 @@ async def test_a_finished_job_expires_after_the_retention(node: Any):
     assert round(hours) == 2
     res = await api.get(status_url)
     assert "Expires" in res.headers
+
+
+async def test_a_job_that_cannot_run_fails_with_500_and_the_node_runs_the_next(node: Any):
+    api = await node(bulk_export_jobs=False)
+    await create(api, {"resourceType": "Patient"})
+    broken = await kick_off(api, _type="Patient")
+    await app_of(api).state.pool.execute(
+        'UPDATE bulk_export_job SET caller = \'{"subject": "nobody"}\' WHERE id = $1::uuid', broken.rsplit("=", 1)[1]
+    )
+    fine = await kick_off(api, _type="Patient")
+    await node()
+    assert len((await download(api, await wait(api, fine)))["Patient"]) == 1
+    res = await api.get(broken)
+    assert res.status_code == 500
+    assert res.json()["resourceType"] == "OperationOutcome"

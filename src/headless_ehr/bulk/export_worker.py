@@ -246,6 +246,8 @@ class ExportWorker:
                     continue
             except (*TRANSIENT, asyncpg.PostgresError, OSError):
                 log.warning("bulk export worker: the database is unavailable; trying again", exc_info=True)
+            except Exception:  # never let one bad job stop this node's exports for good
+                log.exception("bulk export worker: unexpected failure; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
@@ -256,9 +258,10 @@ class ExportWorker:
 
     async def _run(self, job: Job) -> None:
         self.current = job
-        run = ExportRun(self.pool, self.settings, job)
+        run: ExportRun | None = None
         heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
+            run = ExportRun(self.pool, self.settings, job)
             await run.run()
             log.info("bulk export %s completed: %d lines", job.id, run.progress["written"])
         except LeaseLost:
@@ -274,7 +277,8 @@ class ExportWorker:
             await export_jobs.fail(self.pool, job, f"the export failed: {exc}", self.settings.bulk_retention_hours)
             export_files.remove(self.settings.data_dir, job.id)
         finally:
-            run.close()
+            if run is not None:
+                run.close()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat

@@ -176,8 +176,12 @@ async def kick_off(request: Request, level: str, group_id: str | None = None) ->
         members = await _group_members(request, group_id)
         patients = members if patients is None else [p for p in members if p in set(patients)]
     spec = ExportSpec(level, types, since, filters, _elements(_values(pairs, "_elements")), patients, group_id)
+    # the kick-off URL as the client sent it (behind a proxy too): the manifest's `request`
+    asked = f"{local_base}/{request.path_params.get('path', '')}" + (
+        f"?{request.url.query}" if request.url.query else ""
+    )
     job = await export_jobs.create(
-        request.app.state.bulk_pool, owner_of(principal), caller_json(principal), str(request.url), local_base, spec
+        request.app.state.bulk_pool, owner_of(principal), caller_json(principal), asked, local_base, spec
     )
     request.app.state.exports.wake()
     status_url = f"{local_base}/{STATUS_OPERATION}?_jobId={job.id}"

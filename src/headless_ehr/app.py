@@ -28,6 +28,7 @@ from .auth.policies import Policies
 from .auth.ratelimit import AddressRateLimit, RateLimits, limit_clients
 from .auth.routes import oauth_routes
 from .auth.tokens import AccessTokens
+from .bulk.export_s3 import S3Bucket
 from .bulk.export_worker import ExportWorker
 from .config import Settings
 from .db.migrate import migrate
@@ -179,7 +180,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         stack.push_async_callback(bulk_pool.close)
         app.state.bulk_pool = bulk_pool
-        app.state.exports = exports = ExportWorker(bulk_pool, settings)
+        app.state.bulk_bucket = bucket = S3Bucket(settings.bulk_s3_url) if settings.bulk_s3_url else None
+        app.state.exports = exports = ExportWorker(bulk_pool, settings, bucket)
         if settings.bulk_export_jobs:  # else an API-only node: other nodes run its jobs
             exports.start()
         stack.push_async_callback(exports.close)

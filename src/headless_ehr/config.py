@@ -91,6 +91,7 @@ class Settings:
     bulk_retention_hours: int = 24  # a finished export's files are removed this long after it ended
     bulk_page_rows: int = 1000  # resources read per keyset page (one progress commit each)
     bulk_export_jobs: bool = True  # False (EHR_BULK_EXPORT_JOBS=off): this node runs no export jobs
+    bulk_s3_url: str | None = None  # s3://bucket/prefix: export files go there (pre-signed downloads)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -144,6 +145,7 @@ class Settings:
             "bulk_retention_hours": _bounded("EHR_BULK_RETENTION_HOURS", 24, 1, 24 * 365),
             "bulk_page_rows": _bounded("EHR_BULK_PAGE_ROWS", 1000, 1, 100_000),
             "bulk_export_jobs": _choice("EHR_BULK_EXPORT_JOBS", ("on", "off")) == "on",
+            "bulk_s3_url": os.environ.get("EHR_BULK_S3_URL") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:

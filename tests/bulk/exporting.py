@@ -80,3 +80,8 @@ async def patient_with_observations(client: httpx.AsyncClient, meta: dict[str, A
 
 def tagged(code: str) -> str:
     return f"_tag=urn:export-test|{code}"
+
+
+def app_of(client: httpx.AsyncClient) -> Any:
+    """The app an in-process client talks to."""
+    return client._transport.app  # type: ignore[attr-defined]

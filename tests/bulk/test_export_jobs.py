@@ -4,45 +4,12 @@ runs on another, as the snapshot of its kick-off; polling, cancelling, cutting, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
-import pytest
 
-from headless_ehr.app import create_app
 from headless_ehr.bulk import export_files
-from headless_ehr.config import Settings
-from tests.bulk.exporting import create, download, kick_off, wait
-from tests.conftest import bearer, mint_token
-
-
-@pytest.fixture
-async def node(fresh_database: str, tmp_path: Path) -> AsyncIterator[Any]:
-    """node(**settings) -> a client of a new app on this test's own database; all share a data dir."""
-    opened: list[tuple[Any, Any, httpx.AsyncClient]] = []
-
-    async def make(**changes: Any) -> httpx.AsyncClient:
-        settings = Settings(database_url=fresh_database, data_dir=tmp_path, rate_limit_per_minute=10_000_000, **changes)
-        app = create_app(settings)
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        transport = httpx.ASGITransport(app=app)
-        headers = bearer(mint_token(app))
-        client = httpx.AsyncClient(transport=transport, base_url="http://testserver/fhir", headers=headers)
-        opened.append((app, lifespan, client))
-        return client
-
-    yield make
-    for _, lifespan, client in reversed(opened):
-        await client.aclose()
-        await lifespan.__aexit__(None, None, None)
-
-
-def app_of(client: httpx.AsyncClient) -> Any:
-    return client._transport.app  # type: ignore[attr-defined]
+from tests.bulk.exporting import app_of, create, download, kick_off, wait
 
 
 async def test_writes_after_the_kick_off_are_not_in_the_export(node: Any):

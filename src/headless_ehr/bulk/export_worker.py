@@ -31,6 +31,7 @@ from ..fhir.summary import subset
 from . import export_files, export_jobs
 from .caller import caller_of
 from .export_jobs import Job
+from .export_s3 import S3Bucket
 from .snapshot import deleted_sql, lists_deleted, page_sql
 
 log = logging.getLogger("headless_ehr.bulk")
@@ -83,10 +84,12 @@ class _Renderer:
 class ExportRun:
     """One claim of one job: resume where its progress says, run to the end."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, job: Job) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, job: Job, bucket: S3Bucket | None = None) -> None:
         self.pool = pool
         self.settings = settings
         self.job = job
+        self.bucket = bucket
+        self._uploads: list[Path] = []  # complete parts to store in the bucket before the next commit
         self.principal = caller_of(job.caller)
         self.dir = export_files.job_dir(settings.data_dir, job.id)
         self.streams = streams_of(self.principal, job)
@@ -142,6 +145,8 @@ class ExportRun:
         p["files"].append(
             {"kind": kind, "type": rtype, "name": name, "count": p["part_lines"], "bytes": p["part_bytes"]}
         )
+        if self.bucket is not None:
+            self._uploads.append(self._path())
         p.update(part=p["part"] + 1, part_bytes=0, part_lines=0, part_after=p["after"])
 
     def _write(self, rid: str, line: bytes) -> None:
@@ -178,6 +183,12 @@ class ExportRun:
     async def _commit(self) -> None:
         if self._file is not None:
             self._file.flush()
+        while self._uploads:  # before the commit that records them (a crash before it uploads them again)
+            path = self._uploads[0]
+            assert self.bucket is not None
+            await asyncio.to_thread(self.bucket.upload, path, self.job.id, path.name)
+            path.unlink()
+            self._uploads.pop(0)
         if not await export_jobs.record(self.pool, self.job, self.progress):
             raise LeaseLost
 
@@ -205,12 +216,20 @@ class ExportRun:
             self._close(durable=False)
 
 
+async def remove_files(settings: Settings, bucket: S3Bucket | None, job_id: str) -> None:
+    """A job's files, in the data dir and in the bucket."""
+    export_files.remove(settings.data_dir, job_id)
+    if bucket is not None:
+        await asyncio.to_thread(bucket.remove, job_id)
+
+
 class ExportWorker:
     """This node's runner: claims open jobs (any node's), one at a time, and sweeps expired ones."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, bucket: S3Bucket | None = None) -> None:
         self.pool = pool
         self.settings = settings
+        self.bucket = bucket
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._swept = -SWEEP_SECONDS
@@ -254,20 +273,20 @@ class ExportWorker:
     async def sweep(self) -> None:
         """Remove the jobs past their expiry and their files."""
         for job_id in await export_jobs.expired(self.pool):
-            export_files.remove(self.settings.data_dir, job_id)
+            await remove_files(self.settings, self.bucket, job_id)
 
     async def _run(self, job: Job) -> None:
         self.current = job
         run: ExportRun | None = None
         heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
-            run = ExportRun(self.pool, self.settings, job)
+            run = ExportRun(self.pool, self.settings, job, self.bucket)
             await run.run()
             log.info("bulk export %s completed: %d lines", job.id, run.progress["written"])
         except LeaseLost:
             current = await export_jobs.get(self.pool, job.id)
             if current is None or current.status == "cancelled":
-                export_files.remove(self.settings.data_dir, job.id)
+                await remove_files(self.settings, self.bucket, job.id)
         except TRANSIENT:
             raise  # the lease runs out; this node or another takes the job over
         except asyncio.CancelledError:
@@ -275,7 +294,7 @@ class ExportWorker:
         except Exception as exc:
             log.exception("bulk export %s failed", job.id)
             await export_jobs.fail(self.pool, job, f"the export failed: {exc}", self.settings.bulk_retention_hours)
-            export_files.remove(self.settings.data_dir, job.id)
+            await remove_files(self.settings, self.bucket, job.id)
         finally:
             if run is not None:
                 run.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +26,8 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from ...bulk import export_files, export_jobs
 from ...bulk.caller import caller_json, owner_of
 from ...bulk.export_jobs import ExportSpec, Job
+from ...bulk.export_s3 import S3Bucket
+from ...bulk.export_worker import remove_files
 from ...bulk.snapshot import check_type_filter
 from ...fhir import json as fhir_json
 from ...fhir.definitions import definitions
@@ -210,18 +213,27 @@ def _progress_text(job: Job) -> str:
     return f"{written} resources written; {at} of {len(types)} types done"
 
 
-def _manifest(request: Request, job: Job) -> dict[str, Any]:
+async def _manifest(request: Request, job: Job) -> dict[str, Any]:
+    """The completed job's manifest: download URLs of this server (a token needed), or
+    pre-signed URLs of the S3 bucket valid until the job expires (none needed)."""
     base = base_url(request)
+    bucket: S3Bucket | None = request.app.state.bulk_bucket
+    files = job.progress.get("files", [])
+    urls: dict[str, str] = {}
+    if bucket is not None:
+        assert job.expires_at is not None
+        seconds = (job.expires_at - datetime.now(UTC)).total_seconds()
+        for f in files:
+            urls[f["name"]] = await asyncio.to_thread(bucket.url, job.id, f["name"], seconds)
 
     def entry(f: dict[str, Any]) -> dict[str, Any]:
-        url = f"{base}/{DOWNLOAD_OPERATION}?_jobId={job.id}&file={quote(f['name'])}"
+        url = urls.get(f["name"]) or f"{base}/{DOWNLOAD_OPERATION}?_jobId={job.id}&file={quote(f['name'])}"
         return {"type": f["type"] if f["kind"] == "output" else "Bundle", "url": url, "count": f["count"]}
 
-    files = job.progress.get("files", [])
     manifest: dict[str, Any] = {
         "transactionTime": format_instant(job.transaction_time),
         "request": job.request,
-        "requiresAccessToken": True,
+        "requiresAccessToken": bucket is None,
         "output": [entry(f) for f in files if f["kind"] == "output"],
         "error": [],
     }
@@ -235,7 +247,7 @@ async def status(request: Request) -> Response:
     job = await _own_job(request)
     if job.status == "completed":
         headers = {"Expires": _http_date(job)} if job.expires_at else {}
-        return json_response(request, _manifest(request, job), 200, headers)
+        return json_response(request, await _manifest(request, job), 200, headers)
     if job.status == "failed":
         raise FhirError.of(500, "exception", job.error or "the export failed")
     wait = {"Retry-After": str(RETRY_AFTER)}
@@ -253,7 +265,7 @@ async def cancel(request: Request) -> Response:
     """DELETE on the status URL: stop the job and remove its files (202)."""
     job = await _own_job(request)
     await export_jobs.cancel(request.app.state.bulk_pool, job.id)
-    export_files.remove(request.app.state.settings.data_dir, job.id)
+    await remove_files(request.app.state.settings, request.app.state.bulk_bucket, job.id)
     return json_response(request, info_outcome(f"export {job.id} cancelled; its files are removed"), 202)
 
 

@@ -110,10 +110,12 @@ async def admin(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def _user_with_policy(admin: httpx.AsyncClient, client_for: Any, rules: list[dict[str, Any]]) -> Any:
+async def _user_with_policy(
+    admin: httpx.AsyncClient, client_for: Any, rules: list[dict[str, Any]], practitioner: str | None = None
+) -> Any:
     name = f"export-{uuid.uuid4().hex[:10]}"
     assert (await admin.post("/policies", json={"name": name, "rules": rules})).status_code == 201
-    practitioner = f"Practitioner/{uuid.uuid4().hex[:8]}"
+    practitioner = practitioner or f"Practitioner/{uuid.uuid4().hex[:8]}"
     username = f"analyst-{uuid.uuid4().hex[:10]}"
     user = {"username": username, "password": "correct horse battery", "fhir_user": practitioner, "policies": [name]}
     assert (await admin.post("/users", json=user)).status_code == 201
@@ -181,3 +183,40 @@ async def test_a_policy_criteria_rule_holds_on_every_line(client: httpx.AsyncCli
     lines = await export(analyst, _type="Observation", _typeFilter=f"Observation?{tagged(code)}")
     assert [o["status"] for o in lines["Observation"]] == ["final", "final"]
     assert download  # the flow helpers are shared with test_export.py
+
+
+async def test_a_patients_consent_denying_the_user_holds_on_every_line(
+    client: httpx.AsyncClient, admin: Any, client_for: Any
+):
+    code, meta = tag()
+    denying = await patient_with_observations(client, meta, n=2)
+    other = await patient_with_observations(client, meta, n=2)
+    practitioner = await create(client, {"resourceType": "Practitioner", "name": [{"family": "Analyst"}]})
+    role = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "PRCP"}]}
+    await create(
+        client,
+        {
+            "resourceType": "Consent",
+            "status": "active",
+            "scope": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+            },
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": f"Patient/{denying}"},
+            "policyRule": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]
+            },
+            "provision": {
+                "type": "deny",
+                "actor": [{"role": role, "reference": {"reference": f"Practitioner/{practitioner}"}}],
+            },
+        },
+    )
+    analyst = await _user_with_policy(
+        admin,
+        client_for,
+        [{"resourceType": "*", "interactions": ["read", "search", "operation"]}],
+        practitioner=f"Practitioner/{practitioner}",
+    )
+    lines = await export(analyst, _type="Observation", _typeFilter=f"Observation?{tagged(code)}")
+    assert {o["subject"]["reference"] for o in lines["Observation"]} == {f"Patient/{other}"}

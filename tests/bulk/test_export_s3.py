@@ -58,7 +58,9 @@ async def test_files_go_to_the_bucket_and_download_by_presigned_url_without_a_to
     assert manifest["requiresAccessToken"] is False
     assert len(manifest["output"]) > 1  # cut by bytes, each part an object
     job_id = status_url.rsplit("=", 1)[1]
-    assert _keys(s3) == sorted(f"exports/{job_id}/Patient-{i}.ndjson" for i in range(1, len(manifest["output"]) + 1))
+    names = [item["url"].split("?")[0].rsplit("/", 1)[1] for item in manifest["output"]]
+    assert _keys(s3) == sorted(f"exports/{job_id}/{name}" for name in names)
+    assert [name.split("-")[1] for name in names] == [str(i) for i in range(1, len(names) + 1)]
     found = set()
     async with httpx.AsyncClient() as anyone:  # no Authorization header
         for item in manifest["output"]:

@@ -6,9 +6,12 @@ EHR_BULK_PAGE_ROWS resources or PAGE_BYTES, each from a server-side cursor), so 
 more than a page is ever in memory; its lines are appended to the current file part,
 which is cut when the next line would take it past EHR_BULK_FILE_BYTES. After every
 page the file is flushed and the job's progress committed (fenced by the lease):
-stream, last id written, current part and its length in bytes and lines. A node that
-resumes a job truncates the current part to the committed length and continues after
-the committed id, so a crash at any point neither repeats nor loses a line.
+stream, last id written, current part (its file) and its length in bytes and lines.
+Each claim writes files of its own (their names end with the claim's token): a node
+that resumes a job starts its own file of the current part with the committed bytes of
+the previous claim's file and continues after the committed id, so a crash at any point
+neither repeats nor loses a line, and a stalled node that has not yet noticed it lost
+the job can only append to files no manifest will name.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def streams_of(principal: Principal, job: Job) -> list[tuple[str, str]]:
 
 
 def _start_of_stream(progress: dict[str, Any], stream: int) -> None:
-    progress.update(stream=stream, after="", part=1, part_bytes=0, part_lines=0, part_after="")
+    progress.update(stream=stream, after="", part=1, part_bytes=0, part_lines=0, part_after="", part_name="")
 
 
 def _deletion_line(rtype: str, rid: str) -> bytes:
@@ -94,34 +97,46 @@ class ExportRun:
         self.dir = export_files.job_dir(settings.data_dir, job.id)
         self.streams = streams_of(self.principal, job)
         self.render = _Renderer(self.principal, job.spec.elements)
+        assert job.lease_token is not None
+        self.claim = job.lease_token.replace("-", "")[:8]  # names this claim's files
         self.progress: dict[str, Any] = dict(job.progress) or {"files": [], "written": 0}
         if "stream" not in self.progress:
             _start_of_stream(self.progress, 0)
         self._file: BinaryIO | None = None
 
-    def _path(self, part: int | None = None) -> Path:
+    def _own_name(self) -> str:
+        """This claim's name for the current part."""
         kind, rtype = self.streams[self.progress["stream"]]
-        return self.dir / export_files.file_name(kind, rtype, part or self.progress["part"])
+        return export_files.file_name(kind, rtype, self.progress["part"], self.claim)
+
+    def _path(self) -> Path:
+        return self.dir / self.progress["part_name"]
 
     def _resume_files(self) -> None:
-        """Make the current part exactly as long as the committed progress says: cut what
-        an earlier claim wrote after its last commit, drop parts it began after it."""
+        """Begin this claim's file of the current part with exactly the committed bytes of
+        the part so far: copied from the file of the claim that committed them (which a
+        stalled node may still be appending to: it is never written again, by us), or,
+        when that file is gone or short (another node's disk, lost by the OS), the part
+        is done again from its start."""
         if self.progress["stream"] >= len(self.streams):
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         p = self.progress
-        path = self._path()
-        size = path.stat().st_size if path.exists() else 0
-        if size < p["part_bytes"]:  # lost by the OS (never flushed to disk): redo this part
+        own = self._own_name()
+        earlier = self.dir / p["part_name"] if p["part_name"] else None
+        if p["part_bytes"] and earlier is not None and earlier.exists() and earlier.stat().st_size >= p["part_bytes"]:
+            with open(earlier, "rb") as src, open(self.dir / own, "wb") as out:
+                left = p["part_bytes"]
+                while left:
+                    chunk = src.read(min(left, 1024 * 1024))
+                    out.write(chunk)
+                    left -= len(chunk)
+        elif p["part_bytes"]:
             p["written"] -= p["part_lines"]
             p.update(after=p["part_after"], part_bytes=0, part_lines=0)
-        if path.exists():
-            with open(path, "r+b") as f:
-                f.truncate(p["part_bytes"])
-        later = p["part"] + 1
-        while self._path(later).exists():
-            self._path(later).unlink()
-            later += 1
+        if earlier is not None and earlier.name != own:
+            earlier.unlink(missing_ok=True)
+        p["part_name"] = own
 
     def _open(self) -> BinaryIO:
         if self._file is None:
@@ -141,13 +156,13 @@ class ExportRun:
         self._close(durable=True)
         kind, rtype = self.streams[self.progress["stream"]]
         p = self.progress
-        name = export_files.file_name(kind, rtype, p["part"])
         p["files"].append(
-            {"kind": kind, "type": rtype, "name": name, "count": p["part_lines"], "bytes": p["part_bytes"]}
+            {"kind": kind, "type": rtype, "name": p["part_name"], "count": p["part_lines"], "bytes": p["part_bytes"]}
         )
         if self.bucket is not None:
             self._uploads.append(self._path())
         p.update(part=p["part"] + 1, part_bytes=0, part_lines=0, part_after=p["after"])
+        p["part_name"] = self._own_name()
 
     def _write(self, rid: str, line: bytes) -> None:
         p = self.progress

@@ -29,6 +29,7 @@ async def test_kick_off_without_prefer_respond_async_is_400(client: httpx.AsyncC
 async def test_kick_off_answers_202_with_the_status_url(client: httpx.AsyncClient):
     res = await client.get("$export", params={"_type": "Patient"}, headers=ASYNC)
     assert res.status_code == 202
+    await client.delete(res.headers["Content-Location"])  # no job left running
     assert "$export-poll-status?_jobId=" in res.headers["Content-Location"]
 
 
@@ -134,6 +135,7 @@ async def test_output_format_other_than_ndjson_is_400(client: httpx.AsyncClient)
 async def test_output_formats_of_ndjson_are_accepted(client: httpx.AsyncClient, fmt: str):
     res = await client.get("$export", params={"_outputFormat": fmt, "_type": "Patient"}, headers=ASYNC)
     assert res.status_code == 202
+    await client.delete(res.headers["Content-Location"])  # no job left running
 
 
 async def test_unknown_parameter_is_400_unless_lenient(client: httpx.AsyncClient):
@@ -142,6 +144,7 @@ async def test_unknown_parameter_is_400_unless_lenient(client: httpx.AsyncClient
     lenient = {**ASYNC, "Prefer": "respond-async, handling=lenient"}
     res = await client.get("$export", params={"_colour": "red", "_type": "Patient"}, headers=lenient)
     assert res.status_code == 202
+    await client.delete(res.headers["Content-Location"])  # no job left running
 
 
 async def test_unknown_type_is_400(client: httpx.AsyncClient):

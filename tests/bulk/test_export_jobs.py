@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from headless_ehr.bulk import export_files
-from tests.bulk.exporting import app_of, create, download, kick_off, wait
+from tests.bulk.exporting import ASYNC, app_of, create, download, kick_off, wait
 
 
 async def test_writes_after_the_kick_off_are_not_in_the_export(node: Any):
@@ -126,3 +126,12 @@ async def test_a_job_that_cannot_run_fails_with_500_and_the_node_runs_the_next(n
     res = await api.get(broken)
     assert res.status_code == 500
     assert res.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_a_client_may_have_five_exports_open_at_once(node: Any):
+    api = await node(bulk_export_jobs=False)
+    open_jobs = [await kick_off(api, _type="Patient") for _ in range(5)]
+    res = await api.get("$export", params={"_type": "Patient"}, headers=ASYNC)
+    assert res.status_code == 429 and "Retry-After" in res.headers
+    assert (await api.delete(open_jobs[0])).status_code == 202
+    assert (await api.get("$export", params={"_type": "Patient"}, headers=ASYNC)).status_code == 202

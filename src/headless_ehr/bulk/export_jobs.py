@@ -19,6 +19,7 @@ import orjson
 
 LEASE_SECONDS = 15  # a dead node's job is taken over this long after its last renewal
 OPEN = ("accepted", "running")
+MAX_OPEN_JOBS = 5  # exports one client (user, patient context) may have queued or running at once
 
 
 @dataclass(frozen=True)
@@ -86,18 +87,27 @@ _COLUMNS = (
 
 async def create(
     db: asyncpg.Pool, owner: str, caller: dict[str, Any], request: str, local_base: str | None, spec: ExportSpec
-) -> Job:
-    """A new job, its snapshot instant taken now: every version below it is committed."""
-    row = await db.fetchrow(
-        f"INSERT INTO bulk_export_job (id, owner, caller, request, local_base, params, transaction_time, status)"
-        f" VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, write_watermark(), 'accepted') RETURNING {_COLUMNS}",
-        uuid.uuid4(),
-        owner,
-        orjson.dumps(caller).decode(),
-        request,
-        local_base,
-        orjson.dumps(spec.json()).decode(),
-    )
+) -> Job | None:
+    """A new job, its snapshot instant taken now: every version below it is committed.
+    None when the owner already has MAX_OPEN_JOBS accepted or running (checked under a
+    lock of the owner's, so parallel kick-offs cannot pass it together)."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('bulk-export:' || $1, 0))", owner)
+        open_jobs = await conn.fetchval(
+            "SELECT count(*) FROM bulk_export_job WHERE owner = $1 AND status IN ('accepted', 'running')", owner
+        )
+        if open_jobs >= MAX_OPEN_JOBS:
+            return None
+        row = await conn.fetchrow(
+            f"INSERT INTO bulk_export_job (id, owner, caller, request, local_base, params, transaction_time, status)"
+            f" VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, write_watermark(), 'accepted') RETURNING {_COLUMNS}",
+            uuid.uuid4(),
+            owner,
+            orjson.dumps(caller).decode(),
+            request,
+            local_base,
+            orjson.dumps(spec.json()).decode(),
+        )
     return _job(row)
 
 

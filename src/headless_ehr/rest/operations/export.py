@@ -45,6 +45,7 @@ RETRY_AFTER = 1  # seconds a client is asked to wait between status requests
 _POLL_SLACK = 0.8  # a poll this fraction of Retry-After after the last is still in time
 _KNOWN = frozenset({"_outputFormat", "_since", "_type", "_typeFilter", "_elements", "patient", "includeAssociatedData"})
 _CHUNK = 1024 * 1024
+MAX_TYPE_FILTERS = 100  # each is a search compiled into every page query of its type
 STATUS_OPERATION = "$export-poll-status"
 DOWNLOAD_OPERATION = "$export-download"
 
@@ -164,7 +165,10 @@ async def kick_off(request: Request, level: str, group_id: str | None = None) ->
     if _values(pairs, "_since"):
         since = format_instant(parse_instant("_since", _values(pairs, "_since")[-1]))
     filters: dict[str, list[str]] = {}
-    for value in (v for n, v in pairs if n == "_typeFilter"):
+    type_filters = [v for n, v in pairs if n == "_typeFilter"]
+    if len(type_filters) > MAX_TYPE_FILTERS:
+        raise FhirError.of(400, "too-costly", f"at most {MAX_TYPE_FILTERS} _typeFilter values")
+    for value in type_filters:
         rtype, _, query = value.partition("?")
         if rtype not in definitions().resource_types:
             raise FhirError.of(400, "invalid", f"_typeFilter '{value[:100]}' must be [type]?[search parameters]")
@@ -186,6 +190,11 @@ async def kick_off(request: Request, level: str, group_id: str | None = None) ->
     job = await export_jobs.create(
         request.app.state.bulk_pool, owner_of(principal), caller_json(principal), asked, local_base, spec
     )
+    if job is None:
+        limit = export_jobs.MAX_OPEN_JOBS
+        error = FhirError.of(429, "throttled", f"{limit} exports of this client are still running: wait or cancel one")
+        error.headers["Retry-After"] = "60"
+        raise error
     request.app.state.exports.wake()
     status_url = f"{local_base}/{STATUS_OPERATION}?_jobId={job.id}"
     return json_response(request, info_outcome(f"export {job.id} accepted"), 202, {"Content-Location": status_url})

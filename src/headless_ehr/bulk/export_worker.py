@@ -62,6 +62,11 @@ def _start_of_stream(progress: dict[str, Any], stream: int) -> None:
     progress.update(stream=stream, after="", part=1, part_bytes=0, part_lines=0, part_after="", part_name="")
 
 
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def _deletion_line(rtype: str, rid: str) -> bytes:
     bundle = {"resourceType": "Bundle", "type": "transaction"}
     bundle["entry"] = [{"request": {"method": "DELETE", "url": f"{rtype}/{rid}"}}]  # type: ignore[list-item]
@@ -93,6 +98,7 @@ class ExportRun:
         self.job = job
         self.bucket = bucket
         self._uploads: list[Path] = []  # complete parts to store in the bucket before the next commit
+        self._unsynced: list[Path] = []  # complete parts to flush to disk (off the event loop) before it
         self.principal = caller_of(job.caller)
         self.dir = export_files.job_dir(settings.data_dir, job.id)
         self.streams = streams_of(self.principal, job)
@@ -144,12 +150,13 @@ class ExportRun:
         return self._file
 
     def _close(self, durable: bool) -> None:
+        """Close the current file; durable: it is flushed to disk before the next commit."""
         if self._file is not None:
             self._file.flush()
-            if durable:
-                os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
+            if durable:
+                self._unsynced.append(self._path())
 
     def _cut_part(self) -> None:
         """The current part is full: record it and begin the next."""
@@ -198,6 +205,8 @@ class ExportRun:
     async def _commit(self) -> None:
         if self._file is not None:
             self._file.flush()
+        while self._unsynced:  # complete parts reach the disk before the commit that records them
+            await asyncio.to_thread(_fsync, self._unsynced.pop())
         while self._uploads:  # before the commit that records them (a crash before it uploads them again)
             path = self._uploads[0]
             assert self.bucket is not None
@@ -208,7 +217,7 @@ class ExportRun:
             raise LeaseLost
 
     async def run(self) -> None:
-        self._resume_files()
+        await asyncio.to_thread(self._resume_files)  # may copy a part of up to EHR_BULK_FILE_BYTES
         async with self.pool.acquire() as conn:
             while self.progress["stream"] < len(self.streams):
                 if await self._page(conn):

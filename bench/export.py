@@ -192,7 +192,7 @@ def report(
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     mib = 1024 * 1024
     lines = [
-        f"### {started:%Y-%m-%d %H:%M} UTC: export (`python bench/export.py`), commit {commit}",
+        f"## {started:%Y-%m-%d %H:%M} UTC: export (`python bench/export.py`), commit {commit}",
         "",
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, CPython {platform.python_version()}; the machine's"
         " PostgreSQL; `ehr serve --workers 1`, auth and audit on. System-level `$export` of every type of the"

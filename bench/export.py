@@ -124,9 +124,9 @@ async def job_figures(dsn: str, job_id: str) -> tuple[float, int, int]:
     try:
         row = await conn.fetchrow(
             "SELECT extract(epoch FROM finished_at - created_at),"
-            " (SELECT coalesce(sum((f->>'count')::bigint), 0) FROM jsonb_array_elements(progress->'files') f),"
-            " (SELECT coalesce(sum((f->>'bytes')::bigint), 0) FROM jsonb_array_elements(progress->'files') f)"
-            " FROM bulk_export_job WHERE id = $1::uuid",
+            " (SELECT coalesce(sum(count), 0) FROM bulk_export_file f WHERE f.job_id = j.id),"
+            " (SELECT coalesce(sum(bytes), 0) FROM bulk_export_file f WHERE f.job_id = j.id)"
+            " FROM bulk_export_job j WHERE id = $1::uuid",
             job_id,
         )
         return float(row[0]), int(row[1]), int(row[2])

@@ -154,19 +154,57 @@ async def claim(db: asyncpg.Pool) -> Job | None:
     return None if row is None else _job(row)
 
 
-async def record(db: asyncpg.Pool, job: Job, progress: dict[str, Any]) -> bool:
-    """Commit progress and renew the lease; False when the job is no longer this claim's
-    (cancelled, or taken over by another node): the caller stops."""
+async def record(db: asyncpg.Pool, job: Job, progress: dict[str, Any], files: list[dict[str, Any]]) -> bool:
+    """Commit progress and the files completed since the last commit, and renew the
+    lease; False when the job is no longer this claim's (cancelled, or taken over by
+    another node): nothing is recorded and the caller stops."""
+    return await _committed(db, job, progress, files, done=False)
+
+
+async def _committed(
+    db: asyncpg.Pool, job: Job, progress: dict[str, Any], files: list[dict[str, Any]], *, done: bool, hours: int = 0
+) -> bool:
     assert job.lease_token is not None
-    done = await db.fetchval(
-        "UPDATE bulk_export_job SET progress = $3::jsonb, lease_until = clock_timestamp() + make_interval(secs => $4)"
-        " WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING 1",
-        uuid.UUID(job.id),
-        uuid.UUID(job.lease_token),
-        orjson.dumps(progress).decode(),
-        LEASE_SECONDS,
+    key, token = uuid.UUID(job.id), uuid.UUID(job.lease_token)
+    async with db.acquire() as conn, conn.transaction():
+        if done:
+            ok = await conn.fetchval(
+                "UPDATE bulk_export_job SET status = 'completed', progress = $3::jsonb, lease_token = NULL,"
+                " lease_until = NULL, finished_at = now(), expires_at = now() + make_interval(hours => $4)"
+                " WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING 1",
+                key,
+                token,
+                orjson.dumps(progress).decode(),
+                hours,
+            )
+        else:
+            ok = await conn.fetchval(
+                "UPDATE bulk_export_job SET progress = $3::jsonb,"
+                " lease_until = clock_timestamp() + make_interval(secs => $4)"
+                " WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING 1",
+                key,
+                token,
+                orjson.dumps(progress).decode(),
+                LEASE_SECONDS,
+            )
+        if ok is None:
+            return False
+        if files:
+            await conn.executemany(
+                "INSERT INTO bulk_export_file (job_id, seq, kind, resource_type, name, count, bytes)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                [(key, f["seq"], f["kind"], f["type"], f["name"], f["count"], f["bytes"]) for f in files],
+            )
+    return True
+
+
+async def files_of(db: asyncpg.Pool, job_id: str) -> list[dict[str, Any]]:
+    """A job's complete files, in order: kind, type, name, count, bytes."""
+    rows = await db.fetch(
+        "SELECT kind, resource_type, name, count, bytes FROM bulk_export_file WHERE job_id = $1 ORDER BY seq",
+        uuid.UUID(job_id),
     )
-    return done is not None
+    return [{"kind": r[0], "type": r[1], "name": r[2], "count": r[3], "bytes": r[4]} for r in rows]
 
 
 async def renew(db: asyncpg.Pool, job: Job) -> bool:
@@ -182,19 +220,11 @@ async def renew(db: asyncpg.Pool, job: Job) -> bool:
     return done is not None
 
 
-async def finish(db: asyncpg.Pool, job: Job, progress: dict[str, Any], retention_hours: int) -> bool:
-    """Completed: the manifest is progress["files"]; it expires after retention_hours."""
-    assert job.lease_token is not None
-    done = await db.fetchval(
-        "UPDATE bulk_export_job SET status = 'completed', progress = $3::jsonb, lease_token = NULL,"
-        " lease_until = NULL, finished_at = now(), expires_at = now() + make_interval(hours => $4)"
-        " WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING 1",
-        uuid.UUID(job.id),
-        uuid.UUID(job.lease_token),
-        orjson.dumps(progress).decode(),
-        retention_hours,
-    )
-    return done is not None
+async def finish(
+    db: asyncpg.Pool, job: Job, progress: dict[str, Any], files: list[dict[str, Any]], retention_hours: int
+) -> bool:
+    """Completed (with its last files): it expires after retention_hours."""
+    return await _committed(db, job, progress, files, done=True, hours=retention_hours)
 
 
 async def fail(db: asyncpg.Pool, job: Job, error: str, retention_hours: int) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -105,7 +106,8 @@ class ExportRun:
         self.render = _Renderer(self.principal, job.spec.elements)
         assert job.lease_token is not None
         self.claim = job.lease_token.replace("-", "")[:8]  # names this claim's files
-        self.progress: dict[str, Any] = dict(job.progress) or {"files": [], "written": 0}
+        self.progress: dict[str, Any] = dict(job.progress) or {"files": 0, "written": 0}
+        self._new_files: list[dict[str, Any]] = []  # completed since the last commit (bulk_export_file)
         if "stream" not in self.progress:
             _start_of_stream(self.progress, 0)
         self._file: BinaryIO | None = None
@@ -163,8 +165,15 @@ class ExportRun:
         self._close(durable=True)
         kind, rtype = self.streams[self.progress["stream"]]
         p = self.progress
-        p["files"].append(
-            {"kind": kind, "type": rtype, "name": p["part_name"], "count": p["part_lines"], "bytes": p["part_bytes"]}
+        self._new_files.append(
+            {
+                "seq": p["files"] + len(self._new_files),
+                "kind": kind,
+                "type": rtype,
+                "name": p["part_name"],
+                "count": p["part_lines"],
+                "bytes": p["part_bytes"],
+            }
         )
         if self.bucket is not None:
             self._uploads.append(self._path())
@@ -213,8 +222,17 @@ class ExportRun:
             await asyncio.to_thread(self.bucket.upload, path, self.job.id, path.name)
             path.unlink()
             self._uploads.pop(0)
-        if not await export_jobs.record(self.pool, self.job, self.progress):
+        await self._record(export_jobs.record(self.pool, self.job, self._counted(), self._new_files))
+
+    def _counted(self) -> dict[str, Any]:
+        """The progress to commit: with the files completed since the last commit counted in."""
+        return {**self.progress, "files": self.progress["files"] + len(self._new_files)}
+
+    async def _record(self, committing: Awaitable[bool]) -> None:
+        if not await committing:
             raise LeaseLost
+        self.progress["files"] += len(self._new_files)
+        self._new_files = []
 
     async def run(self) -> None:
         await asyncio.to_thread(self._resume_files)  # may copy a part of up to EHR_BULK_FILE_BYTES
@@ -232,8 +250,8 @@ class ExportRun:
                     self._resume_files()
                 if wrote:  # passing an empty type needs no commit: redoing it after a crash costs nothing
                     await self._commit()
-        if not await export_jobs.finish(self.pool, self.job, self.progress, self.settings.bulk_retention_hours):
-            raise LeaseLost
+        hours = self.settings.bulk_retention_hours
+        await self._record(export_jobs.finish(self.pool, self.job, self._counted(), self._new_files, hours))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -22,3 +22,17 @@ CREATE TABLE bulk_export_job (
 );
 CREATE INDEX bulk_export_job_open ON bulk_export_job (created_at) WHERE status IN ('accepted', 'running');
 CREATE INDEX bulk_export_job_expiry ON bulk_export_job (expires_at) WHERE expires_at IS NOT NULL;
+
+-- The complete files of a job, in order (the manifest's output and deleted): inserted
+-- with the progress commit that records them, so progress stays small however many
+-- files an export has.
+CREATE TABLE bulk_export_file (
+    job_id        uuid    NOT NULL REFERENCES bulk_export_job (id) ON DELETE CASCADE,
+    seq           integer NOT NULL,                  -- order in the manifest
+    kind          text    NOT NULL,                  -- output | deleted
+    resource_type text    NOT NULL,
+    name          text    NOT NULL,
+    count         bigint  NOT NULL,
+    bytes         bigint  NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);

@@ -227,7 +227,7 @@ async def _manifest(request: Request, job: Job) -> dict[str, Any]:
     pre-signed URLs of the S3 bucket valid until the job expires (none needed)."""
     base = base_url(request)
     bucket: S3Bucket | None = request.app.state.bulk_bucket
-    files = job.progress.get("files", [])
+    files = await export_jobs.files_of(request.app.state.bulk_pool, job.id)
     urls: dict[str, str] = {}
     if bucket is not None:
         assert job.expires_at is not None
@@ -282,7 +282,8 @@ async def download(request: Request) -> Response:
     """One output file of a completed job, gzip-encoded when the client accepts it."""
     job = await _own_job(request)
     name = request.query_params.get("file") or ""
-    listed = {f["name"] for f in job.progress.get("files", [])} if job.status == "completed" else set()
+    files = await export_jobs.files_of(request.app.state.bulk_pool, job.id) if job.status == "completed" else []
+    listed = {f["name"] for f in files}
     path = export_files.download_path(request.app.state.settings.data_dir, job.id, name)
     if name not in listed or path is None or not path.is_file():
         raise FhirError.of(404, "not-found", f"export {job.id} has no file '{name[:100]}'")

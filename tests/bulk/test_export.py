@@ -237,3 +237,26 @@ async def test_the_capability_statement_lists_export_at_each_level(client: httpx
     by_type = {r["type"]: r for r in rest["resource"]}
     assert {"name": "export", "definition": bulk + "patient-export"} in by_type["Patient"]["operation"]
     assert {"name": "export", "definition": bulk + "group-export"} in by_type["Group"]["operation"]
+
+
+async def test_post_kick_off_with_a_body_that_is_not_parameters_is_400(client: httpx.AsyncClient):
+    res = await client.post("$export", json={"resourceType": "Patient"}, headers=ASYNC)
+    assert res.status_code == 400
+
+
+async def test_patient_parameter_at_system_level_is_400(client: httpx.AsyncClient):
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "patient", "valueReference": {"reference": "Patient/x"}}],
+    }
+    res = await client.post("$export", json=body, headers=ASYNC)
+    assert res.status_code == 400
+
+
+async def test_include_associated_data_is_400_unless_lenient(client: httpx.AsyncClient):
+    params = {"includeAssociatedData": "LatestProvenanceResources", "_type": "Patient"}
+    assert (await client.get("$export", params=params, headers=ASYNC)).status_code == 400
+    lenient = {**ASYNC, "Prefer": "respond-async, handling=lenient"}
+    res = await client.get("$export", params=params, headers=lenient)
+    assert res.status_code == 202
+    await client.delete(res.headers["Content-Location"])

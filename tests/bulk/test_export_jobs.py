@@ -135,3 +135,29 @@ async def test_a_client_may_have_five_exports_open_at_once(node: Any):
     assert res.status_code == 429 and "Retry-After" in res.headers
     assert (await api.delete(open_jobs[0])).status_code == 202
     assert (await api.get("$export", params={"_type": "Patient"}, headers=ASYNC)).status_code == 202
+
+
+async def test_a_job_cancelled_while_it_runs_stops_and_leaves_no_file(node: Any):
+    api = await node(bulk_page_rows=1)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}] * 300,
+    }
+    assert (await api.post("", json=bundle)).status_code == 200
+    status_url = await kick_off(api, _type="Patient")
+    job_id = status_url.rsplit("=", 1)[1]
+    app = app_of(api)
+    for _ in range(500):  # until it has written something
+        row = await app.state.pool.fetchrow(
+            "SELECT status, (progress->>'written')::int FROM bulk_export_job WHERE id = $1::uuid", job_id
+        )
+        if row[1]:
+            break
+        await asyncio.sleep(0.01)
+    assert (await api.delete(status_url)).status_code == 202
+    assert row[0] == "running" and row[1] < 300  # cancelled mid-way
+    await asyncio.sleep(1)  # the worker notices at its next commit
+    assert (await api.get(status_url)).status_code == 404
+    assert not export_files.job_dir(app.state.settings.data_dir, job_id).exists()
+    assert app.state.exports.current is None

@@ -237,6 +237,12 @@ _ENV_ONLY = [
     ("EHR_MAX_INCLUDES", "included resources per search page (default 1000)"),
     ("EHR_SEARCH_EXPRESSION_BUDGET_MS", "time of a custom SearchParameter expression per resource (default 100)"),
     ("EHR_IMPORT_MAX_BUNDLE_BYTES", "largest Bundle file `ehr import` reads (default 256 MiB)"),
+    # bulk export
+    ("EHR_BULK_FILE_BYTES", "$export output files are cut at this size (default 64 MiB)"),
+    ("EHR_BULK_RETENTION_HOURS", "finished $export jobs and their files are removed after (default 24)"),
+    ("EHR_BULK_PAGE_ROWS", "resources an $export job reads per page and progress commit (default 1000)"),
+    ("EHR_BULK_EXPORT_JOBS", "off: this node runs no $export jobs, other nodes do (default on)"),
+    ("EHR_BULK_S3_URL", "s3://bucket/prefix: $export files go there, pre-signed downloads (default: data dir)"),
     # admin
     ("EHR_ADMIN_CLIENT_ID", "with EHR_ADMIN_CLIENT_SECRET: the admin client (no admin-client.json is written)"),
     ("EHR_ADMIN_CLIENT_SECRET", "the admin client's secret, at least 16 characters (`ehr token` uses it too)"),

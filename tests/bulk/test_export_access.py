@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
-from headless_ehr.auth.bootstrap import admin_client_file
+from headless_ehr.auth import accounts
 from tests.bulk.exporting import ASYNC, create, download, export, kick_off, patient_with_observations, tag, tagged, wait
 from tests.conftest import bearer, mint_token
 
@@ -103,8 +102,11 @@ async def test_a_download_name_the_manifest_does_not_list_is_404(client: httpx.A
 
 @pytest.fixture
 async def admin(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    client_id = orjson.loads(admin_client_file(app.state.settings.data_dir).read_bytes())["client_id"]
-    headers = bearer(mint_token(app, "system/*.*", client_id=client_id, subject=client_id))
+    """The admin API as an admin client of this module's own (whatever made the database's first one)."""
+    client, _ = await accounts.create_client(
+        app.state.pool, "export-test-admin", scopes="system/*.*", admin=True, client_id=f"admin-{uuid.uuid4().hex[:8]}"
+    )
+    headers = bearer(mint_token(app, "system/*.*", client_id=client.client_id, subject=client.client_id))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver/admin", headers=headers) as c:
         yield c

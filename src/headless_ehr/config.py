@@ -86,6 +86,8 @@ class Settings:
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
     # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
     audit_sync_commit: bool = False
+    # events
+    event_retention_days: int = 7  # outbox rows, notifications and delivery log kept this long
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -134,6 +136,8 @@ class Settings:
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
+            # events
+            "event_retention_days": _bounded("EHR_EVENT_RETENTION_DAYS", 7, 1, 3650),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:

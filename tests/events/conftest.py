@@ -16,9 +16,10 @@ FHIR_JSON = {"Content-Type": "application/fhir+json"}
 HOOK = "http://127.0.0.1:9/hook"  # nothing listens: these tests look at what is notified, not sent
 
 
-def subscription(criteria: str, *, channel: str = "rest-hook", **extra: Any) -> dict[str, Any]:
-    ch: dict[str, Any] = {"type": channel}
-    if channel == "rest-hook":
+def subscription(criteria: str, *, kind: str = "rest-hook", **extra: Any) -> dict[str, Any]:
+    """A Subscription (extra: its elements; `channel`: elements of its channel)."""
+    ch: dict[str, Any] = {"type": kind}
+    if kind == "rest-hook":
         ch["endpoint"] = HOOK
     ch.update(extra.pop("channel", {}))
     return {
@@ -76,8 +77,9 @@ async def settle(app: Any) -> None:
     raise AssertionError("the relay did not catch up within 10 s")
 
 
-async def wait_notified(db: asyncpg.Pool, sub_id: str, count: int, timeout: float = 10) -> list[asyncpg.Record]:
-    deadline = time.monotonic() + timeout
+async def wait_notified(db: asyncpg.Pool, sub_id: str, count: int, seconds: float = 10) -> list[asyncpg.Record]:
+    """The subscription's notifications once there are `count` (or after `seconds`)."""
+    deadline = time.monotonic() + seconds
     while True:
         rows = await notified(db, sub_id)
         if len(rows) >= count or time.monotonic() > deadline:

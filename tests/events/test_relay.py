@@ -161,7 +161,7 @@ async def test_two_relays_never_number_an_event_twice(app, client, db, subscript
 
 async def test_notifications_are_announced_on_ehr_events(app, client, db, subscriptions) -> None:
     c = code()
-    sid = await _subscribe(client, subscriptions, f"Observation?code=urn:test:events|{c}", channel="websocket")
+    sid = await _subscribe(client, subscriptions, f"Observation?code=urn:test:events|{c}", kind="websocket")
     heard: asyncio.Queue[str] = asyncio.Queue()
     conn = await asyncpg.connect(app.state.settings.database_url)
     try:

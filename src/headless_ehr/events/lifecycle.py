@@ -24,7 +24,7 @@ from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError
 from ..store.model import StoredResource
 from ..store.repository import ResourceStore
-from .owner import owner_claims, owner_principal
+from .owner import owner_claims, owner_principal, tag_patient, with_owner_tag
 from .subscription import SubscriptionRequest, Trigger, check_rights, read_subscription
 from .topics import FilterBy, Topic, is_topic, read_topic, topic_triggers
 
@@ -73,7 +73,7 @@ class SubscriptionHook:
             return resource
         if request.trigger is not None:
             check_rights(principal, [request.trigger])  # a topic's triggers: once resolved (written)
-        out = dict(resource)
+        out = with_owner_tag(resource, tag_patient(principal))
         if request.status in ("requested", "active"):
             out["status"] = "requested" if request.needs_handshake else "active"
             out.pop("error", None)

@@ -206,7 +206,10 @@ class Relay:
     async def _match(self, subscriptions: list[Subscribed], events: list[Event]) -> dict[str, list[Event]]:
         """subscription id -> the events it matched, in commit order."""
         out: dict[str, list[Event]] = {}
+        types = {e.resource_type for e in events}
         for sub in subscriptions:
+            if not any(t.resource_type in types for t in sub.triggers):
+                continue  # nothing of its types in this batch: no policy, no search
             mine = [e for e in events if e.position > sub.since and (sub.end_at is None or e.occurred_at <= sub.end_at)]
             if not mine:
                 continue

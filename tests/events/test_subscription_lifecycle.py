@@ -174,3 +174,13 @@ async def test_a_patch_of_a_subscription_updates_its_state(client, db, subscript
     )
     assert res.status_code == 200, res.text
     assert (await _state(db, made["id"]))["status"] == "off"
+
+
+async def test_a_subscription_without_state_gets_it_when_written_again_unchanged(client, db, subscriptions) -> None:
+    """One stored before the relay existed: a PUT of the same content gives it its state."""
+    made = await create(client, subscription("Observation?status=final"))
+    subscriptions.append(made["id"])
+    await db.execute("DELETE FROM subscription_state WHERE id = $1", made["id"])
+    again = await _put(client, made)
+    assert again["meta"]["versionId"] == made["meta"]["versionId"]  # no new version
+    assert (await _state(db, made["id"]))["status"] == "active"

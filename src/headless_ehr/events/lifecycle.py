@@ -37,6 +37,7 @@ SERVER = Principal(subject="headless-ehr-events", system=True)
 MAX_ERROR_CHARS = 1000
 
 _BUMP = "UPDATE subscription_generation SET generation = generation + 1"
+_KNOWN = "SELECT true FROM subscription_state WHERE id = $1"
 _UPSERT = """
 INSERT INTO subscription_state (
     id, owner, status, triggers, topic, channel, endpoint, payload, r4_style, headers, secret,
@@ -91,6 +92,8 @@ class SubscriptionHook:
             await conn.execute(_BUMP)
             return
         assert stored.content is not None
+        if stored.method is None and await conn.fetchval(_KNOWN, stored.id):
+            return  # nothing changed
         request = read_subscription(fhir_json.loads(stored.content))
         old = await conn.fetchrow(
             "SELECT status, owner, since_at, since_seq FROM subscription_state WHERE id = $1 FOR UPDATE", stored.id
@@ -164,6 +167,9 @@ class TopicHook:
     async def written(
         self, store: ResourceStore, conn: asyncpg.Connection, principal: Principal, stored: StoredResource
     ) -> None:
+        known = await conn.fetchval("SELECT true FROM subscription_topic WHERE id = $1", stored.id)
+        if stored.method is None and known:
+            return  # nothing changed
         await conn.execute("DELETE FROM subscription_topic WHERE id = $1", stored.id)
         if stored.deleted:
             return

@@ -109,3 +109,15 @@ async def test_the_owner_is_the_token_that_wrote_the_subscription(client_for, db
     owner = orjson.loads(await db.fetchval("SELECT owner FROM subscription_state WHERE id = $1", sid))
     assert owner["sub"] == "app-user-7" and owner["client_id"] == "app-7"
     assert owner["patient"] == world.a.patient and owner["scope"] == "patient/*.cruds"
+
+
+async def test_the_owner_is_rebuilt_with_the_rights_it_had(app, client_for, world, subscriptions) -> None:
+    from headless_ehr.events.owner import load_owner
+
+    writer = await client_for("patient/*.cruds", patient=world.a.patient, subject="app-user-8")
+    sid = (await create(writer, subscription(f"Observation?patient=Patient/{world.a.patient}")))["id"]
+    subscriptions.append(sid)
+    owner = await load_owner(app.state.pool, sid, app.state.policies)
+    assert owner is not None and owner.subject == "app-user-8" and owner.patient == world.a.patient
+    assert owner.access("read", "Observation") is not None  # held to A's record
+    assert await load_owner(app.state.pool, "no-such-subscription", app.state.policies) is None

@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import asyncpg
+import orjson
+
 from ..auth.policies import Policies
 from ..auth.principal import SUBSCRIPTION_OWNER_TAG, SYSTEM, Principal
 from ..auth.tokens import principal_of
@@ -53,6 +56,17 @@ async def owner_with_policy(subscription_id: str, principal: Principal, policies
     if policies is None or principal.grants is None:
         return principal
     return await policies.apply(f"subscription-owner:{subscription_id}", principal)
+
+
+async def load_owner(
+    db: asyncpg.Pool | asyncpg.Connection, subscription_id: str, policies: Policies | None
+) -> Principal | None:
+    """The owner of a Subscription as the relay matches with it (with its current policy),
+    e.g. to filter a full-resource payload at delivery; None when it has no state."""
+    claims = await db.fetchval("SELECT owner FROM subscription_state WHERE id = $1", subscription_id)
+    if claims is None:
+        return None
+    return await owner_with_policy(subscription_id, owner_principal(orjson.loads(claims)), policies)
 
 
 def tag_patient(principal: Principal) -> str | None:

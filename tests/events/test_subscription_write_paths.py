@@ -49,3 +49,36 @@ async def test_two_nodes_number_each_event_once(app, app_with, client, db, subsc
     )
     assert [r["event_number"] for r in rows] == list(range(1, 31))
     assert len({r["event_seq"] for r in rows}) == 30
+
+
+async def test_put_and_delete_in_a_transaction_keep_the_state(client, db) -> None:
+    made = await create(client, subscription("Observation?status=final"))
+    sid = made["id"]
+    put = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": {**made, "status": "off"}, "request": {"method": "PUT", "url": f"Subscription/{sid}"}}],
+    }
+    assert (await client.post("/", json=put, headers={"Content-Type": "application/fhir+json"})).status_code == 200
+    assert await db.fetchval("SELECT status FROM subscription_state WHERE id = $1", sid) == "off"
+    delete = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": f"Subscription/{sid}"}}],
+    }
+    assert (await client.post("/", json=delete, headers={"Content-Type": "application/fhir+json"})).status_code == 200
+    assert await db.fetchval("SELECT count(*) FROM subscription_state WHERE id = $1", sid) == 0
+
+
+async def test_a_conditional_update_of_a_subscription_keeps_the_state(client, db, subscriptions) -> None:
+    endpoint = f"http://127.0.0.1:9/hook/{code()}"
+    made = await create(client, subscription("Observation?status=final", channel={"endpoint": endpoint}))
+    subscriptions.append(made["id"])
+    res = await client.put(
+        f"/Subscription?url={endpoint}",
+        json={**made, "criteria": "Observation?status=amended"},
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert res.status_code == 200, res.text
+    triggers = await db.fetchval("SELECT triggers FROM subscription_state WHERE id = $1", made["id"])
+    assert "amended" in triggers

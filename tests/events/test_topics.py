@@ -150,3 +150,30 @@ async def test_a_filter_for_any_resource_of_the_topic_is_allowed(client, subscri
     await create(client, topic(url, can_filter_by=((None, "_lastUpdated"),)))
     made = await create(client, topic_subscription(url, "Observation?_lastUpdated=gt2020-01-01"))
     subscriptions.append(made["id"])
+
+
+async def test_a_changed_topic_applies_to_its_subscriptions(app, client, db, subscriptions) -> None:
+    url = _url()
+    basic = await create(client, topic(url, interactions=("create",)))
+    c = code()
+    sid = (await create(client, topic_subscription(url, f"Observation?code=urn:test:events|{c}")))["id"]
+    subscriptions.append(sid)
+    changed = {**topic(url, interactions=("update",)), "id": basic["id"]}
+    res = await client.put(f"/Basic/{basic['id']}", json=changed, headers=FHIR_JSON)
+    assert res.status_code == 200, res.text
+    obs = await create(client, observation(c))  # a create: no longer a trigger
+    res = await client.put(f"/Observation/{obs['id']}", json={**obs, "status": "amended"}, headers=FHIR_JSON)
+    await wait_notified(db, sid, 1)
+    await settle(app)
+    assert [r["interaction"] for r in await notified(db, sid)] == ["update"]
+
+
+async def test_a_topic_change_that_would_refuse_a_subscriptions_filter_is_refused(client, subscriptions) -> None:
+    url = _url()
+    basic = await create(client, topic(url))
+    sid = (await create(client, topic_subscription(url, f"Observation?code=urn:test:events|{code()}")))["id"]
+    subscriptions.append(sid)
+    narrower = {**topic(url, can_filter_by=(("Observation", "status"),)), "id": basic["id"]}
+    res = await client.put(f"/Basic/{basic['id']}", json=narrower, headers=FHIR_JSON)
+    assert res.status_code == 422, res.text
+    assert sid in res.text

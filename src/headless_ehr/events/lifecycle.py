@@ -190,6 +190,32 @@ class TopicHook:
             raise FhirError.of(
                 409, "duplicate", f"another SubscriptionTopic has the url {topic.url[:200]}", "Basic.extension"
             )
+        if known:
+            await _retrigger(conn, topic)
+
+
+async def _retrigger(conn: asyncpg.Connection, topic: Topic) -> None:
+    """A changed topic applies to its Subscriptions at once; 422 when it would no longer
+    allow one's filter criteria (change or delete that Subscription first)."""
+    rows = await conn.fetch("SELECT id, filters FROM subscription_state WHERE topic = $1 FOR UPDATE", topic.url)
+    for row in rows:
+        filters = tuple((t, tuple((n, v) for n, v in ps)) for t, ps in orjson.loads(row["filters"]))
+        try:
+            triggers = topic_triggers(topic, filters)
+        except FhirError:
+            raise FhirError.of(
+                422,
+                "processing",
+                f"this change of the topic would no longer allow the filter criteria of Subscription/{row['id']}",
+                "Basic.extension",
+            ) from None
+        await conn.execute(
+            "UPDATE subscription_state SET triggers = $2::jsonb, updated_at = now() WHERE id = $1",
+            row["id"],
+            orjson.dumps([t.json() for t in triggers]).decode(),
+        )
+    if rows:
+        await conn.execute(_BUMP)
 
 
 # -- the server's status changes -------------------------------------------------------------

@@ -206,3 +206,13 @@ async def test_a_relay_failing_mid_batch_numbers_nothing_and_the_next_numbers_on
         await app.state.relay.start()
     rows = await wait_notified(db, sid, 1)
     assert [(r["event_number"], r["resource_id"]) for r in rows] == [(1, obs["id"])]
+
+
+async def test_subscriptions_sharing_an_owner_and_criteria_are_each_notified(client, db, subscriptions) -> None:
+    c = code()
+    first = await _subscribe(client, subscriptions, f"Observation?code=urn:test:events|{c}")
+    second = await _subscribe(client, subscriptions, f"Observation?code=urn:test:events|{c}")
+    obs = await create(client, observation(c))
+    for sid in (first, second):
+        rows = await wait_notified(db, sid, 1)
+        assert [(r["event_number"], r["resource_id"]) for r in rows] == [(1, obs["id"])]

@@ -31,6 +31,7 @@ from .auth.tokens import AccessTokens
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import AUDIT_APPLICATION, create_pool
+from .events.broker import BrokerPublisher
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validate_with, validator
@@ -177,6 +178,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         poller = asyncio.create_task(poll_registry(pool))
         stack.push_async_callback(_cancel, poller)
         await app.state.reindexer.resume_stale(settings.public_base_url)
+        if settings.nats_url:  # every committed change onto the JetStream stream (events/broker.py)
+            app.state.broker = broker = BrokerPublisher(
+                settings.database_url, settings.nats_url, settings.nats_stream, settings.nats_subject_prefix
+            )
+            await broker.start()  # NATS may still be down: it keeps trying, and the server serves meanwhile
+            stack.push_async_callback(broker.close)
         check = validator()
         for rtype in defs.resource_types:  # compile every type's rules now, not on a request
             check.validate({"resourceType": rtype})

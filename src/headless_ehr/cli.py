@@ -141,7 +141,9 @@ def import_files(args: argparse.Namespace) -> int:
     print(f"importing into {where}", flush=True)
     signal.signal(signal.SIGTERM, _exit_quietly)
     try:
-        return run_import(settings, args.paths, args.batch_size, args.concurrency, args.processes)
+        return run_import(
+            settings, args.paths, args.batch_size, args.concurrency, args.processes, with_events=not args.no_events
+        )
     except (_Stopped, KeyboardInterrupt):
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
@@ -323,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=os.cpu_count() or 1,
         help="worker processes (default one per core; no env variable)",
+    )
+    p_import.add_argument(
+        "--no-events",
+        action="store_true",
+        help="write no events for these resources (an initial load): no outbox rows, so no Subscription"
+        " notifications and no broker messages (default: events on; no env variable)",
     )
     _account_parsers(sub, formatter)
     _audit_parsers(sub)

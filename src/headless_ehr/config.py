@@ -86,6 +86,10 @@ class Settings:
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
     # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
     audit_sync_commit: bool = False
+    # events: the broker stream (events/broker.py); unset nats_url: no broker publication
+    nats_url: str | None = None  # e.g. nats://127.0.0.1:4222 (a comma list for a cluster)
+    nats_stream: str = "EHR"  # the JetStream stream, created if absent
+    nats_subject_prefix: str = "ehr"  # subjects <prefix>.<ResourceType>.<create|update|delete>
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -134,6 +138,10 @@ class Settings:
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
+            # events: broker stream
+            "nats_url": os.environ.get("EHR_NATS_URL") or None,
+            "nats_stream": _name("EHR_NATS_STREAM", "EHR", _NATS_TOKEN),
+            "nats_subject_prefix": _name("EHR_NATS_SUBJECT_PREFIX", "ehr", rf"{_NATS_TOKEN}(\.{_NATS_TOKEN})*"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:
@@ -165,6 +173,17 @@ def _bounded(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
     return value
+
+
+_NATS_TOKEN = r"[A-Za-z0-9_-]{1,64}"  # a stream name, a subject token: no dots, spaces or wildcards
+
+
+def _name(name: str, default: str, pattern: str) -> str:
+    """A name matching pattern (a stream name, subject tokens); anything else stops start-up."""
+    raw = os.environ.get(name) or default
+    if not re.fullmatch(pattern, raw):
+        raise ValueError(f"{name} must match {pattern}, not '{raw[:100]}'")
+    return raw
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:

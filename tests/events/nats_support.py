@@ -123,7 +123,7 @@ class DurableConsumer:
     async def _fetch(self, sub, wait: float) -> None:
         try:
             msgs = await sub.fetch(100, timeout=wait)
-        except (nats.errors.TimeoutError, nats.js.errors.FetchTimeoutError):
+        except TimeoutError:  # nats-py raises its own subclasses, or the builtin one
             return
         for msg in msgs:
             headers = msg.headers or {}

@@ -11,7 +11,7 @@ from nats.js.api import StreamConfig
 
 from headless_ehr.auth.principal import SYSTEM
 from headless_ehr.bulk.importer import Importer
-from headless_ehr.events.broker import DUPLICATE_WINDOW, READER, BrokerPublisher
+from headless_ehr.events.broker import DUPLICATE_WINDOW, READER, BrokerPublisher, StreamError, ensure_stream
 from headless_ehr.events.outbox import claim, settled_after
 
 from .nats_support import DurableConsumer, PrivateNats, Received, Stream, eventually, nats_url, unique_stream
@@ -248,3 +248,14 @@ async def test_changes_made_while_nats_restarts_are_published_once_it_is_back(ap
 
 async def _negate(check) -> bool:
     return not await check()
+
+
+async def test_a_stream_that_cannot_be_made_is_a_clear_error(nats_url, stream):
+    nc = await nats.connect(nats_url)
+    try:  # another stream already takes our subjects
+        await nc.jetstream().add_stream(StreamConfig(name=f"{stream.name}_OTHER", subjects=[f"{stream.prefix}.>"]))
+        with pytest.raises(StreamError, match=stream.name):
+            await ensure_stream(nc.jetstream(), stream.name, stream.prefix)
+    finally:
+        await nc.jetstream().delete_stream(f"{stream.name}_OTHER")
+        await nc.close()

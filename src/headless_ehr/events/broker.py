@@ -45,8 +45,8 @@ DUPLICATE_WINDOW = timedelta(minutes=10)
 MAX_AGE = timedelta(days=7)
 
 
-class WrongStream(Exception):
-    """A message was stored in another stream than ours (its subjects overlap ours)."""
+class StreamError(Exception):
+    """Our stream cannot be made or used (e.g. another stream's subjects overlap ours)."""
 
 
 # "NATS or the database is away or refused": the round is retried later, quietly.
@@ -56,7 +56,7 @@ _RETRIED = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     nats.errors.Error,
-    WrongStream,
+    StreamError,
 )
 
 
@@ -116,8 +116,11 @@ async def ensure_stream(js: JetStreamContext, stream: str, prefix: str) -> None:
     )
     try:
         await js.add_stream(config)
-    except nats.js.errors.BadRequestError:  # another node created it meanwhile (or its subjects are taken)
-        await js.stream_info(stream)
+    except nats.js.errors.BadRequestError as refused:
+        try:
+            await js.stream_info(stream)  # another node created it meanwhile
+        except nats.js.errors.NotFoundError:
+            raise StreamError(f"NATS refused to create stream {stream}: {refused.description}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +189,9 @@ class BrokerPublisher:
 
     async def connect(self) -> None:
         """Connect to NATS and make sure the stream exists (once; the client reconnects by itself)."""
-        if self._js is not None:
+        if self._nc is not None and not self._nc.is_closed:
             return
+        self._nc = self._js = None
         nc = await connect(self.nats_url)
         try:
             js = nc.jetstream(timeout=ACK_TIMEOUT)
@@ -202,7 +206,7 @@ class BrokerPublisher:
         """Publish events in order, pipelined, and wait for all their acknowledgements;
         answers how many JetStream already held (dropped as duplicates). Raises when
         any was not acknowledged in ACK_TIMEOUT: then none may be marked sent."""
-        assert self._js is not None
+        assert self._js is not None, "connect() first"
         pending: list[asyncio.Future] = []
         try:
             for event in events:
@@ -217,7 +221,7 @@ class BrokerPublisher:
                 future.cancel()
         for ack in acks:
             if ack.stream != self.stream:
-                raise WrongStream(f"stored in stream {ack.stream}, not {self.stream}")
+                raise StreamError(f"stored in stream {ack.stream}, not {self.stream}")
         return sum(1 for ack in acks if ack.duplicate)
 
     async def publish_next(self) -> Round | None:

@@ -206,10 +206,11 @@ def audit(args: argparse.Namespace) -> int:
 
 def events(args: argparse.Namespace) -> int:
     """`ehr events tail`: the JetStream stream when EHR_NATS_URL is set, else the outbox."""
-    from .events.tail import RESOURCE_TYPE, print_line, run_tail, tail_outbox, tail_stream
+    from .events.tail import print_line, run_tail, tail_outbox, tail_stream
+    from .fhir.definitions import definitions
 
-    if args.type is not None and not RESOURCE_TYPE.fullmatch(args.type):
-        print(f"ehr events tail: --type '{args.type[:100]}' is not a resource type name", file=sys.stderr)
+    if args.type is not None and args.type not in definitions().resource_types:
+        print(f"ehr events tail: --type '{args.type[:100]}' is not an R4 resource type", file=sys.stderr)
         return 2
     try:
         configured = Settings.from_env()

@@ -107,9 +107,10 @@ async def test_with_nats_tail_follows_the_stream_until_ctrl_c(tails, app_with, n
         assert code == 0 and "Traceback" not in err
 
 
-def test_tail_refuses_a_type_that_is_not_a_resource_type_name():
+@pytest.mark.parametrize("name", ["Patients", "ehr.>"])
+def test_tail_refuses_a_type_that_is_not_a_resource_type(name):
     done = subprocess.run(
-        [sys.executable, "-m", "headless_ehr.cli", "events", "tail", "--type", "ehr.>"],
+        [sys.executable, "-m", "headless_ehr.cli", "events", "tail", "--type", name],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -23,7 +22,6 @@ from ..db.pool import EVENTS_APPLICATION, server_settings
 from .broker import connect, ensure_stream, message_of
 from .outbox import NOTIFY_CHANNEL, Event, Position, settled_after
 
-RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # also a valid subject token
 _BATCH = 500
 _FALLBACK_SECONDS = 2.0  # read the outbox this often even without a NOTIFY
 
@@ -38,7 +36,8 @@ def line_of(body: dict[str, Any]) -> str:
 
 
 async def tail_stream(nats_url: str, stream: str, prefix: str, resource_type: str | None, out: Print) -> None:
-    """Follow the stream's new messages (of one resource type, when given)."""
+    """Follow the stream's new messages (of one resource type, when given: a checked type
+    name, which is a valid subject token)."""
     nc = await connect(nats_url, name="ehr-events-tail")
     try:
         js = nc.jetstream()

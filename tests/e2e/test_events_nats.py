@@ -89,6 +89,7 @@ async def test_a_node_killed_between_publish_and_mark_republishes_and_jetstream_
             assert [r.msg_id for r in received] == expected  # each once, in commit order
             assert await stored_messages(nats_url, stream) == 5  # the copies were dropped
             assert await eventually(lambda: _cursor_at(conn, last))  # and now marked sent
+            assert again.stop() == 0  # a clean shutdown with the publisher running
         finally:
             await conn.close()
             first.stop()

@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def _int(name: str, default: int) -> int:
@@ -139,7 +140,7 @@ class Settings:
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
             # events: broker stream
-            "nats_url": os.environ.get("EHR_NATS_URL") or None,
+            "nats_url": _nats_url(),
             "nats_stream": _name("EHR_NATS_STREAM", "EHR", _NATS_TOKEN),
             "nats_subject_prefix": _name("EHR_NATS_SUBJECT_PREFIX", "ehr", rf"{_NATS_TOKEN}(\.{_NATS_TOKEN})*"),
         }
@@ -173,6 +174,22 @@ def _bounded(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
     return value
+
+
+def _nats_url() -> str | None:
+    """EHR_NATS_URL: nats://, tls://, ws:// or wss:// URLs with a host, comma-separated; else start-up stops."""
+    raw = os.environ.get("EHR_NATS_URL") or None
+    if raw is None:
+        return None
+    for part in raw.split(","):
+        try:
+            where = urlsplit(part.strip())
+            valid = where.scheme in ("nats", "tls", "ws", "wss") and bool(where.hostname) and where.port != 0
+        except ValueError:  # a malformed port
+            valid = False
+        if not valid:
+            raise ValueError(f"EHR_NATS_URL must be nats://host:port URLs (a comma list), not '{part.strip()[:100]}'")
+    return raw
 
 
 _NATS_TOKEN = r"[A-Za-z0-9_-]{1,64}"  # a stream name, a subject token: no dots, spaces or wildcards

@@ -22,6 +22,8 @@ import nats.js.errors
 import orjson
 import pytest
 
+from tests.e2e.test_serve import free_port
+
 NATS_URL = os.environ.get("EHR_TEST_NATS_URL", "nats://127.0.0.1:4222")
 # .ci/run sets it: there the NATS tests must run, not skip.
 REQUIRE_NATS = os.environ.get("EHR_REQUIRE_NATS") == "1"
@@ -138,12 +140,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 30, s
             return True
         await asyncio.sleep(step)
     return await check()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrivateNats:

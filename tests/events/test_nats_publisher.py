@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 
 import nats
@@ -204,7 +206,7 @@ async def test_the_stream_is_created_with_the_prefix_subjects_and_a_duplicate_wi
     assert info.config.duplicate_window == DUPLICATE_WINDOW.total_seconds()
 
 
-async def test_writes_succeed_while_nats_is_down_and_are_published_once_it_is_up(app_with, db, tmp_path):
+async def test_writes_succeed_while_nats_is_down_and_are_published_once_it_is_up(app_with, db):
     broker = PrivateNats()
     stream = Stream.unique()
     try:
@@ -216,6 +218,25 @@ async def test_writes_succeed_while_nats_is_down_and_are_published_once_it_is_up
         assert [r.msg_id for r in received] == expected
     finally:
         broker.close()
+
+
+async def test_an_outage_of_nats_is_logged_once_and_its_end_once(app_with, caplog):
+    caplog.set_level(logging.INFO, logger="headless_ehr.events.broker")
+    broker = PrivateNats()
+    stream = Stream.unique()
+    try:
+        await app_with(**stream.settings(broker.url))  # NATS not started yet
+        await asyncio.sleep(2.5)  # several connection attempts, a second apart
+        broker.start()
+
+        async def back() -> bool:
+            return any("reachable again" in r.getMessage() for r in caplog.records)
+
+        assert await eventually(back)
+    finally:
+        broker.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "headless_ehr.events.broker"]
+    assert sum("unreachable" in m for m in said) == 1 and sum("reachable again" in m for m in said) == 1
 
 
 async def test_changes_made_while_nats_restarts_are_published_once_it_is_back(app_with, db):

@@ -13,6 +13,8 @@ from typing import IO
 
 import pytest
 
+from tests.e2e.test_serve import free_port
+
 from .nats_support import nats_url, unique_stream
 
 __all__ = ["nats_url"]  # the fixture, used by name
@@ -116,3 +118,16 @@ def test_tail_refuses_a_type_that_is_not_a_resource_type(name):
         timeout=60,
     )
     assert done.returncode == 2 and "--type" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_tail_without_a_reachable_nats_says_so_and_exits_1():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
+    env["EHR_NATS_URL"] = f"nats://127.0.0.1:{free_port()}"  # nobody listens there
+    done = subprocess.run(
+        [sys.executable, "-m", "headless_ehr.cli", "events", "tail"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "no NATS answered" in done.stderr and "Traceback" not in done.stderr

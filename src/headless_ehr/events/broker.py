@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -80,11 +81,24 @@ def message_of(event: Event) -> bytes:
     )
 
 
-async def connect(url: str, name: str = "headless-ehr") -> NatsClient:
-    """A NATS connection that reconnects for ever, and notices a dead server within seconds."""
+Callback = Callable[[], Awaitable[None]]
+
+
+async def connect(
+    url: str, name: str = "headless-ehr", *, trouble: Callback | None = None, back: Callback | None = None
+) -> NatsClient:
+    """A NATS connection that keeps trying (the first time too: this waits until NATS
+    answers) and reconnects for ever, noticing a dead server within seconds. trouble()
+    runs on every failed attempt and on a lost connection, back() once reconnected."""
 
     async def on_error(exc: Exception) -> None:
-        log.debug("NATS: %s", exc)
+        log.debug("NATS: %r", exc)
+        if trouble is not None:
+            await trouble()
+
+    async def on_back() -> None:
+        if back is not None:
+            await back()
 
     return await nats.connect(
         servers=[u.strip() for u in url.split(",") if u.strip()],
@@ -95,6 +109,8 @@ async def connect(url: str, name: str = "headless-ehr") -> NatsClient:
         ping_interval=10,
         max_outstanding_pings=3,
         error_cb=on_error,
+        disconnected_cb=trouble,
+        reconnected_cb=on_back,
     )
 
 
@@ -156,6 +172,7 @@ class BrokerPublisher:
         self._js: JetStreamContext | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._unreachable = False  # NATS is away: said once, and once when it is back
 
     async def open(self) -> None:
         """The database side: its pool (whose transactions the write watermark ignores) and
@@ -180,6 +197,7 @@ class BrokerPublisher:
             self._task = None
         await self._drop_listener()
         if self._nc is not None:
+            self._unreachable = True  # closing is no outage: nothing to say
             with contextlib.suppress(Exception):
                 await self._nc.close()
             self._nc = self._js = None
@@ -192,7 +210,7 @@ class BrokerPublisher:
         if self._nc is not None and not self._nc.is_closed:
             return
         self._nc = self._js = None
-        nc = await connect(self.nats_url)
+        nc = await connect(self.nats_url, trouble=self._nats_away, back=self._nats_back)
         try:
             js = nc.jetstream(timeout=ACK_TIMEOUT)
             await ensure_stream(js, self.stream, self.prefix)
@@ -200,7 +218,18 @@ class BrokerPublisher:
             await nc.close()
             raise
         self._nc, self._js = nc, js
+        await self._nats_back()
         log.info("publishing events to NATS stream %s (subjects %s.>)", self.stream, self.prefix)
+
+    async def _nats_away(self) -> None:
+        if not self._unreachable:
+            self._unreachable = True
+            log.warning("NATS is unreachable: events wait in the outbox and are published once it is back")
+
+    async def _nats_back(self) -> None:
+        if self._unreachable:
+            self._unreachable = False
+            log.info("NATS is reachable again")
 
     async def publish(self, events: list[Event]) -> int:
         """Publish events in order, pipelined, and wait for all their acknowledgements;

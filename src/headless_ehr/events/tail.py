@@ -25,7 +25,12 @@ from .outbox import NOTIFY_CHANNEL, Event, Position, settled_after
 _BATCH = 500
 _FALLBACK_SECONDS = 2.0  # read the outbox this often even without a NOTIFY
 
+CONNECT_SECONDS = 5  # a tail with no NATS to follow says so, rather than wait
 Print = Callable[[str], None]
+
+
+class Unreachable(Exception):
+    """The broker or the database cannot be reached."""
 
 
 def line_of(body: dict[str, Any]) -> str:
@@ -38,7 +43,10 @@ def line_of(body: dict[str, Any]) -> str:
 async def tail_stream(nats_url: str, stream: str, prefix: str, resource_type: str | None, out: Print) -> None:
     """Follow the stream's new messages (of one resource type, when given: a checked type
     name, which is a valid subject token)."""
-    nc = await connect(nats_url, name="ehr-events-tail")
+    try:
+        nc = await asyncio.wait_for(connect(nats_url, name="ehr-events-tail"), CONNECT_SECONDS)
+    except TimeoutError:
+        raise Unreachable(f"no NATS answered at EHR_NATS_URL within {CONNECT_SECONDS} s") from None
     try:
         js = nc.jetstream()
         await ensure_stream(js, stream, prefix)
@@ -94,6 +102,9 @@ def run_tail(follow: Coroutine[Any, Any, None]) -> int:
         asyncio.run(follow)
     except KeyboardInterrupt:
         return 0
+    except Unreachable as exc:
+        print(f"ehr events tail: {exc}", file=sys.stderr)
+        return 1
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, nats.errors.Error) as exc:
         print(f"ehr events tail: {exc!r}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def _int(name: str, default: int) -> int:
@@ -88,6 +89,10 @@ class Settings:
     audit_sync_commit: bool = False
     # events
     event_retention_days: int = 7  # outbox rows, notifications and delivery log kept this long
+    # events: the broker stream (events/broker.py); unset nats_url: no broker publication
+    nats_url: str | None = None  # e.g. nats://127.0.0.1:4222 (a comma list for a cluster)
+    nats_stream: str = "EHR"  # the JetStream stream, created if absent
+    nats_subject_prefix: str = "ehr"  # subjects <prefix>.<ResourceType>.<create|update|delete>
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -138,6 +143,10 @@ class Settings:
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
             # events
             "event_retention_days": _bounded("EHR_EVENT_RETENTION_DAYS", 7, 1, 3650),
+            # events: broker stream
+            "nats_url": _nats_url(),
+            "nats_stream": _name("EHR_NATS_STREAM", "EHR", _NATS_TOKEN),
+            "nats_subject_prefix": _name("EHR_NATS_SUBJECT_PREFIX", "ehr", rf"{_NATS_TOKEN}(\.{_NATS_TOKEN})*"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:
@@ -169,6 +178,33 @@ def _bounded(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
     return value
+
+
+def _nats_url() -> str | None:
+    """EHR_NATS_URL: nats://, tls://, ws:// or wss:// URLs with a host, comma-separated; else start-up stops."""
+    raw = os.environ.get("EHR_NATS_URL") or None
+    if raw is None:
+        return None
+    for part in raw.split(","):
+        try:
+            where = urlsplit(part.strip())
+            valid = where.scheme in ("nats", "tls", "ws", "wss") and bool(where.hostname) and where.port != 0
+        except ValueError:  # a malformed port
+            valid = False
+        if not valid:
+            raise ValueError(f"EHR_NATS_URL must be nats://host:port URLs (a comma list), not '{part.strip()[:100]}'")
+    return raw
+
+
+_NATS_TOKEN = r"[A-Za-z0-9_-]{1,64}"  # a stream name, a subject token: no dots, spaces or wildcards
+
+
+def _name(name: str, default: str, pattern: str) -> str:
+    """A name matching pattern (a stream name, subject tokens); anything else stops start-up."""
+    raw = os.environ.get(name) or default
+    if not re.fullmatch(pattern, raw):
+        raise ValueError(f"{name} must match {pattern}, not '{raw[:100]}'")
+    return raw
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:

@@ -13,6 +13,7 @@ from ..config import Settings
 from ..db.periodic import Periodic
 from ..db.pool import EVENTS_APPLICATION, create_pool
 from ..store.hooks import Hooks
+from .broker import BrokerPublisher
 from .lifecycle import SubscriptionHook, TopicHook, end_expired
 from .relay import Relay
 from .retention import remove_expired
@@ -60,3 +61,10 @@ async def start_events(app: Starlette, stack: contextlib.AsyncExitStack, setting
     ender = Periodic(END_SECONDS, end, log, "setting ended Subscriptions off failed; trying again later")
     await ender.start()
     stack.push_async_callback(ender.close)
+
+    if settings.nats_url:  # every committed change onto the JetStream stream (events/broker.py)
+        app.state.broker = broker = BrokerPublisher(
+            settings.database_url, settings.nats_url, settings.nats_stream, settings.nats_subject_prefix
+        )
+        await broker.start()  # NATS may still be down: it keeps trying, and the server serves meanwhile
+        stack.push_async_callback(broker.close)

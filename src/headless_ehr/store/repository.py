@@ -55,7 +55,7 @@ from ..search.registry import search_params
 from ..search.rows import IndexRows
 from ..search.sql import ANY_TYPE, SqlBuilder
 from . import etag, sql
-from .bulk import INSERT_MANY, insert_many_args
+from .bulk import INSERT_MANY, INSERT_MANY_WITHOUT_EVENTS, insert_many_args
 from .etag import Versions
 from .hooks import Hooks
 from .ids import new_id
@@ -171,10 +171,13 @@ class ResourceStore:
         limits: SearchLimits | None = None,
         local_base: str | None = None,
         hooks: Hooks | None = None,
+        events: bool = True,
     ):
         self._db = db
         # resource type -> what its writes also do (store/hooks.py): Subscriptions' state
         self._hooks: Hooks = hooks or {}
+        # False: writes leave no outbox row, so no event (`ehr import --no-events`, an initial load)
+        self.events = events
         # this server's FHIR base: absolute references under it are local (search/extract)
         self.local_base = local_base
         # Searches vary so much by value (a rare code vs a common one) that a prepared
@@ -189,7 +192,13 @@ class ResourceStore:
     def bound(self, conn: asyncpg.Connection) -> ResourceStore:
         """The same store running its statements on conn (e.g. inside a transaction)."""
         return ResourceStore(
-            conn, self._validate, self.max_page_size, limits=self.limits, local_base=self.local_base, hooks=self._hooks
+            conn,
+            self._validate,
+            self.max_page_size,
+            limits=self.limits,
+            local_base=self.local_base,
+            hooks=self._hooks,
+            events=self.events,
         )
 
     def on_base(self, base: str | None) -> ResourceStore:
@@ -383,9 +392,9 @@ class ResourceStore:
         event = audit_pending.written(resource_type, rid, version, method, rows)
         audit = [] if event is None else audit_pending.pending_args(event)
         if current is None:
-            row = await self._db.fetchrow(sql.write_statement("insert", mask, bool(audit)), *args, *audit)
+            row = await self._db.fetchrow(sql.write_statement("insert", mask, bool(audit), self.events), *args, *audit)
         else:
-            statement = sql.write_statement("update", mask, bool(audit))
+            statement = sql.write_statement("update", mask, bool(audit), self.events)
             row = await self._db.fetchrow(statement, *args, current[0], *audit)
         if row is None:
             return None
@@ -451,16 +460,17 @@ class ResourceStore:
         events = [audit_pending.written(i.resource_type, i.id, 1, i.method, i.rows) for i in items]
         audited = [e for e in events if e is not None]
         hooked = [n for n, i in enumerate(items) if i.resource_type in self._hooks] if self._hooks else []
+        statement = INSERT_MANY if self.events else INSERT_MANY_WITHOUT_EVENTS
         try:
             if len(items) <= INSERT_CHUNK and not checked and not audited and not hooked:
-                ts, ts_text = await self._db.fetchrow(INSERT_MANY, *insert_many_args(items))
+                ts, ts_text = await self._db.fetchrow(statement, *insert_many_args(items))
                 stamps = [(ts, ts_text)] * len(items)
             else:
                 stamps = []
                 async with self._transaction() as conn:
                     for start in range(0, len(items), INSERT_CHUNK):
                         chunk = items[start : start + INSERT_CHUNK]
-                        stamp = tuple(await conn.fetchrow(INSERT_MANY, *insert_many_args(chunk)))
+                        stamp = tuple(await conn.fetchrow(statement, *insert_many_args(chunk)))
                         stamps += [stamp] * len(chunk)
                     if audited:  # in the same transaction: the events commit with the resources
                         await audit_queue(conn, audited)

@@ -41,6 +41,22 @@ async def test_an_event_a_reader_has_not_passed_is_kept(app, client, db) -> None
     assert await db.fetchval("SELECT count(*) FROM outbox WHERE seq = $1", seq) == 0
 
 
+async def test_a_reader_that_has_not_moved_for_the_retention_period_holds_nothing_back(app, client, db) -> None:
+    """The broker publisher's cursor after EHR_NATS_URL was unset: it would keep the outbox forever."""
+    obs = await create(client, observation(code()))
+    seq = await _event_seq(db, obs["id"])
+    await _age_event(db, seq)
+    await db.execute(
+        "INSERT INTO event_cursor (name, after_at, after_seq, updated_at)"
+        f" VALUES ('test-gone-reader', '-infinity', 0, now() - {_AGE})"
+    )
+    try:
+        await remove_expired(db, 7)
+        assert await db.fetchval("SELECT count(*) FROM outbox WHERE seq = $1", seq) == 0
+    finally:
+        await db.execute("DELETE FROM event_cursor WHERE name = 'test-gone-reader'")
+
+
 async def _aged_notification(client, db, subscriptions, kind: str) -> str:
     c = code()
     sid = (await create(client, subscription(f"Observation?code=urn:test:events|{c}", kind=kind)))["id"]

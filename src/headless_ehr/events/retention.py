@@ -1,7 +1,8 @@
 """Removing old events in the background (EHR_EVENT_RETENTION_DAYS, default 7).
 
 Kept for replay until then: outbox rows every reader has passed, notifications, and
-the delivery log. A rest-hook subscription's notifications not yet delivered are kept
+the delivery log. A reader that has not moved for that long (the broker publisher after
+EHR_NATS_URL was unset) holds nothing back: it would keep the outbox forever. A rest-hook subscription's notifications not yet delivered are kept
 however old while it is not off (requested, active or in error): setting it back to
 `requested` resumes delivery where it stopped, so nothing it matched is dropped under
 it. Every delete is a bounded batch, repeated until nothing is left.
@@ -17,7 +18,8 @@ _OUTBOX = """
 DELETE FROM outbox WHERE (created_at, seq) IN (
     SELECT created_at, seq FROM outbox
     WHERE created_at < now() - make_interval(days => $1)
-        AND created_at < (SELECT coalesce(min(after_at), 'infinity') FROM event_cursor)
+        AND created_at < (SELECT coalesce(min(after_at), 'infinity') FROM event_cursor
+            WHERE updated_at > now() - make_interval(days => $1))  -- a reader gone that long holds nothing back
     ORDER BY created_at, seq LIMIT $2)
 """
 _NOTIFICATIONS = """

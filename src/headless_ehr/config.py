@@ -86,6 +86,8 @@ class Settings:
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
     # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
     audit_sync_commit: bool = False
+    # websocket: open WebSocket connections per node (the channel of Subscriptions)
+    ws_max_connections: int = 1000
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -134,6 +136,8 @@ class Settings:
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
+            # websocket
+            "ws_max_connections": _bounded("EHR_WS_MAX_CONNECTIONS", 1000, 1, 1_000_000),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:

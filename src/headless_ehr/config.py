@@ -86,6 +86,8 @@ class Settings:
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
     # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
     audit_sync_commit: bool = False
+    # events
+    event_retention_days: int = 7  # outbox rows, notifications and delivery log kept this long
     # websocket: open WebSocket connections per node (the channel of Subscriptions)
     ws_max_connections: int = 1000
 
@@ -136,6 +138,8 @@ class Settings:
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
+            # events
+            "event_retention_days": _bounded("EHR_EVENT_RETENTION_DAYS", 7, 1, 3650),
             # websocket
             "ws_max_connections": _bounded("EHR_WS_MAX_CONNECTIONS", 1000, 1, 1_000_000),
         }

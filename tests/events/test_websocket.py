@@ -211,17 +211,21 @@ async def test_a_deleted_subscription_unbinds_its_sockets(live: LiveServer, db):
     async with live.client() as client:
         sid = await create_subscription(client, db)
         patient = await post(client, {"resourceType": "Patient"})
-    async with live.socket(live.token()) as socket:
-        await socket.send(f"bind {sid}")
-        assert await receive(socket) == f"bound {sid}"
-        state = await db.fetchrow("DELETE FROM subscription_state WHERE id = $1 RETURNING *", sid)
-        await db.execute("SELECT pg_notify('ehr_events', '')")
-        await asyncio.sleep(0.5)  # the node's next round finds it gone
-        await db.execute(
-            "INSERT INTO subscription_state (id, owner, status, triggers, channel, payload, r4_style)"
-            " VALUES ($1, $2, 'active', '[]', 'websocket', 'empty', true)",
-            sid,
-            state["owner"],
-        )
-        await notify(db, sid, "Patient", patient)
-        assert await silent(socket)
+        resource = (await client.get(f"/Subscription/{sid}")).json()
+        async with live.socket(live.token()) as socket:
+            await socket.send(f"bind {sid}")
+            assert await receive(socket) == f"bound {sid}"
+            assert (await client.delete(f"/Subscription/{sid}")).status_code in (200, 204)
+            await db.execute("DELETE FROM subscription_state WHERE id = $1", sid)  # as the relay's hook does
+            await db.execute("SELECT pg_notify('ehr_events', '')")
+            await asyncio.sleep(0.5)  # the node's next round finds it gone
+            # the same id made again: a new subscription, which the old binding does not follow
+            del resource["meta"]
+            assert (await client.put(f"/Subscription/{sid}", json=resource)).status_code == 201
+            await db.execute(
+                "INSERT INTO subscription_state (id, owner, status, triggers, channel, payload, r4_style)"
+                " VALUES ($1, '{}', 'active', '[]', 'websocket', 'empty', true) ON CONFLICT (id) DO NOTHING",
+                sid,
+            )
+            await notify(db, sid, "Patient", patient)
+            assert await silent(socket)

@@ -107,23 +107,21 @@ async def create_subscription(
     created = await client.post("/Subscription", json=resource, headers={"Content-Type": FHIR_JSON})
     assert created.status_code == 201, created.text
     sid = created.json()["id"]
+    # the state as the relay keeps it (made here when no relay runs), with this owner and these options
     await db.execute(
-        "INSERT INTO subscription_state (id, owner, status, triggers, topic, channel, endpoint, payload, r4_style,"
-        " heartbeat_seconds) VALUES ($1, $2::jsonb, 'active', '[]', $3, $4, $5, $6, $7, $8)"
-        " ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO subscription_state (id, owner, status, triggers, channel, payload, r4_style)"
+        " VALUES ($1, '{}', 'active', '[]', $2, 'empty', true) ON CONFLICT (id) DO NOTHING",
+        sid,
+        channel,
+    )
+    await db.execute(
+        "UPDATE subscription_state SET owner = $2::jsonb, status = 'active', topic = $3, payload = $4,"
+        " r4_style = $5, heartbeat_seconds = $6 WHERE id = $1",
         sid,
         json.dumps(owner if owner is not None else {"system": True}),
         topic,
-        channel,
-        resource["channel"].get("endpoint"),
         payload,
         topic is None,
-        heartbeat,
-    )
-    await db.execute(
-        "UPDATE subscription_state SET status = 'active', payload = $2, heartbeat_seconds = $3 WHERE id = $1",
-        sid,
-        payload,
         heartbeat,
     )
     return sid

@@ -5,10 +5,10 @@ caller that asked for one.
 A binding token is a JWT signed with the server's token keys (auth/keys.py: every node
 verifies it) but typed `ws-binding+jwt`, so it is never taken as an access token (those
 are `at+jwt`) and an access token is never taken as a binding token. It holds the
-asking token's claims (scope, launch context, user, purposes of use, an external
-issuer's name), and its jti and expiry: a socket bound with it acts with those rights,
-the subject's current access policy applied (auth/policies.py), and ends when the asking
-token expires or is revoked.
+asking token's claims as a Subscription's owner is kept (events/owner.py: scope,
+launch context, user, purposes of use, an external issuer's name), and its jti and
+expiry: a socket bound with it acts with those rights, the subject's current access
+policy applied (auth/policies.py), and ends when the asking token expires or is revoked.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from joserfc.errors import JoseError
 
 from ..auth.keys import SigningKeys
 from ..auth.policies import Policies
-from ..auth.principal import SYSTEM, Principal
-from ..auth.tokens import AccessTokens, principal_of
+from ..auth.principal import Principal
+from ..auth.tokens import AccessTokens
 from ..fhir.outcome import FhirError
+from .owner import owner_claims, owner_principal
 
 TYP = "ws-binding+jwt"
 LIFETIME = 120  # seconds a binding token may be used to bind (the socket then lives as long as the asking token)
@@ -46,34 +47,25 @@ class BindingGrant:
 
 
 def _claims_of(principal: Principal) -> dict[str, Any]:
-    """The asking principal as claims principal_of() turns back into the same Principal."""
-    if principal.grants is None:
-        return {"system": True}
-    claims: dict[str, Any] = {
-        "sub": principal.subject,
-        "scope": principal.scope,
-        "client_id": principal.client_id,
-        "fhirUser": principal.fhir_user,
-        "patient": principal.patient,
-        "encounter": principal.encounter,
-        "roles": list(principal.roles),
-        "purpose_of_use": list(principal.purpose_of_use),
-        "token_jti": principal.token_id,
-        "token_exp": principal.expires_at,
-        "issuer": principal.attributes.get("issuer"),
-    }
-    return {k: v for k, v in claims.items() if v not in (None, [])}
+    """The asking principal as a Subscription owner's claims (events/owner.py), with its token's id and expiry."""
+    claims = owner_claims(principal)
+    if principal.token_id is not None:
+        claims["token_jti"] = principal.token_id
+    if principal.expires_at is not None:
+        claims["token_exp"] = principal.expires_at
+    return claims
 
 
 def _principal_of(claims: dict[str, Any]) -> Principal:
-    if claims.get("system") is True:
-        return SYSTEM
-    token_exp = claims.get("token_exp")
-    principal = principal_of({**claims, "jti": claims.get("token_jti"), "exp": token_exp or claims["exp"]})
-    if not isinstance(token_exp, int):
-        principal = replace(principal, expires_at=None)
-    issuer = claims.get("issuer")
-    return replace(principal, attributes={"issuer": issuer}) if isinstance(issuer, str) else principal
+    principal = owner_principal(claims)
+    if principal.grants is None:
+        return principal  # the server's own (EHR_AUTH=off)
+    jti, exp = claims.get("token_jti"), claims.get("token_exp")
+    return replace(
+        principal,
+        token_id=jti if isinstance(jti, str) else None,
+        expires_at=exp if isinstance(exp, int) else None,
+    )
 
 
 class BindingTokens:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -228,4 +229,24 @@ async def test_a_deleted_subscription_unbinds_its_sockets(live: LiveServer, db):
                 sid,
             )
             await notify(db, sid, "Patient", patient)
+            assert await silent(socket)
+
+
+async def test_a_committed_matching_write_is_pinged_and_a_non_matching_one_is_not(live: LiveServer):
+    family = uuid.uuid4().hex
+    subscription = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "end to end",
+        "criteria": f"Patient?family={family}",
+        "channel": {"type": "websocket"},
+    }
+    async with live.client() as client:
+        sid = await post(client, subscription)
+        async with live.socket(live.token()) as socket:
+            await socket.send(f"bind {sid}")
+            assert await receive(socket) == f"bound {sid}"
+            await post(client, {"resourceType": "Patient", "name": [{"family": "someone-else"}]})
+            await post(client, {"resourceType": "Patient", "name": [{"family": family}]})
+            assert await receive(socket) == f"ping {sid}"
             assert await silent(socket)

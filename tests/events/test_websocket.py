@@ -10,6 +10,8 @@ import uuid
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from headless_ehr.events import websocket
+from headless_ehr.events.websocket import MAX_BINDINGS
 from tests.auth.world import observation
 from tests.events.websocket_support import (  # noqa: F401 (fixture)
     LiveServer,
@@ -250,3 +252,32 @@ async def test_a_committed_matching_write_is_pinged_and_a_non_matching_one_is_no
             await post(client, {"resourceType": "Patient", "name": [{"family": family}]})
             assert await receive(socket) == f"ping {sid}"
             assert await silent(socket)
+
+
+async def test_a_socket_binds_at_most_the_bounded_number_of_subscriptions(live: LiveServer, db):
+    async with live.client() as client:
+        ids = [await create_subscription(client, db) for _ in range(MAX_BINDINGS + 1)]
+    async with live.socket(live.token()) as socket:
+        for sid in ids[:-1]:
+            await socket.send(f"bind {sid}")
+            assert await receive(socket) == f"bound {sid}"
+        await socket.send(f"bind {ids[-1]}")
+        assert (await receive(socket)).startswith(f"error {ids[-1]} ")
+
+
+async def test_a_socket_with_nothing_bound_is_closed_when_idle(live: LiveServer, monkeypatch):
+    monkeypatch.setattr(websocket, "IDLE_SECONDS", 0.5)
+    async with live.socket(live.token()) as socket:
+        with pytest.raises(ConnectionClosed) as closed:
+            await receive(socket, within=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+
+
+async def test_connections_beyond_the_nodes_bound_are_told_to_try_again_later(live: LiveServer, monkeypatch):
+    monkeypatch.setattr(live.app.state.websockets, "max_connections", 1)
+    async with live.socket(live.token()) as first, live.socket(live.token()) as second:
+        with pytest.raises(ConnectionClosed) as closed:
+            await receive(second)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        await first.send("bind no-such-subscription")
+        assert (await receive(first)).startswith("error ")

@@ -60,6 +60,7 @@ def is_loopback(host: str) -> bool:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .events.websocket import MAX_MESSAGE_BYTES
     from .rest.origin import networks
 
     try:
@@ -103,6 +104,7 @@ def serve(args: argparse.Namespace) -> int:
                 # rewriting the client address first would hide which peer actually connected
                 proxy_headers=False,
                 date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
+                ws_max_size=MAX_MESSAGE_BYTES,  # a WebSocket client's messages are commands (events/websocket.py)
             )
         else:
             from .app import create_app
@@ -117,6 +119,7 @@ def serve(args: argparse.Namespace) -> int:
                 # rewriting the client address first would hide which peer actually connected
                 proxy_headers=False,
                 date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
+                ws_max_size=MAX_MESSAGE_BYTES,  # a WebSocket client's messages are commands (events/websocket.py)
             )
     except _Stopped:
         pass
@@ -253,6 +256,8 @@ _ENV_ONLY = [
     ("EHR_TRUSTED_POLICIES", "access policies (comma list) of that issuer's practitioner users (default none)"),
     ("EHR_AUDIT", "on: record an AuditEvent for every FHIR request (default); off: none, for benchmarks only"),
     ("EHR_AUDIT_SYNC_COMMIT", "on: a request's AuditEvent waits for the disk flush too (default off)"),
+    # websocket
+    ("EHR_WS_MAX_CONNECTIONS", "open WebSocket connections per node (default 1000)"),
 ]
 
 

@@ -24,7 +24,7 @@ from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError
 from ..store.model import StoredResource
 from ..store.repository import ResourceStore
-from .owner import owner_claims, owner_principal
+from .owner import owner_claims, tag_patient, with_owner_tag
 from .subscription import SubscriptionRequest, Trigger, check_rights, read_subscription
 from .topics import FilterBy, Topic, is_topic, read_topic, topic_triggers
 
@@ -73,7 +73,7 @@ class SubscriptionHook:
             return resource
         if request.trigger is not None:
             check_rights(principal, [request.trigger])  # a topic's triggers: once resolved (written)
-        out = dict(resource)
+        out = with_owner_tag(resource, tag_patient(principal))
         if request.status in ("requested", "active"):
             out["status"] = "requested" if request.needs_handshake else "active"
             out.pop("error", None)
@@ -102,13 +102,11 @@ class SubscriptionHook:
             )
         claims = orjson.loads(old["owner"]) if server and old is not None else owner_claims(principal)
         triggers = await _triggers(conn, request)
-        if not server:
+        if not server:  # the server's status changes keep the owner, whose rights the relay applies
             check_rights(principal, triggers)
-        elif old is not None:
-            check_rights(owner_principal(claims), triggers)
         if old is None or (old["status"] == "off" and request.status != "off"):
             since = await conn.fetchrow(_POSITION, stored.last_updated, stored.id, stored.version_id)
-            since_at, since_seq = since[0], since[1]
+            since_at, since_seq = (since[0], since[1]) if since is not None else (stored.last_updated, 0)
         else:
             since_at, since_seq = old["since_at"], old["since_seq"]
         await conn.execute(
@@ -231,6 +229,9 @@ async def end_expired(store: ResourceStore, events_pool: asyncpg.Pool, limit: in
     )
     done = 0
     for row in ids:
-        if await _set_status(store, row["id"], "off"):
-            done += 1
+        try:
+            if await _set_status(store, row["id"], "off"):
+                done += 1
+        except FhirError as error:  # one that cannot be written holds back no other
+            log.warning("could not set Subscription/%s off: %s", row["id"], error.issues[0].diagnostics)
     return done

@@ -145,7 +145,7 @@ class Relay:
             try:
                 while await self.relay_once() >= self.batch_size:
                     pass  # a full batch: more are waiting
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:  # the relay outlives any one failure: it retries the batch (nothing was committed)
                 log.warning("the subscription relay failed; retrying", exc_info=True)
                 await asyncio.sleep(self.poll_seconds)
 

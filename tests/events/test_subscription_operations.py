@@ -71,8 +71,10 @@ async def test_type_level_status_leaves_out_subscriptions_the_caller_may_not_fol
     async with live.client() as client:
         mine = await post(client, {"resourceType": "Patient"})
         theirs = await post(client, {"resourceType": "Patient"})
-        own = await create_subscription(client, db, owner={"sub": "p", "scope": "patient/*.rs", "patient": mine})
-        other = await create_subscription(client, db, owner={"sub": "q", "scope": "patient/*.rs", "patient": theirs})
+    async with live.client(live.token("patient/*.cruds", patient=mine)) as client:
+        own = await create_subscription(client, db)
+    async with live.client(live.token("patient/*.cruds", patient=theirs)) as client:
+        other = await create_subscription(client, db)
     async with live.client(live.token("patient/*.rs", patient=mine)) as client:
         answer = await client.get(f"/Subscription/$status?id={own},{other}")
         refused = await client.get(f"/Subscription/{other}/$status")
@@ -163,8 +165,8 @@ async def test_events_leave_out_what_the_caller_may_not_read(live: LiveServer, d
         theirs = await post(client, {"resourceType": "Patient"})
         their_obs = await post(client, observation(theirs, "laboratory", "x"))
         my_obs = await post(client, observation(mine, "laboratory", "x"))
-        owner = {"sub": "p", "scope": "patient/*.rs", "patient": mine}
-        sid = await create_subscription(client, db, topic=TOPIC, payload="full-resource", owner=owner)
+    async with live.client(live.token("patient/*.cruds", patient=mine)) as client:
+        sid = await create_subscription(client, db, topic=TOPIC, payload="full-resource")
         await notify(db, sid, "Observation", their_obs)
         await notify(db, sid, "Observation", my_obs)
     async with live.client(live.token("patient/*.rs", patient=mine)) as client:

@@ -133,7 +133,8 @@ async def test_a_patient_token_gets_no_ping_for_another_patients_resource(live: 
         theirs = await post(client, {"resourceType": "Patient"})
         their_obs = await post(client, observation(theirs, "laboratory", "x"))
         my_obs = await post(client, observation(mine, "laboratory", "x"))
-        sid = await create_subscription(client, db, owner={"sub": "p", "scope": "patient/*.rs", "patient": mine})
+    async with live.client(live.token("patient/*.cruds", patient=mine)) as client:
+        sid = await create_subscription(client, db)
     async with live.socket(live.token("patient/*.rs", patient=mine)) as socket:
         await socket.send(f"bind {sid}")
         assert await receive(socket) == f"bound {sid}"
@@ -147,7 +148,8 @@ async def test_a_patient_token_cannot_bind_another_patients_subscription(live: L
     async with live.client() as client:
         mine = await post(client, {"resourceType": "Patient"})
         theirs = await post(client, {"resourceType": "Patient"})
-        sid = await create_subscription(client, db, owner={"sub": "q", "scope": "patient/*.rs", "patient": theirs})
+    async with live.client(live.token("patient/*.cruds", patient=theirs)) as client:
+        sid = await create_subscription(client, db)
     async with live.socket(live.token("patient/*.rs", patient=mine)) as socket:
         await socket.send(f"bind {sid}")
         assert (await receive(socket)).startswith(f"error {sid} ")

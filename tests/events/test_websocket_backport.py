@@ -114,8 +114,8 @@ async def test_a_binding_token_carries_its_askers_rights(live: LiveServer, db):
         theirs = await post(client, {"resourceType": "Patient"})
         their_obs = await post(client, observation(theirs, "laboratory", "x"))
         my_obs = await post(client, observation(mine, "laboratory", "x"))
-        owner = {"sub": "p", "scope": "patient/*.rs", "patient": mine}
-        sid = await create_subscription(client, db, topic=TOPIC, payload="id-only", owner=owner)
+    async with live.client(live.token("patient/*.cruds", patient=mine)) as client:
+        sid = await create_subscription(client, db, topic=TOPIC, payload="id-only")
     token = (await binding_token(live, sid, live.token("patient/*.rs", patient=mine)))["token"]
     async with live.socket(None) as socket:
         await socket.send(f"bind-with-token {token}")
@@ -214,8 +214,8 @@ async def test_no_binding_token_for_another_patients_subscription(live: LiveServ
     async with live.client() as client:
         mine = await post(client, {"resourceType": "Patient"})
         theirs = await post(client, {"resourceType": "Patient"})
-        owner = {"sub": "q", "scope": "patient/*.rs", "patient": theirs}
-        sid = await create_subscription(client, db, topic=TOPIC, owner=owner)
+    async with live.client(live.token("patient/*.cruds", patient=theirs)) as client:
+        sid = await create_subscription(client, db, topic=TOPIC)
     async with live.client(live.token("patient/*.rs", patient=mine)) as client:
         answer = await client.post(f"/Subscription/{sid}/$get-ws-binding-token")
     assert answer.status_code == 404

@@ -3,8 +3,8 @@ WebSocket clients (the `websockets` library) and HTTP clients reach it as they w
 deployment; and subscriptions with notifications put in place as the relay leaves them.
 
 Tokens are minted for this server's own FHIR base (its audience). Subscriptions are
-created over HTTP, then their notification state is put in the table the relay keeps
-(`subscription_state`) unless the relay already made it; `notify()` adds a numbered
+created over HTTP (the relay's write hook keeps their state and owner), then set active
+with the options a test asks for; `notify()` adds a numbered
 notification and NOTIFYs `ehr_events` in one transaction, as the relay does at commit.
 Criteria in these tests match nothing any test writes, so a relay running too never
 numbers their events.
@@ -88,13 +88,13 @@ async def create_subscription(
     client: httpx.AsyncClient,
     db: asyncpg.Pool,
     *,
-    owner: dict[str, Any] | None = None,
     channel: str = "websocket",
     payload: str = "empty",
     heartbeat: int | None = None,
     topic: str | None = None,
 ) -> str:
-    """A Subscription (created with client's token) and its notification state, active."""
+    """A Subscription and its notification state, active; its owner is the client's token
+    (a patient's token makes a subscription of that patient's, tagged by the server)."""
     resource: dict[str, Any] = {
         "resourceType": "Subscription",
         "status": "requested",
@@ -107,18 +107,17 @@ async def create_subscription(
     created = await client.post("/Subscription", json=resource, headers={"Content-Type": FHIR_JSON})
     assert created.status_code == 201, created.text
     sid = created.json()["id"]
-    # the state as the relay keeps it (made here when no relay runs), with this owner and these options
+    # the state as the relay keeps it (made here when no relay runs), active, with these options
     await db.execute(
         "INSERT INTO subscription_state (id, owner, status, triggers, channel, payload, r4_style)"
-        " VALUES ($1, '{}', 'active', '[]', $2, 'empty', true) ON CONFLICT (id) DO NOTHING",
+        """ VALUES ($1, '{"system": true}', 'active', '[]', $2, 'empty', true) ON CONFLICT (id) DO NOTHING""",
         sid,
         channel,
     )
     await db.execute(
-        "UPDATE subscription_state SET owner = $2::jsonb, status = 'active', topic = $3, payload = $4,"
-        " r4_style = $5, heartbeat_seconds = $6 WHERE id = $1",
+        "UPDATE subscription_state SET status = 'active', topic = $2, payload = $3, r4_style = $4,"
+        " heartbeat_seconds = $5 WHERE id = $1",
         sid,
-        json.dumps(owner if owner is not None else {"system": True}),
         topic,
         payload,
         topic is None,

@@ -20,10 +20,10 @@ is read as it may see it (hidden elements removed). A refused bind is answered
 Bounds: sockets per node (EHR_WS_MAX_CONNECTIONS), subscriptions per socket
 (MAX_BINDINGS), the size of a client message (MAX_MESSAGE_BYTES) and their rate
 (MAX_COMMANDS_PER_MINUTE), a socket with nothing bound is closed after IDLE_SECONDS,
-and one that does not keep up (QUEUE notifications waiting) is closed: it cannot hold
-the others back. A socket ends when the token that opened or bound it expires or is
-revoked (close code 1008); the client reconnects with a new one and replays what it
-missed with `$events`.
+and one that does not keep up (QUEUE notifications waiting, or a message not taken in
+SEND_SECONDS) is closed: it cannot hold the others back. A socket ends when the token
+that opened or bound it expires or is revoked (close code 1008); the client reconnects
+with a new one and replays what it missed with `$events`.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ MAX_MESSAGE_BYTES = 32 * 1024  # a client message (a binding token is a few kB)
 MAX_COMMANDS_PER_MINUTE = 120  # client messages on one socket (each bind reads the database)
 IDLE_SECONDS = 60.0  # a socket with nothing bound is closed after this long
 QUEUE = 1000  # notifications waiting on one socket before it is closed as too slow
+SEND_SECONDS = 30.0  # a message the client does not take in this long closes the socket as too slow
 
 POLICY = 1008  # close codes (RFC 6455 §7.4.1)
 TRY_AGAIN_LATER = 1013
@@ -201,7 +202,11 @@ class Session:
                 if not self._counted():
                     self.close(POLICY, f"more than {MAX_COMMANDS_PER_MINUTE} messages a minute")
                     break
-                await self._command(text.strip())
+                try:
+                    await self._command(text.strip())
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    log.warning("websocket: a command failed on the database (%r)", error)
+                    self.send("error the server could not answer now; try again")
         finally:
             if self._closing is None:
                 self._closing = (NORMAL, "")
@@ -233,10 +238,15 @@ class Session:
             while self._outbox and self._closing is None:
                 item = self._outbox.popleft()
                 if isinstance(item, str):
-                    await self.socket.send_text(item)
-                else:
-                    self._events -= 1
+                    await self._send(item)
+                    continue
+                self._events -= 1
+                try:
                     await self._notify(*item)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    # the client replays from its last eventNumber with $events
+                    log.warning("websocket: a notification could not be read (%r); closing the socket", error)
+                    self.close(TRY_AGAIN_LATER, "notifications cannot be read now; reconnect and replay with $events")
 
     def _timeout(self) -> float:
         """Seconds until something is due without a message: a heartbeat, an expiry, the idle limit."""
@@ -343,12 +353,19 @@ class Session:
             resources = {notification["event_number"]: content} if content else {}
             await self._send_bundle(binding, "event-notification", [notification], resources)
         else:
-            await self.socket.send_text(f"ping {binding.subscription_id}")
+            await self._send(f"ping {binding.subscription_id}")
             binding.last_sent = time.monotonic()
+
+    async def _send(self, text: str) -> None:
+        """Send, or close a socket whose client has not taken a message for SEND_SECONDS."""
+        try:
+            await asyncio.wait_for(self.socket.send_text(text), SEND_SECONDS)
+        except TimeoutError:
+            self.close(POLICY, f"too slow: a message waited {SEND_SECONDS:.0f} s to be sent")
 
     async def _send_bundle(self, binding: Binding, kind: str, notifications: list[Row], resources: dict) -> None:
         body = notification_body(binding.state, kind, notifications, resources, self.base)
-        await self.socket.send_text(body.decode())
+        await self._send(body.decode())
         binding.last_sent = time.monotonic()
 
 

@@ -202,3 +202,22 @@ async def test_the_capability_statement_lists_the_operations_and_the_socket(live
     assert definitions["get-ws-binding-token"] == f"{BACKPORT}/backport-subscription-get-ws-binding-token"
     websocket = [e["valueUri"] for e in rest["extension"] if e["url"].endswith("capabilitystatement-websocket")]
     assert websocket == [live.ws_url]
+
+
+async def test_events_of_a_subscription_without_any_is_an_empty_replay(live: LiveServer, db):
+    async with live.client() as client:
+        sid = await create_subscription(client, db, topic=TOPIC)
+        answer = await client.get(f"/Subscription/{sid}/$events")
+    assert answer.status_code == 200
+    status = parameters(answer.json()["entry"][0]["resource"])
+    assert status["events"] == [] and status["events-since-subscription-start"] == "0"
+
+
+async def test_type_level_status_without_ids_lists_the_callers_subscriptions(live: LiveServer, db):
+    async with live.client() as client:
+        mine = await post(client, {"resourceType": "Patient"})
+    async with live.client(live.token("patient/*.cruds", patient=mine)) as client:
+        sid = await create_subscription(client, db)
+        answer = await client.get("/Subscription/$status?status=active")
+    listed = [parameters(e["resource"])["subscription"]["reference"] for e in answer.json()["entry"]]
+    assert listed == [f"{live.base}/Subscription/{sid}"]

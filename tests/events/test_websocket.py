@@ -283,3 +283,20 @@ async def test_connections_beyond_the_nodes_bound_are_told_to_try_again_later(li
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
         await first.send("bind no-such-subscription")
         assert (await receive(first)).startswith("error ")
+
+
+async def test_the_fan_out_reconnects_after_losing_its_database_connection(live: LiveServer, db):
+    async with live.client() as client:
+        sid = await create_subscription(client, db)
+        patient = await post(client, {"resourceType": "Patient"})
+    hub = live.app.state.websockets.hub
+    async with live.socket(live.token()) as socket:
+        await socket.send(f"bind {sid}")
+        assert await receive(socket) == f"bound {sid}"
+        assert hub.connection is not None
+        await db.execute("SELECT pg_terminate_backend($1)", hub.connection.get_server_pid())
+        await notify(db, sid, "Patient", patient)  # maybe while it is away: caught up on reconnection
+        assert await receive(socket, within=10) == f"ping {sid}"
+        await asyncio.wait_for(hub.connected.wait(), 10)
+        await notify(db, sid, "Patient", patient)
+        assert await receive(socket) == f"ping {sid}"

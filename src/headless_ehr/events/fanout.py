@@ -74,6 +74,7 @@ class Hub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()  # set while the LISTEN connection is up
+        self.connection: asyncpg.Connection | None = None  # that connection (tests end it to see the hub reconnect)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -115,6 +116,7 @@ class Hub:
                 )
                 await conn.add_listener(NOTIFY_CHANNEL, self._notified)
                 conn.add_termination_listener(self._notified)
+                self.connection = conn
                 self.connected.set()
                 backoff = 0.1
                 self._wake.set()  # catch up with what passed while disconnected
@@ -128,6 +130,7 @@ class Hub:
                 log.warning("websocket fan-out: database connection lost (%r); reconnecting", error)
             finally:
                 self.connected.clear()
+                self.connection = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 2)

@@ -50,10 +50,10 @@ async def events(request: Request, rid: str) -> Response:
         raise FhirError.of(400, "invalid", f"content must be one of {', '.join(PAYLOADS)}")
     store, principal, db = store_of(request), principal_of(request), request.app.state.pool
     state = dict(await followed_subscription(store, db, principal, rid))
-    until = state["events_since_start"] if until is None else until
-    since = max(1, until - MAX_EVENTS + 1) if since is None else since
-    if since > until:
+    if since is not None and until is not None and since > until:
         raise FhirError.of(400, "invalid", "eventsSinceNumber is after eventsUntilNumber")
+    until = state["events_since_start"] if until is None else until
+    since = max(1, until - MAX_EVENTS + 1) if since is None else since  # none yet: an empty range
     rows = await db.fetch(_NOTIFICATIONS, rid, since, until, MAX_EVENTS)
     if content is not None:
         state["payload"] = content

@@ -5,6 +5,7 @@ subscription's payload asks, heartbeat Bundles; the token carries its asker's ri
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -235,3 +236,17 @@ async def test_the_binding_token_operation_is_not_a_get(live: LiveServer, db):
         sid = await create_subscription(client, db, topic=TOPIC)
         answer = await client.get(f"/Subscription/{sid}/$get-ws-binding-token")
     assert answer.status_code == 405
+
+
+async def test_no_heartbeat_once_the_subscription_is_off(live: LiveServer, db):
+    async with live.client() as client:
+        sid = await create_subscription(client, db, topic=TOPIC, heartbeat=1)
+    token = (await binding_token(live, sid))["token"]
+    async with live.socket(None) as socket:
+        await socket.send(f"bind-with-token {token}")
+        await receive(socket)
+        await db.execute("UPDATE subscription_state SET status = 'off' WHERE id = $1", sid)
+        await db.execute("SELECT pg_notify('ehr_events', '')")
+        with contextlib.suppress(TimeoutError):
+            await receive(socket, within=1.5)  # a heartbeat due before the node saw it off, if any
+        assert await silent(socket, 2.5)

@@ -57,6 +57,7 @@ class Follower(Protocol):
 
     subscription_id: str
     after: int  # the last event number it was given
+    state: Row  # the subscription's state as last read (status, events_since_start, payload, heartbeat)
 
     def offer(self, state: Row, notifications: Sequence[Row]) -> None:
         """Queue these notifications (after `after`, in order) and move `after` past them."""
@@ -145,6 +146,9 @@ class Hub:
             for follower in list(self._followers.get(sid, ())):
                 follower.gone()
                 self.remove(follower)
+        for sid, state in states.items():
+            for follower in self._followers.get(sid, ()):
+                follower.state = state  # a status or heartbeat changed shows within a round
         due = [(sid, low) for sid, low in lows.items() if sid in states and states[sid]["events_since_start"] > low]
         if not due:
             return

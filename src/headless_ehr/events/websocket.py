@@ -87,8 +87,10 @@ class Binding:
         self.session.unbound(self)
 
     def heartbeat_due(self) -> float | None:
+        """When a heartbeat Bundle is due: heartbeatPeriod after the last message, while active."""
         seconds = self.state["heartbeat_seconds"]
-        return self.last_sent + seconds if self.bundles and seconds else None
+        active = self.state["status"] == "active"
+        return self.last_sent + seconds if self.bundles and seconds and active else None
 
 
 class WebSocketChannel:

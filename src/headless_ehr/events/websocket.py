@@ -179,8 +179,8 @@ class Session:
             await self._write()
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
-                await reader
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
+                await reader  # a socket gone under the reader: nothing more to do with it
             for binding in list(self.bindings.values()):
                 self.channel.hub.remove(binding)
             self.bindings.clear()

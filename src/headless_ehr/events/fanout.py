@@ -129,6 +129,8 @@ class Hub:
                         await self._forward(conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 log.warning("websocket fan-out: database connection lost (%r); reconnecting", error)
+            except Exception:  # a bug must not end the node's fan-out: log it, start again
+                log.exception("websocket fan-out failed; starting again")
             finally:
                 self.connected.clear()
                 self.connection = None

@@ -142,7 +142,7 @@ async def test_an_expired_binding_token_is_refused(live: LiveServer, db):
     async with live.client() as client:
         sid = await create_subscription(client, db, topic=TOPIC)
     state = live.app.state
-    past = BindingTokens(state.signing_keys, state.tokens, state.policies, lifetime=-60)
+    past = BindingTokens(state.signing_keys, state.tokens, state.policies, state.pool, lifetime=-60)
     token, _ = past.issue(state.tokens.verify(live.token(), live.base), [sid], live.base)
     async with live.socket(None) as socket:
         await socket.send(f"bind-with-token {token}")
@@ -250,3 +250,15 @@ async def test_no_heartbeat_once_the_subscription_is_off(live: LiveServer, db):
         with contextlib.suppress(TimeoutError):
             await receive(socket, within=1.5)  # a heartbeat due before the node saw it off, if any
         assert await silent(socket, 2.5)
+
+
+async def test_a_binding_token_binds_once(live: LiveServer, db):
+    async with live.client() as client:
+        sid = await create_subscription(client, db, topic=TOPIC)
+    token = (await binding_token(live, sid))["token"]
+    async with live.socket(None) as first, live.socket(None) as second:
+        await first.send(f"bind-with-token {token}")
+        assert status_of(json.loads(await receive(first)))["type"] == "handshake"
+        await second.send(f"bind-with-token {token}")
+        outcome = json.loads(await receive(second))
+    assert outcome["resourceType"] == "OperationOutcome" and "used already" in outcome["issue"][0]["diagnostics"]

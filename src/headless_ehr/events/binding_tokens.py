@@ -9,6 +9,8 @@ asking token's claims as a Subscription's owner is kept (events/owner.py: scope,
 launch context, user, purposes of use, an external issuer's name), and its jti and
 expiry: a socket bound with it acts with those rights, the subject's current access
 policy applied (auth/policies.py), and ends when the asking token expires or is revoked.
+A binding token binds once: its jti is kept (migration 0024) until it expires, so a token
+seen by someone else (a log, a proxy) cannot open a second socket.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+import asyncpg
 from joserfc import jwt
 from joserfc.errors import JoseError
 
@@ -71,10 +74,13 @@ def _principal_of(claims: dict[str, Any]) -> Principal:
 class BindingTokens:
     """Issue and verify binding tokens with the server's signing keys."""
 
-    def __init__(self, keys: SigningKeys, tokens: AccessTokens, policies: Policies, lifetime: int = LIFETIME) -> None:
+    def __init__(
+        self, keys: SigningKeys, tokens: AccessTokens, policies: Policies, db: asyncpg.Pool, lifetime: int = LIFETIME
+    ) -> None:
         self.keys = keys
         self.tokens = tokens
         self.policies = policies
+        self.db = db  # the events workers' pool: its writes do not hold the write watermark back
         self.lifetime = lifetime
 
     def issue(self, principal: Principal, subscriptions: list[str], audience: str) -> tuple[str, int]:
@@ -121,8 +127,24 @@ class BindingTokens:
         asking = claims.get("token_jti")
         if isinstance(asking, str) and self.tokens.is_revoked(asking):
             raise InvalidBindingToken("the access token this binding token was issued to has been revoked")
+        if not isinstance(claims.get("jti"), str) or not await self._first_use(claims["jti"], exp):
+            raise InvalidBindingToken("the binding token has been used already: ask for a new one")
         try:
             principal = await self.policies.apply(token, _principal_of(claims))
         except FhirError as error:  # e.g. break-the-glass no longer allowed by the subject's policy
             raise InvalidBindingToken(str(error)) from None
         return BindingGrant(principal, tuple(subscriptions[:MAX_SUBSCRIPTIONS]))
+
+    async def _first_use(self, jti: str, expires: int) -> bool:
+        """Record the token's use; False when it was used before (on any node)."""
+        async with self.db.acquire() as conn:
+            first = await conn.fetchval(_USE, jti[:64], float(expires + SKEW))
+            await conn.execute(_FORGET)
+        return bool(first)
+
+
+_USE = (
+    "INSERT INTO ws_binding_token_use (jti, expires_at) VALUES ($1, to_timestamp($2))"
+    " ON CONFLICT (jti) DO NOTHING RETURNING true"
+)
+_FORGET = "DELETE FROM ws_binding_token_use WHERE expires_at < now() - interval '1 minute'"

@@ -377,7 +377,8 @@ async def start_websockets(app: Any, stack: contextlib.AsyncExitStack, settings:
     hub.start()
     stack.push_async_callback(hub.close)
     state = app.state
-    binding_tokens = BindingTokens(state.signing_keys, state.tokens, state.policies)
+    events_pool = getattr(state, "events_pool", None) or state.pool  # the events workers' (events/service.py)
+    binding_tokens = BindingTokens(state.signing_keys, state.tokens, state.policies, events_pool)
     tokens = state.tokens if settings.auth else None
     state.websockets = WebSocketChannel(
         hub, state.store, state.pool, binding_tokens, tokens, settings.ws_max_connections

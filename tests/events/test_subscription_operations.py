@@ -221,3 +221,22 @@ async def test_type_level_status_without_ids_lists_the_callers_subscriptions(liv
         answer = await client.get("/Subscription/$status?status=active")
     listed = [parameters(e["resource"])["subscription"]["reference"] for e in answer.json()["entry"]]
     assert listed == [f"{live.base}/Subscription/{sid}"]
+
+
+async def test_events_by_post_take_a_parameters_body(live: LiveServer, db):
+    async with live.client() as client:
+        sid = await create_subscription(client, db, topic=TOPIC)
+        patient = await post(client, {"resourceType": "Patient"})
+        for _ in range(3):
+            await notify(db, sid, "Patient", patient)
+        body = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "eventsSinceNumber", "valueString": "2"},
+                {"name": "eventsUntilNumber", "valueString": "2"},
+            ],
+        }
+        answer = await client.post(
+            f"/Subscription/{sid}/$events", json=body, headers={"Content-Type": "application/fhir+json"}
+        )
+    assert [e["event-number"] for e in parameters(answer.json()["entry"][0]["resource"])["events"]] == ["2"]

@@ -15,7 +15,8 @@ async def operation_arguments(request: Request, known: frozenset[str]) -> list[t
     """The primitive input parameters by name, in order; 400 for a name not in `known`,
     for a non-primitive value, or beyond MAX_ARGUMENTS."""
     pairs = [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
-    if request.method == "POST" and request.headers.get("content-length") not in (None, "0"):
+    has_body = request.headers.get("content-length") not in (None, "0") or "transfer-encoding" in request.headers
+    if request.method == "POST" and has_body:
         body = parse_resource(await read_json_body(request, request.app.state.settings.max_body_bytes))
         if body.get("resourceType") != "Parameters":
             raise FhirError.of(400, "invalid", "the body of an operation must be a Parameters resource")

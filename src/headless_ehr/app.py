@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from .audit.recorder import AuditRecorder
 from .auth.admin_api import admin_routes
@@ -38,6 +38,7 @@ from .fhir.validation import validate_with, validator
 from .rest.origin import networks
 from .rest.responses import DateHeader, outcome_response
 from .rest.router import fhir_endpoint
+from .rest.websocket import websocket_endpoint
 from .search.extract import OPTIONS
 from .search.extract.compile import set_expression_budget
 from .search.query import SearchLimits
@@ -200,6 +201,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=[
             *oauth_routes(base),  # the authorisation server (auth/routes.py), ahead of the FHIR catch-all
+            # the WebSocket channel of Subscriptions (R4 and backport protocols; events/websocket.py)
+            WebSocketRoute(base + "/ws", websocket_endpoint),
+            WebSocketRoute("/ws/subscriptions", websocket_endpoint),
             Route(base, fhir_endpoint, methods=_METHODS),
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
             *admin_routes(),

@@ -60,6 +60,7 @@ def is_loopback(host: str) -> bool:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .events.websocket import MAX_MESSAGE_BYTES
     from .rest.origin import networks
 
     try:
@@ -103,6 +104,7 @@ def serve(args: argparse.Namespace) -> int:
                 # rewriting the client address first would hide which peer actually connected
                 proxy_headers=False,
                 date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
+                ws_max_size=MAX_MESSAGE_BYTES,  # a WebSocket client's messages are commands (events/websocket.py)
             )
         else:
             from .app import create_app
@@ -117,6 +119,7 @@ def serve(args: argparse.Namespace) -> int:
                 # rewriting the client address first would hide which peer actually connected
                 proxy_headers=False,
                 date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
+                ws_max_size=MAX_MESSAGE_BYTES,  # a WebSocket client's messages are commands (events/websocket.py)
             )
     except _Stopped:
         pass
@@ -291,6 +294,8 @@ _ENV_ONLY = [
     ("EHR_NATS_URL", "NATS with JetStream, e.g. nats://127.0.0.1:4222: every change published there (default none)"),
     ("EHR_NATS_STREAM", "the JetStream stream of the changes, created if absent (default EHR)"),
     ("EHR_NATS_SUBJECT_PREFIX", "its subjects: <prefix>.<ResourceType>.<create|update|delete> (default ehr)"),
+    # websocket
+    ("EHR_WS_MAX_CONNECTIONS", "open WebSocket connections per node (default 1000)"),
 ]
 
 

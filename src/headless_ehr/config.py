@@ -93,6 +93,8 @@ class Settings:
     nats_url: str | None = None  # e.g. nats://127.0.0.1:4222 (a comma list for a cluster)
     nats_stream: str = "EHR"  # the JetStream stream, created if absent
     nats_subject_prefix: str = "ehr"  # subjects <prefix>.<ResourceType>.<create|update|delete>
+    # websocket: open WebSocket connections per node (the channel of Subscriptions)
+    ws_max_connections: int = 1000
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -147,6 +149,8 @@ class Settings:
             "nats_url": _nats_url(),
             "nats_stream": _name("EHR_NATS_STREAM", "EHR", _NATS_TOKEN),
             "nats_subject_prefix": _name("EHR_NATS_SUBJECT_PREFIX", "ehr", rf"{_NATS_TOKEN}(\.{_NATS_TOKEN})*"),
+            # websocket
+            "ws_max_connections": _bounded("EHR_WS_MAX_CONNECTIONS", 1000, 1, 1_000_000),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:

@@ -2,7 +2,8 @@
 
 Kept for replay until then: outbox rows every reader has passed, notifications, and
 the delivery log. A reader that has not moved for that long (the broker publisher after
-EHR_NATS_URL was unset) holds nothing back: it would keep the outbox forever. A rest-hook subscription's notifications not yet delivered are kept
+EHR_NATS_URL was unset) holds nothing back: it would keep the outbox forever. A rest-hook
+subscription's notifications not yet delivered are kept
 however old while it is not off (requested, active or in error): setting it back to
 `requested` resumes delivery where it stopped, so nothing it matched is dropped under
 it. Every delete is a bounded batch, repeated until nothing is left.

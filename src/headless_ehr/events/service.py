@@ -17,6 +17,7 @@ from .broker import BrokerPublisher
 from .lifecycle import SubscriptionHook, TopicHook, end_expired
 from .relay import Relay
 from .retention import remove_expired
+from .websocket import start_websockets
 
 log = logging.getLogger("headless_ehr.events")
 
@@ -68,3 +69,4 @@ async def start_events(app: Starlette, stack: contextlib.AsyncExitStack, setting
         )
         await broker.start()  # NATS may still be down: it keeps trying, and the server serves meanwhile
         stack.push_async_callback(broker.close)
+    await start_websockets(app, stack, settings)  # the WebSocket channel's fan-out (events/websocket.py)

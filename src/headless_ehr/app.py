@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from .audit.recorder import AuditRecorder
 from .auth.admin_api import admin_routes
@@ -33,12 +33,14 @@ from .bulk.export_worker import ExportWorker
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import AUDIT_APPLICATION, create_pool
+from .events.service import start_events, store_hooks
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validate_with, validator
 from .rest.origin import networks
 from .rest.responses import DateHeader, outcome_response
 from .rest.router import fhir_endpoint
+from .rest.websocket import websocket_endpoint
 from .search.extract import OPTIONS
 from .search.extract.compile import set_expression_budget
 from .search.query import SearchLimits
@@ -136,6 +138,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             search_pool,
             limits=limits,
             local_base=settings.public_base_url,
+            hooks=store_hooks(),  # Subscriptions and SubscriptionTopics keep their state (events/)
         )
         keys = SigningKeys(pool, timedelta(hours=settings.signing_key_rotation_hours))
         await keys.start()
@@ -191,6 +194,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         poller = asyncio.create_task(poll_registry(pool))
         stack.push_async_callback(_cancel, poller)
         await app.state.reindexer.resume_stale(settings.public_base_url)
+        await start_events(app, stack, settings)  # the outbox relay and the event workers (events/)
         check = validator()
         for rtype in defs.resource_types:  # compile every type's rules now, not on a request
             check.validate({"resourceType": rtype})
@@ -211,6 +215,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=[
             *oauth_routes(base),  # the authorisation server (auth/routes.py), ahead of the FHIR catch-all
+            # the WebSocket channel of Subscriptions (R4 and backport protocols; events/websocket.py)
+            WebSocketRoute(base + "/ws", websocket_endpoint),
+            WebSocketRoute("/ws/subscriptions", websocket_endpoint),
             Route(base, fhir_endpoint, methods=_METHODS),
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
             *admin_routes(),

@@ -60,6 +60,7 @@ def is_loopback(host: str) -> bool:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .events.websocket import MAX_MESSAGE_BYTES
     from .rest.origin import networks
 
     try:
@@ -103,6 +104,7 @@ def serve(args: argparse.Namespace) -> int:
                 # rewriting the client address first would hide which peer actually connected
                 proxy_headers=False,
                 date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
+                ws_max_size=MAX_MESSAGE_BYTES,  # a WebSocket client's messages are commands (events/websocket.py)
             )
         else:
             from .app import create_app
@@ -117,6 +119,7 @@ def serve(args: argparse.Namespace) -> int:
                 # rewriting the client address first would hide which peer actually connected
                 proxy_headers=False,
                 date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
+                ws_max_size=MAX_MESSAGE_BYTES,  # a WebSocket client's messages are commands (events/websocket.py)
             )
     except _Stopped:
         pass
@@ -141,7 +144,9 @@ def import_files(args: argparse.Namespace) -> int:
     print(f"importing into {where}", flush=True)
     signal.signal(signal.SIGTERM, _exit_quietly)
     try:
-        return run_import(settings, args.paths, args.batch_size, args.concurrency, args.processes)
+        return run_import(
+            settings, args.paths, args.batch_size, args.concurrency, args.processes, with_events=not args.no_events
+        )
     except (_Stopped, KeyboardInterrupt):
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
@@ -197,6 +202,37 @@ def audit(args: argparse.Namespace) -> int:
             with open(args.output, "wb") as out:
                 return run_export(settings.database_url, since, out)
         return run_export(settings.database_url, since, sys.stdout.buffer)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def events(args: argparse.Namespace) -> int:
+    """`ehr events tail`: the JetStream stream when EHR_NATS_URL is set, else the outbox."""
+    from .events.tail import print_line, run_tail, tail_outbox, tail_stream
+    from .fhir.definitions import definitions
+
+    if args.type is not None and args.type not in definitions().resource_types:
+        print(f"ehr events tail: --type '{args.type[:100]}' is not an R4 resource type", file=sys.stderr)
+        return 2
+    try:
+        configured = Settings.from_env()
+    except ValueError as exc:
+        print(f"ehr events tail: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    if configured.nats_url:
+        stream, prefix = configured.nats_stream, configured.nats_subject_prefix
+        try:
+            return run_tail(tail_stream(configured.nats_url, stream, prefix, args.type, print_line))
+        except _Stopped:
+            return 0
+    settings, embedded, _ = open_database(args)
+    assert settings.database_url
+    try:
+        return run_tail(tail_outbox(settings.database_url, args.type, print_line))
+    except _Stopped:
+        return 0
     finally:
         if embedded is not None:
             embedded.stop()
@@ -259,6 +295,13 @@ _ENV_ONLY = [
     ("EHR_TRUSTED_POLICIES", "access policies (comma list) of that issuer's practitioner users (default none)"),
     ("EHR_AUDIT", "on: record an AuditEvent for every FHIR request (default); off: none, for benchmarks only"),
     ("EHR_AUDIT_SYNC_COMMIT", "on: a request's AuditEvent waits for the disk flush too (default off)"),
+    ("EHR_EVENT_RETENTION_DAYS", "days events, notifications and the delivery log are kept for replay (default 7)"),
+    # events
+    ("EHR_NATS_URL", "NATS with JetStream, e.g. nats://127.0.0.1:4222: every change published there (default none)"),
+    ("EHR_NATS_STREAM", "the JetStream stream of the changes, created if absent (default EHR)"),
+    ("EHR_NATS_SUBJECT_PREFIX", "its subjects: <prefix>.<ResourceType>.<create|update|delete> (default ehr)"),
+    # websocket
+    ("EHR_WS_MAX_CONNECTIONS", "open WebSocket connections per node (default 1000)"),
 ]
 
 
@@ -275,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ehr", description="Headless EHR: a FHIR R4 server", epilog=_epilog(), formatter_class=formatter
     )
     parser.add_argument("--version", action="version", version=f"ehr {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,import,client,user,token,audit}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,import,client,user,token,audit,events}")
     p_serve = sub.add_parser(
         "serve",
         help="serve the FHIR API",
@@ -330,9 +373,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="worker processes (default one per core; no env variable)",
     )
+    p_import.add_argument(
+        "--no-events",
+        action="store_true",
+        help="write no events for these resources (an initial load): no outbox rows, so no Subscription"
+        " notifications and no broker messages (default: events on; no env variable)",
+    )
     _account_parsers(sub, formatter)
     _audit_parsers(sub)
+    _events_parsers(sub)
     return parser
+
+
+def _events_parsers(sub: argparse._SubParsersAction) -> None:
+    p_events = sub.add_parser(
+        "events", help="follow the change events", description="The change events (docs/events.md)."
+    )
+    events_sub = p_events.add_subparsers(dest="action", metavar="{tail}", required=True)
+    tail = events_sub.add_parser(
+        "tail",
+        help="print each change as it commits, until Ctrl-C",
+        description="Print each committed create, update, patch and delete as it happens, one line each:"
+        " time, interaction, Type/id/_history/version, sequence number, event id. With EHR_NATS_URL set it"
+        " follows the JetStream stream (EHR_NATS_STREAM); otherwise the outbox of the database"
+        " (EHR_DATABASE_URL, or the embedded one of --data-dir).",
+    )
+    tail.add_argument("--type", default=None, help="only this resource type, e.g. Patient (default all)")
+    tail.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
 
 
 def _audit_parsers(sub: argparse._SubParsersAction) -> None:
@@ -461,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_token(args)
     if args.command == "audit":
         return audit(args)
+    if args.command == "events":
+        return events(args)
     return 2
 
 

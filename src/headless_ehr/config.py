@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def _int(name: str, default: int) -> int:
@@ -86,6 +87,14 @@ class Settings:
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
     # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
     audit_sync_commit: bool = False
+    # events
+    event_retention_days: int = 7  # outbox rows, notifications and delivery log kept this long
+    # events: the broker stream (events/broker.py); unset nats_url: no broker publication
+    nats_url: str | None = None  # e.g. nats://127.0.0.1:4222 (a comma list for a cluster)
+    nats_stream: str = "EHR"  # the JetStream stream, created if absent
+    nats_subject_prefix: str = "ehr"  # subjects <prefix>.<ResourceType>.<create|update|delete>
+    # websocket: open WebSocket connections per node (the channel of Subscriptions)
+    ws_max_connections: int = 1000
     # bulk export (docs/bulk.md, "Export ($export)")
     bulk_file_bytes: int = 64 * 1024 * 1024  # an output file is cut when it reaches this size
     bulk_retention_hours: int = 24  # a finished export's files are removed this long after it ended
@@ -140,6 +149,14 @@ class Settings:
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
+            # events
+            "event_retention_days": _bounded("EHR_EVENT_RETENTION_DAYS", 7, 1, 3650),
+            # events: broker stream
+            "nats_url": _nats_url(),
+            "nats_stream": _name("EHR_NATS_STREAM", "EHR", _NATS_TOKEN),
+            "nats_subject_prefix": _name("EHR_NATS_SUBJECT_PREFIX", "ehr", rf"{_NATS_TOKEN}(\.{_NATS_TOKEN})*"),
+            # websocket
+            "ws_max_connections": _bounded("EHR_WS_MAX_CONNECTIONS", 1000, 1, 1_000_000),
             # bulk export
             "bulk_file_bytes": _bounded("EHR_BULK_FILE_BYTES", 64 * 1024 * 1024, 1024, 2**40),
             "bulk_retention_hours": _bounded("EHR_BULK_RETENTION_HOURS", 24, 1, 24 * 365),
@@ -177,6 +194,33 @@ def _bounded(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
     return value
+
+
+def _nats_url() -> str | None:
+    """EHR_NATS_URL: nats://, tls://, ws:// or wss:// URLs with a host, comma-separated; else start-up stops."""
+    raw = os.environ.get("EHR_NATS_URL") or None
+    if raw is None:
+        return None
+    for part in raw.split(","):
+        try:
+            where = urlsplit(part.strip())
+            valid = where.scheme in ("nats", "tls", "ws", "wss") and bool(where.hostname) and where.port != 0
+        except ValueError:  # a malformed port
+            valid = False
+        if not valid:
+            raise ValueError(f"EHR_NATS_URL must be nats://host:port URLs (a comma list), not '{part.strip()[:100]}'")
+    return raw
+
+
+_NATS_TOKEN = r"[A-Za-z0-9_-]{1,64}"  # a stream name, a subject token: no dots, spaces or wildcards
+
+
+def _name(name: str, default: str, pattern: str) -> str:
+    """A name matching pattern (a stream name, subject tokens); anything else stops start-up."""
+    raw = os.environ.get(name) or default
+    if not re.fullmatch(pattern, raw):
+        raise ValueError(f"{name} must match {pattern}, not '{raw[:100]}'")
+    return raw
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:

@@ -42,7 +42,9 @@ async def _load(
     batch_size: int,
     concurrency: int,
     events: queue.Queue,
+    with_events: bool,
 ) -> ImportReport:
+    from ..events.service import store_hooks
     from ..fhir.validation import validate_with
     from ..search.extract.compile import set_expression_budget
     from ..store.reindex import load_registry
@@ -54,7 +56,12 @@ async def _load(
         await load_registry(pool)
         set_expression_budget(settings.search_expression_budget_ms / 1000)  # as the server does
         store = ResourceStore(
-            pool, validate_with(settings), settings.max_page_size, local_base=settings.public_base_url
+            pool,
+            validate_with(settings),
+            settings.max_page_size,
+            local_base=settings.public_base_url,
+            hooks=store_hooks(),  # imported Subscriptions and SubscriptionTopics get their state too
+            events=with_events,  # False: no outbox rows (--no-events)
         )
         importer = Importer(
             pool,
@@ -106,17 +113,32 @@ def _claimer(counter: Any, total: int) -> Callable[[], int | None]:
 
 
 def _worker(
-    settings: Settings, sources: list[Path], counter: Any, batch_size: int, concurrency: int, events: queue.Queue
+    settings: Settings,
+    sources: list[Path],
+    counter: Any,
+    batch_size: int,
+    concurrency: int,
+    events: queue.Queue,
+    with_events: bool,
 ) -> None:
     try:
         claim = _claimer(counter, len(sources))
-        report = asyncio.run(_load(settings, sources, claim, batch_size, concurrency, events))
+        report = asyncio.run(_load(settings, sources, claim, batch_size, concurrency, events, with_events))
         events.put(("done", report))
     except BaseException as exc:  # reported to the parent, which prints it
         events.put(("done", ImportReport(failures=[Failure("import", "process", repr(exc))])))
 
 
-def run_import(settings: Settings, paths: list[str], batch_size: int, concurrency: int, processes: int) -> int:
+def run_import(
+    settings: Settings,
+    paths: list[str],
+    batch_size: int,
+    concurrency: int,
+    processes: int,
+    with_events: bool = True,
+) -> int:
+    """Load paths; with_events False (--no-events) writes no outbox rows: nothing about
+    these resources reaches Subscriptions or the broker stream."""
     console = Console(stderr=True)
     try:
         sources = find_sources(paths)
@@ -135,7 +157,11 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
     # workers finish together instead of one idling while another has a backlog.
     counter = context.Value("i", 0)
     workers = [
-        context.Process(target=_worker, args=(settings, sources, counter, batch_size, concurrency, events), daemon=True)
+        context.Process(
+            target=_worker,
+            args=(settings, sources, counter, batch_size, concurrency, events, with_events),
+            daemon=True,
+        )
         for _ in range(processes)
     ]
     for worker in workers:  # before the progress bar starts its thread
@@ -172,7 +198,7 @@ def run_import(settings: Settings, paths: list[str], batch_size: int, concurrenc
             worker.join()
     total.resources = loaded
     total.failures += _lost_workers(workers, running)
-    _summary(console, total)
+    _summary(console, total, with_events)
     return 0 if not total.failures else 1
 
 
@@ -192,7 +218,7 @@ def _lost_workers(workers: list[Any], unreported: int) -> list[Failure]:
     ]
 
 
-def _summary(console: Console, report: ImportReport) -> None:
+def _summary(console: Console, report: ImportReport, with_events: bool = True) -> None:
     # The table's first columns are what bench/ingest.py and bench/search.py read.
     table = Table(title="ehr import")
     for column in ("files", "resources loaded", "resources/s", "files already imported", "failures"):
@@ -206,6 +232,13 @@ def _summary(console: Console, report: ImportReport) -> None:
     )
     console.print(table)
     console.print(report.summary(), highlight=False, soft_wrap=True)
+    if not with_events:
+        console.print(
+            "Events were off (--no-events): no outbox rows were written for these resources, so no"
+            " Subscription notification or broker message was sent about them.",
+            highlight=False,
+            soft_wrap=True,
+        )
     if report.files_failed:
         console.print("Run the same command again to retry what failed; what loaded is not loaded twice.")
     for failure in report.failures[:50]:

@@ -13,6 +13,7 @@ from ..config import Settings
 from ..fhir import json as fhir_json
 from ..fhir.definitions import definitions
 from ..search.registry import CUSTOM, NEAR_URL, search_params
+from .websocket import websocket_url
 
 # The statement changes only with the software, its settings and the registered
 # SearchParameters, so it is dated by the process start.
@@ -48,6 +49,15 @@ _OPERATIONS = [
     ("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate"),
     ("reindex", "urn:headless-ehr:operation:reindex"),
 ]
+# the Subscriptions Backport IG 1.1's operations (rest/operations/subscription_*.py, ws_binding_token.py)
+_BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition"
+_SUBSCRIPTION_OPERATIONS = [
+    ("status", f"{_BACKPORT}/backport-subscription-status"),
+    ("events", f"{_BACKPORT}/backport-subscription-events"),
+    ("get-ws-binding-token", f"{_BACKPORT}/backport-subscription-get-ws-binding-token"),
+]
+# where the WebSocket channel of Subscriptions is (R4 capabilitystatement-websocket)
+WEBSOCKET_EXTENSION = "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket"
 # Bulk Data Access 2.0.0 $export (rest/operations/export.py): system, Patient and Group level
 _BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
 _EXPORTS = {
@@ -112,7 +122,10 @@ def _resource_entry(resource_type: str, conditional_delete: str) -> dict[str, An
         "searchInclude": ["*"],
         "searchRevInclude": ["*"],
         "searchParam": _search_param_entries(resource_type),
-        "operation": [{"name": name, "definition": url} for name, url in _OPERATIONS]
+        "operation": [
+            {"name": name, "definition": url}
+            for name, url in _OPERATIONS + (_SUBSCRIPTION_OPERATIONS if resource_type == "Subscription" else [])
+        ]
         + ([_EXPORTS[resource_type]] if resource_type in _EXPORTS else []),
     }
 
@@ -181,6 +194,7 @@ def capability_statement(
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [
             {
+                "extension": [{"url": WEBSOCKET_EXTENSION, "valueUri": websocket_url(base_url)}],
                 "mode": "server",
                 "security": _security(base_url, auth, base_path, trusted_issuer),
                 "resource": [_resource_entry(t, conditional_delete) for t in sorted(definitions().resource_types)],

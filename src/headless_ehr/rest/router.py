@@ -26,7 +26,10 @@ from .context import principal_of
 from .negotiation import FHIR_JSON, response_media_type, wants_native
 from .operations import export, reindex
 from .operations.everything import everything
+from .operations.subscription_events import events as subscription_events
+from .operations.subscription_status import status as subscription_status
 from .operations.validate import validate
+from .operations.ws_binding_token import ws_binding_token
 from .origin import request_origin
 from .preconditions import validator_matches
 from .responses import base_url, fhir_response, http_date, json_response, outcome_response
@@ -62,6 +65,8 @@ def _operation_methods(request: Request, name: str, resource_type: str | None, r
         return {"POST": lambda: validate(request, resource_type, rid)}
     if name == "everything" and resource_type in ("Patient", "Encounter"):
         return {"GET": lambda: everything(request, resource_type, rid)}
+    if resource_type == "Subscription" and name in ("status", "events", "get-ws-binding-token"):
+        return _subscription_operation(request, name, rid)
     if name == "export" and (resource_type is None or (resource_type == "Patient" and rid is None)):
         level = "system" if resource_type is None else "patient"
         return {"GET": lambda: export.kick_off(request, level), "POST": lambda: export.kick_off(request, level)}
@@ -81,6 +86,20 @@ def _operation_methods(request: Request, name: str, resource_type: str | None, r
         return methods
     scope = f"{resource_type}/{rid}" if rid else resource_type or "the system"
     raise FhirError.of(404, "not-supported", f"operation ${name} is not supported on {scope}")
+
+
+def _subscription_operation(request: Request, name: str, rid: str | None) -> Methods:
+    """The Subscriptions Backport IG's operations ($events at instance level only; a
+    binding token is not idempotent: POST)."""
+    if name == "status":
+        return {"GET": lambda: subscription_status(request, rid), "POST": lambda: subscription_status(request, rid)}
+    if name == "get-ws-binding-token":
+        return {"POST": lambda: ws_binding_token(request, rid)}
+    if rid is None:
+        raise FhirError.of(
+            404, "not-supported", "$events is an operation on one Subscription: Subscription/[id]/$events"
+        )
+    return {"GET": lambda: subscription_events(request, rid), "POST": lambda: subscription_events(request, rid)}
 
 
 async def _metadata(request: Request) -> Response:

@@ -2,15 +2,19 @@
 
 Resources, history rows, outbox rows and every index table are each written by one
 INSERT over unnest()ed arrays, so a 500-entry bundle costs one round trip and one
-plan, instead of 500 of each.
+plan, instead of 500 of each. `ehr import --no-events` leaves the outbox out.
 """
 
 from __future__ import annotations
 
 from .sql import INDEX_TABLES, STAMP, STAMP_LENGTH
 
+_OUTBOX = """, ob AS (
+    INSERT INTO outbox (resource_type, id, version_id, method, created_at) SELECT rt, rid, 1, method, t.ts FROM src, t
+)"""
 
-def _build() -> str:
+
+def _build(events: bool = True) -> str:
     # $1 types, $2 ids, $3 contents (meta.lastUpdated a placeholder), $4 methods,
     # $5 narratives, $6 content texts, $7 where each placeholder starts (1-based)
     ctes = [
@@ -28,9 +32,9 @@ def _build() -> str:
 ), hist AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, content)
     SELECT rt, rid, 1, t.ts, method, content FROM src, t
-), ob AS (
-    INSERT INTO outbox (resource_type, id, version_id, method, created_at) SELECT rt, rid, 1, method, t.ts FROM src, t
-), txt AS (
+)"""
+        + (_OUTBOX if events else "")
+        + """, txt AS (
     INSERT INTO search_text (resource_type, resource_id, narrative, content)
     SELECT rt, rid, to_tsvector('simple', narrative), to_tsvector('simple', fulltext) FROM src
 )"""
@@ -49,6 +53,8 @@ def _build() -> str:
 
 # Answers the one timestamp of every resource it wrote, and its text.
 INSERT_MANY = _build()
+# The same without outbox rows: `ehr import --no-events`, an initial load nobody is notified of.
+INSERT_MANY_WITHOUT_EVENTS = _build(events=False)
 
 
 def insert_many_args(items: list[tuple[str, str, bytes, str, object, int]]) -> list[object]:

@@ -140,11 +140,13 @@ _STAMPED = (
 )"""
 )
 
-_HISTORY_AND_OUTBOX = """
+_HISTORY = """
 , hist AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, method, content)
     SELECT $1, $2, $3, v.ts, $6, v.content FROM cur, v
-), ob AS (
+)"""
+_OUTBOX = """
+, ob AS (
     INSERT INTO outbox (resource_type, id, version_id, method, created_at) SELECT $1, $2, $3, $6, v.ts FROM cur, v
 )"""
 _RESULT = "\nSELECT ts, ts_text FROM v WHERE EXISTS (SELECT 1 FROM cur)"
@@ -157,15 +159,17 @@ def _audit(first: int) -> str:
 
 
 @cache
-def write_statement(kind: str, mask: Mask, audited: bool = False) -> str:
+def write_statement(kind: str, mask: Mask, audited: bool = False, events: bool = True) -> str:
     """The one statement of a write.
 
     insert: a new resource (version 1, or a client id); update: replace the version
     given as the last parameter; reindex: rewrite the index rows of the version in $3.
     insert and update answer the write's timestamp and its text (no row: nothing
     written); reindex answers how many rows it rewrote. audited: the write's AuditEvent
-    follows as the last parameters (audit/pending.py `pending_args`).
+    follows as the last parameters (audit/pending.py `pending_args`). events: its outbox
+    row too (False only for `ehr import --no-events`).
     """
+    history_and_outbox = _HISTORY + (_OUTBOX if events else "")
     inserts, last = _inserts(mask)
     if audited:
         inserts += _audit(last if kind == "insert" else last + 1)
@@ -175,14 +179,14 @@ def write_statement(kind: str, mask: Mask, audited: bool = False) -> str:
             " SELECT $1, $2, $3, v.ts, $5::bytea IS NULL, v.content FROM v"
             " ON CONFLICT (resource_type, id) DO NOTHING RETURNING 1)"
         )
-        return head + _HISTORY_AND_OUTBOX + inserts + _RESULT
+        return head + history_and_outbox + inserts + _RESULT
     if kind == "update":
         head = (
             _STAMPED + ", cur AS (UPDATE resource"
             " SET version_id = $3, last_updated = v.ts, deleted = $5::bytea IS NULL, content = v.content FROM v"
             f" WHERE resource_type = $1 AND id = $2 AND version_id = ${last} RETURNING 1)"
         )
-        return head + _DELETES + _HISTORY_AND_OUTBOX + inserts + _RESULT
+        return head + _DELETES + history_and_outbox + inserts + _RESULT
     assert kind == "reindex"
     head = (
         "WITH cur AS (SELECT 1 FROM resource"

@@ -47,8 +47,8 @@ def check_type_filter(principal: Principal, rtype: str, query: str, local_base: 
     guard_search(principal, {rtype: clauses})
 
 
-def _filters_sql(b: SqlBuilder, rtype: str, queries: list[str], local_base: str | None) -> str | None:
-    """Predicate: row r matches any of the type's _typeFilter queries (each an AND of its clauses)."""
+def _filters_sql(b: SqlBuilder, rtype: str, queries: list[str], alias: str, local_base: str | None) -> str | None:
+    """Predicate: row alias matches any of the type's _typeFilter queries (each an AND of its clauses)."""
     if not queries:
         return None
     ors = []
@@ -56,8 +56,41 @@ def _filters_sql(b: SqlBuilder, rtype: str, queries: list[str], local_base: str 
         clauses = Parser(rtype, strict=True, budget=ChainBudget(), local_base=local_base).parse(
             type_filter_pairs(query)
         )
-        ors.append("(" + " AND ".join(clause_sql(b, c, rtype, "r") for c in clauses) + ")" if clauses else "true")
+        ors.append("(" + " AND ".join(clause_sql(b, c, rtype, alias) for c in clauses) + ")" if clauses else "true")
     return "(" + " OR ".join(ors) + ")"
+
+
+def _as_of(b: SqlBuilder, alias: str, at: str) -> str:
+    """A LATERAL subquery (content, at) of row alias's latest version below instant `at`
+    (an argument): the row itself when unchanged since, else from history; no row, or a
+    NULL content (a deletion), when there is none to export."""
+    return (
+        f"(SELECT {alias}.content AS content, {alias}.last_updated AS at WHERE {alias}.last_updated < {at}"
+        " UNION ALL"
+        " (SELECT h.content, h.last_updated FROM resource_history h"
+        f" WHERE {alias}.last_updated >= {at} AND h.resource_type = {alias}.resource_type AND h.id = {alias}.id"
+        f" AND h.last_updated < {at} ORDER BY h.version_id DESC LIMIT 1))"
+    )
+
+
+def _conditions(
+    b: SqlBuilder, principal: Principal, spec: ExportSpec, rtype: str, alias: str, version: str, local_base: str | None
+) -> list[str]:
+    """What a row alias of rtype (its version as of the snapshot at alias `version`) must
+    meet to be exported: _since, the level's compartment, _typeFilter, the caller's reach."""
+    conds = [f"{version}.content IS NOT NULL"]
+    if spec.since is not None:
+        conds.append(f"{version}.at >= {b.arg(datetime.fromisoformat(spec.since))}")
+    if spec.level != "system" or spec.patients is not None:
+        patients = None if spec.patients is None else tuple(spec.patients)
+        conds.append(compartment_sql(b, Compartment("Patient", patients), rtype, alias))
+    filters = _filters_sql(b, rtype, spec.type_filters.get(rtype, []), alias, local_base)
+    if filters is not None:
+        conds.append(filters)
+    access = type_access_sql(b, principal, "search", rtype, alias, local_base)
+    if access is not None:
+        conds.append(access)
+    return conds
 
 
 def page_sql(
@@ -74,25 +107,63 @@ def page_sql(
     b = SqlBuilder()
     b.access = touched_access(principal, local_base)  # chains and _has of _typeFilter: the caller's reach
     t = b.arg(at)
-    conds = [f"r.resource_type = {b.arg(rtype)}", f"r.id > {b.arg(after)}", "v.content IS NOT NULL"]
-    if spec.since is not None:
-        conds.append(f"v.at >= {b.arg(datetime.fromisoformat(spec.since))}")
-    if spec.level != "system" or spec.patients is not None:
-        patients = None if spec.patients is None else tuple(spec.patients)
-        conds.append(compartment_sql(b, Compartment("Patient", patients), rtype, "r"))
-    filters = _filters_sql(b, rtype, spec.type_filters.get(rtype, []), local_base)
-    if filters is not None:
-        conds.append(filters)
-    access = type_access_sql(b, principal, "search", rtype, "r", local_base)
-    if access is not None:
-        conds.append(access)
+    conds = [f"r.resource_type = {b.arg(rtype)}", f"r.id > {b.arg(after)}"]
+    conds += _conditions(b, principal, spec, rtype, "r", "v", local_base)
     statement = (
-        "SELECT r.id, v.content FROM resource r CROSS JOIN LATERAL ("
-        f" SELECT r.content AS content, r.last_updated AS at WHERE r.last_updated < {t}"
-        " UNION ALL"
-        " (SELECT h.content, h.last_updated FROM resource_history h"
-        f" WHERE r.last_updated >= {t} AND h.resource_type = r.resource_type AND h.id = r.id"
-        f" AND h.last_updated < {t} ORDER BY h.version_id DESC LIMIT 1)) v"
+        f"SELECT r.id, v.content FROM resource r CROSS JOIN LATERAL {_as_of(b, 'r', t)} v"
+        f" WHERE {' AND '.join(conds)} ORDER BY r.id LIMIT {int(limit)}"
+    )
+    return statement, b.args
+
+
+def provenance_sql(
+    principal: Principal,
+    spec: ExportSpec,
+    at: datetime,
+    after: str,
+    limit: int,
+    local_base: str | None,
+) -> tuple[str, list[object]]:
+    """SELECT id, content of the next limit Provenances after id `after` that are, as of
+    instant at, the latest (by meta.lastUpdated, then id) of the Provenances the caller
+    reaches that target some resource this export holds (includeAssociatedData=
+    LatestProvenanceResources). A resource is held when it meets its type's export
+    conditions (_conditions): the same predicate its own stream used."""
+    b = SqlBuilder()
+    b.access = touched_access(principal, local_base)
+    t = b.arg(at)
+    mine = type_access_sql(b, principal, "search", "Provenance", "r", local_base)
+    held = []
+    for rtype in spec.types:
+        if rtype == "Provenance":
+            continue
+        conds = [f"o.resource_type = {b.arg(rtype)}", "o.id = x.target_id"]
+        conds += _conditions(b, principal, spec, rtype, "o", "ov", local_base)
+        held.append(
+            f"(x.target_type = {b.arg(rtype)} AND EXISTS (SELECT 1 FROM resource o"
+            f" CROSS JOIN LATERAL {_as_of(b, 'o', t)} ov WHERE {' AND '.join(conds)}))"
+        )
+    if not held:
+        return "SELECT NULL::text, NULL::bytea WHERE false", b.args
+    rival = type_access_sql(b, principal, "search", "Provenance", "p", local_base)
+    later = (
+        "NOT EXISTS (SELECT 1 FROM search_reference y JOIN resource p"
+        " ON p.resource_type = 'Provenance' AND p.id = y.resource_id"
+        " WHERE y.resource_type = 'Provenance' AND y.param = 'target'"
+        " AND y.target_type = x.target_type AND y.target_id = x.target_id AND p.id <> r.id"
+        f" AND NOT p.deleted AND p.last_updated < {t} AND (p.last_updated, p.id) > (v.at, r.id)"
+        + (f" AND {rival}" if rival is not None else "")
+        + ")"
+    )
+    conds = ["r.resource_type = 'Provenance'", f"r.id > {b.arg(after)}", "v.content IS NOT NULL"]
+    if mine is not None:
+        conds.append(mine)
+    conds.append(
+        "EXISTS (SELECT 1 FROM search_reference x WHERE x.resource_type = 'Provenance' AND x.resource_id = r.id"
+        f" AND x.param = 'target' AND ({' OR '.join(held)}) AND {later})"
+    )
+    statement = (
+        f"SELECT r.id, v.content FROM resource r CROSS JOIN LATERAL {_as_of(b, 'r', t)} v"
         f" WHERE {' AND '.join(conds)} ORDER BY r.id LIMIT {int(limit)}"
     )
     return statement, b.args

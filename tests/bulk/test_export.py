@@ -253,10 +253,44 @@ async def test_patient_parameter_at_system_level_is_400(client: httpx.AsyncClien
     assert res.status_code == 400
 
 
-async def test_include_associated_data_is_400_unless_lenient(client: httpx.AsyncClient):
-    params = {"includeAssociatedData": "LatestProvenanceResources", "_type": "Patient"}
+async def test_include_associated_data_other_than_latest_provenance_is_400_unless_lenient(client: httpx.AsyncClient):
+    params = {"includeAssociatedData": "RelevantProvenanceResources", "_type": "Patient"}
     assert (await client.get("$export", params=params, headers=ASYNC)).status_code == 400
     lenient = {**ASYNC, "Prefer": "respond-async, handling=lenient"}
     res = await client.get("$export", params=params, headers=lenient)
     assert res.status_code == 202
     await client.delete(res.headers["Content-Location"])
+
+
+def _provenance(target: str) -> dict:
+    return {
+        "resourceType": "Provenance",
+        "target": [{"reference": target}],
+        "recorded": "2024-01-01T00:00:00Z",
+        "agent": [{"who": {"display": "the lab"}}],
+    }
+
+
+async def test_latest_provenance_of_each_exported_resource_is_included(client: httpx.AsyncClient):
+    code, meta = tag()
+    pid = await create(client, {"resourceType": "Patient", "meta": meta})
+    observations = []
+    for tagged_meta in (meta, meta, None):  # the third is not exported
+        body = {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"}}
+        body["subject"] = {"reference": f"Patient/{pid}"}
+        if tagged_meta:
+            body["meta"] = tagged_meta
+        observations.append(await create(client, body))
+    first, second, other = observations
+    await create(client, _provenance(f"Observation/{first}"))  # superseded by the next
+    latest_first = await create(client, _provenance(f"Observation/{first}"))
+    latest_second = await create(client, _provenance(f"Observation/{second}"))
+    await create(client, _provenance(f"Observation/{other}"))
+    lines = await export(
+        client,
+        _type="Observation",
+        _typeFilter=f"Observation?{tagged(code)}",
+        includeAssociatedData="LatestProvenanceResources",
+    )
+    assert {o["id"] for o in lines["Observation"]} == {first, second}
+    assert sorted(p["id"] for p in lines["Provenance"]) == sorted([latest_first, latest_second])

@@ -33,6 +33,7 @@ class ExportSpec:
     elements: dict[str, list[str]] = field(default_factory=dict)  # type ("*": every type) -> elements
     patients: list[str] | None = None  # the Patients whose compartments are exported (None: any)
     group: str | None = None  # Group/[id]/$export: its id
+    provenance: bool = False  # includeAssociatedData=LatestProvenanceResources
 
     def json(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,7 +36,7 @@ from . import export_files, export_jobs
 from .caller import caller_of
 from .export_jobs import Job
 from .export_s3 import S3Bucket
-from .snapshot import deleted_sql, lists_deleted, page_sql
+from .snapshot import deleted_sql, lists_deleted, page_sql, provenance_sql
 
 log = logging.getLogger("headless_ehr.bulk")
 
@@ -53,9 +53,12 @@ class LeaseLost(Exception):
 
 
 def streams_of(principal: Principal, job: Job) -> list[tuple[str, str]]:
-    """(kind, type) of every stream of the job, in order: output first, then deletions."""
+    """(kind, type) of every stream of the job, in order: output, the latest Provenances of
+    what it holds (when asked), then deletions."""
     spec = job.spec
     out = [("output", t) for t in spec.types]
+    if spec.provenance and "Provenance" not in spec.types:  # else every reachable one is in the output
+        out.append(("provenance", "Provenance"))
     return out + [("deleted", t) for t in spec.types if lists_deleted(principal, spec, t)]
 
 
@@ -194,16 +197,21 @@ class ExportRun:
         """Write the stream's next page; the number of lines written (0: the stream is done)."""
         kind, rtype = self.streams[self.progress["stream"]]
         job, limit = self.job, self.settings.bulk_page_rows
+        after = self.progress["after"]
         if kind == "output":
             statement, args = page_sql(
-                self.principal, job.spec, rtype, job.transaction_time, self.progress["after"], limit, job.local_base
+                self.principal, job.spec, rtype, job.transaction_time, after, limit, job.local_base
+            )
+        elif kind == "provenance":
+            statement, args = provenance_sql(
+                self.principal, job.spec, job.transaction_time, after, limit, job.local_base
             )
         else:
             statement, args = deleted_sql(job.spec, rtype, job.transaction_time, self.progress["after"], limit)
         lines = size = 0
         async with conn.transaction(readonly=True):
             async for row in conn.cursor(statement, *args, prefetch=PREFETCH):
-                line = self.render.line(rtype, row[1]) if kind == "output" else _deletion_line(rtype, row[0])
+                line = _deletion_line(rtype, row[0]) if kind == "deleted" else self.render.line(rtype, row[1])
                 self._write(row[0], line)
                 lines += 1
                 size += len(line)

@@ -45,6 +45,7 @@ RETRY_AFTER = 1  # seconds a client is asked to wait between status requests
 _POLL_SLACK = 0.8  # a poll this fraction of Retry-After after the last is still in time
 _KNOWN = frozenset({"_outputFormat", "_since", "_type", "_typeFilter", "_elements", "patient", "includeAssociatedData"})
 _CHUNK = 1024 * 1024
+ASSOCIATED_DATA = frozenset({"LatestProvenanceResources"})  # includeAssociatedData values supported
 MAX_TYPE_FILTERS = 100  # each is a search compiled into every page query of its type
 STATUS_OPERATION = "$export-poll-status"
 DOWNLOAD_OPERATION = "$export-download"
@@ -156,9 +157,16 @@ async def kick_off(request: Request, level: str, group_id: str | None = None) ->
     for fmt in _values(pairs, "_outputFormat"):
         if fmt not in OUTPUT_FORMATS:
             raise FhirError.of(400, "not-supported", f"_outputFormat '{fmt[:100]}': only {NDJSON} is produced")
-    if _values(pairs, "includeAssociatedData") and not lenient:
-        raise FhirError.of(400, "not-supported", "includeAssociatedData is not supported")
+    associated = set(_values(pairs, "includeAssociatedData"))
+    if associated - ASSOCIATED_DATA and not lenient:
+        unsupported = ", ".join(sorted(associated - ASSOCIATED_DATA))[:300]
+        raise FhirError.of(
+            400, "not-supported", f"includeAssociatedData: only LatestProvenanceResources, not {unsupported}"
+        )
     principal = principal_of(request)
+    provenance = "LatestProvenanceResources" in associated
+    if provenance:
+        principal.require("search", "Provenance")
     local_base = base_url(request)
     types = _types(request, level, _values(pairs, "_type"))
     since = None
@@ -182,7 +190,8 @@ async def kick_off(request: Request, level: str, group_id: str | None = None) ->
         assert group_id is not None
         members = await _group_members(request, group_id)
         patients = members if patients is None else [p for p in members if p in set(patients)]
-    spec = ExportSpec(level, types, since, filters, _elements(_values(pairs, "_elements")), patients, group_id)
+    elements = _elements(_values(pairs, "_elements"))
+    spec = ExportSpec(level, types, since, filters, elements, patients, group_id, provenance)
     # the kick-off URL as the client sent it (behind a proxy too): the manifest's `request`
     asked = f"{local_base}/{request.path_params.get('path', '')}" + (
         f"?{request.url.query}" if request.url.query else ""
@@ -237,13 +246,13 @@ async def _manifest(request: Request, job: Job) -> dict[str, Any]:
 
     def entry(f: dict[str, Any]) -> dict[str, Any]:
         url = urls.get(f["name"]) or f"{base}/{DOWNLOAD_OPERATION}?_jobId={job.id}&file={quote(f['name'])}"
-        return {"type": f["type"] if f["kind"] == "output" else "Bundle", "url": url, "count": f["count"]}
+        return {"type": f["type"] if f["kind"] != "deleted" else "Bundle", "url": url, "count": f["count"]}
 
     manifest: dict[str, Any] = {
         "transactionTime": format_instant(job.transaction_time),
         "request": job.request,
         "requiresAccessToken": bucket is None,
-        "output": [entry(f) for f in files if f["kind"] == "output"],
+        "output": [entry(f) for f in files if f["kind"] != "deleted"],
         "error": [],
     }
     if job.spec.since is not None:

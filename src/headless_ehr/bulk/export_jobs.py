@@ -18,7 +18,6 @@ import asyncpg
 import orjson
 
 LEASE_SECONDS = 15  # a dead node's job is taken over this long after its last renewal
-OPEN = ("accepted", "running")
 MAX_OPEN_JOBS = 5  # exports one client (user, patient context) may have queued or running at once
 
 
@@ -45,6 +44,8 @@ class ExportSpec:
 
 @dataclass
 class Job:
+    """A bulk_export_job row; lease_token is this node's claim when it runs the job."""
+
     id: str
     owner: str
     caller: dict[str, Any]

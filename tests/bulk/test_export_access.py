@@ -27,6 +27,23 @@ async def test_a_patient_token_exports_its_own_compartment_only(client: httpx.As
     assert other != mine and code
 
 
+async def test_a_patient_tokens_export_without_type_holds_its_record_not_the_shared_catalogue(
+    client: httpx.AsyncClient, client_for: Any
+):
+    _, meta = tag()
+    mine = await patient_with_observations(client, meta, n=1)
+    await create(client, {"resourceType": "Practitioner", "name": [{"family": "Shared"}]})
+    app = await client_for("patient/*.rs", patient=mine)
+    manifest = await wait(app, await kick_off(app))
+    assert {o["type"] for o in manifest["output"]} == {"Patient", "Observation"}
+
+
+async def test_a_patient_token_asking_for_a_type_outside_its_record_is_403(client_for: Any):
+    app = await client_for("patient/*.rs", patient="someone")
+    res = await app.get("$export", params={"_type": "Practitioner"}, headers=ASYNC)
+    assert res.status_code == 403
+
+
 async def test_a_patient_token_at_patient_level_exports_its_own_compartment_only(
     client: httpx.AsyncClient, client_for: Any
 ):

@@ -23,6 +23,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
+from ...auth.principal import Principal
 from ...bulk import export_files, export_jobs
 from ...bulk.caller import caller_json, owner_of
 from ...bulk.export_jobs import ExportSpec, Job
@@ -91,8 +92,10 @@ def _types(request: Request, level: str, requested: list[str]) -> list[str]:
     unknown = [t for t in requested if t not in known]
     if unknown:
         raise FhirError.of(400, "invalid", f"_type: unknown resource type(s): {', '.join(unknown)[:300]}")
-    members = set(member_types("Patient")) if level != "system" else known
+    members = set(member_types("Patient")) if level != "system" or _patient_context(principal) else known
     outside = [t for t in requested if t not in members]
+    if outside and level == "system":  # a patient's token: its own record, never the shared catalogue
+        raise FhirError.of(403, "forbidden", f"a patient's token exports its own record only, not {outside[0]}")
     if outside:
         raise FhirError.of(400, "invalid", f"_type: not in the Patient compartment: {', '.join(outside)[:300]}")
     for t in requested:
@@ -102,6 +105,12 @@ def _types(request: Request, level: str, requested: list[str]) -> list[str]:
     if not types:
         raise FhirError.of(403, "forbidden", "not permitted to export any resource type")
     return types
+
+
+def _patient_context(principal: Principal) -> bool:
+    """A patient's token (a patient launch context, or a user who is a Patient): its
+    export holds the types of its own compartment only, as a Patient-level one would."""
+    return bool(principal.patient) or (principal.fhir_user or "").split("/")[-2:-1] == ["Patient"]
 
 
 def _elements(values: list[str]) -> dict[str, list[str]]:

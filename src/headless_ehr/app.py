@@ -31,6 +31,8 @@ from .auth.tokens import AccessTokens
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import AUDIT_APPLICATION, create_pool
+from .events.delivery import start_delivery
+from .events.delivery_log import delivery_log_routes
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validate_with, validator
@@ -172,6 +174,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             recorder.start()
             stack.push_async_callback(_close_audit, app, recorder)
             keys.rotated = functools.partial(record_key_rotation, app)  # later rotations are audited
+        # rest-hook deliveries (events/delivery.py); events/service.py start_events takes this over
+        await start_delivery(app, stack, settings)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         stack.push_async_callback(app.state.reindexer.close)
         poller = asyncio.create_task(poll_registry(pool))
@@ -200,6 +204,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route(base, fhir_endpoint, methods=_METHODS),
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
             *admin_routes(),
+            *delivery_log_routes(),
         ],
         exception_handlers={HTTPException: _http_error},
         middleware=middleware,

@@ -86,6 +86,11 @@ class Settings:
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
     # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
     audit_sync_commit: bool = False
+    # webhooks (events/delivery.py)
+    webhook_retry_base_seconds: float = 2.0  # the first retry's wait; it doubles per failure (with jitter)
+    webhook_retry_hours: float = 24.0  # retries spread over at least this long, then the subscription is in error
+    webhook_timeout_seconds: float = 10.0  # per request to an endpoint (connect at most 5)
+    webhook_concurrency: int = 16  # subscriptions a node delivers to at once
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -134,6 +139,11 @@ class Settings:
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
+            # webhooks
+            "webhook_retry_base_seconds": _seconds("EHR_WEBHOOK_RETRY_BASE_SECONDS", 2.0, 0.001, 3600),
+            "webhook_retry_hours": _seconds("EHR_WEBHOOK_RETRY_HOURS", 24.0, 0.0, 24 * 30),
+            "webhook_timeout_seconds": _seconds("EHR_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 120),
+            "webhook_concurrency": _bounded("EHR_WEBHOOK_CONCURRENCY", 16, 1, 1000),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:
@@ -162,6 +172,18 @@ def _admin_client() -> dict[str, str | None]:
 def _bounded(name: str, default: int, low: int, high: int) -> int:
     """An integer setting within [low, high]; outside it stops start-up."""
     value = _int(name, default)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _seconds(name: str, default: float, low: float, high: float) -> float:
+    """A number (fractions allowed) within [low, high]; anything else stops start-up."""
+    raw = os.environ.get(name)
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not '{raw}'") from None
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
     return value

@@ -1,0 +1,546 @@
+"""Rest-hook delivery: each subscription's notifications to its endpoint, in order, at least once.
+
+Every `ehr serve` process runs a DeliveryWorker on the events pool (application_name
+headless-ehr-events: it never writes a resource, history or outbox row). It is woken by
+LISTEN `ehr_events` (the relay's NOTIFY when it has added notifications) and by a timer
+for retries and heartbeats, then claims due subscriptions with a short
+`FOR UPDATE SKIP LOCKED` statement that sets a lease (`lease_until`): no transaction is
+open during HTTP, and one node at a time delivers a subscription. A node killed
+mid-delivery leaves its lease to expire; another node then resends from
+`delivered_through`, with the same webhook-ids.
+
+A subscription's notifications go strictly in event_number order. A failure stops its
+batch and backs off (exponential with jitter from EHR_WEBHOOK_RETRY_BASE_SECONDS,
+capped at an hour a step); once EHR_WEBHOOK_RETRY_HOURS have passed since its first
+failure, the subscription goes to `error` (Subscription.error says why). A failing
+subscription holds back only itself. Every attempt is logged in subscription_delivery.
+
+What is sent (docs/events.md, Webhooks):
+- backport (topic) subscriptions: POST the notification Bundle (events/notification.py),
+  one event each: handshake when `requested` (2xx makes it `active`), heartbeats every
+  heartbeatPeriod while idle;
+- R4 criteria subscriptions: payload empty: POST, no body; full-resource: PUT
+  `[endpoint]/[type]/[id]` with the resource, DELETE there for a deletion; id-only: POST
+  the id-only notification Bundle. An R4 subscription in `requested` is made `active`
+  without a message (R4 has no handshake).
+Full resources are read at delivery time as the subscription's owner: a resource the
+owner may no longer read (access changed, a Consent) is not sent; the attempt is logged
+as skipped and delivery moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+
+from ..auth.policies import masked
+from ..auth.principal import SYSTEM, Principal
+from ..config import Settings
+from ..db.pool import EVENTS_APPLICATION, create_pool, server_settings
+from ..fhir.outcome import FhirError
+from ..store import ResourceStore
+from .notification import notification_body
+from .webhook import Attempt, WebhookSender
+
+log = logging.getLogger("headless_ehr.events.delivery")
+
+EVENTS_CHANNEL = "ehr_events"  # the relay NOTIFYs it when it has added notifications (docs/events.md)
+BATCH = 100  # notifications read per claim of a subscription
+MAX_IDLE_SECONDS = 5.0  # a timer wakes the worker at least this often (a lost NOTIFY, a new subscription)
+STEP_CAP_SECONDS = 3600.0  # the longest wait between two attempts
+_EVENT_IDS = uuid.UUID("6f1c9e0a-6a49-4d5e-9d0c-3f8f1f4b8a10")  # namespace of handshake and heartbeat ids
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try a failing subscription again, and when to give up."""
+
+    base_seconds: float = 2.0
+    budget_hours: float = 24.0
+    cap_seconds: float = STEP_CAP_SECONDS
+
+    def delay(self, failures: int) -> float:
+        """Seconds before the next attempt after `failures` consecutive failures: doubling
+        from base, capped, with jitter (half fixed, half random) so that endpoints coming
+        back are not hit by every node and subscription at once."""
+        step = min(self.cap_seconds, self.base_seconds * 2.0 ** min(failures - 1, 48))
+        return step / 2 + random.uniform(0, step / 2)
+
+    def exhausted(self, failing_since: datetime, now: datetime) -> bool:
+        """Attempts have spread over the whole budget since the first failure."""
+        return now - failing_since >= timedelta(hours=self.budget_hours)
+
+
+class Lifecycle(Protocol):
+    """Changes a Subscription's status through the store (its resource and its state)."""
+
+    async def activate(self, subscription_id: str) -> None: ...
+
+    async def fail(self, subscription_id: str, error: str) -> None: ...
+
+
+OwnerPrincipal = Callable[[Mapping[str, Any]], Awaitable[Principal]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """One request of a notification: None body sends none."""
+
+    method: str
+    url: str
+    body: bytes | None
+    message_id: str
+
+
+@dataclass(slots=True)
+class _Logged:
+    event_number: int | None
+    kind: str
+    attempt: int
+    at: datetime
+    status: int | None
+    latency_ms: float | None
+    error: str | None
+
+
+# A subscription this node may deliver now: rest-hook, not ended, lease free, its retry
+# time reached, and something to send (a handshake, notifications, or a heartbeat).
+_DUE = """
+    channel = 'rest-hook' AND status IN ('requested', 'active') AND endpoint IS NOT NULL
+    AND (end_at IS NULL OR end_at > now())
+"""
+_HEARTBEAT_AT = "coalesce(last_sent_at, created_at) + make_interval(secs => heartbeat_seconds)"
+_CLAIM = f"""
+WITH due AS (
+    SELECT id FROM subscription_state
+    WHERE {_DUE}
+        AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
+        AND (status = 'requested' OR delivered_through < events_since_start
+             OR (heartbeat_seconds IS NOT NULL AND {_HEARTBEAT_AT} <= now()))
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE subscription_state s SET lease_until = clock_timestamp() + make_interval(secs => $2)
+FROM due WHERE s.id = due.id
+RETURNING s.*
+"""
+# seconds until something is due (None: nothing waits)
+_NEXT_DUE = f"""
+SELECT extract(epoch FROM min(greatest(due, coalesce(lease_until, due))) - now())::float8 FROM (
+    SELECT lease_until, CASE
+        WHEN status = 'requested' OR delivered_through < events_since_start THEN next_attempt_at
+        WHEN heartbeat_seconds IS NOT NULL THEN greatest(next_attempt_at, {_HEARTBEAT_AT})
+    END AS due
+    FROM subscription_state WHERE {_DUE}
+) d
+"""
+_PENDING = """
+SELECT event_number, event_id, resource_type, resource_id, version_id, interaction, occurred_at
+FROM subscription_notification WHERE subscription_id = $1 AND event_number > $2
+ORDER BY event_number LIMIT $3
+"""
+_LOG = """
+INSERT INTO subscription_delivery (subscription_id, event_number, kind, attempt, at, http_status, latency_ms, error)
+SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::timestamptz[], $6::int[], $7::float8[], $8::text[])
+"""
+# the outcome of a claim: what was delivered, and the retry state; the lease is let go
+# only if it is still ours (a node that outlived its lease must not free another's)
+_SETTLE = """
+UPDATE subscription_state SET
+    delivered_through = greatest(delivered_through, $3),
+    attempts = CASE WHEN $4 THEN attempts + 1 ELSE 0 END,
+    failing_since = CASE WHEN $4 THEN coalesce(failing_since, now()) END,
+    next_attempt_at = now() + make_interval(secs => $5),
+    last_sent_at = CASE WHEN $6 THEN now() ELSE last_sent_at END,
+    lease_until = CASE WHEN lease_until = $2 THEN NULL ELSE lease_until END
+WHERE id = $1
+RETURNING failing_since, now()
+"""
+
+
+class DeliveryWorker:
+    """This node's rest-hook deliveries."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: ResourceStore,
+        sender: WebhookSender,
+        base_url: str,
+        lifecycle: Lifecycle,
+        owner_principal: OwnerPrincipal,
+        *,
+        retry: RetryPolicy | None = None,
+        concurrency: int = 16,
+    ) -> None:
+        self.pool = pool  # the events pool
+        self.store = store  # reads of full resources, as the owner (main pool)
+        self.sender = sender
+        self.base_url = base_url
+        self.lifecycle = lifecycle
+        self.owner_principal = owner_principal
+        self.retry = retry or RetryPolicy()
+        self.concurrency = concurrency
+        # a lease outlasts one batch: new requests start only in its first third, and each
+        # is bounded by the sender's timeout (webhook.py)
+        self.lease_seconds = 3 * sender.timeout * 1.5 + 5
+        self._batch_seconds = sender.timeout
+        self._wake = asyncio.Event()
+        self._busy: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def start(self, listen: Callable[[], Awaitable[asyncpg.Connection]] | None = None) -> None:
+        """Run in the background; `listen` opens the connection that LISTENs (none: timer only)."""
+        self._connect_listener = listen
+        await self._listen()
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        """Stop claiming and wait for deliveries in flight (each is bounded by its timeout)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._busy:
+            await asyncio.wait(self._busy)
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        if self._connect_listener is None:
+            return
+        try:
+            conn = await self._connect_listener()
+            await conn.add_listener(EVENTS_CHANNEL, self.wake)
+            conn.add_termination_listener(self._listener_lost)
+            self._listener = conn
+        except (OSError, asyncpg.PostgresError):
+            log.warning("cannot LISTEN on %s; delivering on the timer until it can", EVENTS_CHANNEL, exc_info=True)
+            self._listener = None
+
+    def _listener_lost(self, _conn: object) -> None:
+        self._listener = None
+        self.wake()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            wait = MAX_IDLE_SECONDS
+            try:
+                if self._listener is None and self._connect_listener is not None:
+                    await self._listen()
+                claimed = await self.claim_and_start()
+                if claimed and len(self._busy) < self.concurrency:
+                    continue  # there may be more due
+                if len(self._busy) < self.concurrency:
+                    due = await self.pool.fetchval(_NEXT_DUE)
+                    if due is not None:
+                        wait = min(wait, max(due, 0.0))
+            except (OSError, asyncpg.PostgresError):
+                log.warning("delivery round failed; trying again shortly", exc_info=True)
+                wait = 1.0
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def claim_and_start(self) -> int:
+        """Claim what is due (up to the free slots) and start delivering it; how many."""
+        free = self.concurrency - len(self._busy)
+        if free <= 0:
+            return 0
+        rows = await self.pool.fetch(_CLAIM, free, self.lease_seconds)
+        for row in rows:
+            task = asyncio.create_task(self._deliver(dict(row)))
+            self._busy.add(task)
+            task.add_done_callback(self._done)
+        return len(rows)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._busy.discard(task)
+        self.wake()
+
+    async def run_until_idle(self, seconds: float = 30.0) -> None:
+        """Deliver until nothing is due now (tests, `ehr` commands): claims in the foreground."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not await self.claim_and_start() and not self._busy:
+                return
+            if self._busy:
+                await asyncio.wait(self._busy)
+        raise TimeoutError("deliveries still due")
+
+    # -- one subscription ------------------------------------------------------------------
+
+    async def _deliver(self, state: dict[str, Any]) -> None:
+        lease = state["lease_until"]
+        try:
+            if state["status"] == "requested":
+                await self._handshake(state, lease)
+            elif state["delivered_through"] < state["events_since_start"]:
+                await self._events(state, lease)
+            else:
+                await self._heartbeat(state, lease)
+        except Exception:
+            # a fault of ours: back off as for a failed attempt, so it cannot spin
+            log.exception("delivery to subscription %s failed", state["id"])
+            with contextlib.suppress(Exception):
+                await self.pool.execute(_SETTLE, state["id"], lease, 0, True, self.retry.delay(1), False)
+
+    async def _handshake(self, state: dict[str, Any], lease: datetime) -> None:
+        if state["r4_style"]:  # R4 has no handshake: checked at create, active now
+            await self._settle(state, lease, state["delivered_through"], [], None, sent=False)
+            await self.lifecycle.activate(state["id"])
+            return
+        message_id = _stable_id(state, "handshake", state["created_at"], state["delivered_through"])
+        body = notification_body(state, "handshake", [], {}, self.base_url, bundle_id=message_id)
+        attempt = await self._send(state, _Outgoing("POST", state["endpoint"], body, message_id))
+        logged = [_log(None, "handshake", state["attempts"] + 1, attempt)]
+        failed = None if attempt.ok else attempt
+        await self._settle(state, lease, state["delivered_through"], logged, failed, sent=attempt.ok)
+        if attempt.ok:
+            await self.lifecycle.activate(state["id"])
+
+    async def _heartbeat(self, state: dict[str, Any], lease: datetime) -> None:
+        since = state["last_sent_at"] or state["created_at"]
+        message_id = _stable_id(state, "heartbeat", since, state["events_since_start"])
+        body = notification_body(state, "heartbeat", [], {}, self.base_url, bundle_id=message_id)
+        attempt = await self._send(state, _Outgoing("POST", state["endpoint"], body, message_id))
+        logged = [_log(None, "heartbeat", state["attempts"] + 1, attempt)]
+        await self._settle(state, lease, state["delivered_through"], logged, None if attempt.ok else attempt, True)
+
+    async def _events(self, state: dict[str, Any], lease: datetime) -> None:
+        pending = await self.pool.fetch(_PENDING, state["id"], state["delivered_through"], BATCH)
+        owner = await self.owner_principal(state)
+        stop_at = time.monotonic() + self._batch_seconds
+        delivered = state["delivered_through"]
+        logged: list[_Logged] = []
+        failed: Attempt | None = None
+        sent = False
+        for n in pending:
+            if time.monotonic() > stop_at:
+                break  # the lease must outlast what is in flight: the rest on the next claim
+            number = n["event_number"]
+            tries = state["attempts"] + 1 if number == state["delivered_through"] + 1 else 1
+            outgoing = await self._outgoing(state, n, owner)
+            if outgoing is None:  # the owner may no longer read it: not sent, and not waited for
+                logged.append(_Logged(number, "event-notification", tries, _now(), None, None, "skipped: not readable"))
+                delivered = number
+                continue
+            attempt = await self._send(state, outgoing)
+            logged.append(_log(number, "event-notification", tries, attempt))
+            if not attempt.ok:
+                failed = attempt
+                break
+            delivered, sent = number, True
+        await self._settle(state, lease, delivered, logged, failed, sent)
+
+    async def _send(self, state: Mapping[str, Any], outgoing: _Outgoing) -> Attempt:
+        return await self.sender.send(
+            outgoing.method,
+            outgoing.url,
+            outgoing.body,
+            outgoing.message_id,
+            secret=state["secret"],
+            channel_headers=json_value(state["headers"]) or (),
+        )
+
+    async def _outgoing(self, state: Mapping[str, Any], n: Mapping[str, Any], owner: Principal) -> _Outgoing | None:
+        """The request that delivers notification n (None: the owner may not read its resource)."""
+        message_id = str(n["event_id"])
+        endpoint: str = state["endpoint"]
+        payload = state["payload"]
+        deletion = n["interaction"] == "delete"
+        content = None
+        if payload == "full-resource" and not deletion:
+            content = await self._readable(owner, n)
+            if content is None:
+                return None
+        if state["r4_style"] and payload in ("empty", "full-resource"):
+            if payload == "empty":
+                return _Outgoing("POST", endpoint, None, message_id)
+            url = f"{endpoint.rstrip('/')}/{n['resource_type']}/{n['resource_id']}"
+            return _Outgoing("DELETE" if deletion else "PUT", url, content, message_id)
+        # backport, and R4 id-only: the notification Bundle of this one event
+        numbered = {**state, "events_since_start": n["event_number"], "status": "active"}
+        resources = {} if content is None else {n["event_number"]: content}
+        body = notification_body(numbered, "event-notification", [n], resources, self.base_url, bundle_id=message_id)
+        return _Outgoing("POST", endpoint, body, message_id)
+
+    async def _readable(self, owner: Principal, n: Mapping[str, Any]) -> bytes | None:
+        """The event's version as the owner may see it now (hidden elements removed); None
+        when the owner may not read it (404, 403, a Consent) or it is gone."""
+        try:
+            stored = await self.store.vread(owner, n["resource_type"], n["resource_id"], str(n["version_id"]))
+        except FhirError:
+            return None
+        assert stored.content is not None
+        return masked(owner, n["resource_type"], stored.content)
+
+    async def _settle(
+        self,
+        state: Mapping[str, Any],
+        lease: datetime,
+        delivered: int,
+        logged: list[_Logged],
+        failed: Attempt | None,
+        sent: bool,
+    ) -> None:
+        """Record the attempts and the outcome in one transaction; on failure back off, and
+        past the retry budget put the subscription in error."""
+        delay = self.retry.delay(state["attempts"] + 1) if failed else 0.0
+        async with self.pool.acquire() as conn, conn.transaction():
+            if logged:
+                columns = list(
+                    zip(
+                        *((e.event_number, e.kind, e.attempt, e.at, e.status, e.latency_ms, e.error) for e in logged),
+                        strict=True,
+                    )
+                )
+                await conn.execute(_LOG, state["id"], *(list(c) for c in columns))
+            row = await conn.fetchrow(_SETTLE, state["id"], lease, delivered, failed is not None, delay, sent)
+        if failed is not None and row is not None and self.retry.exhausted(row[0], row[1]):
+            why = failed.error or f"HTTP {failed.status}"
+            await self.lifecycle.fail(
+                state["id"], f"delivery to the endpoint failed since {row[0].isoformat()} (last: {why})"
+            )
+
+
+def _stable_id(state: Mapping[str, Any], kind: str, since: datetime, number: int) -> str:
+    """The webhook-id of a handshake or heartbeat: the same on each retry of that message."""
+    return str(uuid.uuid5(_EVENT_IDS, f"{state['id']}/{kind}/{since.isoformat()}/{number}"))
+
+
+def json_value(value: Any) -> Any:
+    """A jsonb column's value (text unless the pool has a codec for jsonb)."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _log(number: int | None, kind: str, attempt_number: int, attempt: Attempt) -> _Logged:
+    return _Logged(number, kind, attempt_number, _now(), attempt.status, attempt.latency_ms, attempt.error)
+
+
+# -- the lifecycle, until the relay's lands --------------------------------------------------
+
+
+class StoreLifecycle:
+    """Subscription status changes as the server: the resource through the store (main pool:
+    a resource write), then its state. A status the client changed meanwhile (off, a new
+    endpoint) is left alone."""
+
+    def __init__(self, store: ResourceStore, events_pool: asyncpg.Pool) -> None:
+        self.store = store
+        self.pool = events_pool
+
+    async def activate(self, subscription_id: str) -> None:
+        await self._set(subscription_id, ("requested",), "active", None)
+
+    async def fail(self, subscription_id: str, error: str) -> None:
+        await self._set(subscription_id, ("requested", "active"), "error", error)
+
+    async def _set(self, subscription_id: str, expected: tuple[str, ...], status: str, error: str | None) -> None:
+        def apply(resource: dict[str, Any]) -> dict[str, Any]:
+            if resource.get("status") not in expected:
+                return resource  # unchanged: nothing is written
+            changed = {k: v for k, v in resource.items() if k != "error"}
+            changed["status"] = status
+            if error:
+                changed["error"] = error
+            return changed
+
+        with contextlib.suppress(FhirError):  # deleted meanwhile: nothing to change
+            await self.store.patch(SYSTEM, "Subscription", subscription_id, apply)
+        # a new budget and a fresh handshake when it is set back to requested
+        await self.pool.execute(
+            "UPDATE subscription_state SET status = $2, error = $3, attempts = 0, failing_since = NULL,"
+            " next_attempt_at = now() WHERE id = $1 AND status = ANY($4::text[])",
+            subscription_id,
+            status,
+            error,
+            list(expected),
+        )
+
+
+async def owner_as_claims(state: Mapping[str, Any]) -> Principal:
+    """The owner's Principal from subscription_state.owner, until events/owner.py lands:
+    {"subject", "scope", "client_id", "fhir_user", "patient"}; no scope: the system."""
+    owner = json_value(state["owner"])
+    if not owner or owner.get("scope") is None:
+        return SYSTEM
+    return Principal.from_scopes(
+        owner.get("subject") or "subscription-owner",
+        owner["scope"],
+        client_id=owner.get("client_id"),
+        fhir_user=owner.get("fhir_user"),
+        patient=owner.get("patient"),
+    )
+
+
+# -- assembly -------------------------------------------------------------------------------
+
+
+def notification_base(settings: Settings) -> str:
+    """The FHIR base notifications name resources under: EHR_PUBLIC_BASE_URL, else this
+    host's (a worker has no request to take the Host from)."""
+    return (settings.public_base_url or f"http://localhost{settings.base_path}").rstrip("/")
+
+
+async def start_delivery(
+    app: Any, stack: contextlib.AsyncExitStack, settings: Settings, pool: asyncpg.Pool | None = None
+) -> DeliveryWorker:
+    """This node's DeliveryWorker, closed with the stack (app.state.delivery). pool: the
+    events pool (application_name headless-ehr-events); one is opened when None."""
+    dsn = settings.database_url
+    assert dsn is not None
+    if pool is None:
+        pool = await create_pool(
+            dsn,
+            min_size=1,
+            max_size=4,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            application_name=EVENTS_APPLICATION,
+        )
+        stack.push_async_callback(pool.close)
+    sender = WebhookSender(settings.webhook_timeout_seconds, max_connections=2 * settings.webhook_concurrency)
+    stack.push_async_callback(sender.close)
+    store: ResourceStore = app.state.store
+    worker = DeliveryWorker(
+        pool,
+        store,
+        sender,
+        notification_base(settings),
+        StoreLifecycle(store, pool),
+        owner_as_claims,
+        retry=RetryPolicy(settings.webhook_retry_base_seconds, settings.webhook_retry_hours),
+        concurrency=settings.webhook_concurrency,
+    )
+
+    async def listen() -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, server_settings=server_settings(application_name=EVENTS_APPLICATION))
+
+    await worker.start(listen)
+    stack.push_async_callback(worker.close)
+    app.state.delivery = worker
+    return worker

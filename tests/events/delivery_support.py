@@ -1,0 +1,174 @@
+"""Fixtures and helpers of the delivery tests: an app on a database of its own with
+retries in fractions of a second, and subscriptions and their notifications written as
+the relay writes them (subscription_state, subscription_notification, NOTIFY ehr_events)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from headless_ehr.app import create_app
+from headless_ehr.config import Settings
+from tests.conftest import bearer, mint_token, scratch_database
+
+from .webhook_receiver import Receiver
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+BASE = "http://ehr.test/fhir"  # EHR_PUBLIC_BASE_URL: notifications name resources under it
+RETRY_BASE = 0.05  # seconds
+RETRY_HOURS = 0.001  # 3.6 s from the first failure to error
+
+
+@pytest.fixture(scope="module")
+async def delivery_app(server_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
+    async with scratch_database(server_dsn, "ehr_delivery") as url:
+        settings = Settings(
+            database_url=url,
+            data_dir=tmp_path_factory.mktemp("ehr-delivery"),
+            rate_limit_per_minute=10_000_000,
+            public_base_url=BASE,
+            webhook_retry_base_seconds=RETRY_BASE,
+            webhook_retry_hours=RETRY_HOURS,
+            webhook_timeout_seconds=2.0,
+        )
+        application = create_app(settings)
+        async with application.router.lifespan_context(application):
+            yield application
+
+
+@pytest.fixture
+async def fhir(delivery_app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=delivery_app)
+    headers = bearer(mint_token(delivery_app, base_url=BASE))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers) as c:
+        yield c
+
+
+@pytest.fixture
+async def pool(delivery_app: Any) -> asyncpg.Pool:
+    return delivery_app.state.pool
+
+
+@pytest.fixture
+def receiver() -> Any:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+async def add_subscription(
+    pool: asyncpg.Pool,
+    endpoint: str,
+    *,
+    status: str = "active",
+    payload: str = "full-resource",
+    r4_style: bool = False,
+    secret: str | None = SECRET,
+    headers: list[str] | None = None,
+    heartbeat: int | None = None,
+    owner: dict[str, Any] | None = None,
+    resource: bool = False,
+    fhir: httpx.AsyncClient | None = None,
+) -> str:
+    """A rest-hook subscription's state (and, with resource, its Subscription resource)."""
+    sid = f"sub-{uuid.uuid4().hex[:12]}"
+    if resource:
+        assert fhir is not None
+        body = {
+            "resourceType": "Subscription",
+            "id": sid,
+            "status": status,
+            "reason": "test",
+            "criteria": "Patient?",
+            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"},
+        }
+        answer = await fhir.put(f"/Subscription/{sid}", json=body)
+        assert answer.status_code in (200, 201), answer.text
+    await pool.execute(
+        "INSERT INTO subscription_state (id, owner, status, triggers, topic, channel, endpoint, payload, r4_style,"
+        " headers, secret, heartbeat_seconds, last_sent_at)"
+        " VALUES ($1, $2::jsonb, $3, '[]', $4, 'rest-hook', $5, $6, $7, $8::jsonb, $9, $10, now())",
+        sid,
+        orjson.dumps(owner or {}).decode(),
+        status,
+        None if r4_style else "http://ehr.test/topic/patients",
+        endpoint,
+        payload,
+        r4_style,
+        orjson.dumps(headers or []).decode(),
+        secret,
+        heartbeat,
+    )
+    return sid
+
+
+async def create(fhir: httpx.AsyncClient, resource_type: str = "Patient", **fields: Any) -> dict[str, Any]:
+    answer = await fhir.post(f"/{resource_type}", json={"resourceType": resource_type, **fields})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+async def notify(pool: asyncpg.Pool, sid: str, *references: tuple[str, str]) -> list[dict[str, Any]]:
+    """Notifications of the latest outbox events of `references` (Type, id), numbered on
+    from the subscription's count, as the relay adds them; returns them in order."""
+    async with pool.acquire() as conn, conn.transaction():
+        start = await conn.fetchval("SELECT events_since_start FROM subscription_state WHERE id = $1 FOR UPDATE", sid)
+        added = []
+        for k, (rtype, rid) in enumerate(references, start + 1):
+            row = await conn.fetchrow(
+                "SELECT event_id, seq, version_id, method, created_at FROM outbox"
+                " WHERE resource_type = $1 AND id = $2 ORDER BY seq DESC LIMIT 1",
+                rtype,
+                rid,
+            )
+            interaction = {"DELETE": "delete", "PATCH": "patch"}.get(row["method"]) or (
+                "create" if row["version_id"] == 1 else "update"
+            )
+            await conn.execute(
+                "INSERT INTO subscription_notification (subscription_id, event_number, event_id, event_seq,"
+                " resource_type, resource_id, version_id, interaction, occurred_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                sid,
+                k,
+                row["event_id"],
+                row["seq"],
+                rtype,
+                rid,
+                row["version_id"],
+                interaction,
+                row["created_at"],
+            )
+            added.append({"event_number": k, "event_id": str(row["event_id"]), "type": rtype, "id": rid})
+        await conn.execute(
+            "UPDATE subscription_state SET events_since_start = $2 WHERE id = $1", sid, start + len(references)
+        )
+        await conn.execute("SELECT pg_notify('ehr_events', $1)", orjson.dumps({"subscriptions": [sid]}).decode())
+    return added
+
+
+async def state_of(pool: asyncpg.Pool, sid: str) -> asyncpg.Record:
+    return await pool.fetchrow("SELECT * FROM subscription_state WHERE id = $1", sid)
+
+
+async def deliveries_of(pool: asyncpg.Pool, sid: str) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM subscription_delivery WHERE subscription_id = $1 ORDER BY at", sid)
+
+
+async def eventually(check: Any, seconds: float = 20.0) -> Any:
+    """Await check() until it returns something true (then that), or fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = await check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)

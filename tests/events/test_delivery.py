@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import orjson
@@ -14,15 +15,17 @@ from .delivery_support import (
     add_subscription,
     create,
     deliveries_of,
-    delivery_app,  # noqa: F401 (fixture)
+    delivery_app,
     eventually,
-    fhir,  # noqa: F401 (fixture)
+    fhir,
     notify,
-    pool,  # noqa: F401 (fixture)
-    receiver,  # noqa: F401 (fixture)
+    pool,
+    receiver,
     state_of,
 )
 from .webhook_receiver import Receiver
+
+__all__ = ["delivery_app", "fhir", "pool", "receiver"]  # fixtures, used by name
 
 
 async def _patients(fhir: Any, n: int) -> list[tuple[str, str]]:
@@ -97,7 +100,7 @@ async def test_retries_back_off_exponentially(fhir, pool, receiver: Receiver):
     sid = await add_subscription(pool, receiver.url)
     await notify(pool, sid, *await _patients(fhir, 1))
     got = await receiver.wait_for(5, ok_only=False)
-    gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)][:4]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(got)][:4]
     # each wait is half fixed, half random from a step that doubles: never shorter than the last
     for k, gap in enumerate(gaps, start=1):
         assert gap >= RETRY_BASE * 2 ** (k - 1) / 2 * 0.9, gaps

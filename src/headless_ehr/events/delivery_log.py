@@ -30,7 +30,7 @@ FROM subscription_state WHERE id = $1
 """
 _DELIVERIES = """
 SELECT event_number, kind, attempt, at, http_status, latency_ms, error FROM subscription_delivery
-WHERE subscription_id = $1 AND at < coalesce($2, 'infinity') ORDER BY at DESC LIMIT $3
+WHERE subscription_id = $1 AND at < coalesce($2::timestamptz, 'infinity') ORDER BY at DESC LIMIT $3
 """
 
 

@@ -31,8 +31,8 @@ from .auth.tokens import AccessTokens
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import AUDIT_APPLICATION, create_pool
-from .events.delivery import start_delivery
 from .events.delivery_log import delivery_log_routes
+from .events.service import start_events, store_hooks
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validate_with, validator
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             search_pool,
             limits=limits,
             local_base=settings.public_base_url,
+            hooks=store_hooks(),  # Subscriptions and SubscriptionTopics keep their state (events/)
         )
         keys = SigningKeys(pool, timedelta(hours=settings.signing_key_rotation_hours))
         await keys.start()
@@ -174,13 +175,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             recorder.start()
             stack.push_async_callback(_close_audit, app, recorder)
             keys.rotated = functools.partial(record_key_rotation, app)  # later rotations are audited
-        # rest-hook deliveries (events/delivery.py); events/service.py start_events takes this over
-        await start_delivery(app, stack, settings)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         stack.push_async_callback(app.state.reindexer.close)
         poller = asyncio.create_task(poll_registry(pool))
         stack.push_async_callback(_cancel, poller)
         await app.state.reindexer.resume_stale(settings.public_base_url)
+        await start_events(app, stack, settings)  # the outbox relay and the event workers (events/)
         check = validator()
         for rtype in defs.resource_types:  # compile every type's rules now, not on a request
             check.validate({"resourceType": rtype})

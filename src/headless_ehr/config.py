@@ -86,6 +86,8 @@ class Settings:
     audit: bool = True  # False (EHR_AUDIT=off): no AuditEvents recorded; for benchmark comparisons only
     # True (EHR_AUDIT_SYNC_COMMIT=on): a request's batched event waits for the disk flush too
     audit_sync_commit: bool = False
+    # events
+    event_retention_days: int = 7  # outbox rows, notifications and delivery log kept this long
     # webhooks (events/delivery.py)
     webhook_retry_base_seconds: float = 2.0  # the first retry's wait; it doubles per failure (with jitter)
     webhook_retry_hours: float = 24.0  # retries spread over at least this long, then the subscription is in error
@@ -139,6 +141,8 @@ class Settings:
             # audit
             "audit": _choice("EHR_AUDIT", ("on", "off")) == "on",
             "audit_sync_commit": _choice("EHR_AUDIT_SYNC_COMMIT", ("off", "on")) == "on",
+            # events
+            "event_retention_days": _bounded("EHR_EVENT_RETENTION_DAYS", 7, 1, 3650),
             # webhooks
             "webhook_retry_base_seconds": _seconds("EHR_WEBHOOK_RETRY_BASE_SECONDS", 2.0, 0.001, 3600),
             "webhook_retry_hours": _seconds("EHR_WEBHOOK_RETRY_HOURS", 24.0, 0.0, 24 * 30),

@@ -75,29 +75,16 @@ async def add_subscription(
     headers: list[str] | None = None,
     heartbeat: int | None = None,
     owner: dict[str, Any] | None = None,
-    resource: bool = False,
-    fhir: httpx.AsyncClient | None = None,
 ) -> str:
-    """A rest-hook subscription's state (and, with resource, its Subscription resource)."""
+    """A rest-hook subscription's state alone, as the relay keeps it, with no triggers (the
+    relay matches nothing for it: its notifications come from notify())."""
     sid = f"sub-{uuid.uuid4().hex[:12]}"
-    if resource:
-        assert fhir is not None
-        body = {
-            "resourceType": "Subscription",
-            "id": sid,
-            "status": status,
-            "reason": "test",
-            "criteria": "Patient?",
-            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"},
-        }
-        answer = await fhir.put(f"/Subscription/{sid}", json=body)
-        assert answer.status_code in (200, 201), answer.text
     await pool.execute(
         "INSERT INTO subscription_state (id, owner, status, triggers, topic, channel, endpoint, payload, r4_style,"
-        " headers, secret, heartbeat_seconds, last_sent_at)"
-        " VALUES ($1, $2::jsonb, $3, '[]', $4, 'rest-hook', $5, $6, $7, $8::jsonb, $9, $10, now())",
+        " headers, secret, heartbeat_seconds, last_sent_at, since_at)"
+        " VALUES ($1, $2::jsonb, $3, '[]', $4, 'rest-hook', $5, $6, $7, $8::jsonb, $9, $10, now(), now())",
         sid,
-        orjson.dumps(owner or {}).decode(),
+        orjson.dumps(owner or {"system": True}).decode(),
         status,
         None if r4_style else "http://ehr.test/topic/patients",
         endpoint,
@@ -108,6 +95,87 @@ async def add_subscription(
         heartbeat,
     )
     return sid
+
+
+# -- real Subscriptions, through the API (the relay matches their events) ---------------------
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+TOPIC_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic."
+SECRET_EXTENSION = "https://headless-ehr.dev/fhir/StructureDefinition/subscription-secret"
+
+
+def r4_subscription(endpoint: str, criteria: str, *, payload: str | None = "application/fhir+json") -> dict[str, Any]:
+    channel: dict[str, Any] = {"type": "rest-hook", "endpoint": endpoint}
+    if payload:
+        channel["payload"] = payload
+    return {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "delivery test",
+        "criteria": criteria,
+        "channel": channel,
+        "extension": [{"url": SECRET_EXTENSION, "valueString": SECRET}],
+    }
+
+
+def backport_subscription(
+    endpoint: str, topic: str, *, content: str = "full-resource", filters: tuple[str, ...] = (), heartbeat: int = 0
+) -> dict[str, Any]:
+    channel: dict[str, Any] = {
+        "type": "rest-hook",
+        "endpoint": endpoint,
+        "payload": "application/fhir+json",
+        "_payload": {"extension": [{"url": BACKPORT + "backport-payload-content", "valueCode": content}]},
+    }
+    if heartbeat:
+        channel["extension"] = [{"url": BACKPORT + "backport-heartbeat-period", "valueUnsignedInt": heartbeat}]
+    subscription = {
+        "resourceType": "Subscription",
+        "meta": {"profile": [BACKPORT + "backport-subscription"]},
+        "status": "requested",
+        "reason": "delivery test",
+        "criteria": topic,
+        "channel": channel,
+        "extension": [{"url": SECRET_EXTENSION, "valueString": SECRET}],
+    }
+    if filters:
+        extensions = [{"url": BACKPORT + "backport-filter-criteria", "valueString": f} for f in filters]
+        subscription["_criteria"] = {"extension": extensions}
+    return subscription
+
+
+async def topic(fhir: httpx.AsyncClient, resource_type: str = "Patient") -> str:
+    """A SubscriptionTopic (a Basic, per the IG) on every change of resource_type, filterable by family and _id."""
+    url = f"http://ehr.test/topic/{uuid.uuid4().hex[:12]}"
+    definition = f"http://hl7.org/fhir/StructureDefinition/{resource_type}"
+    trigger = [{"url": "resource", "valueUri": definition}] + [
+        {"url": "supportedInteraction", "valueCode": i} for i in ("create", "update", "delete")
+    ]
+    can_filter = [
+        {
+            "url": TOPIC_EXTENSION + "canFilterBy",
+            "extension": [{"url": "resource", "valueUri": definition}, {"url": "filterParameter", "valueString": name}],
+        }
+        for name in ("family", "_id")
+    ]
+    basic = {
+        "resourceType": "Basic",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
+        "extension": [
+            {"url": TOPIC_EXTENSION + "url", "valueUri": url},
+            {"url": TOPIC_EXTENSION + "resourceTrigger", "extension": trigger},
+            *can_filter,
+        ],
+    }
+    answer = await fhir.post("/Basic", json=basic)
+    assert answer.status_code == 201, answer.text
+    return url
+
+
+async def subscribe(fhir: httpx.AsyncClient, resource: dict[str, Any]) -> str:
+    answer = await fhir.post("/Subscription", json=resource)
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
 
 
 async def create(fhir: httpx.AsyncClient, resource_type: str = "Patient", **fields: Any) -> dict[str, Any]:

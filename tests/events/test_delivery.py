@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from typing import Any
 
 import orjson
@@ -20,8 +21,10 @@ from .delivery_support import (
     fhir,
     notify,
     pool,
+    r4_subscription,
     receiver,
     state_of,
+    subscribe,
 )
 from .webhook_receiver import Receiver
 
@@ -91,6 +94,7 @@ async def test_a_retry_carries_the_same_webhook_id(fhir, pool, receiver: Receive
     sent = await notify(pool, sid, *await _patients(fhir, 1))
     await receiver.wait_for(3, ok_only=False)
     assert {r.headers["webhook-id"] for r in receiver.received()} == {sent[0]["event_id"]}
+    await eventually(lambda: _delivered(pool, sid, 1))
     log = await deliveries_of(pool, sid)
     assert [(d["attempt"], d["http_status"]) for d in log] == [(1, 500), (2, 503), (3, 200)]
 
@@ -109,8 +113,9 @@ async def test_retries_back_off_exponentially(fhir, pool, receiver: Receiver):
 
 async def test_after_the_retry_budget_the_subscription_is_in_error_with_the_reason(fhir, pool, receiver: Receiver):
     receiver.answer = lambda _r: 500
-    sid = await add_subscription(pool, receiver.url, resource=True, fhir=fhir)
-    await notify(pool, sid, *await _patients(fhir, 1))
+    family = uuid.uuid4().hex
+    sid = await subscribe(fhir, r4_subscription(receiver.url, f"Patient?family={family}"))
+    await create(fhir, name=[{"family": family}])
     state = await eventually(lambda: _in_status(pool, sid, "error"), seconds=30)
     assert "HTTP 500" in state["error"]
     resource = (await fhir.get(f"/Subscription/{sid}")).json()
@@ -129,26 +134,28 @@ async def _in_status(pool: Any, sid: str, status: str) -> Any:
 async def test_a_subscription_set_back_to_requested_resumes_from_where_it_stopped(fhir, pool, receiver: Receiver):
     answered: list[int] = []
     receiver.answer = lambda r: 500 if not answered else 200
-    sid = await add_subscription(pool, receiver.url, resource=True, fhir=fhir)
-    sent = await notify(pool, sid, *await _patients(fhir, 2))
+    family = uuid.uuid4().hex
+    sid = await subscribe(fhir, r4_subscription(receiver.url, f"Patient?family={family}"))
+    made = [await create(fhir, name=[{"family": family}]) for _ in range(2)]
     await eventually(lambda: _in_status(pool, sid, "error"), seconds=30)
-    sent += await notify(pool, sid, *await _patients(fhir, 1))  # while in error: kept, not sent
+    made.append(await create(fhir, name=[{"family": family}]))  # while in error: kept, not sent
+    await eventually(lambda: _numbered(pool, sid, 3))
     answered.append(1)
-    await pool.execute("UPDATE subscription_state SET status = 'requested' WHERE id = $1", sid)  # the relay's hook
-    await pool.execute("SELECT pg_notify('ehr_events', '{}')")
-    await eventually(lambda: _in_status(pool, sid, "active"))
+    resource = (await fhir.get(f"/Subscription/{sid}")).json()
+    assert (await fhir.put(f"/Subscription/{sid}", json={**resource, "status": "requested"})).status_code == 200
     await eventually(lambda: _delivered(pool, sid, 3))
-    events = [r for r in receiver.received(ok_only=True) if _kind(r) == "event-notification"]
-    assert [r.headers["webhook-id"] for r in events] == [e["event_id"] for e in sent]
+    ok = receiver.received(ok_only=True)
+    assert [r.path.rsplit("/", 1)[1] for r in ok] == [p["id"] for p in made]  # PUT [endpoint]/Patient/[id]
+    assert len({r.headers["webhook-id"] for r in ok}) == 3
+    assert (await state_of(pool, sid))["status"] == "active"
+
+
+async def _numbered(pool: Any, sid: str, count: int) -> bool:
+    return (await state_of(pool, sid))["events_since_start"] >= count
 
 
 async def _delivered(pool: Any, sid: str, through: int) -> bool:
     return (await state_of(pool, sid))["delivered_through"] >= through
-
-
-def _kind(got: Any) -> str:
-    parameters = orjson.loads(got.body)["entry"][0]["resource"]["parameter"]
-    return next(p["valueCode"] for p in parameters if p["name"] == "type")
 
 
 async def test_a_failing_subscription_holds_back_only_itself(fhir, pool):

@@ -4,6 +4,7 @@ heartbeat, channel headers, and full resources read through the owner's rights."
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from tests.conftest import bearer, mint_token
 from .delivery_support import (
     BASE,
     add_subscription,
+    backport_subscription,
     create,
     deliveries_of,
     delivery_app,
@@ -24,6 +26,8 @@ from .delivery_support import (
     pool,
     receiver,
     state_of,
+    subscribe,
+    topic,
 )
 from .webhook_receiver import Receiver
 
@@ -139,10 +143,9 @@ async def test_backport_empty_bundle_names_no_focus(fhir, pool, receiver: Receiv
     assert patient["id"] not in got.body.decode()
 
 
-async def test_a_requested_backport_subscription_is_activated_by_a_handshake_answered_2xx(
-    fhir, pool, receiver: Receiver
-):
-    sid = await add_subscription(pool, receiver.url, status="requested", resource=True, fhir=fhir)
+async def test_a_backport_subscription_is_activated_by_a_handshake_answered_2xx(fhir, pool, receiver: Receiver):
+    sid = await subscribe(fhir, backport_subscription(receiver.url, await topic(fhir)))
+    assert (await fhir.get(f"/Subscription/{sid}")).json()["status"] == "requested"
     (got,) = await receiver.wait_for(1)
     status = _status(got)
     assert status["type"]["valueCode"] == "handshake"
@@ -156,17 +159,27 @@ async def test_a_requested_backport_subscription_is_activated_by_a_handshake_ans
 
 async def test_a_handshake_that_is_never_answered_2xx_ends_in_error(fhir, pool, receiver: Receiver):
     receiver.answer = lambda _r: 404
-    sid = await add_subscription(pool, receiver.url, status="requested", resource=True, fhir=fhir)
+    sid = await subscribe(fhir, backport_subscription(receiver.url, await topic(fhir)))
     state = await eventually(lambda: _status_is(pool, sid, "error"), seconds=30)
     assert "HTTP 404" in state["error"]
-    assert {r.headers["webhook-id"] for r in receiver.received()} == {receiver.received()[0].headers["webhook-id"]}
+    assert len(receiver.received()) > 1
+    assert len({r.headers["webhook-id"] for r in receiver.received()}) == 1  # one handshake, retried
     assert (await fhir.get(f"/Subscription/{sid}")).json()["status"] == "error"
 
 
-async def test_an_r4_subscription_in_requested_becomes_active_without_a_message(fhir, pool, receiver: Receiver):
-    sid = await add_subscription(pool, receiver.url, status="requested", r4_style=True, resource=True, fhir=fhir)
+async def test_a_backport_subscription_delivers_matching_events_once_activated(fhir, pool, receiver: Receiver):
+    family = uuid.uuid4().hex
+    url = await topic(fhir)
+    sid = await subscribe(fhir, backport_subscription(receiver.url, url, filters=(f"Patient?family={family}",)))
     await eventually(lambda: _status_is(pool, sid, "active"))
-    assert receiver.received() == []
+    matching = await create(fhir, name=[{"family": family}])
+    await create(fhir, name=[{"family": "someone-else"}])
+    got = await receiver.wait_for(2)
+    await asyncio.sleep(0.3)
+    events = [r for r in receiver.received() if _status(r)["type"]["valueCode"] == "event-notification"]
+    assert len(events) == 1
+    assert orjson.loads(events[0].body)["entry"][1]["resource"]["id"] == matching["id"]
+    assert got[0].headers["webhook-id"] != events[0].headers["webhook-id"]
 
 
 async def _status_is(pool: Any, sid: str, status: str) -> Any:
@@ -174,10 +187,14 @@ async def _status_is(pool: Any, sid: str, status: str) -> Any:
     return state if state["status"] == status else None
 
 
-async def test_an_idle_subscription_gets_heartbeats_every_heartbeat_period(pool, receiver: Receiver):
-    await add_subscription(pool, receiver.url, heartbeat=1)
-    got = await receiver.wait_for(2, seconds=10)
-    assert [_status(r)["type"]["valueCode"] for r in got[:2]] == ["heartbeat", "heartbeat"]
+async def test_an_idle_subscription_gets_heartbeats_every_heartbeat_period(fhir, pool, receiver: Receiver):
+    quiet = (f"Patient?family={uuid.uuid4().hex}",)  # no event matches: it stays idle
+    sid = await subscribe(fhir, backport_subscription(receiver.url, await topic(fhir), heartbeat=1, filters=quiet))
+    await eventually(lambda: _status_is(pool, sid, "active"))
+    await receiver.wait_for(3, seconds=10)
+    kinds = [_status(r)["type"]["valueCode"] for r in receiver.received()]
+    assert kinds[:3] == ["handshake", "heartbeat", "heartbeat"]
+    got = receiver.received()[1:3]
     assert 0.8 <= got[1].at - got[0].at <= 3.0
     assert got[0].headers["webhook-id"] != got[1].headers["webhook-id"]
 
@@ -200,7 +217,7 @@ async def test_a_resource_the_owner_may_not_read_is_not_sent_and_delivery_moves_
     delivery_app, fhir, pool, receiver: Receiver
 ):
     mine, other = await create(fhir), await create(fhir)
-    owner = {"subject": "patient-app", "scope": "patient/*.read", "client_id": "patient-app", "patient": mine["id"]}
+    owner = {"sub": "patient-app", "scope": "patient/*.read", "client_id": "patient-app", "patient": mine["id"]}
     sid = await add_subscription(pool, receiver.url, r4_style=True, payload="full-resource", owner=owner)
     await notify(pool, sid, ("Patient", other["id"]), ("Patient", mine["id"]))
     (got,) = await receiver.wait_for(1)

@@ -22,6 +22,11 @@ REFUSED_SEARCH_PARAMETERS = {
 }
 
 
+# Subscriptions whose status the server sets (events/lifecycle.py): both examples' `end`
+# (2021) has passed, so they are stored `off`.
+SERVER_SET_STATUS = {"Subscription-example.json": "off", "Subscription-example-error.json": "off"}
+
+
 def _without_server_meta(resource: dict) -> tuple[str, dict, dict]:
     """(resourceType, client meta, the rest in its original order): the server puts
     resourceType, id and meta first and owns meta.versionId/lastUpdated."""
@@ -72,6 +77,8 @@ async def test_every_example_round_trips(client, shared_fhir):
             continue
         # byte-level comparison of the re-serialised forms: decimals keep their text
         got = fhir_json.dumps(_without_server_meta(fhir_json.loads(read.content)))
+        if path.name in SERVER_SET_STATUS:
+            original["status"] = SERVER_SET_STATUS[path.name]
         want = fhir_json.dumps(_without_server_meta(original))
         if got != want:
             failures.append(f"{path.name}: read back differs")

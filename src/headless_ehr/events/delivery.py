@@ -39,18 +39,20 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import orjson
 
-from ..auth.policies import masked
-from ..auth.principal import SYSTEM, Principal
+from ..auth.policies import Policies, masked
+from ..auth.principal import Principal
 from ..config import Settings
 from ..db.pool import EVENTS_APPLICATION, create_pool, server_settings
 from ..fhir.outcome import FhirError
 from ..store import ResourceStore
+from . import lifecycle
 from .notification import notification_body
+from .owner import owner_principal, owner_with_policy
 from .webhook import Attempt, WebhookSender
 
 log = logging.getLogger("headless_ehr.events.delivery")
@@ -82,12 +84,28 @@ class RetryPolicy:
         return now - failing_since >= timedelta(hours=self.budget_hours)
 
 
-class Lifecycle(Protocol):
-    """Changes a Subscription's status through the store (its resource and its state)."""
+class Lifecycle:
+    """A Subscription's status changes as the server, through the store (events/lifecycle.py)."""
 
-    async def activate(self, subscription_id: str) -> None: ...
+    def __init__(self, store: ResourceStore) -> None:
+        self.store = store
 
-    async def fail(self, subscription_id: str, error: str) -> None: ...
+    async def activate(self, subscription_id: str) -> None:
+        await lifecycle.activate(self.store, subscription_id)
+
+    async def fail(self, subscription_id: str, error: str) -> None:
+        await lifecycle.fail(self.store, subscription_id, error)
+
+
+class Owners:
+    """A subscription's owner as a Principal with its current access policy (events/owner.py)."""
+
+    def __init__(self, policies: Policies | None) -> None:
+        self.policies = policies
+
+    async def __call__(self, state: Mapping[str, Any]) -> Principal:
+        principal = owner_principal(json_value(state["owner"]))
+        return await owner_with_policy(state["id"], principal, self.policies)
 
 
 OwnerPrincipal = Callable[[Mapping[str, Any]], Awaitable[Principal]]
@@ -442,62 +460,6 @@ def _log(number: int | None, kind: str, attempt_number: int, attempt: Attempt) -
     return _Logged(number, kind, attempt_number, _now(), attempt.status, attempt.latency_ms, attempt.error)
 
 
-# -- the lifecycle, until the relay's lands --------------------------------------------------
-
-
-class StoreLifecycle:
-    """Subscription status changes as the server: the resource through the store (main pool:
-    a resource write), then its state. A status the client changed meanwhile (off, a new
-    endpoint) is left alone."""
-
-    def __init__(self, store: ResourceStore, events_pool: asyncpg.Pool) -> None:
-        self.store = store
-        self.pool = events_pool
-
-    async def activate(self, subscription_id: str) -> None:
-        await self._set(subscription_id, ("requested",), "active", None)
-
-    async def fail(self, subscription_id: str, error: str) -> None:
-        await self._set(subscription_id, ("requested", "active"), "error", error)
-
-    async def _set(self, subscription_id: str, expected: tuple[str, ...], status: str, error: str | None) -> None:
-        def apply(resource: dict[str, Any]) -> dict[str, Any]:
-            if resource.get("status") not in expected:
-                return resource  # unchanged: nothing is written
-            changed = {k: v for k, v in resource.items() if k != "error"}
-            changed["status"] = status
-            if error:
-                changed["error"] = error
-            return changed
-
-        with contextlib.suppress(FhirError):  # deleted meanwhile: nothing to change
-            await self.store.patch(SYSTEM, "Subscription", subscription_id, apply)
-        # a new budget and a fresh handshake when it is set back to requested
-        await self.pool.execute(
-            "UPDATE subscription_state SET status = $2, error = $3, attempts = 0, failing_since = NULL,"
-            " next_attempt_at = now() WHERE id = $1 AND status = ANY($4::text[])",
-            subscription_id,
-            status,
-            error,
-            list(expected),
-        )
-
-
-async def owner_as_claims(state: Mapping[str, Any]) -> Principal:
-    """The owner's Principal from subscription_state.owner, until events/owner.py lands:
-    {"subject", "scope", "client_id", "fhir_user", "patient"}; no scope: the system."""
-    owner = json_value(state["owner"])
-    if not owner or owner.get("scope") is None:
-        return SYSTEM
-    return Principal.from_scopes(
-        owner.get("subject") or "subscription-owner",
-        owner["scope"],
-        client_id=owner.get("client_id"),
-        fhir_user=owner.get("fhir_user"),
-        patient=owner.get("patient"),
-    )
-
-
 # -- assembly -------------------------------------------------------------------------------
 
 
@@ -531,8 +493,8 @@ async def start_delivery(
         store,
         sender,
         notification_base(settings),
-        StoreLifecycle(store, pool),
-        owner_as_claims,
+        Lifecycle(store),
+        Owners(getattr(app.state, "policies", None)),
         retry=RetryPolicy(settings.webhook_retry_base_seconds, settings.webhook_retry_hours),
         concurrency=settings.webhook_concurrency,
     )

@@ -57,6 +57,7 @@ from ..search.sql import ANY_TYPE, SqlBuilder
 from . import etag, sql
 from .bulk import INSERT_MANY, insert_many_args
 from .etag import Versions
+from .hooks import Hooks
 from .ids import new_id
 from .model import HistoryPage, SearchPage, StoredResource, WriteOutcome
 
@@ -169,8 +170,11 @@ class ResourceStore:
         search_db: Executor | None = None,
         limits: SearchLimits | None = None,
         local_base: str | None = None,
+        hooks: Hooks | None = None,
     ):
         self._db = db
+        # resource type -> what its writes also do (store/hooks.py): Subscriptions' state
+        self._hooks: Hooks = hooks or {}
         # this server's FHIR base: absolute references under it are local (search/extract)
         self.local_base = local_base
         # Searches vary so much by value (a rare code vs a common one) that a prepared
@@ -184,7 +188,9 @@ class ResourceStore:
 
     def bound(self, conn: asyncpg.Connection) -> ResourceStore:
         """The same store running its statements on conn (e.g. inside a transaction)."""
-        return ResourceStore(conn, self._validate, self.max_page_size, limits=self.limits, local_base=self.local_base)
+        return ResourceStore(
+            conn, self._validate, self.max_page_size, limits=self.limits, local_base=self.local_base, hooks=self._hooks
+        )
 
     def on_base(self, base: str | None) -> ResourceStore:
         """The same store for requests that came in on FHIR base `base` (one per base,
@@ -401,6 +407,7 @@ class ResourceStore:
         """Create with a server-assigned id; with if_none_exist, only when nothing matches."""
         _require_for(principal, "create", resource, resource_type)  # before validation: a refusal reveals nothing
         self.check(resource, resource_type)
+        resource = self._hook_check(principal, resource)
         resource_type = resource["resourceType"]
         if if_none_exist is not None:
             async with self._serialised(if_none_exist) as store:
@@ -411,20 +418,22 @@ class ResourceStore:
         return await self._create(principal, resource, resource_type, method)
 
     async def _create(self, principal: Principal, resource: Resource, resource_type: str, method: str) -> WriteOutcome:
-        if principal.access("create", resource_type) is None:
+        if principal.access("create", resource_type) is None and resource_type not in self._hooks:
             stored = await self._write(resource, resource_type, new_id(), 1, method, None)
             assert stored is not None  # a fresh UUID cannot collide
             return WriteOutcome(stored, created=True)
-        async with self.transaction() as store:  # the check rolls the write back
+        async with self.transaction() as store:  # the check (and the hook) rolls the write back
             stored = await store._write(resource, resource_type, new_id(), 1, method, None)
             assert stored is not None
             await store._check_written(principal, "create", resource_type, [stored.id])
+            await store._hook_written(principal, stored)
         return WriteOutcome(stored, created=True)
 
     def prepare_create(self, principal: Principal, resource: Any, rid: str, method: str) -> PreparedCreate:
         """Validate and serialise a create with a chosen id, for insert_prepared()."""
         _require_for(principal, "create", resource, None)
         self.check(resource)
+        resource = self._hook_check(principal, resource)
         resource_type = resource["resourceType"]
         final = with_meta(resource, rid, 1)
         content, stamp_at = serialise(final)
@@ -441,8 +450,9 @@ class ResourceStore:
         )
         events = [audit_pending.written(i.resource_type, i.id, 1, i.method, i.rows) for i in items]
         audited = [e for e in events if e is not None]
+        hooked = [n for n, i in enumerate(items) if i.resource_type in self._hooks] if self._hooks else []
         try:
-            if len(items) <= INSERT_CHUNK and not checked and not audited:
+            if len(items) <= INSERT_CHUNK and not checked and not audited and not hooked:
                 ts, ts_text = await self._db.fetchrow(INSERT_MANY, *insert_many_args(items))
                 stamps = [(ts, ts_text)] * len(items)
             else:
@@ -461,6 +471,10 @@ class ResourceStore:
                             by_type.setdefault(item.resource_type, []).append(item.id)
                         for rtype, ids in by_type.items():
                             await bound._check_written(principal, "create", rtype, ids)
+                    for n in hooked:
+                        item, (ts, ts_text) = items[n], stamps[n]
+                        created = StoredResource(item[0], item[1], 1, ts, stamped(item[2], item[5], ts_text), item[3])
+                        await self.bound(conn)._hook_written(principal, created)
         except asyncpg.UniqueViolationError:
             raise FhirError.of(409, "duplicate", "a resource with one of these ids already exists") from None
         return [
@@ -485,6 +499,7 @@ class ResourceStore:
             raise FhirError.of(400, "required", "an update must carry the resource id", "id")
         if resource["id"] != rid:
             raise FhirError.of(400, "invalid", f"id '{resource['id']}' does not match the URL id '{rid}'", "id")
+        resource = self._hook_check(principal, resource)
 
         def plan(current: asyncpg.Record | None) -> _Write:
             if if_match is not None and (current is None or (if_match == etag.ANY and current[2] is None)):
@@ -494,11 +509,18 @@ class ResourceStore:
             # access policies: readonly and hidden elements (auth/policies.py)
             return _Write(guard_change(principal, resource_type, current and current[2], resource), method)
 
-        async with self._guarded(principal, "update", resource_type, rid) as (store, checked):
+        async with (
+            self._hooked(resource_type) as hooked,
+            hooked._guarded(principal, "update", resource_type, rid) as (
+                store,
+                checked,
+            ),
+        ):
             stored, before = await store._versioned(resource_type, rid, plan)
             assert stored is not None
             if checked:
                 await store._check_written(principal, "update", resource_type, [rid])
+            await store._hook_written(principal, stored)
         return WriteOutcome(stored, created=before is None or before[2] is None)
 
     async def patch(
@@ -526,13 +548,21 @@ class ResourceStore:
             self.check(patched, resource_type)
             if patched.get("id") != rid:
                 raise FhirError.of(422, "processing", "a patch may not change the resource id", "id")
+            patched = self._hook_check(principal, patched)
             return _Write(guard_change(principal, resource_type, current[2], patched), "PATCH")
 
-        async with self._guarded(principal, "patch", resource_type, rid) as (store, checked):
+        async with (
+            self._hooked(resource_type) as hooked,
+            hooked._guarded(principal, "patch", resource_type, rid) as (
+                store,
+                checked,
+            ),
+        ):
             stored, _ = await store._versioned(resource_type, rid, plan)
             assert stored is not None
             if checked:
                 await store._check_written(principal, "patch", resource_type, [rid])
+            await store._hook_written(principal, stored)
         return WriteOutcome(stored, created=False)
 
     async def delete(
@@ -551,8 +581,16 @@ class ResourceStore:
                 raise _version_conflict(resource_type, rid, if_match, current[0])
             return None if current[2] is None else _Write(None, "DELETE")
 
-        async with self._guarded(principal, "delete", resource_type, rid) as (store, _checked):
+        async with (
+            self._hooked(resource_type) as hooked,
+            hooked._guarded(principal, "delete", resource_type, rid) as (
+                store,
+                _checked,
+            ),
+        ):
             stored, _ = await store._versioned(resource_type, rid, plan)
+            if stored is not None:
+                await store._hook_written(principal, stored)
         return stored
 
     async def _versioned(
@@ -619,6 +657,32 @@ class ResourceStore:
         (rest/offload.py) must never touch the app's pool, which belongs to another loop."""
         async with self._transaction() as conn:
             yield self.bound(conn)
+
+    # -- write hooks (store/hooks.py) ---------------------------------------------------
+
+    def _hook_check(self, principal: Principal, resource: Resource) -> Resource:
+        """The resource as its type's hook lets it be written (itself when no hook)."""
+        hook = self._hooks.get(resource["resourceType"]) if self._hooks else None
+        return resource if hook is None else hook.check(principal, resource)
+
+    @contextlib.asynccontextmanager
+    async def _hooked(self, resource_type: str) -> AsyncIterator[ResourceStore]:
+        """This store, in a transaction of its own when resource_type has a hook (its
+        effects commit or roll back with the write)."""
+        if resource_type not in self._hooks:
+            yield self
+            return
+        async with self.transaction() as store:
+            yield store
+
+    async def _hook_written(self, principal: Principal, stored: StoredResource) -> None:
+        """Run the type's hook after a write (in this store's transaction); nothing for a
+        write that changed nothing (same content: no new version)."""
+        hook = self._hooks.get(stored.resource_type) if self._hooks else None
+        if hook is None or stored.method is None:
+            return
+        assert isinstance(self._db, asyncpg.Connection) and self._db.is_in_transaction()
+        await hook.written(self, self._db, principal, stored)
 
     # -- conditional interactions -----------------------------------------------------
 

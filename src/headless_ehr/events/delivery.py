@@ -273,8 +273,11 @@ class DeliveryWorker:
                     due = await self.pool.fetchval(_NEXT_DUE)
                     if due is not None:
                         wait = min(wait, max(due, 0.0))
-            except (OSError, asyncpg.PostgresError):
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 log.warning("delivery round failed; trying again shortly", exc_info=True)
+                wait = 1.0
+            except Exception:  # a fault of ours must not end this node's deliveries
+                log.exception("delivery round failed; trying again shortly")
                 wait = 1.0
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
@@ -295,16 +298,6 @@ class DeliveryWorker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._busy.discard(task)
         self.wake()
-
-    async def run_until_idle(self, seconds: float = 30.0) -> None:
-        """Deliver until nothing is due now (tests, `ehr` commands): claims in the foreground."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if not await self.claim_and_start() and not self._busy:
-                return
-            if self._busy:
-                await asyncio.wait(self._busy)
-        raise TimeoutError("deliveries still due")
 
     # -- one subscription ------------------------------------------------------------------
 

@@ -48,7 +48,6 @@ from ..auth.policies import Policies, masked
 from ..auth.principal import Principal
 from ..config import Settings
 from ..db.pool import EVENTS_APPLICATION, create_pool, server_settings
-from ..fhir.outcome import FhirError
 from ..store import ResourceStore
 from . import lifecycle
 from .notification import notification_body
@@ -341,6 +340,7 @@ class DeliveryWorker:
     async def _events(self, state: dict[str, Any], lease: datetime) -> None:
         pending = await self.pool.fetch(_PENDING, state["id"], state["delivered_through"], BATCH)
         owner = await self.owner_principal(state)
+        resources = await self._readable(state, owner, pending)
         stop_at = time.monotonic() + self._batch_seconds
         delivered = state["delivered_through"]
         logged: list[_Logged] = []
@@ -351,7 +351,7 @@ class DeliveryWorker:
                 break  # the lease must outlast what is in flight: the rest on the next claim
             number = n["event_number"]
             tries = state["attempts"] + 1 if number == state["delivered_through"] + 1 else 1
-            outgoing = await self._outgoing(state, n, owner)
+            outgoing = self._outgoing(state, n, resources)
             if outgoing is None:  # the owner may no longer read it: not sent, and not waited for
                 logged.append(_Logged(number, "event-notification", tries, _now(), None, None, "skipped: not readable"))
                 delivered = number
@@ -374,7 +374,9 @@ class DeliveryWorker:
             channel_headers=json_value(state["headers"]) or (),
         )
 
-    async def _outgoing(self, state: Mapping[str, Any], n: Mapping[str, Any], owner: Principal) -> _Outgoing | None:
+    def _outgoing(
+        self, state: Mapping[str, Any], n: Mapping[str, Any], resources: Mapping[tuple[str, str, int], bytes]
+    ) -> _Outgoing | None:
         """The request that delivers notification n (None: the owner may not read its resource)."""
         message_id = str(n["event_id"])
         endpoint: str = state["endpoint"]
@@ -382,7 +384,7 @@ class DeliveryWorker:
         deletion = n["interaction"] == "delete"
         content = None
         if payload == "full-resource" and not deletion:
-            content = await self._readable(owner, n)
+            content = resources.get((n["resource_type"], n["resource_id"], n["version_id"]))
             if content is None:
                 return None
         if state["r4_style"] and payload in ("empty", "full-resource"):
@@ -396,15 +398,18 @@ class DeliveryWorker:
         body = notification_body(numbered, "event-notification", [n], resources, self.base_url, bundle_id=message_id)
         return _Outgoing("POST", endpoint, body, message_id)
 
-    async def _readable(self, owner: Principal, n: Mapping[str, Any]) -> bytes | None:
-        """The event's version as the owner may see it now (hidden elements removed); None
-        when the owner may not read it (404, 403, a Consent) or it is gone."""
-        try:
-            stored = await self.store.vread(owner, n["resource_type"], n["resource_id"], str(n["version_id"]))
-        except FhirError:
-            return None
-        assert stored.content is not None
-        return masked(owner, n["resource_type"], stored.content)
+    async def _readable(
+        self, state: Mapping[str, Any], owner: Principal, pending: list[asyncpg.Record]
+    ) -> dict[tuple[str, str, int], bytes]:
+        """For full-resource payloads, the versions of the events as the owner may see them
+        now (hidden elements removed); one the owner may not read (403, 404, a Consent) is
+        missing."""
+        if state["payload"] != "full-resource":
+            return {}
+        wanted = [(n["resource_type"], n["resource_id"], n["version_id"]) for n in pending]
+        wanted = [key for key, n in zip(wanted, pending, strict=True) if n["interaction"] != "delete"]
+        found = await self.store.vread_many(owner, list(dict.fromkeys(wanted)))
+        return {key: masked(owner, key[0], stored.content) for key, stored in found.items() if stored.content}
 
     async def _settle(
         self,

@@ -253,6 +253,7 @@ _ENV_ONLY = [
     ("EHR_TRUSTED_POLICIES", "access policies (comma list) of that issuer's practitioner users (default none)"),
     ("EHR_AUDIT", "on: record an AuditEvent for every FHIR request (default); off: none, for benchmarks only"),
     ("EHR_AUDIT_SYNC_COMMIT", "on: a request's AuditEvent waits for the disk flush too (default off)"),
+    ("EHR_EVENT_RETENTION_DAYS", "days events, notifications and the delivery log are kept for replay (default 7)"),
 ]
 
 

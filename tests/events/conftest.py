@@ -94,3 +94,49 @@ async def subscriptions(client: httpx.AsyncClient) -> AsyncIterator[list[str]]:
     yield made
     for sid in made:
         await client.delete(f"/Subscription/{sid}")
+
+
+XVER = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic."
+BACKPORT_PROFILE = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"
+FILTER = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria"
+
+
+def topic(
+    url: str,
+    resource: str = "Observation",
+    interactions: tuple[str, ...] = ("create", "update"),
+    current: str | None = None,
+    can_filter_by: tuple[tuple[str | None, str], ...] = (("Observation", "code"),),
+    **trigger_extra: Any,
+) -> dict[str, Any]:
+    """A SubscriptionTopic as a Basic (Subscriptions Backport IG, R4)."""
+    trigger: list[dict[str, Any]] = [
+        {"url": "resource", "valueUri": f"http://hl7.org/fhir/StructureDefinition/{resource}"}
+    ]
+    trigger += [{"url": "supportedInteraction", "valueCode": i} for i in interactions]
+    if current is not None:
+        trigger.append({"url": "queryCriteria", "extension": [{"url": "current", "valueString": current}]})
+    trigger += trigger_extra.pop("parts", [])
+    extensions: list[dict[str, Any]] = [
+        {"url": XVER + "url", "valueUri": url},
+        {"url": XVER + "resourceTrigger", "extension": trigger},
+    ]
+    for rtype, param in can_filter_by:
+        parts: list[dict[str, Any]] = [{"url": "filterParameter", "valueString": param}]
+        if rtype is not None:
+            parts.insert(0, {"url": "resource", "valueUri": rtype})
+        extensions.append({"url": XVER + "canFilterBy", "extension": parts})
+    return {
+        "resourceType": "Basic",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
+        "extension": extensions,
+    }
+
+
+def topic_subscription(url: str, *filters: str, kind: str = "rest-hook", **extra: Any) -> dict[str, Any]:
+    """A backport (topic-based) Subscription with filter criteria."""
+    out = subscription(url, kind=kind, **extra)
+    out["meta"] = {"profile": [BACKPORT_PROFILE]}
+    if filters:
+        out["_criteria"] = {"extension": [{"url": FILTER, "valueString": f} for f in filters]}
+    return out

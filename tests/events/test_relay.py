@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from headless_ehr.events.relay import Relay
 
@@ -179,3 +180,39 @@ async def test_notifications_are_announced_on_ehr_events(app, client, db, subscr
     assert mine[0]["first"] == 1 and mine[0]["channel"] == "websocket"
     assert mine[0]["events"][0]["id"] == obs["id"]
     assert mine[0]["events"][0]["eventNumber"] == 1
+
+
+class _Crashing(Relay):
+    """A relay that fails after matching, before its transaction commits."""
+
+    async def _match(self, subscriptions, events):  # type: ignore[no-untyped-def]
+        await super()._match(subscriptions, events)
+        raise RuntimeError("crash between matching and commit")
+
+
+async def test_a_relay_failing_mid_batch_numbers_nothing_and_the_next_numbers_once(app, client, db, subscriptions):
+    c = code()
+    sid = await _subscribe(client, subscriptions, f"Observation?code=urn:test:events|{c}")
+    crashing = _Crashing(app.state.events_pool, app.state.store, app.state.policies)
+    await app.state.relay.close()  # this node's relay stands still: the crashing one gets the batch
+    try:
+        obs = await create(client, observation(c))
+        with pytest.raises(RuntimeError):
+            for _ in range(500):  # until the event is settled and the crashing relay reaches it
+                await crashing.relay_once()
+                await asyncio.sleep(0.01)
+        assert await notified(db, sid) == []
+    finally:
+        await app.state.relay.start()
+    rows = await wait_notified(db, sid, 1)
+    assert [(r["event_number"], r["resource_id"]) for r in rows] == [(1, obs["id"])]
+
+
+async def test_subscriptions_sharing_an_owner_and_criteria_are_each_notified(client, db, subscriptions) -> None:
+    c = code()
+    first = await _subscribe(client, subscriptions, f"Observation?code=urn:test:events|{c}")
+    second = await _subscribe(client, subscriptions, f"Observation?code=urn:test:events|{c}")
+    obs = await create(client, observation(c))
+    for sid in (first, second):
+        rows = await wait_notified(db, sid, 1)
+        assert [(r["event_number"], r["resource_id"]) for r in rows] == [(1, obs["id"])]

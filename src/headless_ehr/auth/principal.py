@@ -56,6 +56,12 @@ class Scope:
 
 UNRESTRICTED = None  # access(): every row of the type
 
+# A Subscription is in no patient's compartment, yet a patient's app may subscribe to its
+# own record: the Subscriptions a patient-held token writes carry this tag with code
+# `Patient/<id>` (set by events/lifecycle.py, never by the client), and such a token
+# reaches only the Subscriptions tagged with its own patient.
+SUBSCRIPTION_OWNER_TAG = "https://headless-ehr.dev/fhir/CodeSystem/subscription-owner"
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -230,6 +236,10 @@ class Principal:
         patient = self.compartment_patient(grant)
         if patient is None and not grant.criteria:
             return None
+        if patient is not None and resource_type == "Subscription":
+            if not patient:
+                return False
+            return Scope(None, (*grant.criteria, ("_tag", f"{SUBSCRIPTION_OWNER_TAG}|Patient/{patient}")))
         if patient is not None and not in_patient_compartment(resource_type):
             # Medication, Organization, Practitioner…: readable with the scope, but a
             # patient's token writes only inside its own compartment.

@@ -43,6 +43,7 @@ async def _load(
     concurrency: int,
     events: queue.Queue,
 ) -> ImportReport:
+    from ..events.service import store_hooks
     from ..fhir.validation import validate_with
     from ..search.extract.compile import set_expression_budget
     from ..store.reindex import load_registry
@@ -54,7 +55,11 @@ async def _load(
         await load_registry(pool)
         set_expression_budget(settings.search_expression_budget_ms / 1000)  # as the server does
         store = ResourceStore(
-            pool, validate_with(settings), settings.max_page_size, local_base=settings.public_base_url
+            pool,
+            validate_with(settings),
+            settings.max_page_size,
+            local_base=settings.public_base_url,
+            hooks=store_hooks(),  # imported Subscriptions and SubscriptionTopics get their state too
         )
         importer = Importer(
             pool,

@@ -24,7 +24,7 @@ from ..fhir import json as fhir_json
 from ..fhir.outcome import FhirError
 from ..store.model import StoredResource
 from ..store.repository import ResourceStore
-from .owner import owner_claims, owner_principal
+from .owner import owner_claims, tag_patient, with_owner_tag
 from .subscription import SubscriptionRequest, Trigger, check_rights, read_subscription
 from .topics import FilterBy, Topic, is_topic, read_topic, topic_triggers
 
@@ -37,6 +37,7 @@ SERVER = Principal(subject="headless-ehr-events", system=True)
 MAX_ERROR_CHARS = 1000
 
 _BUMP = "UPDATE subscription_generation SET generation = generation + 1"
+_KNOWN = "SELECT true FROM subscription_state WHERE id = $1"
 _UPSERT = """
 INSERT INTO subscription_state (
     id, owner, status, triggers, topic, channel, endpoint, payload, r4_style, headers, secret,
@@ -73,7 +74,7 @@ class SubscriptionHook:
             return resource
         if request.trigger is not None:
             check_rights(principal, [request.trigger])  # a topic's triggers: once resolved (written)
-        out = dict(resource)
+        out = with_owner_tag(resource, tag_patient(principal))
         if request.status in ("requested", "active"):
             out["status"] = "requested" if request.needs_handshake else "active"
             out.pop("error", None)
@@ -91,6 +92,8 @@ class SubscriptionHook:
             await conn.execute(_BUMP)
             return
         assert stored.content is not None
+        if stored.method is None and await conn.fetchval(_KNOWN, stored.id):
+            return  # nothing changed
         request = read_subscription(fhir_json.loads(stored.content))
         old = await conn.fetchrow(
             "SELECT status, owner, since_at, since_seq FROM subscription_state WHERE id = $1 FOR UPDATE", stored.id
@@ -102,13 +105,11 @@ class SubscriptionHook:
             )
         claims = orjson.loads(old["owner"]) if server and old is not None else owner_claims(principal)
         triggers = await _triggers(conn, request)
-        if not server:
+        if not server:  # the server's status changes keep the owner, whose rights the relay applies
             check_rights(principal, triggers)
-        elif old is not None:
-            check_rights(owner_principal(claims), triggers)
         if old is None or (old["status"] == "off" and request.status != "off"):
             since = await conn.fetchrow(_POSITION, stored.last_updated, stored.id, stored.version_id)
-            since_at, since_seq = since[0], since[1]
+            since_at, since_seq = (since[0], since[1]) if since is not None else (stored.last_updated, 0)
         else:
             since_at, since_seq = old["since_at"], old["since_seq"]
         await conn.execute(
@@ -166,6 +167,9 @@ class TopicHook:
     async def written(
         self, store: ResourceStore, conn: asyncpg.Connection, principal: Principal, stored: StoredResource
     ) -> None:
+        known = await conn.fetchval("SELECT true FROM subscription_topic WHERE id = $1", stored.id)
+        if stored.method is None and known:
+            return  # nothing changed
         await conn.execute("DELETE FROM subscription_topic WHERE id = $1", stored.id)
         if stored.deleted:
             return
@@ -186,6 +190,32 @@ class TopicHook:
             raise FhirError.of(
                 409, "duplicate", f"another SubscriptionTopic has the url {topic.url[:200]}", "Basic.extension"
             )
+        if known:
+            await _retrigger(conn, topic)
+
+
+async def _retrigger(conn: asyncpg.Connection, topic: Topic) -> None:
+    """A changed topic applies to its Subscriptions at once; 422 when it would no longer
+    allow one's filter criteria (change or delete that Subscription first)."""
+    rows = await conn.fetch("SELECT id, filters FROM subscription_state WHERE topic = $1 FOR UPDATE", topic.url)
+    for row in rows:
+        filters = tuple((t, tuple((n, v) for n, v in ps)) for t, ps in orjson.loads(row["filters"]))
+        try:
+            triggers = topic_triggers(topic, filters)
+        except FhirError:
+            raise FhirError.of(
+                422,
+                "processing",
+                f"this change of the topic would no longer allow the filter criteria of Subscription/{row['id']}",
+                "Basic.extension",
+            ) from None
+        await conn.execute(
+            "UPDATE subscription_state SET triggers = $2::jsonb, updated_at = now() WHERE id = $1",
+            row["id"],
+            orjson.dumps([t.json() for t in triggers]).decode(),
+        )
+    if rows:
+        await conn.execute(_BUMP)
 
 
 # -- the server's status changes -------------------------------------------------------------
@@ -231,6 +261,9 @@ async def end_expired(store: ResourceStore, events_pool: asyncpg.Pool, limit: in
     )
     done = 0
     for row in ids:
-        if await _set_status(store, row["id"], "off"):
-            done += 1
+        try:
+            if await _set_status(store, row["id"], "off"):
+                done += 1
+        except FhirError as error:  # one that cannot be written holds back no other
+            log.warning("could not set Subscription/%s off: %s", row["id"], error.issues[0].diagnostics)
     return done

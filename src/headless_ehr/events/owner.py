@@ -13,8 +13,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import asyncpg
+import orjson
+
 from ..auth.policies import Policies
-from ..auth.principal import SYSTEM, Principal
+from ..auth.principal import SUBSCRIPTION_OWNER_TAG, SYSTEM, Principal
 from ..auth.tokens import principal_of
 
 
@@ -53,3 +56,46 @@ async def owner_with_policy(subscription_id: str, principal: Principal, policies
     if policies is None or principal.grants is None:
         return principal
     return await policies.apply(f"subscription-owner:{subscription_id}", principal)
+
+
+async def load_owner(
+    db: asyncpg.Pool | asyncpg.Connection, subscription_id: str, policies: Policies | None
+) -> Principal | None:
+    """The owner of a Subscription as the relay matches with it (with its current policy),
+    e.g. to filter a full-resource payload at delivery; None when it has no state."""
+    claims = await db.fetchval("SELECT owner FROM subscription_state WHERE id = $1", subscription_id)
+    if claims is None:
+        return None
+    return await owner_with_policy(subscription_id, owner_principal(orjson.loads(claims)), policies)
+
+
+def tag_patient(principal: Principal) -> str | None:
+    """The patient whose owner tag (auth/principal.py SUBSCRIPTION_OWNER_TAG) the
+    principal's Subscriptions carry: when every grant that writes Subscriptions is bound
+    to one patient's record (a patient's app, a patient user); else None."""
+    if principal.grants is None:
+        return None
+    writing = [g for g in principal.grants if g.resource_type in ("*", "Subscription") and g.permissions & set("cud")]
+    patients = {principal.compartment_patient(g) for g in writing}
+    if not writing or None in patients:
+        return None
+    patients.discard("")
+    return patients.pop() if len(patients) == 1 else None
+
+
+def with_owner_tag(resource: dict[str, Any], patient: str | None) -> dict[str, Any]:
+    """The resource with the owner tag of patient (and no other, whoever wrote it)."""
+    meta = dict(resource.get("meta") or {})
+    tags = [t for t in meta.get("tag") or () if not (isinstance(t, dict) and t.get("system") == SUBSCRIPTION_OWNER_TAG)]
+    if patient is not None:
+        tags.append({"system": SUBSCRIPTION_OWNER_TAG, "code": f"Patient/{patient}"})
+    if tags:
+        meta["tag"] = tags
+    else:
+        meta.pop("tag", None)
+    out = dict(resource)
+    if meta:
+        out["meta"] = meta
+    else:
+        out.pop("meta", None)
+    return out

@@ -52,6 +52,7 @@ POLL_SECONDS = 1.0  # the fallback when no NOTIFY comes (a lost listening connec
 BUSY_POLL_SECONDS = 0.02  # just after activity: an event may await an older transaction's commit
 BUSY_WINDOW_SECONDS = 0.5
 RECONNECT_SECONDS = 1.0
+CLOSE_SECONDS = 5.0  # how long close() waits for the batch in hand
 
 _GENERATION = "SELECT generation FROM subscription_generation"
 _SUBSCRIPTIONS = """
@@ -80,6 +81,7 @@ class Subscribed:
     channel: str
     triggers: tuple[Trigger, ...]
     owner: Principal  # without its policy (added per batch: policies change)
+    owner_key: str  # its owner's claims (JSON): subscriptions of one owner share their searches
     since: Position  # events at or before this position are not its
     end_at: datetime | None
 
@@ -114,22 +116,34 @@ class Relay:
         self._generation: int | None = None
         self._subscriptions: list[Subscribed] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
         self._active_at = 0.0
 
     async def start(self) -> None:
         async with self.pool.acquire() as conn:
             await start_cursor(conn, CURSOR)
+        self._stopping = False
         if self.dsn is not None:
             self._tasks.append(asyncio.create_task(self._listen()))
-        self._tasks.append(asyncio.create_task(self._run()))
+        self._runner = asyncio.create_task(self._run())
+        self._tasks.append(self._runner)
 
     async def close(self) -> None:
+        """Stop after the batch in hand (its transaction ends, its cursor lock with it);
+        cancelled only if that takes longer than CLOSE_SECONDS."""
+        self._stopping = True
+        self._wake.set()
+        if self._runner is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._runner), CLOSE_SECONDS)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._runner = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -137,15 +151,17 @@ class Relay:
     # -- the loop ------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             busy = time.monotonic() - self._active_at < BUSY_WINDOW_SECONDS
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), BUSY_POLL_SECONDS if busy else self.poll_seconds)
             self._wake.clear()
+            if self._stopping:
+                return
             try:
-                while await self.relay_once() >= self.batch_size:
+                while await self.relay_once() >= self.batch_size and not self._stopping:
                     pass  # a full batch: more are waiting
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:  # the relay outlives any one failure: it retries the batch (nothing was committed)
                 log.warning("the subscription relay failed; retrying", exc_info=True)
                 await asyncio.sleep(self.poll_seconds)
 
@@ -206,7 +222,12 @@ class Relay:
     async def _match(self, subscriptions: list[Subscribed], events: list[Event]) -> dict[str, list[Event]]:
         """subscription id -> the events it matched, in commit order."""
         out: dict[str, list[Event]] = {}
+        types = {e.resource_type for e in events}
+        # (owner, type, params) -> id -> matched: one search per owner and criteria per batch
+        memo: dict[tuple[str, str, tuple[tuple[str, str], ...]], dict[str, bool]] = {}
         for sub in subscriptions:
+            if not any(t.resource_type in types for t in sub.triggers):
+                continue  # nothing of its types in this batch: no policy, no search
             mine = [e for e in events if e.position > sub.since and (sub.end_at is None or e.occurred_at <= sub.end_at)]
             if not mine:
                 continue
@@ -214,7 +235,8 @@ class Relay:
                 owner = await owner_with_policy(sub.id, sub.owner, self.policies)
                 hits: set[int] = set()
                 for trigger in sub.triggers:
-                    hits |= await self._matches(owner, trigger, mine)
+                    known = memo.setdefault((sub.owner_key, trigger.resource_type, trigger.params), {})
+                    hits |= await self._matches(owner, trigger, mine, known)
             except FhirError as error:  # the owner may no longer search it (403), a parameter gone (400)
                 log.warning("Subscription/%s cannot be matched: %s", sub.id, error.issues[0].diagnostics)
                 continue
@@ -222,8 +244,11 @@ class Relay:
                 out[sub.id] = [e for e in mine if e.seq in hits]
         return out
 
-    async def _matches(self, owner: Principal, trigger: Trigger, events: list[Event]) -> set[int]:
-        """The seqs of the events the trigger matches."""
+    async def _matches(
+        self, owner: Principal, trigger: Trigger, events: list[Event], known: dict[str, bool]
+    ) -> set[int]:
+        """The seqs of the events the trigger matches (known: ids already searched, and
+        whether they matched, for this owner and trigger)."""
         candidates = [
             e
             for e in events
@@ -235,14 +260,14 @@ class Relay:
         if not trigger.params and owner.access("search", trigger.resource_type) is None:
             return {e.seq for e in candidates}  # every resource of the type, deleted or not: nothing to search
         live = [e for e in candidates if e.interaction != "delete"]
-        ids = list(dict.fromkeys(e.id for e in live))
-        found: set[str] = set()
+        ids = [i for i in dict.fromkeys(e.id for e in live) if i not in known]
         for start in range(0, len(ids), IDS_PER_SEARCH):
             chunk = ids[start : start + IDS_PER_SEARCH]
             params = [*trigger.params, ("_id", ",".join(chunk)), ("_count", str(len(chunk)))]
             page = await self.store.search(owner, trigger.resource_type, params, strict=True)
-            found |= {s.id for s in page.entries}
-        return {e.seq for e in live if e.id in found}
+            found = {s.id for s in page.entries}
+            known.update((i, i in found) for i in chunk)
+        return {e.seq for e in live if known.get(e.id)}
 
 
 def _resolve(future: asyncio.Future[None], *_args: object) -> None:
@@ -257,6 +282,7 @@ def _subscribed(row: asyncpg.Record) -> Subscribed:
         row["channel"],
         tuple(Trigger.of(t) for t in orjson.loads(row["triggers"])),
         owner_principal(orjson.loads(row["owner"])),
+        row["owner"],
         (row["since_at"], row["since_seq"]),
         row["end_at"],
     )

@@ -22,7 +22,6 @@ from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
 from ..search.criteria import conditional_criteria
 from ..search.query import parse_request
-from ..search.registry import search_params
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
 BACKPORT_PROFILE = BACKPORT + "backport-subscription"
@@ -310,36 +309,29 @@ def _end(value: Any) -> datetime | None:
 # -- the subscriber's rights --------------------------------------------------------------
 
 
-def own_patient(principal: Principal) -> str | None:
-    """The patient a token is held to: its launch context, or the user it is."""
-    if principal.patient:
-        return principal.patient
-    user = principal.fhir_user or ""
-    if user.startswith("Patient/"):
-        return user.removeprefix("Patient/")
-    user = user.rsplit("/Patient/", 1)
-    return user[1] if len(user) == 2 else None
-
-
 def check_rights(principal: Principal, triggers: list[Trigger]) -> None:
-    """403 unless the principal may search every trigger's type, and (a patient-held
-    token) names no other patient in its criteria. Matching runs as the owner anyway, so
-    what it may not read never reaches it; this refuses the request up front."""
-    own = own_patient(principal)
+    """403 unless the principal may search every trigger's type and, when its search of
+    the type is held to patients' records (a patient's app or user), its criteria name
+    no other patient. Matching runs as the owner anyway, so what it may not read never
+    reaches it; this refuses such a request up front rather than never notifying it."""
     for trigger in triggers:
-        principal.require("search", trigger.resource_type)
-        if own is not None:
-            for name, value in trigger.params:
-                other = _other_patient(trigger.resource_type, name, value, own)
-                if other is not None:
-                    raise FhirError.of(
-                        403,
-                        "forbidden",
-                        f"this token may only subscribe within Patient/{own}'s record, not Patient/{other[:64]}",
-                    )
+        scopes = principal.access("search", trigger.resource_type)  # 403 when it may not search the type
+        if scopes is None or not all(s.patient for s in scopes):
+            continue
+        own = {s.patient for s in scopes if s.patient}
+        for name, value in trigger.params:
+            other = _other_patient(trigger.resource_type, name, value, own)
+            if other is not None:
+                mine = ", ".join(f"Patient/{p}" for p in sorted(own))
+                raise FhirError.of(
+                    403,
+                    "forbidden",
+                    f"this token may only subscribe within {mine}'s record, not Patient/{other[:64]}",
+                    "Subscription.criteria",
+                )
 
 
-def _other_patient(rtype: str, name: str, value: str, own: str) -> str | None:
+def _other_patient(rtype: str, name: str, value: str, own: set[str]) -> str | None:
     """A patient id other than own that a criterion names, if any."""
     base, _, modifier = name.partition(":")
     if "." in base:
@@ -347,14 +339,14 @@ def _other_patient(rtype: str, name: str, value: str, own: str) -> str | None:
     names_patient = base in patient_reference_params(rtype) or (rtype == "Patient" and base == "_id")
     if not names_patient:
         return None
-    info = search_params(rtype).get(base)
-    only_patient = rtype == "Patient" or modifier == "Patient" or (info is not None and info.targets == ("Patient",))
+    if modifier and modifier != "Patient" and modifier[:1].isupper():
+        return None  # subject:Group=…: names no patient
     for part in value.split(","):
         part = part.strip()
         if "/" in part:
             kind, _, rid = part.rstrip("/").rpartition("/")
-            if kind.rsplit("/", 1)[-1] == "Patient" and rid != own:
+            if kind.rsplit("/", 1)[-1] == "Patient" and rid not in own:
                 return rid
-        elif part and only_patient and part != own:
+        elif part and part not in own:  # a bare id may be a Patient's: refused unless our own
             return part
     return None

@@ -31,8 +31,9 @@ class WriteHook(Protocol):
     async def written(
         self, store: ResourceStore, conn: asyncpg.Connection, principal: Principal, stored: StoredResource
     ) -> None:
-        """In the write's own transaction, after it (stored.content None: a deletion);
-        store is bound to conn. A FhirError raised here rolls the write back."""
+        """In the write's own transaction, after it (stored.content None: a deletion;
+        stored.method None: an update that changed nothing, so wrote no version); store
+        is bound to conn. A FhirError raised here rolls the write back."""
         ...
 
 

@@ -698,10 +698,10 @@ class ResourceStore:
             yield store
 
     async def _hook_written(self, principal: Principal, stored: StoredResource) -> None:
-        """Run the type's hook after a write (in this store's transaction); nothing for a
-        write that changed nothing (same content: no new version)."""
+        """Run the type's hook after a write (in this store's transaction); also after an
+        update that changed nothing (stored.method None: no new version was written)."""
         hook = self._hooks.get(stored.resource_type) if self._hooks else None
-        if hook is None or stored.method is None:
+        if hook is None:
             return
         assert isinstance(self._db, asyncpg.Connection) and self._db.is_in_transaction()
         await hook.written(self, self._db, principal, stored)

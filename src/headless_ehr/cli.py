@@ -254,6 +254,10 @@ _ENV_ONLY = [
     ("EHR_AUDIT", "on: record an AuditEvent for every FHIR request (default); off: none, for benchmarks only"),
     ("EHR_AUDIT_SYNC_COMMIT", "on: a request's AuditEvent waits for the disk flush too (default off)"),
     ("EHR_EVENT_RETENTION_DAYS", "days events, notifications and the delivery log are kept for replay (default 7)"),
+    ("EHR_WEBHOOK_RETRY_BASE_SECONDS", "first wait after a failed webhook; doubles per failure (default 2)"),
+    ("EHR_WEBHOOK_RETRY_HOURS", "webhooks are retried this long from the first failure, then error (default 24)"),
+    ("EHR_WEBHOOK_TIMEOUT_SECONDS", "per webhook request (default 10)"),
+    ("EHR_WEBHOOK_CONCURRENCY", "rest-hook Subscriptions a node delivers to at once (default 16)"),
 ]
 
 

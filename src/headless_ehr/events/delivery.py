@@ -242,12 +242,17 @@ class DeliveryWorker:
     def wake(self, *_: object) -> None:
         self._wake.set()
 
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        """The relay numbered new notifications: a round unless they are all for websockets."""
+        if '"rest-hook"' in payload or '"websocket"' not in payload:
+            self._wake.set()
+
     async def _listen(self) -> None:
         if self._connect_listener is None:
             return
         try:
             conn = await self._connect_listener()
-            await conn.add_listener(EVENTS_CHANNEL, self.wake)
+            await conn.add_listener(EVENTS_CHANNEL, self._notified)
             conn.add_termination_listener(self._listener_lost)
             self._listener = conn
         except (OSError, asyncpg.PostgresError):

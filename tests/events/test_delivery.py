@@ -194,3 +194,31 @@ async def test_every_attempt_is_in_the_delivery_log(fhir, pool, receiver: Receiv
     ]
     assert all(d["latency_ms"] is not None and d["latency_ms"] >= 0 for d in log)
     assert log[0]["error"] == "HTTP 502"
+
+
+async def test_receiver_down_then_up_gets_every_matching_change_once_in_order_and_nothing_else(
+    fhir, pool, receiver: Receiver
+):
+    receiver.stop()
+    family = uuid.uuid4().hex
+    sid = await subscribe(fhir, r4_subscription(receiver.url, f"Patient?family={family}"))
+    matching = []
+    for _ in range(4):
+        matching.append(await create(fhir, name=[{"family": family}], gender="female"))
+        await create(fhir, name=[{"family": f"other-{family}"}])  # never sent
+    updated = {**matching[0], "gender": "male"}
+    assert (await fhir.put(f"/Patient/{matching[0]['id']}", json=updated)).status_code == 200
+    await eventually(lambda: _attempted(pool, sid, 2))  # it failed, and failed again
+    receiver.start()
+    await eventually(lambda: _delivered(pool, sid, 5), seconds=30)
+    await asyncio.sleep(0.3)
+    got = receiver.received(ok_only=True)
+    expected = [("Patient", p["id"], 1) for p in matching] + [("Patient", matching[0]["id"], 2)]
+    events = await pool.fetch(
+        "SELECT o.event_id::text FROM unnest($1::text[], $2::text[], $3::int[]) WITH ORDINALITY AS k(t, i, v, n)"
+        " JOIN outbox o ON o.resource_type = k.t AND o.id = k.i AND o.version_id = k.v ORDER BY k.n",
+        *[list(c) for c in zip(*expected, strict=True)],
+    )
+    assert [r.headers["webhook-id"] for r in got] == [e[0] for e in events]
+    assert [r.path for r in got] == [f"/hook/Patient/{i}" for _, i, _ in expected]
+    assert [orjson.loads(r.body)["meta"]["versionId"] for r in got] == ["1", "1", "1", "1", "2"]

@@ -298,3 +298,15 @@ async def test_the_delivery_log_of_an_unknown_subscription_is_404(delivery_app):
     await admin.aclose()
     assert answer.status_code == 404
     assert bad.status_code == 400
+
+
+async def test_a_failed_heartbeat_is_retried_with_the_same_id(fhir, pool, receiver: Receiver):
+    quiet = (f"Patient?family={uuid.uuid4().hex}",)
+    receiver.answer = lambda r: 500 if _status(r)["type"]["valueCode"] == "heartbeat" else 200
+    sid = await subscribe(fhir, backport_subscription(receiver.url, await topic(fhir), heartbeat=1, filters=quiet))
+    await eventually(lambda: _status_is(pool, sid, "active"))
+    await receiver.wait_for(3, ok_only=False, seconds=10)
+    beats = [r for r in receiver.received() if _status(r)["type"]["valueCode"] == "heartbeat"]
+    assert len(beats) >= 2
+    assert beats[0].headers["webhook-id"] == beats[1].headers["webhook-id"]
+    assert beats[1].at - beats[0].at < 0.9  # a retry's wait, not another heartbeat period

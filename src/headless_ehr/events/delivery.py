@@ -171,6 +171,7 @@ ORDER BY event_number LIMIT $3
 _LOG = """
 INSERT INTO subscription_delivery (subscription_id, event_number, kind, attempt, at, http_status, latency_ms, error)
 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::timestamptz[], $6::int[], $7::float8[], $8::text[])
+WHERE EXISTS (SELECT 1 FROM subscription_state WHERE id = $1)  -- deleted meanwhile: its log went with it
 """
 # the outcome of a claim: what was delivered, and the retry state; the lease is let go
 # only if it is still ours (a node that outlived its lease must not free another's)
@@ -340,7 +341,9 @@ class DeliveryWorker:
         body = notification_body(state, "heartbeat", [], {}, self.base_url, bundle_id=message_id)
         attempt = await self._send(state, _Outgoing("POST", state["endpoint"], body, message_id))
         logged = [_log(None, "heartbeat", state["attempts"] + 1, attempt)]
-        await self._settle(state, lease, state["delivered_through"], logged, None if attempt.ok else attempt, True)
+        failed = None if attempt.ok else attempt
+        # a failed heartbeat is retried as itself (same id) until the budget is spent
+        await self._settle(state, lease, state["delivered_through"], logged, failed, sent=attempt.ok)
 
     async def _events(self, state: dict[str, Any], lease: datetime) -> None:
         pending = await self.pool.fetch(_PENDING, state["id"], state["delivered_through"], BATCH)

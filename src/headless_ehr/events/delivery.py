@@ -322,18 +322,20 @@ class DeliveryWorker:
                 await self.pool.execute(_SETTLE, state["id"], lease, 0, True, self.retry.delay(1), False)
 
     async def _handshake(self, state: dict[str, Any], lease: datetime) -> None:
+        # activated before the lease is let go: else this or another node could claim it,
+        # still `requested`, and send the handshake again
         if state["r4_style"]:  # R4 has no handshake: checked at create, active now
-            await self._settle(state, lease, state["delivered_through"], [], None, sent=False)
             await self.lifecycle.activate(state["id"])
+            await self._settle(state, lease, state["delivered_through"], [], None, sent=False)
             return
         message_id = _stable_id(state, "handshake", state["created_at"], state["delivered_through"])
         body = notification_body(state, "handshake", [], {}, self.base_url, bundle_id=message_id)
         attempt = await self._send(state, _Outgoing("POST", state["endpoint"], body, message_id))
         logged = [_log(None, "handshake", state["attempts"] + 1, attempt)]
         failed = None if attempt.ok else attempt
-        await self._settle(state, lease, state["delivered_through"], logged, failed, sent=attempt.ok)
         if attempt.ok:
             await self.lifecycle.activate(state["id"])
+        await self._settle(state, lease, state["delivered_through"], logged, failed, sent=attempt.ok)
 
     async def _heartbeat(self, state: dict[str, Any], lease: datetime) -> None:
         since = state["last_sent_at"] or state["created_at"]

@@ -24,6 +24,7 @@ from .delivery_support import (
     fhir,
     notify,
     pool,
+    r4_subscription,
     receiver,
     state_of,
     subscribe,
@@ -313,3 +314,30 @@ async def test_a_failed_heartbeat_is_retried_with_the_same_id(fhir, pool, receiv
     beats = await eventually(two_beats, seconds=10)
     assert beats[0].headers["webhook-id"] == beats[1].headers["webhook-id"]
     assert beats[1].at - beats[0].at < 0.9  # a retry's wait, not another heartbeat period
+
+
+async def test_a_full_resource_is_sent_without_the_elements_the_owners_policy_hides(
+    delivery_app, fhir, pool, receiver: Receiver
+):
+    policy = f"no-telecom-{uuid.uuid4().hex[:8]}"
+    rules = [
+        {"resourceType": "Patient", "interactions": ["read", "vread", "search"], "hiddenElements": ["telecom"]},
+        {"resourceType": "Subscription", "interactions": ["read", "search", "create", "update", "delete"]},
+    ]
+    client_id = f"hooks-{uuid.uuid4().hex[:8]}"
+    async with _admin(delivery_app) as admin:
+        assert (await admin.post("/admin/policies", json={"name": policy, "rules": rules})).status_code == 201
+        client = {"name": "hooks", "client_id": client_id, "scopes": ["system/*.*"], "policies": [policy]}
+        assert (await admin.post("/admin/clients", json=client)).status_code == 201
+    token = mint_token(delivery_app, "system/*.*", base_url=BASE, subject=client_id, client_id=client_id)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=delivery_app), base_url=BASE, headers=bearer(token)
+    ) as owner:
+        family = uuid.uuid4().hex
+        await subscribe(owner, r4_subscription(receiver.url, f"Patient?family={family}"))
+    patient = await create(fhir, name=[{"family": family}], telecom=[{"system": "phone", "value": "555-0100"}])
+    (got,) = await receiver.wait_for(1)
+    sent = orjson.loads(got.body)
+    assert sent["id"] == patient["id"] and sent["name"] == patient["name"]
+    assert "telecom" not in sent
+    assert any(t.get("code") == "SUBSETTED" for t in sent["meta"]["tag"])

@@ -348,10 +348,10 @@ class DeliveryWorker:
         await self._settle(state, lease, state["delivered_through"], logged, failed, sent=attempt.ok)
 
     async def _events(self, state: dict[str, Any], lease: datetime) -> None:
+        stop_at = time.monotonic() + self._batch_seconds  # the reads below count too
         pending = await self.pool.fetch(_PENDING, state["id"], state["delivered_through"], BATCH)
         owner = await self.owner_principal(state)
         resources = await self._readable(state, owner, pending)
-        stop_at = time.monotonic() + self._batch_seconds
         delivered = state["delivered_through"]
         logged: list[_Logged] = []
         failed: Attempt | None = None

@@ -99,11 +99,21 @@ class Lifecycle:
 class Owners:
     """A subscription's owner as a Principal with its current access policy (events/owner.py)."""
 
+    MAX_KEPT = 10_000
+
     def __init__(self, policies: Policies | None) -> None:
         self.policies = policies
+        # the same Principal object for the same owner: its access answers and the
+        # policies' cache (keyed by identity) are kept from one batch to the next
+        self._kept: dict[tuple[str, str], Principal] = {}
 
     async def __call__(self, state: Mapping[str, Any]) -> Principal:
-        principal = owner_principal(json_value(state["owner"]))
+        key = (state["id"], str(state["owner"]))
+        principal = self._kept.get(key)
+        if principal is None:
+            if len(self._kept) >= self.MAX_KEPT:
+                self._kept.clear()
+            principal = self._kept[key] = owner_principal(json_value(state["owner"]))
         return await owner_with_policy(state["id"], principal, self.policies)
 
 
@@ -168,14 +178,17 @@ SELECT event_number, event_id, resource_type, resource_id, version_id, interacti
 FROM subscription_notification WHERE subscription_id = $1 AND event_number > $2
 ORDER BY event_number LIMIT $3
 """
-_LOG = """
-INSERT INTO subscription_delivery (subscription_id, event_number, kind, attempt, at, http_status, latency_ms, error)
-SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::timestamptz[], $6::int[], $7::float8[], $8::text[])
-WHERE EXISTS (SELECT 1 FROM subscription_state WHERE id = $1)  -- deleted meanwhile: its log went with it
-"""
-# the outcome of a claim: what was delivered, and the retry state; the lease is let go
-# only if it is still ours (a node that outlived its lease must not free another's)
+# The outcome of a claim in one statement: its attempts logged (unless the subscription
+# was deleted meanwhile: its log went with it), what was delivered, and the retry state;
+# the lease is let go only if it is still ours (a node that outlived its lease must not
+# free another's).
 _SETTLE = """
+WITH logged AS (
+    INSERT INTO subscription_delivery (subscription_id, event_number, kind, attempt, at, http_status, latency_ms, error)
+    SELECT $1, * FROM unnest($7::bigint[], $8::text[], $9::int[], $10::timestamptz[], $11::int[], $12::float8[],
+                             $13::text[])
+    WHERE EXISTS (SELECT 1 FROM subscription_state WHERE id = $1)
+)
 UPDATE subscription_state SET
     delivered_through = greatest(delivered_through, $3),
     attempts = CASE WHEN $4 THEN attempts + 1 ELSE 0 END,
@@ -186,6 +199,7 @@ UPDATE subscription_state SET
 WHERE id = $1
 RETURNING failing_since, now()
 """
+_NOTHING_LOGGED: list[list[Any]] = [[], [], [], [], [], [], []]
 
 
 class DeliveryWorker:
@@ -271,13 +285,14 @@ class DeliveryWorker:
             try:
                 if self._listener is None and self._connect_listener is not None:
                     await self._listen()
+                free = self.concurrency - len(self._busy)
                 claimed = await self.claim_and_start()
-                if claimed and len(self._busy) < self.concurrency:
-                    continue  # there may be more due
+                if claimed and claimed == free:
+                    continue  # every free slot taken: there may be more due
                 if len(self._busy) < self.concurrency:
                     due = await self.pool.fetchval(_NEXT_DUE)
-                    if due is not None:
-                        wait = min(wait, max(due, 0.0))
+                    if due is not None:  # (never a busy loop: another node may just have taken it)
+                        wait = min(wait, max(due, 0.01))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 log.warning("delivery round failed; trying again shortly", exc_info=True)
                 wait = 1.0
@@ -319,7 +334,9 @@ class DeliveryWorker:
             # a fault of ours: back off as for a failed attempt, so it cannot spin
             log.exception("delivery to subscription %s failed", state["id"])
             with contextlib.suppress(Exception):
-                await self.pool.execute(_SETTLE, state["id"], lease, 0, True, self.retry.delay(1), False)
+                await self.pool.execute(
+                    _SETTLE, state["id"], lease, 0, True, self.retry.delay(1), False, *_NOTHING_LOGGED
+                )
 
     async def _handshake(self, state: dict[str, Any], lease: datetime) -> None:
         # activated before the lease is let go: else this or another node could claim it,
@@ -430,19 +447,15 @@ class DeliveryWorker:
         failed: Attempt | None,
         sent: bool,
     ) -> None:
-        """Record the attempts and the outcome in one transaction; on failure back off, and
-        past the retry budget put the subscription in error."""
+        """Record the attempts and the outcome (one statement); on failure back off, and past
+        the retry budget put the subscription in error."""
         delay = self.retry.delay(state["attempts"] + 1) if failed else 0.0
-        async with self.pool.acquire() as conn, conn.transaction():
-            if logged:
-                columns = list(
-                    zip(
-                        *((e.event_number, e.kind, e.attempt, e.at, e.status, e.latency_ms, e.error) for e in logged),
-                        strict=True,
-                    )
-                )
-                await conn.execute(_LOG, state["id"], *(list(c) for c in columns))
-            row = await conn.fetchrow(_SETTLE, state["id"], lease, delivered, failed is not None, delay, sent)
+        columns = _NOTHING_LOGGED
+        if logged:
+            rows = ((e.event_number, e.kind, e.attempt, e.at, e.status, e.latency_ms, e.error) for e in logged)
+            columns = [list(c) for c in zip(*rows, strict=True)]
+        outcome = (delivered, failed is not None, delay, sent)
+        row = await self.pool.fetchrow(_SETTLE, state["id"], lease, *outcome, *columns)
         if failed is not None and row is not None and self.retry.exhausted(row[0], row[1]):
             why = failed.error or f"HTTP {failed.status}"
             await self.lifecycle.fail(

@@ -48,6 +48,7 @@ from crud import PATIENT, PREFIX, Served, access_token, bench_admin_client, free
 TARGET_P50_MS = 50.0
 TARGET_DELIVERED = 1000.0  # events/s
 TARGET_WRITE_SHARE = 0.90  # writes with one subscription / writes with none
+GENERATOR = crud.Generator("auto")  # wrk when installed (its own process), else bench/loadgen.py here
 
 
 # -- the receiver --------------------------------------------------------------------------------
@@ -106,8 +107,9 @@ class Hook(asyncio.Protocol):
 class Node:
     """One `ehr serve` and the requests the bench sends it."""
 
-    def __init__(self, served: Served, env: dict[str, str], data_dir: Path | None) -> None:
+    def __init__(self, served: Served, env: dict[str, str], data_dir: Path | None, root: Path) -> None:
         self.served = served
+        self.root = root  # request bodies for the generator
         self.port = served.port
         self.host = f"127.0.0.1:{self.port}"
         self.token = access_token(env, self.port, data_dir)
@@ -203,9 +205,16 @@ async def writes(node: Node, receipts: Receipts, endpoint: str, clients: int, du
     sid = await node.subscribe(endpoint, family) if one else None
     before = receipts.count
     body = json.dumps(patient(family), separators=(",", ":")).encode()
-    requests = loadgen.case_requests("create", PREFIX, body, [], node.host, node.token)
     started = time.perf_counter()
-    result = await loadgen.http_load("127.0.0.1", node.port, requests, clients, duration)
+    if GENERATOR.wrk:  # in its own process (a thread waits for it): the receiver here keeps running
+        files = crud.Files(node.root / f"{family}.json", node.root / "unused.json", node.root / "ids.txt", node.root)
+        files.create.write_bytes(body)
+        files.ids.write_text("")
+        seconds = round(duration)
+        result = await asyncio.to_thread(GENERATOR.run, node.port, "create", clients, seconds, files, node.token)
+    else:
+        requests = loadgen.case_requests("create", PREFIX, body, [], node.host, node.token)
+        result = await loadgen.http_load("127.0.0.1", node.port, requests, clients, duration)
     run = WriteRun(one, result)
     if sid is not None:
         ok = result.requests - result.errors
@@ -259,6 +268,7 @@ def report(args: argparse.Namespace, code: str, where: str, lat: list[float], ru
         f"- machine: {machine()}",
         f"- server code: {code} (a copy taken at the start serves every run)",
         f"- command: `python bench/events.py {' '.join(args.argv)}`",
+        f"- generator of the write runs: {GENERATOR.label}",
         "- `ehr serve --workers 1`, EHR_AUTH=on (system token), EHR_AUDIT=on; receiver in the bench process;"
         " one R4 rest-hook Subscription `Patient?family=…`, full-resource (a PUT per event, the Patient read as"
         " the owner at delivery)",
@@ -356,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     served = Served("ehr serve", cmd, env, root / "server.log")
     try:
         served.start()
-        node = Node(served, env, None if args.database_url else data_dir)
+        node = Node(served, env, None if args.database_url else data_dir, root)
         lat, runs, rates = loadgen.run(measure(args, node))
     finally:
         served.stop()

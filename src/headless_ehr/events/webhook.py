@@ -13,6 +13,7 @@ read only up to a small bound, so an endpoint cannot make us hold megabytes.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,12 +76,18 @@ def check_secret(secret: str) -> None:
         raise ValueError("the webhook secret must be 'whsec_' followed by a base64 key") from None
 
 
+@functools.lru_cache(maxsize=1024)
+def _signer(secret: str) -> Webhook:
+    """One signer per secret (decoding the key each time cost as much as the signing)."""
+    return Webhook(secret)
+
+
 def signature_headers(message_id: str, body: bytes, secret: str | None, at: datetime | None = None) -> dict[str, str]:
     """webhook-id, webhook-timestamp and (with a secret) webhook-signature for body."""
     at = at or datetime.now(UTC)
     headers = {"webhook-id": message_id, "webhook-timestamp": str(int(at.timestamp()))}
     if secret:
-        headers["webhook-signature"] = Webhook(secret).sign(message_id, at, body.decode())
+        headers["webhook-signature"] = _signer(secret).sign(message_id, at, body.decode())
     return headers
 
 

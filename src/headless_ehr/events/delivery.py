@@ -60,6 +60,7 @@ EVENTS_CHANNEL = "ehr_events"  # the relay NOTIFYs it when it has added notifica
 BATCH = 100  # notifications read per claim of a subscription
 MAX_IDLE_SECONDS = 5.0  # a timer wakes the worker at least this often (a lost NOTIFY, a new subscription)
 STEP_CAP_SECONDS = 3600.0  # the longest wait between two attempts
+CLOSE_GRACE_SECONDS = 5.0  # at shutdown, deliveries in flight may finish for this long
 _EVENT_IDS = uuid.UUID("6f1c9e0a-6a49-4d5e-9d0c-3f8f1f4b8a10")  # namespace of handshake and heartbeat ids
 
 
@@ -243,13 +244,18 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        """Stop claiming and wait for deliveries in flight (each is bounded by its timeout)."""
+        """Stop claiming; let deliveries in flight finish for a few seconds, then cancel them
+        (their leases expire and a node sends them again, with the same ids)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._busy:
-            await asyncio.wait(self._busy)
+            _, pending = await asyncio.wait(self._busy, timeout=CLOSE_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()

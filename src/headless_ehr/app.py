@@ -33,6 +33,7 @@ from .bulk.export_worker import ExportWorker
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import AUDIT_APPLICATION, create_pool
+from .events.delivery_log import delivery_log_routes
 from .events.service import start_events, store_hooks
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
@@ -221,6 +222,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route(base, fhir_endpoint, methods=_METHODS),
             Route(base + "/{path:path}", fhir_endpoint, methods=_METHODS),
             *admin_routes(),
+            *delivery_log_routes(),
         ],
         exception_handlers={HTTPException: _http_error},
         middleware=middleware,

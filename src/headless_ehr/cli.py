@@ -302,6 +302,10 @@ _ENV_ONLY = [
     ("EHR_NATS_SUBJECT_PREFIX", "its subjects: <prefix>.<ResourceType>.<create|update|delete> (default ehr)"),
     # websocket
     ("EHR_WS_MAX_CONNECTIONS", "open WebSocket connections per node (default 1000)"),
+    ("EHR_WEBHOOK_RETRY_BASE_SECONDS", "first wait after a failed webhook; doubles per failure (default 2)"),
+    ("EHR_WEBHOOK_RETRY_HOURS", "webhooks are retried this long from the first failure, then error (default 24)"),
+    ("EHR_WEBHOOK_TIMEOUT_SECONDS", "per webhook request (default 10)"),
+    ("EHR_WEBHOOK_CONCURRENCY", "rest-hook Subscriptions a node delivers to at once (default 16)"),
 ]
 
 

@@ -101,6 +101,11 @@ class Settings:
     bulk_page_rows: int = 1000  # resources read per keyset page (one progress commit each)
     bulk_export_jobs: bool = True  # False (EHR_BULK_EXPORT_JOBS=off): this node runs no export jobs
     bulk_s3_url: str | None = None  # s3://bucket/prefix: export files go there (pre-signed downloads)
+    # webhooks (events/delivery.py)
+    webhook_retry_base_seconds: float = 2.0  # the first retry's wait; it doubles per failure (with jitter)
+    webhook_retry_hours: float = 24.0  # retries spread over at least this long, then the subscription is in error
+    webhook_timeout_seconds: float = 10.0  # per request to an endpoint (connect at most 5)
+    webhook_concurrency: int = 16  # subscriptions a node delivers to at once
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -163,6 +168,11 @@ class Settings:
             "bulk_page_rows": _bounded("EHR_BULK_PAGE_ROWS", 1000, 1, 100_000),
             "bulk_export_jobs": _choice("EHR_BULK_EXPORT_JOBS", ("on", "off")) == "on",
             "bulk_s3_url": os.environ.get("EHR_BULK_S3_URL") or None,
+            # webhooks
+            "webhook_retry_base_seconds": _seconds("EHR_WEBHOOK_RETRY_BASE_SECONDS", 2.0, 0.001, 3600),
+            "webhook_retry_hours": _seconds("EHR_WEBHOOK_RETRY_HOURS", 24.0, 0.0, 24 * 30),
+            "webhook_timeout_seconds": _seconds("EHR_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 120),
+            "webhook_concurrency": _bounded("EHR_WEBHOOK_CONCURRENCY", 16, 1, 1000),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:
@@ -221,6 +231,18 @@ def _name(name: str, default: str, pattern: str) -> str:
     if not re.fullmatch(pattern, raw):
         raise ValueError(f"{name} must match {pattern}, not '{raw[:100]}'")
     return raw
+
+
+def _seconds(name: str, default: float, low: float, high: float) -> float:
+    """A number (fractions allowed) within [low, high]; anything else stops start-up."""
+    raw = os.environ.get(name)
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not '{raw}'") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+    return value
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:

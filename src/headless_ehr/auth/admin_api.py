@@ -75,6 +75,9 @@ def _endpoint(handler: Handler) -> Handler:
     return endpoint
 
 
+admin_endpoint = _endpoint  # the admin routes of other packages (events/delivery_log.py) share it
+
+
 # what an admin request touches: path kind -> (subtype, object-role of the entity)
 _CHANGES = {
     "clients": (se.USER_SECURITY_ATTRIBUTES_CHANGED, se.SECURITY_USER),

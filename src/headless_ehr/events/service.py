@@ -14,6 +14,7 @@ from ..db.periodic import Periodic
 from ..db.pool import EVENTS_APPLICATION, create_pool
 from ..store.hooks import Hooks
 from .broker import BrokerPublisher
+from .delivery import start_delivery
 from .lifecycle import SubscriptionHook, TopicHook, end_expired
 from .relay import Relay
 from .retention import remove_expired
@@ -48,6 +49,8 @@ async def start_events(app: Starlette, stack: contextlib.AsyncExitStack, setting
     await relay.start()
     stack.push_async_callback(relay.close)
     app.state.relay = relay
+
+    await start_delivery(app, stack, settings, pool)  # rest-hook deliveries: app.state.delivery
 
     async def retain() -> None:
         await remove_expired(pool, settings.event_retention_days)

@@ -229,4 +229,11 @@ SELECT version_id, last_updated, content, method FROM resource_history
 WHERE resource_type = $1 AND id = $2 AND version_id = $3
 """
 
+# several versions at once (webhook deliveries of a batch of events)
+READ_VERSIONS = """
+SELECT h.resource_type, h.id, h.version_id, h.last_updated, h.content, h.method
+FROM unnest($1::text[], $2::text[], $3::int[]) AS k(t, i, v)
+JOIN resource_history h ON h.resource_type = k.t AND h.id = k.i AND h.version_id = k.v
+"""
+
 HISTORY_COLUMNS = "resource_type, id, version_id, last_updated, content, method, seq"

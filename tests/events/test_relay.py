@@ -216,3 +216,17 @@ async def test_subscriptions_sharing_an_owner_and_criteria_are_each_notified(cli
     for sid in (first, second):
         rows = await wait_notified(db, sid, 1)
         assert [(r["event_number"], r["resource_id"]) for r in rows] == [(1, obs["id"])]
+
+
+async def test_a_state_row_from_before_its_start_position_existed_does_not_stop_the_relay(
+    app, client, db, subscriptions
+) -> None:
+    """since_at defaults to '-infinity', which asyncpg reads as a naive datetime; such a row
+    once made every round fail, so no subscription was notified any more."""
+    c = code()
+    sid = await _subscribe(client, subscriptions, f"Observation?code=urn:test:events|{c}")
+    await db.execute("UPDATE subscription_state SET since_at = DEFAULT, since_seq = DEFAULT WHERE id = $1", sid)
+    await db.execute("UPDATE subscription_generation SET generation = generation + 1")  # reload the cache
+    obs = await create(client, observation(c))
+    rows = await wait_notified(db, sid, 1)
+    assert [r["resource_id"] for r in rows] == [obs["id"]]

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -283,9 +283,15 @@ def _subscribed(row: asyncpg.Record) -> Subscribed:
         tuple(Trigger.of(t) for t in orjson.loads(row["triggers"])),
         owner_principal(orjson.loads(row["owner"])),
         row["owner"],
-        (row["since_at"], row["since_seq"]),
+        (_aware(row["since_at"]), row["since_seq"]),
         row["end_at"],
     )
+
+
+def _aware(at: datetime) -> datetime:
+    """asyncpg reads '-infinity' (the column's default) as a naive datetime.min, which an
+    event's aware timestamp cannot be compared with."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 async def _record(conn: asyncpg.Connection, matched: dict[str, list[Event]]) -> list[Notification]:

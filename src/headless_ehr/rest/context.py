@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from starlette.requests import Request
 
 from ..auth.principal import Principal
@@ -16,3 +17,15 @@ def store_of(request: Request) -> ResourceStore:
 
 def principal_of(request: Request) -> Principal:
     return request.state.principal
+
+
+# Set in the scope of an asynchronous request replayed by its worker (rest/asynchronous.py),
+# never by a client: the Principal it was accepted with, and the connection whose
+# transaction holds its writes and its completion.
+REPLAY_PRINCIPAL = "ehr.replay_principal"
+REPLAY_CONNECTION = "ehr.replay_connection"
+
+
+def replay_connection(request: Request) -> asyncpg.Connection | None:
+    """The connection an asynchronous request's writes go through (None: a live request)."""
+    return request.scope.get(REPLAY_CONNECTION)

@@ -31,7 +31,7 @@ from starlette.requests import Request
 
 from ..db.pool import server_settings
 from ..store import ResourceStore
-from .context import store_of
+from .context import replay_connection, store_of
 
 T = TypeVar("T")
 
@@ -81,6 +81,9 @@ async def run(request: Request, size: int, work: Work[T]) -> T:
     the app's store (conn None), or, for a large body, in a worker thread with a store
     bound to a connection of its own."""
     store = store_of(request)
+    replayed = replay_connection(request)
+    if replayed is not None:  # an asynchronous request: in its worker's transaction, whatever its size
+        return await work(store.bound(replayed), replayed)
     if size < OFFLOAD_BYTES:
         return await work(store, None)
     settings = request.app.state.settings

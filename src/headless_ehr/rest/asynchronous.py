@@ -52,7 +52,7 @@ def kind_of(method: str, segments: list[str]) -> str | None:
     n = len(segments)
     if n == 0:
         return "bundle" if method == "POST" else "search" if method == "GET" else None
-    if segments[0] == "AuditEvent" or segments[0].startswith("$"):
+    if segments[0] == "AuditEvent" or segments[0].startswith(("$", "_")):  # audit trail, operations, history
         return None
     if segments[-1] == "$everything" and segments[0] in ("Patient", "Encounter") and n <= 3 and method == "GET":
         return "everything"

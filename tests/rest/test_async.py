@@ -170,3 +170,22 @@ async def test_a_request_without_the_header_is_answered_at_once(client):
     res = await client.get("/Observation", params={"_count": "1"})
     assert res.status_code == 200
     assert "content-location" not in res.headers
+
+
+def _large_transaction(family: str, n: int) -> dict:
+    """A transaction whose body is over the size handled in a worker thread (rest/offload.py)."""
+    note = "x" * 1000
+    entry = {
+        "resource": {"resourceType": "Patient", "name": [{"family": family, "text": note}]},
+        "request": {"method": "POST", "url": "Patient"},
+    }
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [entry] * n}
+
+
+async def test_a_large_async_transaction_is_applied_once_with_its_answer(client):
+    family = f"Async{uuid.uuid4().hex[:8]}"
+    res = await run(client, "POST", "", json=_large_transaction(family, 300), headers=FHIR)
+    assert res.status_code == 200, res.text[:300]
+    assert _statuses(res.json()) == ["201 Created"] * 300
+    found = await client.get("/Patient", params={"family": family, "_summary": "count"})
+    assert found.json()["total"] == 300

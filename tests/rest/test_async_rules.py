@@ -138,3 +138,24 @@ async def test_an_async_request_body_over_the_limit_is_413_at_once(client, app):
     limit = app.state.settings.max_body_bytes
     res = await client.post("", content=b" " * (limit + 1), headers={**FHIR, **ASYNC})
     assert res.status_code == 413
+
+
+async def test_a_cancelled_large_transaction_is_never_applied(client, db):
+    pid = await _patient(client, "Before")
+    family = f"Async{uuid.uuid4().hex[:8]}"
+    bundle = _renamed(pid, "After")
+    filler = {"resourceType": "Patient", "name": [{"family": family, "text": "x" * 1000}]}
+    bundle["entry"] += [{"resource": filler, "request": {"method": "POST", "url": "Patient"}}] * 300
+    async with row_locked(db, "Patient", pid):
+        status_url = await kick_off(client, "POST", "", json=bundle, headers=FHIR)
+        await until_running(db, status_url)
+        assert (await client.delete(status_url)).status_code == 202
+    request_id = status_url.rsplit("=", 1)[1]
+    for _ in range(200):
+        if await db.fetchval("SELECT lease_token FROM async_request WHERE id = $1::uuid", request_id) is None:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1)
+    assert (await client.get(f"/Patient/{pid}")).json()["meta"]["versionId"] == "1"
+    found = await client.get("/Patient", params={"family": family, "_summary": "count"})
+    assert found.json()["total"] == 0

@@ -26,7 +26,7 @@ from ..bulk.async_jobs import AsyncRequest
 from ..bulk.caller import caller_json, caller_of, owner_of
 from ..fhir.json import dumps
 from ..fhir.outcome import FhirError, operation_outcome
-from .context import REPLAY_CONNECTION, REPLAY_PRINCIPAL, principal_of
+from .context import REPLAY_COMPLETION, REPLAY_CONNECTION, REPLAY_PRINCIPAL, ReplayAbandoned, principal_of
 from .negotiation import prefer, read_body
 from .origin import request_origin
 from .responses import base_url, info_outcome, json_response
@@ -153,7 +153,7 @@ async def cancel(request: Request) -> Response:
 # ---- running a request (on the node that claimed it) -----------------------------------
 
 
-def _replayed(app: Any, recorded: AsyncRequest, conn: asyncpg.Connection) -> Request:
+def _replayed(app: Any, recorded: AsyncRequest, conn: asyncpg.Connection, completion: _Completion) -> Request:
     """A request like the one recorded, as the recorded caller, its writes on conn."""
     base = app.state.settings.base_path.rstrip("/")
     path = f"{base}/{recorded.path}"
@@ -176,6 +176,7 @@ def _replayed(app: Any, recorded: AsyncRequest, conn: asyncpg.Connection) -> Req
         "state": {"origin": recorded.origin},
         REPLAY_PRINCIPAL: caller_of(recorded.caller),
         REPLAY_CONNECTION: conn,
+        REPLAY_COMPLETION: completion,
     }
     scope["headers"].append((b"content-length", str(len(recorded.body)).encode()))
     sent = False
@@ -190,11 +191,11 @@ def _replayed(app: Any, recorded: AsyncRequest, conn: asyncpg.Connection) -> Req
     return Request(scope, receive)
 
 
-class _NotOurs(Exception):
+class _NotOurs(ReplayAbandoned):
     """The request was cancelled, or another node claimed it: roll its work back."""
 
 
-class _TooLarge(Exception):
+class _TooLarge(ReplayAbandoned):
     """The answer is over EHR_ASYNC_MAX_RESULT_BYTES: roll the work back, answer this instead."""
 
     def __init__(self, limit: int) -> None:
@@ -202,15 +203,30 @@ class _TooLarge(Exception):
         self.body = dumps(operation_outcome(FhirError.of(500, "too-costly", message).issues))
 
 
-def _answer_of(response: Response, limit: int) -> tuple[int, dict[str, str], bytes]:
-    body = bytes(response.body)
-    if len(body) > limit:
-        raise _TooLarge(limit)
-    headers = {k: v for k, v in response.headers.items() if k not in _NOT_REPLAYED}
-    return response.status_code, headers, body
-
-
 _FAILED = {"content-type": "application/fhir+json"}
+
+
+class _Completion:
+    """Completes a request with its answer in the transaction of its writes: the worker's,
+    or a worker thread's for a large body (rest/offload.py)."""
+
+    def __init__(self, recorded: AsyncRequest, limit: int, hours: int) -> None:
+        self.recorded, self.limit, self.hours = recorded, limit, hours
+        self.done = False
+        self.failure: ReplayAbandoned | None = None
+
+    async def __call__(self, conn: asyncpg.Connection, response: Response) -> None:
+        try:
+            body = bytes(response.body)
+            if len(body) > self.limit:
+                raise _TooLarge(self.limit)
+            headers = {k: v for k, v in response.headers.items() if k not in _NOT_REPLAYED}
+            if not await async_jobs.complete(conn, self.recorded, response.status_code, headers, body, self.hours):
+                raise _NotOurs
+        except ReplayAbandoned as exc:
+            self.failure = exc
+            raise
+        self.done = True
 
 
 async def execute(app: Any, endpoint: Endpoint, recorded: AsyncRequest) -> None:
@@ -218,13 +234,15 @@ async def execute(app: Any, endpoint: Endpoint, recorded: AsyncRequest) -> None:
     are ordinary resource writes with their outbox rows)."""
     settings = app.state.settings
     hours = settings.bulk_retention_hours
+    completion = _Completion(recorded, settings.async_max_result_bytes, hours)
     async with app.state.pool.acquire() as conn:
         try:
             async with conn.transaction():
-                response = await endpoint(_replayed(app, recorded, conn))
-                status, headers, body = _answer_of(response, settings.async_max_result_bytes)
-                if not await async_jobs.complete(conn, recorded, status, headers, body, hours):
-                    raise _NotOurs
+                response = await endpoint(_replayed(app, recorded, conn, completion))
+                if completion.failure is not None:  # refused in a worker thread, rolled back there
+                    raise completion.failure
+                if not completion.done:
+                    await completion(conn, response)
             return
         except _NotOurs:
             log.info("asynchronous request %s was cancelled or taken over; its work is rolled back", recorded.id)

@@ -20,10 +20,17 @@ def principal_of(request: Request) -> Principal:
 
 
 # Set in the scope of an asynchronous request replayed by its worker (rest/asynchronous.py),
-# never by a client: the Principal it was accepted with, and the connection whose
-# transaction holds its writes and its completion.
+# never by a client: the Principal it was accepted with, the connection whose transaction
+# holds its writes and its completion, and the completion itself (for a large body, whose
+# work runs in a worker thread on a connection of its own: rest/offload.py).
 REPLAY_PRINCIPAL = "ehr.replay_principal"
 REPLAY_CONNECTION = "ehr.replay_connection"
+REPLAY_COMPLETION = "ehr.replay_completion"
+
+
+class ReplayAbandoned(Exception):
+    """A replayed request's completion refused it (cancelled, taken over, answer too
+    large): its transaction rolls back; the completion knows why."""
 
 
 def replay_connection(request: Request) -> asyncpg.Connection | None:

@@ -29,6 +29,16 @@ async def _observation(client, pid: str, text: str) -> str:
     return res.json()["id"]
 
 
+async def _version_after_waiting_writes(client, pid: str) -> str:
+    """Write the Patient once more: in line behind any transaction holding it (row locks are
+    granted in order), so its version tells whether such a transaction wrote it too."""
+    res = await client.put(
+        f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "name": [{"family": "Later"}]}, headers=FHIR
+    )
+    assert res.status_code == 200, res.text
+    return res.json()["meta"]["versionId"]
+
+
 def _renamed(pid: str, family: str) -> dict:
     entry = {
         "resource": {"resourceType": "Patient", "id": pid, "name": [{"family": family}]},
@@ -92,16 +102,8 @@ async def test_a_cancelled_running_transaction_is_never_applied(client, db):
         status_url = await kick_off(client, "POST", "", json=_renamed(pid, "After"), headers=FHIR)
         await until_running(db, status_url)
         assert (await client.delete(status_url)).status_code == 202
-    request_id = status_url.rsplit("=", 1)[1]
-    for _ in range(200):  # the worker gets the lock, runs on, and finds its request cancelled
-        if await db.fetchval("SELECT lease_token FROM async_request WHERE id = $1::uuid", request_id) is None:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
+    assert await _version_after_waiting_writes(client, pid) == "2"  # the cancelled one wrote nothing
     assert (await client.get(status_url)).status_code == 404
-    current = (await client.get(f"/Patient/{pid}")).json()
-    assert current["name"][0]["family"] == "Before"
-    assert current["meta"]["versionId"] == "1"
 
 
 async def test_a_cancelled_queued_request_is_never_run(client, db):
@@ -150,12 +152,28 @@ async def test_a_cancelled_large_transaction_is_never_applied(client, db):
         status_url = await kick_off(client, "POST", "", json=bundle, headers=FHIR)
         await until_running(db, status_url)
         assert (await client.delete(status_url)).status_code == 202
-    request_id = status_url.rsplit("=", 1)[1]
-    for _ in range(200):
-        if await db.fetchval("SELECT lease_token FROM async_request WHERE id = $1::uuid", request_id) is None:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1)
-    assert (await client.get(f"/Patient/{pid}")).json()["meta"]["versionId"] == "1"
+    assert await _version_after_waiting_writes(client, pid) == "2"
     found = await client.get("/Patient", params={"family": family, "_summary": "count"})
     assert found.json()["total"] == 0
+
+
+async def test_a_request_whose_nodes_died_three_times_is_given_up_and_never_applied(client, app_with, db):
+    pid = await _patient(client, "Before")
+    async with row_locked(db, "Patient", pid):
+        status_url = await kick_off(client, "POST", "", json=_renamed(pid, "After"), headers=FHIR)
+        await until_running(db, status_url)
+        request_id = status_url.rsplit("=", 1)[1]
+        # as if the node running it had died on its third claim: its lease ran out
+        await db.execute(
+            "UPDATE async_request SET attempts = 3, lease_until = now() - interval '1 second' WHERE id = $1::uuid",
+            request_id,
+        )
+        await app_with()  # another node, whose worker looks for requests to claim
+        for _ in range(100):
+            if await db.fetchval("SELECT status FROM async_request WHERE id = $1::uuid", request_id) == "failed":
+                break
+            await asyncio.sleep(0.1)
+    res = await answer(client, status_url)
+    assert res.status_code == 500
+    assert res.json()["resourceType"] == "OperationOutcome"
+    assert await _version_after_waiting_writes(client, pid) == "2"  # the first node's work was rolled back

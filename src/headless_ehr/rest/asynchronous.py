@@ -21,6 +21,7 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from ..auth.ratelimit import client_address
 from ..bulk import async_jobs
 from ..bulk.async_jobs import AsyncRequest
 from ..bulk.caller import caller_json, caller_of, owner_of
@@ -89,7 +90,7 @@ async def kick_off(request: Request) -> Response:
     body = await read_body(request, settings.max_body_bytes) if request.method == "POST" else b""
     principal = principal_of(request)
     origin = request_origin(request)
-    peer = request.scope.get("client")
+    address = client_address(request.scope, settings.trusted_proxies)  # the audit's source, as now
     http = (request.method, request.path_params.get("path", ""), request.url.query, _recorded_headers(request), body)
     request_id = await async_jobs.create(
         request.app.state.pool,
@@ -97,7 +98,7 @@ async def kick_off(request: Request) -> Response:
         caller_json(principal),
         http,
         origin,
-        peer[0] if peer else None,
+        address,
         settings.async_max_open,
     )
     if request_id is None:
@@ -172,8 +173,8 @@ def _replayed(app: Any, recorded: AsyncRequest, conn: asyncpg.Connection, comple
         "server": None,
         "app": app,
         "path_params": {"path": recorded.path},
-        # the origin it came in on (its base URLs), worked out at kick-off
-        "state": {"origin": recorded.origin},
+        # the origin it came in on (its base URLs) and its source address, worked out at kick-off
+        "state": {"origin": recorded.origin, "source_address": recorded.client_address},
         REPLAY_PRINCIPAL: caller_of(recorded.caller),
         REPLAY_CONNECTION: conn,
         REPLAY_COMPLETION: completion,

@@ -177,3 +177,25 @@ async def test_a_request_whose_nodes_died_three_times_is_given_up_and_never_appl
     assert res.status_code == 500
     assert res.json()["resourceType"] == "OperationOutcome"
     assert await _version_after_waiting_writes(client, pid) == "2"  # the first node's work was rolled back
+
+
+async def test_a_transaction_whose_answer_is_over_the_limit_is_500_and_not_applied(client, app_with, db):
+    pid = await _patient(client, "Before")
+    family = f"Async{uuid.uuid4().hex[:8]}"
+    patient = {"resourceType": "Patient", "name": [{"family": family, "text": "x" * 200}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": patient, "request": {"method": "POST", "url": "Patient"}}] * 10,
+    }
+    async with row_locked(db, "Patient", pid):
+        busy = await kick_off(client, "POST", "", json=_renamed(pid, "After"), headers=FHIR)
+        await until_running(db, busy)  # this node's worker waits on the row: the next node runs the next request
+        node = await app_with(async_max_result_bytes=1024)
+        status_url = await kick_off(node, "POST", "", json=bundle, headers={**FHIR, "Prefer": "respond-async, return=representation"})
+        res = await answer(node, status_url)
+    assert res.status_code == 500
+    assert res.json()["issue"][0]["code"] == "too-costly"
+    found = await client.get("/Patient", params={"family": family, "_summary": "count"})
+    assert found.json()["total"] == 0
+    assert (await answer(client, busy)).status_code == 200

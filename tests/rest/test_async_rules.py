@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import orjson
+
+from tests.audit.test_audit_events import events_naming, query_of, subtype
 from tests.rest.asyncflow import ASYNC, answer, kick_off, row_locked, run, until_running
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -192,10 +195,24 @@ async def test_a_transaction_whose_answer_is_over_the_limit_is_500_and_not_appli
         busy = await kick_off(client, "POST", "", json=_renamed(pid, "After"), headers=FHIR)
         await until_running(db, busy)  # this node's worker waits on the row: the next node runs the next request
         node = await app_with(async_max_result_bytes=1024)
-        status_url = await kick_off(node, "POST", "", json=bundle, headers={**FHIR, "Prefer": "respond-async, return=representation"})
+        status_url = await kick_off(
+            node, "POST", "", json=bundle, headers={**FHIR, "Prefer": "respond-async, return=representation"}
+        )
         res = await answer(node, status_url)
     assert res.status_code == 500
     assert res.json()["issue"][0]["code"] == "too-costly"
     found = await client.get("/Patient", params={"family": family, "_summary": "count"})
     assert found.json()["total"] == 0
     assert (await answer(client, busy)).status_code == 200
+
+
+async def test_an_async_search_is_audited_as_its_caller_when_it_runs(client, client_for, app, db):
+    pid = await _patient(client, "Audited")
+    caller = await client_for("system/*.rs", subject="auditee", client_id="auditee")
+    res = await run(caller, "GET", "/Observation", params={"patient": pid})
+    assert res.status_code == 200
+    events = [e for e in await events_naming(app, db, f"Patient/{pid}") if subtype(e) == "search-type"]
+    assert len(events) == 2  # the kick-off and the search itself, each with the query, as the caller
+    assert {query_of(e) for e in events} == {f"/fhir/Observation?patient={pid}"}
+    assert all(e["outcome"] == "0" for e in events)
+    assert all("auditee" in orjson.dumps(e["agent"]).decode() for e in events)

@@ -77,8 +77,6 @@ def _operation_methods(request: Request, name: str, resource_type: str | None, r
         }
     if resource_type is None and "$" + name == export.STATUS_OPERATION:
         return {"GET": lambda: export.status(request), "DELETE": lambda: export.cancel(request)}
-    if resource_type is None and "$" + name == asynchronous.STATUS_OPERATION:
-        return {"GET": lambda: asynchronous.status(request), "DELETE": lambda: asynchronous.cancel(request)}
     if resource_type is None and "$" + name == export.DOWNLOAD_OPERATION:
         return {"GET": lambda: export.download(request)}
     if name == "reindex":
@@ -131,6 +129,8 @@ def _routes(request: Request, seg: list[str]) -> Methods:
         return {"GET": lambda: _metadata(request)}
     if n == 1 and head == "_history":
         return {"GET": lambda: ix.history(request)}
+    if seg == [asynchronous.STATUS_OPERATION]:  # the caller's own request only: no policy grant needed
+        return {"GET": lambda: asynchronous.status(request), "DELETE": lambda: asynchronous.cancel(request)}
     if head.startswith("$"):
         return _operation(request, head[1:], None, None) if n == 1 else {}
     if head not in definitions().resource_types:

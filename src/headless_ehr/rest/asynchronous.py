@@ -4,11 +4,12 @@
 The kick-off records the request as received (method, path, query, headers without
 credentials, body) with the caller's Principal (bulk/caller.py: the rights it had when
 it asked) and answers 202 with a status URL. Whichever node claims it (bulk/async_worker.py)
-replays it through the FHIR endpoint as that caller, inside one database transaction
-that also stores the answer and completes the request: a request is applied exactly
-once, and a node that dies mid-way leaves nothing, so the next claim runs it from the
-start. The status URL answers 202 (X-Progress, Retry-After; 429 when polled too soon),
-then the synchronous answer: its status, headers and body, streamed chunk by chunk.
+replays it through the FHIR endpoint as that caller. A transaction or batch runs in one
+database transaction that also stores the answer and completes the request: it is
+applied exactly once, and a node that dies mid-way leaves nothing, so the next claim runs
+it from the start. The status URL answers 202 (X-Progress, Retry-After; 429 when polled
+too soon), then the synchronous answer: its status, headers and body, streamed chunk by
+chunk.
 """
 
 from __future__ import annotations
@@ -230,19 +231,31 @@ class _Completion:
         self.done = True
 
 
+def _writes(recorded: AsyncRequest) -> bool:
+    """A transaction or batch: its writes and its completion share one transaction."""
+    return kind_of(recorded.method, [s for s in recorded.path.split("/") if s]) == "bundle"
+
+
 async def execute(app: Any, endpoint: Endpoint, recorded: AsyncRequest) -> None:
-    """Run a claimed request and complete it, in one transaction (main pool: its writes
-    are ordinary resource writes with their outbox rows)."""
+    """Run a claimed request and complete it: a transaction or batch in one database
+    transaction with its completion (main pool: its writes are ordinary resource writes
+    with their outbox rows); a read first, then its completion (no transaction held open
+    while a long search runs)."""
     settings = app.state.settings
     hours = settings.bulk_retention_hours
     completion = _Completion(recorded, settings.async_max_result_bytes, hours)
     async with app.state.pool.acquire() as conn:
         try:
-            async with conn.transaction():
+            if _writes(recorded):
+                async with conn.transaction():
+                    response = await endpoint(_replayed(app, recorded, conn, completion))
+                    if completion.failure is not None:  # refused in a worker thread, rolled back there
+                        raise completion.failure
+                    if not completion.done:
+                        await completion(conn, response)
+            else:
                 response = await endpoint(_replayed(app, recorded, conn, completion))
-                if completion.failure is not None:  # refused in a worker thread, rolled back there
-                    raise completion.failure
-                if not completion.done:
+                async with conn.transaction():
                     await completion(conn, response)
             return
         except _NotOurs:

@@ -275,10 +275,13 @@ _ENV_ONLY = [
     ("EHR_IMPORT_MAX_BUNDLE_BYTES", "largest Bundle file `ehr import` reads (default 256 MiB)"),
     # bulk export
     ("EHR_BULK_FILE_BYTES", "$export output files are cut at this size (default 64 MiB)"),
-    ("EHR_BULK_RETENTION_HOURS", "finished $export jobs and their files are removed after (default 24)"),
+    ("EHR_BULK_RETENTION_HOURS", "finished $export jobs, their files and async answers are removed after (default 24)"),
     ("EHR_BULK_PAGE_ROWS", "resources an $export job reads per page and progress commit (default 1000)"),
     ("EHR_BULK_EXPORT_JOBS", "off: this node runs no $export jobs, other nodes do (default on)"),
     ("EHR_BULK_S3_URL", "s3://bucket/prefix: $export files go there, pre-signed downloads (default: data dir)"),
+    # asynchronous requests
+    ("EHR_ASYNC_MAX_OPEN", "Prefer: respond-async requests one client may have open (default 10)"),
+    ("EHR_ASYNC_MAX_RESULT_BYTES", "a larger async answer is refused, its writes rolled back (default 256 MiB)"),
     # admin
     ("EHR_ADMIN_CLIENT_ID", "with EHR_ADMIN_CLIENT_SECRET: the admin client (no admin-client.json is written)"),
     ("EHR_ADMIN_CLIENT_SECRET", "the admin client's secret, at least 16 characters (`ehr token` uses it too)"),

@@ -101,6 +101,9 @@ class Settings:
     bulk_page_rows: int = 1000  # resources read per keyset page (one progress commit each)
     bulk_export_jobs: bool = True  # False (EHR_BULK_EXPORT_JOBS=off): this node runs no export jobs
     bulk_s3_url: str | None = None  # s3://bucket/prefix: export files go there (pre-signed downloads)
+    # asynchronous requests (Prefer: respond-async; docs/rest.md, "Asynchronous requests")
+    async_max_open: int = 10  # requests one client (user, patient context) may have queued or running
+    async_max_result_bytes: int = 256 * 1024 * 1024  # a larger answer is refused (its writes rolled back)
     # webhooks (events/delivery.py)
     webhook_retry_base_seconds: float = 2.0  # the first retry's wait; it doubles per failure (with jitter)
     webhook_retry_hours: float = 24.0  # retries spread over at least this long, then the subscription is in error
@@ -168,6 +171,9 @@ class Settings:
             "bulk_page_rows": _bounded("EHR_BULK_PAGE_ROWS", 1000, 1, 100_000),
             "bulk_export_jobs": _choice("EHR_BULK_EXPORT_JOBS", ("on", "off")) == "on",
             "bulk_s3_url": os.environ.get("EHR_BULK_S3_URL") or None,
+            # asynchronous requests
+            "async_max_open": _bounded("EHR_ASYNC_MAX_OPEN", 10, 1, 10_000),
+            "async_max_result_bytes": _bounded("EHR_ASYNC_MAX_RESULT_BYTES", 256 * 1024 * 1024, 1024, 2**40),
             # webhooks
             "webhook_retry_base_seconds": _seconds("EHR_WEBHOOK_RETRY_BASE_SECONDS", 2.0, 0.001, 3600),
             "webhook_retry_hours": _seconds("EHR_WEBHOOK_RETRY_HOURS", 24.0, 0.0, 24 * 30),

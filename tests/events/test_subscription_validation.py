@@ -133,6 +133,11 @@ async def test_a_malformed_or_reserved_header_is_refused(client, header) -> None
     await _refused(client, subscription("Observation", channel={"header": [header]}), 422)
 
 
+@pytest.mark.parametrize("header", ["Connection: close", "Transfer-Encoding: chunked", "Expect: 100-continue"])
+async def test_a_header_the_delivery_would_not_send_is_refused_at_create(client, header) -> None:
+    await _refused(client, subscription("Observation", channel={"header": [header]}), 422)
+
+
 async def test_the_heartbeat_period_is_kept_and_bounded(client, db, subscriptions) -> None:
     ext = {"extension": [{"url": HEARTBEAT_PERIOD, "valueUnsignedInt": 60}]}
     made = await create(client, subscription("Observation?status=final", channel=ext))

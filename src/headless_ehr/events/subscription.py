@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from ..auth.principal import Principal, patient_reference_params
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
 from ..search.criteria import conditional_criteria
 from ..search.query import parse_request
-from .webhook import HeaderError, check_secret, parse_header
+from .webhook import HeaderError, check_endpoint, check_secret, parse_header
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
 BACKPORT_PROFILE = BACKPORT + "backport-subscription"
@@ -211,11 +211,10 @@ def _http_endpoint(endpoint: Any) -> str:
     where = "Subscription.channel.endpoint"
     if not isinstance(endpoint, str) or not endpoint:
         raise _invalid("a rest-hook needs channel.endpoint", where)
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _invalid("a rest-hook endpoint must be an http or https URL", where)
-    if parts.username or parts.password:
-        raise _invalid("a rest-hook endpoint may not hold credentials (use channel.header)", where)
+    try:
+        check_endpoint(endpoint)
+    except ValueError as error:
+        raise _invalid(str(error), where) from None
     return endpoint
 
 

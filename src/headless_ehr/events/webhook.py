@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import aiohttp
 from standardwebhooks import Webhook
@@ -81,6 +82,20 @@ def check_secret(secret: str) -> None:
         raise ValueError(
             f"the webhook secret's key (after 'whsec_') must hold {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes"
         )
+
+
+def check_endpoint(url: str) -> None:
+    """ValueError unless url is one this sender can request: http or https, a host, a port
+    in range, no credentials in it (they belong in channel.header). For validation at create."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError as error:
+        raise ValueError(f"the endpoint is not a valid URL ({error})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("a rest-hook endpoint must be an http or https URL")
+    if parts.username or parts.password:
+        raise ValueError("a rest-hook endpoint may not hold credentials (use channel.header)")
 
 
 @functools.lru_cache(maxsize=1024)

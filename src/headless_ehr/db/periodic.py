@@ -12,8 +12,8 @@ import asyncpg
 
 class Periodic:
     """Run `job` once on start, then every `seconds` until closed. A failure on start is
-    raised (the node has nothing yet); later a database or network failure is logged
-    (`failure`, on `log`) and the job tried again next time: the node keeps what it has."""
+    raised (the node has nothing yet); later any failure is logged (`failure`, on `log`)
+    and the job tried again next time: the node keeps what it has."""
 
     def __init__(self, seconds: float, job: Callable[[], Awaitable[None]], log: logging.Logger, failure: str) -> None:
         self.seconds = seconds
@@ -37,5 +37,7 @@ class Periodic:
             await asyncio.sleep(self.seconds)
             try:
                 await self.job()
-            except (OSError, asyncpg.PostgresError):
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 self.log.warning(self.failure, exc_info=True)
+            except Exception:  # a fault of ours must not end the polling for good: logged, tried next time
+                self.log.exception(self.failure)

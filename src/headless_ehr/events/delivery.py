@@ -47,7 +47,8 @@ import orjson
 from ..auth.policies import Policies, masked
 from ..auth.principal import Principal
 from ..config import Settings
-from ..db.pool import EVENTS_APPLICATION, create_pool, server_settings
+from ..db.listen import Listener
+from ..db.pool import EVENTS_APPLICATION, create_pool
 from ..store import ResourceStore
 from . import lifecycle
 from .notification import notification_body
@@ -233,14 +234,15 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._listener: Listener | None = None
 
     # -- running ---------------------------------------------------------------------------
 
-    async def start(self, listen: Callable[[], Awaitable[asyncpg.Connection]] | None = None) -> None:
-        """Run in the background; `listen` opens the connection that LISTENs (none: timer only)."""
-        self._connect_listener = listen
-        await self._listen()
+    async def start(self, dsn: str | None = None) -> None:
+        """Run in the background, woken by LISTEN `ehr_events` on dsn (none: by the timer only)."""
+        if dsn is not None:
+            self._listener = Listener(dsn, EVENTS_CHANNEL, self._notified)
+            self._listener.start()
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
@@ -257,40 +259,22 @@ class DeliveryWorker:
             if pending:
                 await asyncio.wait(pending)
         if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
+            await self._listener.close()
 
     def wake(self, *_: object) -> None:
         self._wake.set()
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        """The relay numbered new notifications: a round unless they are all for websockets."""
-        if '"rest-hook"' in payload or '"websocket"' not in payload:
+    def _notified(self, payload: str | None) -> None:
+        """The relay numbered new notifications: a round unless they are all for websockets
+        (None: the listener (re)connected, so a NOTIFY may have been missed)."""
+        if payload is None or '"rest-hook"' in payload or '"websocket"' not in payload:
             self._wake.set()
-
-    async def _listen(self) -> None:
-        if self._connect_listener is None:
-            return
-        try:
-            conn = await self._connect_listener()
-            await conn.add_listener(EVENTS_CHANNEL, self._notified)
-            conn.add_termination_listener(self._listener_lost)
-            self._listener = conn
-        except (OSError, asyncpg.PostgresError):
-            log.warning("cannot LISTEN on %s; delivering on the timer until it can", EVENTS_CHANNEL, exc_info=True)
-            self._listener = None
-
-    def _listener_lost(self, _conn: object) -> None:
-        self._listener = None
-        self.wake()
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             wait = MAX_IDLE_SECONDS
             try:
-                if self._listener is None and self._connect_listener is not None:
-                    await self._listen()
                 free = self.concurrency - len(self._busy)
                 claimed = await self.claim_and_start()
                 if claimed and claimed == free:
@@ -525,11 +509,7 @@ async def start_delivery(
         retry=RetryPolicy(settings.webhook_retry_base_seconds, settings.webhook_retry_hours),
         concurrency=settings.webhook_concurrency,
     )
-
-    async def listen() -> asyncpg.Connection:
-        return await asyncpg.connect(dsn, server_settings=server_settings(application_name=EVENTS_APPLICATION))
-
-    await worker.start(listen)
+    await worker.start(dsn)
     stack.push_async_callback(worker.close)
     app.state.delivery = worker
     return worker

@@ -66,7 +66,9 @@ async def test_a_rest_hook_endpoint_must_be_http_or_https(client, endpoint) -> N
     await _refused(client, subscription("Observation", channel={"endpoint": endpoint}), 422)
 
 
-@pytest.mark.parametrize("endpoint", ["http://[::1/hook", "http://example.org:99999/hook", "https://example.org:x/hook"])
+@pytest.mark.parametrize(
+    "endpoint", ["http://[::1/hook", "http://example.org:99999/hook", "https://example.org:x/hook"]
+)
 async def test_a_rest_hook_endpoint_the_delivery_cannot_request_is_refused(client, endpoint) -> None:
     await _refused(client, subscription("Observation", channel={"endpoint": endpoint}), 422)
 

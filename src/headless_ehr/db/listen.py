@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from .periodic import cancel
 from .pool import EVENTS_APPLICATION, server_settings
 
 log = logging.getLogger("headless_ehr.db")
@@ -49,11 +50,8 @@ class Listener:
         self._task = asyncio.create_task(self._run(), name=f"listen-{self.channel}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self.heard(payload)

@@ -1,4 +1,5 @@
-"""A node's background polling of the database (signing keys, revocations)."""
+"""A node's background polling of the database (signing keys, revocations, event retention), and
+stopping a background task."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+
+
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task and wait until it has ended (its cleanup run)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class Periodic:
@@ -27,10 +36,8 @@ class Periodic:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

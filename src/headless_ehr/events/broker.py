@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from ..db.listen import Listener
+from ..db.periodic import cancel
 from ..db.pool import EVENTS_APPLICATION, create_pool
 from ..store.repository import format_instant
 from .outbox import NOTIFY_CHANNEL, Event, advance, claim, settled_after, start_cursor
@@ -192,11 +193,8 @@ class BrokerPublisher:
 
     async def close(self) -> None:
         """Stop: a round in flight is rolled back (its events are republished, and deduplicated, later)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self._listener.close()
         if self._nc is not None:
             self._unreachable = True  # closing is no outage: nothing to say

@@ -48,6 +48,7 @@ from ..auth.policies import Policies, masked
 from ..auth.principal import Principal
 from ..config import Settings
 from ..db.listen import Listener
+from ..db.periodic import cancel
 from ..db.pool import EVENTS_APPLICATION, create_pool
 from ..store import ResourceStore
 from . import lifecycle
@@ -248,10 +249,8 @@ class DeliveryWorker:
     async def close(self) -> None:
         """Stop claiming; let deliveries in flight finish for a few seconds, then cancel them
         (their leases expire and a node sends them again, with the same ids)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
+        self._task = None
         if self._busy:
             _, pending = await asyncio.wait(self._busy, timeout=CLOSE_GRACE_SECONDS)
             for task in pending:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from ..db.listen import Listener
+from ..db.periodic import cancel
 from .access import STATE_COLUMNS
 
 log = logging.getLogger("headless_ehr.events")
@@ -89,10 +90,8 @@ class Hub:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
+        self._task = None
         await self._listener.close()
 
     def add(self, follower: Follower) -> None:

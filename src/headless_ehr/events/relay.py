@@ -34,6 +34,7 @@ import orjson
 from ..auth.policies import Policies
 from ..auth.principal import Principal
 from ..db.listen import Listener
+from ..db.periodic import cancel
 from ..fhir.outcome import FhirError
 from ..store.repository import ResourceStore
 from .outbox import NOTIFY_CHANNEL, Event, Position, advance, claim, settled_after, start_cursor
@@ -135,9 +136,7 @@ class Relay:
         if self._runner is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._runner), CLOSE_SECONDS)
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await cancel(self._runner)
         self._runner = None
         if self._listener is not None:
             await self._listener.close()

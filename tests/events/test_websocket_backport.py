@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from headless_ehr.events.binding_tokens import BindingTokens
 from tests.auth.world import observation
-from tests.events.conftest import notification_status
+from tests.events.conftest import add_notifications, notification_status
 from tests.events.websocket_support import (  # noqa: F401 (fixture)
     LiveServer,
     create_subscription,
@@ -78,6 +80,21 @@ async def test_each_event_comes_as_a_notification_bundle_numbered_in_order(live:
     assert statuses[0]["events"][0]["focus"] == {"reference": f"{live.base}/Patient/{patient}"}
     assert [b["entry"][1]["request"]["method"] for b in bundles] == ["POST", "PUT"]
     assert "resource" not in bundles[0]["entry"][1]  # id-only
+
+
+async def test_each_notification_bundle_counts_the_events_up_to_its_own(live: LiveServer, db):
+    async with live.client() as client:
+        sid = await create_subscription(client, db, topic=TOPIC, payload="id-only")
+        patient = await post(client, {"resourceType": "Patient"})
+    token = (await binding_token(live, sid))["token"]
+    async with live.socket(None) as socket:
+        await socket.send(f"bind-with-token {token}")
+        await receive(socket)  # the handshake
+        event = (uuid.uuid4(), 0, "Patient", patient, 1, "create", datetime.now(UTC))
+        numbers = await add_notifications(db, sid, [event, (uuid.uuid4(), *event[1:])])  # one commit
+        statuses = [notification_status(json.loads(await receive(socket))) for _ in numbers]
+    # as in a webhook's Bundle: eventsSinceSubscriptionStart includes this notification, not later ones
+    assert [s["events-since-subscription-start"] for s in statuses] == [str(n) for n in numbers]
 
 
 async def test_a_full_resource_payload_carries_the_events_own_version(live: LiveServer, db):

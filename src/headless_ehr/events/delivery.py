@@ -409,9 +409,9 @@ class DeliveryWorker:
             url = f"{endpoint.rstrip('/')}/{n['resource_type']}/{n['resource_id']}"
             return _Outgoing("DELETE" if deletion else "PUT", url, content, message_id)
         # backport, and R4 id-only: the notification Bundle of this one event
-        numbered = {**state, "events_since_start": n["event_number"], "status": "active"}
+        active = {**state, "status": "active"}  # events are sent only once it is active
         resources = {} if content is None else {n["event_number"]: content}
-        body = notification_body(numbered, "event-notification", [n], resources, self.base_url, bundle_id=message_id)
+        body = notification_body(active, "event-notification", [n], resources, self.base_url, bundle_id=message_id)
         return _Outgoing("POST", endpoint, body, message_id)
 
     async def _readable(

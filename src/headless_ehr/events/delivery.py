@@ -320,12 +320,12 @@ class DeliveryWorker:
             else:
                 await self._heartbeat(state, lease)
         except Exception:
-            # a fault of ours: back off as for a failed attempt, so it cannot spin
+            # a fault of ours (or the database away): a failed attempt, so it backs off as one
+            # does (it neither spins nor fills the log) and is given up on after the budget
             log.exception("delivery to subscription %s failed", state["id"])
+            fault = Attempt(None, 0.0, "the server failed to deliver (see its log)")
             with contextlib.suppress(Exception):
-                await self.pool.execute(
-                    _SETTLE, state["id"], lease, 0, True, self.retry.delay(1), False, *_NOTHING_LOGGED
-                )
+                await self._settle(state, lease, state["delivered_through"], [], fault, sent=False)
 
     async def _handshake(self, state: dict[str, Any], lease: datetime) -> None:
         # activated before the lease is let go: else this or another node could claim it,

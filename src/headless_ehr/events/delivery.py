@@ -42,14 +42,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import orjson
 
 from ..auth.policies import Policies, masked
 from ..auth.principal import Principal
 from ..config import Settings
 from ..db.listen import Listener
 from ..db.periodic import cancel
-from ..db.pool import EVENTS_APPLICATION, create_pool
+from ..db.pool import jsonb_value
 from ..store import ResourceStore
 from . import lifecycle
 from .notification import notification_body
@@ -116,7 +115,7 @@ class Owners:
         if principal is None:
             if len(self._kept) >= self.MAX_KEPT:
                 self._kept.clear()
-            principal = self._kept[key] = owner_principal(json_value(state["owner"]))
+            principal = self._kept[key] = owner_principal(jsonb_value(state["owner"]))
         return await owner_with_policy(state["id"], principal, self.policies)
 
 
@@ -387,7 +386,7 @@ class DeliveryWorker:
             outgoing.body,
             outgoing.message_id,
             secret=state["secret"],
-            channel_headers=json_value(state["headers"]) or (),
+            channel_headers=jsonb_value(state["headers"]) or (),
         )
 
     def _outgoing(
@@ -457,11 +456,6 @@ def _stable_id(state: Mapping[str, Any], kind: str, since: datetime, number: int
     return str(uuid.uuid5(_EVENT_IDS, f"{state['id']}/{kind}/{since.isoformat()}/{number}"))
 
 
-def json_value(value: Any) -> Any:
-    """A jsonb column's value (text unless the pool has a codec for jsonb)."""
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -480,21 +474,12 @@ def notification_base(settings: Settings) -> str:
 
 
 async def start_delivery(
-    app: Any, stack: contextlib.AsyncExitStack, settings: Settings, pool: asyncpg.Pool | None = None
+    app: Any, stack: contextlib.AsyncExitStack, settings: Settings, pool: asyncpg.Pool
 ) -> DeliveryWorker:
-    """This node's DeliveryWorker, closed with the stack (app.state.delivery). pool: the
-    events pool (application_name headless-ehr-events); one is opened when None."""
+    """This node's DeliveryWorker on the events pool (application_name headless-ehr-events),
+    closed with the stack (app.state.delivery)."""
     dsn = settings.database_url
     assert dsn is not None
-    if pool is None:
-        pool = await create_pool(
-            dsn,
-            min_size=1,
-            max_size=4,
-            statement_timeout_ms=settings.statement_timeout_ms,
-            application_name=EVENTS_APPLICATION,
-        )
-        stack.push_async_callback(pool.close)
     sender = WebhookSender(settings.webhook_timeout_seconds, max_connections=2 * settings.webhook_concurrency)
     stack.push_async_callback(sender.close)
     store: ResourceStore = app.state.store

@@ -52,12 +52,12 @@ from ..db.pool import jsonb_value
 from ..store import ResourceStore
 from . import lifecycle
 from .notification import notification_body
+from .outbox import EVENTS_CHANNEL
 from .owner import owner_principal, owner_with_policy
 from .webhook import Attempt, WebhookSender
 
 log = logging.getLogger("headless_ehr.events.delivery")
 
-EVENTS_CHANNEL = "ehr_events"  # the relay NOTIFYs it when it has added notifications (docs/events.md)
 BATCH = 100  # notifications read per claim of a subscription
 MAX_IDLE_SECONDS = 5.0  # a timer wakes the worker at least this often (a lost NOTIFY, a new subscription)
 STEP_CAP_SECONDS = 3600.0  # the longest wait between two attempts

@@ -27,10 +27,10 @@ import asyncpg
 from ..db.listen import Listener
 from ..db.periodic import cancel
 from .access import STATE_COLUMNS
+from .outbox import EVENTS_CHANNEL
 
 log = logging.getLogger("headless_ehr.events")
 
-NOTIFY_CHANNEL = "ehr_events"  # the relay's NOTIFY at the commit of new notifications
 POLL_SECONDS = 2.0  # a missed NOTIFY is made up for this late at most
 BATCH = 500  # notifications read per subscription and round
 RETRY_SECONDS = 1.0  # after a failed round
@@ -73,7 +73,7 @@ class Hub:
         self._followers: dict[str, set[Follower]] = defaultdict(set)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._listener = Listener(dsn, NOTIFY_CHANNEL, lambda _payload: self._wake.set())
+        self._listener = Listener(dsn, EVENTS_CHANNEL, lambda _payload: self._wake.set())
 
     @property
     def connected(self) -> asyncio.Event:

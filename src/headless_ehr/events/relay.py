@@ -37,14 +37,13 @@ from ..db.listen import Listener
 from ..db.periodic import cancel
 from ..fhir.outcome import FhirError
 from ..store.repository import ResourceStore
-from .outbox import NOTIFY_CHANNEL, Event, Position, advance, claim, settled_after, start_cursor
+from .outbox import EVENTS_CHANNEL, NOTIFY_CHANNEL, Event, Position, advance, claim, settled_after, start_cursor
 from .owner import owner_principal, owner_with_policy
 from .subscription import Trigger
 
 log = logging.getLogger("headless_ehr.events")
 
 CURSOR = "subscriptions"
-EVENTS_CHANNEL = "ehr_events"  # NOTIFY after each batch that notified someone (at commit)
 BATCH_SIZE = 500  # events per relay transaction
 IDS_PER_SEARCH = 100  # `_id` values per matching search
 MAX_NOTIFY_BYTES = 7900  # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from headless_ehr.rest.operations.subscription_status import MAX_STATUSES
 from tests.auth.world import observation
 from tests.events.conftest import notification_status, status_values
 from tests.events.websocket_support import (  # noqa: F401 (fixture)
@@ -208,6 +209,22 @@ async def test_type_level_status_without_ids_lists_the_callers_subscriptions(liv
         answer = await client.get("/Subscription/$status?status=active")
     listed = [status_values(e["resource"])["subscription"]["reference"] for e in answer.json()["entry"]]
     assert listed == [f"{live.base}/Subscription/{sid}"]
+
+
+async def test_type_level_status_by_status_finds_them_among_more_than_a_page(live: LiveServer, db):
+    async with live.client() as client:
+        mine = await post(client, {"resourceType": "Patient"})
+    async with live.client(live.token("patient/*.cruds", patient=mine)) as client:
+        first = await create_subscription(client, db)
+        for _ in range(MAX_STATUSES):  # a page of others between them
+            await create_subscription(client, db)
+        last = await create_subscription(client, db)
+        for sid in (first, last):
+            off = {**(await client.get(f"/Subscription/{sid}")).json(), "status": "off"}
+            assert (await client.put(f"/Subscription/{sid}", json=off)).status_code == 200
+        answer = await client.get("/Subscription/$status?status=off")
+    listed = {status_values(e["resource"])["subscription"]["reference"] for e in answer.json()["entry"]}
+    assert listed == {f"{live.base}/Subscription/{sid}" for sid in (first, last)}
 
 
 async def test_events_by_post_take_a_parameters_body(live: LiveServer, db):

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from headless_ehr.auth.bootstrap import admin_client_file
 from tests.conftest import bearer, mint_token
@@ -340,3 +341,13 @@ async def test_a_full_resource_is_sent_without_the_elements_the_owners_policy_hi
     assert sent["id"] == patient["id"] and sent["name"] == patient["name"]
     assert "telecom" not in sent
     assert any(t.get("code") == "SUBSETTED" for t in sent["meta"]["tag"])
+
+
+@pytest.mark.parametrize("before", ["0001-01-01T00:00:00%2B14:00", "9999-12-31T23:59:59-14:00"])
+async def test_the_delivery_log_refuses_a_before_out_of_range_with_400(delivery_app, pool, receiver: Receiver, before):
+    sid = await add_subscription(pool, receiver.url)
+    admin = _admin(delivery_app)
+    answer = await admin.get(f"/admin/subscriptions/{sid}/deliveries?before={before}")
+    await admin.aclose()
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["resourceType"] == "OperationOutcome"

@@ -210,3 +210,8 @@ async def test_a_conditional_create_of_a_subscription_gets_its_state(client, db,
     assert res.status_code == 201, res.text
     subscriptions.append(res.json()["id"])
     assert await db.fetchval("SELECT status FROM subscription_state WHERE id = $1", res.json()["id"]) == "active"
+
+
+@pytest.mark.parametrize("end", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+async def test_an_end_out_of_range_in_utc_is_refused(client, end) -> None:
+    await _refused(client, subscription("Observation", end=end), 422)

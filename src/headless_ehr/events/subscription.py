@@ -11,7 +11,7 @@ the topic is resolved by the write hook (events/lifecycle.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -293,7 +293,10 @@ def _end(value: Any) -> datetime | None:
         raise _invalid("Subscription.end must be an instant", "Subscription.end") from None
     if end.tzinfo is None:
         raise _invalid("Subscription.end must carry a time zone", "Subscription.end")
-    return end
+    try:
+        return end.astimezone(UTC)  # an offset can push it past year 1 or 9999, where PostgreSQL cannot store it
+    except OverflowError:
+        raise _invalid("Subscription.end is out of range", "Subscription.end") from None
 
 
 # -- the subscriber's rights --------------------------------------------------------------

@@ -376,11 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _actions(sub: argparse._SubParsersAction, name: str, metavar: str, **kwargs: str) -> argparse._SubParsersAction:
+    """A command `name` whose first argument is one of its actions (args.action)."""
+    return sub.add_parser(name, **kwargs).add_subparsers(dest="action", metavar=metavar, required=True)
+
+
 def _events_parsers(sub: argparse._SubParsersAction) -> None:
-    p_events = sub.add_parser(
-        "events", help="follow the change events", description="The change events (docs/events.md)."
+    events_sub = _actions(
+        sub, "events", "{tail}", help="follow the change events", description="The change events (docs/events.md)."
     )
-    events_sub = p_events.add_subparsers(dest="action", metavar="{tail}", required=True)
     tail = events_sub.add_parser(
         "tail",
         help="print each change as it commits, until Ctrl-C",
@@ -394,10 +398,13 @@ def _events_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _audit_parsers(sub: argparse._SubParsersAction) -> None:
-    p_audit = sub.add_parser(
-        "audit", help="check and export the audit trail", description="The hash-chained audit trail of AuditEvents."
+    audit_sub = _actions(
+        sub,
+        "audit",
+        "{verify,export}",
+        help="check and export the audit trail",
+        description="The hash-chained audit trail of AuditEvents.",
     )
-    audit_sub = p_audit.add_subparsers(dest="action", metavar="{verify,export}", required=True)
     verify = audit_sub.add_parser(
         "verify",
         help="check the whole hash chain",
@@ -415,10 +422,13 @@ def _audit_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _account_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
     """`ehr client create`, `ehr user create` and `ehr token` (auth/cli.py)."""
-    p_client = sub.add_parser(
-        "client", help="register OAuth clients", description="Register OAuth clients (SMART apps and services)."
+    client_sub = _actions(
+        sub,
+        "client",
+        "{create}",
+        help="register OAuth clients",
+        description="Register OAuth clients (SMART apps and services).",
     )
-    client_sub = p_client.add_subparsers(dest="action", metavar="{create}", required=True)
     create = client_sub.add_parser(
         "create",
         help="register a client; prints it as JSON, with its secret when it has one",
@@ -446,8 +456,9 @@ def _account_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.H
     create.add_argument("--policy", action="append", default=[], help="an access policy name; repeat for more")
     create.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
 
-    p_user = sub.add_parser("user", help="register users", description="Register users who log in to SMART apps.")
-    user_sub = p_user.add_subparsers(dest="action", metavar="{create}", required=True)
+    user_sub = _actions(
+        sub, "user", "{create}", help="register users", description="Register users who log in to SMART apps."
+    )
     create = user_sub.add_parser(
         "create",
         help="register a user; prints it as JSON (never the password)",

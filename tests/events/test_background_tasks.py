@@ -4,7 +4,10 @@ and the periodic job (db/periodic.py) outlive a lost database connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -23,24 +26,27 @@ async def _heard_after(db: asyncpg.Pool, queue: asyncio.Queue[str | None], paylo
             return got
 
 
-async def test_a_listener_hears_notifications_and_is_told_when_it_connects(settings, db):
+@contextlib.asynccontextmanager
+async def listening(settings: Any) -> AsyncIterator[tuple[Listener, asyncio.Queue[str | None]]]:
+    """A started Listener on CHANNEL, connected, and the queue of what it hears; closed after."""
     heard: asyncio.Queue[str | None] = asyncio.Queue()
     listener = Listener(settings.database_url, CHANNEL, heard.put_nowait)
     listener.start()
     try:
         await asyncio.wait_for(listener.connected.wait(), 10)
-        assert await asyncio.wait_for(heard.get(), 10) is None  # connected: catch up
-        assert await _heard_after(db, heard, "first") == "first"
+        yield listener, heard
     finally:
         await listener.close()
 
 
+async def test_a_listener_hears_notifications_and_is_told_when_it_connects(settings, db):
+    async with listening(settings) as (_, heard):
+        assert await asyncio.wait_for(heard.get(), 10) is None  # connected: catch up
+        assert await _heard_after(db, heard, "first") == "first"
+
+
 async def test_a_listener_reconnects_after_its_connection_is_terminated(settings, db):
-    heard: asyncio.Queue[str | None] = asyncio.Queue()
-    listener = Listener(settings.database_url, CHANNEL, heard.put_nowait)
-    listener.start()
-    try:
-        await asyncio.wait_for(listener.connected.wait(), 10)
+    async with listening(settings) as (listener, heard):
         first = listener.connection
         assert first is not None
         await db.execute("SELECT pg_terminate_backend($1)", first.get_server_pid())
@@ -49,8 +55,6 @@ async def test_a_listener_reconnects_after_its_connection_is_terminated(settings
                 break
             await asyncio.sleep(0.02)
         assert await _heard_after(db, heard, "again") == "again"
-    finally:
-        await listener.close()
 
 
 async def test_a_periodic_job_that_fails_on_a_closed_connection_runs_again(settings):

@@ -40,6 +40,13 @@ async def binding_token(live: LiveServer, sid: str, token: str | None = None) ->
     }
 
 
+async def bind_answer(live: LiveServer, token: str) -> dict[str, Any]:
+    """The first answer to `bind-with-token <token>` on a socket of its own (without an access token)."""
+    async with live.socket(None) as socket:
+        await socket.send(f"bind-with-token {token}")
+        return json.loads(await receive(socket))
+
+
 async def test_the_binding_token_operation_names_the_subscription_and_the_socket_url(live: LiveServer, db):
     async with live.client() as client:
         sid = await create_subscription(client, db, topic=TOPIC)
@@ -150,9 +157,7 @@ async def test_an_expired_binding_token_is_refused(live: LiveServer, db):
     state = live.app.state
     past = BindingTokens(state.signing_keys, state.tokens, state.policies, state.pool, lifetime=-60)
     token, _ = past.issue(state.tokens.verify(live.token(), live.base), [sid], live.base)
-    async with live.socket(None) as socket:
-        await socket.send(f"bind-with-token {token}")
-        outcome = json.loads(await receive(socket))
+    outcome = await bind_answer(live, token)
     assert outcome["resourceType"] == "OperationOutcome" and "expired" in outcome["issue"][0]["diagnostics"]
 
 
@@ -182,9 +187,7 @@ async def test_a_binding_token_of_a_revoked_access_token_is_refused(live: LiveSe
     token = (await binding_token(live, sid, asking))["token"]
     principal = live.app.state.tokens.verify(asking, live.base)
     await live.app.state.tokens.revoke(principal.token_id, principal.expires_at)
-    async with live.socket(None) as socket:
-        await socket.send(f"bind-with-token {token}")
-        outcome = json.loads(await receive(socket))
+    outcome = await bind_answer(live, token)
     assert outcome["resourceType"] == "OperationOutcome" and "revoked" in outcome["issue"][0]["diagnostics"]
 
 
@@ -193,9 +196,7 @@ async def test_a_tampered_binding_token_is_refused(live: LiveServer, db):
         sid = await create_subscription(client, db, topic=TOPIC)
     token = (await binding_token(live, sid))["token"]
     head, claims, signature = token.split(".")
-    async with live.socket(None) as socket:
-        await socket.send(f"bind-with-token {head}.{claims}.{signature[::-1]}")
-        assert json.loads(await receive(socket))["resourceType"] == "OperationOutcome"
+    assert (await bind_answer(live, f"{head}.{claims}.{signature[::-1]}"))["resourceType"] == "OperationOutcome"
 
 
 async def test_a_binding_token_socket_ends_with_its_askers_token(live: LiveServer, db):

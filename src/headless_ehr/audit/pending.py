@@ -117,8 +117,9 @@ async def register(db: asyncpg.Pool | asyncpg.Connection, template: ReadTemplate
     """The database's id of a caller's read template, written the first time (once per caller
     and node: the id is kept on the template)."""
     for _ in range(3):
-        found = await db.fetchval(_REGISTER, template.digest, template.head, template.tail, template.agents,
-                                  template.address)
+        found = await db.fetchval(
+            _REGISTER, template.digest, template.head, template.tail, template.agents, template.address
+        )
         if found is not None:
             template.id = found
             return found

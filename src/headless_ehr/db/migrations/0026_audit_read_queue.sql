@@ -53,12 +53,22 @@ SELECT r.id, r.recorded, audit_read_content(t.head, t.tail, r.id, r.recorded, r.
     ARRAY['Patient/' || r.patient], t.agents, ARRAY['Patient/' || r.patient], 'read', '0', 'R', t.address
 FROM audit_read_pending r JOIN audit_read_template t ON t.id = r.template;
 
+-- The queues are written and emptied all the time: vacuum them often (a scan of a queue
+-- also reads its dead rows until then). The recorder vacuums them too (audit/recorder.py).
+ALTER TABLE audit_pending SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+    autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 5000);
+ALTER TABLE audit_read_pending SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+    autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 5000);
+
 -- audit_chain (migration 0020) over both queues, oldest first: the same links and hashes
 -- (SHA-256(previous hash || seq as 8 bytes big-endian || content)), the same lock. A queued
 -- read's content is composed from its template when it is hashed and again when it is
 -- inserted (cheaper than carrying 1 KB values in arrays); its id is the database's own
 -- random UUID, so only audit_pending's events can have been queued twice.
-CREATE OR REPLACE FUNCTION audit_chain(max_rows integer) RETURNS integer LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION audit_chain(max_rows integer) RETURNS integer LANGUAGE plpgsql
+-- Every join here looks events up by id or row address: a queue that was once long (its
+-- size estimate stale) must never turn one into a hash join reading the whole chain.
+SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     last_seq bigint;
     last_hash bytea;

@@ -62,9 +62,9 @@ ALTER TABLE audit_read_pending SET (autovacuum_vacuum_scale_factor = 0, autovacu
 
 -- audit_chain (migration 0020) over both queues, oldest first: the same links and hashes
 -- (SHA-256(previous hash || seq as 8 bytes big-endian || content)), the same lock. A queued
--- read's content is composed from its template when it is hashed and again when it is
--- inserted (cheaper than carrying 1 KB values in arrays); its id is the database's own
--- random UUID, so only audit_pending's events can have been queued twice.
+-- read's content is composed from its template once, hashed, and inserted from the loop's
+-- arrays; its id is the database's own random UUID, so only audit_pending's events can
+-- have been queued twice.
 CREATE OR REPLACE FUNCTION audit_chain(max_rows integer) RETURNS integer LANGUAGE plpgsql
 -- Every join here looks events up by id or row address: a queue that was once long (its
 -- size estimate stale) must never turn one into a hash join reading the whole chain.
@@ -81,7 +81,12 @@ DECLARE
     prevs bytea[] := '{}';
     hashes bytea[] := '{}';
     twins tid[] := '{}';
-    reads tid[] := '{}';  -- audit_read_pending rows chained
+    reads tid[] := '{}';  -- audit_read_pending rows chained, and their events' parts
+    read_ids uuid[] := '{}';
+    read_times timestamptz[] := '{}';
+    read_templates integer[] := '{}';
+    read_patients text[] := '{}';
+    read_contents bytea[] := '{}';
     read_seqs bigint[] := '{}';
     read_prevs bytea[] := '{}';
     read_hashes bytea[] := '{}';
@@ -95,52 +100,64 @@ BEGIN
     END IF;
     FOR r IN
         SELECT q.* FROM (
-            SELECT p.ctid AS row, false AS is_read, p.id, p.recorded, p.content FROM audit_pending p
+            SELECT p.ctid AS row, false AS is_read, p.id, p.recorded, p.content, 0 AS template, '' AS patient
+            FROM audit_pending p
             WHERE NOT EXISTS (SELECT 1 FROM audit_event e WHERE e.id = p.id)
             UNION ALL
-            SELECT q.ctid, true, q.id, q.recorded, audit_read_content(t.head, t.tail, q.id, q.recorded, q.patient)
+            SELECT q.ctid, true, q.id, q.recorded, audit_read_content(t.head, t.tail, q.id, q.recorded, q.patient),
+                q.template, q.patient
             FROM audit_read_pending q JOIN audit_read_template t ON t.id = q.template
         ) q
         ORDER BY q.recorded, q.id LIMIT max_rows
     LOOP
-        IF n > 0 AND r.id = ids[n] THEN  -- the same event queued twice: chained once
+        IF r.is_read THEN
+            n := n + 1;
+            nr := nr + 1;
+            reads[nr] := r.row;
+            read_ids[nr] := r.id;
+            read_times[nr] := r.recorded;
+            read_templates[nr] := r.template;
+            read_patients[nr] := r.patient;
+            read_contents[nr] := r.content;
+            read_seqs[nr] := last_seq + n;
+            read_prevs[nr] := last_hash;
+            last_hash := sha256(last_hash || int8send(last_seq + n) || r.content);
+            read_hashes[nr] := last_hash;
+            CONTINUE;
+        END IF;
+        IF np > 0 AND r.id = ids[np] THEN  -- the same event queued twice: chained once
             twins := twins || r.row;
             CONTINUE;
         END IF;
         n := n + 1;
-        ids[n] := r.id;
-        IF r.is_read THEN
-            nr := nr + 1;
-            reads[nr] := r.row;
-            read_seqs[nr] := last_seq + n;
-            read_prevs[nr] := last_hash;
-        ELSE
-            np := np + 1;
-            rows[np] := r.row;
-            seqs[np] := last_seq + n;
-            prevs[np] := last_hash;
-        END IF;
+        np := np + 1;
+        ids[np] := r.id;
+        rows[np] := r.row;
+        seqs[np] := last_seq + n;
+        prevs[np] := last_hash;
         last_hash := sha256(last_hash || int8send(last_seq + n) || r.content);
-        IF r.is_read THEN
-            read_hashes[nr] := last_hash;
-        ELSE
-            hashes[np] := last_hash;
-        END IF;
+        hashes[np] := last_hash;
     END LOOP;
-    INSERT INTO audit_event (seq, id, recorded, content, prev_hash, hash, patients, agents, entities,
-        subtype, outcome, action, address)
-    SELECT u.seq, p.id, p.recorded, p.content, u.prev, u.hash, p.patients, p.agents, p.entities, p.subtype,
-        p.outcome, p.action, p.address
-    FROM unnest(rows, seqs, prevs, hashes) AS u(row, seq, prev, hash) JOIN audit_pending p ON p.ctid = u.row;
-    INSERT INTO audit_event (seq, id, recorded, content, prev_hash, hash, patients, agents, entities,
-        subtype, outcome, action, address)
-    SELECT u.seq, q.id, q.recorded, audit_read_content(t.head, t.tail, q.id, q.recorded, q.patient), u.prev,
-        u.hash, ARRAY['Patient/' || q.patient], t.agents, ARRAY['Patient/' || q.patient], 'read', '0', 'R',
-        t.address
-    FROM unnest(reads, read_seqs, read_prevs, read_hashes) AS u(row, seq, prev, hash)
-    JOIN audit_read_pending q ON q.ctid = u.row JOIN audit_read_template t ON t.id = q.template;
-    DELETE FROM audit_pending WHERE ctid = ANY(rows || twins);
-    DELETE FROM audit_read_pending WHERE ctid = ANY(reads);
+    IF np > 0 THEN
+        INSERT INTO audit_event (seq, id, recorded, content, prev_hash, hash, patients, agents, entities,
+            subtype, outcome, action, address)
+        SELECT u.seq, p.id, p.recorded, p.content, u.prev, u.hash, p.patients, p.agents, p.entities, p.subtype,
+            p.outcome, p.action, p.address
+        FROM unnest(rows, seqs, prevs, hashes) AS u(row, seq, prev, hash) JOIN audit_pending p ON p.ctid = u.row;
+    END IF;
+    IF nr > 0 THEN
+        INSERT INTO audit_event (seq, id, recorded, content, prev_hash, hash, patients, agents, entities,
+            subtype, outcome, action, address)
+        SELECT u.seq, u.id, u.recorded, u.content, u.prev, u.hash, ARRAY['Patient/' || u.patient], t.agents,
+            ARRAY['Patient/' || u.patient], 'read', '0', 'R', t.address
+        FROM unnest(read_ids, read_times, read_contents, read_templates, read_patients, read_seqs, read_prevs,
+            read_hashes) AS u(id, recorded, content, template, patient, seq, prev, hash)
+        JOIN audit_read_template t ON t.id = u.template;
+        DELETE FROM audit_read_pending WHERE ctid = ANY(reads);
+    END IF;
+    IF np > 0 OR cardinality(twins) > 0 THEN
+        DELETE FROM audit_pending WHERE ctid = ANY(rows || twins);
+    END IF;
     DELETE FROM audit_pending p USING audit_event e WHERE e.id = p.id;  -- copies of events chained before
     RETURN n + cardinality(twins);
 END $$;

@@ -2,7 +2,7 @@
 -- pending.py, store/sql.py READ_CURRENT_AUDITED): the event id, its time, the Patient's id
 -- and the caller's template, about 90 bytes against 1.3 KB. Every read of one caller
 -- (its agents, address, purpose of use) shares one template row, written once (audit/
--- templates.py). audit_chain composes each event's content from the two as it chains it
+-- pending.py `register`). audit_chain composes each event's content from the two as it chains it
 -- (the chain, audit_event and `ehr audit verify` are unchanged), so an event is stored
 -- whole once, in the chain. Both tables are queues like audit_pending: what is in them is
 -- not yet chained, and a crash of an API node after its response loses nothing.

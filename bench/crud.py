@@ -532,6 +532,22 @@ def audit_ratios(runs: list[Run], workers: int) -> dict[str, float]:
     return ratios
 
 
+def cpu_per_request(runs: list[Run], workers: int, auth: str, case: str) -> str:
+    """Mean CPU per request (µs) of the server's processes and of PostgreSQL's, at 8 clients:
+    steadier than req/s on a shared machine, since other work there slows but does not bill it."""
+    found = [
+        r
+        for r in runs
+        if r.target == "server" and r.workers == workers and r.auth == auth and r.case == case and r.clients == 8
+    ]
+    found = [r for r in found if r.result.rps and r.server_cpu is not None and r.pg_cpu is not None]
+    if not found:
+        return "-"
+    server = mean([1e6 * r.server_cpu / r.result.rps for r in found])  # type: ignore[operator]
+    pg = mean([1e6 * r.pg_cpu / r.result.rps for r in found])  # type: ignore[operator]
+    return f"server {server:.0f} µs + PostgreSQL {pg:.0f} µs"
+
+
 def audit_section(runs: list[Run], workers_list: list[int]) -> list[str]:
     """Every case at 8 clients with the audit trail against the same build with EHR_AUDIT=off."""
     lines = []
@@ -544,7 +560,8 @@ def audit_section(runs: list[Run], workers_list: list[int]) -> list[str]:
             lines.append(
                 f"- workers {workers}, {case} at 8 clients: {rates(on)} with audit, {rates(off)} with"
                 f" EHR_AUDIT=off: {ratio:.3f}, {abs(100 * (1 - ratio)):.1f}% {'fewer' if ratio <= 1 else 'more'}"
-                f" with audit{verdict}"
+                f" with audit{verdict}; CPU per request {cpu_per_request(runs, workers, 'on', case)} with audit,"
+                f" {cpu_per_request(runs, workers, 'on' + NO_AUDIT, case)} without"
             )
     if not lines:
         return []

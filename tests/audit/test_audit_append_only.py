@@ -50,3 +50,16 @@ async def test_plain_sql_cannot_update_or_delete_audit_records(client, app, db):
     ):
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await db.execute(statement)
+
+
+async def test_plain_sql_cannot_change_the_templates_queued_reads_are_made_from(client, app, db):
+    pid = (await client.post("/Patient", json={"resourceType": "Patient"})).json()["id"]
+    assert (await client.get(f"/Patient/{pid}")).status_code == 200
+    assert await db.fetchval("SELECT count(*) FROM audit_read_template") >= 1
+    for statement in (
+        "UPDATE audit_read_template SET address = '10.9.9.9'",
+        "DELETE FROM audit_read_template",
+        "TRUNCATE audit_read_template",
+    ):
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await db.execute(statement)

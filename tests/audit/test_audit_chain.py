@@ -14,8 +14,9 @@ import asyncpg
 import orjson
 import pytest
 
-from headless_ehr.audit.chain import Entry, append, record_hash, verify
-from headless_ehr.audit.event import Interaction, audit_event
+from headless_ehr.audit.chain import Entry, append, record_hash, vacuum_queues, verify
+from headless_ehr.audit.event import Interaction, audit_event, read_template
+from headless_ehr.audit.pending import register
 from headless_ehr.auth.principal import Principal
 from headless_ehr.db.migrate import migrate
 
@@ -175,3 +176,43 @@ async def test_two_nodes_chaining_at_once_never_fork_the_chain(db):
         assert await a.fetchval("SELECT count(*) FROM audit_pending") == 0
     assert result.broken is None
     assert result.count >= 17
+
+
+async def test_queued_reads_and_whole_events_are_chained_together_in_time_order(db):
+    """A read queued as a narrow row (migration 0026) is chained as the event its template
+    makes, in recorded order among the events queued whole; verify checks them alike."""
+    who = Principal.from_scopes("c3", "system/*.rs", client_id="c3")
+    template = read_template(who, "10.0.0.3")
+    assert template is not None
+    queue_read = "INSERT INTO audit_read_pending VALUES (gen_random_uuid(), clock_timestamp(), $1, $2) RETURNING id"
+    async with db.acquire() as conn:
+        tid = await register(conn, template)
+        first = await conn.fetchval(queue_read, tid, "qr1")
+        await asyncio.sleep(0.01)
+        whole = _events(2)
+        await asyncio.sleep(0.01)
+        last = await conn.fetchval(queue_read, tid, "qr2")
+        await append(conn, whole)
+        rows = await conn.fetch(
+            "SELECT id, content, patients, agents, subtype FROM audit_event WHERE id = ANY($1::uuid[]) ORDER BY seq",
+            [first, whole[0].id, whole[1].id, last],
+        )
+        result = await verify(conn)
+    assert [str(r["id"]) for r in rows] == [str(first), str(whole[0].id), str(whole[1].id), str(last)]
+    read = orjson.loads(rows[0]["content"])
+    assert read["id"] == str(first) and read["entity"][0]["what"]["reference"] == "Patient/qr1"
+    assert read["agent"][0]["who"]["identifier"]["value"] == "c3"
+    assert rows[0]["patients"] == ["Patient/qr1"] and rows[0]["agents"] == template.agents
+    assert result.broken is None
+
+
+async def test_the_recorder_vacuums_the_queues_while_events_are_chained(db):
+    count = (
+        "SELECT pg_stat_clear_snapshot(), (SELECT vacuum_count FROM pg_stat_user_tables"
+        " WHERE relname = 'audit_read_pending')"
+    )
+    async with db.acquire() as a, db.acquire() as b:
+        before = (await a.fetchrow(count))[1]
+        await asyncio.gather(append(a, _events(3)), vacuum_queues(b))
+        assert (await a.fetchrow(count))[1] == before + 1
+        assert await a.fetchval("SELECT count(*) FROM audit_queued") == 0

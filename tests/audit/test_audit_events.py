@@ -21,10 +21,10 @@ async def events_naming(app: Any, db: asyncpg.Pool, needle: str, *, flush: bool 
         rows = await db.fetch(
             "SELECT content FROM audit_event WHERE position($1::bytea in content) > 0 ORDER BY seq", needle.encode()
         )
-    else:  # what is on disk now: the chain and the write-side events not yet moved into it
+    else:  # what is on disk now: the chain and the events queued but not yet moved into it
         rows = await db.fetch(
             "SELECT content, recorded FROM audit_event WHERE position($1::bytea in content) > 0"
-            " UNION ALL SELECT content, recorded FROM audit_pending WHERE position($1::bytea in content) > 0"
+            " UNION ALL SELECT content, recorded FROM audit_queued WHERE position($1::bytea in content) > 0"
             " ORDER BY recorded",
             needle.encode(),
         )
@@ -273,26 +273,29 @@ async def test_reading_a_stored_bundle_naming_patients_of_no_id_is_recorded_at_o
 
 
 async def test_a_patient_read_event_made_by_sql_is_the_one_python_makes(client, db):
-    """Reads of a Patient queue their event in SQL (store/sql.py READ_CURRENT_AUDITED) from
-    parts audit/event.py keeps: the event and its search columns must be audit_event's."""
-    from headless_ehr.audit.event import Interaction, audit_event, read_parts
+    """Reads of a Patient queue their event's own parts (store/sql.py READ_CURRENT_AUDITED) and
+    the chaining composes it with the caller's template (audit/event.py ReadTemplate): the
+    event and its search columns must be those audit/event.py makes."""
+    from headless_ehr.audit.event import Interaction, audit_event, read_template
     from headless_ehr.audit.index import index_of
+    from headless_ehr.audit.pending import register
     from headless_ehr.auth.principal import Principal
     from headless_ehr.store.sql import READ_CURRENT_AUDITED
 
     pid = await new_patient(client)
     who = Principal.from_scopes("u-sql", "user/*.rs", client_id="app-sql", fhir_user="Practitioner/p-sql")
-    parts = read_parts(who, "10.1.2.3")
-    assert parts is not None
+    template = read_template(who, "10.1.2.3")
+    assert template is not None
     async with db.acquire() as conn:
-        assert await conn.fetchrow(READ_CURRENT_AUDITED, "Patient", pid, *parts, True) is not None
-        row = await conn.fetchrow(
-            "SELECT * FROM audit_pending WHERE $1 = ANY(entities) AND agents @> ARRAY['app-sql']", f"Patient/{pid}"
+        template_id = await register(conn, template)
+        assert await register(conn, read_template(who, "10.1.2.3")) == template_id  # one row per caller
+        assert (await conn.fetchrow(READ_CURRENT_AUDITED, "Patient", pid, template_id, True))[3] is True
+        [row] = await conn.fetch(
+            "SELECT * FROM audit_queued WHERE $1 = ANY(entities) AND agents @> ARRAY['app-sql']"
+            " UNION ALL SELECT id, recorded, content, patients, agents, entities, subtype, outcome, action, address"
+            " FROM audit_event WHERE $1 = ANY(entities) AND agents @> ARRAY['app-sql']",
+            f"Patient/{pid}",
         )
-        if row is None:  # chained meanwhile
-            row = await conn.fetchrow(
-                "SELECT * FROM audit_event WHERE $1 = ANY(entities) AND agents @> ARRAY['app-sql']", f"Patient/{pid}"
-            )
     made = orjson.loads(bytes(row["content"]))
     python = audit_event(Interaction("read", 200, f"Patient/{pid}", [f"Patient/{pid}"]), who, "10.1.2.3")
     expected = orjson.loads(python.content)
@@ -304,7 +307,36 @@ async def test_a_patient_read_event_made_by_sql_is_the_one_python_makes(client, 
     columns = (row["patients"], row["agents"], row["entities"], row["subtype"], row["outcome"], row["action"])
     assert list(columns) == list(python.index.row()[:6]) and row["address"] == python.index.address
     assert index_of(orjson.loads(bytes(row["content"]))).row() == tuple([*columns, row["address"]])
-    assert read_parts(Principal.from_scopes("pat", "user/*.rs", fhir_user="Patient/1"), "x") is None
+    assert read_template(Principal.from_scopes("pat", "user/*.rs", fhir_user="Patient/1"), "x") is None
+
+
+async def test_a_read_queues_a_narrow_row_that_the_chain_turns_into_its_event(client, app, db):
+    pid = await new_patient(client)
+    await app.state.audit.flush()
+    assert (await client.get(f"/Patient/{pid}")).status_code == 200
+    [queued] = await db.fetch("SELECT id, template FROM audit_read_pending WHERE patient = $1", pid)
+    assert not await db.fetchval("SELECT count(*) FROM audit_pending WHERE $1 = ANY(entities)", f"Patient/{pid}")
+    await app.state.audit.flush()
+    assert not await db.fetchval("SELECT count(*) FROM audit_read_pending WHERE id = $1", queued["id"])
+    [event] = await db.fetch("SELECT content, subtype FROM audit_event WHERE id = $1", queued["id"])
+    assert event["subtype"] == "read" and f"Patient/{pid}".encode() in bytes(event["content"])
+
+
+async def test_a_read_whose_template_row_is_gone_is_still_recorded(client, app, db):
+    """A template id kept in memory that the database does not have (restored, or changed by
+    hand): the read's statement queues nothing, the request records its event as other reads do."""
+    pid = await new_patient(client)
+    assert (await client.get(f"/Patient/{pid}")).status_code == 200
+    await app.state.audit.flush()
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE audit_read_template DISABLE TRIGGER audit_read_template_no_change")
+        await conn.execute("DELETE FROM audit_read_template")
+        await conn.execute("ALTER TABLE audit_read_template ENABLE TRIGGER audit_read_template_no_change")
+    assert (await client.get(f"/Patient/{pid}")).status_code == 200  # recorded as other reads are
+    assert (await client.get(f"/Patient/{pid}")).status_code == 200  # a new template row, queued again
+    events = [e for e in await events_naming(app, db, f"Patient/{pid}") if subtype(e) == "read"]
+    assert [e["outcome"] for e in events] == ["0", "0", "0"]
+    assert await db.fetchval("SELECT count(*) FROM audit_read_template") >= 1
 
 
 async def test_a_write_names_the_patients_it_references_and_no_reference_without_an_id(client, app, db):

@@ -11,6 +11,7 @@ for verification.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import orjson
 
 from .index import Index, index_of
 
+log = logging.getLogger("headless_ehr.audit")
 GENESIS = bytes(32)  # the previous hash of the first record
 
 
@@ -110,6 +112,19 @@ async def chain_pending(conn: asyncpg.Connection) -> int:
         moved += taken
         if taken < CHAIN_BATCH:
             return moved
+
+
+VACUUM_EVERY = 20_000  # events a node chains between its vacuums of the queues
+
+
+async def vacuum_queues(conn: asyncpg.Connection) -> None:
+    """Make the chained events' space in the queues reusable: a queue that only grows until
+    autovacuum comes (a minute apart) is read whole by every chaining. A vacuum another
+    session runs on a queue already is skipped."""
+    try:
+        await conn.execute("VACUUM (SKIP_LOCKED) audit_pending, audit_read_pending")
+    except (asyncpg.PostgresError, *RETRYABLE):  # autovacuum still comes; nothing is lost
+        log.warning("audit: could not vacuum the queues", exc_info=True)
 
 
 async def append(conn: asyncpg.Connection, entries: Sequence[Entry]) -> None:

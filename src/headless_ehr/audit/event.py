@@ -9,6 +9,7 @@ application; entities: the patients and the resource touched, and the query of a
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import random
 import time
@@ -75,12 +76,13 @@ class _Caller:
     serialized opening of its events by (subtype, outcome). A principal lives as long as its
     token in the verified-token cache, so this is built once per token and address."""
 
-    __slots__ = ("address", "agents", "heads", "keys")
+    __slots__ = ("address", "agents", "heads", "keys", "read_template")
 
     def __init__(self, principal: Principal | None, address: str) -> None:
         self.agents, self.keys = _agents_of(principal, address)
         self.address = self.agents[0]["network"]["address"]
         self.heads: dict[tuple[str, str], bytes] = {}
+        self.read_template: ReadTemplate | None = None
 
     def head(self, principal: Principal | None, code: str, action: str, outcome: str) -> bytes:
         """The event's JSON up to its own parts (id, time, outcomeDesc, entity, meta), open."""
@@ -240,19 +242,34 @@ def audit_event(interaction: Interaction, principal: Principal | None, address: 
     return Entry(event_id, datetime.fromtimestamp(now, UTC), content, index)
 
 
-def read_parts(principal: Principal | None, address: str) -> tuple[bytes, list[str], str] | None:
-    """What SQL needs to make the event of a successful read of a Patient by id (store/sql.py
-    READ_CURRENT_AUDITED, with READ_EVENT_TAIL): the caller's memoized head of the event,
-    its agents' index keys and its address, so that a read builds nothing here. None for a
-    caller whose events also name a patient of its own (a patient user, a patient context)."""
+class ReadTemplate:
+    """What every successful read of a Patient by one caller shares (audit_read_template,
+    migration 0026): the event's head, READ_EVENT_TAIL, the agents' index keys and the
+    address. Its row id, once the database has it, is all a read's statement needs."""
+
+    __slots__ = ("address", "agents", "digest", "head", "id", "tail")
+
+    def __init__(self, head: bytes, agents: list[str], address: str) -> None:
+        self.head, self.tail, self.agents, self.address = head, READ_EVENT_TAIL, agents, address
+        self.digest = hashlib.sha256(orjson.dumps([head.decode(), self.tail, agents, address])).digest()
+        self.id: int | None = None
+
+
+def read_template(principal: Principal | None, address: str) -> ReadTemplate | None:
+    """The caller's template for its reads of a Patient by id (store/sql.py READ_CURRENT_AUDITED
+    queues the event's own parts only), built once per caller. None for a caller whose events
+    also name a patient of its own (a patient user, a patient context)."""
     if principal is None or principal.patient or (principal.fhir_user or "").startswith("Patient/"):
         return None
     caller = _caller(principal, address)
-    return caller.head(principal, "read", "R", "0"), caller.keys, caller.address
+    if caller.read_template is None:
+        caller.read_template = ReadTemplate(caller.head(principal, "read", "R", "0"), caller.keys, caller.address)
+    return caller.read_template
 
 
-# The rest of that event, as audit_event writes it, with @ID@, @T@ and @RID@ for SQL to put
-# in (the event's id, its time, the Patient's id); tests/audit checks both make one event.
+# The rest of a read's event, as audit_event writes it, with @ID@, @T@ and @RID@ for SQL to
+# put in (the event's id, its time, the Patient's id: audit_read_content, migration 0026);
+# tests/audit checks both make one event.
 READ_EVENT_TAIL = (
     "," + orjson.dumps({"id": "@ID@", "recorded": "@T@", "entity": [_entity("Patient/@RID@", "1", "1")]}).decode()[1:]
 )

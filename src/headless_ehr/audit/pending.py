@@ -1,7 +1,8 @@
 """Write-side audit: the AuditEvent of each resource a request writes goes into
 `audit_pending` in the write's own statement (store/), so a committed change always
-has its event and a rolled-back one never does. The recorder of any node moves
-pending events into the hash chain in commit order (audit/recorder.py).
+has its event and a rolled-back one never does. A plain read of a Patient by id queues
+a narrow row with its own statement (`read_event`, migration 0026). The recorder of any
+node moves pending events into the hash chain in commit order (audit/recorder.py).
 
 The FHIR endpoint opens an AuditScope for each request (who asks, from where); the
 store asks `written()` for the event of each resource it writes. Outside a request
@@ -14,10 +15,12 @@ import contextvars
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import asyncpg
+
 from ..auth.principal import Principal
 from ..search.rows import IndexRows
 from .chain import Entry
-from .event import Interaction, audit_event, read_parts
+from .event import Interaction, ReadTemplate, audit_event, read_template
 
 _CODES = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
@@ -90,21 +93,46 @@ def returned(resources: Iterable[object]) -> None:
         seen[(r.resource_type, r.id)] = None  # type: ignore[attr-defined]
 
 
-def read_event(resource_type: str, rid: str) -> tuple[bytes, list[str], str, bool] | None:
-    """The arguments for a read of a Patient by id that queues its own event (store/sql.py
-    READ_CURRENT_AUDITED builds it, audit/event.py `read_parts`); None when the event must
+def read_event(resource_type: str) -> tuple[ReadTemplate, bool] | None:
+    """The caller's template for a read of a Patient by id that queues its own event (store/sql.py
+    READ_CURRENT_AUDITED), and whether to wait for the disk flush; None when the event must
     wait for what the request finds or names (other types, patients' own reads)."""
     scope = _scope.get()
     if scope is None or scope.code != "read" or resource_type != "Patient" or scope.principal is None:
         return None  # only a request that is this read (not an operation reading its focus)
-    parts = read_parts(scope.principal, scope.address)
-    return None if parts is None else (*parts, scope.sync)
+    template = read_template(scope.principal, scope.address)
+    return None if template is None else (template, scope.sync)
 
 
-def read_recorded() -> None:
-    """The read's statement found the resource and queued its event."""
+# A caller's template row, found or made (two nodes may make it at once: the loser's
+# statement cannot see the winner's row until it runs again).
+_REGISTER = (
+    "WITH made AS (INSERT INTO audit_read_template (digest, head, tail, agents, address)"
+    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (digest) DO NOTHING RETURNING id)"
+    " SELECT id FROM made UNION ALL SELECT id FROM audit_read_template WHERE digest = $1"
+)
+
+
+async def register(db: asyncpg.Pool | asyncpg.Connection, template: ReadTemplate) -> int:
+    """The database's id of a caller's read template, written the first time (once per caller
+    and node: the id is kept on the template)."""
+    for _ in range(3):
+        found = await db.fetchval(
+            _REGISTER, template.digest, template.head, template.tail, template.agents, template.address
+        )
+        if found is not None:
+            template.id = found
+            return found
+    raise RuntimeError("audit: could not register a read template")
+
+
+def read_recorded(recorded: bool, template: ReadTemplate) -> None:
+    """What the read's statement did: queued its event, or found no template row for it (the
+    row is made again next time; this request's event goes the way of other reads')."""
     scope = _scope.get()
-    if scope is not None:
+    if not recorded:
+        template.id = None
+    elif scope is not None:
         scope.read_recorded = True
         queued(1)
 

@@ -21,7 +21,7 @@ import time
 import asyncpg
 
 from . import pending
-from .chain import RETRYABLE, Entry, chain_pending, queue
+from .chain import RETRYABLE, VACUUM_EVERY, Entry, chain_pending, queue, vacuum_queues
 from .touched import Draft, complete
 
 log = logging.getLogger("headless_ehr.audit")
@@ -131,8 +131,9 @@ class AuditRecorder:
             batch.release()
 
     async def _chain(self) -> None:
-        """Chain what is queued: soon after this node queued something, else every second."""
-        due = 0.0
+        """Chain what is queued: soon after this node queued something, else every second;
+        vacuum the queues after every VACUUM_EVERY events chained."""
+        due, chained = 0.0, 0
         while True:
             flushing, self._chain_now = self._chain_now, []
             if flushing or pending.writes_since_sweep() or time.monotonic() >= due:
@@ -140,7 +141,10 @@ class AuditRecorder:
                 due = time.monotonic() + CHAIN_SECONDS
                 try:
                     async with self._pool.acquire() as conn:
-                        await chain_pending(conn)
+                        chained += await chain_pending(conn)
+                        if chained >= VACUUM_EVERY:
+                            chained = 0
+                            await vacuum_queues(conn)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # kept in audit_pending: the next round takes them

@@ -245,13 +245,15 @@ class ResourceStore:
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid[:100]} is not known")
         event = None
         if principal.access("read", resource_type) is None:  # nothing restricts: queue the event with the read
-            event = audit_pending.read_event(resource_type, rid)
+            event = audit_pending.read_event(resource_type)
         if event is None:
             row = await self._db.fetchrow(sql.READ_CURRENT, resource_type, rid)
         else:
-            row = await self._db.fetchrow(sql.READ_CURRENT_AUDITED, resource_type, rid, *event)
+            template, sync = event
+            template_id = template.id or await audit_pending.register(self._db, template)
+            row = await self._db.fetchrow(sql.READ_CURRENT_AUDITED, resource_type, rid, template_id, sync)
             if row is not None and row[2] is not None:
-                audit_pending.read_recorded()
+                audit_pending.read_recorded(row[3], template)
         if row is None:
             raise FhirError.of(404, "not-found", f"{resource_type}/{rid} is not known")
         if event is None and not await self._reachable(principal, "read", resource_type, rid):

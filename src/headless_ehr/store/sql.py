@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from functools import cache
 
-from ..audit.event import READ_EVENT_TAIL
 from ..audit.pending import PENDING_COLUMNS, PENDING_TYPES
 from ..search.rows import CONTAINED_COLUMNS
 
@@ -203,25 +202,22 @@ SELECT version_id, last_updated, content FROM resource WHERE resource_type = $1 
 READ_CURRENT_FOR_UPDATE = READ_CURRENT + " FOR UPDATE"
 
 # A read of a Patient by id that queues its own AuditEvent, only when it finds a live
-# resource: the event commits with the statement, before the response exists. SQL completes
-# the caller's memoized head ($3) with READ_EVENT_TAIL: the event's id, its time (the
-# format of audit/event.py `_instant`) and the Patient's id ($2, a checked resource id);
-# $4 the agents' index keys, $5 the address, $6 whether to wait for the disk flush.
-READ_CURRENT_AUDITED = f"""
+# resource: the event commits with the statement, before the response exists. It queues
+# the event's own parts (a new id, the time, the Patient's id $2) with the caller's template
+# ($3, audit_read_template: the chaining composes the event, migration 0026), and only when
+# that template row exists; the fourth column says whether it did. $4: whether to wait for
+# the disk flush.
+READ_CURRENT_AUDITED = """
 WITH r AS (SELECT version_id, last_updated, content FROM resource WHERE resource_type = $1 AND id = $2),
-e AS (SELECT gen_random_uuid() AS id, clock_timestamp() AS ts),
 aud AS (
-    INSERT INTO audit_pending ({PENDING_COLUMNS})
-    SELECT e.id, e.ts, $3::bytea || convert_to(replace(replace(replace(
-            '{READ_EVENT_TAIL.replace("'", "''")}',
-            '@ID@', e.id::text),
-            '@T@', to_char(e.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
-            '@RID@', $2), 'UTF8'),
-        ARRAY['Patient/' || $2], $4::text[], ARRAY['Patient/' || $2], 'read', '0', 'R', $5::text
-    FROM r, e
-    WHERE r.content IS NOT NULL AND ($6::boolean OR set_config('synchronous_commit', 'off', true) IS NOT NULL)
+    INSERT INTO audit_read_pending (id, recorded, template, patient)
+    SELECT gen_random_uuid(), clock_timestamp(), t.id, $2
+    FROM r, audit_read_template t
+    WHERE t.id = $3 AND r.content IS NOT NULL
+        AND ($4::boolean OR set_config('synchronous_commit', 'off', true) IS NOT NULL)
+    RETURNING 1
 )
-SELECT version_id, last_updated, content FROM r
+SELECT version_id, last_updated, content, EXISTS (SELECT FROM aud) FROM r
 """
 
 READ_VERSION = """

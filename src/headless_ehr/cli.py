@@ -296,6 +296,7 @@ _ENV_ONLY = [
     ("EHR_WEBHOOK_RETRY_HOURS", "webhooks are retried this long from the first failure, then error (default 24)"),
     ("EHR_WEBHOOK_TIMEOUT_SECONDS", "per webhook request (default 10)"),
     ("EHR_WEBHOOK_CONCURRENCY", "rest-hook Subscriptions a node delivers to at once (default 16)"),
+    ("EHR_WEBHOOK_BLOCKED_NETWORKS", "CIDRs no webhook goes to (default loopback, link-local, metadata)"),
 ]
 
 

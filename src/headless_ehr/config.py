@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,22 @@ def _list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if raw is None:
         return default
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+# EHR_WEBHOOK_BLOCKED_NETWORKS' default (events/webhook.py): where no webhook may go
+WEBHOOK_BLOCKED_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "0.0.0.0/8",
+    "::/128",
+    "169.254.0.0/16",  # link-local, with 169.254.169.254: AWS, GCP and Azure instance metadata
+    "fe80::/10",
+    "fd00:ec2::/32",  # AWS's IPv6 metadata service
+    "100.100.100.200/32",  # Alibaba Cloud's metadata service
+    "224.0.0.0/4",
+    "ff00::/8",
+    "255.255.255.255/32",
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,7 @@ class Settings:
     webhook_retry_hours: float = 24.0  # retries spread over at least this long, then the subscription is in error
     webhook_timeout_seconds: float = 10.0  # per request to an endpoint (connect at most 5)
     webhook_concurrency: int = 16  # subscriptions a node delivers to at once
+    webhook_blocked_networks: tuple[str, ...] = WEBHOOK_BLOCKED_NETWORKS  # CIDRs no webhook may reach
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -179,6 +197,7 @@ class Settings:
             "webhook_retry_hours": _seconds("EHR_WEBHOOK_RETRY_HOURS", 24.0, 0.0, 24 * 30),
             "webhook_timeout_seconds": _seconds("EHR_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 120),
             "webhook_concurrency": _bounded("EHR_WEBHOOK_CONCURRENCY", 16, 1, 1000),
+            "webhook_blocked_networks": _networks("EHR_WEBHOOK_BLOCKED_NETWORKS", WEBHOOK_BLOCKED_NETWORKS),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:
@@ -249,6 +268,17 @@ def _seconds(name: str, default: float, low: float, high: float) -> float:
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
     return value
+
+
+def _networks(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list of CIDRs (empty: none); a malformed one stops start-up."""
+    cidrs = _list(name, default)
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"{name}: '{cidr}' is not an IP network (CIDR)") from None
+    return cidrs
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:

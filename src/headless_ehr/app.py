@@ -30,6 +30,7 @@ from .auth.routes import oauth_routes
 from .auth.tokens import AccessTokens
 from .bulk.export_s3 import S3Bucket
 from .bulk.export_worker import ExportWorker
+from .bulk.import_worker import ImportWorker
 from .config import Settings
 from .db.migrate import migrate
 from .db.pool import AUDIT_APPLICATION, create_pool
@@ -190,6 +191,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if settings.bulk_export_jobs:  # else an API-only node: other nodes run its jobs
             exports.start()
         stack.push_async_callback(exports.close)
+        # $import inputs: their units of lines on connections of their own (a unit is a long write)
+        import_pool = await create_pool(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.bulk_import_concurrency + 1,
+            statement_timeout_ms=timeout * 10,
+        )
+        stack.push_async_callback(import_pool.close)
+        app.state.imports = imports = ImportWorker(bulk_pool, import_pool, app.state.store, settings, bucket)
+        if settings.bulk_import_jobs:  # else an API-only node: other nodes load its inputs
+            imports.start()
+        stack.push_async_callback(imports.close)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         stack.push_async_callback(app.state.reindexer.close)
         poller = asyncio.create_task(poll_registry(pool))

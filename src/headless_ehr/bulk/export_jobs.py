@@ -17,6 +17,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from . import job_rows
+
 LEASE_SECONDS = 15  # a dead node's job is taken over this long after its last renewal
 MAX_OPEN_JOBS = 5  # exports one client (user, patient context) may have queued or running at once
 
@@ -124,13 +126,7 @@ async def get(db: asyncpg.Pool, job_id: str) -> Job | None:
 
 async def polled(db: asyncpg.Pool, job_id: str, min_seconds: float) -> bool:
     """Record a status request; False when the last one answered was under min_seconds ago."""
-    row = await db.fetchval(
-        "UPDATE bulk_export_job SET polled_at = clock_timestamp() WHERE id = $1"
-        " AND (polled_at IS NULL OR polled_at <= clock_timestamp() - make_interval(secs => $2)) RETURNING 1",
-        uuid.UUID(job_id),
-        min_seconds,
-    )
-    return row is not None
+    return await job_rows.polled(db, "bulk_export_job", job_id, min_seconds)
 
 
 async def cancel(db: asyncpg.Pool, job_id: str) -> None:
@@ -254,9 +250,4 @@ async def release(db: asyncpg.Pool, job: Job) -> None:
 
 async def expired(db: asyncpg.Pool, limit: int = 100) -> list[str]:
     """Remove up to limit jobs past their expiry; their ids (whose files the caller removes)."""
-    rows = await db.fetch(
-        "DELETE FROM bulk_export_job WHERE id IN (SELECT id FROM bulk_export_job WHERE expires_at < now()"
-        " LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id",
-        limit,
-    )
-    return [str(r[0]) for r in rows]
+    return await job_rows.expired(db, "bulk_export_job", limit)

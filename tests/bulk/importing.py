@@ -11,7 +11,7 @@ import orjson
 
 from tests.bulk.exporting import ASYNC, app_of, wait
 
-__all__ = ["ASYNC", "parameters", "kick_off", "wait", "errors", "write_input", "tagged_patients", "run_import"]
+__all__ = ["ASYNC", "errors", "kick_off", "parameters", "run_import", "tagged_patients", "wait", "write_input"]
 
 
 def parameters(*inputs: tuple[str, str], storage: str | None = None, **extra: str) -> dict[str, Any]:

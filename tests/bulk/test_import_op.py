@@ -43,7 +43,7 @@ async def test_every_line_of_a_file_input_is_loaded_and_counted(client: httpx.As
 
 
 async def test_inputs_of_several_types_load_with_their_references(client: httpx.AsyncClient):
-    query, patients = tagged_patients(2, with_ids=True)
+    _query, patients = tagged_patients(2, with_ids=True)
     observations = [
         {
             "resourceType": "Observation",
@@ -176,7 +176,7 @@ async def test_a_system_client_that_may_not_write_the_type_is_403(client: httpx.
 
 
 async def test_a_system_client_with_write_on_the_type_may_import(client: httpx.AsyncClient, client_for: Any):
-    query, patients = tagged_patients(2)
+    _query, patients = tagged_patients(2)
     writer = await client_for("system/Patient.cud system/Patient.rs")
     manifest = await run_import(writer, ("Patient", write_input(client, patients)))
     assert manifest["output"][0]["count"] == 2

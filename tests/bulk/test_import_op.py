@@ -223,3 +223,12 @@ async def test_the_error_ndjson_is_made_of_operation_outcomes(client: httpx.Asyn
     outcome = orjson.loads(res.content.splitlines()[0])
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["severity"] == "error"
+
+
+async def test_line_errors_past_the_limit_are_counted_in_a_last_line(node: Any):
+    api = await node(bulk_import_max_errors=2)
+    manifest = await run_import(api, ("Patient", write_input(api, [b"{"] * 4)))
+    assert manifest["error"][0]["count"] == 3
+    messages = await errors(api, manifest)
+    assert "line 1" in messages[0] and "line 2" in messages[1]
+    assert "2 more lines in error" in messages[2]

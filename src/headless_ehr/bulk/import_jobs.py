@@ -56,6 +56,7 @@ class Input:
     loaded: int
     failed: int
     error: str | None
+    kept: int = 0  # line errors kept (at most EHR_BULK_IMPORT_MAX_ERRORS per job; `failed` counts all)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,10 @@ def _job(row: asyncpg.Record) -> Job:
 
 
 def _input(row: asyncpg.Record) -> Input:
-    return Input(*(row[k] for k in ("seq", "resource_type", "url", "status", "position", "loaded", "failed", "error")))
+    return Input(
+        *(row[k] for k in ("seq", "resource_type", "url", "status", "position", "loaded", "failed", "error")),
+        kept=row.get("kept", 0),
+    )
 
 
 async def create(
@@ -133,7 +137,11 @@ async def get(db: asyncpg.Pool, job_id: str) -> Job | None:
 
 
 async def inputs_of(db: asyncpg.Pool, job_id: str) -> list[Input]:
-    rows = await db.fetch(f"SELECT {_INPUT} FROM bulk_import_input WHERE job_id = $1 ORDER BY seq", uuid.UUID(job_id))
+    rows = await db.fetch(
+        f"SELECT {_INPUT}, (SELECT count(*) FROM bulk_import_error e WHERE e.job_id = i.job_id AND e.seq = i.seq)"
+        " AS kept FROM bulk_import_input i WHERE job_id = $1 ORDER BY seq",
+        uuid.UUID(job_id),
+    )
     return [_input(r) for r in rows]
 
 

@@ -165,7 +165,7 @@ def _manifest(request: Request, job: Job, inputs: list[Input]) -> dict[str, Any]
 
     def errors(i: Input) -> dict[str, Any]:
         url = f"{base}/{ERRORS_OPERATION}?_jobId={job.id}&input={i.seq}"
-        return {"type": "OperationOutcome", "inputUrl": i.url, "url": url, "count": i.failed + (i.error is not None)}
+        return {"type": "OperationOutcome", "inputUrl": i.url, "url": url, "count": _error_count(i)}
 
     return {
         "transactionTime": format_instant(job.transaction_time),
@@ -196,6 +196,12 @@ async def cancel(request: Request) -> Response:
     await import_jobs.cancel(request.app.state.bulk_pool, job.id)
     message = f"import {job.id} cancelled; resources it loaded before stay"
     return json_response(request, info_outcome(message), 202)
+
+
+def _error_count(item: Input) -> int:
+    """Lines of an input's error file: its own error, the line errors kept, and a last line
+    saying how many more there were when the job's limit cut them."""
+    return (item.error is not None) + item.kept + (item.failed > item.kept)
 
 
 def _outcome_line(where: str, message: str) -> bytes:
@@ -231,3 +237,6 @@ async def _error_lines(db: asyncpg.Pool, job_id: str, item: Input) -> AsyncItera
                 chunk = []
         if chunk:
             yield b"".join(chunk)
+    if item.failed > item.kept:
+        more = f"{item.failed - item.kept} more lines in error, not kept (EHR_BULK_IMPORT_MAX_ERRORS per job)"
+        yield _outcome_line(item.url, more)

@@ -159,7 +159,7 @@ async def _job_seconds(dsn: str, job_id: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/ehr_import_op_bench")
-    parser.add_argument("--source-url", default="postgresql://postgres@127.0.0.1:5432/ehr_import_op_source")
+    parser.add_argument("--source-url", default="postgresql://postgres@127.0.0.1:5432/ehr_import_op_bench_source")
     parser.add_argument("--no-load", action="store_true", help="--source-url already holds the Synthea set")
     parser.add_argument("--ndjson", type=Path, help="a folder of NDJSON files to load instead of Synthea's")
     parser.add_argument("--part-mb", type=int, default=4, help="export file size for the Synthea NDJSON")

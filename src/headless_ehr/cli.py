@@ -279,6 +279,11 @@ _ENV_ONLY = [
     ("EHR_BULK_PAGE_ROWS", "resources an $export job reads per page and progress commit (default 1000)"),
     ("EHR_BULK_EXPORT_JOBS", "off: this node runs no $export jobs, other nodes do (default on)"),
     ("EHR_BULK_S3_URL", "s3://bucket/prefix: $export files go there, pre-signed downloads (default: data dir)"),
+    ("EHR_BULK_IMPORT_JOBS", "off: this node loads no $import inputs, other nodes do (default on)"),
+    ("EHR_BULK_IMPORT_CONCURRENCY", "$import inputs a node loads at once (default 2)"),
+    ("EHR_BULK_IMPORT_MAX_BYTES", "largest $import input fetched over http(s) or S3 (default 16 GiB)"),
+    ("EHR_BULK_IMPORT_FETCH_SECONDS", "longest an $import input may take to download (default 3600)"),
+    ("EHR_BULK_IMPORT_MAX_ERRORS", "line errors an $import job keeps (default 10000)"),
     # admin
     ("EHR_ADMIN_CLIENT_ID", "with EHR_ADMIN_CLIENT_SECRET: the admin client (no admin-client.json is written)"),
     ("EHR_ADMIN_CLIENT_SECRET", "the admin client's secret, at least 16 characters (`ehr token` uses it too)"),

@@ -179,10 +179,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             recorder.start()
             stack.push_async_callback(_close_audit, app, recorder)
             keys.rotated = functools.partial(record_key_rotation, app)  # later rotations are audited
-        # $export jobs (bulk/): their own connections, planned for their values like searches; a
-        # page of a compartment export may take longer than a request's statement, not for ever
+        # $export and $import jobs (bulk/): their own connections, planned for their values like
+        # searches; a page of a compartment export may take longer than a request's statement,
+        # not for ever. An export holds one while it runs; claims, leases and status use the rest.
         bulk_pool = await create_pool(
-            settings.database_url, min_size=1, max_size=3, custom_plans=True, statement_timeout_ms=timeout * 10
+            settings.database_url, min_size=1, max_size=4, custom_plans=True, statement_timeout_ms=timeout * 10
         )
         stack.push_async_callback(bulk_pool.close)
         app.state.bulk_pool = bulk_pool

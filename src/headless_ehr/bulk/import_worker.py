@@ -118,7 +118,9 @@ class ImportWorker:
             shutil.rmtree(spool_dir(self.settings.data_dir, job_id), ignore_errors=True)
 
     async def _run(self, claim: Claim) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(claim))
+        run = asyncio.current_task()
+        assert run is not None
+        heartbeat = asyncio.create_task(self._heartbeat(claim, run))
         spooled = None
         hours = self.settings.bulk_retention_hours
         try:
@@ -159,9 +161,15 @@ class ImportWorker:
             if spooled is not None:
                 spooled.unlink(missing_ok=True)
 
-    async def _heartbeat(self, claim: Claim) -> None:
-        """Renew the lease while the source is fetched and between units (units renew it too)."""
+    async def _heartbeat(self, claim: Claim, run: asyncio.Task[None]) -> None:
+        """Renew the lease while the source is fetched and a unit loads (units renew it too);
+        stop the run when the job was cancelled or the input taken over (e.g. mid-download)."""
         while True:
             await asyncio.sleep(import_jobs.LEASE_SECONDS / 3)
             with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
-                await import_jobs.renew(self.pool, claim)
+                if not await import_jobs.renew(self.pool, claim):
+                    log.info(
+                        "bulk import %s: input %d stopped (cancelled or taken over)", claim.job.id, claim.input.seq
+                    )
+                    run.cancel()
+                    return

@@ -100,6 +100,15 @@ async def test_line_errors_are_reported_in_the_error_ndjson_and_the_other_lines_
     assert await _count(client, "Patient", query) == 3
 
 
+async def test_a_file_url_inside_the_bulk_import_folder_is_read(client: httpx.AsyncClient):
+    query, patients = tagged_patients(2)
+    name = write_input(client, patients)
+    folder = client._transport.app.state.settings.data_dir / "bulk-import"  # type: ignore[attr-defined]
+    manifest = await run_import(client, ("Patient", (folder / name).as_uri()), storage="file")
+    assert manifest["output"][0]["count"] == 2
+    assert await _count(client, "Patient", query) == 2
+
+
 async def test_a_missing_file_is_400(client: httpx.AsyncClient):
     res = await client.post("$import", json=parameters(("Patient", "no-such-file.ndjson")), headers=ASYNC)
     assert res.status_code == 400

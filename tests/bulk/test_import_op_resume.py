@@ -121,3 +121,17 @@ async def test_line_errors_kept_per_job_are_bounded_and_all_are_counted(node: An
     [row] = await import_jobs.inputs_of(pool, claim.job.id)
     assert row.failed == 5
     assert await pool.fetchval("SELECT count(*) FROM bulk_import_error") == 3
+
+
+async def test_x_progress_counts_what_the_inputs_committed(node: Any):
+    api = await node(bulk_import_jobs=False)
+    pool = app_of(api).state.bulk_pool
+    inputs = [("Patient", write_input(api, [])), ("Patient", write_input(api, []))]
+    status_url = await kick_off(api, parameters(*inputs))
+    claim = await import_jobs.claim(pool)
+    assert claim is not None
+    async with pool.acquire() as conn, conn.transaction():
+        await import_jobs.record(conn, claim, 12, 10, [(3, "bad"), (7, "bad")], 100)
+    res = await api.get(status_url)
+    assert res.status_code == 202
+    assert res.headers["X-Progress"] == "10 resources loaded, 2 lines in error; 0 of 2 inputs done"

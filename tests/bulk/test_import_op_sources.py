@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,13 +17,16 @@ from tests.bulk.importing import errors, run_import, tagged_patients
 
 
 class _Files(ThreadingHTTPServer):
-    """path -> (status, headers, body) answered as given."""
+    """path -> (status, headers, body) answered as given; a path in `slow` waits that many seconds first."""
 
+    daemon_threads = True
     routes: dict[str, tuple[int, dict[str, str], bytes]]
+    slow: dict[str, float]
 
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        time.sleep(self.server.slow.get(self.path, 0))  # type: ignore[attr-defined]
         status, headers, body = self.server.routes.get(self.path, (404, {}, b"not here"))  # type: ignore[attr-defined]
         self.send_response(status)
         for name, value in {**headers, "Content-Length": str(len(body))}.items():
@@ -39,6 +43,7 @@ def files() -> Iterator[Any]:
     """A loopback HTTP server: files.routes[path] = (status, headers, body); files.url(path)."""
     server = _Files(("127.0.0.1", 0), _Handler)
     server.routes = {}
+    server.slow = {}
     server.url = lambda path: f"http://127.0.0.1:{server.server_address[1]}{path}"  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -114,3 +119,13 @@ async def test_an_unreachable_host_fails_the_input(client: httpx.AsyncClient):
     manifest = await run_import(client, ("Patient", "http://127.0.0.1:9/p.ndjson"))
     [message] = await errors(client, manifest)
     assert "could not be read" in message
+
+
+async def test_an_input_slower_than_the_fetch_limit_fails(node: Any, files: Any):
+    api = await node(bulk_import_fetch_seconds=1)
+    _, patients = tagged_patients(1)
+    files.routes["/slow.ndjson"] = (200, {}, _ndjson(patients))
+    files.slow["/slow.ndjson"] = 3
+    manifest = await run_import(api, ("Patient", files.url("/slow.ndjson")))
+    [message] = await errors(api, manifest)
+    assert "EHR_BULK_IMPORT_FETCH_SECONDS" in message

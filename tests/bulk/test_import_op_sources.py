@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import threading
 import time
@@ -13,7 +14,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.bulk.importing import errors, run_import, tagged_patients
+from tests.bulk.exporting import app_of
+from tests.bulk.importing import errors, kick_off, parameters, run_import, tagged_patients, wait
 
 
 class _Files(ThreadingHTTPServer):
@@ -129,3 +131,20 @@ async def test_an_input_slower_than_the_fetch_limit_fails(node: Any, files: Any)
     manifest = await run_import(api, ("Patient", files.url("/slow.ndjson")))
     [message] = await errors(api, manifest)
     assert "EHR_BULK_IMPORT_FETCH_SECONDS" in message
+
+
+async def test_a_job_cancelled_mid_download_frees_its_nodes_slot(node: Any, files: Any):
+    api = await node(bulk_import_concurrency=1)
+    files.routes["/stuck.ndjson"] = (200, {}, b"")
+    files.slow["/stuck.ndjson"] = 60
+    stuck = await kick_off(api, parameters(("Patient", files.url("/stuck.ndjson"))))
+    pool = app_of(api).state.bulk_pool
+    for _ in range(100):  # until the node has claimed it (and is waiting on the download)
+        if await pool.fetchval("SELECT lease_token IS NOT NULL FROM bulk_import_input"):
+            break
+        await asyncio.sleep(0.05)
+    assert (await api.delete(stuck)).status_code == 202
+    _, patients = tagged_patients(1)
+    files.routes["/p.ndjson"] = (200, {}, _ndjson(patients))
+    manifest = await wait(api, await kick_off(api, parameters(("Patient", files.url("/p.ndjson")))), seconds=20)
+    assert manifest["output"][0]["count"] == 1

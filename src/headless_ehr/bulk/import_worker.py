@@ -120,7 +120,9 @@ class ImportWorker:
     async def _run(self, claim: Claim) -> None:
         run = asyncio.current_task()
         assert run is not None
-        heartbeat = asyncio.create_task(self._heartbeat(claim, run))
+        loading = asyncio.Event()  # cleared once the input is finishing: the heartbeat stops nothing then
+        loading.set()
+        heartbeat = asyncio.create_task(self._heartbeat(claim, run, loading))
         spooled = None
         hours = self.settings.bulk_retention_hours
         try:
@@ -143,9 +145,11 @@ class ImportWorker:
             )
             ledger = _InputLedger(claim, self.settings.bulk_import_max_errors)
             await importer.load_ndjson(path, claim.input.position, ledger, claim.input.type)
+            loading.clear()
             if await import_jobs.finish_input(self.pool, claim, hours):
                 log.info("bulk import %s: input %d loaded", claim.job.id, claim.input.seq)
         except (SourceError, InputUnreadable) as exc:  # the input as a whole: reported, the job goes on
+            loading.clear()
             await import_jobs.finish_input(self.pool, claim, hours, error=str(exc))
         except LeaseLost:
             log.info("bulk import %s: input %d is no longer this node's", claim.job.id, claim.input.seq)
@@ -153,6 +157,7 @@ class ImportWorker:
             raise  # the lease runs out; this node or another takes the input over
         except Exception as exc:
             log.exception("bulk import %s: input %d failed", claim.job.id, claim.input.seq)
+            loading.clear()
             await import_jobs.finish_input(self.pool, claim, hours, error=f"the input could not be loaded: {exc}")
         finally:
             heartbeat.cancel()
@@ -161,13 +166,13 @@ class ImportWorker:
             if spooled is not None:
                 spooled.unlink(missing_ok=True)
 
-    async def _heartbeat(self, claim: Claim, run: asyncio.Task[None]) -> None:
+    async def _heartbeat(self, claim: Claim, run: asyncio.Task[None], loading: asyncio.Event) -> None:
         """Renew the lease while the source is fetched and a unit loads (units renew it too);
         stop the run when the job was cancelled or the input taken over (e.g. mid-download)."""
         while True:
             await asyncio.sleep(import_jobs.LEASE_SECONDS / 3)
             with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
-                if not await import_jobs.renew(self.pool, claim):
+                if not await import_jobs.renew(self.pool, claim) and loading.is_set():
                     log.info(
                         "bulk import %s: input %d stopped (cancelled or taken over)", claim.job.id, claim.input.seq
                     )

@@ -10,7 +10,9 @@ Files are streamed: NDJSON line by line (through gzip too), and a Bundle is read
 up to `max_bundle_bytes`, so memory does not grow with the size of a file.
 
 Writes go through the same store code as the API (validation and search indexing
-included); creates are batched into one statement per unit. A resource id that is
+included); creates are batched into one statement per unit. `$import` loads its NDJSON
+inputs through this same path (load_ndjson), committing each unit's progress to its
+job's tables instead (a Ledger: bulk/import_worker.py). A resource id that is
 in two files (or in two units loading at once) is created once and updated by the
 other, whichever comes first.
 """

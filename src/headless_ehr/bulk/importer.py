@@ -44,6 +44,7 @@ DEFAULT_MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
 _UNIT_ATTEMPTS = 3  # a unit that deadlocks with a parallel one is run again
 _INSERT_ROUNDS = 5  # batched inserts retried after moving ids another unit created
+_YIELD_EVERY = 50  # resources validated and indexed between two yields to the event loop
 
 Failed = tuple[int, str]  # (line number or entry index, message)
 
@@ -465,7 +466,9 @@ class Importer:
                 (updates if key in existing else creates).append((number, resource))
                 existing.add(key)
         pending: list[tuple[int, dict[str, Any], PreparedCreate]] = []
-        for number, resource in creates:
+        for k, (number, resource) in enumerate(creates, 1):
+            if k % _YIELD_EVERY == 0:  # in a server ($import), requests get the event loop in between
+                await asyncio.sleep(0)
             try:
                 rid = resource.get("id") or new_id()
                 pending.append((number, resource, store.prepare_create(self.principal, resource, rid, "POST")))

@@ -13,7 +13,9 @@ database (`--database-url`) after a CHECKPOINT:
 - `ehr serve --workers W` (default one per core) started on it (start-up not timed), one
   `$import` kick-off naming every file as a data-dir input, timed from kick-off to
   completion as the job table recorded it (created_at to finished_at).
-The target (issue 13): `$import` within 25% of `ehr import`, i.e. its time at most 1.25x.
+The target (issue 13): `$import` within 25% of `ehr import`, i.e. its time at most 1.25x,
+as the median of each run's ratio (against `ehr import`'s wall time, and, stricter, against
+the time its workers report, start-up left out).
 """
 
 from __future__ import annotations
@@ -186,35 +188,39 @@ def main() -> int:
 
 
 def report(args, started, files, size, cli, op) -> None:
-    cli_s = statistics.median(r[0] for r in cli)
-    cli_rate = statistics.median(r[1] for r in cli)
-    op_s = statistics.median(r[0] for r in op)
+    """Each run pairs one `ehr import` with the `$import` right after it (the shared machine's
+    speed drifts from minute to minute): the ratio reported is the median of the pairs'."""
     resources = op[0][1]
-    ratio = op_s / cli_s if cli_s else 0.0
+    cli_s = statistics.median(r[0] for r in cli)
+    cli_work = [r[2] / r[1] if r[1] else r[0] for r in cli]  # the time its workers reported, start-up left out
+    op_s = statistics.median(r[0] for r in op)
+    ratio = statistics.median(o[0] / c[0] for c, o in zip(cli, op, strict=True))
+    ratio_work = statistics.median(o[0] / w for w, o in zip(cli_work, op, strict=True))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    runs = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
     lines = [
         f"## {started:%Y-%m-%d %H:%M} UTC: import (`python bench/import_op.py`), commit {commit}",
         "",
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, CPython {platform.python_version()}; the machine's"
         f" PostgreSQL; {files} NDJSON files, {size / 1e6:,.1f} MB; `ehr import --processes {args.processes}` against"
-        f" `ehr serve --workers {args.workers}` (auth and audit on), each on a fresh database. Target: `$import`"
-        f" time ≤ {TARGET}x `ehr import`'s.",
+        f" `ehr serve --workers {args.workers}` (auth and audit on), each on a fresh database, alternately."
+        f" Target: `$import` time ≤ {TARGET}x `ehr import`'s.",
         "",
         "| what | figure |",
         "|---|---:|",
         f"| resources | {resources:,} (lines in error: {op[0][2]:,}) |",
-        f"| `ehr import` wall time, median of {len(cli)} (runs: {', '.join(f'{r[0]:.1f}' for r in cli)} s) |"
-        f" {cli_s:.1f} s |",
-        f"| `ehr import` resources/s, wall / as reported | {resources / cli_s:,.0f} / {cli_rate:,.0f} |",
-        f"| `$import` kick-off to completion, median of {len(op)} (runs: {', '.join(f'{r[0]:.1f}' for r in op)} s) |"
-        f" {op_s:.1f} s |",
-        f"| `$import` resources/s | {resources / op_s:,.0f} |",
-        f"| **`$import` time / `ehr import` time** | **{ratio:.2f}x** |",
+        f"| `ehr import` wall time, start-up included (runs: {runs(r[0] for r in cli)} s) | {cli_s:.1f} s |",
+        f"| `ehr import` time as it reports it, start-up left out (runs: {runs(cli_work)} s) |"
+        f" {statistics.median(cli_work):.1f} s |",
+        f"| `$import` kick-off to completion (runs: {runs(r[0] for r in op)} s) | {op_s:.1f} s |",
+        f"| resources/s: `ehr import` wall / `$import` | {resources / cli_s:,.0f} / {resources / op_s:,.0f} |",
+        f"| **`$import` time / `ehr import` wall time**, median of the {len(op)} runs' ratios | **{ratio:.2f}x** |",
+        f"| `$import` time / `ehr import` reported time, median of the runs' ratios | {ratio_work:.2f}x |",
     ]
     section = "\n".join(lines)
     print(section)
     rates = f"{resources / cli_s:,.0f} | {resources / op_s:,.0f}"
-    summary = f"| {started:%Y-%m-%d %H:%M} | {commit} | {resources:,} | {rates} | {ratio:.2f}x |"
+    summary = f"| {started:%Y-%m-%d %H:%M} | {commit} | {resources:,} | {rates} | {ratio:.2f}x ({ratio_work:.2f}x) |"
     if not args.no_record:
         results.record("import-op", section, summary)
 

@@ -112,7 +112,7 @@ async def test_a_file_url_inside_the_bulk_import_folder_is_read(client: httpx.As
 async def test_a_missing_file_is_400(client: httpx.AsyncClient):
     res = await client.post("$import", json=parameters(("Patient", "no-such-file.ndjson")), headers=ASYNC)
     assert res.status_code == 400
-    assert res.json()["issue"][0]["expression"] == ["input[0].url"]
+    assert res.json()["issue"][0]["expression"] == ["Parameters.parameter[1].part.where(name = 'url')"]
 
 
 async def test_a_file_outside_the_bulk_import_folder_is_400(client: httpx.AsyncClient):
@@ -241,3 +241,13 @@ async def test_line_errors_past_the_limit_are_counted_in_a_last_line(node: Any):
     messages = await errors(api, manifest)
     assert "line 1" in messages[0] and "line 2" in messages[1]
     assert "2 more lines in error" in messages[2]
+
+
+async def test_a_sixth_open_import_of_one_client_is_429(node: Any):
+    api = await node(bulk_import_jobs=False)  # the jobs stay queued
+    url = write_input(api, [])
+    for _ in range(5):
+        await kick_off(api, parameters(("Patient", url)))
+    res = await api.post("$import", json=parameters(("Patient", url)), headers=ASYNC)
+    assert res.status_code == 429
+    assert res.headers["Retry-After"]

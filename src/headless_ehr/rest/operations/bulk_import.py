@@ -66,12 +66,13 @@ def _parts(param: dict[str, Any], where: str, known: frozenset[str], lenient: bo
     return out
 
 
-def _request_of(body: Any, lenient: bool) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """(params, inputs as (type, url)) of a kick-off's Parameters, checked."""
+def _request_of(body: Any, lenient: bool) -> tuple[dict[str, Any], list[tuple[str, str]], list[str]]:
+    """(params, inputs as (type, url), each input's FHIRPath) of a kick-off's Parameters, checked."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise FhirError.of(400, "invalid", "$import takes a Parameters resource")
     params: dict[str, Any] = {}
     inputs: list[tuple[str, str]] = []
+    places: list[str] = []
     for i, p in enumerate(body.get("parameter") or []):
         where = f"Parameters.parameter[{i}]"
         name = p.get("name") if isinstance(p, dict) else None
@@ -88,6 +89,7 @@ def _request_of(body: Any, lenient: bool) -> tuple[dict[str, Any], list[tuple[st
             if parts["type"] not in definitions().resource_types:
                 raise FhirError.of(400, "invalid", f"input type '{parts['type'][:100]}' is not a resource type", where)
             inputs.append((parts["type"], parts["url"]))
+            places.append(where)
         elif name == "storageDetail":
             params["storageDetail"] = _parts(p, where, frozenset({"type"}), True).get("type")
         else:
@@ -101,7 +103,7 @@ def _request_of(body: Any, lenient: bool) -> tuple[dict[str, Any], list[tuple[st
     storage = params.get("storageDetail")
     if storage is not None and storage not in STORAGE_TYPES:
         raise FhirError.of(400, "not-supported", f"storageDetail type '{storage[:100]}': https, file or s3 only")
-    return params, inputs
+    return params, inputs, places
 
 
 async def kick_off(request: Request) -> Response:
@@ -112,18 +114,18 @@ async def kick_off(request: Request) -> Response:
     principal.require_system("$import")
     settings = request.app.state.settings
     body = await read_resource(request, settings.max_body_bytes)
-    params, inputs = _request_of(body, prefer(request).get("handling") == "lenient")
+    params, inputs, places = _request_of(body, prefer(request).get("handling") == "lenient")
     for rtype in dict.fromkeys(t for t, _ in inputs):  # an import creates and updates
         principal.require("create", rtype)
         principal.require("update", rtype)
     storage = params.get("storageDetail")
-    for i, (_, url) in enumerate(inputs):
+    for (_, url), where in zip(inputs, places, strict=True):
         try:
             check(url, settings.data_dir, request.app.state.bulk_bucket)
             if storage is not None and _STORAGE_KIND[storage] != kind_of(url):
                 raise SourceError(f"input url '{url[:200]}' is not of storageDetail type {storage}")
         except SourceError as exc:
-            raise FhirError.of(400, "invalid", str(exc), f"input[{i}].url") from None
+            raise FhirError.of(400, "invalid", str(exc), f"{where}.part.where(name = 'url')") from None
     local_base = base_url(request)
     asked = f"{local_base}/$import"
     job = await import_jobs.create(

@@ -28,6 +28,7 @@ from .auth.policies import Policies
 from .auth.ratelimit import AddressRateLimit, RateLimits, limit_clients
 from .auth.routes import oauth_routes
 from .auth.tokens import AccessTokens
+from .bulk.async_worker import AsyncWorker
 from .bulk.export_s3 import S3Bucket
 from .bulk.export_worker import ExportWorker
 from .bulk.import_worker import ImportWorker
@@ -39,6 +40,7 @@ from .events.service import start_events, store_hooks
 from .fhir.definitions import definitions
 from .fhir.outcome import FhirError
 from .fhir.validation import validate_with, validator
+from .rest import asynchronous
 from .rest.origin import networks
 from .rest.responses import DateHeader, outcome_response
 from .rest.router import fhir_endpoint
@@ -204,6 +206,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if settings.bulk_import_jobs:  # else an API-only node: other nodes load its inputs
             imports.start()
         stack.push_async_callback(imports.close)
+        # asynchronous requests (Prefer: respond-async): replayed through the FHIR endpoint on any node
+        app.state.async_requests = async_requests = AsyncWorker(
+            pool, functools.partial(asynchronous.execute, app, fhir_endpoint)
+        )
+        async_requests.start()
+        stack.push_async_callback(async_requests.close)
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         stack.push_async_callback(app.state.reindexer.close)
         poller = asyncio.create_task(poll_registry(pool))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +44,17 @@ def open_database(args: argparse.Namespace) -> tuple[Settings, EmbeddedPostgres 
     os.environ["EHR_DATABASE_URL"] = dsn  # worker processes read it
     settings = Settings.from_env(data_dir=settings.data_dir)
     return settings, embedded, f"embedded PostgreSQL in {embedded.pgdata} ({embedded.source})"
+
+
+@contextlib.contextmanager
+def database(args: argparse.Namespace) -> Iterator[tuple[Settings, str]]:
+    """open_database() for the length of a command: the embedded server, if one was started, is stopped after."""
+    settings, embedded, where = open_database(args)
+    try:
+        yield settings, where
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 def is_loopback(host: str) -> bool:
@@ -90,37 +103,24 @@ def serve(args: argparse.Namespace) -> int:
     # handler that was installed before it: ours, so the embedded database is stopped too.
     signal.signal(signal.SIGTERM, _exit_quietly)
     signal.signal(signal.SIGINT, _exit_quietly)
+    options = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        # the app reads Forwarded/X-Forwarded-* itself, from EHR_TRUSTED_PROXIES only; uvicorn
+        # rewriting the client address first would hide which peer actually connected
+        "proxy_headers": False,
+        "date_header": False,  # the app sets Date itself (rest/responses.py DateHeader)
+        "ws_max_size": MAX_MESSAGE_BYTES,  # a WebSocket client's messages are commands (events/websocket.py)
+    }
     try:
         if args.workers > 1:
-            uvicorn.run(
-                "headless_ehr.cli:app_from_env",
-                factory=True,
-                host=args.host,
-                port=args.port,
-                workers=args.workers,
-                log_level=args.log_level,
-                access_log=args.access_log,
-                # the app reads Forwarded/X-Forwarded-* itself, from EHR_TRUSTED_PROXIES only; uvicorn
-                # rewriting the client address first would hide which peer actually connected
-                proxy_headers=False,
-                date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
-                ws_max_size=MAX_MESSAGE_BYTES,  # a WebSocket client's messages are commands (events/websocket.py)
-            )
+            uvicorn.run("headless_ehr.cli:app_from_env", factory=True, workers=args.workers, **options)
         else:
             from .app import create_app
 
-            uvicorn.run(
-                create_app(settings),
-                host=args.host,
-                port=args.port,
-                log_level=args.log_level,
-                access_log=args.access_log,
-                # the app reads Forwarded/X-Forwarded-* itself, from EHR_TRUSTED_PROXIES only; uvicorn
-                # rewriting the client address first would hide which peer actually connected
-                proxy_headers=False,
-                date_header=False,  # the app sets Date itself (rest/responses.py DateHeader)
-                ws_max_size=MAX_MESSAGE_BYTES,  # a WebSocket client's messages are commands (events/websocket.py)
-            )
+            uvicorn.run(create_app(settings), **options)
     except _Stopped:
         pass
     finally:
@@ -140,19 +140,16 @@ def _exit_quietly(signum: int, frame: object) -> None:
 def import_files(args: argparse.Namespace) -> int:
     from .bulk.cli import run_import
 
-    settings, embedded, where = open_database(args)
-    print(f"importing into {where}", flush=True)
-    signal.signal(signal.SIGTERM, _exit_quietly)
-    try:
-        return run_import(
-            settings, args.paths, args.batch_size, args.concurrency, args.processes, with_events=not args.no_events
-        )
-    except (_Stopped, KeyboardInterrupt):
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    with database(args) as (settings, where):
+        print(f"importing into {where}", flush=True)
+        signal.signal(signal.SIGTERM, _exit_quietly)
+        try:
+            return run_import(
+                settings, args.paths, args.batch_size, args.concurrency, args.processes, with_events=not args.no_events
+            )
+        except (_Stopped, KeyboardInterrupt):
+            print("interrupted: run the same command again to resume", file=sys.stderr)
+            return 130
 
 
 def create_account(args: argparse.Namespace) -> int:
@@ -165,15 +162,12 @@ def create_account(args: argparse.Namespace) -> int:
     except CommandError as error:
         print(f"{command}: {error}", file=sys.stderr)
         return 2
-    settings, embedded, _ = open_database(args)
-    try:
-        created = register(settings, args.command, body)
-    except CommandError as error:
-        print(f"{command}: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    with database(args) as (settings, _):
+        try:
+            created = register(settings, args.command, body)
+        except CommandError as error:
+            print(f"{command}: {error}", file=sys.stderr)
+            return 1
     import orjson
 
     print(orjson.dumps(created, option=orjson.OPT_INDENT_2).decode())
@@ -193,18 +187,14 @@ def audit(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"ehr audit export: --since '{args.since}' is not an ISO 8601 date or instant", file=sys.stderr)
             return 2
-    settings, embedded, _ = open_database(args)
-    assert settings.database_url
-    try:
+    with database(args) as (settings, _):
+        assert settings.database_url
         if args.action == "verify":
             return run_verify(settings.database_url)
         if args.output and args.output != "-":
             with open(args.output, "wb") as out:
                 return run_export(settings.database_url, since, out)
         return run_export(settings.database_url, since, sys.stdout.buffer)
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 def events(args: argparse.Namespace) -> int:
@@ -227,15 +217,12 @@ def events(args: argparse.Namespace) -> int:
             return run_tail(tail_stream(configured.nats_url, stream, prefix, args.type, print_line))
         except _Stopped:
             return 0
-    settings, embedded, _ = open_database(args)
-    assert settings.database_url
-    try:
-        return run_tail(tail_outbox(settings.database_url, args.type, print_line))
-    except _Stopped:
-        return 0
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    with database(args) as (settings, _):
+        assert settings.database_url
+        try:
+            return run_tail(tail_outbox(settings.database_url, args.type, print_line))
+        except _Stopped:
+            return 0
 
 
 def print_token(args: argparse.Namespace) -> int:
@@ -275,7 +262,7 @@ _ENV_ONLY = [
     ("EHR_IMPORT_MAX_BUNDLE_BYTES", "largest Bundle file `ehr import` reads (default 256 MiB)"),
     # bulk export
     ("EHR_BULK_FILE_BYTES", "$export output files are cut at this size (default 64 MiB)"),
-    ("EHR_BULK_RETENTION_HOURS", "finished $export jobs and their files are removed after (default 24)"),
+    ("EHR_BULK_RETENTION_HOURS", "finished $export jobs, their files and async answers are removed after (default 24)"),
     ("EHR_BULK_PAGE_ROWS", "resources an $export job reads per page and progress commit (default 1000)"),
     ("EHR_BULK_EXPORT_JOBS", "off: this node runs no $export jobs, other nodes do (default on)"),
     ("EHR_BULK_S3_URL", "s3://bucket/prefix: $export files go there, pre-signed downloads (default: data dir)"),
@@ -284,6 +271,9 @@ _ENV_ONLY = [
     ("EHR_BULK_IMPORT_MAX_BYTES", "largest $import input fetched over http(s) or S3 (default 16 GiB)"),
     ("EHR_BULK_IMPORT_FETCH_SECONDS", "longest an $import input may take to download (default 3600)"),
     ("EHR_BULK_IMPORT_MAX_ERRORS", "line errors an $import job keeps (default 10000)"),
+    # asynchronous requests
+    ("EHR_ASYNC_MAX_OPEN", "Prefer: respond-async requests one client may have open (default 10)"),
+    ("EHR_ASYNC_MAX_RESULT_BYTES", "a larger async answer is refused, its writes rolled back (default 256 MiB)"),
     # admin
     ("EHR_ADMIN_CLIENT_ID", "with EHR_ADMIN_CLIENT_SECRET: the admin client (no admin-client.json is written)"),
     ("EHR_ADMIN_CLIENT_SECRET", "the admin client's secret, at least 16 characters (`ehr token` uses it too)"),
@@ -394,11 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _actions(sub: argparse._SubParsersAction, name: str, metavar: str, **kwargs: str) -> argparse._SubParsersAction:
+    """A command `name` whose first argument is one of its actions (args.action)."""
+    return sub.add_parser(name, **kwargs).add_subparsers(dest="action", metavar=metavar, required=True)
+
+
 def _events_parsers(sub: argparse._SubParsersAction) -> None:
-    p_events = sub.add_parser(
-        "events", help="follow the change events", description="The change events (docs/events.md)."
+    events_sub = _actions(
+        sub, "events", "{tail}", help="follow the change events", description="The change events (docs/events.md)."
     )
-    events_sub = p_events.add_subparsers(dest="action", metavar="{tail}", required=True)
     tail = events_sub.add_parser(
         "tail",
         help="print each change as it commits, until Ctrl-C",
@@ -412,10 +406,13 @@ def _events_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _audit_parsers(sub: argparse._SubParsersAction) -> None:
-    p_audit = sub.add_parser(
-        "audit", help="check and export the audit trail", description="The hash-chained audit trail of AuditEvents."
+    audit_sub = _actions(
+        sub,
+        "audit",
+        "{verify,export}",
+        help="check and export the audit trail",
+        description="The hash-chained audit trail of AuditEvents.",
     )
-    audit_sub = p_audit.add_subparsers(dest="action", metavar="{verify,export}", required=True)
     verify = audit_sub.add_parser(
         "verify",
         help="check the whole hash chain",
@@ -433,10 +430,13 @@ def _audit_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _account_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
     """`ehr client create`, `ehr user create` and `ehr token` (auth/cli.py)."""
-    p_client = sub.add_parser(
-        "client", help="register OAuth clients", description="Register OAuth clients (SMART apps and services)."
+    client_sub = _actions(
+        sub,
+        "client",
+        "{create}",
+        help="register OAuth clients",
+        description="Register OAuth clients (SMART apps and services).",
     )
-    client_sub = p_client.add_subparsers(dest="action", metavar="{create}", required=True)
     create = client_sub.add_parser(
         "create",
         help="register a client; prints it as JSON, with its secret when it has one",
@@ -464,8 +464,9 @@ def _account_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.H
     create.add_argument("--policy", action="append", default=[], help="an access policy name; repeat for more")
     create.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
 
-    p_user = sub.add_parser("user", help="register users", description="Register users who log in to SMART apps.")
-    user_sub = p_user.add_subparsers(dest="action", metavar="{create}", required=True)
+    user_sub = _actions(
+        sub, "user", "{create}", help="register users", description="Register users who log in to SMART apps."
+    )
     create = user_sub.add_parser(
         "create",
         help="register a user; prints it as JSON (never the password)",

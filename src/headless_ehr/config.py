@@ -107,6 +107,9 @@ class Settings:
     bulk_import_max_bytes: int = 16 * 1024**3  # an http(s) or s3 input is refused past this size
     bulk_import_fetch_seconds: float = 3600.0  # the longest an input may take to download
     bulk_import_max_errors: int = 10_000  # line errors kept per job (all are counted)
+    # asynchronous requests (Prefer: respond-async; docs/rest.md, "Asynchronous requests")
+    async_max_open: int = 10  # requests one client (user, patient context) may have queued or running
+    async_max_result_bytes: int = 256 * 1024 * 1024  # a larger answer is refused (its writes rolled back)
     # webhooks (events/delivery.py)
     webhook_retry_base_seconds: float = 2.0  # the first retry's wait; it doubles per failure (with jitter)
     webhook_retry_hours: float = 24.0  # retries spread over at least this long, then the subscription is in error
@@ -180,6 +183,9 @@ class Settings:
             "bulk_import_max_bytes": _bounded("EHR_BULK_IMPORT_MAX_BYTES", 16 * 1024**3, 1024, 2**44),
             "bulk_import_fetch_seconds": _seconds("EHR_BULK_IMPORT_FETCH_SECONDS", 3600.0, 1, 7 * 24 * 3600),
             "bulk_import_max_errors": _bounded("EHR_BULK_IMPORT_MAX_ERRORS", 10_000, 0, 10_000_000),
+            # asynchronous requests
+            "async_max_open": _bounded("EHR_ASYNC_MAX_OPEN", 10, 1, 10_000),
+            "async_max_result_bytes": _bounded("EHR_ASYNC_MAX_RESULT_BYTES", 256 * 1024 * 1024, 1024, 2**40),
             # webhooks
             "webhook_retry_base_seconds": _seconds("EHR_WEBHOOK_RETRY_BASE_SECONDS", 2.0, 0.001, 3600),
             "webhook_retry_hours": _seconds("EHR_WEBHOOK_RETRY_HOURS", 24.0, 0.0, 24 * 30),

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.e2e.test_serve import Server, _env
+from tests.events.conftest import notification_status
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 PAYLOAD_CONTENT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content"
@@ -64,19 +64,8 @@ async def bound_socket(node: Server, sid: str) -> ClientConnection:
     socket = await connect(values["websocket-url"], proxy=None, open_timeout=10)
     await socket.send(f"bind-with-token {values['token']}")
     handshake = json.loads(await asyncio.wait_for(socket.recv(), 10))
-    assert _status(handshake)["type"] == "handshake"
+    assert notification_status(handshake)["type"] == "handshake"
     return socket
-
-
-def _status(bundle: dict[str, Any]) -> dict[str, Any]:
-    params = bundle["entry"][0]["resource"]["parameter"]
-    out: dict[str, Any] = {p["name"]: p.get("valueCode") for p in params if p["name"] != "notification-event"}
-    out["events"] = [
-        {q["name"]: q.get("valueString") or q.get("valueReference", {}).get("reference") for q in p["part"]}
-        for p in params
-        if p["name"] == "notification-event"
-    ]
-    return out
 
 
 async def events_until(socket: ClientConnection, count: int, within: float = 60) -> list[tuple[int, str]]:
@@ -88,11 +77,11 @@ async def events_until(socket: ClientConnection, count: int, within: float = 60)
         if left <= 0:
             break
         try:
-            status = _status(json.loads(await asyncio.wait_for(socket.recv(), left)))
+            status = notification_status(json.loads(await asyncio.wait_for(socket.recv(), left)))
         except TimeoutError:
             break
         if status["type"] == "event-notification":
-            seen += [(int(e["event-number"]), e["focus"].rsplit("/", 1)[-1]) for e in status["events"]]
+            seen += [(int(e["event-number"]), e["focus"]["reference"].rsplit("/", 1)[-1]) for e in status["events"]]
     return seen
 
 

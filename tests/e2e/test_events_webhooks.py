@@ -5,10 +5,12 @@ deliver each event once, in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 from standardwebhooks import Webhook
@@ -117,14 +119,26 @@ async def _until_settled(receiver: Receiver, at_least: int, quiet: float = 1.0) 
         await asyncio.sleep(0.1)
 
 
-async def test_two_nodes_deliver_every_event_once_in_order(fresh_database: str):
+@contextlib.contextmanager
+def _two_nodes(database_url: str) -> Iterator[tuple[Server, Server, Receiver]]:
+    """Two `ehr serve` nodes on one database, and a receiver; each stopped after (if still running)."""
     receiver = Receiver()
-    env = _node_env(fresh_database)
-    first = Server(env)
-    first.wait_ready()
-    second = Server(env)
+    env = _node_env(database_url)
+    nodes = [Server(env)]
     try:
-        second.wait_ready()
+        nodes[0].wait_ready()
+        nodes.append(Server(env))
+        nodes[1].wait_ready()
+        yield nodes[0], nodes[1], receiver
+    finally:
+        for node in reversed(nodes):
+            if node.proc.poll() is None:
+                node.stop()
+        receiver.stop()
+
+
+async def test_two_nodes_deliver_every_event_once_in_order(fresh_database: str):
+    with _two_nodes(fresh_database) as (first, second, receiver):
         family = uuid.uuid4().hex
         _subscribe(first, receiver.url, family)
         made = [_create(first if k % 2 else second, family, k) for k in range(40)]
@@ -133,21 +147,11 @@ async def test_two_nodes_deliver_every_event_once_in_order(fresh_database: str):
         await _until_settled(receiver, len(expected))
         ids = [r.headers["webhook-id"] for r in receiver.received()]
         assert ids == expected  # once each, in commit order, across both nodes
-    finally:
-        second.stop()
-        first.stop()
-        receiver.stop()
 
 
 async def test_killing_one_of_two_nodes_mid_stream_loses_nothing(fresh_database: str):
-    receiver = Receiver()
-    receiver.delay = 0.02
-    env = _node_env(fresh_database)
-    first = Server(env)
-    first.wait_ready()
-    second = Server(env)
-    try:
-        second.wait_ready()
+    with _two_nodes(fresh_database) as (first, second, receiver):
+        receiver.delay = 0.02
         family = uuid.uuid4().hex
         _subscribe(second, receiver.url, family)
         made = [_create(second, family, k) for k in range(20)]
@@ -159,8 +163,3 @@ async def test_killing_one_of_two_nodes_mid_stream_loses_nothing(fresh_database:
         await receiver.wait_for(len(expected), seconds=60)
         await _until_settled(receiver, len(expected))
         _in_order_with_retries_only([r.headers["webhook-id"] for r in receiver.received(ok_only=True)], expected)
-    finally:
-        second.stop()
-        if first.proc.poll() is None:
-            first.stop()
-        receiver.stop()

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -54,6 +55,28 @@ async def create(client: httpx.AsyncClient, resource: dict[str, Any], status: in
     return res.json()
 
 
+def status_values(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A SubscriptionStatus (Parameters) as name -> value; `events`: each notification-event's parts, likewise."""
+    assert parameters["resourceType"] == "Parameters"
+    out: dict[str, Any] = {"events": []}
+    for p in parameters["parameter"]:
+        if p["name"] == "notification-event":
+            out["events"].append({q["name"]: _value(q) for q in p["part"]})
+        else:
+            out[p["name"]] = _value(p)
+    return out
+
+
+def notification_status(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The status_values() of a notification Bundle (type history, its SubscriptionStatus in entry 0)."""
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "history"
+    return status_values(bundle["entry"][0]["resource"])
+
+
+def _value(element: dict[str, Any]) -> Any:
+    return next(v for k, v in element.items() if k.startswith("value"))
+
+
 async def notified(db: asyncpg.Pool, sub_id: str) -> list[asyncpg.Record]:
     return await db.fetch(
         "SELECT event_number, event_id, event_seq, resource_type, resource_id, version_id, interaction"
@@ -85,6 +108,28 @@ async def wait_notified(db: asyncpg.Pool, sub_id: str, count: int, seconds: floa
         if len(rows) >= count or time.monotonic() > deadline:
             return rows
         await asyncio.sleep(0.02)
+
+
+async def add_notifications(db: asyncpg.Pool, sid: str, events: list[tuple[Any, ...]]) -> list[int]:
+    """Notifications of the subscription for events (event_id, seq, type, id, version, interaction,
+    occurred_at), numbered on from its count and NOTIFYed in one transaction, as the relay commits
+    them (events/relay.py); their event numbers."""
+    async with db.acquire() as conn, conn.transaction():
+        last = await conn.fetchval(
+            "UPDATE subscription_state SET events_since_start = events_since_start + $2 WHERE id = $1"
+            " RETURNING events_since_start",
+            sid,
+            len(events),
+        )
+        numbers = list(range(last - len(events) + 1, last + 1))
+        await conn.executemany(
+            "INSERT INTO subscription_notification (subscription_id, event_number, event_id, event_seq,"
+            " resource_type, resource_id, version_id, interaction, occurred_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [(sid, n, *e) for n, e in zip(numbers, events, strict=True)],
+        )
+        await conn.execute("SELECT pg_notify('ehr_events', $1)", orjson.dumps({"subscriptions": [sid]}).decode())
+    return numbers
 
 
 @pytest.fixture

@@ -17,8 +17,11 @@ import pytest
 
 from headless_ehr.app import create_app
 from headless_ehr.config import Settings
+from headless_ehr.events.outbox import interaction_of
 from tests.conftest import bearer, mint_token, scratch_database
 
+from .conftest import add_notifications
+from .conftest import topic as topic_resource
 from .webhook_receiver import Receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -100,7 +103,6 @@ async def add_subscription(
 # -- real Subscriptions, through the API (the relay matches their events) ---------------------
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
-TOPIC_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic."
 SECRET_EXTENSION = "https://headless-ehr.dev/fhir/StructureDefinition/subscription-secret"
 
 
@@ -147,26 +149,12 @@ def backport_subscription(
 async def topic(fhir: httpx.AsyncClient, resource_type: str = "Patient") -> str:
     """A SubscriptionTopic (a Basic, per the IG) on every change of resource_type, filterable by family and _id."""
     url = f"http://ehr.test/topic/{uuid.uuid4().hex[:12]}"
-    definition = f"http://hl7.org/fhir/StructureDefinition/{resource_type}"
-    trigger = [{"url": "resource", "valueUri": definition}] + [
-        {"url": "supportedInteraction", "valueCode": i} for i in ("create", "update", "delete")
-    ]
-    can_filter = [
-        {
-            "url": TOPIC_EXTENSION + "canFilterBy",
-            "extension": [{"url": "resource", "valueUri": definition}, {"url": "filterParameter", "valueString": name}],
-        }
-        for name in ("family", "_id")
-    ]
-    basic = {
-        "resourceType": "Basic",
-        "code": {"coding": [{"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
-        "extension": [
-            {"url": TOPIC_EXTENSION + "url", "valueUri": url},
-            {"url": TOPIC_EXTENSION + "resourceTrigger", "extension": trigger},
-            *can_filter,
-        ],
-    }
+    basic = topic_resource(
+        url,
+        resource_type,
+        ("create", "update", "delete"),
+        can_filter_by=((resource_type, "family"), (resource_type, "_id")),
+    )
     answer = await fhir.post("/Basic", json=basic)
     assert answer.status_code == 201, answer.text
     return url
@@ -187,39 +175,21 @@ async def create(fhir: httpx.AsyncClient, resource_type: str = "Patient", **fiel
 async def notify(pool: asyncpg.Pool, sid: str, *references: tuple[str, str]) -> list[dict[str, Any]]:
     """Notifications of the latest outbox events of `references` (Type, id), numbered on
     from the subscription's count, as the relay adds them; returns them in order."""
-    async with pool.acquire() as conn, conn.transaction():
-        start = await conn.fetchval("SELECT events_since_start FROM subscription_state WHERE id = $1 FOR UPDATE", sid)
-        added = []
-        for k, (rtype, rid) in enumerate(references, start + 1):
-            row = await conn.fetchrow(
-                "SELECT event_id, seq, version_id, method, created_at FROM outbox"
-                " WHERE resource_type = $1 AND id = $2 ORDER BY seq DESC LIMIT 1",
-                rtype,
-                rid,
-            )
-            interaction = {"DELETE": "delete", "PATCH": "patch"}.get(row["method"]) or (
-                "create" if row["version_id"] == 1 else "update"
-            )
-            await conn.execute(
-                "INSERT INTO subscription_notification (subscription_id, event_number, event_id, event_seq,"
-                " resource_type, resource_id, version_id, interaction, occurred_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                sid,
-                k,
-                row["event_id"],
-                row["seq"],
-                rtype,
-                rid,
-                row["version_id"],
-                interaction,
-                row["created_at"],
-            )
-            added.append({"event_number": k, "event_id": str(row["event_id"]), "type": rtype, "id": rid})
-        await conn.execute(
-            "UPDATE subscription_state SET events_since_start = $2 WHERE id = $1", sid, start + len(references)
+    events = []
+    for rtype, rid in references:
+        row = await pool.fetchrow(
+            "SELECT event_id, seq, version_id, method, created_at FROM outbox"
+            " WHERE resource_type = $1 AND id = $2 ORDER BY seq DESC LIMIT 1",
+            rtype,
+            rid,
         )
-        await conn.execute("SELECT pg_notify('ehr_events', $1)", orjson.dumps({"subscriptions": [sid]}).decode())
-    return added
+        interaction = interaction_of(row["method"], row["version_id"])
+        events.append((row["event_id"], row["seq"], rtype, rid, row["version_id"], interaction, row["created_at"]))
+    numbers = await add_notifications(pool, sid, events)
+    return [
+        {"event_number": n, "event_id": str(e[0]), "type": e[2], "id": e[3]}
+        for n, e in zip(numbers, events, strict=True)
+    ]
 
 
 async def state_of(pool: asyncpg.Pool, sid: str) -> asyncpg.Record:

@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 from standardwebhooks import Webhook
 
+from headless_ehr.events.delivery import DeliveryWorker, RetryPolicy
+
 from .delivery_support import (
     RETRY_BASE,
     SECRET,
@@ -222,3 +224,40 @@ async def test_receiver_down_then_up_gets_every_matching_change_once_in_order_an
     assert [r.headers["webhook-id"] for r in got] == [e[0] for e in events]
     assert [r.path for r in got] == [f"/hook/Patient/{i}" for _, i, _ in expected]
     assert [orjson.loads(r.body)["meta"]["versionId"] for r in got] == ["1", "1", "1", "1", "2"]
+
+
+class _Faulty(DeliveryWorker):
+    """A worker with a fault of ours in delivering one subscription's events."""
+
+    faulty = ""
+
+    async def _events(self, state: dict[str, Any], lease: Any) -> None:
+        if state["id"] == self.faulty:
+            raise RuntimeError("a fault of ours")
+        await super()._events(state, lease)
+
+
+async def test_a_delivery_failing_by_a_fault_of_ours_backs_off_as_a_failed_attempt_does(
+    delivery_app, fhir, pool, receiver: Receiver
+):
+    worker = delivery_app.state.delivery
+    await worker.close()  # this node's worker stands still: the faulty one claims
+    try:
+        sid = await add_subscription(pool, receiver.url)
+        await notify(pool, sid, ("Patient", (await create(fhir))["id"]))
+        retry = RetryPolicy(base_seconds=10, budget_hours=24)
+        faulty = _Faulty(
+            pool, worker.store, worker.sender, worker.base_url, worker.lifecycle, worker.owner_principal, retry=retry
+        )
+        faulty.faulty = sid
+        for _ in range(3):
+            await pool.execute("UPDATE subscription_state SET next_attempt_at = now() WHERE id = $1", sid)
+            await faulty.claim_and_start()
+            await asyncio.gather(*faulty._busy)
+        wait = await pool.fetchval(
+            "SELECT extract(epoch FROM next_attempt_at - now()) FROM subscription_state WHERE id = $1", sid
+        )
+    finally:
+        await worker.start(delivery_app.state.settings.database_url)
+    assert wait >= 20  # the third consecutive failure: a step of 40 s, of which at least half
+    assert receiver.received() == []

@@ -9,10 +9,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from headless_ehr.auth.bootstrap import admin_client_file
 from tests.conftest import bearer, mint_token
 
+from .conftest import notification_status
 from .delivery_support import (
     BASE,
     add_subscription,
@@ -36,9 +38,7 @@ __all__ = ["delivery_app", "fhir", "pool", "receiver"]  # fixtures, used by name
 
 
 def _status(got: Any) -> dict[str, Any]:
-    bundle = orjson.loads(got.body)
-    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "history"
-    return {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
+    return notification_status(orjson.loads(got.body))
 
 
 # -- R4 criteria subscriptions ---------------------------------------------------------------
@@ -107,13 +107,13 @@ async def test_backport_full_resource_bundle_carries_status_event_and_resource(f
     bundle = orjson.loads(got.body)
     assert bundle["id"] == sent[0]["event_id"]  # a resent notification is the same Bundle
     status = _status(got)
-    assert status["subscription"]["valueReference"]["reference"] == f"{BASE}/Subscription/{sid}"
-    assert status["topic"]["valueCanonical"] == "http://ehr.test/topic/patients"
-    assert status["type"]["valueCode"] == "event-notification"
-    assert status["events-since-subscription-start"]["valueString"] == "1"
-    parts = {p["name"]: p for p in status["notification-event"]["part"]}
-    assert parts["event-number"]["valueString"] == "1"
-    assert parts["focus"]["valueReference"]["reference"] == f"{BASE}/Patient/{patient['id']}"
+    assert status["subscription"]["reference"] == f"{BASE}/Subscription/{sid}"
+    assert status["topic"] == "http://ehr.test/topic/patients"
+    assert status["type"] == "event-notification"
+    assert status["events-since-subscription-start"] == "1"
+    (parts,) = status["events"]
+    assert parts["event-number"] == "1"
+    assert parts["focus"]["reference"] == f"{BASE}/Patient/{patient['id']}"
     entry = bundle["entry"][1]
     assert entry["resource"] == patient
     assert entry["request"] == {"method": "POST", "url": "Patient"}
@@ -125,8 +125,8 @@ async def test_backport_id_only_bundle_names_the_focus_without_the_resource(fhir
     patient = await create(fhir)
     await notify(pool, sid, ("Patient", patient["id"]))
     (got,) = await receiver.wait_for(1)
-    parts = {p["name"]: p for p in _status(got)["notification-event"]["part"]}
-    assert parts["focus"]["valueReference"]["reference"] == f"{BASE}/Patient/{patient['id']}"
+    (parts,) = _status(got)["events"]
+    assert parts["focus"]["reference"] == f"{BASE}/Patient/{patient['id']}"
     entries = orjson.loads(got.body)["entry"]
     assert [e["fullUrl"] for e in entries[1:]] == [f"{BASE}/Patient/{patient['id']}"]
     assert "resource" not in entries[1]
@@ -139,8 +139,8 @@ async def test_backport_empty_bundle_names_no_focus(fhir, pool, receiver: Receiv
     (got,) = await receiver.wait_for(1)
     bundle = orjson.loads(got.body)
     assert len(bundle["entry"]) == 1
-    parts = {p["name"] for p in _status(got)["notification-event"]["part"]}
-    assert parts == {"event-number", "timestamp"}
+    (parts,) = _status(got)["events"]
+    assert set(parts) == {"event-number", "timestamp"}
     assert patient["id"] not in got.body.decode()
 
 
@@ -149,9 +149,9 @@ async def test_a_backport_subscription_is_activated_by_a_handshake_answered_2xx(
     assert (await fhir.get(f"/Subscription/{sid}")).json()["status"] == "requested"
     (got,) = await receiver.wait_for(1)
     status = _status(got)
-    assert status["type"]["valueCode"] == "handshake"
-    assert status["status"]["valueCode"] == "requested"
-    assert "notification-event" not in status
+    assert status["type"] == "handshake"
+    assert status["status"] == "requested"
+    assert status["events"] == []
     await eventually(lambda: _status_is(pool, sid, "active"))
     assert (await fhir.get(f"/Subscription/{sid}")).json()["status"] == "active"
     log = await eventually(lambda: deliveries_of(pool, sid))
@@ -177,7 +177,7 @@ async def test_a_backport_subscription_delivers_matching_events_once_activated(f
     await create(fhir, name=[{"family": "someone-else"}])
     got = await receiver.wait_for(2)
     await asyncio.sleep(0.3)
-    events = [r for r in receiver.received() if _status(r)["type"]["valueCode"] == "event-notification"]
+    events = [r for r in receiver.received() if _status(r)["type"] == "event-notification"]
     assert len(events) == 1
     assert orjson.loads(events[0].body)["entry"][1]["resource"]["id"] == matching["id"]
     assert got[0].headers["webhook-id"] != events[0].headers["webhook-id"]
@@ -193,7 +193,7 @@ async def test_an_idle_subscription_gets_heartbeats_every_heartbeat_period(fhir,
     sid = await subscribe(fhir, backport_subscription(receiver.url, await topic(fhir), heartbeat=1, filters=quiet))
     await eventually(lambda: _status_is(pool, sid, "active"))
     await receiver.wait_for(3, seconds=10)
-    kinds = [_status(r)["type"]["valueCode"] for r in receiver.received()]
+    kinds = [_status(r)["type"] for r in receiver.received()]
     assert kinds[:3] == ["handshake", "heartbeat", "heartbeat"]
     got = receiver.received()[1:3]
     assert 0.8 <= got[1].at - got[0].at <= 3.0
@@ -303,12 +303,12 @@ async def test_the_delivery_log_of_an_unknown_subscription_is_404(delivery_app):
 
 async def test_a_failed_heartbeat_is_retried_with_the_same_id(fhir, pool, receiver: Receiver):
     quiet = (f"Patient?family={uuid.uuid4().hex}",)
-    receiver.answer = lambda r: 500 if _status(r)["type"]["valueCode"] == "heartbeat" else 200
+    receiver.answer = lambda r: 500 if _status(r)["type"] == "heartbeat" else 200
     sid = await subscribe(fhir, backport_subscription(receiver.url, await topic(fhir), heartbeat=1, filters=quiet))
     await eventually(lambda: _status_is(pool, sid, "active"))
 
     async def two_beats() -> list[Any]:
-        beats = [r for r in receiver.received() if _status(r)["type"]["valueCode"] == "heartbeat"]
+        beats = [r for r in receiver.received() if _status(r)["type"] == "heartbeat"]
         return beats if len(beats) >= 2 else []
 
     beats = await eventually(two_beats, seconds=10)
@@ -341,3 +341,13 @@ async def test_a_full_resource_is_sent_without_the_elements_the_owners_policy_hi
     assert sent["id"] == patient["id"] and sent["name"] == patient["name"]
     assert "telecom" not in sent
     assert any(t.get("code") == "SUBSETTED" for t in sent["meta"]["tag"])
+
+
+@pytest.mark.parametrize("before", ["0001-01-01T00:00:00%2B14:00", "9999-12-31T23:59:59-14:00"])
+async def test_the_delivery_log_refuses_a_before_out_of_range_with_400(delivery_app, pool, receiver: Receiver, before):
+    sid = await add_subscription(pool, receiver.url)
+    admin = _admin(delivery_app)
+    answer = await admin.get(f"/admin/subscriptions/{sid}/deliveries?before={before}")
+    await admin.aclose()
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["resourceType"] == "OperationOutcome"

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from headless_ehr.rest.operations.subscription_status import MAX_STATUSES
 from tests.auth.world import observation
+from tests.events.conftest import notification_status, status_values
 from tests.events.websocket_support import (  # noqa: F401 (fixture)
     LiveServer,
     create_subscription,
@@ -18,18 +18,6 @@ TOPIC = "http://example.org/topics/anything"
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition"
 
 
-def parameters(resource: dict[str, Any]) -> dict[str, Any]:
-    """A SubscriptionStatus as name → value, notification events as a list of their parts."""
-    assert resource["resourceType"] == "Parameters"
-    out: dict[str, Any] = {"events": []}
-    for p in resource["parameter"]:
-        if p["name"] == "notification-event":
-            out["events"].append({q["name"]: next(v for k, v in q.items() if k.startswith("value")) for q in p["part"]})
-        else:
-            out[p["name"]] = next(v for k, v in p.items() if k.startswith("value"))
-    return out
-
-
 async def test_status_of_one_subscription_is_a_searchset_of_its_status(live: LiveServer, db):
     async with live.client() as client:
         sid = await create_subscription(client, db, topic=TOPIC)
@@ -40,7 +28,7 @@ async def test_status_of_one_subscription_is_a_searchset_of_its_status(live: Liv
     assert answer.status_code == 200
     bundle = answer.json()
     assert bundle["type"] == "searchset" and bundle["total"] == 1
-    status = parameters(bundle["entry"][0]["resource"])
+    status = status_values(bundle["entry"][0]["resource"])
     assert status["type"] == "query-status" and status["status"] == "active"
     assert status["events-since-subscription-start"] == "2"
     assert status["subscription"] == {"reference": f"{live.base}/Subscription/{sid}"}
@@ -51,7 +39,7 @@ async def test_status_of_a_subscription_in_error_says_why(live: LiveServer, db):
         sid = await create_subscription(client, db, channel="rest-hook")
         await db.execute("UPDATE subscription_state SET status = 'error', error = 'endpoint gone' WHERE id = $1", sid)
         answer = await client.get(f"/Subscription/{sid}/$status")
-    status = parameters(answer.json()["entry"][0]["resource"])
+    status = status_values(answer.json()["entry"][0]["resource"])
     assert status["status"] == "error" and status["error"] == {"text": "endpoint gone"}
 
 
@@ -62,9 +50,9 @@ async def test_type_level_status_lists_the_named_subscriptions_by_status(live: L
         await db.execute("UPDATE subscription_state SET status = 'off' WHERE id = $1", off)
         both = await client.get(f"/Subscription/$status?id={active},{off},no-such-one")
         only_off = await client.get(f"/Subscription/$status?id={active}&id={off}&status=off")
-    listed = [parameters(e["resource"])["subscription"]["reference"] for e in both.json()["entry"]]
+    listed = [status_values(e["resource"])["subscription"]["reference"] for e in both.json()["entry"]]
     assert listed == [f"{live.base}/Subscription/{active}", f"{live.base}/Subscription/{off}"]
-    assert [parameters(e["resource"])["status"] for e in only_off.json()["entry"]] == ["off"]
+    assert [status_values(e["resource"])["status"] for e in only_off.json()["entry"]] == ["off"]
 
 
 async def test_type_level_status_leaves_out_subscriptions_the_caller_may_not_follow(live: LiveServer, db):
@@ -78,7 +66,7 @@ async def test_type_level_status_leaves_out_subscriptions_the_caller_may_not_fol
     async with live.client(live.token("patient/*.rs", patient=mine)) as client:
         answer = await client.get(f"/Subscription/$status?id={own},{other}")
         refused = await client.get(f"/Subscription/{other}/$status")
-    assert [parameters(e["resource"])["subscription"]["reference"] for e in answer.json()["entry"]] == [
+    assert [status_values(e["resource"])["subscription"]["reference"] for e in answer.json()["entry"]] == [
         f"{live.base}/Subscription/{own}"
     ]
     assert refused.status_code == 404
@@ -115,7 +103,7 @@ async def test_events_replays_notifications_by_number(live: LiveServer, db):
         answer = await client.get(f"/Subscription/{sid}/$events?eventsSinceNumber=2&eventsUntilNumber=4")
     assert answer.status_code == 200
     bundle = answer.json()
-    status = parameters(bundle["entry"][0]["resource"])
+    status = status_values(bundle["entry"][0]["resource"])
     assert status["type"] == "query-event" and status["events-since-subscription-start"] == "5"
     assert [e["event-number"] for e in status["events"]] == ["2", "3", "4"]
     assert [e["fullUrl"] for e in bundle["entry"][1:]] == [f"{live.base}/Patient/{patient}"] * 3
@@ -128,7 +116,7 @@ async def test_events_without_bounds_gives_the_latest(live: LiveServer, db):
         for _ in range(3):
             await notify(db, sid, "Patient", patient)
         answer = await client.get(f"/Subscription/{sid}/$events")
-    assert [e["event-number"] for e in parameters(answer.json()["entry"][0]["resource"])["events"]] == ["1", "2", "3"]
+    assert [e["event-number"] for e in notification_status(answer.json())["events"]] == ["1", "2", "3"]
 
 
 async def test_events_are_bounded_per_call(live: LiveServer, db):
@@ -144,7 +132,7 @@ async def test_events_are_bounded_per_call(live: LiveServer, db):
         )
         await db.execute("UPDATE subscription_state SET events_since_start = 150 WHERE id = $1", sid)
         answer = await client.get(f"/Subscription/{sid}/$events?eventsSinceNumber=1")
-    numbers = [e["event-number"] for e in parameters(answer.json()["entry"][0]["resource"])["events"]]
+    numbers = [e["event-number"] for e in notification_status(answer.json())["events"]]
     assert numbers == [str(n) for n in range(1, 101)]
 
 
@@ -172,7 +160,7 @@ async def test_events_leave_out_what_the_caller_may_not_read(live: LiveServer, d
     async with live.client(live.token("patient/*.rs", patient=mine)) as client:
         answer = await client.get(f"/Subscription/{sid}/$events")
     bundle = answer.json()
-    assert [e["event-number"] for e in parameters(bundle["entry"][0]["resource"])["events"]] == ["2"]
+    assert [e["event-number"] for e in status_values(bundle["entry"][0]["resource"])["events"]] == ["2"]
     assert [e["resource"]["id"] for e in bundle["entry"][1:]] == [my_obs]
 
 
@@ -209,7 +197,7 @@ async def test_events_of_a_subscription_without_any_is_an_empty_replay(live: Liv
         sid = await create_subscription(client, db, topic=TOPIC)
         answer = await client.get(f"/Subscription/{sid}/$events")
     assert answer.status_code == 200
-    status = parameters(answer.json()["entry"][0]["resource"])
+    status = status_values(answer.json()["entry"][0]["resource"])
     assert status["events"] == [] and status["events-since-subscription-start"] == "0"
 
 
@@ -219,8 +207,24 @@ async def test_type_level_status_without_ids_lists_the_callers_subscriptions(liv
     async with live.client(live.token("patient/*.cruds", patient=mine)) as client:
         sid = await create_subscription(client, db)
         answer = await client.get("/Subscription/$status?status=active")
-    listed = [parameters(e["resource"])["subscription"]["reference"] for e in answer.json()["entry"]]
+    listed = [status_values(e["resource"])["subscription"]["reference"] for e in answer.json()["entry"]]
     assert listed == [f"{live.base}/Subscription/{sid}"]
+
+
+async def test_type_level_status_by_status_finds_them_among_more_than_a_page(live: LiveServer, db):
+    async with live.client() as client:
+        mine = await post(client, {"resourceType": "Patient"})
+    async with live.client(live.token("patient/*.cruds", patient=mine)) as client:
+        first = await create_subscription(client, db)
+        for _ in range(MAX_STATUSES):  # a page of others between them
+            await create_subscription(client, db)
+        last = await create_subscription(client, db)
+        for sid in (first, last):
+            off = {**(await client.get(f"/Subscription/{sid}")).json(), "status": "off"}
+            assert (await client.put(f"/Subscription/{sid}", json=off)).status_code == 200
+        answer = await client.get("/Subscription/$status?status=off")
+    listed = {status_values(e["resource"])["subscription"]["reference"] for e in answer.json()["entry"]}
+    assert listed == {f"{live.base}/Subscription/{sid}" for sid in (first, last)}
 
 
 async def test_events_by_post_take_a_parameters_body(live: LiveServer, db):
@@ -239,4 +243,4 @@ async def test_events_by_post_take_a_parameters_body(live: LiveServer, db):
         answer = await client.post(
             f"/Subscription/{sid}/$events", json=body, headers={"Content-Type": "application/fhir+json"}
         )
-    assert [e["event-number"] for e in parameters(answer.json()["entry"][0]["resource"])["events"]] == ["2"]
+    assert [e["event-number"] for e in notification_status(answer.json())["events"]] == ["2"]

@@ -66,6 +66,13 @@ async def test_a_rest_hook_endpoint_must_be_http_or_https(client, endpoint) -> N
     await _refused(client, subscription("Observation", channel={"endpoint": endpoint}), 422)
 
 
+@pytest.mark.parametrize(
+    "endpoint", ["http://[::1/hook", "http://example.org:99999/hook", "https://example.org:x/hook"]
+)
+async def test_a_rest_hook_endpoint_the_delivery_cannot_request_is_refused(client, endpoint) -> None:
+    await _refused(client, subscription("Observation", channel={"endpoint": endpoint}), 422)
+
+
 async def test_a_rest_hook_needs_an_endpoint(client) -> None:
     resource = subscription("Observation")
     del resource["channel"]["endpoint"]
@@ -130,6 +137,11 @@ async def test_headers_are_kept_and_bounded(client, db, subscriptions) -> None:
 
 @pytest.mark.parametrize("header", ["no colon", "webhook-signature: forged", "X-A: b\r\nX-B: c", "Bad Name: 1"])
 async def test_a_malformed_or_reserved_header_is_refused(client, header) -> None:
+    await _refused(client, subscription("Observation", channel={"header": [header]}), 422)
+
+
+@pytest.mark.parametrize("header", ["Connection: close", "Transfer-Encoding: chunked", "Expect: 100-continue"])
+async def test_a_header_the_delivery_would_not_send_is_refused_at_create(client, header) -> None:
     await _refused(client, subscription("Observation", channel={"header": [header]}), 422)
 
 
@@ -198,3 +210,8 @@ async def test_a_conditional_create_of_a_subscription_gets_its_state(client, db,
     assert res.status_code == 201, res.text
     subscriptions.append(res.json()["id"])
     assert await db.fetchval("SELECT status FROM subscription_state WHERE id = $1", res.json()["id"]) == "active"
+
+
+@pytest.mark.parametrize("end", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+async def test_an_end_out_of_range_in_utc_is_refused(client, end) -> None:
+    await _refused(client, subscription("Observation", end=end), 422)

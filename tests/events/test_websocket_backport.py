@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from headless_ehr.events.binding_tokens import BindingTokens
 from tests.auth.world import observation
+from tests.events.conftest import add_notifications, notification_status
 from tests.events.websocket_support import (  # noqa: F401 (fixture)
     LiveServer,
     create_subscription,
@@ -37,16 +40,11 @@ async def binding_token(live: LiveServer, sid: str, token: str | None = None) ->
     }
 
 
-def status_of(bundle: dict[str, Any]) -> dict[str, Any]:
-    """The SubscriptionStatus Parameters (entry 0) as name → value (notification-event parts listed)."""
-    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "history"
-    out: dict[str, Any] = {"events": []}
-    for p in bundle["entry"][0]["resource"]["parameter"]:
-        if p["name"] == "notification-event":
-            out["events"].append({q["name"]: next(v for k, v in q.items() if k.startswith("value")) for q in p["part"]})
-        else:
-            out[p["name"]] = next(v for k, v in p.items() if k.startswith("value"))
-    return out
+async def bind_answer(live: LiveServer, token: str) -> dict[str, Any]:
+    """The first answer to `bind-with-token <token>` on a socket of its own (without an access token)."""
+    async with live.socket(None) as socket:
+        await socket.send(f"bind-with-token {token}")
+        return json.loads(await receive(socket))
 
 
 async def test_the_binding_token_operation_names_the_subscription_and_the_socket_url(live: LiveServer, db):
@@ -64,7 +62,7 @@ async def test_bind_with_token_is_answered_with_a_handshake_bundle(live: LiveSer
     token = (await binding_token(live, sid))["token"]
     async with live.socket(None) as socket:  # a browser: no Authorization header
         await socket.send(f"bind-with-token {token}")
-        status = status_of(json.loads(await receive(socket)))
+        status = notification_status(json.loads(await receive(socket)))
     assert status["type"] == "handshake"
     assert status["subscription"] == {"reference": f"{live.base}/Subscription/{sid}"}
     assert status["topic"] == TOPIC and status["status"] == "active"
@@ -83,12 +81,27 @@ async def test_each_event_comes_as_a_notification_bundle_numbered_in_order(live:
             await notify(db, sid, "Patient", patient, 2, "update"),
         )
         bundles = [json.loads(await receive(socket)) for _ in range(2)]
-    statuses = [status_of(b) for b in bundles]
+    statuses = [notification_status(b) for b in bundles]
     assert [s["type"] for s in statuses] == ["event-notification"] * 2
     assert [s["events"][0]["event-number"] for s in statuses] == [str(first), str(second)]
     assert statuses[0]["events"][0]["focus"] == {"reference": f"{live.base}/Patient/{patient}"}
     assert [b["entry"][1]["request"]["method"] for b in bundles] == ["POST", "PUT"]
     assert "resource" not in bundles[0]["entry"][1]  # id-only
+
+
+async def test_each_notification_bundle_counts_the_events_up_to_its_own(live: LiveServer, db):
+    async with live.client() as client:
+        sid = await create_subscription(client, db, topic=TOPIC, payload="id-only")
+        patient = await post(client, {"resourceType": "Patient"})
+    token = (await binding_token(live, sid))["token"]
+    async with live.socket(None) as socket:
+        await socket.send(f"bind-with-token {token}")
+        await receive(socket)  # the handshake
+        event = (uuid.uuid4(), 0, "Patient", patient, 1, "create", datetime.now(UTC))
+        numbers = await add_notifications(db, sid, [event, (uuid.uuid4(), *event[1:])])  # one commit
+        statuses = [notification_status(json.loads(await receive(socket))) for _ in numbers]
+    # as in a webhook's Bundle: eventsSinceSubscriptionStart includes this notification, not later ones
+    assert [s["events-since-subscription-start"] for s in statuses] == [str(n) for n in numbers]
 
 
 async def test_a_full_resource_payload_carries_the_events_own_version(live: LiveServer, db):
@@ -123,7 +136,7 @@ async def test_a_binding_token_carries_its_askers_rights(live: LiveServer, db):
         await receive(socket)
         await notify(db, sid, "Observation", their_obs)
         await notify(db, sid, "Observation", my_obs)
-        status = status_of(json.loads(await receive(socket)))
+        status = notification_status(json.loads(await receive(socket)))
         assert status["events"][0]["focus"] == {"reference": f"{live.base}/Observation/{my_obs}"}
         assert await silent(socket)
 
@@ -135,7 +148,7 @@ async def test_a_heartbeat_bundle_comes_after_the_heartbeat_period_without_event
     async with live.socket(None) as socket:
         await socket.send(f"bind-with-token {token}")
         await receive(socket)
-        assert status_of(json.loads(await receive(socket, within=3)))["type"] == "heartbeat"
+        assert notification_status(json.loads(await receive(socket, within=3)))["type"] == "heartbeat"
 
 
 async def test_an_expired_binding_token_is_refused(live: LiveServer, db):
@@ -144,9 +157,7 @@ async def test_an_expired_binding_token_is_refused(live: LiveServer, db):
     state = live.app.state
     past = BindingTokens(state.signing_keys, state.tokens, state.policies, state.pool, lifetime=-60)
     token, _ = past.issue(state.tokens.verify(live.token(), live.base), [sid], live.base)
-    async with live.socket(None) as socket:
-        await socket.send(f"bind-with-token {token}")
-        outcome = json.loads(await receive(socket))
+    outcome = await bind_answer(live, token)
     assert outcome["resourceType"] == "OperationOutcome" and "expired" in outcome["issue"][0]["diagnostics"]
 
 
@@ -176,9 +187,7 @@ async def test_a_binding_token_of_a_revoked_access_token_is_refused(live: LiveSe
     token = (await binding_token(live, sid, asking))["token"]
     principal = live.app.state.tokens.verify(asking, live.base)
     await live.app.state.tokens.revoke(principal.token_id, principal.expires_at)
-    async with live.socket(None) as socket:
-        await socket.send(f"bind-with-token {token}")
-        outcome = json.loads(await receive(socket))
+    outcome = await bind_answer(live, token)
     assert outcome["resourceType"] == "OperationOutcome" and "revoked" in outcome["issue"][0]["diagnostics"]
 
 
@@ -187,9 +196,7 @@ async def test_a_tampered_binding_token_is_refused(live: LiveServer, db):
         sid = await create_subscription(client, db, topic=TOPIC)
     token = (await binding_token(live, sid))["token"]
     head, claims, signature = token.split(".")
-    async with live.socket(None) as socket:
-        await socket.send(f"bind-with-token {head}.{claims}.{signature[::-1]}")
-        assert json.loads(await receive(socket))["resourceType"] == "OperationOutcome"
+    assert (await bind_answer(live, f"{head}.{claims}.{signature[::-1]}"))["resourceType"] == "OperationOutcome"
 
 
 async def test_a_binding_token_socket_ends_with_its_askers_token(live: LiveServer, db):
@@ -258,7 +265,7 @@ async def test_a_binding_token_binds_once(live: LiveServer, db):
     token = (await binding_token(live, sid))["token"]
     async with live.socket(None) as first, live.socket(None) as second:
         await first.send(f"bind-with-token {token}")
-        assert status_of(json.loads(await receive(first)))["type"] == "handshake"
+        assert notification_status(json.loads(await receive(first)))["type"] == "handshake"
         await second.send(f"bind-with-token {token}")
         outcome = json.loads(await receive(second))
     assert outcome["resourceType"] == "OperationOutcome" and "used already" in outcome["issue"][0]["diagnostics"]

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -27,6 +27,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from ..conftest import bearer, mint_token
+from .conftest import add_notifications
 
 FHIR_JSON = "application/fhir+json"
 NEVER = "Observation?code=urn:test:never|none"  # criteria no test's write matches
@@ -130,25 +131,8 @@ async def notify(
     db: asyncpg.Pool, sid: str, resource_type: str, rid: str, version: int = 1, interaction: str = "create"
 ) -> int:
     """A notification of the subscription for that change, numbered next, as the relay commits it."""
-    async with db.acquire() as conn, conn.transaction():
-        number = await conn.fetchval(
-            "UPDATE subscription_state SET events_since_start = events_since_start + 1 WHERE id = $1"
-            " RETURNING events_since_start",
-            sid,
-        )
-        await conn.execute(
-            "INSERT INTO subscription_notification (subscription_id, event_number, event_id, event_seq,"
-            " resource_type, resource_id, version_id, interaction, occurred_at)"
-            " VALUES ($1, $2, $3, 0, $4, $5, $6, $7, now())",
-            sid,
-            number,
-            uuid.uuid4(),
-            resource_type,
-            rid,
-            version,
-            interaction,
-        )
-        await conn.execute("SELECT pg_notify('ehr_events', $1)", json.dumps({"subscriptions": [sid]}))
+    event = (uuid.uuid4(), 0, resource_type, rid, version, interaction, datetime.now(UTC))
+    (number,) = await add_notifications(db, sid, [event])
     return number
 
 

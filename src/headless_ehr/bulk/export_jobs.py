@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from . import job_rows
+from . import jobs
 
 LEASE_SECONDS = 15  # a dead node's job is taken over this long after its last renewal
 MAX_OPEN_JOBS = 5  # exports one client (user, patient context) may have queued or running at once
@@ -126,7 +126,7 @@ async def get(db: asyncpg.Pool, job_id: str) -> Job | None:
 
 async def polled(db: asyncpg.Pool, job_id: str, min_seconds: float) -> bool:
     """Record a status request; False when the last one answered was under min_seconds ago."""
-    return await job_rows.polled(db, "bulk_export_job", job_id, min_seconds)
+    return await jobs.polled(db, "bulk_export_job", job_id, min_seconds)
 
 
 async def cancel(db: asyncpg.Pool, job_id: str) -> None:
@@ -250,4 +250,4 @@ async def release(db: asyncpg.Pool, job: Job) -> None:
 
 async def expired(db: asyncpg.Pool, limit: int = 100) -> list[str]:
     """Remove up to limit jobs past their expiry; their ids (whose files the caller removes)."""
-    return await job_rows.expired(db, "bulk_export_job", limit)
+    return await jobs.expired(db, "bulk_export_job", limit)

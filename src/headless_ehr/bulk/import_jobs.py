@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from . import job_rows
+from . import jobs
 
 LEASE_SECONDS = 15  # a dead node's input is taken over this long after its last renewal
 MAX_OPEN_JOBS = 5  # imports one client may have queued or running at once
@@ -146,7 +146,7 @@ async def inputs_of(db: asyncpg.Pool, job_id: str) -> list[Input]:
 
 
 async def polled(db: asyncpg.Pool, job_id: str, min_seconds: float) -> bool:
-    return await job_rows.polled(db, TABLE, job_id, min_seconds)
+    return await jobs.polled(db, TABLE, job_id, min_seconds)
 
 
 async def cancel(db: asyncpg.Pool, job_id: str) -> None:
@@ -289,4 +289,4 @@ def error_lines(conn: asyncpg.Connection, job_id: str, seq: int, prefetch: int =
 
 
 async def expired(db: asyncpg.Pool, limit: int = 100) -> list[str]:
-    return await job_rows.expired(db, TABLE, limit)
+    return await jobs.expired(db, TABLE, limit)

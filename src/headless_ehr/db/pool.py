@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import asyncpg.protocol.protocol as _protocol
+import orjson
 
 
 def _fast_array_checks() -> bool:
@@ -94,3 +97,8 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+def jsonb_value(value: Any) -> Any:
+    """A jsonb column's value: our pools read jsonb as text (no codec), a pool with one as the value."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value

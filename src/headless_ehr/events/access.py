@@ -18,7 +18,7 @@ import asyncpg
 
 from ..auth.policies import masked
 from ..auth.principal import Principal
-from ..fhir import json as fhir_json
+from ..db.pool import jsonb_value
 from ..fhir.outcome import FhirError
 from ..store import ResourceStore
 
@@ -50,9 +50,7 @@ def owner_patients(owner: Mapping[str, Any]) -> frozenset[str]:
 
 
 def _owner(row: Mapping[str, Any]) -> Mapping[str, Any]:
-    owner = row["owner"]
-    if isinstance(owner, str | bytes):  # jsonb comes as text unless a codec is set
-        owner = fhir_json.loads(owner)
+    owner = jsonb_value(row["owner"])
     return owner if isinstance(owner, Mapping) else {}
 
 

@@ -28,7 +28,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from ..db.pool import EVENTS_APPLICATION, create_pool, server_settings
+from ..db.listen import Listener
+from ..db.periodic import cancel
+from ..db.pool import EVENTS_APPLICATION, create_pool
 from ..store.repository import format_instant
 from .outbox import NOTIFY_CHANNEL, Event, advance, claim, settled_after, start_cursor
 
@@ -167,7 +169,7 @@ class BrokerPublisher:
         self.batch = batch
         self.fallback_seconds = fallback_seconds
         self._pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._listener = Listener(database_url, NOTIFY_CHANNEL, lambda _payload: self._wake.set())
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._wake = asyncio.Event()
@@ -186,16 +188,14 @@ class BrokerPublisher:
     async def start(self) -> None:
         """open(), then publish in the background until close(); NATS need not be up yet."""
         await self.open()
+        self._listener.start()  # woken on every `ehr_outbox` NOTIFY (and after each reconnection)
         self._task = asyncio.create_task(self._run(), name="ehr-broker-publisher")
 
     async def close(self) -> None:
         """Stop: a round in flight is rolled back (its events are republished, and deduplicated, later)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._drop_listener()
+        await cancel(self._task)
+        self._task = None
+        await self._listener.close()
         if self._nc is not None:
             self._unreachable = True  # closing is no outage: nothing to say
             with contextlib.suppress(Exception):
@@ -276,7 +276,6 @@ class BrokerPublisher:
             if backoff:
                 await asyncio.sleep(backoff)
             try:
-                await self._listen()
                 await self.connect()
                 self._wake.clear()  # a NOTIFY from now on wakes the next wait
                 done = await self.publish_next()
@@ -296,27 +295,3 @@ class BrokerPublisher:
                 continue  # more are waiting
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.fallback_seconds)
-
-    async def _listen(self) -> None:
-        """A connection LISTENing on the outbox channel (made again after it was lost)."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        await self._drop_listener()
-        settings = server_settings(application_name=EVENTS_APPLICATION)
-        conn = await asyncpg.connect(self.database_url, server_settings=settings)
-        try:
-            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-        except BaseException:
-            await conn.close()
-            raise
-        self._listener = conn
-        self._wake.set()  # whatever committed while nobody listened
-
-    def _notified(self, *_args: object) -> None:
-        self._wake.set()
-
-    async def _drop_listener(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close(timeout=2)
-            self._listener = None

@@ -42,21 +42,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import orjson
 
 from ..auth.policies import Policies, masked
 from ..auth.principal import Principal
 from ..config import Settings
-from ..db.pool import EVENTS_APPLICATION, create_pool, server_settings
+from ..db.listen import Listener
+from ..db.periodic import cancel
+from ..db.pool import jsonb_value
 from ..store import ResourceStore
 from . import lifecycle
 from .notification import notification_body
+from .outbox import EVENTS_CHANNEL
 from .owner import owner_principal, owner_with_policy
 from .webhook import Attempt, WebhookSender
 
 log = logging.getLogger("headless_ehr.events.delivery")
 
-EVENTS_CHANNEL = "ehr_events"  # the relay NOTIFYs it when it has added notifications (docs/events.md)
 BATCH = 100  # notifications read per claim of a subscription
 MAX_IDLE_SECONDS = 5.0  # a timer wakes the worker at least this often (a lost NOTIFY, a new subscription)
 STEP_CAP_SECONDS = 3600.0  # the longest wait between two attempts
@@ -114,7 +115,7 @@ class Owners:
         if principal is None:
             if len(self._kept) >= self.MAX_KEPT:
                 self._kept.clear()
-            principal = self._kept[key] = owner_principal(json_value(state["owner"]))
+            principal = self._kept[key] = owner_principal(jsonb_value(state["owner"]))
         return await owner_with_policy(state["id"], principal, self.policies)
 
 
@@ -233,23 +234,22 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._busy: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._listener: Listener | None = None
 
     # -- running ---------------------------------------------------------------------------
 
-    async def start(self, listen: Callable[[], Awaitable[asyncpg.Connection]] | None = None) -> None:
-        """Run in the background; `listen` opens the connection that LISTENs (none: timer only)."""
-        self._connect_listener = listen
-        await self._listen()
+    async def start(self, dsn: str | None = None) -> None:
+        """Run in the background, woken by LISTEN `ehr_events` on dsn (none: by the timer only)."""
+        if dsn is not None:
+            self._listener = Listener(dsn, EVENTS_CHANNEL, self._notified)
+            self._listener.start()
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
         """Stop claiming; let deliveries in flight finish for a few seconds, then cancel them
         (their leases expire and a node sends them again, with the same ids)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
+        self._task = None
         if self._busy:
             _, pending = await asyncio.wait(self._busy, timeout=CLOSE_GRACE_SECONDS)
             for task in pending:
@@ -257,40 +257,22 @@ class DeliveryWorker:
             if pending:
                 await asyncio.wait(pending)
         if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
+            await self._listener.close()
 
     def wake(self, *_: object) -> None:
         self._wake.set()
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        """The relay numbered new notifications: a round unless they are all for websockets."""
-        if '"rest-hook"' in payload or '"websocket"' not in payload:
+    def _notified(self, payload: str | None) -> None:
+        """The relay numbered new notifications: a round unless they are all for websockets
+        (None: the listener (re)connected, so a NOTIFY may have been missed)."""
+        if payload is None or '"rest-hook"' in payload or '"websocket"' not in payload:
             self._wake.set()
-
-    async def _listen(self) -> None:
-        if self._connect_listener is None:
-            return
-        try:
-            conn = await self._connect_listener()
-            await conn.add_listener(EVENTS_CHANNEL, self._notified)
-            conn.add_termination_listener(self._listener_lost)
-            self._listener = conn
-        except (OSError, asyncpg.PostgresError):
-            log.warning("cannot LISTEN on %s; delivering on the timer until it can", EVENTS_CHANNEL, exc_info=True)
-            self._listener = None
-
-    def _listener_lost(self, _conn: object) -> None:
-        self._listener = None
-        self.wake()
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             wait = MAX_IDLE_SECONDS
             try:
-                if self._listener is None and self._connect_listener is not None:
-                    await self._listen()
                 free = self.concurrency - len(self._busy)
                 claimed = await self.claim_and_start()
                 if claimed and claimed == free:
@@ -337,12 +319,12 @@ class DeliveryWorker:
             else:
                 await self._heartbeat(state, lease)
         except Exception:
-            # a fault of ours: back off as for a failed attempt, so it cannot spin
+            # a fault of ours (or the database away): a failed attempt, so it backs off as one
+            # does (it neither spins nor fills the log) and is given up on after the budget
             log.exception("delivery to subscription %s failed", state["id"])
+            fault = Attempt(None, 0.0, "the server failed to deliver (see its log)")
             with contextlib.suppress(Exception):
-                await self.pool.execute(
-                    _SETTLE, state["id"], lease, 0, True, self.retry.delay(1), False, *_NOTHING_LOGGED
-                )
+                await self._settle(state, lease, state["delivered_through"], [], fault, sent=False)
 
     async def _handshake(self, state: dict[str, Any], lease: datetime) -> None:
         # activated before the lease is let go: else this or another node could claim it,
@@ -404,7 +386,7 @@ class DeliveryWorker:
             outgoing.body,
             outgoing.message_id,
             secret=state["secret"],
-            channel_headers=json_value(state["headers"]) or (),
+            channel_headers=jsonb_value(state["headers"]) or (),
         )
 
     def _outgoing(
@@ -426,9 +408,9 @@ class DeliveryWorker:
             url = f"{endpoint.rstrip('/')}/{n['resource_type']}/{n['resource_id']}"
             return _Outgoing("DELETE" if deletion else "PUT", url, content, message_id)
         # backport, and R4 id-only: the notification Bundle of this one event
-        numbered = {**state, "events_since_start": n["event_number"], "status": "active"}
+        active = {**state, "status": "active"}  # events are sent only once it is active
         resources = {} if content is None else {n["event_number"]: content}
-        body = notification_body(numbered, "event-notification", [n], resources, self.base_url, bundle_id=message_id)
+        body = notification_body(active, "event-notification", [n], resources, self.base_url, bundle_id=message_id)
         return _Outgoing("POST", endpoint, body, message_id)
 
     async def _readable(
@@ -474,11 +456,6 @@ def _stable_id(state: Mapping[str, Any], kind: str, since: datetime, number: int
     return str(uuid.uuid5(_EVENT_IDS, f"{state['id']}/{kind}/{since.isoformat()}/{number}"))
 
 
-def json_value(value: Any) -> Any:
-    """A jsonb column's value (text unless the pool has a codec for jsonb)."""
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -497,21 +474,12 @@ def notification_base(settings: Settings) -> str:
 
 
 async def start_delivery(
-    app: Any, stack: contextlib.AsyncExitStack, settings: Settings, pool: asyncpg.Pool | None = None
+    app: Any, stack: contextlib.AsyncExitStack, settings: Settings, pool: asyncpg.Pool
 ) -> DeliveryWorker:
-    """This node's DeliveryWorker, closed with the stack (app.state.delivery). pool: the
-    events pool (application_name headless-ehr-events); one is opened when None."""
+    """This node's DeliveryWorker on the events pool (application_name headless-ehr-events),
+    closed with the stack (app.state.delivery)."""
     dsn = settings.database_url
     assert dsn is not None
-    if pool is None:
-        pool = await create_pool(
-            dsn,
-            min_size=1,
-            max_size=4,
-            statement_timeout_ms=settings.statement_timeout_ms,
-            application_name=EVENTS_APPLICATION,
-        )
-        stack.push_async_callback(pool.close)
     sender = WebhookSender(settings.webhook_timeout_seconds, max_connections=2 * settings.webhook_concurrency)
     stack.push_async_callback(sender.close)
     store: ResourceStore = app.state.store
@@ -525,11 +493,7 @@ async def start_delivery(
         retry=RetryPolicy(settings.webhook_retry_base_seconds, settings.webhook_retry_hours),
         concurrency=settings.webhook_concurrency,
     )
-
-    async def listen() -> asyncpg.Connection:
-        return await asyncpg.connect(dsn, server_settings=server_settings(application_name=EVENTS_APPLICATION))
-
-    await worker.start(listen)
+    await worker.start(dsn)
     stack.push_async_callback(worker.close)
     app.state.delivery = worker
     return worker

@@ -9,7 +9,7 @@ bounds the list; `before` (an instant) pages back.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -59,7 +59,10 @@ def _before(request: Request) -> datetime | None:
         raise FhirError.of(400, "invalid", "before must be an instant, e.g. 2026-12-01T10:00:00Z") from None
     if at.tzinfo is None:
         raise FhirError.of(400, "invalid", "before must carry a time zone (e.g. Z)")
-    return at
+    try:
+        return at.astimezone(UTC)  # in range as PostgreSQL stores it (an offset can push past year 1 or 9999)
+    except OverflowError:
+        raise FhirError.of(400, "invalid", "before is out of range") from None
 
 
 async def _deliveries(request: Request) -> Response:

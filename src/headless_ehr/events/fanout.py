@@ -2,8 +2,8 @@
 
 The relay (events/relay.py) numbers each subscription's events in
 `subscription_notification` and NOTIFYs `ehr_events` at commit, heard by every node.
-Each node holds one LISTEN connection (the events workers' application name: it never
-writes a resource row); on a notification, and every POLL_SECONDS in case one was
+Each node holds one LISTEN connection (db/listen.py) and reads with the events
+workers' pool (it never writes a resource row); on a notification, and every POLL_SECONDS in case one was
 missed (a lost connection, a reconnect), it reads the new notifications of the
 subscriptions bound on this node after the last number each follower was given, in
 event_number order, and hands them to the followers. The NOTIFY payload is not read:
@@ -18,23 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import asyncpg
 
-from ..db.pool import EVENTS_APPLICATION, server_settings
+from ..db.listen import Listener
+from ..db.periodic import cancel
 from .access import STATE_COLUMNS
+from .outbox import EVENTS_CHANNEL
 
 log = logging.getLogger("headless_ehr.events")
 
-NOTIFY_CHANNEL = "ehr_events"  # the relay's NOTIFY at the commit of new notifications
 POLL_SECONDS = 2.0  # a missed NOTIFY is made up for this late at most
 BATCH = 500  # notifications read per subscription and round
-MAX_BACKOFF = 10.0  # seconds between reconnection attempts, at most
-STATEMENT_TIMEOUT_MS = 10_000
+RETRY_SECONDS = 1.0  # after a failed round
 
 _STATES = f"SELECT {STATE_COLUMNS} FROM subscription_state WHERE id = ANY($1::text[])"
 _NOTIFICATIONS = f"""
@@ -69,22 +68,31 @@ class Follower(Protocol):
 class Hub:
     """Followers on this node by subscription, fed from the database."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self.pool = pool  # the events workers' (EVENTS_APPLICATION)
         self._followers: dict[str, set[Follower]] = defaultdict(set)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()  # set while the LISTEN connection is up
-        self.connection: asyncpg.Connection | None = None  # that connection (tests end it to see the hub reconnect)
+        self._listener = Listener(dsn, EVENTS_CHANNEL, lambda _payload: self._wake.set())
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while the LISTEN connection is up."""
+        return self._listener.connected
+
+    @property
+    def connection(self) -> asyncpg.Connection | None:
+        """That connection (tests end it to see the hub reconnect)."""
+        return self._listener.connection
 
     def start(self) -> None:
+        self._listener.start()
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
+        self._task = None
+        await self._listener.close()
 
     def add(self, follower: Follower) -> None:
         """Follow from follower.after on (the caller read it from the state just before)."""
@@ -101,49 +109,26 @@ class Hub:
     def wake(self) -> None:
         self._wake.set()
 
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
-
     async def _run(self) -> None:
-        backoff = 0.1
         while True:
-            conn: asyncpg.Connection | None = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            self._wake.clear()
+            if not self._followers:
+                continue
             try:
-                conn = await asyncpg.connect(
-                    self.dsn,
-                    server_settings=server_settings(
-                        statement_timeout_ms=STATEMENT_TIMEOUT_MS, application_name=EVENTS_APPLICATION
-                    ),
-                )
-                await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-                conn.add_termination_listener(self._notified)
-                self.connection = conn
-                self.connected.set()
-                backoff = 0.1
-                self._wake.set()  # catch up with what passed while disconnected
-                while not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-                    self._wake.clear()
-                    if self._followers:
-                        await self._forward(conn)
+                await self._forward()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                log.warning("websocket fan-out: database connection lost (%r); reconnecting", error)
-            except Exception:  # a bug must not end the node's fan-out: log it, start again
-                log.exception("websocket fan-out failed; starting again")
-            finally:
-                self.connected.clear()
-                self.connection = None
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
-            await asyncio.sleep(backoff * (1 + random.random()))
-            backoff = min(backoff * 2, MAX_BACKOFF)
+                log.warning("websocket fan-out: the database failed (%r); trying again", error)
+                await asyncio.sleep(RETRY_SECONDS)
+            except Exception:  # a bug must not end the node's fan-out: log it, go on
+                log.exception("websocket fan-out failed; trying again")
+                await asyncio.sleep(RETRY_SECONDS)
 
-    async def _forward(self, conn: asyncpg.Connection) -> None:
+    async def _forward(self) -> None:
         """One round: every follower given the notifications after its number (a batch each)."""
         lows = {sid: min(f.after for f in followers) for sid, followers in self._followers.items() if followers}
-        states = {r["id"]: r for r in await conn.fetch(_STATES, list(lows))}
+        states = {r["id"]: r for r in await self.pool.fetch(_STATES, list(lows))}
         for sid in [s for s in lows if s not in states]:
             for follower in list(self._followers.get(sid, ())):
                 follower.gone()
@@ -154,7 +139,7 @@ class Hub:
         due = [(sid, low) for sid, low in lows.items() if sid in states and states[sid]["events_since_start"] > low]
         if not due:
             return
-        rows = await conn.fetch(_NOTIFICATIONS, [d[0] for d in due], [d[1] for d in due])
+        rows = await self.pool.fetch(_NOTIFICATIONS, [d[0] for d in due], [d[1] for d in due])
         grouped: dict[str, list[asyncpg.Record]] = defaultdict(list)
         for row in rows:
             grouped[row["subscription_id"]].append(row)

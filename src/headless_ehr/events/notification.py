@@ -94,8 +94,11 @@ def status_parameters(
         parameters.append({"name": "topic", "valueCanonical": state["topic"]})
     parameters.append({"name": "status", "valueCode": state["status"]})
     parameters.append({"name": "type", "valueCode": kind})
-    # a string in R4 (no integer64): the count may pass 2^31
-    parameters.append({"name": "events-since-subscription-start", "valueString": str(state["events_since_start"])})
+    # an event-notification counts the events up to its own (more may be numbered while it waits
+    # to be sent: every channel says the same); a string in R4 (no integer64): it may pass 2^31
+    count = notifications[-1]["event_number"] if kind == "event-notification" and notifications else None
+    count = state["events_since_start"] if count is None else count
+    parameters.append({"name": "events-since-subscription-start", "valueString": str(count)})
     with_focus = state["payload"] != "empty"
     for n in notifications:
         part: list[dict[str, Any]] = [

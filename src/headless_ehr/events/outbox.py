@@ -17,6 +17,7 @@ from datetime import datetime
 import asyncpg
 
 NOTIFY_CHANNEL = "ehr_outbox"  # one NOTIFY per statement that added outbox rows (migration 0021)
+EVENTS_CHANNEL = "ehr_events"  # the relay's NOTIFY at the commit of new subscription notifications (events/relay.py)
 
 Position = tuple[datetime, int]  # (created_at, seq): the last event a reader handled
 

@@ -1,7 +1,7 @@
 """The subscription relay: committed events to per-subscription notifications.
 
 One task per `ehr serve` process. Woken by NOTIFY on `ehr_outbox` (a listening
-connection of its own, reconnected when lost) and by a slow poll, it claims the
+connection of its own, reconnected when lost: db/listen.py) and by a slow poll, it claims the
 'subscriptions' cursor (events/outbox.py: one node at a time, in commit order), and for
 each batch of settled events finds the subscriptions they match by running each
 subscription's search as its owner with `_id=<the batch's ids>`: the same code as a
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -34,24 +33,23 @@ import orjson
 
 from ..auth.policies import Policies
 from ..auth.principal import Principal
-from ..db.pool import EVENTS_APPLICATION, server_settings
+from ..db.listen import Listener
+from ..db.periodic import cancel
 from ..fhir.outcome import FhirError
 from ..store.repository import ResourceStore
-from .outbox import NOTIFY_CHANNEL, Event, Position, advance, claim, settled_after, start_cursor
+from .outbox import EVENTS_CHANNEL, NOTIFY_CHANNEL, Event, Position, advance, claim, settled_after, start_cursor
 from .owner import owner_principal, owner_with_policy
 from .subscription import Trigger
 
 log = logging.getLogger("headless_ehr.events")
 
 CURSOR = "subscriptions"
-EVENTS_CHANNEL = "ehr_events"  # NOTIFY after each batch that notified someone (at commit)
 BATCH_SIZE = 500  # events per relay transaction
 IDS_PER_SEARCH = 100  # `_id` values per matching search
 MAX_NOTIFY_BYTES = 7900  # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
 POLL_SECONDS = 1.0  # the fallback when no NOTIFY comes (a lost listening connection)
 BUSY_POLL_SECONDS = 0.02  # just after activity: an event may await an older transaction's commit
 BUSY_WINDOW_SECONDS = 0.5
-RECONNECT_SECONDS = 1.0
 CLOSE_SECONDS = 5.0  # how long close() waits for the batch in hand
 
 _GENERATION = "SELECT generation FROM subscription_generation"
@@ -115,8 +113,8 @@ class Relay:
         self._wake = asyncio.Event()
         self._generation: int | None = None
         self._subscriptions: list[Subscribed] = []
-        self._tasks: list[asyncio.Task[None]] = []
         self._runner: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
         self._stopping = False
         self._active_at = 0.0
 
@@ -124,10 +122,10 @@ class Relay:
         async with self.pool.acquire() as conn:
             await start_cursor(conn, CURSOR)
         self._stopping = False
-        if self.dsn is not None:
-            self._tasks.append(asyncio.create_task(self._listen()))
+        if self.dsn is not None:  # woken on every `ehr_outbox` NOTIFY
+            self._listener = Listener(self.dsn, NOTIFY_CHANNEL, lambda _payload: self._wake.set())
+            self._listener.start()
         self._runner = asyncio.create_task(self._run())
-        self._tasks.append(self._runner)
 
     async def close(self) -> None:
         """Stop after the batch in hand (its transaction ends, its cursor lock with it);
@@ -137,13 +135,11 @@ class Relay:
         if self._runner is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._runner), CLOSE_SECONDS)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+            await cancel(self._runner)
         self._runner = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -164,28 +160,6 @@ class Relay:
             except Exception:  # the relay outlives any one failure: it retries the batch (nothing was committed)
                 log.warning("the subscription relay failed; retrying", exc_info=True)
                 await asyncio.sleep(self.poll_seconds)
-
-    async def _listen(self) -> None:
-        """Wake the loop on every `ehr_outbox` NOTIFY; reconnect when the connection is lost."""
-        assert self.dsn is not None
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(
-                    self.dsn, server_settings=server_settings(application_name=EVENTS_APPLICATION)
-                )
-                lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                conn.add_termination_listener(functools.partial(_resolve, lost))
-                await conn.add_listener(NOTIFY_CHANNEL, lambda *_args: self._wake.set())
-                self._wake.set()  # whatever committed while not listening
-                await lost
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                log.warning("the relay's LISTEN connection failed; reconnecting", exc_info=True)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-            await asyncio.sleep(RECONNECT_SECONDS)
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -268,11 +242,6 @@ class Relay:
             found = {s.id for s in page.entries}
             known.update((i, i in found) for i in chunk)
         return {e.seq for e in live if known.get(e.id)}
-
-
-def _resolve(future: asyncio.Future[None], *_args: object) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _subscribed(row: asyncpg.Record) -> Subscribed:

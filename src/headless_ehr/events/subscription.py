@@ -10,18 +10,17 @@ the topic is resolved by the write hook (events/lifecycle.py).
 
 from __future__ import annotations
 
-import base64
-import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from ..auth.principal import Principal, patient_reference_params
 from ..fhir.definitions import definitions
 from ..fhir.outcome import FhirError, Issue
 from ..search.criteria import conditional_criteria
 from ..search.query import parse_request
+from .webhook import HeaderError, check_endpoint, check_secret, parse_header
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
 BACKPORT_PROFILE = BACKPORT + "backport-subscription"
@@ -37,11 +36,6 @@ MAX_HEADERS = 10  # channel.header entries
 MAX_HEADER_BYTES = 1024  # each
 MAX_FILTERS = 20  # backport filter criteria per subscription
 MAX_HEARTBEAT = 24 * 3600
-# sent by the delivery itself: a channel.header may not replace them
-_RESERVED_HEADERS = frozenset(
-    {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length", "host"}
-)
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _INTERACTIONS = ("create", "update", "delete")
 
 
@@ -217,11 +211,10 @@ def _http_endpoint(endpoint: Any) -> str:
     where = "Subscription.channel.endpoint"
     if not isinstance(endpoint, str) or not endpoint:
         raise _invalid("a rest-hook needs channel.endpoint", where)
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _invalid("a rest-hook endpoint must be an http or https URL", where)
-    if parts.username or parts.password:
-        raise _invalid("a rest-hook endpoint may not hold credentials (use channel.header)", where)
+    try:
+        check_endpoint(endpoint)
+    except ValueError as error:
+        raise _invalid(str(error), where) from None
     return endpoint
 
 
@@ -244,6 +237,7 @@ def _payload(channel: dict[str, Any]) -> str:
 
 
 def _headers(headers: Any) -> tuple[str, ...]:
+    """channel.header, bounded here, each line checked by the rule the delivery sends by (events/webhook.py)."""
     where = "Subscription.channel.header"
     if headers is None:
         return ()
@@ -253,18 +247,16 @@ def _headers(headers: Any) -> tuple[str, ...]:
     for header in headers:
         if not isinstance(header, str) or len(header.encode()) > MAX_HEADER_BYTES:
             raise _invalid(f"each channel.header is a string of at most {MAX_HEADER_BYTES} bytes", where)
-        name, colon, value = header.partition(":")
-        name = name.strip()
-        if not colon or not _HEADER_NAME.fullmatch(name) or any(c in value for c in "\r\n\0"):
-            raise _invalid("each channel.header must be 'Name: value'", where)
-        if name.lower() in _RESERVED_HEADERS:
-            raise _invalid(f"channel.header may not set {name}: the delivery sets it", where)
-        out.append(f"{name}: {value.strip()}")
+        try:
+            name, value = parse_header(header)
+        except HeaderError as error:
+            raise _invalid(str(error), where) from None
+        out.append(f"{name}: {value}")
     return tuple(out)
 
 
 def _secret(resource: dict[str, Any], channel: dict[str, Any]) -> str | None:
-    """The Standard Webhooks signing secret: `whsec_` + base64 of 24 to 64 bytes."""
+    """The Standard Webhooks signing secret, checked by the rule the delivery signs by (events/webhook.py)."""
     where = "Subscription.extension"
     found = _extensions(resource, SECRET) + _extensions(channel, SECRET)
     if not found:
@@ -272,14 +264,12 @@ def _secret(resource: dict[str, Any], channel: dict[str, Any]) -> str | None:
     if len(found) > 1:
         raise _invalid("the subscription-secret extension may appear once", where)
     value = found[0].get("valueString")
-    if not isinstance(value, str) or not value.startswith("whsec_"):
+    if not isinstance(value, str):
         raise _invalid("subscription-secret must be a valueString 'whsec_' + base64", where)
     try:
-        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-    except ValueError:
-        raise _invalid("subscription-secret is not valid base64 after 'whsec_'", where) from None
-    if not 24 <= len(key) <= 64:
-        raise _invalid("subscription-secret must hold 24 to 64 bytes", where)
+        check_secret(value)
+    except ValueError as error:
+        raise _invalid(f"subscription-secret: {error}", where) from None
     return value
 
 
@@ -303,7 +293,10 @@ def _end(value: Any) -> datetime | None:
         raise _invalid("Subscription.end must be an instant", "Subscription.end") from None
     if end.tzinfo is None:
         raise _invalid("Subscription.end must carry a time zone", "Subscription.end")
-    return end
+    try:
+        return end.astimezone(UTC)  # an offset can push it past year 1 or 9999, where PostgreSQL cannot store it
+    except OverflowError:
+        raise _invalid("Subscription.end is out of range", "Subscription.end") from None
 
 
 # -- the subscriber's rights --------------------------------------------------------------

@@ -13,18 +13,20 @@ read only up to a small bound, so an endpoint cannot make us hold megabytes.
 
 from __future__ import annotations
 
+import base64
 import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import aiohttp
 from standardwebhooks import Webhook
-from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 FHIR_JSON = "application/fhir+json"
 SECRET_PREFIX = "whsec_"
+MIN_KEY_BYTES, MAX_KEY_BYTES = 24, 64  # a signing key's length
 MAX_ANSWER_BYTES = 4096  # what we read of an endpoint's answer (then the connection is dropped)
 # headers a subscription's channel.header may not set: ours, and the transport's
 RESERVED_HEADERS = frozenset(
@@ -54,7 +56,8 @@ class HeaderError(ValueError):
 def parse_header(line: str) -> tuple[str, str]:
     """One `channel.header` line (`Name: value`) as (name, value); HeaderError when it is
     malformed (no colon, not an RFC 9110 token, a control character) or names a header
-    this server sets itself. For Subscription validation at create, and at send."""
+    this server sets itself (or the transport does). The one rule for Subscription
+    validation at create (events/subscription.py) and for what is sent."""
     name, colon, value = line.partition(":")
     name, value = name.strip(), value.strip()
     if not colon or not name or not set(name) <= _TOKEN_CHARS:
@@ -67,13 +70,32 @@ def parse_header(line: str) -> tuple[str, str]:
 
 
 def check_secret(secret: str) -> None:
-    """ValueError unless secret is `whsec_` + a non-empty base64 key (for validation at create)."""
+    """ValueError unless secret is `whsec_` + strict base64 of MIN_KEY_BYTES to MAX_KEY_BYTES
+    (Standard Webhooks' range); the one rule for Subscription validation at create."""
     if not secret.startswith(SECRET_PREFIX):
         raise ValueError(f"the webhook secret must start with '{SECRET_PREFIX}'")
     try:
-        Webhook(secret)
-    except (ValueError, EmptyWebhookSecretError):
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except ValueError:
         raise ValueError("the webhook secret must be 'whsec_' followed by a base64 key") from None
+    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+        raise ValueError(
+            f"the webhook secret's key (after 'whsec_') must hold {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes"
+        )
+
+
+def check_endpoint(url: str) -> None:
+    """ValueError unless url is one this sender can request: http or https, a host, a port
+    in range, no credentials in it (they belong in channel.header). For validation at create."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError as error:
+        raise ValueError(f"the endpoint is not a valid URL ({error})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("a rest-hook endpoint must be an http or https URL")
+    if parts.username or parts.password:
+        raise ValueError("a rest-hook endpoint may not hold credentials (use channel.header)")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -373,11 +373,11 @@ class Session:
 
 async def start_websockets(app: Any, stack: contextlib.AsyncExitStack, settings: Any) -> None:
     """The node's WebSocket channel: its fan-out from the database, and what sockets share."""
-    hub = Hub(settings.database_url)
-    hub.start()
-    stack.push_async_callback(hub.close)
     state = app.state
     events_pool = getattr(state, "events_pool", None) or state.pool  # the events workers' (events/service.py)
+    hub = Hub(events_pool, settings.database_url)
+    hub.start()
+    stack.push_async_callback(hub.close)
     binding_tokens = BindingTokens(state.signing_keys, state.tokens, state.policies, events_pool)
     tokens = state.tokens if settings.auth else None
     state.websockets = WebSocketChannel(

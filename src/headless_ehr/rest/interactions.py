@@ -27,7 +27,7 @@ from . import bundles, offload
 from .binary import binary_from_body, native_response
 from .bundles import seen
 from .capability import settings_document
-from .context import principal_of, store_of
+from .context import principal_of, replay_connection, store_of
 from .instants import parse_instant
 from .negotiation import (
     native_content_type,
@@ -298,7 +298,8 @@ async def process_bundle(request: Request) -> Response:
         if kind == "transaction":
             result = await processor.transaction(bundle, representation=representation, conn=conn)
         elif kind == "batch":
-            result = await processor.batch(bundle, representation=representation)
+            # an asynchronous batch commits with its completion (each entry in a savepoint)
+            result = await processor.batch(bundle, representation=representation, conn=replay_connection(request))
         else:
             raise FhirError.of(400, "invalid", f"Bundle.type must be transaction or batch, not '{kind}'", "Bundle.type")
         return json_response(request, bundles.bundle_response(request, result))

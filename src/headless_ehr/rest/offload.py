@@ -31,7 +31,7 @@ from starlette.requests import Request
 
 from ..db.pool import server_settings
 from ..store import ResourceStore
-from .context import store_of
+from .context import REPLAY_COMPLETION, ReplayAbandoned, replay_connection, store_of
 
 T = TypeVar("T")
 
@@ -81,9 +81,14 @@ async def run(request: Request, size: int, work: Work[T]) -> T:
     the app's store (conn None), or, for a large body, in a worker thread with a store
     bound to a connection of its own."""
     store = store_of(request)
+    replayed = replay_connection(request)
+    if replayed is not None and size < OFFLOAD_BYTES:  # an asynchronous request: in its worker's transaction
+        return await work(store.bound(replayed), replayed)
     if size < OFFLOAD_BYTES:
         return await work(store, None)
     settings = request.app.state.settings
+    # a large asynchronous request completes in the thread's transaction, with its writes
+    complete = request.scope.get(REPLAY_COMPLETION) if replayed is not None else None
 
     async def in_thread() -> T:
         conn = await asyncpg.connect(
@@ -91,7 +96,15 @@ async def run(request: Request, size: int, work: Work[T]) -> T:
             server_settings=server_settings(statement_timeout_ms=settings.statement_timeout_ms),
         )
         try:
-            return await work(store.bound(conn), conn)
+            if complete is None:
+                return await work(store.bound(conn), conn)
+            try:
+                async with conn.transaction():
+                    answer = await work(store.bound(conn), conn)
+                    await complete(conn, answer)
+            except ReplayAbandoned:  # rolled back; the completion tells its worker why
+                pass
+            return answer
         finally:
             await conn.close()
 

@@ -19,10 +19,10 @@ from ..fhir.outcome import FhirError
 from ..fhir.references import RESOURCE_ID
 from ..fhir.summary import is_subset, subset, summary_arguments
 from ..search.compartment import Compartment
-from . import audit_search, audit_trail
+from . import asynchronous, audit_search, audit_trail
 from . import interactions as ix
 from .capability import settings_document
-from .context import principal_of
+from .context import REPLAY_PRINCIPAL, principal_of
 from .negotiation import FHIR_JSON, response_media_type, wants_native
 from .operations import bulk_import, export, reindex
 from .operations.everything import everything
@@ -135,6 +135,8 @@ def _routes(request: Request, seg: list[str]) -> Methods:
         return {"GET": lambda: _metadata(request)}
     if n == 1 and head == "_history":
         return {"GET": lambda: ix.history(request)}
+    if seg == [asynchronous.STATUS_OPERATION]:  # the caller's own request only: no policy grant needed
+        return {"GET": lambda: asynchronous.status(request), "DELETE": lambda: asynchronous.cancel(request)}
     if head.startswith("$"):
         return _operation(request, head[1:], None, None) if n == 1 else {}
     if head not in definitions().resource_types:
@@ -239,7 +241,11 @@ async def _answer(request: Request) -> Response:
         else:
             request.state.media_type = response_media_type(request)
         request_origin(request)  # 400 for a Host this server does not answer to
-        if segments != ["metadata"]:  # the CapabilityStatement is public (SMART discovery)
+        replayed = request.scope.get(REPLAY_PRINCIPAL)  # an asynchronous request, run as its caller
+        if replayed is not None:
+            request.state.principal = replayed
+            audit_trail.identify(replayed)
+        elif segments != ["metadata"]:  # the CapabilityStatement is public (SMART discovery)
             request.state.principal = await request.app.state.authenticate(request, base_url(request))
             audit_trail.identify(request.state.principal)
         methods = _routes(request, segments)
@@ -254,6 +260,8 @@ async def _answer(request: Request) -> Response:
             error = FhirError.of(405, "not-supported", f"{request.method} is not supported here (allowed: {allowed})")
             error.headers["Allow"] = allowed
             raise error
+        if asynchronous.wanted(request) and asynchronous.kind_of(method, segments) is not None:
+            return await asynchronous.kick_off(request)  # recorded; run later as this caller
         return await handler()
     except FhirError as error:
         request.state.refusal = str(error)[:500]

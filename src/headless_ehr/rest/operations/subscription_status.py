@@ -5,7 +5,7 @@ may follow (events/access.py), with `error` for one in error.
 
 At type level `id` names the subscriptions (unknown ones, or ones the caller may not
 follow, are left out); without it, the Subscriptions the caller can search, at most
-MAX_STATUSES, narrowed by `status`.
+MAX_STATUSES, narrowed by `status` (in the search: the resource's status is the state's).
 """
 
 from __future__ import annotations
@@ -37,13 +37,15 @@ async def status(request: Request, rid: str | None) -> Response:
         ids = listed(pairs, "id")
         if len(ids) > MAX_STATUSES:
             raise FhirError.of(400, "too-costly", f"$status takes at most {MAX_STATUSES} ids")
+        wanted = set(listed(pairs, "status"))
         params = [("_count", str(MAX_STATUSES)), ("_elements", "id")]
         if ids:
             params.append(("_id", ",".join(ids)))
+        elif wanted:  # searched, not only filtered: the first page of all would miss those after it
+            params.append(("status", ",".join(sorted(wanted))))
         page = await store.search(principal, "Subscription", params, strict=True)  # what the caller may read
         readable = [s.id for s in page.entries]
         rows = [r for r in await db.fetch(_STATES, readable) if may_follow(principal, r)]
-        wanted = set(listed(pairs, "status"))
         rows = sorted((r for r in rows if not wanted or r["status"] in wanted), key=lambda r: readable.index(r["id"]))
     base = base_url(request)
     entries: list[dict[str, Any]] = [

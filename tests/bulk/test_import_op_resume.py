@@ -135,3 +135,19 @@ async def test_x_progress_counts_what_the_inputs_committed(node: Any):
     res = await api.get(status_url)
     assert res.status_code == 202
     assert res.headers["X-Progress"] == "10 resources loaded, 2 lines in error; 0 of 2 inputs done"
+
+
+async def test_the_inputs_of_one_job_load_on_two_nodes_each_once(node: Any):
+    first, second = await node(), await node()
+    query, patients = tagged_patients(1200, with_ids=True)
+    inputs = [("Patient", write_input(first, patients[i : i + 300])) for i in range(0, 1200, 300)]
+    status_url = await kick_off(first, parameters(*inputs))
+    app_of(second).state.imports.wake()
+    manifest = await wait(first, status_url)
+    assert [o["count"] for o in manifest["output"]] == [300] * 4
+    assert (await second.get(f"Patient?{query}&_summary=count")).json()["total"] == 1200
+    versions = await app_of(first).state.pool.fetchval(
+        "SELECT count(*) FROM resource_history WHERE resource_type = 'Patient' AND id = ANY($1::text[])",
+        [p["id"] for p in patients],
+    )
+    assert versions == 1200

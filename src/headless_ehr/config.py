@@ -118,6 +118,12 @@ class Settings:
     bulk_page_rows: int = 1000  # resources read per keyset page (one progress commit each)
     bulk_export_jobs: bool = True  # False (EHR_BULK_EXPORT_JOBS=off): this node runs no export jobs
     bulk_s3_url: str | None = None  # s3://bucket/prefix: export files go there (pre-signed downloads)
+    # bulk import (docs/bulk.md, "Import ($import)")
+    bulk_import_jobs: bool = True  # False (EHR_BULK_IMPORT_JOBS=off): this node loads no $import inputs
+    bulk_import_concurrency: int = 2  # inputs a node loads at once
+    bulk_import_max_bytes: int = 16 * 1024**3  # an http(s) or s3 input is refused past this size
+    bulk_import_fetch_seconds: float = 3600.0  # the longest an input may take to download
+    bulk_import_max_errors: int = 10_000  # line errors kept per job (all are counted)
     # asynchronous requests (Prefer: respond-async; docs/rest.md, "Asynchronous requests")
     async_max_open: int = 10  # requests one client (user, patient context) may have queued or running
     async_max_result_bytes: int = 256 * 1024 * 1024  # a larger answer is refused (its writes rolled back)
@@ -189,6 +195,12 @@ class Settings:
             "bulk_page_rows": _bounded("EHR_BULK_PAGE_ROWS", 1000, 1, 100_000),
             "bulk_export_jobs": _choice("EHR_BULK_EXPORT_JOBS", ("on", "off")) == "on",
             "bulk_s3_url": os.environ.get("EHR_BULK_S3_URL") or None,
+            # bulk import
+            "bulk_import_jobs": _choice("EHR_BULK_IMPORT_JOBS", ("on", "off")) == "on",
+            "bulk_import_concurrency": _bounded("EHR_BULK_IMPORT_CONCURRENCY", 2, 1, 64),
+            "bulk_import_max_bytes": _bounded("EHR_BULK_IMPORT_MAX_BYTES", 16 * 1024**3, 1024, 2**44),
+            "bulk_import_fetch_seconds": _seconds("EHR_BULK_IMPORT_FETCH_SECONDS", 3600.0, 1, 7 * 24 * 3600),
+            "bulk_import_max_errors": _bounded("EHR_BULK_IMPORT_MAX_ERRORS", 10_000, 0, 10_000_000),
             # asynchronous requests
             "async_max_open": _bounded("EHR_ASYNC_MAX_OPEN", 10, 1, 10_000),
             "async_max_result_bytes": _bounded("EHR_ASYNC_MAX_RESULT_BYTES", 256 * 1024 * 1024, 1024, 2**40),

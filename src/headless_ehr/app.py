@@ -34,6 +34,7 @@ from .bulk.export_worker import ExportWorker
 from .bulk.import_worker import ImportWorker
 from .config import Settings
 from .db.migrate import migrate
+from .db.periodic import cancel
 from .db.pool import AUDIT_APPLICATION, create_pool
 from .events.delivery_log import delivery_log_routes
 from .events.service import start_events, store_hooks
@@ -66,12 +67,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"no FHIR endpoint at '{request.url.path[:200]}': the FHIR base is {base} (e.g. {base}/metadata)"
         return outcome_response(request, FhirError.of(404, "not-found", message))
     return outcome_response(request, FhirError.of(exc.status_code, "processing", str(exc.detail)))
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _close_audit(app: Starlette, recorder: AuditRecorder) -> None:
@@ -215,7 +210,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         stack.push_async_callback(app.state.reindexer.close)
         poller = asyncio.create_task(poll_registry(pool))
-        stack.push_async_callback(_cancel, poller)
+        stack.push_async_callback(cancel, poller)
         await app.state.reindexer.resume_stale(settings.public_base_url)
         await start_events(app, stack, settings)  # the outbox relay and the event workers (events/)
         check = validator()

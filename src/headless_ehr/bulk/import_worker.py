@@ -19,6 +19,7 @@ import time
 import asyncpg
 
 from ..config import Settings
+from ..db.periodic import cancel
 from ..store.repository import ResourceStore
 from . import import_jobs
 from .caller import caller_of
@@ -73,14 +74,9 @@ class ImportWorker:
         self._wake.set()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         claims = list(self._running.values())
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await asyncio.gather(*(cancel(task) for task in list(self._running)))
         for claim in claims:  # shut down mid-input: the next node need not wait for the lease
             with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
                 await import_jobs.release(self.pool, claim)
@@ -160,9 +156,7 @@ class ImportWorker:
             loading.clear()
             await import_jobs.finish_input(self.pool, claim, hours, error=f"the input could not be loaded: {exc}")
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await cancel(heartbeat)
             if spooled is not None:
                 spooled.unlink(missing_ok=True)
 

@@ -252,10 +252,7 @@ class DeliveryWorker:
         self._task = None
         if self._busy:
             _, pending = await asyncio.wait(self._busy, timeout=CLOSE_GRACE_SECONDS)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+            await asyncio.gather(*(cancel(task) for task in pending))
         if self._listener is not None:
             await self._listener.close()
 

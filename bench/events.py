@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EHR_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "code"), env.get("PYTHONPATH")]))
     env.update(crud.SERVER_ENV, EHR_AUTH="on", EHR_AUDIT="on", EHR_MAX_BODY_BYTES=str(64 * 1024 * 1024))
+    env["EHR_WEBHOOK_BLOCKED_NETWORKS"] = ""  # the receiver is on loopback
     data_dir = root / "data"
     where = "PostgreSQL (embedded)"
     if args.database_url:

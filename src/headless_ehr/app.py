@@ -31,8 +31,10 @@ from .auth.tokens import AccessTokens
 from .bulk.async_worker import AsyncWorker
 from .bulk.export_s3 import S3Bucket
 from .bulk.export_worker import ExportWorker
+from .bulk.import_worker import ImportWorker
 from .config import Settings
 from .db.migrate import migrate
+from .db.periodic import cancel
 from .db.pool import AUDIT_APPLICATION, create_pool
 from .events.delivery_log import delivery_log_routes
 from .events.service import start_events, store_hooks
@@ -65,12 +67,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"no FHIR endpoint at '{request.url.path[:200]}': the FHIR base is {base} (e.g. {base}/metadata)"
         return outcome_response(request, FhirError.of(404, "not-found", message))
     return outcome_response(request, FhirError.of(exc.status_code, "processing", str(exc.detail)))
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _close_audit(app: Starlette, recorder: AuditRecorder) -> None:
@@ -180,10 +176,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             recorder.start()
             stack.push_async_callback(_close_audit, app, recorder)
             keys.rotated = functools.partial(record_key_rotation, app)  # later rotations are audited
-        # $export jobs (bulk/): their own connections, planned for their values like searches; a
-        # page of a compartment export may take longer than a request's statement, not for ever
+        # $export and $import jobs (bulk/): their own connections, planned for their values like
+        # searches; a page of a compartment export may take longer than a request's statement,
+        # not for ever. An export holds one while it runs; claims, leases and status use the rest.
         bulk_pool = await create_pool(
-            settings.database_url, min_size=1, max_size=3, custom_plans=True, statement_timeout_ms=timeout * 10
+            settings.database_url, min_size=1, max_size=4, custom_plans=True, statement_timeout_ms=timeout * 10
         )
         stack.push_async_callback(bulk_pool.close)
         app.state.bulk_pool = bulk_pool
@@ -192,6 +189,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if settings.bulk_export_jobs:  # else an API-only node: other nodes run its jobs
             exports.start()
         stack.push_async_callback(exports.close)
+        # $import inputs: their units of lines on connections of their own (a unit is a long write)
+        import_pool = await create_pool(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.bulk_import_concurrency + 1,
+            statement_timeout_ms=timeout * 10,
+        )
+        stack.push_async_callback(import_pool.close)
+        app.state.imports = imports = ImportWorker(bulk_pool, import_pool, app.state.store, settings, bucket)
+        if settings.bulk_import_jobs:  # else an API-only node: other nodes load its inputs
+            imports.start()
+        stack.push_async_callback(imports.close)
         # asynchronous requests (Prefer: respond-async): replayed through the FHIR endpoint on any node
         app.state.async_requests = async_requests = AsyncWorker(
             pool, functools.partial(asynchronous.execute, app, fhir_endpoint)
@@ -201,7 +210,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.reindexer = Reindexer(pool, sorted(defs.resource_types))
         stack.push_async_callback(app.state.reindexer.close)
         poller = asyncio.create_task(poll_registry(pool))
-        stack.push_async_callback(_cancel, poller)
+        stack.push_async_callback(cancel, poller)
         await app.state.reindexer.resume_stale(settings.public_base_url)
         await start_events(app, stack, settings)  # the outbox relay and the event workers (events/)
         check = validator()

@@ -266,6 +266,11 @@ _ENV_ONLY = [
     ("EHR_BULK_PAGE_ROWS", "resources an $export job reads per page and progress commit (default 1000)"),
     ("EHR_BULK_EXPORT_JOBS", "off: this node runs no $export jobs, other nodes do (default on)"),
     ("EHR_BULK_S3_URL", "s3://bucket/prefix: $export files go there, pre-signed downloads (default: data dir)"),
+    ("EHR_BULK_IMPORT_JOBS", "off: this node loads no $import inputs, other nodes do (default on)"),
+    ("EHR_BULK_IMPORT_CONCURRENCY", "$import inputs a node loads at once (default 2)"),
+    ("EHR_BULK_IMPORT_MAX_BYTES", "largest $import input fetched over http(s) or S3 (default 16 GiB)"),
+    ("EHR_BULK_IMPORT_FETCH_SECONDS", "longest an $import input may take to download (default 3600)"),
+    ("EHR_BULK_IMPORT_MAX_ERRORS", "line errors an $import job keeps (default 10000)"),
     # asynchronous requests
     ("EHR_ASYNC_MAX_OPEN", "Prefer: respond-async requests one client may have open (default 10)"),
     ("EHR_ASYNC_MAX_RESULT_BYTES", "a larger async answer is refused, its writes rolled back (default 256 MiB)"),
@@ -296,6 +301,7 @@ _ENV_ONLY = [
     ("EHR_WEBHOOK_RETRY_HOURS", "webhooks are retried this long from the first failure, then error (default 24)"),
     ("EHR_WEBHOOK_TIMEOUT_SECONDS", "per webhook request (default 10)"),
     ("EHR_WEBHOOK_CONCURRENCY", "rest-hook Subscriptions a node delivers to at once (default 16)"),
+    ("EHR_WEBHOOK_BLOCKED_NETWORKS", "CIDRs no webhook goes to (default loopback, link-local, metadata)"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,22 @@ def _list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if raw is None:
         return default
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+# EHR_WEBHOOK_BLOCKED_NETWORKS' default (events/webhook.py): where no webhook may go
+WEBHOOK_BLOCKED_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "0.0.0.0/8",
+    "::/128",
+    "169.254.0.0/16",  # link-local, with 169.254.169.254: AWS, GCP and Azure instance metadata
+    "fe80::/10",
+    "fd00:ec2::/32",  # AWS's IPv6 metadata service
+    "100.100.100.200/32",  # Alibaba Cloud's metadata service
+    "224.0.0.0/4",
+    "ff00::/8",
+    "255.255.255.255/32",
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,12 @@ class Settings:
     bulk_page_rows: int = 1000  # resources read per keyset page (one progress commit each)
     bulk_export_jobs: bool = True  # False (EHR_BULK_EXPORT_JOBS=off): this node runs no export jobs
     bulk_s3_url: str | None = None  # s3://bucket/prefix: export files go there (pre-signed downloads)
+    # bulk import (docs/bulk.md, "Import ($import)")
+    bulk_import_jobs: bool = True  # False (EHR_BULK_IMPORT_JOBS=off): this node loads no $import inputs
+    bulk_import_concurrency: int = 2  # inputs a node loads at once
+    bulk_import_max_bytes: int = 16 * 1024**3  # an http(s) or s3 input is refused past this size
+    bulk_import_fetch_seconds: float = 3600.0  # the longest an input may take to download
+    bulk_import_max_errors: int = 10_000  # line errors kept per job (all are counted)
     # asynchronous requests (Prefer: respond-async; docs/rest.md, "Asynchronous requests")
     async_max_open: int = 10  # requests one client (user, patient context) may have queued or running
     async_max_result_bytes: int = 256 * 1024 * 1024  # a larger answer is refused (its writes rolled back)
@@ -109,6 +132,7 @@ class Settings:
     webhook_retry_hours: float = 24.0  # retries spread over at least this long, then the subscription is in error
     webhook_timeout_seconds: float = 10.0  # per request to an endpoint (connect at most 5)
     webhook_concurrency: int = 16  # subscriptions a node delivers to at once
+    webhook_blocked_networks: tuple[str, ...] = WEBHOOK_BLOCKED_NETWORKS  # CIDRs no webhook may reach
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -171,6 +195,12 @@ class Settings:
             "bulk_page_rows": _bounded("EHR_BULK_PAGE_ROWS", 1000, 1, 100_000),
             "bulk_export_jobs": _choice("EHR_BULK_EXPORT_JOBS", ("on", "off")) == "on",
             "bulk_s3_url": os.environ.get("EHR_BULK_S3_URL") or None,
+            # bulk import
+            "bulk_import_jobs": _choice("EHR_BULK_IMPORT_JOBS", ("on", "off")) == "on",
+            "bulk_import_concurrency": _bounded("EHR_BULK_IMPORT_CONCURRENCY", 2, 1, 64),
+            "bulk_import_max_bytes": _bounded("EHR_BULK_IMPORT_MAX_BYTES", 16 * 1024**3, 1024, 2**44),
+            "bulk_import_fetch_seconds": _seconds("EHR_BULK_IMPORT_FETCH_SECONDS", 3600.0, 1, 7 * 24 * 3600),
+            "bulk_import_max_errors": _bounded("EHR_BULK_IMPORT_MAX_ERRORS", 10_000, 0, 10_000_000),
             # asynchronous requests
             "async_max_open": _bounded("EHR_ASYNC_MAX_OPEN", 10, 1, 10_000),
             "async_max_result_bytes": _bounded("EHR_ASYNC_MAX_RESULT_BYTES", 256 * 1024 * 1024, 1024, 2**40),
@@ -179,6 +209,7 @@ class Settings:
             "webhook_retry_hours": _seconds("EHR_WEBHOOK_RETRY_HOURS", 24.0, 0.0, 24 * 30),
             "webhook_timeout_seconds": _seconds("EHR_WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.1, 120),
             "webhook_concurrency": _bounded("EHR_WEBHOOK_CONCURRENCY", 16, 1, 1000),
+            "webhook_blocked_networks": _networks("EHR_WEBHOOK_BLOCKED_NETWORKS", WEBHOOK_BLOCKED_NETWORKS),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["trusted_issuer"] and not values["trusted_audience"]:
@@ -249,6 +280,17 @@ def _seconds(name: str, default: float, low: float, high: float) -> float:
     if not low <= value <= high:
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
     return value
+
+
+def _networks(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list of CIDRs (empty: none); a malformed one stops start-up."""
+    cidrs = _list(name, default)
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"{name}: '{cidr}' is not an IP network (CIDR)") from None
+    return cidrs
 
 
 def _choice(name: str, allowed: tuple[str, ...]) -> str:

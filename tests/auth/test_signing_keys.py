@@ -18,12 +18,15 @@ from tests.conftest import bearer, mint_token
 
 
 @pytest.fixture
-async def nodes(settings, fresh_database) -> AsyncIterator[Any]:
-    """A factory of apps ("nodes") on one database of this test's own."""
+async def nodes(settings, fresh_database, tmp_path) -> AsyncIterator[Any]:
+    """A factory of apps ("nodes") on one database of this test's own, and a data dir of
+    their own: the first start on a new database writes its admin client's credentials
+    there, which in the shared data dir would replace the shared app's (later admin
+    requests of the suite then answered 403, "only an admin client")."""
     started = []
 
     async def node() -> Any:
-        application = create_app(dataclasses.replace(settings, database_url=fresh_database))
+        application = create_app(dataclasses.replace(settings, database_url=fresh_database, data_dir=tmp_path))
         lifespan = application.router.lifespan_context(application)
         await lifespan.__aenter__()
         started.append(lifespan)

@@ -5,6 +5,7 @@ the next node to start runs, with its own public base."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import asyncpg
 import httpx
@@ -23,8 +24,12 @@ async def _started(settings) -> tuple[object, object]:
     return application, lifespan
 
 
-async def test_a_binary_stored_before_isolation_is_hidden_once_the_upgrade_reindex_ran(settings, fresh_database):
-    own = settings.__class__(**{**settings.__dict__, "database_url": fresh_database})
+async def test_a_binary_stored_before_isolation_is_hidden_once_the_upgrade_reindex_ran(
+    settings, fresh_database, tmp_path
+):
+    # its own data dir too: the first start on a new database writes that database's admin
+    # client into it, which in the shared one would lock the suite out of the admin API
+    own = dataclasses.replace(settings, database_url=fresh_database, data_dir=tmp_path)
     first, lifespan = await _started(own)
     try:
         system = httpx.AsyncClient(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +36,31 @@ async def node(fresh_database: str, tmp_path: Path) -> AsyncIterator[Any]:
     for _, lifespan, client in reversed(opened):
         await client.aclose()
         await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An S3 server with an empty bucket of the test's own (s3.bucket); boto3 in this process pointed at it."""
+    boto3 = pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+    }.items():
+        monkeypatch.setenv(name, value)
+    from botocore.config import Config
+
+    client = boto3.client("s3", config=Config(s3={"addressing_style": "path"}))
+    client.bucket = f"ehr-exports-{uuid.uuid4().hex[:12]}"  # moto's buckets outlive its server in this process
+    client.create_bucket(Bucket=client.bucket)
+    try:
+        yield client
+    finally:
+        server.stop()

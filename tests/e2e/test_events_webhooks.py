@@ -32,6 +32,7 @@ def _node_env(database_url: str) -> dict[str, str]:
         EHR_ADMIN_CLIENT_SECRET=secrets.token_urlsafe(24),
         EHR_WEBHOOK_RETRY_BASE_SECONDS="0.1",
         EHR_WEBHOOK_TIMEOUT_SECONDS="1",
+        EHR_WEBHOOK_BLOCKED_NETWORKS="",  # the receiver is on loopback
     )
 
 

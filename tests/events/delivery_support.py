@@ -41,6 +41,7 @@ async def delivery_app(server_dsn: str, tmp_path_factory: pytest.TempPathFactory
             webhook_retry_base_seconds=RETRY_BASE,
             webhook_retry_hours=RETRY_HOURS,
             webhook_timeout_seconds=2.0,
+            webhook_blocked_networks=(),  # the receivers are on loopback
         )
         application = create_app(settings)
         async with application.router.lifespan_context(application):

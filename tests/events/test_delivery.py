@@ -11,6 +11,7 @@ import orjson
 from standardwebhooks import Webhook
 
 from headless_ehr.events.delivery import DeliveryWorker, RetryPolicy
+from headless_ehr.events.webhook import networks
 
 from .delivery_support import (
     RETRY_BASE,
@@ -99,6 +100,26 @@ async def test_a_retry_carries_the_same_webhook_id(fhir, pool, receiver: Receive
     await eventually(lambda: _delivered(pool, sid, 1))
     log = await deliveries_of(pool, sid)
     assert [(d["attempt"], d["http_status"]) for d in log] == [(1, 500), (2, 503), (3, 200)]
+
+
+async def test_an_endpoint_in_a_blocked_network_puts_the_subscription_in_error_at_once(
+    delivery_app, fhir, pool, receiver: Receiver
+):
+    """Retrying cannot make a blocked address allowed: no 24 hours of attempts, no request sent."""
+    sender = delivery_app.state.delivery.sender
+    allowed = sender._blocked
+    sender._blocked = networks(["127.0.0.0/8"])  # as EHR_WEBHOOK_BLOCKED_NETWORKS=127.0.0.0/8 would
+    try:
+        family = uuid.uuid4().hex
+        sid = await subscribe(fhir, r4_subscription(receiver.url, f"Patient?family={family}"))
+        await create(fhir, name=[{"family": family}])
+        state = await eventually(lambda: _in_status(pool, sid, "error"), seconds=10)
+    finally:
+        sender._blocked = allowed
+    assert "EHR_WEBHOOK_BLOCKED_NETWORKS" in state["error"]
+    assert (await fhir.get(f"/Subscription/{sid}")).json()["status"] == "error"
+    assert receiver.received() == []
+    assert [d["attempt"] for d in await deliveries_of(pool, sid)] == [1]
 
 
 async def test_retries_back_off_exponentially(fhir, pool, receiver: Receiver):

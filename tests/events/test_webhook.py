@@ -11,7 +11,16 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook
 
-from headless_ehr.events.webhook import HeaderError, WebhookSender, check_secret, parse_header, signature_headers
+from headless_ehr.config import WEBHOOK_BLOCKED_NETWORKS, Settings
+from headless_ehr.events.webhook import (
+    HeaderError,
+    WebhookSender,
+    _GuardedResolver,
+    check_secret,
+    networks,
+    parse_header,
+    signature_headers,
+)
 
 from .webhook_receiver import Receiver
 
@@ -152,3 +161,41 @@ async def test_the_id_timestamp_signature_and_channel_headers_reach_the_endpoint
     assert got.headers["webhook-id"] == "evt-1"
     assert got.headers["x-key"] == "k1"
     assert Webhook(SECRET).verify(got.body, got.headers)["resourceType"] == "Bundle"
+
+
+# -- where a webhook may go (EHR_WEBHOOK_BLOCKED_NETWORKS) ----------------------------------------
+
+
+@pytest.fixture
+async def guarded():
+    s = WebhookSender(timeout_seconds=1.0, blocked_networks=WEBHOOK_BLOCKED_NETWORKS)
+    yield s
+    await s.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]", "localhost", "169.254.169.254", "[::1]"])
+async def test_no_webhook_goes_to_a_blocked_network(guarded, receiver, host: str):
+    url = receiver.url.replace("127.0.0.1", host)
+    attempt = await guarded.send("POST", url, b"{}", "m1")
+    assert attempt.permanent and not attempt.ok and "EHR_WEBHOOK_BLOCKED_NETWORKS" in (attempt.error or "")
+    assert receiver.received() == []
+
+
+async def test_a_name_that_resolves_to_a_blocked_network_only_is_refused_after_dns():
+    """What the connection would be made to counts, not the name: DNS rebinding cannot get round it."""
+    resolver = _GuardedResolver(networks(["127.0.0.0/8", "::1/128"]))
+    try:
+        with pytest.raises(OSError, match="EHR_WEBHOOK_BLOCKED_NETWORKS"):
+            await resolver.resolve("localhost", 80, socket.AF_UNSPEC)
+    finally:
+        await resolver.close()
+
+
+async def test_an_empty_block_list_lets_webhooks_reach_loopback(sender, receiver):
+    assert (await sender.send("POST", receiver.url, b"{}", "m1")).ok
+
+
+def test_a_malformed_blocked_network_stops_start_up(monkeypatch):
+    monkeypatch.setenv("EHR_WEBHOOK_BLOCKED_NETWORKS", "10.0.0.0/8,not-a-network")
+    with pytest.raises(ValueError, match="EHR_WEBHOOK_BLOCKED_NETWORKS"):
+        Settings.from_env()

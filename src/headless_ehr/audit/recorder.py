@@ -14,12 +14,12 @@ room rather than events being dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 import asyncpg
 
+from ..db.periodic import cancel
 from . import pending
 from .chain import RETRYABLE, VACUUM_EVERY, Entry, chain_pending, queue, vacuum_queues
 from .touched import Draft, complete
@@ -176,13 +176,8 @@ class AuditRecorder:
             await asyncio.wait_for(self._task, 10)
         except TimeoutError:
             log.error("audit: %d events not written at shutdown", len(self._open.items))
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._chainer is not None:
-            self._chainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._chainer
+            await cancel(self._task)
+        await cancel(self._chainer)
         try:
             async with self._pool.acquire() as conn:
                 await asyncio.wait_for(chain_pending(conn), 10)

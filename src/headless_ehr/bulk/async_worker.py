@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from ..db.periodic import cancel
 from . import async_jobs
 from .async_jobs import AsyncRequest
 from .export_worker import POLL_SECONDS, SWEEP_SECONDS, TRANSIENT
@@ -42,10 +43,7 @@ class AsyncWorker:
 
     async def close(self) -> None:
         current = self.current
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         if current is not None:  # shut down mid-request: its transaction rolled back; the next node goes on
             with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
                 await async_jobs.release(self.pool, current)
@@ -74,9 +72,7 @@ class AsyncWorker:
         try:
             await self.execute(request)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await cancel(heartbeat)
             self.current = None
 
     async def _heartbeat(self, request: AsyncRequest) -> None:

@@ -30,6 +30,7 @@ import asyncpg
 from ..auth.policies import hidden_elements, masked
 from ..auth.principal import Principal
 from ..config import Settings
+from ..db.periodic import cancel
 from ..fhir import json as fhir_json
 from ..fhir.summary import subset
 from . import export_files, export_jobs
@@ -294,10 +295,7 @@ class ExportWorker:
 
     async def close(self) -> None:
         current = self.current
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         if current is not None:  # shut down mid-job: the next node need not wait for the lease
             with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
                 await export_jobs.release(self.pool, current)
@@ -348,9 +346,7 @@ class ExportWorker:
         finally:
             if run is not None:
                 run.close()
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await cancel(heartbeat)
             self.current = None
 
     async def _heartbeat(self, job: Job) -> None:

@@ -10,7 +10,9 @@ Files are streamed: NDJSON line by line (through gzip too), and a Bundle is read
 up to `max_bundle_bytes`, so memory does not grow with the size of a file.
 
 Writes go through the same store code as the API (validation and search indexing
-included); creates are batched into one statement per unit. A resource id that is
+included); creates are batched into one statement per unit. `$import` loads its NDJSON
+inputs through this same path (load_ndjson), committing each unit's progress to its
+job's tables instead (a Ledger: bulk/import_worker.py). A resource id that is
 in two files (or in two units loading at once) is created once and updated by the
 other, whichever comes first.
 """
@@ -26,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import asyncpg
 
@@ -42,6 +44,7 @@ DEFAULT_MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
 _UNIT_ATTEMPTS = 3  # a unit that deadlocks with a parallel one is run again
 _INSERT_ROUNDS = 5  # batched inserts retried after moving ids another unit created
+_YIELD_EVERY = 50  # resources validated and indexed between two yields to the event loop
 
 Failed = tuple[int, str]  # (line number or entry index, message)
 
@@ -176,6 +179,20 @@ class _FileRun:
     key: str
     failed: bool = False
     bytes_reported: int = 0  # of the file's size (compressed, as on disk), for the progress bar
+    ledger: Ledger | None = None  # None: import_progress and import_failed keep the file's progress
+    resource_type: str | None = None  # every line must be one of this type (an $import input)
+
+
+class Ledger(Protocol):
+    """Where a unit's progress is committed when it is not `ehr import`'s own tables (an
+    $import input: bulk/import_jobs.py). record() runs inside the unit's transaction; an
+    exception rolls the unit back with it."""
+
+    async def record(self, conn: asyncpg.Connection, position: int, loaded: int, failed: list[Failed]) -> None: ...
+
+
+class InputUnreadable(Exception):
+    """An NDJSON source could not be read on (bad gzip, I/O error); what was committed stays."""
 
 
 class Importer:
@@ -273,6 +290,9 @@ class Importer:
                 async with self.pool.acquire() as conn, conn.transaction():
                     await _no_flush_wait(conn)
                     loaded, failed = await work(conn, attempt)
+                    if run.ledger is not None:
+                        await run.ledger.record(conn, position, loaded, failed)
+                        break
                     await conn.execute(
                         "INSERT INTO import_progress (source, position) VALUES ($1, $2) ON CONFLICT (source)"
                         " DO UPDATE SET position = greatest(import_progress.position, $2), updated_at = now()",
@@ -299,6 +319,7 @@ class Importer:
         if failed:
             run.failed = True
             self.report.resources_failed += len(failed)
+        if failed and run.ledger is None:  # a ledger keeps its own (bounded) record of them
             self.report.failures += [
                 Failure(str(run.path), label if label == "resource" else f"{label} {i}", m) for i, m in failed
             ]
@@ -360,6 +381,17 @@ class Importer:
 
     # -- NDJSON: batches of lines -------------------------------------------------------
 
+    async def load_ndjson(self, path: Path, position: int, ledger: Ledger, resource_type: str | None = None) -> None:
+        """Load an NDJSON file (gzip too) after its first `position` lines, committing each
+        unit's progress and line errors through ledger (the $import path: bulk/import_worker.py);
+        with resource_type, a line of another type is an error. InputUnreadable when the
+        file cannot be read on."""
+        run = _FileRun(path, str(path), ledger=ledger, resource_type=resource_type)
+        try:
+            await self._ndjson(run, position, set())
+        except _FileFailed as exc:
+            raise InputUnreadable(str(exc)) from None
+
     async def _ndjson(self, run: _FileRun, position: int, retry: set[int]) -> None:
         """Lines after `position`, and earlier ones that failed, in units of batch_size."""
         with _open(run.path) as stream:
@@ -387,9 +419,15 @@ class Importer:
                 bad.append((number, f"longer than EHR_IMPORT_MAX_BUNDLE_BYTES ({self.max_bundle_bytes:,} bytes)"))
                 continue
             try:
-                parsed.append((number, fhir_json.loads(line, check_duplicates=False)))
+                resource = fhir_json.loads(line, check_duplicates=False)
             except fhir_json.JsonError as exc:
                 bad.append((number, str(exc)))
+                continue
+            wrong = run.resource_type is not None and _type_of(resource) != run.resource_type
+            if wrong:  # an $import input declares its type: a line of another is refused
+                bad.append((number, f"a {_type_of(resource)[:64]} in an input of type {run.resource_type}"))
+            else:
+                parsed.append((number, resource))
 
         async def work(conn: asyncpg.Connection, _attempt: int) -> tuple[int, list[Failed]]:
             loaded, failed = await self._load(conn, parsed)
@@ -428,7 +466,9 @@ class Importer:
                 (updates if key in existing else creates).append((number, resource))
                 existing.add(key)
         pending: list[tuple[int, dict[str, Any], PreparedCreate]] = []
-        for number, resource in creates:
+        for k, (number, resource) in enumerate(creates, 1):
+            if k % _YIELD_EVERY == 0:  # in a server ($import), requests get the event loop in between
+                await asyncio.sleep(0)
             try:
                 rid = resource.get("id") or new_id()
                 pending.append((number, resource, store.prepare_create(self.principal, resource, rid, "POST")))
@@ -476,6 +516,11 @@ def _bytes_read(stream: IO[bytes]) -> int:
         return raw.tell()
     except (OSError, ValueError):
         return 0
+
+
+def _type_of(resource: Any) -> str:
+    kind = resource.get("resourceType") if isinstance(resource, dict) else None
+    return kind if isinstance(kind, str) else "line that is not a FHIR resource"
 
 
 def _key(resource: dict[str, Any]) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""What every background job table shares (bulk_export_job, async_request): status
+"""What every background job table shares (bulk_export_job, async_request, bulk_import_job): status
 requests rate-limited per job, and removal after expiry. The table name is always one
 of this module's callers' constants, never input."""
 
@@ -8,7 +8,7 @@ import uuid
 
 import asyncpg
 
-JOB_TABLES = frozenset({"bulk_export_job", "async_request"})
+JOB_TABLES = frozenset({"bulk_export_job", "async_request", "bulk_import_job"})
 
 
 def _table(name: str) -> str:

@@ -252,10 +252,7 @@ class DeliveryWorker:
         self._task = None
         if self._busy:
             _, pending = await asyncio.wait(self._busy, timeout=CLOSE_GRACE_SECONDS)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+            await asyncio.gather(*(cancel(task) for task in pending))
         if self._listener is not None:
             await self._listener.close()
 
@@ -444,7 +441,9 @@ class DeliveryWorker:
             columns = [list(c) for c in zip(*rows, strict=True)]
         outcome = (delivered, failed is not None, delay, sent)
         row = await self.pool.fetchrow(_SETTLE, state["id"], lease, *outcome, *columns)
-        if failed is not None and row is not None and self.retry.exhausted(row[0], row[1]):
+        if failed is not None and row is not None and failed.permanent:
+            await self.lifecycle.fail(state["id"], f"delivery to the endpoint is refused: {failed.error}")
+        elif failed is not None and row is not None and self.retry.exhausted(row[0], row[1]):
             why = failed.error or f"HTTP {failed.status}"
             await self.lifecycle.fail(
                 state["id"], f"delivery to the endpoint failed since {row[0].isoformat()} (last: {why})"
@@ -480,7 +479,11 @@ async def start_delivery(
     closed with the stack (app.state.delivery)."""
     dsn = settings.database_url
     assert dsn is not None
-    sender = WebhookSender(settings.webhook_timeout_seconds, max_connections=2 * settings.webhook_concurrency)
+    sender = WebhookSender(
+        settings.webhook_timeout_seconds,
+        max_connections=2 * settings.webhook_concurrency,
+        blocked_networks=settings.webhook_blocked_networks,
+    )
     stack.push_async_callback(sender.close)
     store: ResourceStore = app.state.store
     worker = DeliveryWorker(

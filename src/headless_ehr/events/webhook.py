@@ -9,14 +9,24 @@ too, but never in place of ours (webhook-*, Content-Type, Host, ...).
 Each node has one `WebhookSender`: one HTTP client with bounded connections and
 timeouts; redirects are not followed (a 3xx is a failed delivery); an answer's body is
 read only up to a small bound, so an endpoint cannot make us hold megabytes.
+
+Whoever may create a Subscription chooses where this server sends requests, so no
+request goes to an address in EHR_WEBHOOK_BLOCKED_NETWORKS (by default loopback,
+link-local with the cloud metadata services, unspecified and multicast): checked on the
+addresses the connection is made to, after DNS, so a name that resolves (or is made to
+resolve, DNS rebinding) to such an address is refused too. Private networks (10/8,
+172.16/12, 192.168/16, fc00::/7) are allowed by default: internal services are the usual
+subscribers of a headless EHR.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import ipaddress
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -113,13 +123,49 @@ def signature_headers(message_id: str, body: bytes, secret: str | None, at: date
     return headers
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """Parsed CIDRs; ValueError for a malformed one (a setting stops start-up)."""
+    return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip())
+
+
+def blocked(address: str, blocked_networks: tuple[Network, ...]) -> bool:
+    """Whether an IP address (IPv4-mapped IPv6 read as its IPv4) lies in a blocked network."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False  # not an IP literal: a name, judged on what it resolves to
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == n.version and ip in n for n in blocked_networks)
+
+
+class _GuardedResolver(aiohttp.ThreadedResolver):
+    """DNS answers without the blocked addresses; none left: the connection fails."""
+
+    def __init__(self, blocked_networks: tuple[Network, ...]) -> None:
+        super().__init__()
+        self._blocked = blocked_networks
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list:  # type: ignore[override]
+        answers = await super().resolve(host, port, family)
+        allowed = [a for a in answers if not blocked(a["host"], self._blocked)]
+        if not allowed:
+            raise OSError(f"{host} resolves to a blocked network only (EHR_WEBHOOK_BLOCKED_NETWORKS)")
+        return allowed
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """What one request got: the HTTP status (None: no answer), its latency, and why it failed."""
+    """What one request got: the HTTP status (None: no answer), its latency, and why it
+    failed; permanent: retrying cannot help (a blocked address), the subscription errs now."""
 
     status: int | None
     latency_ms: float
     error: str | None = None
+    permanent: bool = False
 
     @property
     def ok(self) -> bool:
@@ -131,8 +177,11 @@ class WebhookSender:
     of httpx's CPU, measured: 0.07 against 0.42 ms on loopback; a subscription's requests go
     one after another, so this bounds how many events a node delivers a second)."""
 
-    def __init__(self, timeout_seconds: float = 10.0, max_connections: int = 64) -> None:
+    def __init__(
+        self, timeout_seconds: float = 10.0, max_connections: int = 64, blocked_networks: Iterable[str] = ()
+    ) -> None:
         self.timeout = timeout_seconds
+        self._blocked = networks(blocked_networks)
         self._timeout = aiohttp.ClientTimeout(
             total=timeout_seconds * 1.5, connect=min(timeout_seconds, 5.0), sock_read=timeout_seconds
         )
@@ -142,7 +191,11 @@ class WebhookSender:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # made on the running loop
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections),
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections,
+                    limit_per_host=self._max_connections,
+                    resolver=_GuardedResolver(self._blocked),
+                ),
                 timeout=self._timeout,
                 headers={"User-Agent": "headless-ehr"},
                 skip_auto_headers=("Accept-Encoding",),
@@ -180,6 +233,10 @@ class WebhookSender:
         if body is not None:
             headers["Content-Type"] = content_type
         started = time.perf_counter()
+        host = urlsplit(url).hostname or ""
+        if blocked(host, self._blocked) or (self._blocked and host.rstrip(".").lower() == "localhost"):
+            why = f"the endpoint's host {host} is in a blocked network (EHR_WEBHOOK_BLOCKED_NETWORKS)"
+            return Attempt(None, 0.0, why, permanent=True)
         try:
             async with self._client().request(
                 method,
@@ -194,7 +251,8 @@ class WebhookSender:
         except TimeoutError:
             return Attempt(None, _since(started), "timed out")
         except (aiohttp.ClientError, OSError, ValueError) as error:
-            return Attempt(None, _since(started), f"{type(error).__name__}: {str(error)[:200]}".rstrip(": "))
+            text = f"{type(error).__name__}: {str(error)[:200]}".rstrip(": ")
+            return Attempt(None, _since(started), text, permanent="EHR_WEBHOOK_BLOCKED_NETWORKS" in text)
         return Attempt(status, _since(started), None if 200 <= status < 300 else f"HTTP {status}")
 
 

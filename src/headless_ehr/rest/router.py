@@ -24,7 +24,7 @@ from . import interactions as ix
 from .capability import settings_document
 from .context import REPLAY_PRINCIPAL, principal_of
 from .negotiation import FHIR_JSON, response_media_type, wants_native
-from .operations import export, reindex
+from .operations import bulk_import, export, reindex
 from .operations.everything import everything
 from .operations.subscription_events import events as subscription_events
 from .operations.subscription_status import status as subscription_status
@@ -79,6 +79,12 @@ def _operation_methods(request: Request, name: str, resource_type: str | None, r
         return {"GET": lambda: export.status(request), "DELETE": lambda: export.cancel(request)}
     if resource_type is None and "$" + name == export.DOWNLOAD_OPERATION:
         return {"GET": lambda: export.download(request)}
+    if name == "import" and resource_type is None:
+        return {"POST": lambda: bulk_import.kick_off(request)}
+    if resource_type is None and "$" + name == bulk_import.STATUS_OPERATION:
+        return {"GET": lambda: bulk_import.status(request), "DELETE": lambda: bulk_import.cancel(request)}
+    if resource_type is None and "$" + name == bulk_import.ERRORS_OPERATION:
+        return {"GET": lambda: bulk_import.errors(request)}
     if name == "reindex":
         methods: Methods = {"POST": lambda: reindex.start(request, resource_type, rid)}
         if resource_type is None:
@@ -227,7 +233,7 @@ async def fhir_endpoint(request: Request) -> Response:
 async def _answer(request: Request) -> Response:
     try:
         segments = [s for s in request.path_params.get("path", "").split("/") if s]
-        if segments == [export.DOWNLOAD_OPERATION]:  # NDJSON, whatever Accept says; errors as FHIR JSON
+        if segments in ([export.DOWNLOAD_OPERATION], [bulk_import.ERRORS_OPERATION]):  # NDJSON, whatever Accept says
             request.state.media_type = FHIR_JSON
         elif _is_binary_read(request, segments) and wants_native(request):
             request.state.native = True  # answer with the content; errors stay OperationOutcomes

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ..db.periodic import cancel
 from ..fhir import json as fhir_json
 from ..search.custom import is_registered
 from ..search.extract import extract
@@ -234,8 +235,4 @@ class Reindexer:
                 await self._save(job_id, progress, "failed", str(exc))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*(cancel(task) for task in list(self._tasks)))

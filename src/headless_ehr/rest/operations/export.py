@@ -43,7 +43,7 @@ from ..responses import base_url, http_date, info_outcome, json_response
 OUTPUT_FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
 NDJSON = "application/fhir+ndjson"
 RETRY_AFTER = 1  # seconds a client is asked to wait between status requests
-_POLL_SLACK = 0.8  # a poll this fraction of Retry-After after the last is still in time
+POLL_SLACK = 0.8  # a poll this fraction of Retry-After after the last is still in time
 _KNOWN = frozenset({"_outputFormat", "_since", "_type", "_typeFilter", "_elements", "patient", "includeAssociatedData"})
 _CHUNK = 1024 * 1024
 ASSOCIATED_DATA = frozenset({"LatestProvenanceResources"})  # includeAssociatedData values supported
@@ -278,7 +278,7 @@ async def status(request: Request) -> Response:
     if job.status == "failed":
         raise FhirError.of(500, "exception", job.error or "the export failed")
     wait = {"Retry-After": str(RETRY_AFTER)}
-    if not await export_jobs.polled(request.app.state.bulk_pool, job.id, RETRY_AFTER * _POLL_SLACK):
+    if not await export_jobs.polled(request.app.state.bulk_pool, job.id, RETRY_AFTER * POLL_SLACK):
         raise FhirError(429, FhirError.of(429, "throttled", "polled too often: wait Retry-After").issues, wait)
     return Response(status_code=202, headers={**wait, "X-Progress": _progress_text(job)})
 

@@ -29,6 +29,7 @@ from ..bulk.caller import caller_json, caller_of, owner_of
 from ..fhir.json import dumps
 from ..fhir.outcome import FhirError, operation_outcome
 from .context import REPLAY_COMPLETION, REPLAY_CONNECTION, REPLAY_PRINCIPAL, ReplayAbandoned, principal_of
+from .jobs import accepted, owned, too_many_open
 from .negotiation import prefer, read_body
 from .origin import request_origin
 from .responses import base_url, info_outcome, json_response
@@ -103,22 +104,16 @@ async def kick_off(request: Request) -> Response:
         settings.async_max_open,
     )
     if request_id is None:
-        limit = settings.async_max_open
-        error = FhirError.of(429, "throttled", f"{limit} asynchronous requests of this client are open: wait or cancel")
-        error.headers["Retry-After"] = "10"
-        raise error
+        raise too_many_open("asynchronous requests", settings.async_max_open, 10)
     request.app.state.async_requests.wake()
-    status_url = f"{base_url(request)}/{STATUS_OPERATION}?_id={request_id}"
-    return json_response(request, info_outcome(f"request {request_id} accepted"), 202, {"Content-Location": status_url})
+    return accepted(request, "request", request_id, f"{base_url(request)}/{STATUS_OPERATION}?_id={request_id}")
 
 
 async def _own_request(request: Request) -> AsyncRequest:
     """The request named by _id, if the caller made it (404 otherwise: nothing is told)."""
     request_id = request.query_params.get("_id") or ""
     found = await async_jobs.get(request.app.state.pool, request_id)
-    if found is None or found.owner != owner_of(principal_of(request)) or found.status == "cancelled":
-        raise FhirError.of(404, "not-found", f"no asynchronous request '{request_id[:100]}'")
-    return found
+    return owned(request, found, "asynchronous request", request_id)
 
 
 async def status(request: Request) -> Response:

@@ -29,6 +29,7 @@ from ...fhir.definitions import definitions
 from ...fhir.outcome import FhirError, Issue, operation_outcome
 from ...store.repository import format_instant
 from ..context import principal_of
+from ..jobs import accepted, owned, too_many_open
 from ..negotiation import prefer, read_resource
 from ..responses import base_url, http_date, info_outcome, json_response
 from .export import NDJSON, OUTPUT_FORMATS, POLL_SLACK, RETRY_AFTER
@@ -132,13 +133,9 @@ async def kick_off(request: Request) -> Response:
         request.app.state.bulk_pool, owner_of(principal), caller_json(principal), asked, params, inputs
     )
     if job is None:
-        limit = import_jobs.MAX_OPEN_JOBS
-        error = FhirError.of(429, "throttled", f"{limit} imports of this client are still running: wait or cancel one")
-        error.headers["Retry-After"] = "60"
-        raise error
+        raise too_many_open("imports", import_jobs.MAX_OPEN_JOBS, 60)
     request.app.state.imports.wake()
-    status_url = f"{local_base}/{STATUS_OPERATION}?_jobId={job.id}"
-    return json_response(request, info_outcome(f"import {job.id} accepted"), 202, {"Content-Location": status_url})
+    return accepted(request, "import", job.id, f"{local_base}/{STATUS_OPERATION}?_jobId={job.id}")
 
 
 # ---- status, cancellation, errors ----------------------------------------------------------
@@ -147,10 +144,7 @@ async def kick_off(request: Request) -> Response:
 async def _own_job(request: Request) -> Job:
     """The job named by _jobId, if the caller kicked it off (404 otherwise: nothing is told)."""
     job_id = request.query_params.get("_jobId") or ""
-    job = await import_jobs.get(request.app.state.bulk_pool, job_id)
-    if job is None or job.owner != owner_of(principal_of(request)) or job.status == "cancelled":
-        raise FhirError.of(404, "not-found", f"no import job '{job_id[:100]}'")
-    return job
+    return owned(request, await import_jobs.get(request.app.state.bulk_pool, job_id), "import job", job_id)
 
 
 def _progress_text(job: Job, inputs: list[Input]) -> str:

@@ -37,6 +37,7 @@ from ...search.compartment import member_types
 from ...store.repository import format_instant
 from ..context import principal_of, store_of
 from ..instants import parse_instant
+from ..jobs import accepted, owned, too_many_open
 from ..negotiation import prefer, read_resource
 from ..responses import base_url, http_date, info_outcome, json_response
 
@@ -209,13 +210,9 @@ async def kick_off(request: Request, level: str, group_id: str | None = None) ->
         request.app.state.bulk_pool, owner_of(principal), caller_json(principal), asked, local_base, spec
     )
     if job is None:
-        limit = export_jobs.MAX_OPEN_JOBS
-        error = FhirError.of(429, "throttled", f"{limit} exports of this client are still running: wait or cancel one")
-        error.headers["Retry-After"] = "60"
-        raise error
+        raise too_many_open("exports", export_jobs.MAX_OPEN_JOBS, 60)
     request.app.state.exports.wake()
-    status_url = f"{local_base}/{STATUS_OPERATION}?_jobId={job.id}"
-    return json_response(request, info_outcome(f"export {job.id} accepted"), 202, {"Content-Location": status_url})
+    return accepted(request, "export", job.id, f"{local_base}/{STATUS_OPERATION}?_jobId={job.id}")
 
 
 # ---- status, cancellation, download --------------------------------------------------------
@@ -224,10 +221,7 @@ async def kick_off(request: Request, level: str, group_id: str | None = None) ->
 async def _own_job(request: Request) -> Job:
     """The job named by _jobId, if the caller kicked it off (404 otherwise: nothing is told)."""
     job_id = request.query_params.get("_jobId") or ""
-    job = await export_jobs.get(request.app.state.bulk_pool, job_id)
-    if job is None or job.owner != owner_of(principal_of(request)) or job.status == "cancelled":
-        raise FhirError.of(404, "not-found", f"no export job '{job_id[:100]}'")
-    return job
+    return owned(request, await export_jobs.get(request.app.state.bulk_pool, job_id), "export job", job_id)
 
 
 def _progress_text(job: Job) -> str:

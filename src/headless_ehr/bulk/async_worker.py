@@ -7,76 +7,39 @@ endpoint); it is handed in, so this layer never imports the one above it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from ..db.periodic import cancel
 from . import async_jobs
 from .async_jobs import AsyncRequest
-from .export_worker import POLL_SECONDS, SWEEP_SECONDS, TRANSIENT
+from .job_worker import JobWorker
 
 log = logging.getLogger("headless_ehr.bulk.async")
 
 Execute = Callable[[AsyncRequest], Awaitable[None]]
 
 
-class AsyncWorker:
+class AsyncWorker(JobWorker[AsyncRequest]):
+    what = "async requests"
+    lease_seconds = async_jobs.LEASE_SECONDS
+
     def __init__(self, pool: asyncpg.Pool, execute: Execute) -> None:
-        self.pool = pool
+        super().__init__(pool, log)
         self.execute = execute
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._swept = -SWEEP_SECONDS
-        self.current: AsyncRequest | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+    async def claim(self) -> AsyncRequest | None:
+        return await async_jobs.claim(self.pool)
 
-    def wake(self) -> None:
-        """A request was just accepted on this node: look now."""
-        self._wake.set()
+    async def run(self, claim: AsyncRequest) -> None:
+        await self.execute(claim)
 
-    async def close(self) -> None:
-        current = self.current
-        await cancel(self._task)
-        if current is not None:  # shut down mid-request: its transaction rolled back; the next node goes on
-            with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
-                await async_jobs.release(self.pool, current)
+    async def renew(self, claim: AsyncRequest) -> bool:
+        return await async_jobs.renew(self.pool, claim)
 
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                if time.monotonic() - self._swept >= SWEEP_SECONDS:
-                    self._swept = time.monotonic()
-                    await async_jobs.expired(self.pool)
-                request = await async_jobs.claim(self.pool)
-                if request is not None:
-                    await self._run(request)
-                    continue
-            except (*TRANSIENT, asyncpg.PostgresError, OSError):
-                log.warning("async requests: the database is unavailable; trying again", exc_info=True)
-            except Exception:  # never let one bad request stop this node's others for good
-                log.exception("async requests: unexpected failure; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+    async def release(self, claim: AsyncRequest) -> None:
+        await async_jobs.release(self.pool, claim)
 
-    async def _run(self, request: AsyncRequest) -> None:
-        self.current = request
-        heartbeat = asyncio.create_task(self._heartbeat(request))
-        try:
-            await self.execute(request)
-        finally:
-            await cancel(heartbeat)
-            self.current = None
-
-    async def _heartbeat(self, request: AsyncRequest) -> None:
-        while True:
-            await asyncio.sleep(async_jobs.LEASE_SECONDS / 3)
-            with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
-                await async_jobs.renew(self.pool, request)
+    async def sweep(self) -> None:
+        await async_jobs.expired(self.pool)

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,23 +29,19 @@ import asyncpg
 from ..auth.policies import hidden_elements, masked
 from ..auth.principal import Principal
 from ..config import Settings
-from ..db.periodic import cancel
 from ..fhir import json as fhir_json
 from ..fhir.summary import subset
 from . import export_files, export_jobs
 from .caller import caller_of
 from .export_jobs import Job
 from .export_s3 import S3Bucket
+from .job_worker import TRANSIENT, JobWorker
 from .snapshot import deleted_sql, lists_deleted, page_sql, provenance_sql
 
 log = logging.getLogger("headless_ehr.bulk")
 
 PAGE_BYTES = 8 * 1024 * 1024  # a page ends early past this much output: big resources, few per page
 PREFETCH = 64  # rows the cursor holds at a time
-POLL_SECONDS = 1.0  # look for claimable jobs this often (and at once on a kick-off here)
-SWEEP_SECONDS = 60.0  # remove expired jobs and their files this often
-# a lost connection: leave the job to be taken over (by this node too), never fail it
-TRANSIENT = (ConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.ConnectionFailureError)
 
 
 class LeaseLost(Exception):
@@ -274,59 +269,34 @@ async def remove_files(settings: Settings, bucket: S3Bucket | None, job_id: str)
         await asyncio.to_thread(bucket.remove, job_id)
 
 
-class ExportWorker:
+class ExportWorker(JobWorker[Job]):
     """This node's runner: claims open jobs (any node's), one at a time, and sweeps expired ones."""
 
+    what = "bulk export worker"
+    lease_seconds = export_jobs.LEASE_SECONDS
+
     def __init__(self, pool: asyncpg.Pool, settings: Settings, bucket: S3Bucket | None = None) -> None:
-        self.pool = pool
+        super().__init__(pool, log)
         self.settings = settings
         self.bucket = bucket
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._swept = -SWEEP_SECONDS
-        self.current: Job | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+    async def claim(self) -> Job | None:
+        return await export_jobs.claim(self.pool)
 
-    def wake(self) -> None:
-        """A job was just accepted on this node: look now."""
-        self._wake.set()
+    async def renew(self, claim: Job) -> bool:
+        return await export_jobs.renew(self.pool, claim)
 
-    async def close(self) -> None:
-        current = self.current
-        await cancel(self._task)
-        if current is not None:  # shut down mid-job: the next node need not wait for the lease
-            with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
-                await export_jobs.release(self.pool, current)
-
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                if time.monotonic() - self._swept >= SWEEP_SECONDS:
-                    self._swept = time.monotonic()
-                    await self.sweep()
-                job = await export_jobs.claim(self.pool)
-                if job is not None:
-                    await self._run(job)
-                    continue
-            except (*TRANSIENT, asyncpg.PostgresError, OSError):
-                log.warning("bulk export worker: the database is unavailable; trying again", exc_info=True)
-            except Exception:  # never let one bad job stop this node's exports for good
-                log.exception("bulk export worker: unexpected failure; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+    async def release(self, claim: Job) -> None:
+        await export_jobs.release(self.pool, claim)
 
     async def sweep(self) -> None:
         """Remove the jobs past their expiry and their files."""
         for job_id in await export_jobs.expired(self.pool):
             await remove_files(self.settings, self.bucket, job_id)
 
-    async def _run(self, job: Job) -> None:
-        self.current = job
+    async def run(self, claim: Job) -> None:
+        job = claim
         run: ExportRun | None = None
-        heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
             run = ExportRun(self.pool, self.settings, job, self.bucket)
             await run.run()
@@ -335,10 +305,8 @@ class ExportWorker:
             current = await export_jobs.get(self.pool, job.id)
             if current is None or current.status == "cancelled":
                 await remove_files(self.settings, self.bucket, job.id)
-        except TRANSIENT:
+        except (*TRANSIENT, asyncio.CancelledError):
             raise  # the lease runs out; this node or another takes the job over
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             log.exception("bulk export %s failed", job.id)
             await export_jobs.fail(self.pool, job, f"the export failed: {exc}", self.settings.bulk_retention_hours)
@@ -346,12 +314,3 @@ class ExportWorker:
         finally:
             if run is not None:
                 run.close()
-            await cancel(heartbeat)
-            self.current = None
-
-    async def _heartbeat(self, job: Job) -> None:
-        """Renew the lease while a page is slow to read; the page commits renew it too."""
-        while True:
-            await asyncio.sleep(export_jobs.LEASE_SECONDS / 3)
-            with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError, OSError):
-                await export_jobs.renew(self.pool, job)

@@ -92,11 +92,7 @@ async def create(
     parallel requests cannot pass it together)."""
     method, path, query, headers, body = http
     async with db.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('async-request:' || $1, 0))", owner)
-        open_requests = await conn.fetchval(
-            "SELECT count(*) FROM async_request WHERE owner = $1 AND status IN ('accepted', 'running')", owner
-        )
-        if open_requests >= max_open:
+        if not await jobs.under_open_limit(conn, TABLE, "async-request", owner, max_open):
             return None
         key = uuid.uuid4()
         await conn.execute(
@@ -156,9 +152,9 @@ async def claim(db: asyncpg.Pool) -> AsyncRequest | None:
     )
     row = await db.fetchrow(
         f"UPDATE async_request SET status = 'running', attempts = attempts + 1, lease_token = $1,"
-        f" lease_until = clock_timestamp() + make_interval(secs => $2)"
+        f" {jobs.leased(2)}"
         f" WHERE id = (SELECT id FROM async_request WHERE status IN ('accepted', 'running')"
-        f" AND attempts < $3 AND (lease_until IS NULL OR lease_until < clock_timestamp())"
+        f" AND attempts < $3 AND {jobs.lease_free()}"
         f" ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}, body",
         uuid.uuid4(),
         LEASE_SECONDS,
@@ -170,14 +166,7 @@ async def claim(db: asyncpg.Pool) -> AsyncRequest | None:
 async def renew(db: asyncpg.Pool, request: AsyncRequest) -> bool:
     """Renew the lease while the request runs; False when it is no longer this claim's."""
     assert request.lease_token is not None
-    done = await db.fetchval(
-        "UPDATE async_request SET lease_until = clock_timestamp() + make_interval(secs => $3)"
-        " WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING 1",
-        uuid.UUID(request.id),
-        uuid.UUID(request.lease_token),
-        LEASE_SECONDS,
-    )
-    return done is not None
+    return await jobs.renew(db, TABLE, request.id, request.lease_token, LEASE_SECONDS)
 
 
 async def complete(

@@ -96,11 +96,7 @@ async def create(
     None when the owner already has MAX_OPEN_JOBS accepted or running (checked under a
     lock of the owner's, so parallel kick-offs cannot pass it together)."""
     async with db.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('bulk-export:' || $1, 0))", owner)
-        open_jobs = await conn.fetchval(
-            "SELECT count(*) FROM bulk_export_job WHERE owner = $1 AND status IN ('accepted', 'running')", owner
-        )
-        if open_jobs >= MAX_OPEN_JOBS:
+        if not await jobs.under_open_limit(conn, "bulk_export_job", "bulk-export", owner, MAX_OPEN_JOBS):
             return None
         row = await conn.fetchrow(
             f"INSERT INTO bulk_export_job (id, owner, caller, request, local_base, params, transaction_time, status)"
@@ -142,9 +138,9 @@ async def claim(db: asyncpg.Pool) -> Job | None:
     """An open job no live node holds, now leased to the caller (a new lease token)."""
     row = await db.fetchrow(
         f"UPDATE bulk_export_job SET status = 'running', lease_token = $1,"
-        f" lease_until = clock_timestamp() + make_interval(secs => $2)"
+        f" {jobs.leased(2)}"
         f" WHERE id = (SELECT id FROM bulk_export_job WHERE status IN ('accepted', 'running')"
-        f" AND (lease_until IS NULL OR lease_until < clock_timestamp())"
+        f" AND {jobs.lease_free()}"
         f" ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
         uuid.uuid4(),
         LEASE_SECONDS,
@@ -177,8 +173,7 @@ async def _committed(
             )
         else:
             ok = await conn.fetchval(
-                "UPDATE bulk_export_job SET progress = $3::jsonb,"
-                " lease_until = clock_timestamp() + make_interval(secs => $4)"
+                f"UPDATE bulk_export_job SET progress = $3::jsonb, {jobs.leased(4)}"
                 " WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING 1",
                 key,
                 token,
@@ -208,14 +203,7 @@ async def files_of(db: asyncpg.Pool, job_id: str) -> list[dict[str, Any]]:
 async def renew(db: asyncpg.Pool, job: Job) -> bool:
     """Renew the lease (while a long page is read); False as for record()."""
     assert job.lease_token is not None
-    done = await db.fetchval(
-        "UPDATE bulk_export_job SET lease_until = clock_timestamp() + make_interval(secs => $3)"
-        " WHERE id = $1 AND lease_token = $2 AND status = 'running' RETURNING 1",
-        uuid.UUID(job.id),
-        uuid.UUID(job.lease_token),
-        LEASE_SECONDS,
-    )
-    return done is not None
+    return await jobs.renew(db, "bulk_export_job", job.id, job.lease_token, LEASE_SECONDS)
 
 
 async def finish(

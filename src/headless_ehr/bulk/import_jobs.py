@@ -105,11 +105,7 @@ async def create(
     """A new job with its inputs ((type, url) in order); None when the owner already has
     MAX_OPEN_JOBS accepted or running (checked under a lock of the owner's)."""
     async with db.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('bulk-import:' || $1, 0))", owner)
-        open_jobs = await conn.fetchval(
-            "SELECT count(*) FROM bulk_import_job WHERE owner = $1 AND status IN ('accepted', 'running')", owner
-        )
-        if open_jobs >= MAX_OPEN_JOBS:
+        if not await jobs.under_open_limit(conn, "bulk_import_job", "bulk-import", owner, MAX_OPEN_JOBS):
             return None
         row = await conn.fetchrow(
             f"INSERT INTO bulk_import_job (id, owner, caller, request, params, status)"
@@ -165,11 +161,11 @@ async def claim(db: asyncpg.Pool) -> Claim | None:
     async with db.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"UPDATE bulk_import_input SET lease_token = $1,"
-            f" lease_until = clock_timestamp() + make_interval(secs => $2)"
+            f" {jobs.leased(2)}"
             f" WHERE (job_id, seq) = (SELECT i.job_id, i.seq FROM bulk_import_input i"
             f" JOIN bulk_import_job j ON j.id = i.job_id"
             f" WHERE i.status = 'pending' AND j.status IN ('accepted', 'running')"
-            f" AND (i.lease_until IS NULL OR i.lease_until < clock_timestamp())"
+            f" AND {jobs.lease_free('i')}"
             f" ORDER BY j.created_at, i.seq LIMIT 1 FOR UPDATE OF i SKIP LOCKED) RETURNING job_id, {_INPUT}",
             token,
             LEASE_SECONDS,
@@ -201,7 +197,7 @@ async def record(
     key = (uuid.UUID(claim.job.id), claim.input.seq, uuid.UUID(claim.token))
     ok = await conn.fetchval(
         "UPDATE bulk_import_input i SET position = greatest(i.position, $4), loaded = i.loaded + $5,"
-        " failed = i.failed + $6, lease_until = clock_timestamp() + make_interval(secs => $7)"
+        f" failed = i.failed + $6, {jobs.leased(7)}"
         f" FROM bulk_import_job j{_FENCE} RETURNING 1",
         *key,
         position,
@@ -228,8 +224,7 @@ async def record(
 async def renew(db: asyncpg.Pool, claim: Claim) -> bool:
     """Renew the lease (while a source is fetched or a unit is slow); False as for record()."""
     ok = await db.fetchval(
-        "UPDATE bulk_import_input i SET lease_until = clock_timestamp() + make_interval(secs => $4)"
-        f" FROM bulk_import_job j{_FENCE} RETURNING 1",
+        f"UPDATE bulk_import_input i SET {jobs.leased(4)} FROM bulk_import_job j{_FENCE} RETURNING 1",
         uuid.UUID(claim.job.id),
         claim.input.seq,
         uuid.UUID(claim.token),

@@ -4,15 +4,13 @@ the transaction is applied exactly once and its answer is served from the status
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import time
 import uuid
 from pathlib import Path
 
 import asyncpg
 import httpx
 
+from tests.e2e.restart import final_answer, kill, restarted
 from tests.e2e.test_serve import Server, _env
 
 
@@ -48,20 +46,9 @@ async def _kill_while_it_runs(server: Server, database_url: str, pid: str) -> No
                 await asyncio.sleep(0.02)
             assert claimed, "the request was never claimed"
             await asyncio.sleep(0.5)  # its transaction is waiting for the row now
-            os.kill(server.proc.pid, signal.SIGKILL)
-            server.proc.wait(timeout=10)
+            kill(server)
     finally:
         await conn.close()
-
-
-def _answer(server: Server, status_url: str, seconds: float = 90) -> httpx.Response:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        res = httpx.get(status_url, headers=server.headers(), timeout=10)
-        if res.status_code != 202:
-            return res
-        time.sleep(float(res.headers["Retry-After"]))
-    raise AssertionError("the request did not complete after the restart")
 
 
 def test_a_transaction_whose_node_is_killed_is_applied_exactly_once_after_a_restart(
@@ -83,10 +70,9 @@ def test_a_transaction_whose_node_is_killed_is_applied_exactly_once_after_a_rest
     status_url = kick.headers["Content-Location"]
     asyncio.run(_kill_while_it_runs(server, fresh_database, pid))
 
-    again = Server(server.env, "--data-dir", data_dir)  # the same admin client: the request's owner
+    again = restarted(server, data_dir)
     try:
-        again.wait_ready()
-        res = _answer(again, status_url.replace(server.base, again.base))
+        res = final_answer(again, status_url.replace(server.base, again.base), seconds=90)
         assert res.status_code == 200, res.text
         assert [e["response"]["status"][:3] for e in res.json()["entry"]] == ["201", "200"]
         made = httpx.get(f"{again.base}/Patient", params={"identifier": f"{system}|1"}, headers=again.headers())

@@ -4,15 +4,13 @@ with every resource exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import time
 from pathlib import Path
 
 import asyncpg
 import httpx
 import orjson
 
+from tests.e2e.restart import final_answer, kill, restarted
 from tests.e2e.test_serve import Server, _env
 
 PATIENTS = 3000
@@ -26,17 +24,6 @@ def _transaction(n: int) -> dict:
     return {"resourceType": "Bundle", "type": "transaction", "entry": [entry] * n}
 
 
-def _manifest(server: Server, status_url: str, seconds: float = 90) -> dict:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        res = httpx.get(status_url, headers=server.headers(), timeout=10)
-        if res.status_code == 200:
-            return res.json()
-        assert res.status_code == 202, res.text
-        time.sleep(float(res.headers["Retry-After"]))
-    raise AssertionError("the export did not complete after the restart")
-
-
 async def _kill_mid_export(server: Server, database_url: str) -> None:
     """SIGKILL the server once its export has committed some pages but not all."""
     conn = await asyncpg.connect(database_url)
@@ -46,8 +33,7 @@ async def _kill_mid_export(server: Server, database_url: str) -> None:
             if row is not None and row["status"] == "running" and (row["written"] or 0) > 0:
                 break
             await asyncio.sleep(0.01)
-        os.kill(server.proc.pid, signal.SIGKILL)
-        server.proc.wait(timeout=10)
+        kill(server)
         row = await conn.fetchrow("SELECT status, (progress->>'written')::int AS written FROM bulk_export_job")
         assert row["status"] == "running" and 0 < row["written"] < PATIENTS, f"not killed mid-export: {dict(row)}"
     finally:
@@ -70,10 +56,11 @@ def test_an_export_killed_mid_way_completes_after_a_restart_with_each_line_once(
     status_url = kick.headers["Content-Location"]
     asyncio.run(_kill_mid_export(server, fresh_database))
 
-    again = Server(server.env, "--data-dir", data_dir)  # the same admin client: the job's owner
+    again = restarted(server, data_dir)
     try:
-        again.wait_ready()
-        manifest = _manifest(again, status_url.replace(server.base, again.base))
+        answer = final_answer(again, status_url.replace(server.base, again.base), seconds=90)
+        assert answer.status_code == 200, answer.text
+        manifest = answer.json()
         ids: list[str] = []
         for item in manifest["output"]:
             body = httpx.get(item["url"], headers=again.headers(), timeout=30)

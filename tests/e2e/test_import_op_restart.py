@@ -4,9 +4,6 @@ over after its last committed unit, and every line is loaded exactly once (one v
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import time
 import uuid
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import asyncpg
 import httpx
 import orjson
 
+from tests.e2e.restart import final_answer, kill, restarted
 from tests.e2e.test_serve import Server, _env
 
 LINES = 10_000
@@ -30,17 +28,6 @@ def _parameters(url: str) -> dict:
     }
 
 
-def _manifest(server: Server, status_url: str, seconds: float = 120) -> dict:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        res = httpx.get(status_url, headers=server.headers(), timeout=10)
-        if res.status_code == 200:
-            return res.json()
-        assert res.status_code == 202, res.text
-        time.sleep(float(res.headers["Retry-After"]))
-    raise AssertionError("the import did not complete after the restart")
-
-
 async def _kill_mid_import(server: Server, database_url: str) -> int:
     """SIGKILL the server once its input has committed some units but not all; the position then."""
     conn = await asyncpg.connect(database_url)
@@ -50,8 +37,7 @@ async def _kill_mid_import(server: Server, database_url: str) -> int:
             if position:
                 break
             await asyncio.sleep(0.01)
-        os.kill(server.proc.pid, signal.SIGKILL)
-        server.proc.wait(timeout=10)
+        kill(server)
         row = await conn.fetchrow("SELECT status, position FROM bulk_import_input")
         assert row["status"] == "pending" and 0 < row["position"] < LINES, f"not killed mid-import: {dict(row)}"
         return row["position"]
@@ -90,10 +76,11 @@ def test_an_import_killed_mid_way_completes_after_a_restart_with_each_line_once(
     status_url = kick.headers["Content-Location"]
     asyncio.run(_kill_mid_import(server, fresh_database))
 
-    again = Server(server.env, "--data-dir", str(data_dir))  # the same admin client: the job's owner
+    again = restarted(server, str(data_dir))
     try:
-        again.wait_ready()
-        manifest = _manifest(again, status_url.replace(server.base, again.base))
+        answer = final_answer(again, status_url.replace(server.base, again.base), seconds=120)
+        assert answer.status_code == 200, answer.text
+        manifest = answer.json()
         assert manifest["output"] == [{"type": "Patient", "inputUrl": "patients.ndjson", "count": LINES}]
         assert manifest["error"] == []
         assert asyncio.run(_versions(fresh_database, ids)) == (LINES, LINES)  # each once, one version each

@@ -36,7 +36,7 @@ import httpx
 import psutil
 import results
 from crud import access_token, bench_admin_client, server_env
-from ingest import free_port
+from ingest import free_port, until_serving
 
 from search import recreate_database
 
@@ -60,23 +60,18 @@ def load(dsn: str, work: Path) -> None:
         print(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:], file=sys.stderr)
 
 
-def start(dsn: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, str], dict[str, str]]:
+def serve(
+    dsn: str, data_dir: Path, workers: int = 1, extra: dict[str, str] | None = None, stderr: int | None = None
+) -> tuple[subprocess.Popen[bytes], str, dict[str, str], dict[str, str]]:
+    """A started `ehr serve` with auth on and its data dir: the process, base URL, admin headers, env."""
     port = free_port()
-    env = {**os.environ, "EHR_DATABASE_URL": dsn}
+    env = {**os.environ, "EHR_DATABASE_URL": dsn, **(extra or {})}
     bench_admin_client(env)
     env = server_env(env, "on")
-    cmd = ["ehr", "serve", "--port", str(port), "--workers", "1", "--log-level", "warning", "--data-dir", str(data_dir)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = ["ehr", "serve", "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    proc = subprocess.Popen([*cmd, "--data-dir", str(data_dir)], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     base = f"http://127.0.0.1:{port}/fhir"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        sys.exit("ehr serve did not start")
+    until_serving(proc, base, seconds=90)
     return proc, base, {"Authorization": f"Bearer {access_token(env, port)}"}, env
 
 
@@ -147,7 +142,7 @@ def main() -> int:
         work = Path(tmp)
         if not args.no_load:
             load(args.database_url, work)
-        proc, base, headers, _ = start(args.database_url, work / "data")
+        proc, base, headers, _ = serve(args.database_url, work / "data", stderr=subprocess.DEVNULL)
         try:
             runs = []
             for i in range(args.runs):

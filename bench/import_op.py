@@ -36,9 +36,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import results
-from crud import access_token, bench_admin_client, server_env
-from export import ASYNC, export_once, load
-from ingest import free_port
+from export import ASYNC, export_once, load, serve
 
 from search import recreate_database
 
@@ -54,26 +52,6 @@ async def fresh(dsn: str) -> None:
         await conn.close()
 
 
-def serve(dsn: str, data_dir: Path, workers: int, extra: dict[str, str] | None = None):
-    port = free_port()
-    env = {**os.environ, "EHR_DATABASE_URL": dsn, **(extra or {})}
-    bench_admin_client(env)
-    env = server_env(env, "on")
-    cmd = ["ehr", "serve", "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
-    proc = subprocess.Popen([*cmd, "--data-dir", str(data_dir)], env=env, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/fhir"
-    for _ in range(900):
-        try:
-            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        sys.exit("ehr serve did not start")
-    return proc, base, {"Authorization": f"Bearer {access_token(env, port)}"}
-
-
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=60)
@@ -83,7 +61,7 @@ def make_ndjson(source_dsn: str, work: Path, part_mb: int, reload: bool) -> Path
     """The Synthea set as NDJSON files (a system $export of every type), in work/ndjson."""
     if reload:
         load(source_dsn, work)
-    proc, base, headers = serve(source_dsn, work / "export-data", 1, {"EHR_BULK_FILE_BYTES": str(part_mb << 20)})
+    proc, base, headers, _ = serve(source_dsn, work / "export-data", 1, {"EHR_BULK_FILE_BYTES": str(part_mb << 20)})
     out = work / "ndjson"
     out.mkdir()
     try:
@@ -120,7 +98,7 @@ def run_op(dsn: str, folder: Path, work: Path, workers: int) -> tuple[float, int
     data_dir = work / f"import-data-{time.monotonic_ns()}"
     data_dir.mkdir()
     (data_dir / "bulk-import").symlink_to(folder.resolve())
-    proc, base, headers = serve(dsn, data_dir, workers)
+    proc, base, headers, _ = serve(dsn, data_dir, workers)
     try:
         parts = [
             {

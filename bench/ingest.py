@@ -80,6 +80,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def until_serving(proc: subprocess.Popen[bytes], base: str, seconds: float) -> None:
+    """Wait for the started `ehr serve` to answer /metadata; exit the bench when it does not in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("ehr serve did not start")
+
+
 def start_server(dsn: str, workers: int, auth: str) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
     """ehr serve on a free port; (process, FHIR base, headers every request sends)."""
     port = free_port()
@@ -93,15 +106,7 @@ def start_server(dsn: str, workers: int, auth: str) -> tuple[subprocess.Popen[by
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}/fhir"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        sys.exit("ehr serve did not start")
+    until_serving(proc, base, seconds=30)
     headers = {"Content-Type": "application/fhir+json"}
     if auth == "on":
         try:

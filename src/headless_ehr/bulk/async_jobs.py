@@ -113,11 +113,7 @@ async def create(
 
 
 async def get(db: asyncpg.Pool, request_id: str) -> AsyncRequest | None:
-    try:
-        key = uuid.UUID(request_id)
-    except ValueError:
-        return None
-    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM async_request WHERE id = $1", key)
+    row = await jobs.row_of(db, TABLE, _COLUMNS, request_id)
     return None if row is None else _request(row)
 
 

@@ -112,11 +112,7 @@ async def create(
 
 
 async def get(db: asyncpg.Pool, job_id: str) -> Job | None:
-    try:
-        key = uuid.UUID(job_id)
-    except ValueError:
-        return None
-    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM bulk_export_job WHERE id = $1", key)
+    row = await jobs.row_of(db, "bulk_export_job", _COLUMNS, job_id)
     return None if row is None else _job(row)
 
 

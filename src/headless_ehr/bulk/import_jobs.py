@@ -124,11 +124,7 @@ async def create(
 
 
 async def get(db: asyncpg.Pool, job_id: str) -> Job | None:
-    try:
-        key = uuid.UUID(job_id)
-    except ValueError:
-        return None
-    row = await db.fetchrow(f"SELECT {_JOB} FROM bulk_import_job WHERE id = $1", key)
+    row = await jobs.row_of(db, TABLE, _JOB, job_id)
     return None if row is None else _job(row)
 
 

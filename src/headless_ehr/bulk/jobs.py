@@ -68,3 +68,12 @@ async def renew(db: asyncpg.Pool, table: str, job_id: str, token: str, seconds: 
         seconds,
     )
     return done is not None
+
+
+async def row_of(db: asyncpg.Pool, table: str, columns: str, job_id: str) -> asyncpg.Record | None:
+    """The job's row (the caller's columns); None for an unknown id or one that is no UUID at all."""
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        return None
+    return await db.fetchrow(f"SELECT {columns} FROM {_table(table)} WHERE id = $1", key)

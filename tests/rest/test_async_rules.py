@@ -182,7 +182,7 @@ async def test_a_request_whose_nodes_died_three_times_is_given_up_and_never_appl
     assert await _version_after_waiting_writes(client, pid) == "2"  # the first node's work was rolled back
 
 
-async def test_a_transaction_whose_answer_is_over_the_limit_is_500_and_not_applied(client, app_with, db):
+async def test_a_transaction_whose_answer_is_over_the_limit_is_400_too_costly_and_not_applied(client, app_with, db):
     pid = await _patient(client, "Before")
     family = f"Async{uuid.uuid4().hex[:8]}"
     patient = {"resourceType": "Patient", "name": [{"family": family, "text": "x" * 200}]}
@@ -199,7 +199,7 @@ async def test_a_transaction_whose_answer_is_over_the_limit_is_500_and_not_appli
             node, "POST", "", json=bundle, headers={**FHIR, "Prefer": "respond-async, return=representation"}
         )
         res = await answer(node, status_url)
-    assert res.status_code == 500
+    assert res.status_code == 400  # the client's request is over a limit: not a server fault
     assert res.json()["issue"][0]["code"] == "too-costly"
     found = await client.get("/Patient", params={"family": family, "_summary": "count"})
     assert found.json()["total"] == 0

@@ -197,7 +197,8 @@ class _TooLarge(ReplayAbandoned):
 
     def __init__(self, limit: int) -> None:
         message = f"the answer is larger than EHR_ASYNC_MAX_RESULT_BYTES ({limit}); nothing of the request was applied"
-        self.body = dumps(operation_outcome(FhirError.of(500, "too-costly", message).issues))
+        self.status = 400  # the client's request is over a limit of ours: not a server fault
+        self.body = dumps(operation_outcome(FhirError.of(self.status, "too-costly", message).issues))
 
 
 _FAILED = {"content-type": "application/fhir+json"}
@@ -257,9 +258,10 @@ async def execute(app: Any, endpoint: Endpoint, recorded: AsyncRequest) -> None:
             log.info("asynchronous request %s was cancelled or taken over; its work is rolled back", recorded.id)
             return
         except _TooLarge as large:  # its writes are rolled back; the refusal is its answer
-            failure = large.body
+            status, failure = large.status, large.body
         except asyncpg.PostgresError:  # its transaction failed outside any savepoint: rolled back
             log.exception("asynchronous request %s failed", recorded.id)
+            status = 500
             failure = dumps(operation_outcome(FhirError.of(500, "exception", "internal server error").issues))
         async with conn.transaction():
-            await async_jobs.complete(conn, recorded, 500, _FAILED, failure, hours)
+            await async_jobs.complete(conn, recorded, status, _FAILED, failure, hours)
